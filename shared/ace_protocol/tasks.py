@@ -1,0 +1,154 @@
+"""The task table of protocol v1: what each task needs, its parameters with type, range and default.
+
+The daemon serves this table in `welcome` (filtered to what the loaded model offers); plugins build their UI
+from it and the daemon validates every `submit` against it, so the rules live in exactly one place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import bad_request
+
+MAX_PROMPT_CHARS = 4000
+#: Upper bound for the per-job token budget; the daemon may announce a lower one in `welcome`.
+MAX_TOKENS_LIMIT = 16384
+SEED_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: `kind` is int, float, bool, str or enum; `minimum`/`maximum` bound numbers."""
+
+    name: str
+    kind: str
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    description: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"name": self.name, "kind": self.kind, "default": self.default}
+        if self.minimum is not None:
+            wire["minimum"] = self.minimum
+        if self.maximum is not None:
+            wire["maximum"] = self.maximum
+        if self.choices:
+            wire["choices"] = list(self.choices)
+        if self.description:
+            wire["description"] = self.description
+        return wire
+
+    def validate(self, value: Any) -> Any:
+        """Return the value coerced to the parameter's kind, or raise `bad_request` naming it."""
+        name = self.name
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise bad_request(f"parameter '{name}' must be true or false, got {value!r:.40}")
+            return value
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad_request(f"parameter '{name}' must be an integer, got {value!r:.40}")
+            self._check_range(value)
+            return value
+        if self.kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise bad_request(f"parameter '{name}' must be a number, got {value!r:.40}")
+            if not math.isfinite(value):
+                raise bad_request(f"parameter '{name}' must be a finite number, got {value!r}")
+            self._check_range(value)
+            return float(value)
+        if self.kind == "enum":
+            if value not in self.choices:
+                raise bad_request(f"parameter '{name}' must be one of {', '.join(self.choices)}, got {value!r:.40}")
+            return value
+        raise AssertionError(f"unknown parameter kind {self.kind}")
+
+    def _check_range(self, value: float) -> None:
+        if self.minimum is not None and value < self.minimum:
+            raise bad_request(f"parameter '{self.name}' must be at least {self.minimum}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise bad_request(f"parameter '{self.name}' must be at most {self.maximum}, got {value}")
+
+
+SEED = ParamSpec("seed", "int", -1, -1, SEED_MAX, description="-1 picks a random seed")
+STEPS = ParamSpec("steps", "int", 28, 1, 100, description="denoising steps")
+GUIDANCE = ParamSpec("guidance", "float", 50.0, 0.0, 100.0, description="FLUX distilled guidance")
+COUNT = ParamSpec("count", "int", 1, 1, 8, description="images per job; seeds seed, seed+1, ...")
+MAX_TOKENS = ParamSpec("max_tokens", "int", 4096, 256, MAX_TOKENS_LIMIT, description="image-token budget of the canvas")
+FEATHER = ParamSpec("feather", "int", 8, 0, 256, description="inward feather of the result's alpha, pixels")
+WIDTH = ParamSpec("width", "int", 1024, 64, 4096, description="output width for tasks without an image")
+HEIGHT = ParamSpec("height", "int", 1024, 64, 4096, description="output height for tasks without an image")
+MODE = ParamSpec("mode", "enum", "repaint", choices=("repaint", "canny", "mosaic", "recolor"),
+                 description="repaint, or keep structure inside the mask")
+FACE = ParamSpec("face", "bool", False, description="the reference is a face: use the portrait LoRA")
+CROP_OFFSET = ParamSpec("crop_offset", "int", 0, 0, 64,
+                        description="extra columns dropped after the reference (the authors' code uses 30)")
+
+COMMON_PARAMS: tuple[ParamSpec, ...] = (SEED, STEPS, GUIDANCE, COUNT, MAX_TOKENS, FEATHER)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    label: str
+    gimp_procedure: str
+    needs_image: bool
+    needs_selection: bool
+    min_references: int
+    max_references: int
+    model: str
+    prompt_template: str
+    params: tuple[ParamSpec, ...] = field(default=COMMON_PARAMS)
+
+    def param(self, name: str) -> ParamSpec | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "label": self.label,
+            "gimp_procedure": self.gimp_procedure,
+            "needs_image": self.needs_image,
+            "needs_selection": self.needs_selection,
+            "min_references": self.min_references,
+            "max_references": self.max_references,
+            "model": self.model,
+            "prompt_template": self.prompt_template,
+            "params": [p.to_wire() for p in self.params],
+        }
+
+    def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Fill defaults and check every given value; unknown names are refused so typos do not pass silently."""
+        if not isinstance(params, dict):
+            raise bad_request("'params' must be a map")
+        known = {p.name: p for p in self.params}
+        for key in params:
+            if key not in known:
+                raise bad_request(f"task '{self.name}' has no parameter {str(key)!r:.60}; known: {', '.join(known)}")
+        return {name: (spec.validate(params[name]) if name in params else spec.default) for name, spec in known.items()}
+
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in (
+        TaskSpec("instruct", "Edit with Instruction…", "python-fu-ace-bridge-instruct", True, False, 0, 0, "fft",
+                 "{image} make it look like a watercolour painting", COMMON_PARAMS + (CROP_OFFSET,)),
+        TaskSpec("local_edit", "Local Edit…", "python-fu-ace-bridge-local-edit", True, True, 0, 0, "local",
+                 "Remove the apple in {image} mask.", COMMON_PARAMS + (MODE,)),
+        TaskSpec("reference_edit", "Reference Edit…", "python-fu-ace-bridge-reference-edit", True, True, 1, 1,
+                 "subject", "The logo is printed on the headphones in {image}.", COMMON_PARAMS + (FACE, CROP_OFFSET)),
+        TaskSpec("subject", "Subject Generation…", "python-fu-ace-bridge-subject", False, False, 1, 1, "subject",
+                 "Display the logo in a minimalist style printed on a mug.", COMMON_PARAMS + (WIDTH, HEIGHT, CROP_OFFSET)),
+        TaskSpec("portrait", "Portrait Generation…", "python-fu-ace-bridge-portrait", False, False, 1, 1, "portrait",
+                 "Maintain the facial features, a girl is wearing a red coat in the snow.",
+                 COMMON_PARAMS + (WIDTH, HEIGHT, CROP_OFFSET)),
+        TaskSpec("generate", "Generate…", "python-fu-ace-bridge-generate", False, False, 0, 0, "base",
+                 "A lighthouse on a cliff at dusk.", COMMON_PARAMS + (WIDTH, HEIGHT)),
+        TaskSpec("inpaint", "Inpaint…", "python-fu-ace-bridge-inpaint", True, True, 0, 0, "base",
+                 "A vase of sunflowers.", COMMON_PARAMS),
+    )
+}
