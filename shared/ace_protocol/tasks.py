@@ -82,11 +82,17 @@ MAX_TOKENS = ParamSpec("max_tokens", "int", 4096, 256, MAX_TOKENS_LIMIT, descrip
 FEATHER = ParamSpec("feather", "int", 8, 0, 256, description="inward feather of the result's alpha, pixels")
 WIDTH = ParamSpec("width", "int", 1024, 64, 4096, description="output width for tasks without an image")
 HEIGHT = ParamSpec("height", "int", 1024, 64, 4096, description="output height for tasks without an image")
-MODE = ParamSpec("mode", "enum", "repaint", choices=("repaint", "canny", "mosaic", "recolor"),
-                 description="repaint, or keep structure inside the mask")
+MODE = ParamSpec(
+    "mode",
+    "enum",
+    "repaint",
+    choices=("repaint", "canny", "mosaic", "recolor"),
+    description="repaint, or keep structure inside the mask",
+)
 FACE = ParamSpec("face", "bool", False, description="the reference is a face: use the portrait LoRA")
-CROP_OFFSET = ParamSpec("crop_offset", "int", 0, 0, 64,
-                        description="extra columns dropped after the reference (the authors' code uses 30)")
+CROP_OFFSET = ParamSpec(
+    "crop_offset", "int", 0, 0, 64, description="extra columns dropped after the reference (the authors' code uses 30)"
+)
 
 COMMON_PARAMS: tuple[ParamSpec, ...] = (SEED, STEPS, GUIDANCE, COUNT, MAX_TOKENS, FEATHER)
 
@@ -135,20 +141,89 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {
     t.name: t
     for t in (
-        TaskSpec("instruct", "Edit with Instruction…", "python-fu-ace-bridge-instruct", True, False, 0, 0, "fft",
-                 "{image} make it look like a watercolour painting", COMMON_PARAMS + (CROP_OFFSET,)),
-        TaskSpec("local_edit", "Local Edit…", "python-fu-ace-bridge-local-edit", True, True, 0, 0, "local",
-                 "Remove the apple in {image} mask.", COMMON_PARAMS + (MODE,)),
-        TaskSpec("reference_edit", "Reference Edit…", "python-fu-ace-bridge-reference-edit", True, True, 1, 1,
-                 "subject", "The logo is printed on the headphones in {image}.", COMMON_PARAMS + (FACE, CROP_OFFSET)),
-        TaskSpec("subject", "Subject Generation…", "python-fu-ace-bridge-subject", False, False, 1, 1, "subject",
-                 "Display the logo in a minimalist style printed on a mug.", COMMON_PARAMS + (WIDTH, HEIGHT, CROP_OFFSET)),
-        TaskSpec("portrait", "Portrait Generation…", "python-fu-ace-bridge-portrait", False, False, 1, 1, "portrait",
-                 "Maintain the facial features, a girl is wearing a red coat in the snow.",
-                 COMMON_PARAMS + (WIDTH, HEIGHT, CROP_OFFSET)),
-        TaskSpec("generate", "Generate…", "python-fu-ace-bridge-generate", False, False, 0, 0, "base",
-                 "A lighthouse on a cliff at dusk.", COMMON_PARAMS + (WIDTH, HEIGHT)),
-        TaskSpec("inpaint", "Inpaint…", "python-fu-ace-bridge-inpaint", True, True, 0, 0, "base",
-                 "A vase of sunflowers.", COMMON_PARAMS),
+        TaskSpec(
+            "instruct",
+            "Edit with Instruction…",
+            "python-fu-ace-bridge-instruct",
+            True,
+            False,
+            0,
+            0,
+            "fft",
+            "{image} make it look like a watercolour painting",
+            COMMON_PARAMS + (CROP_OFFSET,),
+        ),
+        TaskSpec(
+            "local_edit",
+            "Local Edit…",
+            "python-fu-ace-bridge-local-edit",
+            True,
+            True,
+            0,
+            0,
+            "local",
+            "Remove the apple in {image} mask.",
+            COMMON_PARAMS + (MODE,),
+        ),
+        TaskSpec(
+            "reference_edit",
+            "Reference Edit…",
+            "python-fu-ace-bridge-reference-edit",
+            True,
+            True,
+            1,
+            1,
+            "subject",
+            "The logo is printed on the headphones in {image}.",
+            COMMON_PARAMS + (FACE, CROP_OFFSET),
+        ),
+        TaskSpec(
+            "subject",
+            "Subject Generation…",
+            "python-fu-ace-bridge-subject",
+            False,
+            False,
+            1,
+            1,
+            "subject",
+            "Display the logo in a minimalist style printed on a mug.",
+            COMMON_PARAMS + (WIDTH, HEIGHT, CROP_OFFSET),
+        ),
+        TaskSpec(
+            "portrait",
+            "Portrait Generation…",
+            "python-fu-ace-bridge-portrait",
+            False,
+            False,
+            1,
+            1,
+            "portrait",
+            "Maintain the facial features, a girl is wearing a red coat in the snow.",
+            COMMON_PARAMS + (WIDTH, HEIGHT, CROP_OFFSET),
+        ),
+        TaskSpec(
+            "generate",
+            "Generate…",
+            "python-fu-ace-bridge-generate",
+            False,
+            False,
+            0,
+            0,
+            "base",
+            "A lighthouse on a cliff at dusk.",
+            COMMON_PARAMS + (WIDTH, HEIGHT),
+        ),
+        TaskSpec(
+            "inpaint",
+            "Inpaint…",
+            "python-fu-ace-bridge-inpaint",
+            True,
+            True,
+            0,
+            0,
+            "base",
+            "A vase of sunflowers.",
+            COMMON_PARAMS,
+        ),
     )
 }

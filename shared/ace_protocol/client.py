@@ -1,0 +1,396 @@
+"""Blocking client for plugin worker threads and the command line.
+
+One background thread reads frames and routes them: replies to the request that asked (by `id`), job events to
+the job's handle (by `job_id`). When the connection drops, it reconnects with the same session and the daemon
+redelivers results that finished meanwhile, so a worker iterating `JobHandle.events()` simply keeps waiting.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from . import PROTOCOL_VERSION, __version__
+from .codec import DEFAULT_MAX_FRAME_BYTES, decode_server_message, encode
+from .discovery import resolve
+from .errors import ErrorCode, ProtocolError
+from .images import ImagePayload
+from .messages import (
+    TERMINAL_EVENTS,
+    Ack,
+    Cancel,
+    Error,
+    Failed,
+    Hello,
+    Message,
+    StatusReply,
+    StatusRequest,
+    Submit,
+    Welcome,
+)
+
+try:
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+    from websockets.sync.client import ClientConnection
+    from websockets.sync.client import connect as ws_connect
+except ImportError as exc:  # pragma: no cover - only in a broken editor install
+    raise ImportError(
+        "ace_protocol needs the 'websockets' package (>= 13). Reinstall the plugin with `ace-bridge install`."
+    ) from exc
+
+
+class ClientError(Exception):
+    """Base of the client's exceptions; `str()` is a message for the user."""
+
+
+class DaemonNotRunning(ClientError):
+    def __init__(self, url: str, detail: str = "") -> None:
+        super().__init__(
+            f"The ACE Bridge daemon is not running at {url}{f' ({detail})' if detail else ''}. "
+            "Start it with `ace-bridge serve` (or `ace-bridge serve --demo` to try it without model weights)."
+        )
+        self.url = url
+
+
+class Unauthorized(ClientError):
+    def __init__(self, message: str = "") -> None:
+        super().__init__(
+            message
+            or "The daemon refused the token. On this machine the token is read from the daemon's token file; "
+            "for a daemon elsewhere copy the output of `ace-bridge token` into the plugin settings."
+        )
+
+
+class VersionMismatch(ClientError):
+    pass
+
+
+class JobError(ClientError):
+    def __init__(self, error: ProtocolError) -> None:
+        super().__init__(error.message)
+        self.code = error.code
+
+
+def new_client_id(prefix: str = "client") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+class JobHandle:
+    """Events of one job, in order, ending with `done`, `failed` or `cancelled`."""
+
+    def __init__(self, client: BridgeClient, job_id: str | None = None) -> None:
+        self._client = client
+        self.id = job_id
+        self.seed: int | None = None
+        self.position: int | None = None
+        self._events: queue.Queue[Message] = queue.Queue()
+        self.finished = False
+
+    def _push(self, event: Message) -> None:
+        self._events.put(event)
+
+    def events(self, timeout: float | None = None) -> Iterator[Message]:
+        """Yield events until a terminal one. `timeout` bounds the wait for each event (TimeoutError)."""
+        while not self.finished:
+            try:
+                event = self._events.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"no event from job {self.id} within {timeout} s") from None
+            if event.TYPE in TERMINAL_EVENTS:
+                self.finished = True
+            yield event
+
+    def cancel(self) -> None:
+        if self.id and not self.finished:
+            self._client.cancel(self.id)
+
+
+class BridgeClient:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        port: int | None = None,
+        client_id: str | None = None,
+        client_name: str = "ace-bridge-client",
+        client_version: str = __version__,
+        editor: str = "",
+        session: str | None = None,
+        connect_timeout: float = 5.0,
+        reconnect_timeout: float = 300.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    ) -> None:
+        endpoint = resolve(url, token, port)
+        self.url = endpoint.url
+        self.token = endpoint.token
+        self.client_id = client_id or new_client_id()
+        self.client_name = client_name
+        self.client_version = client_version
+        self.editor = editor
+        self.session = session
+        self.connect_timeout = connect_timeout
+        self.reconnect_timeout = reconnect_timeout
+        self.max_frame_bytes = max_frame_bytes
+        self.welcome: Welcome | None = None
+        self._ws: ClientConnection | None = None
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._replies: dict[str, queue.Queue[Message]] = {}
+        self._jobs: dict[str, JobHandle] = {}
+        self._unclaimed: queue.Queue[JobHandle] = queue.Queue()
+        self._closing = False
+        self._reader: threading.Thread | None = None
+        self.on_connection_change: Any = None  # optional callable(str state) for UIs
+
+    # ------------------------------------------------------------ connection
+
+    def connect(self) -> Welcome:
+        """Open the connection and handshake. Raises DaemonNotRunning, Unauthorized or VersionMismatch."""
+        self._closing = False
+        welcome = self._open()
+        self._reader = threading.Thread(target=self._read_loop, name="ace-bridge-reader", daemon=True)
+        self._reader.start()
+        return welcome
+
+    def _open(self) -> Welcome:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        try:
+            ws = ws_connect(
+                self.url,
+                open_timeout=self.connect_timeout,
+                max_size=self.max_frame_bytes,
+                compression=None,
+                additional_headers=headers,
+                user_agent_header=f"{self.client_name}/{self.client_version}",
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise Unauthorized(f"The daemon at {self.url} refused the connection (HTTP {status}).") from None
+            raise DaemonNotRunning(self.url, f"HTTP {status}") from None
+        except InvalidURI as exc:
+            raise ClientError(f"'{self.url}' is not a WebSocket URL (expected ws://host:port/v1/ws)") from exc
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise DaemonNotRunning(self.url, type(exc).__name__) from None
+        hello = Hello(
+            client_id=self.client_id,
+            client_name=self.client_name,
+            client_version=self.client_version,
+            protocol_versions=[PROTOCOL_VERSION],
+            editor=self.editor,
+            token=self.token,
+            session=self.session,
+        )
+        try:
+            ws.send(encode(hello))
+            reply = decode_server_message(ws.recv(timeout=self.connect_timeout + 25))
+        except (ConnectionClosed, TimeoutError, OSError) as exc:
+            ws.close()
+            raise DaemonNotRunning(self.url, f"handshake failed: {type(exc).__name__}") from None
+        except ProtocolError as exc:
+            ws.close()
+            raise ClientError(f"the daemon sent a malformed handshake reply: {exc.message}") from None
+        if isinstance(reply, Error):
+            ws.close()
+            if reply.code == ErrorCode.UNAUTHORIZED.value:
+                raise Unauthorized(reply.message)
+            if reply.code == ErrorCode.UNSUPPORTED_VERSION.value:
+                raise VersionMismatch(reply.message)
+            raise ClientError(reply.message)
+        if not isinstance(reply, Welcome):
+            ws.close()
+            raise ClientError(f"expected 'welcome' from the daemon, got '{reply.TYPE}'")
+        with self._lock:
+            self._ws = ws
+            self.session = reply.session
+            self.welcome = reply
+        self._notify("connected")
+        return reply
+
+    def close(self) -> None:
+        self._closing = True
+        ws = self._ws
+        if ws is not None:
+            ws.close()
+        if self._reader and self._reader is not threading.current_thread():
+            self._reader.join(timeout=5)
+
+    def __enter__(self) -> BridgeClient:
+        if self._ws is None:
+            self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _notify(self, state: str) -> None:
+        if callable(self.on_connection_change):
+            try:
+                self.on_connection_change(state)
+            except Exception:  # a UI callback must not kill the reader
+                pass
+
+    # ------------------------------------------------------------ reading
+
+    def _read_loop(self) -> None:
+        while True:
+            ws = self._ws
+            try:
+                assert ws is not None
+                for raw in ws:
+                    if isinstance(raw, str):
+                        continue
+                    try:
+                        self._dispatch(decode_server_message(raw, max_frame_bytes=self.max_frame_bytes))
+                    except ProtocolError:
+                        continue  # a frame we cannot read must not take the session down
+            except ConnectionClosed:
+                pass
+            if self._closing or not self._reconnect():
+                self._fail_all("lost the connection to the daemon and could not reconnect")
+                return
+
+    def _reconnect(self) -> bool:
+        self._notify("reconnecting")
+        deadline = time.monotonic() + self.reconnect_timeout
+        delay = 0.1
+        while not self._closing and time.monotonic() < deadline:
+            try:
+                self._open()
+                return True
+            except (Unauthorized, VersionMismatch):
+                return False
+            except ClientError:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        return False
+
+    def _fail_all(self, why: str) -> None:
+        self._notify("disconnected")
+        for handle in list(self._jobs.values()):
+            if not handle.finished:
+                handle._push(Failed(code=ErrorCode.INTERRUPTED.value, message=why, job_id=handle.id))
+        for reply_queue in list(self._replies.values()):
+            reply_queue.put(Error(code=ErrorCode.INTERRUPTED.value, message=why))
+
+    def _dispatch(self, message: Message) -> None:
+        request_id = getattr(message, "id", None)
+        job_id = getattr(message, "job_id", None)
+        if isinstance(message, Error) and message.code == ErrorCode.SUPERSEDED.value:
+            self._closing = True  # another connection took over this session; do not fight it
+        if request_id is not None and request_id in self._replies:
+            self._replies[request_id].put(message)
+            if job_id is None:
+                return
+        if job_id is None:
+            return
+        with self._lock:
+            handle = self._jobs.get(job_id)
+            if handle is None:
+                # A job this connection did not submit: a result redelivered after a reconnect or restart.
+                handle = JobHandle(self, job_id)
+                self._jobs[job_id] = handle
+                self._unclaimed.put(handle)
+        if message.TYPE != "accepted":
+            handle._push(message)
+
+    # ------------------------------------------------------------ requests
+
+    def _request(self, message: Message, timeout: float = 60.0) -> Message:
+        request_id = f"r{next(self._ids)}"
+        message.id = request_id  # type: ignore[attr-defined]
+        reply_queue: queue.Queue[Message] = queue.Queue()
+        self._replies[request_id] = reply_queue
+        try:
+            self._send(message)
+            try:
+                return reply_queue.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"the daemon did not answer '{message.TYPE}' within {timeout} s") from None
+        finally:
+            self._replies.pop(request_id, None)
+
+    def _send(self, message: Message) -> None:
+        ws = self._ws
+        if ws is None:
+            raise DaemonNotRunning(self.url, "not connected")
+        try:
+            ws.send(encode(message))
+        except (ConnectionClosed, OSError) as exc:
+            raise DaemonNotRunning(self.url, f"connection lost: {type(exc).__name__}") from None
+
+    def submit(
+        self,
+        task: str,
+        prompt: str = "",
+        *,
+        image: ImagePayload | None = None,
+        mask: ImagePayload | None = None,
+        references: Sequence[ImagePayload] = (),
+        params: dict[str, Any] | None = None,
+        label: str = "",
+        timeout: float = 120.0,
+    ) -> JobHandle:
+        """Send a job; returns once the daemon journalled it. Raises JobError for a refused job."""
+        message = Submit(
+            id="",
+            task=task,
+            prompt=prompt,
+            image=image,
+            mask=mask,
+            references=list(references),
+            params=dict(params or {}),
+            label=label,
+        )
+        reply = self._request(message, timeout=timeout)
+        if isinstance(reply, (Failed, Error)):
+            raise JobError(ProtocolError(reply.code, reply.message))
+        job_id = reply.job_id  # type: ignore[attr-defined]
+        with self._lock:
+            handle = self._jobs.get(job_id)
+            if handle is None:
+                handle = JobHandle(self, job_id)
+                self._jobs[job_id] = handle
+        handle.position = reply.position  # type: ignore[attr-defined]
+        handle.seed = reply.seed  # type: ignore[attr-defined]
+        return handle
+
+    def cancel(self, job_id: str) -> None:
+        self._send(Cancel(job_id=job_id))
+
+    def ack(self, *job_ids: str) -> None:
+        """Tell the daemon these results arrived; it stops redelivering them (they stay in history)."""
+        if job_ids:
+            self._send(Ack(job_ids=list(job_ids)))
+            with self._lock:
+                for job_id in job_ids:
+                    self._jobs.pop(job_id, None)
+
+    def status(self, timeout: float = 30.0) -> StatusReply:
+        reply = self._request(StatusRequest(), timeout=timeout)
+        if not isinstance(reply, StatusReply):
+            raise ClientError(getattr(reply, "message", f"unexpected reply '{reply.TYPE}'"))
+        return reply
+
+    def fetch_unacknowledged(self, wait: float = 1.0) -> list[JobHandle]:
+        """Handles of jobs the daemon redelivered to this client id (finished while it was away)."""
+        handles: list[JobHandle] = []
+        pending = set(self.welcome.pending if self.welcome else [])
+        deadline = time.monotonic() + wait
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                handle = self._unclaimed.get(timeout=max(0.0, remaining) if pending else 0.05)
+            except queue.Empty:
+                break
+            handles.append(handle)
+            pending.discard(handle.id or "")
+            if not pending and remaining <= 0:
+                break
+        return handles

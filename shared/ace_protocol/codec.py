@@ -1,0 +1,72 @@
+"""msgpack framing: one map per binary frame. Decoding never raises anything but `ProtocolError`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from .errors import ErrorCode, ProtocolError, bad_request
+from .images import DEFAULT_MAX_PIXELS
+from .messages import CLIENT_MESSAGES, SERVER_MESSAGES, Message
+
+DEFAULT_MAX_FRAME_BYTES = 256 * 1024 * 1024
+#: Structure caps: a legal frame has a handful of maps and short lists; these stop hostile allocations early.
+_MAX_CONTAINER_LEN = 10_000
+
+
+def encode(message: Message) -> bytes:
+    return msgpack.packb(message.to_wire(), use_bin_type=True)
+
+
+def decode_map(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> dict[str, Any]:
+    """Bytes -> the frame's map, with size and structure limits applied while unpacking."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise bad_request("frames must be binary msgpack")
+    if len(data) > max_frame_bytes:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"frame of {len(data)} bytes exceeds the limit of {max_frame_bytes}")
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=8 * 1024 * 1024,
+            max_bin_len=max_frame_bytes,
+            max_array_len=_MAX_CONTAINER_LEN,
+            max_map_len=_MAX_CONTAINER_LEN,
+            max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise bad_request(f"frame is not a valid msgpack map ({type(exc).__name__})") from None
+    except Exception as exc:  # msgpack raises a wide variety on hostile input; none may escape
+        raise bad_request(f"frame could not be decoded ({type(exc).__name__})") from None
+    if not isinstance(value, dict):
+        raise bad_request("a frame must be one msgpack map")
+    if not isinstance(value.get("type"), str):
+        raise bad_request("a frame needs a string field 'type'")
+    return value
+
+
+def _decode(data: bytes, table: dict[str, type[Message]], max_frame_bytes: int, max_pixels: int) -> Message:
+    wire = decode_map(data, max_frame_bytes=max_frame_bytes)
+    cls = table.get(wire["type"])
+    if cls is None:
+        raise bad_request(f"unknown message type {wire['type']!r:.40}")
+    try:
+        return cls.from_wire(wire, max_pixels=max_pixels)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # a validation gap must still surface as a typed error
+        raise bad_request(f"malformed '{wire['type']}' message ({type(exc).__name__})") from None
+
+
+def decode_client_message(
+    data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Message:
+    return _decode(data, CLIENT_MESSAGES, max_frame_bytes, max_pixels)
+
+
+def decode_server_message(
+    data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES, max_pixels: int = 2**40
+) -> Message:
+    return _decode(data, SERVER_MESSAGES, max_frame_bytes, max_pixels)

@@ -1,0 +1,281 @@
+"""Every message of protocol v1 as a dataclass, with the rules for each field.
+
+One frame = one msgpack map with `type`. Requests carry an `id` that replies echo. `from_wire` validates every
+field and raises `ProtocolError(bad_request)` naming the field; unknown fields are ignored so that newer clients
+and servers can add optional fields without a version bump.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
+
+from .errors import ErrorCode, ProtocolError, bad_request
+from .images import DEFAULT_MAX_PIXELS, ImagePayload
+
+MAX_ID_CHARS = 128
+MAX_TEXT_CHARS = 4000
+MAX_REFERENCES = 4
+
+
+def _kind(kind: str, **meta: Any) -> dict[str, Any]:
+    return {"kind": kind, **meta}
+
+
+def spec(kind: str, default: Any = MISSING, *, factory: Any = MISSING, max_len: int | None = None) -> Any:
+    """A dataclass field whose wire `kind` drives validation (str, int, float, bool, map, list, image, ...)."""
+    meta = _kind(kind, max_len=max_len)
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    if default is not MISSING:
+        return field(default=default, metadata=meta)
+    return field(metadata=meta)
+
+
+class Message:
+    """Base of all messages. Subclasses are dataclasses with a `TYPE` and `spec` fields."""
+
+    TYPE: ClassVar[str] = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"type": self.TYPE}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            kind = f.metadata["kind"]
+            if kind in ("image", "image?"):
+                wire[f.name] = value.to_wire()
+            elif kind == "images":
+                wire[f.name] = [img.to_wire() for img in value]
+            else:
+                wire[f.name] = value
+        return wire
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Message:
+        values: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            kind = f.metadata["kind"]
+            where = f"{cls.TYPE}.{f.name}"
+            if f.name not in wire or wire[f.name] is None:
+                if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
+                    raise bad_request(f"'{cls.TYPE}' needs the field '{f.name}'")
+                continue
+            values[f.name] = _check(kind, wire[f.name], where, f.metadata.get("max_len"), max_pixels)
+        return cls(**values)
+
+
+def _check(kind: str, value: Any, where: str, max_len: int | None, max_pixels: int) -> Any:
+    if kind == "str" or kind == "str?":
+        if not isinstance(value, str):
+            raise bad_request(f"{where} must be a string")
+        limit = max_len or MAX_TEXT_CHARS
+        if len(value) > limit:
+            raise bad_request(f"{where} is {len(value)} characters long; the limit is {limit}")
+        return value
+    if kind == "int" or kind == "int?":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad_request(f"{where} must be an integer")
+        return value
+    if kind == "float" or kind == "float?":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad_request(f"{where} must be a finite number")
+        return float(value)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise bad_request(f"{where} must be true or false")
+        return value
+    if kind == "map":
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise bad_request(f"{where} must be a map with string keys")
+        return value
+    if kind == "list":
+        if not isinstance(value, list):
+            raise bad_request(f"{where} must be a list")
+        return value
+    if kind == "list[str]":
+        if not isinstance(value, list) or not all(isinstance(v, str) and len(v) <= MAX_ID_CHARS for v in value):
+            raise bad_request(f"{where} must be a list of short strings")
+        return value
+    if kind == "list[int]":
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad_request(f"{where} must be a list of integers")
+        return value
+    if kind in ("image", "image?"):
+        return ImagePayload.from_wire(value, what=where, max_pixels=max_pixels)
+    if kind == "images":
+        if not isinstance(value, list):
+            raise bad_request(f"{where} must be a list of images")
+        if len(value) > MAX_REFERENCES:
+            raise bad_request(f"{where} has {len(value)} images; at most {MAX_REFERENCES} are accepted")
+        return [ImagePayload.from_wire(v, what=f"{where}[{i}]", max_pixels=max_pixels) for i, v in enumerate(value)]
+    if kind == "any":
+        return value
+    raise AssertionError(f"unknown field kind {kind}")
+
+
+# ---------------------------------------------------------------- client -> server
+
+
+@dataclass
+class Hello(Message):
+    TYPE: ClassVar[str] = "hello"
+    client_id: str = spec("str", max_len=MAX_ID_CHARS)
+    client_name: str = spec("str", max_len=MAX_ID_CHARS)
+    client_version: str = spec("str", max_len=MAX_ID_CHARS)
+    protocol_versions: list[int] = spec("list[int]")
+    editor: str = spec("str", "", max_len=MAX_ID_CHARS)
+    token: str | None = spec("str?", None, max_len=256)
+    session: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
+    id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
+
+
+@dataclass
+class Submit(Message):
+    TYPE: ClassVar[str] = "submit"
+    id: str = spec("str", max_len=MAX_ID_CHARS)
+    task: str = spec("str", max_len=64)
+    prompt: str = spec("str", "")
+    image: ImagePayload | None = spec("image?", None)
+    mask: ImagePayload | None = spec("image?", None)
+    references: list[ImagePayload] = spec("images", factory=list)
+    params: dict[str, Any] = spec("map", factory=dict)
+    label: str = spec("str", "", max_len=256)  # free text for the panel, e.g. document name
+
+
+@dataclass
+class Cancel(Message):
+    TYPE: ClassVar[str] = "cancel"
+    job_id: str = spec("str", max_len=MAX_ID_CHARS)
+    id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
+
+
+@dataclass
+class Ack(Message):
+    TYPE: ClassVar[str] = "ack"
+    job_ids: list[str] = spec("list[str]")
+    id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
+
+
+@dataclass
+class StatusRequest(Message):
+    TYPE: ClassVar[str] = "status"
+    id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
+
+
+# ---------------------------------------------------------------- server -> client
+
+
+@dataclass
+class Welcome(Message):
+    TYPE: ClassVar[str] = "welcome"
+    server_version: str = spec("str")
+    protocol_version: int = spec("int")
+    session: str = spec("str")
+    limits: dict[str, Any] = spec("map")
+    engine: dict[str, Any] = spec("map")
+    tasks: list[Any] = spec("list")
+    resumed: bool = spec("bool", False)
+    pending: list[str] = spec("list[str]", factory=list)  # job ids whose results will be (re)delivered now
+    id: str | None = spec("str?", None)
+
+
+@dataclass
+class Accepted(Message):
+    TYPE: ClassVar[str] = "accepted"
+    id: str = spec("str")
+    job_id: str = spec("str")
+    position: int = spec("int")
+    seed: int = spec("int", 0)
+
+
+@dataclass
+class Queued(Message):
+    TYPE: ClassVar[str] = "queued"
+    job_id: str = spec("str")
+    position: int = spec("int")
+
+
+@dataclass
+class Started(Message):
+    TYPE: ClassVar[str] = "started"
+    job_id: str = spec("str")
+
+
+@dataclass
+class Progress(Message):
+    TYPE: ClassVar[str] = "progress"
+    job_id: str = spec("str")
+    step: int = spec("int")
+    total: int = spec("int")
+    eta_s: float | None = spec("float?", None)
+    image_index: int = spec("int", 0)
+    preview: ImagePayload | None = spec("image?", None)
+
+
+@dataclass
+class Result(Message):
+    TYPE: ClassVar[str] = "result"
+    job_id: str = spec("str")
+    index: int = spec("int")
+    count: int = spec("int")
+    seed: int = spec("int")
+    image: ImagePayload = spec("image")
+    provenance: dict[str, Any] = spec("map", factory=dict)
+    region: list[int] | None = spec("list[int]", None)  # [x, y, w, h] as the client sent it, if any
+
+
+@dataclass
+class Done(Message):
+    TYPE: ClassVar[str] = "done"
+    job_id: str = spec("str")
+
+
+@dataclass
+class Failed(Message):
+    TYPE: ClassVar[str] = "failed"
+    code: str = spec("str")
+    message: str = spec("str")
+    job_id: str | None = spec("str?", None)
+    id: str | None = spec("str?", None)
+
+    def error(self) -> ProtocolError:
+        try:
+            return ProtocolError(self.code, self.message)
+        except ValueError:
+            return ProtocolError(ErrorCode.INTERNAL, f"{self.code}: {self.message}")
+
+
+@dataclass
+class Cancelled(Message):
+    TYPE: ClassVar[str] = "cancelled"
+    job_id: str = spec("str")
+
+
+@dataclass
+class StatusReply(Message):
+    TYPE: ClassVar[str] = "status_reply"
+    engine: dict[str, Any] = spec("map")
+    queue: list[Any] = spec("list")
+    paused: bool = spec("bool", False)
+    id: str | None = spec("str?", None)
+
+
+@dataclass
+class Error(Message):
+    """A request-level error not tied to a job (bad frame, refused hello). The connection may be closed after it."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str = spec("str")
+    message: str = spec("str")
+    id: str | None = spec("str?", None)
+
+
+CLIENT_MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Hello, Submit, Cancel, Ack, StatusRequest)}
+SERVER_MESSAGES: dict[str, type[Message]] = {
+    m.TYPE: m
+    for m in (Welcome, Accepted, Queued, Started, Progress, Result, Done, Failed, Cancelled, StatusReply, Error)
+}
+TERMINAL_EVENTS = ("done", "failed", "cancelled")
