@@ -1,0 +1,190 @@
+"""Pure-Python copies of the plug-ins' dependencies (msgpack, websockets) for an editor's `_vendor/` folder.
+
+Editors ship their own Python without our packages, so `vendor_into(target_dir)` copies the `.py` files of
+msgpack and websockets there, without their optional C extensions (msgpack then uses `msgpack.fallback`,
+websockets its Python frame masking). The sources are the packages' sdists from the package index, fetched with
+`pip download` at the versions this ace-bridge runs with and cached in the wheel cache folder
+(env ACE_BRIDGE_WHEEL_CACHE, default `<user cache dir>/ace-bridge/wheels`), so repeated installs and tests do not
+hit the index. Offline, the files of the installed distributions are copied instead. Nothing here is committed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+#: Distribution name -> top-level package copied into `_vendor/`.
+VENDORED = {"msgpack": "msgpack", "websockets": "websockets"}
+#: Copied from a package: Python sources and typing markers only (no .c/.pyx/.so, no tests).
+_KEEP_SUFFIXES = (".py", ".typed")
+
+
+class VendorError(RuntimeError):
+    """A dependency could not be vendored; the message says what to do."""
+
+
+def wheel_cache_dir() -> Path:
+    """Where downloaded sdists/wheels are kept between installs."""
+    override = os.environ.get("ACE_BRIDGE_WHEEL_CACHE")
+    if override:
+        return Path(override)
+    try:
+        import platformdirs
+
+        return Path(platformdirs.user_cache_dir("ace-bridge", appauthor=False)) / "wheels"
+    except ImportError:  # pragma: no cover - platformdirs is a dependency
+        return Path.home() / ".cache" / "ace-bridge" / "wheels"
+
+
+def pinned_version(dist: str) -> str | None:
+    """The version this Python runs with, so the editors speak to the daemon with the same library."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def vendor_into(target_dir: Path) -> None:
+    """Fill `target_dir` with pure-Python msgpack and websockets (replacing older copies) and check they import
+    in a fresh interpreter without their C extensions. Raises VendorError with a readable message."""
+    target_dir = Path(target_dir)
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for dist, package in VENDORED.items():
+        version = pinned_version(dist)
+        dest = target_dir / package
+        if dest.exists():
+            shutil.rmtree(dest)
+        archive = _cached_sdist(dist, version)
+        if archive is None:
+            archive = _download_sdist(dist, version)
+        if archive is not None:
+            _extract_package(archive, package, dest)
+        else:
+            _copy_installed(dist, package, dest)
+    verify_vendored(target_dir)
+
+
+def verify_vendored(target_dir: Path) -> None:
+    """Import the vendored packages in an isolated interpreter; msgpack must run its pure-Python fallback."""
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import msgpack, websockets, websockets.sync.client; "
+        "assert msgpack.__file__.startswith(sys.argv[1]), msgpack.__file__; "
+        "assert websockets.__file__.startswith(sys.argv[1]), websockets.__file__; "
+        "assert msgpack.Packer.__module__ == 'msgpack.fallback', msgpack.Packer.__module__; "
+        "assert msgpack.unpackb(msgpack.packb({'a': [1, b'x']})) == {'a': [1, b'x']}"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MSGPACK_PUREPYTHON")}
+    proc = subprocess.run(
+        [sys.executable, "-I", "-B", "-c", code, str(target_dir)], capture_output=True, text=True, env=env, check=False
+    )
+    if proc.returncode != 0:
+        raise VendorError(f"the vendored packages in {target_dir} do not import cleanly:\n{proc.stderr.strip()}")
+
+
+def _sdist_names(dist: str, version: str | None) -> list[str]:
+    if version is None:
+        return []
+    stem = f"{dist.replace('-', '_')}-{version}"
+    return [f"{stem}.tar.gz", f"{dist}-{version}.tar.gz", f"{stem}.zip"]
+
+
+def _cached_sdist(dist: str, version: str | None) -> Path | None:
+    cache = wheel_cache_dir()
+    for name in _sdist_names(dist, version):
+        if (cache / name).is_file():
+            return cache / name
+    return None
+
+
+def _download_sdist(dist: str, version: str | None) -> Path | None:
+    """`pip download` the sdist into the cache; None when pip or the index is unavailable."""
+    cache = wheel_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    requirement = f"{dist}=={version}" if version else dist
+    with tempfile.TemporaryDirectory(prefix="ace-bridge-dl-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
+               "--no-binary", dist, "--no-build-isolation", "--dest", tmp, requirement]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
+                                  env={**os.environ, "MSGPACK_PUREPYTHON": "1"})
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if proc.returncode != 0:
+            return None
+        found = [p for p in Path(tmp).iterdir() if p.name.endswith((".tar.gz", ".zip"))]
+        if not found:
+            return None
+        dest = cache / found[0].name
+        shutil.move(str(found[0]), dest)
+        return dest
+
+
+def _members(archive: Path) -> list[tuple[PurePosixPath, bytes | None]]:
+    """(path, data-or-None-for-directories) of every file in an sdist."""
+    out: list[tuple[PurePosixPath, bytes | None]] = []
+    if archive.name.endswith(".zip"):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if not info.is_dir():
+                    out.append((PurePosixPath(info.filename), zf.read(info)))
+        return out
+    with tarfile.open(archive) as tf:
+        for member in tf.getmembers():
+            if member.isfile():
+                handle = tf.extractfile(member)
+                out.append((PurePosixPath(member.name), handle.read() if handle else b""))
+    return out
+
+
+def _extract_package(archive: Path, package: str, dest: Path) -> None:
+    """Copy `<...>/<package>/**/*.py` out of an sdist (e.g. `msgpack-1.1.0/msgpack/` or `src/websockets/`)."""
+    members = _members(archive)
+    roots = sorted(
+        (path.parent for path, _ in members if path.name == "__init__.py" and path.parent.name == package),
+        key=lambda p: len(p.parts),
+    )
+    if not roots:
+        raise VendorError(f"{archive} holds no '{package}' package; delete it from {archive.parent} and retry")
+    root = roots[0]
+    for path, data in members:
+        try:
+            rel = path.relative_to(root)
+        except ValueError:
+            continue
+        if path.suffix not in _KEEP_SUFFIXES or "tests" in rel.parts or data is None:
+            continue
+        out = dest.joinpath(*rel.parts)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(data)
+
+
+def _copy_installed(dist: str, package: str, dest: Path) -> None:
+    """Offline fallback: the Python files of the installed distribution, without compiled extensions."""
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise VendorError(
+            f"cannot vendor {dist}: it is not in the cache {wheel_cache_dir()}, `pip download {dist}` failed "
+            f"(no network?) and it is not installed here. Run `pip download --no-binary {dist} -d "
+            f"{wheel_cache_dir()} {dist}` where the package index is reachable."
+        ) from None
+    copied = 0
+    for f in files:
+        parts = PurePosixPath(str(f)).parts
+        if not parts or parts[0] != package or PurePosixPath(str(f)).suffix not in _KEEP_SUFFIXES:
+            continue
+        if "tests" in parts or "__pycache__" in parts:
+            continue
+        out = dest.joinpath(*parts[1:])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f.locate(), out)
+        copied += 1
+    if not copied:
+        raise VendorError(f"the installed {dist} has no Python files to copy")

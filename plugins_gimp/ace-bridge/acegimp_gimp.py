@@ -1,0 +1,451 @@
+"""The GIMP side of the plug-in: the only module that imports gi (Gimp, GimpUi, Gegl, Gtk).
+
+It registers one ImageProcedure per ACE++ task plus Fetch Finished Results, reads pixels and the selection
+through GEGL buffers (R'G'B'A u8 / Y u8, whatever the image's precision), and inserts results as layers.
+Everything else lives in acegimp_logic.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any
+
+import gi
+
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+import acegimp_logic as logic  # noqa: E402
+from ace_protocol.geometry import Bounds, Extent  # noqa: E402
+from ace_protocol.images import ImagePayload  # noqa: E402
+from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
+
+RW = GObject.ParamFlags.READWRITE
+RGBA = "R'G'B'A u8"
+GRAY = "Y u8"
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _rect(b: Bounds) -> Gegl.Rectangle:
+    return Gegl.Rectangle.new(b.x, b.y, b.width, b.height)
+
+
+def selection_bounds(image: Gimp.Image) -> Bounds | None:
+    """The selection's bounding box, or None when nothing is selected."""
+    if Gimp.Selection.is_empty(image):
+        return None
+    values = Gimp.Selection.bounds(image)
+    x1, y1, x2, y2 = (int(v) for v in values[-4:])
+    non_empty = bool(values[-5])
+    if not non_empty or x2 <= x1 or y2 <= y1:
+        return None
+    return Bounds(x1, y1, x2 - x1, y2 - y1)
+
+
+def read_selection_mask(image: Gimp.Image, region: Bounds) -> ImagePayload:
+    data = image.get_selection().get_buffer().get(_rect(region), 1.0, GRAY, Gegl.AbyssPolicy.NONE)
+    return ImagePayload(region.width, region.height, "gray8", bytes(data))
+
+
+def read_drawable(drawable: Gimp.Drawable, region: Bounds) -> ImagePayload:
+    """Pixels of one drawable over an image-space region; outside the drawable is transparent."""
+    offsets = drawable.get_offsets()  # (ok, x, y) from introspection
+    ox, oy = int(offsets[-2]), int(offsets[-1])
+    local = Bounds(region.x - ox, region.y - oy, region.width, region.height)
+    data = drawable.get_buffer().get(_rect(local), 1.0, RGBA, Gegl.AbyssPolicy.NONE)
+    return ImagePayload(region.width, region.height, "rgba8", bytes(data))
+
+
+def read_visible(image: Gimp.Image, region: Bounds) -> ImagePayload:
+    """The composite of the visible layers over the region, without changing the image."""
+    tmp = Gimp.Layer.new_from_visible(image, image, "ace-bridge-visible")
+    try:
+        return read_drawable(tmp, region)
+    finally:
+        tmp.delete()
+
+
+def read_reference(layer: Gimp.Drawable) -> ImagePayload:
+    w, h = layer.get_width(), layer.get_height()
+    data = layer.get_buffer().get(Gegl.Rectangle.new(0, 0, w, h), 1.0, RGBA, Gegl.AbyssPolicy.NONE)
+    return ImagePayload(w, h, "rgba8", bytes(data))
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _new_layer(image: Gimp.Image, name: str, width: int, height: int) -> Gimp.Layer:
+    gray = image.get_base_type() == Gimp.ImageBaseType.GRAY
+    kind = Gimp.ImageType.GRAYA_IMAGE if gray else Gimp.ImageType.RGBA_IMAGE
+    return Gimp.Layer.new(image, name, width, height, kind, 100.0, Gimp.LayerMode.NORMAL)
+
+
+def _layer_from_payload(image: Gimp.Image, payload: ImagePayload, name: str) -> Gimp.Layer:
+    if payload.format in ("rgba8", "bgra8", "gray8"):
+        rgba = payload.to_rgba8()
+        layer = _new_layer(image, name, rgba.width, rgba.height)
+        buf = layer.get_buffer()
+        buf.set(Gegl.Rectangle.new(0, 0, rgba.width, rgba.height), RGBA, rgba.data)
+        buf.flush()
+        return layer
+    # Encoded results (a daemon elsewhere sends PNG/WebP): let GIMP's own loaders decode them.
+    suffix = "." + payload.format
+    fd, path = tempfile.mkstemp(prefix="ace-bridge-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload.data)
+        layer = Gimp.file_load_layer(Gimp.RunMode.NONINTERACTIVE, image, Gio.File.new_for_path(path))
+        layer.set_name(name)
+        if not layer.has_alpha():
+            layer.add_alpha()
+        return layer
+    finally:
+        os.unlink(path)
+
+
+def _attach_provenance(item: Gimp.Item, data: bytes) -> None:
+    item.attach_parasite(Gimp.Parasite.new(logic.PARASITE_NAME, Gimp.PARASITE_PERSISTENT, list(data)))
+
+
+def insert_results(image: Gimp.Image, results: list[Any], meta: dict[str, Any], active: Any) -> list[Gimp.Layer]:
+    """Insert results as layers (a group when several) inside one undo group. Returns the new layers."""
+    if not results:
+        return []
+    region = meta.get("region") or [0, 0, 0, 0]
+    placement = meta.get("placement", "top")
+    parent, position = None, 0
+    if placement == "above-active" and active is not None and active.get_image() == image:
+        parent = active.get_parent()
+        position = image.get_item_position(active)
+    layers = []
+    image.undo_group_start()
+    try:
+        target_parent, target_pos = parent, position
+        if len(results) > 1:
+            group = Gimp.GroupLayer.new(image, logic.layer_name(meta["task"], meta.get("prompt", ""), None))
+            image.insert_layer(group, parent, position)
+            _attach_provenance(group, logic.provenance_bytes(results[0], meta))
+            target_parent, target_pos = group, 0
+        for result in results:
+            rx, ry = (result.region[0], result.region[1]) if getattr(result, "region", None) else region[:2]
+            name = logic.layer_name(meta["task"], meta.get("prompt", ""), result.seed)
+            layer = _layer_from_payload(image, result.image, name)
+            image.insert_layer(layer, target_parent, target_pos)
+            target_pos += 1 if len(results) > 1 else 0
+            layer.set_offsets(int(rx), int(ry))
+            _attach_provenance(layer, logic.provenance_bytes(result, meta))
+            layer.update(0, 0, layer.get_width(), layer.get_height())
+            layers.append(layer)
+    finally:
+        image.undo_group_end()
+    Gimp.displays_flush()
+    return layers
+
+
+# ------------------------------------------------------------------ UI
+
+
+class GimpProgressUi(logic.HeadlessUi):
+    """GIMP's progress bar; with a dialog (interactive runs) a Cancel window that cancels the job."""
+
+    def __init__(self, title: str, interactive: bool) -> None:
+        super().__init__()
+        Gimp.progress_init(title)
+        self._cancelled = False
+        self._window = None
+        self._bar = None
+        if interactive:
+            self._make_window(title)
+
+    def _make_window(self, title: str) -> None:
+        try:
+            gi.require_version("Gtk", "3.0")
+            from gi.repository import Gtk
+
+            self._gtk = Gtk
+            win = Gtk.Dialog(title=title)
+            win.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+            self._bar = Gtk.ProgressBar(show_text=True)
+            self._bar.set_text("ACE++: sending…")
+            win.get_content_area().pack_start(self._bar, True, True, 12)
+            win.connect("response", lambda *_: self._cancel())
+            win.connect("delete-event", lambda *_: self._cancel() or True)
+            win.set_default_size(360, -1)
+            win.show_all()
+            self._window = win
+        except Exception:  # no display: the progress bar alone
+            self._window = None
+
+    def _cancel(self) -> None:
+        self._cancelled = True
+
+    def progress(self, fraction: float | None, text: str | None) -> None:
+        if text:
+            Gimp.progress_set_text(text)
+            if self._bar is not None:
+                self._bar.set_text(text)
+        if fraction is not None:
+            Gimp.progress_update(fraction)
+            if self._bar is not None:
+                self._bar.set_fraction(fraction)
+        elif self._bar is not None:
+            self._bar.pulse()
+
+    def cancel_requested(self) -> bool:
+        return self._cancelled
+
+    def pump(self) -> None:
+        if self._window is not None:
+            while self._gtk.events_pending():
+                self._gtk.main_iteration_do(False)
+
+    def close(self) -> None:
+        if self._window is not None:
+            self._window.destroy()
+            self.pump()
+            self._window = None
+        Gimp.progress_end()
+
+
+# ------------------------------------------------------------------ procedures
+
+
+def _state() -> logic.ProfileState:
+    return logic.ProfileState(Path(Gimp.directory()) / logic.STATE_FILE)
+
+
+def _client(settings: logic.Settings, state: logic.ProfileState, *, resume: bool):
+    from ace_protocol.client import BridgeClient
+
+    return BridgeClient(
+        url=settings.url or None,
+        token=settings.token or None,
+        client_id=state.client_id,
+        client_name=logic.CLIENT_NAME,
+        client_version=logic.PLUGIN_VERSION,
+        editor=f"gimp {Gimp.version()}",
+        session=state.session if resume else None,
+    )
+
+
+def _settings_from_config(config: Gimp.ProcedureConfig, action: logic.Action | None) -> logic.Settings:
+    s = logic.Settings()
+    for name in ("prompt", "seed", "steps", "count", "guidance", "padding", "feather", "source", "mode", "face",
+                 "width", "height", "url", "token"):
+        if config.find_property(name) is not None:
+            value = config.get_property(name)
+            setattr(s, name, value if value is not None else getattr(s, name))
+    return s
+
+
+def _add_common_args(proc: Gimp.Procedure, action: logic.Action) -> None:
+    spec = {p: p for p in action.param_names}
+    proc.add_string_argument("prompt", "_Prompt", "What to do ({image} marks the input in the template)", "", RW)
+    if action.takes_reference:
+        proc.add_layer_argument("reference", "_Reference layer", "Layer used as the reference image", True, RW)
+    if action.needs_image:
+        choice = Gimp.Choice.new()
+        choice.add("visible", 0, "Visible image", "The composite of all visible layers; result on top")
+        choice.add("layer", 1, "Active layer", "Only the active layer; result directly above it")
+        proc.add_choice_argument("source", "_Read", "What the model sees", choice, "visible", RW)
+    if "mode" in spec:
+        modes = Gimp.Choice.new()
+        for i, m in enumerate(("repaint", "canny", "mosaic", "recolor")):
+            modes.add(m, i, m.capitalize(), "")
+        proc.add_choice_argument("mode", "_Mode", "Repaint, or keep the structure inside the selection", modes,
+                                 "repaint", RW)
+    if "face" in spec:
+        proc.add_boolean_argument("face", "_Face reference", "The reference is a face (portrait LoRA)", False, RW)
+    proc.add_int_argument("seed", "_Seed", "-1 picks a random seed", -1, logic.SEED_ARG_MAX, -1, RW)
+    proc.add_int_argument("steps", "S_teps", "Denoising steps", 1, 100, 28, RW)
+    proc.add_int_argument("count", "_Count", "Images per job (several arrive as a layer group)", 1, 8, 1, RW)
+    proc.add_double_argument("guidance", "_Guidance", "FLUX distilled guidance", 0.0, 100.0, 50.0, RW)
+    if action.needs_image:
+        proc.add_int_argument("padding", "Context _padding", "Pixels around the selection sent as context "
+                              "(-1: automatic)", -1, 4096, -1, RW)
+    proc.add_int_argument("feather", "_Feather", "Soft edge of the result inside the selection, pixels",
+                          0, 256, 8, RW)
+    if "width" in spec:
+        proc.add_int_argument("width", "_Width", "Output width (0: selection or canvas)", 0, 4096, 0, RW)
+        proc.add_int_argument("height", "_Height", "Output height (0: selection or canvas)", 0, 4096, 0, RW)
+
+
+def _add_connection_args(proc: Gimp.Procedure) -> None:
+    proc.add_string_argument("url", "Daemon _URL", "Empty: discovery (ACE_BRIDGE_URL, runtime.json, default)",
+                             "", RW)
+    proc.add_string_argument("token", "_Token", "Empty: ACE_BRIDGE_TOKEN or the daemon's token file", "", RW)
+    proc.add_int_return_value("layers", "Layers", "Number of result layers inserted", 0, 1000, 0, RW)
+
+
+def _return(procedure: Gimp.Procedure, status: Gimp.PDBStatusType, message: str = "", layers: int = 0):
+    if status == Gimp.PDBStatusType.SUCCESS:
+        rv = procedure.new_return_values(status, GLib.Error())
+        rv.remove(1)
+        rv.insert(1, GObject.Value(GObject.TYPE_INT, layers))
+        return rv
+    if status == Gimp.PDBStatusType.CANCEL:
+        return procedure.new_return_values(status, GLib.Error())
+    return procedure.new_return_values(status, GLib.Error.new_literal(Gimp.PlugIn.error_quark(), message, 0))
+
+
+def _log_unexpected(exc: BaseException) -> None:
+    """Expected failures carry their whole message; anything else also leaves a traceback on stderr."""
+    if not logic.is_expected_error(exc):
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+
+
+def _run_dialog(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, title: str) -> bool:
+    gi.require_version("GimpUi", "3.0")
+    from gi.repository import GimpUi
+
+    GimpUi.init("ace-bridge")
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
+    dialog.fill(None)
+    try:
+        return bool(dialog.run())
+    finally:
+        dialog.destroy()
+
+
+def run_action(procedure, run_mode, image, drawables, config, data):
+    action = logic.ACTIONS_BY_PROCEDURE[procedure.get_name()]
+    interactive = run_mode == Gimp.RunMode.INTERACTIVE
+    if interactive and not _run_dialog(procedure, config, f"ACE++ {action.label.rstrip('…')}"):
+        return _return(procedure, Gimp.PDBStatusType.CANCEL)
+    settings = _settings_from_config(config, action)
+    ui = None
+    client = None
+    try:
+        state = _state()
+        canvas = Extent(image.get_width(), image.get_height())
+        plan = logic.plan_job(action, settings, canvas, selection_bounds(image))
+        active = drawables[0] if drawables else (image.get_selected_drawables() or [None])[0]
+        if action.needs_image and settings.source == "layer" and active is None:
+            raise logic.UserError("Select a layer to read, or set Read to 'Visible image'.")
+        references = []
+        if action.takes_reference:
+            ref = config.get_property("reference")
+            if ref is None:
+                raise logic.UserError(f"{action.label.rstrip('…')} needs a reference layer: choose one in the "
+                                      "dialog (or pass the 'reference' argument).")
+            references.append(read_reference(ref))
+        image_payload = mask = None
+        if plan.read_image:
+            if plan.placement == "above-active":
+                image_payload = read_drawable(active, plan.region)
+            else:
+                image_payload = read_visible(image, plan.region)
+            mask = read_selection_mask(image, plan.region) if plan.selection else logic.full_mask(plan.region)
+        params = logic.build_params(action, settings, plan)
+
+        ui = GimpProgressUi(f"ACE++ {action.label.rstrip('…')}", interactive)
+        ui.progress(None, "ACE++: connecting…")
+        client = _client(settings, state, resume=False)
+        welcome = client.connect()
+        state.session = welcome.session
+        logic.check_offered(action, welcome.tasks, welcome.engine)
+        ui.progress(None, "ACE++: sending…")
+        job = client.submit(action.task, settings.prompt, image=image_payload, mask=mask, references=references,
+                            params=params, label=f"GIMP: {image.get_name() or 'image'}")
+        meta = {"task": action.task, "prompt": settings.prompt, "params": params, "placement": plan.placement,
+                "region": list(plan.region), "image_id": image.get_id()}
+        state.add_pending(job.id, meta)
+        outcome = logic.wait_for_job(job, ui)
+        layers = insert_results(image, outcome.results, meta, active)
+        client.ack(job.id)
+        state.remove_pending(job.id)
+        return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=len(layers))
+    except logic.JobCancelled:
+        return _return(procedure, Gimp.PDBStatusType.CANCEL)
+    except Exception as exc:
+        _log_unexpected(exc)
+        return _return(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, logic.describe_error(exc))
+    finally:
+        if ui is not None:
+            ui.close()
+        if client is not None:
+            client.close()
+
+
+def run_fetch(procedure, run_mode, image, drawables, config, data):
+    settings = _settings_from_config(config, None)
+    client = None
+    try:
+        state = _state()
+        client = _client(settings, state, resume=True)
+        try:
+            welcome = client.connect()
+        except Exception as exc:
+            if type(exc).__name__ in ("DaemonNotRunning", "Unauthorized", "VersionMismatch"):
+                raise
+            client = _client(settings, state, resume=False)  # the old session is gone: start fresh
+            welcome = client.connect()
+        state.session = welcome.session
+        inserted = 0
+        active = drawables[0] if drawables else None
+        for handle in client.fetch_unacknowledged(wait=3.0):
+            try:
+                outcome = logic.wait_for_job(handle, logic.HeadlessUi(), event_timeout_s=30)
+            except (logic.UserError, logic.JobCancelled) as exc:
+                print(f"ace-bridge: job {handle.id}: {logic.describe_error(exc)}", file=sys.stderr)
+                client.ack(handle.id)
+                state.remove_pending(handle.id)
+                continue
+            meta = state.pending(handle.id) or {}
+            if not meta and outcome.results:
+                first = outcome.results[0]
+                meta = {"task": first.provenance.get("task", "result"), "prompt": first.provenance.get("prompt", "")}
+            meta.setdefault("task", "result")
+            inserted += len(insert_results(image, outcome.results, meta, active))
+            client.ack(handle.id)
+            state.remove_pending(handle.id)
+        if inserted == 0 and run_mode == Gimp.RunMode.INTERACTIVE:
+            Gimp.message("ACE++: no finished results are waiting for this GIMP profile.")
+        return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=inserted)
+    except Exception as exc:
+        _log_unexpected(exc)
+        return _return(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, logic.describe_error(exc))
+    finally:
+        if client is not None:
+            client.close()
+
+
+class AceBridgePlugIn(Gimp.PlugIn):
+    def do_query_procedures(self):
+        return [a.procedure for a in logic.ACTIONS] + [logic.FETCH_PROCEDURE]
+
+    def do_set_i18n(self, name):
+        return False
+
+    def do_create_procedure(self, name):
+        if name == logic.FETCH_PROCEDURE:
+            proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_fetch, None)
+            proc.set_menu_label(logic.FETCH_LABEL)
+            proc.set_documentation("Bring back finished ACE++ results",
+                                   "Inserts results of this GIMP profile that finished after the plug-in ended.",
+                                   name)
+        else:
+            action = logic.ACTIONS_BY_PROCEDURE[name]
+            proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_action, None)
+            proc.set_menu_label(action.label)
+            proc.set_documentation(f"ACE++ {action.label.rstrip('…')}",
+                                   f"Runs the ACE++ task '{action.task}' in the ACE Bridge daemon and adds the "
+                                   "result as a new layer.", name)
+            _add_common_args(proc, action)
+        proc.set_image_types("*")
+        proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE
+                                  | Gimp.ProcedureSensitivityMask.DRAWABLES
+                                  | Gimp.ProcedureSensitivityMask.NO_DRAWABLES)
+        proc.add_menu_path(logic.MENU_PATH)
+        proc.set_attribution("ACE Bridge", "ACE Bridge contributors", "2026")
+        _add_connection_args(proc)
+        return proc
+
+
+def main() -> None:
+    Gimp.main(AceBridgePlugIn.__gtype__, sys.argv)

@@ -1,0 +1,254 @@
+"""The GIMP plug-in's pure logic (no gi) and `ace-bridge install/package gimp`, on the host."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "plugins_gimp" / "ace-bridge"))
+
+import acegimp_logic as logic  # noqa: E402
+from ace_protocol.geometry import Bounds, Extent  # noqa: E402
+from ace_protocol.tasks import TASKS  # noqa: E402
+
+CANVAS = Extent(96, 64)
+
+
+def action(task: str) -> logic.Action:
+    return next(a for a in logic.ACTIONS if a.task == task)
+
+
+@pytest.fixture
+def wheel_cache(monkeypatch):
+    """Keep downloaded sdists in the repo's ignored .cache so tests hit the index once per checkout."""
+    cache = os.environ.get("ACE_BRIDGE_WHEEL_CACHE") or str(REPO / ".cache" / "wheels")
+    monkeypatch.setenv("ACE_BRIDGE_WHEEL_CACHE", cache)
+    return Path(cache)
+
+
+def test_one_action_per_task_with_the_designed_procedure_names():
+    assert [a.task for a in logic.ACTIONS] == list(TASKS)
+    assert {a.procedure for a in logic.ACTIONS} == {t.gimp_procedure for t in TASKS.values()}
+    assert all(a.procedure.startswith("python-fu-ace-bridge-") for a in logic.ACTIONS)
+    assert logic.FETCH_PROCEDURE not in logic.ACTIONS_BY_PROCEDURE
+
+
+@pytest.mark.parametrize("task", [t for t, s in TASKS.items() if s.needs_selection])
+def test_task_needing_a_selection_without_one_says_so(task):
+    with pytest.raises(logic.UserError, match="make a selection first"):
+        logic.plan_job(action(task), logic.Settings(), CANVAS, None)
+    with pytest.raises(logic.UserError, match="make a selection first"):
+        logic.plan_job(action(task), logic.Settings(), CANVAS, Bounds(5, 5, 0, 0))
+
+
+def test_no_selection_means_the_whole_image_where_allowed():
+    plan = logic.plan_job(action("instruct"), logic.Settings(), CANVAS, None)
+    assert plan.region == Bounds(0, 0, 96, 64) and plan.read_image and plan.selection is None
+    assert logic.full_mask(plan.region).data == b"\xff" * (96 * 64)
+
+
+@pytest.mark.parametrize(
+    ("source", "placement"), [("visible", "top"), ("layer", "above-active")]
+)
+def test_region_padding_and_placement(source, placement):
+    settings = logic.Settings(padding=4, source=source)
+    plan = logic.plan_job(action("local_edit"), settings, CANVAS, Bounds(20, 10, 30, 20))
+    assert plan.region == Bounds(16, 6, 38, 28)
+    assert plan.placement == placement
+
+
+def test_padding_is_clamped_to_the_canvas_and_automatic_when_negative():
+    plan = logic.plan_job(action("inpaint"), logic.Settings(padding=-1), CANVAS, Bounds(0, 0, 10, 10))
+    assert plan.region.x == 0 and plan.region.y == 0 and plan.region.width >= 10
+    assert Bounds(0, 0, 96, 64).contains(plan.region)
+
+
+def test_tasks_without_an_image_generate_into_the_selection_or_canvas():
+    plan = logic.plan_job(action("generate"), logic.Settings(source="layer"), CANVAS, Bounds(8, 8, 40, 30))
+    assert plan.region == Bounds(8, 8, 40, 30) and not plan.read_image and plan.placement == "top"
+    params = logic.build_params(action("generate"), logic.Settings(), plan)
+    assert params["width"] == 64 and params["height"] == 64  # clamped to the task's minimum
+    plan = logic.plan_job(action("generate"), logic.Settings(), Extent(640, 480), None)
+    assert logic.build_params(action("generate"), logic.Settings(width=512), plan)["width"] == 512
+
+
+def test_params_only_name_what_the_task_has_and_validate():
+    plan = logic.plan_job(action("local_edit"), logic.Settings(), CANVAS, Bounds(1, 1, 5, 5))
+    settings = logic.Settings(seed=5, steps=2, count=3, feather=4, mode="canny", face=True, width=100)
+    params = logic.build_params(action("local_edit"), settings, plan)
+    assert params == {"seed": 5, "steps": 2, "count": 3, "guidance": 50.0, "feather": 4, "mode": "canny"}
+    assert "face" not in params and "width" not in params and params["mode"] == "canny"
+    TASKS["local_edit"].validate_params(params)
+    ref = logic.build_params(action("reference_edit"), settings, plan)
+    assert ref["face"] is True and "mode" not in ref
+    TASKS["reference_edit"].validate_params(ref)
+
+
+def test_task_not_offered_by_the_loaded_model_is_named():
+    offered = [{"name": "inpaint"}, {"name": "generate"}]
+    logic.check_offered(action("inpaint"), offered, {"model": "tiny"})
+    with pytest.raises(logic.UserError) as err:
+        logic.check_offered(action("instruct"), offered, {"model": "tiny"})
+    text = str(err.value)
+    assert "Edit with Instruction" in text and "tiny" in text and "generate, inpaint" in text
+
+
+def test_progress_texts():
+    assert logic.progress_update(SimpleNamespace(TYPE="queued", position=2)) == (None, "ACE++: queued, position 2")
+    frac, text = logic.progress_update(SimpleNamespace(TYPE="progress", step=1, total=4, eta_s=3.2, image_index=0))
+    assert frac == 0.25 and text == "ACE++: step 1/4, about 3 s left"
+    assert logic.progress_update(SimpleNamespace(TYPE="done")) == (None, None)
+
+
+def test_profile_state_keeps_a_stable_client_id_and_pending_jobs(tmp_path):
+    path = tmp_path / "profile" / logic.STATE_FILE
+    first = logic.ProfileState(path)
+    assert first.client_id.startswith("gimp-")
+    first.session = "s1"
+    first.add_pending("j1", {"task": "inpaint", "region": [1, 2, 3, 4]})
+    again = logic.ProfileState(path)
+    assert again.client_id == first.client_id and again.session == "s1"
+    assert again.pending("j1") == {"task": "inpaint", "region": [1, 2, 3, 4]}
+    again.remove_pending("j1")
+    assert logic.ProfileState(path).pending("j1") is None
+    path.write_text("not json")
+    assert logic.ProfileState(path).client_id != first.client_id  # unreadable state: start over, no crash
+
+
+class FakeJob:
+    def __init__(self, events, block_after=False):
+        self.id = "job-1"
+        self._events = events
+        self.cancelled = False
+        self._block = block_after
+
+    def events(self):
+        yield from self._events
+        while self._block and not self.cancelled:
+            import time
+
+            time.sleep(0.01)
+        if self.cancelled:
+            yield SimpleNamespace(TYPE="cancelled", job_id=self.id)
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class RecordingUi(logic.HeadlessUi):
+    def __init__(self, cancel=False):
+        super().__init__()
+        self.updates = []
+        self._cancel = cancel
+
+    def progress(self, fraction, text):
+        self.updates.append((fraction, text))
+
+    def cancel_requested(self):
+        return self._cancel
+
+
+def test_wait_for_job_collects_results_in_order():
+    r = [SimpleNamespace(TYPE="result", index=i, count=2, seed=5 + i) for i in (1, 0)]
+    job = FakeJob([SimpleNamespace(TYPE="queued", position=1), SimpleNamespace(TYPE="started"),
+                   SimpleNamespace(TYPE="progress", step=1, total=2, eta_s=None, image_index=0), *r,
+                   SimpleNamespace(TYPE="done")])
+    ui = RecordingUi()
+    outcome = logic.wait_for_job(job, ui)
+    assert [x.index for x in outcome.results] == [0, 1]
+    assert (0.5, "ACE++: step 1/2") in ui.updates and (None, "ACE++: queued, position 1") in ui.updates
+
+
+def test_wait_for_job_reports_failure_and_cancel():
+    job = FakeJob([SimpleNamespace(TYPE="failed", code="out_of_memory", message="Select a smaller region.")])
+    with pytest.raises(logic.UserError, match=r"failed \(out_of_memory\): Select a smaller region"):
+        logic.wait_for_job(job, RecordingUi())
+    job = FakeJob([SimpleNamespace(TYPE="started")], block_after=True)
+    with pytest.raises(logic.JobCancelled):
+        logic.wait_for_job(job, RecordingUi(cancel=True))
+    assert job.cancelled
+
+
+def test_provenance_round_trip():
+    result = SimpleNamespace(seed=7, job_id="j", index=0, provenance={"model": "tiny", "task": "inpaint"})
+    data = logic.provenance_bytes(result, {"task": "inpaint", "prompt": "a vase", "params": {"steps": 2}})
+    value = logic.parse_provenance(data)
+    assert value["seed"] == 7 and value["model"] == "tiny" and value["prompt"] == "a vase"
+    assert value["params"] == {"steps": 2}
+
+
+def test_describe_error_never_only_a_traceback():
+    class DaemonNotRunning(Exception):
+        pass
+
+    assert logic.describe_error(DaemonNotRunning("start it with `ace-bridge serve`")).startswith("start it")
+    assert "KeyError" in logic.describe_error(KeyError("x")) and "error console" in logic.describe_error(KeyError())
+
+
+def test_install_gimp_into_a_profile(tmp_path, wheel_cache):
+    from bridge_server.install.gimp import install_gimp
+
+    folder = install_gimp(tmp_path / "GIMP" / "3.0")
+    assert folder == tmp_path / "GIMP" / "3.0" / "plug-ins" / "ace-bridge"
+    entry = folder / "ace-bridge.py"
+    assert entry.stat().st_mode & stat.S_IXUSR
+    for rel in ("acegimp_logic.py", "acegimp_gimp.py", "_vendor/ace_protocol/client.py",
+                "_vendor/msgpack/fallback.py", "_vendor/websockets/sync/client.py"):
+        assert (folder / rel).is_file(), rel
+    assert not list((folder / "_vendor").rglob("*.so")) and not list((folder / "_vendor").rglob("*.pyd"))
+    # The plug-in's own import setup works with nothing but the folder (no site-packages).
+    code = ("import sys; sys.path[:0] = [sys.argv[1] + '/_vendor', sys.argv[1]]; import acegimp_logic, msgpack, "
+            "ace_protocol.client; assert msgpack.Packer.__module__ == 'msgpack.fallback'; print(acegimp_logic.__file__)")
+    out = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", code, str(folder)],
+                         capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().startswith(str(folder))
+    # Reinstalling replaces the folder (stale files go).
+    (folder / "stale.py").write_text("")
+    install_gimp(tmp_path / "GIMP" / "3.0")
+    assert not (folder / "stale.py").exists()
+
+
+def test_package_gimp_builds_a_zip_with_the_run_bit(tmp_path, wheel_cache):
+    from bridge_server.install.gimp import package_gimp
+
+    out = package_gimp(tmp_path / "dist" / "ace-bridge-gimp.zip")
+    with zipfile.ZipFile(out) as zf:
+        names = zf.namelist()
+        assert "ace-bridge/ace-bridge.py" in names and "ace-bridge/_vendor/msgpack/__init__.py" in names
+        assert all(n.startswith("ace-bridge/") and "__pycache__" not in n for n in names)
+        mode = zf.getinfo("ace-bridge/ace-bridge.py").external_attr >> 16
+        assert mode & 0o111
+
+
+@pytest.mark.parametrize(
+    ("platform", "expected"),
+    [("linux", "xdg/GIMP/3.0"), ("win32", "appdata/GIMP/3.0"), ("darwin", "Library/Application Support/GIMP/3.0")],
+)
+def test_default_profile_per_platform(tmp_path, monkeypatch, platform, expected):
+    from bridge_server.install import gimp
+
+    monkeypatch.setattr(gimp.sys, "platform", platform)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("APPDATA", str(tmp_path / "appdata"))
+    monkeypatch.setattr(gimp.Path, "home", classmethod(lambda cls: tmp_path))
+    assert gimp.default_profile_dir() == tmp_path / expected
+    # An existing 3.2 profile wins over the 3.0 default; an explicit version is honoured.
+    (tmp_path / expected).parent.joinpath("3.2").mkdir(parents=True)
+    assert gimp.default_profile_dir() == (tmp_path / expected).parent / "3.2"
+    assert gimp.default_profile_dir("3.0") == tmp_path / expected
+
+
+def test_state_file_is_json(tmp_path):
+    state = logic.ProfileState(tmp_path / logic.STATE_FILE)
+    assert json.loads((tmp_path / logic.STATE_FILE).read_text())["client_id"] == state.client_id
