@@ -1,0 +1,588 @@
+"""ACE++ on diffusers: FluxFillPipeline components, three named LoRA adapters, the optional FFT transformer.
+
+Stages of one job (`run`): 1. plan (pure recipe) 2. load on first use 3. pick transformer + adapter
+4. encode prompt 5. masked-image (+change) latents, then noise, from ONE CPU generator in that order (as the
+authors) 6. our own denoising loop (progress and cancellation every step) 7. decode 8. crop back to the region.
+
+Why our own loop: diffusers 0.42's FluxFillPipeline cannot take `masked_image_latents` without an image
+(diffusers PR #12627), re-applies (1 - mask) to the image (breaking repainting scales < 1), VAE-decodes even after
+an interrupt, and has no way to feed the FFT model's 448 channels. The loop below is built from the pipeline's
+own helpers (encode_prompt, prepare_mask_latents, retrieve_timesteps, scheduler.step) and serves both widths.
+
+Memory modes (`memory_mode`), `auto` picks from free VRAM at load time:
+    gpu                 whole pipeline on the GPU        free VRAM >= 40 GiB  (bf16 weights ~34 GB + activations)
+    model-offload       one component at a time on GPU  free VRAM >= 26 GiB  (the 23.8 GB transformer must fit)
+    sequential-offload  layer by layer (slow)           below that
+A CUDA OOM fails only that job (out_of_memory with a hint); in `auto` the next job loads one mode lower.
+The FFT transformer (instruct) lives on the CPU and is moved to the GPU only for instruct jobs (gpu and
+model-offload), or is layer-offloaded (sequential-offload).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ace_protocol.errors import ErrorCode
+
+from ..models import ModelLayout
+from . import recipes
+from .base import EngineError, EngineJob, EngineResult, JobCancelled, StepCallback
+
+log = logging.getLogger(__name__)
+
+MEMORY_MODES = ("auto", "gpu", "model-offload", "sequential-offload")
+GPU_MODE_MIN_FREE_GIB = 40.0
+MODEL_OFFLOAD_MIN_FREE_GIB = 26.0
+# Without CUDA, refuse transformers above this many parameters (FLUX.1 has 11.9 B; the 1+1-block test model 0.55 B).
+CPU_MAX_TRANSFORMER_PARAMS = 4e9
+IMAGE_TOKEN = "{image}"
+ALL_TASKS = ("instruct", "local_edit", "reference_edit", "subject", "portrait", "generate", "inpaint")
+TASK_NEEDS = {  # model pieces a task needs besides the base model
+    "instruct": "fft",
+    "local_edit": "local",
+    "reference_edit": "subject",
+    "subject": "subject",
+    "portrait": "portrait",
+    "generate": None,
+    "inpaint": None,
+}
+PULL_HINT = "run `ace-bridge models pull` (add --fft for instruct), or point `serve --model` at a model folder"
+
+
+def estimate_transformer_params(config: dict[str, Any]) -> float:
+    """Rough parameter count from a FluxTransformer2DModel config (double block ~36 d^2, single ~15 d^2)."""
+    d = int(config.get("num_attention_heads", 24)) * int(config.get("attention_head_dim", 128))
+    return float(config.get("num_layers", 19)) * 36 * d * d + float(config.get("num_single_layers", 38)) * 15 * d * d
+
+
+class AcePlusEngine:
+    """The Engine protocol on ACE++ (see bridge_server/engine/base.py). One thread calls `run`."""
+
+    name = "ace_plus"
+
+    def __init__(
+        self,
+        model_root: Path,
+        *,
+        device: str = "auto",
+        dtype: Any = None,
+        memory_mode: str = "auto",
+        idle_unload_s: float | None = 600,
+        max_tokens_limit: int = 16384,
+        t5_max_length: int = 512,
+        optimizations: dict[str, Any] | None = None,
+    ) -> None:
+        if memory_mode not in MEMORY_MODES:
+            raise ValueError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}, got {memory_mode!r}")
+        self.layout = ModelLayout(Path(model_root))
+        self._device_request = device
+        self._dtype_request = dtype
+        self._memory_request = memory_mode
+        self._auto_floor: str | None = None  # after an OOM in auto mode: never go above this mode again
+        self.idle_unload_s = idle_unload_s
+        self.max_tokens_limit = max_tokens_limit
+        self.t5_max_length = t5_max_length
+        self.optimizations = optimizations
+        self._lock = threading.RLock()
+        self._state = "unloaded"
+        self._error: str | None = None
+        self._pipe: Any = None
+        self._fft: Any = None
+        self._adapters: list[str] = []
+        self._device: str | None = None
+        self._memory_mode: str | None = None
+        self._timer: threading.Timer | None = None
+        self._last_used = time.monotonic()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # What is installed
+
+    def _installed(self, piece: str | None) -> bool:
+        if piece is None:
+            return True
+        if piece == "fft":
+            return self.layout.has_fft()
+        return self.layout.lora(piece).is_file()
+
+    def available_tasks(self) -> list[str]:
+        if not self.layout.has_base():
+            return []
+        return [t for t in ALL_TASKS if self._installed(TASK_NEEDS[t])]
+
+    def _missing_message(self, task: str) -> str:
+        if not self.layout.has_base():
+            return f"the base model is not installed at {self.layout.base}; {PULL_HINT}"
+        piece = TASK_NEEDS[task]
+        path = self.layout.fft if piece == "fft" else self.layout.lora(piece)
+        what = "the ACE++ FFT model (23.8 GB)" if piece == "fft" else f"the ACE++ {piece} LoRA"
+        pull = "`ace-bridge models pull --fft`" if piece == "fft" else "`ace-bridge models pull`"
+        return f"task '{task}' needs {what} at {path}; run {pull}"
+
+    def state(self) -> dict[str, Any]:
+        state = self._state
+        if state == "unloaded" and not self.layout.has_base():
+            state = "missing"
+        out: dict[str, Any] = {
+            "state": state,
+            "model": str(self.layout.root),
+            "tiny": (self.layout.root / "TINY_MODEL.json").is_file(),
+            "adapters": list(self._adapters),
+            "fft": self.layout.has_fft(),
+            "fft_loaded": self._fft is not None,
+            "device": self._device,
+            "memory_mode": self._memory_mode or self._memory_request,
+            "vram": _vram(),
+            "tasks": self.available_tasks(),
+        }
+        if self._error:
+            out["error"] = self._error
+        return out
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loading
+
+    def _resolve_device(self) -> str:
+        import torch
+
+        if self._device_request != "auto":
+            return self._device_request
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def _resolve_dtype(self, device: str):
+        import torch
+
+        if self._dtype_request is None:
+            return torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if isinstance(self._dtype_request, str):
+            return getattr(torch, self._dtype_request)
+        return self._dtype_request
+
+    def _resolve_memory_mode(self, device: str) -> str:
+        if not device.startswith("cuda"):
+            return "cpu"
+        if self._memory_request != "auto":
+            return self._memory_request
+        vram = _vram() or {}
+        free = vram.get("free_gib", 0.0)
+        mode = (
+            "gpu"
+            if free >= GPU_MODE_MIN_FREE_GIB
+            else "model-offload"
+            if free >= MODEL_OFFLOAD_MIN_FREE_GIB
+            else "sequential-offload"
+        )
+        if self._auto_floor and MEMORY_MODES.index(mode) < MEMORY_MODES.index(self._auto_floor):
+            mode = self._auto_floor
+        return mode
+
+    def _check_size(self, device: str) -> None:
+        """Refuse the real-size model without a GPU before reading 34 GB of weights."""
+        config_path = self.layout.base / "transformer" / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        params = estimate_transformer_params(config)
+        if not device.startswith("cuda") and params > CPU_MAX_TRANSFORMER_PARAMS:
+            raise EngineError(
+                ErrorCode.MODEL_MISSING,
+                f"no CUDA GPU found, and this model ({params / 1e9:.1f} B transformer parameters, about 34 GB of "
+                "bf16 weights with the text encoders) cannot run on the CPU in any useful time or memory. Run the "
+                "daemon on a machine with an NVIDIA GPU (24 GB+ with offload, 40 GB+ without), or use the tiny "
+                "test model (`ace-bridge models make-tiny DIR`, then `serve --model DIR`) to try the plumbing.",
+            )
+
+    def _ensure_loaded(self) -> None:
+        if self._pipe is not None:
+            return
+        if not self.layout.has_base():
+            self._state = "missing"
+            raise EngineError(
+                ErrorCode.MODEL_MISSING, f"the base model is not installed at {self.layout.base}; {PULL_HINT}"
+            )
+        device = self._resolve_device()
+        self._check_size(device)
+        self._state = "loading"
+        self._error = None
+        try:
+            self._load(device)
+            self._state = "loaded"
+        except EngineError as exc:
+            self._release()
+            self._state, self._error = "error", exc.message
+            raise
+        except Exception as exc:  # noqa: BLE001 - report any load failure as a job error the user can read
+            self._release()
+            self._state, self._error = "error", f"{type(exc).__name__}: {exc}"
+            if _is_oom(exc):
+                raise EngineError(
+                    ErrorCode.OUT_OF_MEMORY, f"out of memory while loading the model; {_oom_hint()}"
+                ) from exc
+            raise EngineError(ErrorCode.INTERNAL, f"loading the model failed: {type(exc).__name__}: {exc}") from exc
+
+    def _load(self, device: str) -> None:
+        from diffusers import FluxFillPipeline
+
+        from .convert import check_lora_shapes, kohya_to_diffusers, load_safetensors
+
+        dtype = self._resolve_dtype(device)
+        pipe = FluxFillPipeline.from_pretrained(str(self.layout.base), dtype=dtype, local_files_only=True)
+        for component in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
+            component.eval()  # T5 dropout would make outputs nondeterministic
+        _add_image_token(pipe)
+        transformer = pipe.transformer
+        self._adapters = []
+        for name, path in self.layout.loras.items():
+            if not path.is_file():
+                continue
+            converted = kohya_to_diffusers(
+                load_safetensors(path, what=f"ACE++ {name} LoRA"),
+                name=path.name,
+                num_double=len(transformer.transformer_blocks),
+                num_single=len(transformer.single_transformer_blocks),
+                dtype=dtype,
+            )
+            check_lora_shapes(converted, transformer, name=path.name)
+            pipe.load_lora_weights(converted, adapter_name=name)
+            self._adapters.append(name)
+        mode = self._resolve_memory_mode(device)
+        if mode == "gpu":
+            pipe.to(device)
+        elif mode == "model-offload":
+            pipe.enable_model_cpu_offload(device=device)
+        elif mode == "sequential-offload":
+            pipe.enable_sequential_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+        self._pipe, self._device, self._memory_mode, self._dtype = pipe, device, mode, dtype
+        self._apply_optimizations()
+        log.info(
+            "ACE++ loaded from %s on %s (%s, %s), adapters %s", self.layout.root, device, mode, dtype, self._adapters
+        )
+
+    def _apply_optimizations(self) -> None:
+        """Optional hooks from bridge_server/engine/optimize.py (another module's job); skipped when absent."""
+        if self.optimizations is None or importlib.util.find_spec(f"{__package__}.optimize") is None:
+            return
+        optimize = importlib.import_module(f"{__package__}.optimize")
+        apply = getattr(optimize, "apply_optimizations", None)
+        if apply is not None:
+            apply(self._pipe, self.optimizations)
+
+    def _load_fft(self):
+        if self._fft is not None:
+            return self._fft
+        import torch
+        from accelerate import init_empty_weights
+        from diffusers import FluxTransformer2DModel
+
+        from .convert import bfl_to_diffusers, load_safetensors
+
+        config = dict(FluxTransformer2DModel.load_config(str(self.layout.base / "transformer")))
+        config["in_channels"] = 448  # 64 noise + 64 edit + 64 change + 256 mask; not inferred from the file
+        state = bfl_to_diffusers(load_safetensors(self.layout.fft, what="ACE++ FFT model"), name="ACE++ FFT model")
+        width = state.get("x_embedder.weight")
+        if width is None or width.shape[1] != 448:
+            got = None if width is None else width.shape[1]
+            raise EngineError(
+                ErrorCode.MODEL_MISSING,
+                f"{self.layout.fft} takes {got} input channels, not 448; it is not the ACE++ FFT model",
+            )
+        with init_empty_weights():
+            fft = FluxTransformer2DModel.from_config(config)
+        state = {k: v.to(self._dtype) for k, v in state.items()}
+        try:
+            fft.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            raise EngineError(
+                ErrorCode.MODEL_MISSING, f"{self.layout.fft} does not fit the installed base model ({str(exc)[:300]})"
+            ) from exc
+        fft.eval()
+        if self._memory_mode == "sequential-offload":
+            from accelerate import cpu_offload
+
+            cpu_offload(fft, execution_device=torch.device(self._device))
+        self._fft = fft
+        return fft
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Running
+
+    def run(self, job: EngineJob, on_step: StepCallback, is_cancelled: Callable[[], bool]) -> EngineResult:
+        with self._lock:
+            self._cancel_timer()
+            try:
+                return self._run(job, on_step, is_cancelled)
+            finally:
+                self._last_used = time.monotonic()
+                self._schedule_idle_unload()
+
+    def _run(self, job: EngineJob, on_step: StepCallback, is_cancelled: Callable[[], bool]) -> EngineResult:
+        if job.task in TASK_NEEDS and (not self.layout.has_base() or not self._installed(TASK_NEEDS[job.task])):
+            raise EngineError(ErrorCode.MODEL_MISSING, self._missing_message(job.task))
+        plan = recipes.plan_for_job(job, max_tokens_limit=self.max_tokens_limit)
+        if is_cancelled():
+            raise JobCancelled()
+        self._ensure_loaded()
+        params = job.params or {}
+        seed = int(job.seed) if job.seed is not None and int(job.seed) >= 0 else random.randint(0, 2**32 - 1)
+        steps = int(params.get("steps", 28))
+        guidance = float(params.get("guidance", 50.0))
+        if plan.adapter is not None and plan.adapter not in self._adapters:
+            raise EngineError(ErrorCode.MODEL_MISSING, self._missing_message(job.task))
+        try:
+            model_rgb = self._generate(plan, seed, steps, guidance, on_step, is_cancelled)
+        except (JobCancelled, EngineError):
+            raise
+        except Exception as exc:
+            if _is_oom(exc):
+                raise self._on_oom() from exc
+            raise
+        info = plan.info() | {
+            "seed": seed,
+            "steps": steps,
+            "guidance": guidance,
+            "t5_max_length": self.t5_max_length,
+            "model": str(self.layout.root),
+            "memory_mode": self._memory_mode,
+        }
+        return EngineResult(rgb=plan.postprocess(model_rgb), info=info)
+
+    def _on_oom(self) -> EngineError:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        message = f"the GPU ran out of memory on this job; {_oom_hint()}"
+        if self._memory_request == "auto" and self._memory_mode in ("gpu", "model-offload"):
+            lower = MEMORY_MODES[MEMORY_MODES.index(self._memory_mode) + 1]
+            self._auto_floor = lower
+            self.unload()  # the next job reloads one memory mode lower
+            message += f" The next job runs in {lower} mode."
+        return EngineError(ErrorCode.OUT_OF_MEMORY, message)
+
+    def _select_adapter(self, adapter: str | None) -> None:
+        pipe = self._pipe
+        if not self._adapters:
+            return
+        if adapter is None:
+            pipe.disable_lora()
+        else:
+            pipe.enable_lora()
+            pipe.set_adapters([adapter], adapter_weights=[1.0])
+
+    def _generate(
+        self,
+        plan: recipes.Plan,
+        seed: int,
+        steps: int,
+        guidance: float,
+        on_step: StepCallback,
+        is_cancelled: Callable[[], bool],
+    ) -> np.ndarray:
+        import torch
+        from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
+        from diffusers.utils.torch_utils import randn_tensor
+
+        pipe = self._pipe
+        fft = plan.transformer == "fft"
+        transformer = self._load_fft() if fft else pipe.transformer
+        self._select_adapter(None if fft else plan.adapter)
+        device = pipe._execution_device
+        dtype = self._dtype
+        height, width = plan.height, plan.width
+        moved = False
+        try:
+            with torch.inference_mode():
+                if fft and self._memory_mode in ("gpu", "model-offload"):
+                    transformer.to(device)
+                    moved = True
+                # 1. Text: CLIP pooled + T5 sequence ({image} is one added T5 token).
+                prompt_embeds, pooled, text_ids = pipe.encode_prompt(
+                    prompt=plan.prompt, prompt_2=None, device=device, max_sequence_length=self.t5_max_length
+                )
+                # 2. Conditioning latents from OUR canvas (repainting scale already applied), generator first here.
+                generator = torch.Generator("cpu").manual_seed(seed)
+                canvas = _to_nchw(plan.canvas, device, dtype)
+                mask = torch.from_numpy(plan.mask)[None, None].to(device=device, dtype=dtype)
+                latent_c = pipe.vae.config.latent_channels
+                mask_packed, edit_packed = pipe.prepare_mask_latents(
+                    mask, canvas, 1, latent_c, 1, height, width, dtype, device, generator
+                )
+                if fft:
+                    _, change_packed = pipe.prepare_mask_latents(
+                        mask,
+                        _to_nchw(plan.change, device, dtype),
+                        1,
+                        latent_c,
+                        1,
+                        height,
+                        width,
+                        dtype,
+                        device,
+                        generator,
+                    )
+                    cond = torch.cat([edit_packed, change_packed, mask_packed], dim=-1)  # 64 + 64 + 256
+                else:
+                    cond = torch.cat([edit_packed, mask_packed], dim=-1)  # 64 + 256
+                # 3. Noise, from the same generator after the VAE sampling (the authors' order).
+                lh, lw = 2 * (height // 16), 2 * (width // 16)
+                noise = randn_tensor((1, latent_c, lh, lw), generator=generator, device=device, dtype=dtype)
+                latents = pipe._pack_latents(noise, 1, latent_c, lh, lw)
+                image_ids = pipe._prepare_latent_image_ids(1, lh // 2, lw // 2, device, dtype)
+                # 4. Timesteps: FLUX dynamic shift on the canvas's token count.
+                sched = pipe.scheduler
+                mu = calculate_shift(
+                    (lh // 2) * (lw // 2),
+                    sched.config.get("base_image_seq_len", 256),
+                    sched.config.get("max_image_seq_len", 4096),
+                    sched.config.get("base_shift", 0.5),
+                    sched.config.get("max_shift", 1.15),
+                )
+                sigmas = np.linspace(1.0, 1 / steps, steps)
+                timesteps, total = retrieve_timesteps(sched, steps, device, sigmas=sigmas, mu=mu)
+                guidance_t = (
+                    torch.full([1], guidance, device=device, dtype=torch.float32)
+                    if transformer.config.guidance_embeds
+                    else None
+                )
+                # 5. Denoising loop: progress every step, cancellation checked before every step and before decode.
+                for i, t in enumerate(timesteps):
+                    if is_cancelled():
+                        raise JobCancelled()
+                    noise_pred = transformer(
+                        hidden_states=torch.cat([latents, cond], dim=2),
+                        timestep=(t.expand(1).to(latents.dtype)) / 1000,
+                        guidance=guidance_t,
+                        pooled_projections=pooled,
+                        encoder_hidden_states=prompt_embeds,
+                        txt_ids=text_ids,
+                        img_ids=image_ids,
+                        return_dict=False,
+                    )[0]
+                    latents = sched.step(noise_pred, t, latents, return_dict=False)[0]
+                    on_step(i + 1, total)
+                if is_cancelled():
+                    raise JobCancelled()
+                # 6. Decode.
+                latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+                latents = latents / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+                image = pipe.vae.decode(latents.to(pipe.vae.dtype), return_dict=False)[0]
+                rgb = ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+                return rgb.permute(1, 2, 0).cpu().numpy()
+        finally:
+            if moved:
+                transformer.to("cpu")
+            pipe.maybe_free_model_hooks()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Unloading
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _schedule_idle_unload(self) -> None:
+        if self.idle_unload_s is None or self._pipe is None:
+            return
+        self._timer = threading.Timer(self.idle_unload_s, self.idle_check)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def idle_check(self) -> bool:
+        """Unload when idle for `idle_unload_s` (called by the timer; the daemon may also call it). True if unloaded."""
+        if self.idle_unload_s is None:
+            return False
+        if not self._lock.acquire(blocking=False):
+            return False  # a job is running
+        try:
+            if self._pipe is not None and time.monotonic() - self._last_used >= self.idle_unload_s:
+                self._release()
+                self._state = "unloaded"
+                return True
+            return False
+        finally:
+            self._lock.release()
+
+    def _release(self) -> None:
+        self._pipe = None
+        self._fft = None
+        self._adapters = []
+        self._device = None
+        self._memory_mode = None
+        import gc
+
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
+
+    def unload(self) -> None:
+        with self._lock:
+            self._cancel_timer()
+            self._release()
+            self._state = "unloaded"
+
+    def close(self) -> None:
+        self.unload()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _to_nchw(array: np.ndarray, device, dtype):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
+
+
+def _add_image_token(pipe) -> None:
+    """`{image}` as ONE T5 token, as the authors' diffusers path does; robust for transformers 4 and 5 folders."""
+    tok = pipe.tokenizer_2
+    tok.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    token_id = tok.convert_tokens_to_ids(IMAGE_TOKEN)
+    rows = pipe.text_encoder_2.get_input_embeddings().weight.shape[0]
+    if token_id is None or token_id == tok.unk_token_id or token_id >= rows:
+        raise EngineError(
+            ErrorCode.INTERNAL,
+            f"could not add the {IMAGE_TOKEN} token to the T5 tokenizer (id {token_id}, {rows} embedding rows)",
+        )
+
+
+def _vram() -> dict[str, float] | None:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        free, total = torch.cuda.mem_get_info()
+        return {"free_gib": round(free / 2**30, 2), "total_gib": round(total / 2**30, 2)}
+    except Exception:  # noqa: BLE001 - state() must never fail
+        return None
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    return isinstance(exc, oom) or "CUDA out of memory" in str(exc)
+
+
+def _oom_hint() -> str:
+    return (
+        "lower max_tokens (e.g. 3072), close other GPU programs, or start the daemon with "
+        "--memory-mode model-offload (or sequential-offload, slower)."
+    )
