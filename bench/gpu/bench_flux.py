@@ -314,8 +314,7 @@ def apply_mode(mode: str, pipe, state: dict, args, device) -> str:
     """Add one optimisation on top of the current state. Returns a note; raises _Skip with the reason."""
     import torch
 
-    from bridge_server.engine import optimize as opt
-
+    opt = _optimize()
     tr = pipe.transformer
     if mode == "eager":
         return f"bf16, LoRA r{state['rank']} unfused (peft), SDPA"
@@ -362,6 +361,21 @@ def apply_mode(mode: str, pipe, state: dict, args, device) -> str:
         state["offload"] = True
         return "enable_model_cpu_offload on the stack above minus cache"
     raise _Skip(f"unknown mode {mode!r}")
+
+
+def _optimize():
+    """bridge_server.engine.optimize, loaded from its file if the package's __init__ needs server-only packages."""
+    try:
+        from bridge_server.engine import optimize
+
+        return optimize
+    except ImportError:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("ace_optimize", ROOT / "bridge_server" / "engine" / "optimize.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
 
 
 class _Skip(Exception):
@@ -525,17 +539,14 @@ def main(argv=None) -> int:
                 _recover(device)
                 if mode == "compile" and state.get("fullgraph"):
                     # e.g. a graph break in the attention kernel: go on with fullgraph=False for the rest
-                    from bridge_server.engine import optimize as opt
-
+                    opt = _optimize()
                     opt.uncompile_transformer(pipe)
                     opt.compile_transformer(pipe, mode=args.compile_mode, dynamic=False, fullgraph=False)
                     state["fullgraph"] = False
                     note += "; fullgraph=True failed, recompiled with fullgraph=False"
             table.add(row)
         if mode == "compile" and not any(r["status"] == "ok" for r in table.rows if r["mode"] == "compile"):
-            from bridge_server.engine import optimize as opt
-
-            opt.uncompile_transformer(pipe)  # later modes run eagerly rather than fail the same way
+            _optimize().uncompile_transformer(pipe)  # later modes run eagerly rather than fail the same way
             state["compiled"] = False
     meta["total_s"] = time.perf_counter() - t0
     table.flush()
