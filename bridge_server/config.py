@@ -1,0 +1,52 @@
+"""Everything the daemon is configured with, passed into `create_app(config)`; no module reads globals."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ace_protocol.codec import DEFAULT_MAX_FRAME_BYTES
+from ace_protocol.discovery import DEFAULT_HOST, DEFAULT_PORT
+from ace_protocol.images import DEFAULT_MAX_PIXELS
+
+from .gate import Gate
+
+if TYPE_CHECKING:
+    from .engine.base import Engine
+
+
+@dataclass
+class ServerConfig:
+    config_dir: Path  # token, runtime.json, lock
+    data_dir: Path  # journal and history
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    token: str | None = None  # None: read or create the token file in config_dir
+    engine_factory: Callable[[], Engine] | None = None
+    gate: Gate = field(default_factory=Gate)
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_tokens_limit: int = 16384
+    max_queued_per_client: int = 64
+    max_queued_total: int = 512
+    retention_s: float = 7 * 24 * 3600.0  # unacknowledged results are redelivered this long
+    idle_unload_s: float | None = 600.0
+    allowed_hosts: tuple[str, ...] = ()  # extra Host names for remote mode
+    tls: bool = False
+    clock: Callable[[], float] = time.time  # injectable so tests can jump an hour ahead
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def history_dir(self) -> Path:
+        return self.data_dir / "history"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.data_dir / "journal.jsonl"
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "::1", "localhost")

@@ -1,0 +1,220 @@
+"""`ace-bridge edit`: one job from files, with a progress bar; or `--dry-run` to see the recipe without a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ace_protocol.images import ImagePayload
+from ace_protocol.tasks import TASKS
+from PIL import Image
+
+EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_UNAUTHORIZED, EXIT_FAILED, EXIT_CANCELLED = 0, 2, 3, 4, 5, 6
+
+
+class UsageError(Exception):
+    pass
+
+
+def _load(path: str, what: str, mode: str) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert(mode))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {what} '{path}': {exc}") from None
+
+
+def collect_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for name in ("seed", "steps", "count", "guidance", "max_tokens", "feather", "width", "height", "mode"):
+        value = getattr(args, name, None)
+        if value is not None:
+            params[name] = value
+    if args.face:
+        params["face"] = True
+    for item in args.param:
+        name, sep, raw = item.partition("=")
+        if not sep:
+            raise UsageError(f"--param needs NAME=VALUE, got '{item}'")
+        try:
+            params[name] = json.loads(raw)
+        except ValueError:
+            params[name] = raw
+    return params
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    try:
+        spec = TASKS.get(args.task)
+        if spec is None:
+            raise UsageError(f"unknown task '{args.task}'; tasks: {', '.join(TASKS)}")
+        image = _load(args.image, "image", "RGBA") if args.image else None
+        mask = _load(args.mask, "mask", "L") if args.mask else None
+        refs = [_load(r, "reference", "RGBA") for r in args.ref]
+        if mask is not None and image is not None and mask.shape != image.shape[:2]:
+            raise UsageError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                             f"{image.shape[1]}x{image.shape[0]}")
+        params = collect_params(args)
+        if args.dry_run:
+            return _dry_run(args, spec.name, image, mask, refs, params)
+        if not args.output:
+            raise UsageError("give -o OUT.png (or --dry-run DIR)")
+    except UsageError as exc:
+        print(f"ace-bridge edit: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return _submit(args, spec.name, image, mask, refs, params)
+
+
+def _dry_run(args: argparse.Namespace, task: str, image, mask, refs, params: dict[str, Any]) -> int:
+    from ace_protocol.errors import ProtocolError
+
+    from .engine.base import EngineJob
+    from .engine.recipes import plan_for_job, write_dry_run
+
+    spec = TASKS[task]
+    try:
+        full = spec.validate_params(params)
+    except ProtocolError as exc:
+        print(f"ace-bridge edit: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    seed = full["seed"] if full["seed"] >= 0 else 0
+    job = EngineJob(task=task, prompt=args.prompt, seed=seed, params=full, image=image, mask=mask, references=refs,
+                    width=full.get("width", 1024), height=full.get("height", 1024))
+    try:
+        plan = plan_for_job(job)
+    except ProtocolError as exc:
+        print(f"ace-bridge edit: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    for path in write_dry_run(Path(args.dry_run), plan):
+        print(path)
+    return EXIT_OK
+
+
+def _payload(array: np.ndarray, remote: bool) -> ImagePayload:
+    """Raw pixels on loopback (no encode/decode at all); PNG when the daemon is elsewhere."""
+    height, width = array.shape[:2]
+    if remote:
+        import io
+
+        buf = io.BytesIO()
+        Image.fromarray(array).save(buf, format="PNG", compress_level=3)
+        return ImagePayload(width, height, "png", buf.getvalue())
+    fmt = "gray8" if array.ndim == 2 else "rgba8"
+    return ImagePayload(width, height, fmt, np.ascontiguousarray(array).tobytes())
+
+
+class ProgressBar:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet or not sys.stderr.isatty()
+        self.last_line = ""
+
+    def show(self, text: str) -> None:
+        if self.quiet:
+            if text != self.last_line:
+                print(text, file=sys.stderr, flush=True)
+        else:
+            print(f"\r{text:<70}", end="", file=sys.stderr, flush=True)
+        self.last_line = text
+
+    def bar(self, step: int, total: int, eta: float | None, image: int, count: int) -> None:
+        filled = int(30 * step / max(total, 1))
+        eta_text = f" ETA {eta:5.1f}s" if eta is not None else ""
+        which = f" image {image + 1}/{count}" if count > 1 else ""
+        self.show(f"[{'#' * filled}{'.' * (30 - filled)}] {step}/{total}{which}{eta_text}")
+
+    def done(self) -> None:
+        if not self.quiet:
+            print(file=sys.stderr)
+
+
+def _submit(args: argparse.Namespace, task: str, image, mask, refs, params: dict[str, Any]) -> int:
+    from ace_protocol.client import BridgeClient, ClientError, DaemonNotRunning, JobError, Unauthorized
+
+    from .compositing import composite_over
+
+    client = BridgeClient(args.url, args.token, port=args.port, client_name="ace-bridge-cli", editor="cli",
+                          reconnect_timeout=30)
+    remote = not any(h in client.url for h in ("127.0.0.1", "localhost", "[::1]"))
+    bar = ProgressBar(args.quiet)
+    try:
+        client.connect()
+    except Unauthorized as exc:
+        print(f"ace-bridge edit: {exc}", file=sys.stderr)
+        return EXIT_UNAUTHORIZED
+    except ClientError as exc:
+        print(f"ace-bridge edit: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    written: list[str] = []
+    started = time.monotonic()
+    try:
+        try:
+            job = client.submit(
+                task,
+                args.prompt,
+                image=_payload(image, remote) if image is not None else None,
+                mask=_payload(mask, remote) if mask is not None else None,
+                references=[_payload(r, remote) for r in refs],
+                params=params,
+                label="ace-bridge edit",
+            )
+        except JobError as exc:
+            print(f"ace-bridge edit: refused ({exc.code.value}): {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except DaemonNotRunning as exc:
+            print(f"ace-bridge edit: {exc}", file=sys.stderr)
+            return EXIT_UNREACHABLE
+        bar.show(f"accepted: job {job.id[:8]}, seed {job.seed}, {job.position} ahead")
+        try:
+            for event in job.events():
+                kind = event.TYPE
+                if kind == "queued":
+                    bar.show(f"queued: {event.position} job(s) ahead")
+                elif kind == "started":
+                    bar.show("started")
+                elif kind == "progress":
+                    bar.bar(event.step, event.total, event.eta_s, event.image_index, params.get("count", 1))
+                elif kind == "result":
+                    written.append(_write_result(args, event, image, composite_over))
+                elif kind == "done":
+                    client.ack(job.id)
+                    bar.done()
+                    for path in written:
+                        print(path)
+                    print(f"done in {time.monotonic() - started:.2f}s", file=sys.stderr)
+                    return EXIT_OK
+                elif kind == "cancelled":
+                    bar.done()
+                    print("ace-bridge edit: cancelled", file=sys.stderr)
+                    client.ack(job.id)
+                    return EXIT_CANCELLED
+                elif kind == "failed":
+                    bar.done()
+                    print(f"ace-bridge edit: job failed ({event.code}): {event.message}", file=sys.stderr)
+                    client.ack(job.id)
+                    return EXIT_FAILED
+        except KeyboardInterrupt:
+            job.cancel()
+            print("\nace-bridge edit: cancelling…", file=sys.stderr)
+            return EXIT_CANCELLED
+    finally:
+        client.close()
+    return EXIT_FAILED
+
+
+def _write_result(args: argparse.Namespace, event, image, composite_over) -> str:
+    patch = np.frombuffer(event.image.data, np.uint8).reshape(event.image.height, event.image.width, 4)
+    out = Path(args.output)
+    if event.count > 1:
+        out = out.with_name(f"{out.stem}-{event.index + 1}{out.suffix or '.png'}")
+    if args.patch_only or image is None:
+        picture = patch
+    else:
+        picture = composite_over(image, patch)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(picture).save(out)
+    return str(out)

@@ -1,0 +1,79 @@
+"""Wire images <-> numpy arrays on the daemon side. Raw formats become views, not copies; PNG/WebP/JPEG are
+decoded by Pillow only after their header says they fit the pixel limit (decompression bombs never expand)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from ace_protocol.errors import ErrorCode, ProtocolError, bad_request
+from ace_protocol.images import ImagePayload
+from PIL import Image
+
+_PIL_FORMATS = {"png": ["PNG"], "webp": ["WEBP"], "jpeg": ["JPEG"]}
+
+
+def to_array(payload: ImagePayload, *, max_pixels: int, what: str = "image", gray: bool = False) -> np.ndarray:
+    """RGBA HxWx4 uint8 (or HxW uint8 with gray=True)."""
+    fmt = payload.format
+    if fmt == "rgba8":
+        arr = np.frombuffer(payload.data, np.uint8).reshape(payload.height, payload.width, 4)
+        return _gray_from_rgba(arr) if gray else arr
+    if fmt == "bgra8":
+        arr = np.frombuffer(payload.data, np.uint8).reshape(payload.height, payload.width, 4)[..., [2, 1, 0, 3]]
+        return _gray_from_rgba(arr) if gray else arr
+    if fmt == "gray8":
+        arr = np.frombuffer(payload.data, np.uint8).reshape(payload.height, payload.width)
+        if gray:
+            return arr
+        return np.dstack([arr, arr, arr, np.full_like(arr, 255)])
+    return _decode_encoded(payload, max_pixels=max_pixels, what=what, gray=gray)
+
+
+def _gray_from_rgba(arr: np.ndarray) -> np.ndarray:
+    # A mask sent as RGBA: use the red channel (masks are drawn white-on-black).
+    return np.ascontiguousarray(arr[..., 0])
+
+
+def _decode_encoded(payload: ImagePayload, *, max_pixels: int, what: str, gray: bool) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(payload.data), formats=_PIL_FORMATS[payload.format])
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE, f"{what} decodes to {width}x{height}; the limit is {max_pixels} pixels"
+                )
+            if (width, height) != (payload.width, payload.height):
+                raise bad_request(f"{what} says {payload.width}x{payload.height} but the file is {width}x{height}")
+            img.load()
+    except ProtocolError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"{what} is a decompression bomb") from None
+    except Exception as exc:  # truncated or corrupt files raise many kinds of errors
+        raise bad_request(f"{what} is not a readable {payload.format} file ({type(exc).__name__})") from None
+    if gray:
+        return np.asarray(img.convert("L"))
+    return np.asarray(img.convert("RGBA"))
+
+
+def encode_png(rgba: np.ndarray, *, compress_level: int = 1) -> bytes:
+    """Fast PNG for history (lossless; level 1 trades a little size for a lot of speed)."""
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data), formats=["PNG"]).convert("RGBA"))
+
+
+def thumbnail_webp(rgba: np.ndarray, size: int = 256) -> bytes:
+    img = Image.fromarray(rgba)
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="WEBP", quality=80)
+    return buf.getvalue()

@@ -1,0 +1,108 @@
+"""Append-only job journal (JSON lines), so a restart knows every job it accepted and what became of it.
+
+Written before `accepted` and at every state change. Replayed at start: jobs with no end are `interrupted`;
+finished jobs whose results were never acknowledged are delivered again on resume. Compacted at start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Journal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.warning: str | None = None
+        self._file = None
+
+    def replay(self) -> dict[str, dict[str, Any]]:
+        """job_id -> record {job: {...}, state, results: [{index, seed, entry}], error, acked}."""
+        records: dict[str, dict[str, Any]] = {}
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return records
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a torn last line after a kill
+            if not isinstance(event, dict):
+                continue
+            _apply(records, event)
+        return records
+
+    def open(self, keep: dict[str, dict[str, Any]]) -> None:
+        """Rewrite the journal with only the records worth keeping, then append from there."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                for record in keep.values():
+                    for event in _events_of(record):
+                        f.write(json.dumps(event) + "\n")
+            os.replace(tmp, self.path)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the daemon
+        except OSError as exc:
+            self.warning = f"job journal {self.path} is not writable ({exc.strerror}); a restart would lose queue state"
+            log.warning(self.warning)
+            self._file = None
+
+    def write(self, event: dict[str, Any]) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.write(json.dumps(event) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self.warning = f"job journal {self.path} cannot be written ({exc.strerror})"
+            log.warning(self.warning)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _apply(records: dict[str, dict[str, Any]], event: dict[str, Any]) -> None:
+    kind, job_id = event.get("ev"), event.get("job_id")
+    if not isinstance(job_id, str):
+        return
+    if kind == "accepted" and isinstance(event.get("job"), dict):
+        records[job_id] = {"job": event["job"], "state": "queued", "results": [], "error": None, "acked": False}
+        return
+    record = records.get(job_id)
+    if record is None:
+        return
+    if kind == "started":
+        record["state"] = "running"
+    elif kind == "result":
+        record["results"].append({k: event.get(k) for k in ("index", "seed", "entry", "finished")})
+    elif kind in ("done", "cancelled"):
+        record["state"] = kind
+    elif kind == "failed":
+        record["state"] = "failed"
+        record["error"] = {"code": event.get("code"), "message": event.get("message")}
+    elif kind == "acked":
+        record["acked"] = True
+
+
+def _events_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    job_id = record["job"]["id"]
+    events: list[dict[str, Any]] = [{"ev": "accepted", "job_id": job_id, "job": record["job"]}]
+    for result in record["results"]:
+        events.append({"ev": "result", "job_id": job_id, **result})
+    if record["state"] in ("done", "cancelled"):
+        events.append({"ev": record["state"], "job_id": job_id})
+    elif record["state"] == "failed":
+        events.append({"ev": "failed", "job_id": job_id, **(record["error"] or {})})
+    if record.get("acked"):
+        events.append({"ev": "acked", "job_id": job_id})
+    return events

@@ -1,0 +1,162 @@
+"""`ace-bridge serve`: lock, engine, app, runtime.json, clean shutdown on Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from ace_protocol import __version__
+from ace_protocol.discovery import RUNTIME_FILE, config_dir, read_runtime, url_for_port
+from aiohttp import web
+
+from .app import create_app
+from .config import ServerConfig
+from .gate import Gate
+from .lock import AlreadyRunning, DaemonLock
+from .tokens import load_or_create_token, write_private
+
+log = logging.getLogger("ace_bridge")
+
+
+def engine_factory_for(args: argparse.Namespace, data: Path):
+    """The engine to run: the tiny model for --demo (built on first use), else the model root."""
+    from . import models
+
+    if args.demo:
+        root = data / "demo-model"
+    else:
+        root = models.model_path(Path(args.model) if args.model else None)
+
+    def factory():
+        from .engine.ace_plus import AcePlusEngine
+
+        if args.demo and not (root / models.BASE_DIR / "model_index.json").exists():
+            from .engine.tiny import build_tiny_model
+
+            build_tiny_model(root)
+        return AcePlusEngine(root, memory_mode=args.memory_mode, idle_unload_s=args.idle_unload,
+                             max_tokens_limit=args.max_tokens)
+
+    return factory, root
+
+
+def explain_missing_models(root: Path) -> str | None:
+    from . import models
+
+    if (root / models.BASE_DIR / "model_index.json").exists():
+        return None
+    return (
+        f"No model weights found in {root}.\n"
+        "  * Download them (about 35 GB; FLUX.1 [dev] non-commercial licence): ace-bridge models pull --yes\n"
+        "  * Or point to a folder you already have:                          ace-bridge serve --model DIR\n"
+        "  * Or try everything with a tiny random-weight model:              ace-bridge serve --demo\n"
+        "The daemon starts anyway; every job will answer 'model_missing' until the weights are there."
+    )
+
+
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not (args.tls_cert and args.tls_key):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(args.tls_cert, args.tls_key)
+    return context
+
+
+def run_server(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    folder = config_dir()
+    from .cli import data_dir
+
+    data = data_dir()
+    loopback = args.host in ("127.0.0.1", "::1", "localhost")
+    context = tls_context(args)
+    if not loopback and context is None and not args.insecure:
+        print(
+            f"ace-bridge: refusing to listen on {args.host} without TLS: anyone on the network could watch the token.\n"
+            "  Give --tls-cert and --tls-key, or pass --insecure if this network is trusted.",
+            file=sys.stderr,
+        )
+        return 2
+    lock = DaemonLock(folder)
+    try:
+        lock.acquire()
+    except AlreadyRunning:
+        runtime = read_runtime(folder) or {}
+        print(
+            f"ace-bridge: a daemon already runs for {folder} (PID {runtime.get('pid', '?')}, {runtime.get('url', '?')}).\n"
+            "  Stop it first, or use another config folder (ACE_BRIDGE_CONFIG_DIR).",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        factory, root = engine_factory_for(args, data)
+        if not args.demo:
+            message = explain_missing_models(root)
+            if message:
+                print(message, file=sys.stderr)
+        config = ServerConfig(
+            config_dir=folder,
+            data_dir=data,
+            host=args.host,
+            port=args.port,
+            engine_factory=factory,
+            gate=Gate(paused=args.paused),
+            idle_unload_s=args.idle_unload,
+            max_tokens_limit=args.max_tokens,
+            allowed_hosts=tuple(args.allow_host),
+            tls=context is not None,
+        )
+        load_or_create_token(folder)
+        return asyncio.run(_serve(config, context, args))
+    finally:
+        lock.release()
+
+
+async def _serve(config: ServerConfig, context: ssl.SSLContext | None, args: argparse.Namespace) -> int:
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=context, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        print(f"ace-bridge: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    server = site._server  # the bound socket tells the real port when --port 0 was asked
+    port = server.sockets[0].getsockname()[1] if server and server.sockets else config.port
+    host = config.host if config.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    url = url_for_port(port, host, tls=context is not None)
+    runtime_path = config.config_dir / RUNTIME_FILE
+    write_private(runtime_path, json.dumps({"url": url, "port": port, "pid": os.getpid(), "version": __version__}))
+    print(f"ACE Bridge {__version__} listening on {url}", flush=True)
+    print(f"token file: {config.config_dir / 'token'} (ace-bridge token prints it)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # Windows
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    if getattr(args, "panel", False):
+        from .panel.window import open_panel_for_running
+
+        loop.run_in_executor(None, open_panel_for_running, url)
+    try:
+        await stop.wait()
+    finally:
+        print("shutting down", flush=True)
+        await runner.cleanup()
+        try:
+            if (json.loads(runtime_path.read_text()).get("pid")) == os.getpid():
+                runtime_path.unlink()
+        except (OSError, ValueError):
+            pass
+    return 0

@@ -1,0 +1,339 @@
+"""One connected client: handshake, dispatch, resume.
+
+A `ClientSession` belongs to a `client_id` and outlives connections (and, through the journal, restarts); a
+`Connection` is one WebSocket. The receive loop only decodes and dispatches; a separate task sends, so a slow
+client never holds up the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ace_protocol import PROTOCOL_VERSION, __version__
+from ace_protocol.codec import decode_client_message, encode
+from ace_protocol.errors import ErrorCode, ProtocolError, bad_request
+from ace_protocol.messages import (
+    Accepted,
+    Ack,
+    Cancel,
+    Error,
+    Failed,
+    Hello,
+    Message,
+    StatusReply,
+    StatusRequest,
+    Submit,
+    Welcome,
+)
+from ace_protocol.tasks import TASKS
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from .imaging import to_array
+from .jobs import Job, JobInputs
+from .queue import new_job_id
+from .tokens import tokens_equal
+
+if TYPE_CHECKING:
+    from .app import AppState
+
+log = logging.getLogger(__name__)
+HELLO_TIMEOUT_S = 15.0
+
+
+class BridgeWebSocket(web.WebSocketResponse):
+    """aiohttp closes an oversized frame with 1009 but no reason; name it with our error code."""
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not message:
+            message = ErrorCode.TOO_LARGE.value.encode()
+        return await super().close(code=code, message=message, drain=drain)
+
+
+@dataclass
+class Connection:
+    ws: web.WebSocketResponse
+    peer: str
+    outbox: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
+    sender: asyncio.Task[None] | None = None
+
+    def send(self, message: Message) -> None:
+        self.outbox.put_nowait(message)
+
+    async def run_sender(self) -> None:
+        while True:
+            message = await self.outbox.get()
+            if message is None or self.ws.closed:
+                return
+            try:
+                await self.ws.send_bytes(encode(message))
+            except (ConnectionError, RuntimeError):
+                return
+
+
+@dataclass
+class ClientSession:
+    client_id: str
+    session_id: str
+    client_name: str = ""
+    client_version: str = ""
+    editor: str = ""
+    connected_since: float = 0.0
+    connection: Connection | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "client_id": self.client_id,
+            "client_name": self.client_name,
+            "client_version": self.client_version,
+            "editor": self.editor,
+            "connected": self.connection is not None,
+            "since": self.connected_since,
+        }
+
+
+class Hub:
+    """Routes queue events to whichever connection currently holds each client's session."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, ClientSession] = {}
+        self.on_change: list[Any] = []
+
+    def deliver(self, job: Job, message: Message) -> None:
+        session = self.sessions.get(job.client_id)
+        if session is not None and session.connection is not None:
+            session.connection.send(message)
+
+    def changed(self) -> None:
+        for callback in list(self.on_change):
+            callback()
+
+    def connected(self) -> list[ClientSession]:
+        return [s for s in self.sessions.values() if s.connection is not None]
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    from .app import STATE
+
+    state: AppState = request.app[STATE]
+    config = state.config
+    ws = BridgeWebSocket(max_msg_size=config.max_frame_bytes, heartbeat=30.0, compress=False)
+    await ws.prepare(request)
+    peer = request.remote or "?"
+    state.sockets.add(ws)
+    connection = Connection(ws, peer)
+    connection.sender = asyncio.get_running_loop().create_task(connection.run_sender())
+    session: ClientSession | None = None
+    try:
+        session = await _handshake(state, request, connection)
+        if session is None:
+            return ws
+        await _receive_loop(state, session, connection)
+    finally:
+        connection.outbox.put_nowait(None)
+        if connection.sender is not None:
+            try:
+                await asyncio.wait_for(connection.sender, timeout=10)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                connection.sender.cancel()
+        if session is not None and session.connection is connection:
+            session.connection = None
+            state.hub.changed()
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _refuse(connection: Connection, code: ErrorCode, message: str, close_code: int) -> None:
+    connection.send(Error(code=code.value, message=message))
+    connection.outbox.put_nowait(None)
+    if connection.sender is not None:
+        await connection.sender
+    await connection.ws.close(code=close_code, message=code.value.encode())
+
+
+async def _handshake(state: AppState, request: web.Request, connection: Connection) -> ClientSession | None:
+    ws = connection.ws
+    try:
+        first = await ws.receive(timeout=HELLO_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        await _refuse(connection, ErrorCode.BAD_REQUEST, "no hello within 15 s", WSCloseCode.POLICY_VIOLATION)
+        return None
+    if first.type != WSMsgType.BINARY:
+        if first.type in (WSMsgType.TEXT,):
+            await _refuse(connection, ErrorCode.BAD_REQUEST, "frames must be binary msgpack", WSCloseCode.UNSUPPORTED_DATA)
+        return None
+    try:
+        hello = decode_client_message(first.data, max_frame_bytes=state.config.max_frame_bytes)
+    except ProtocolError as exc:
+        await _refuse(connection, exc.code, exc.message, WSCloseCode.POLICY_VIOLATION)
+        return None
+    if not isinstance(hello, Hello):
+        await _refuse(connection, ErrorCode.BAD_REQUEST, f"send 'hello' first, not '{hello.TYPE}'",
+                      WSCloseCode.POLICY_VIOLATION)
+        return None
+    token = hello.token or _bearer(request)
+    delay = state.throttle.delay_for(connection.peer)
+    if delay:
+        await asyncio.sleep(delay)  # repeated wrong tokens get slower answers
+    if not tokens_equal(token, state.current_token()):
+        state.throttle.failed(connection.peer)
+        await _refuse(connection, ErrorCode.UNAUTHORIZED,
+                      "wrong or missing token; read it with `ace-bridge token` on the daemon's machine",
+                      WSCloseCode.POLICY_VIOLATION)
+        return None
+    state.throttle.succeeded(connection.peer)
+    if PROTOCOL_VERSION not in hello.protocol_versions:
+        await _refuse(connection, ErrorCode.UNSUPPORTED_VERSION,
+                      f"this daemon speaks protocol {PROTOCOL_VERSION}; the client offered {hello.protocol_versions}. "
+                      "Update the plugin or the daemon so both match.", WSCloseCode.POLICY_VIOLATION)
+        return None
+    session = state.hub.sessions.get(hello.client_id)
+    resumed = session is not None and hello.session == session.session_id
+    if session is None:
+        session = ClientSession(hello.client_id, secrets.token_hex(8))
+        state.hub.sessions[hello.client_id] = session
+    previous = session.connection
+    if previous is not None:
+        previous.send(Error(code=ErrorCode.SUPERSEDED.value,
+                            message="another connection resumed this session; this one is closed"))
+        previous.outbox.put_nowait(None)
+        asyncio.get_running_loop().create_task(previous.ws.close(code=WSCloseCode.POLICY_VIOLATION,
+                                                                 message=b"superseded"))
+    session.connection = connection
+    session.client_name, session.client_version, session.editor = (
+        hello.client_name, hello.client_version, hello.editor)
+    session.connected_since = time.time()
+    jobs = state.queue.deliverable(hello.client_id)
+    pending = [j.id for j in jobs if j.state.finished]
+    welcome = Welcome(
+        server_version=__version__,
+        protocol_version=PROTOCOL_VERSION,
+        session=session.session_id,
+        limits=state.limits(),
+        engine=state.engine_state(),
+        tasks=state.task_table(),
+        resumed=resumed or bool(jobs),
+        pending=pending,
+        id=hello.id,
+    )
+    connection.send(welcome)
+    for job in jobs:
+        for message in state.queue.replay_messages(job):
+            connection.send(message)
+    state.hub.changed()
+    return session
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() in ("bearer", "token") and value else None
+
+
+async def _receive_loop(state: AppState, session: ClientSession, connection: Connection) -> None:
+    ws = connection.ws
+    async for frame in ws:
+        if frame.type == WSMsgType.TEXT:
+            connection.send(Error(code=ErrorCode.BAD_REQUEST.value, message="frames must be binary msgpack"))
+            continue
+        if frame.type != WSMsgType.BINARY:
+            continue
+        try:
+            message = decode_client_message(frame.data, max_frame_bytes=state.config.max_frame_bytes,
+                                            max_pixels=state.config.max_pixels)
+        except ProtocolError as exc:
+            connection.send(Error(code=exc.code.value, message=exc.message))
+            continue
+        try:
+            await _dispatch(state, session, connection, message)
+        except ProtocolError as exc:
+            request_id = getattr(message, "id", None)
+            if isinstance(message, Submit):
+                connection.send(Failed(code=exc.code.value, message=exc.message, id=request_id))
+            else:
+                connection.send(Error(code=exc.code.value, message=exc.message, id=request_id))
+        except Exception as exc:  # the daemon must survive anything a client sends
+            log.exception("error handling %s", message.TYPE)
+            connection.send(Error(code=ErrorCode.INTERNAL.value, message=f"internal error: {type(exc).__name__}",
+                                  id=getattr(message, "id", None)))
+
+
+async def _dispatch(state: AppState, session: ClientSession, connection: Connection, message: Message) -> None:
+    if isinstance(message, Submit):
+        job = await build_job(state, session, message)
+        position = state.queue.submit(job)
+        connection.send(Accepted(id=message.id, job_id=job.id, position=position, seed=job.seed))
+        state.hub.changed()
+    elif isinstance(message, Cancel):
+        if not state.queue.cancel(message.job_id, session.client_id):
+            raise bad_request(f"no queued or running job {message.job_id!r:.40} of this client")
+    elif isinstance(message, Ack):
+        state.queue.ack(session.client_id, message.job_ids)
+    elif isinstance(message, StatusRequest):
+        connection.send(StatusReply(engine=state.engine_state(), queue=state.queue_summary(),
+                                    paused=state.config.gate.paused, id=message.id))
+    elif isinstance(message, Hello):
+        raise bad_request("already said hello on this connection")
+
+
+async def build_job(state: AppState, session: ClientSession, message: Submit) -> Job:
+    """Validate a submit against the task table and decode its images; every problem is a typed error."""
+    spec = TASKS.get(message.task)
+    if spec is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TASK,
+                            f"unknown task {message.task!r:.40}; known tasks: {', '.join(TASKS)}")
+    available = state.available_tasks()
+    if message.task not in available:
+        raise ProtocolError(ErrorCode.MODEL_MISSING, state.missing_message(message.task))
+    params = spec.validate_params(message.params)
+    if params.get("max_tokens", 0) > state.config.max_tokens_limit:
+        raise bad_request(f"parameter 'max_tokens' must be at most {state.config.max_tokens_limit} on this daemon")
+    if spec.needs_image and message.image is None:
+        raise bad_request(f"task '{spec.name}' needs an image")
+    if not spec.needs_image and message.image is not None and spec.name in ("subject", "portrait", "generate"):
+        raise bad_request(f"task '{spec.name}' makes a new image; send width and height instead of an image")
+    if not spec.min_references <= len(message.references) <= spec.max_references:
+        need = (f"exactly {spec.min_references}" if spec.min_references == spec.max_references
+                else f"{spec.min_references} to {spec.max_references}")
+        raise bad_request(f"task '{spec.name}' takes {need} reference image(s); got {len(message.references)}")
+    if message.mask is not None and message.image is None:
+        raise bad_request("a mask needs an image")
+    if message.mask is not None and message.image is not None and (
+        (message.mask.width, message.mask.height) != (message.image.width, message.image.height)
+    ):
+        raise bad_request(f"the mask is {message.mask.width}x{message.mask.height} but the image is "
+                          f"{message.image.width}x{message.image.height}; they must match")
+    max_pixels = state.config.max_pixels
+
+    def decode() -> JobInputs:
+        image = to_array(message.image, max_pixels=max_pixels) if message.image else None
+        mask = to_array(message.mask, max_pixels=max_pixels, what="mask", gray=True) if message.mask else None
+        refs = [to_array(r, max_pixels=max_pixels, what=f"references[{i}]") for i, r in enumerate(message.references)]
+        return JobInputs(image, mask, refs)
+
+    inputs = await asyncio.to_thread(decode)
+    if inputs.image is not None:
+        height, width = inputs.image.shape[:2]
+    else:
+        width, height = params.get("width", 1024), params.get("height", 1024)
+    seed = params["seed"] if params.get("seed", -1) >= 0 else secrets.randbelow(2**32)
+    params = {**params, "seed": seed}
+    return Job(
+        id=new_job_id(),
+        client_id=session.client_id,
+        task=spec.name,
+        prompt=message.prompt,
+        params=params,
+        seed=seed,
+        created=state.config.clock(),
+        width=width,
+        height=height,
+        editor=session.editor or session.client_name,
+        label=message.label,
+        inputs=inputs,
+    )

@@ -1,0 +1,44 @@
+"""The shared secret: a random token in a 0600 file next to runtime.json."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from ace_protocol.discovery import TOKEN_FILE
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only the user can read, without a window where it is world-readable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def load_or_create_token(config_dir: Path) -> str:
+    path = config_dir / TOKEN_FILE
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token
+    except OSError:
+        pass
+    token = secrets.token_urlsafe(32)
+    write_private(path, token + "\n")
+    return token
+
+
+def rotate_token(config_dir: Path) -> str:
+    token = secrets.token_urlsafe(32)
+    write_private(config_dir / TOKEN_FILE, token + "\n")
+    return token
+
+
+def tokens_equal(given: str | None, expected: str) -> bool:
+    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
