@@ -1,0 +1,141 @@
+"""`ace-bridge install krita`, `uninstall krita` and `package krita`: the pykrita plugin.
+
+Krita finds Python plugins as `<resources>/pykrita/<name>.desktop` + `<resources>/pykrita/<name>/`, and loads
+them when kritarc has `[python] enable_<name>=true`. Shortcuts come from `<resources>/actions/<name>.action`.
+The plugin folder gets `_vendor/` with the protocol package and pure-Python msgpack + websockets (vendor.py).
+Resource folders: Linux `$XDG_DATA_HOME/krita` (default `~/.local/share/krita`), Windows `%APPDATA%\\krita`,
+macOS `~/Library/Application Support/krita`; kritarc: Linux `$XDG_CONFIG_HOME/kritarc`, Windows
+`%LOCALAPPDATA%\\kritarc`, macOS `~/Library/Preferences/kritarc`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import ace_protocol
+
+from .vendor import vendor_into
+
+PLUGIN_NAME = "ace_bridge"
+_SKIP = ("__pycache__", "_vendor")
+
+
+def plugin_source_dir() -> Path:
+    """plugins_krita/ in this checkout (holds ace_bridge/, ace_bridge.desktop, ace_bridge.action)."""
+    here = Path(__file__).resolve()
+    for base in here.parents:
+        candidate = base / "plugins_krita"
+        if (candidate / PLUGIN_NAME / "__init__.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"plugins_krita/{PLUGIN_NAME}/__init__.py not found above {here}")
+
+
+def default_profile_dir() -> Path:
+    """Krita's user resource folder on this platform."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming") / "krita"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "krita"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "krita"
+
+
+def kritarc_path() -> Path:
+    """Krita's settings file, where plugins are enabled (the same for every resource folder)."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "kritarc"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Preferences" / "kritarc"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kritarc"
+
+
+def _ignore(_dir: str, names: list[str]) -> set[str]:
+    return {n for n in names if n in _SKIP or n.endswith((".pyc", ".pyo"))}
+
+
+def build_plugin_tree(dest: Path) -> Path:
+    """Write `dest/pykrita/ace_bridge{,.desktop}` (with `_vendor/`) and `dest/actions/ace_bridge.action`."""
+    src = plugin_source_dir()
+    pykrita = dest / "pykrita"
+    pkg = pykrita / PLUGIN_NAME
+    if pkg.exists():
+        shutil.rmtree(pkg)
+    pykrita.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src / PLUGIN_NAME, pkg, ignore=_ignore)
+    shutil.copyfile(src / f"{PLUGIN_NAME}.desktop", pykrita / f"{PLUGIN_NAME}.desktop")
+    (dest / "actions").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / f"{PLUGIN_NAME}.action", dest / "actions" / f"{PLUGIN_NAME}.action")
+    vendor = pkg / "_vendor"
+    vendor_into(vendor)
+    shutil.copytree(Path(ace_protocol.__file__).parent, vendor / "ace_protocol", ignore=_ignore)
+    return pkg
+
+
+def set_enabled(kritarc: Path, enabled: bool) -> None:
+    """Set `[python] enable_ace_bridge=` in kritarc, keeping every other line as it was."""
+    key = f"enable_{PLUGIN_NAME}"
+    lines = kritarc.read_text(encoding="utf-8").splitlines() if kritarc.is_file() else []
+    out: list[str] = []
+    section = None
+    done = False
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            if section == "python" and not done:
+                out.append(f"{key}={'true' if enabled else 'false'}")
+                done = True
+            section = stripped[1:-1]
+        elif section == "python" and stripped.split("=", 1)[0].strip() == key:
+            if not done:
+                out.append(f"{key}={'true' if enabled else 'false'}")
+                done = True
+            continue
+        out.append(line)
+    if not done:
+        if section != "python":
+            if out and out[-1].strip():
+                out.append("")
+            out.append("[python]")
+        out.append(f"{key}={'true' if enabled else 'false'}")
+    kritarc.parent.mkdir(parents=True, exist_ok=True)
+    kritarc.write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+def install_krita(profile_dir: Path | None = None, kritarc: Path | None = None) -> Path:
+    """Install (or update) the plugin into a Krita resource folder and enable it in kritarc (default: Krita's own
+    settings file on this platform); returns the plugin folder."""
+    root = Path(profile_dir) if profile_dir is not None else default_profile_dir()
+    pkg = build_plugin_tree(root)
+    set_enabled(Path(kritarc) if kritarc is not None else kritarc_path(), True)
+    return pkg
+
+
+def uninstall_krita(profile_dir: Path | None = None, kritarc: Path | None = None) -> None:
+    """Remove the plugin files and disable it in kritarc (other plugins and settings are kept)."""
+    root = Path(profile_dir) if profile_dir is not None else default_profile_dir()
+    shutil.rmtree(root / "pykrita" / PLUGIN_NAME, ignore_errors=True)
+    for path in (root / "pykrita" / f"{PLUGIN_NAME}.desktop", root / "actions" / f"{PLUGIN_NAME}.action"):
+        path.unlink(missing_ok=True)
+    rc = Path(kritarc) if kritarc is not None else kritarc_path()
+    if rc.is_file():
+        set_enabled(rc, False)
+
+
+def package_krita(out_zip: Path) -> Path:
+    """A zip for Krita's Tools > Scripts > Import Python Plugin from File: `ace_bridge.desktop`, `ace_bridge/`
+    (with `_vendor/`) and `ace_bridge.action` at the top level."""
+    out_zip = Path(out_zip)
+    with tempfile.TemporaryDirectory(prefix="ace-bridge-krita-") as tmp:
+        tree = Path(tmp)
+        build_plugin_tree(tree)
+        out_zip.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(out_zip, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted((tree / "pykrita").rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(tree / "pykrita").as_posix())
+            zf.write(tree / "actions" / f"{PLUGIN_NAME}.action", f"{PLUGIN_NAME}.action")
+    return out_zip

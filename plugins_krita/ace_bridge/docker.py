@@ -1,0 +1,442 @@
+"""The ACE++ docker: a `Controller` (state and the Generate/Cancel flow, no widgets) and the `AceBridgeDocker` UI.
+
+The controller reads the document through document.py, sends through the worker, and on `done` writes the result
+into the document the job came from (found by the id stored in it, whatever document is active by then).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from ace_protocol.geometry import Bounds
+
+from . import document as kdoc
+from . import layers
+from .model import JobRecord, Settings, Source, apply_template, pick_seed, progress_text, provenance_record, task_params
+from .qt_compat import (
+    ALIGN_CENTER,
+    FORMAT_RGBA8888,
+    ICON_MODE,
+    KEEP_ASPECT,
+    PASSWORD_ECHO,
+    SMOOTH,
+    USER_ROLE,
+    QIcon,
+    QObject,
+    QPixmap,
+    QtWidgets,
+    Signal,
+    qimage_from_bytes,
+)
+from .worker import BridgeWorker, JobSpec
+
+THUMB = 64
+
+
+@dataclass
+class Pending:
+    record: JobRecord
+    spec: JobSpec
+    doc: Any  # the wrapper at submit time: fallback if the document id cannot be found
+
+
+class Controller(QObject):
+    """Everything the docker does, callable without widgets (the GUI tests drive it directly)."""
+
+    status_changed = Signal(str)
+    progress_changed = Signal(int, int)  # step, total (0, 0 = idle/indeterminate)
+    connection_changed = Signal(str, str)
+    tasks_changed = Signal(object)
+    history_changed = Signal()
+    job_finished = Signal(str, str)  # local id, final state (done|failed|cancelled)
+
+    def __init__(self, settings: Settings, worker: BridgeWorker | None = None) -> None:
+        super().__init__()
+        self.settings = settings
+        self.worker = worker or BridgeWorker(settings.url, settings.token, settings.client_id,
+                                             editor=f"krita {kdoc.krita_version()}")
+        self.tasks: dict[str, dict] = {}
+        self.pending: dict[str, Pending] = {}
+        self.history: list[JobRecord] = []
+        self._ids = itertools.count(1)
+        self.worker.connection_changed.connect(self._on_connection)
+        self.worker.welcome_received.connect(self._on_welcome)
+        self.worker.job_event.connect(self._on_job_event)
+        self.worker.redelivered.connect(self._on_redelivered)
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    # ------------------------------------------------------------------ flow
+    def generate(self, doc=None, instruction: str = "", task: str | None = None, reference_ids: tuple = (),
+                 overrides: dict | None = None) -> str | None:
+        """Read the document, submit a job; returns its local id (None if nothing could be sent)."""
+        doc = doc or kdoc.active_document()
+        if doc is None:
+            self.status_changed.emit("Open a document first.")
+            return None
+        s = self.settings
+        task = task or s.task
+        spec_table = self.tasks.get(task)
+        if spec_table is None:
+            self.status_changed.emit(f"The daemon does not offer the task '{task}'." if self.tasks else
+                                     "Not connected to the ACE Bridge daemon.")
+            return None
+        source = Source(s.source)
+        padding = None if s.padding < 0 else s.padding
+        read = kdoc.read_context(doc, source, padding, list(reference_ids))
+        if spec_table.get("needs_selection") and read.mask is None:
+            self.status_changed.emit("This task needs a selection: select the area to change first.")
+            return None
+        if len(read.references) < spec_table.get("min_references", 0):
+            self.status_changed.emit("This task needs a reference layer: pick one in the docker.")
+            return None
+        seed = pick_seed(s.seed_mode, s.seed)
+        values = {"seed": seed, "steps": s.steps, "count": s.count, "feather": s.feather}
+        values.update(overrides or {})
+        params = task_params(spec_table, values)
+        prompt = apply_template(spec_table.get("prompt_template", ""), instruction)
+        local_id = f"k{next(self._ids)}"
+        region = tuple(read.region)
+        record = JobRecord(local_id, read.doc_key, task, prompt, params, region, source.value, read.anchor_node)
+        spec = JobSpec(local_id, task, prompt, read.image if spec_table.get("needs_image", True) else None,
+                       read.mask, read.references, params, label=doc.name() or "krita")
+        self.pending[local_id] = Pending(record, spec, doc)
+        self.history.insert(0, record)
+        self.status_changed.emit("Sending…")
+        self.progress_changed.emit(0, 0)
+        self.worker.submit(spec)
+        return local_id
+
+    def cancel(self, local_id: str | None = None) -> None:
+        ids = [local_id] if local_id else list(self.pending)
+        for lid in ids:
+            self.worker.cancel(lid)
+        if ids:
+            self.status_changed.emit("Cancelling…")
+
+    def apply(self, record: JobRecord, doc=None) -> list[str]:
+        """Insert a finished job's results into its own document (or `doc`); returns the new layer ids."""
+        target = doc or kdoc.find_document(record.doc_key)
+        if target is None:
+            target = kdoc.active_document()
+        if target is None or not record.results:
+            return []
+        seed = record.results[0].seed
+        records = [provenance_record(record.task, record.prompt, r.seed, record.params, record.region,
+                                     record.source, record.job_id, r.provenance, r.index, r.count)
+                   for r in sorted(record.results, key=lambda r: r.index)]
+        ids = layers.insert_results(target, record.results, Bounds(*record.region), Source(record.source),
+                                    record.anchor_node, record.task, record.prompt, records)
+        record.layer_ids = ids
+        self.status_changed.emit(f"Inserted {len(record.results)} result(s), seed {seed}.")
+        return ids
+
+    # ------------------------------------------------------------------ events
+    def _on_connection(self, state: str, message: str) -> None:
+        self.connection_changed.emit(state, message)
+
+    def _on_welcome(self, welcome: dict) -> None:
+        self.tasks = {t["name"]: t for t in welcome.get("tasks", []) if isinstance(t, dict) and "name" in t}
+        self.tasks_changed.emit(self.tasks)
+
+    def _on_job_event(self, local_id: str, kind: str, payload: dict) -> None:
+        pending = self.pending.get(local_id)
+        if pending is None:
+            return
+        record = pending.record
+        if kind == "accepted":
+            record.job_id = payload.get("job_id") or record.job_id
+            record.state = "queued"
+            self.status_changed.emit(progress_text("queued", payload.get("position")))
+        elif kind == "queued":
+            self.status_changed.emit(progress_text("queued", payload.get("position")))
+        elif kind == "started":
+            record.state = "running"
+            self.status_changed.emit(progress_text("started"))
+        elif kind == "progress":
+            self.progress_changed.emit(int(payload["step"]), int(payload["total"]))
+            self.status_changed.emit(progress_text("progress", step=payload["step"], total=payload["total"],
+                                                   eta_s=payload.get("eta_s")))
+        elif kind == "done":
+            record.results = list(payload.get("results", []))
+            record.state = "done"
+            del self.pending[local_id]
+            target = kdoc.find_document(record.doc_key, fallback=pending.doc)
+            try:
+                self.apply(record, target)
+            except Exception as exc:  # keep the result in history even if the document went away
+                record.message = f"could not insert: {exc}"
+                self.status_changed.emit(record.message)
+            self.worker.ack(record.job_id)
+            self.progress_changed.emit(0, 1)
+            self.history_changed.emit()
+            self.job_finished.emit(local_id, "done")
+        elif kind in ("failed", "cancelled"):
+            record.state = kind
+            record.message = payload.get("message", "")
+            del self.pending[local_id]
+            if kind == "failed":
+                self.status_changed.emit(f"Failed: {record.message}")
+            else:
+                self.status_changed.emit("Cancelled.")
+                self.worker.ack(payload.get("job_id") or record.job_id)
+            self.progress_changed.emit(0, 1)
+            self.history_changed.emit()
+            self.job_finished.emit(local_id, kind)
+
+    def _on_redelivered(self, found: list) -> None:
+        for job_id, results in found:
+            if results:
+                rec = JobRecord(job_id, "", "?", "(finished while Krita was away)", {}, (0, 0, 0, 0), "image", None,
+                                results=results, state="done")
+                self.history.insert(0, rec)
+        self.history_changed.emit()
+
+
+def thumbnail(record: JobRecord) -> Any:
+    r = record.results[0]
+    img = qimage_from_bytes(r.rgba, r.width, r.height, FORMAT_RGBA8888)
+    return QPixmap.fromImage(img).scaled(THUMB, THUMB, KEEP_ASPECT, SMOOTH)
+
+
+class AceBridgeDocker(kdoc.DockWidget):
+    """The UI. Widgets only mirror the controller's state; the controller does the work."""
+
+    instances: list[AceBridgeDocker] = []
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setWindowTitle("ACE++")
+        self.settings = Settings.from_json(kdoc.read_setting("settings", ""))
+        if not self.settings.client_id:
+            import uuid
+
+            self.settings.client_id = f"krita-{uuid.uuid4().hex[:12]}"
+            self._save_settings()
+        self.controller = Controller(self.settings)
+        self.current: str | None = None
+        self._build()
+        self.controller.status_changed.connect(self.status.setText)
+        self.controller.progress_changed.connect(self._on_progress)
+        self.controller.connection_changed.connect(self._on_connection)
+        self.controller.tasks_changed.connect(self._on_tasks)
+        self.controller.history_changed.connect(self._refresh_history)
+        self.controller.job_finished.connect(self._on_finished)
+        AceBridgeDocker.instances.append(self)
+        self.controller.start()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        W = QtWidgets
+        root = W.QWidget(self)
+        form = W.QVBoxLayout(root)
+        self.connection = W.QLabel("Connecting…")
+        form.addWidget(self.connection)
+
+        self.settings_box = W.QGroupBox("Daemon")
+        self.settings_box.setCheckable(True)
+        self.settings_box.setChecked(False)
+        sf = W.QFormLayout(self.settings_box)
+        self.url_edit = W.QLineEdit(self.settings.url)
+        self.url_edit.setPlaceholderText("automatic (ws://127.0.0.1:8717/v1/ws)")
+        self.token_edit = W.QLineEdit(self.settings.token)
+        self.token_edit.setEchoMode(PASSWORD_ECHO)
+        self.token_edit.setPlaceholderText("automatic (token file)")
+        reconnect = W.QPushButton("Connect")
+        reconnect.clicked.connect(self._reconnect)
+        sf.addRow("URL", self.url_edit)
+        sf.addRow("Token", self.token_edit)
+        sf.addRow(reconnect)
+        form.addWidget(self.settings_box)
+
+        grid = W.QFormLayout()
+        self.task_box = W.QComboBox()
+        self.task_box.currentIndexChanged.connect(self._on_task_picked)
+        grid.addRow("Task", self.task_box)
+        self.template = W.QLabel("")
+        self.template.setWordWrap(True)
+        grid.addRow("Template", self.template)
+        self.prompt = W.QPlainTextEdit()
+        self.prompt.setPlaceholderText("Describe the change…  (Ctrl+Enter generates)")
+        self.prompt.setMaximumHeight(80)
+        grid.addRow(self.prompt)
+        self.source_box = W.QComboBox()
+        self.source_box.addItem("Visible image", Source.IMAGE.value)
+        self.source_box.addItem("Active layer", Source.LAYER.value)
+        self.source_box.setCurrentIndex(0 if self.settings.source == Source.IMAGE.value else 1)
+        grid.addRow("Read", self.source_box)
+        self.reference_box = W.QComboBox()
+        self.reference_box.addItem("(no reference)", "")
+        refresh = W.QPushButton("↻")
+        refresh.setMaximumWidth(30)
+        refresh.clicked.connect(self.refresh_layers)
+        ref_row = W.QHBoxLayout()
+        ref_row.addWidget(self.reference_box, 1)
+        ref_row.addWidget(refresh)
+        grid.addRow("Reference", ref_row)
+
+        seed_row = W.QHBoxLayout()
+        self.seed_random = W.QCheckBox("random")
+        self.seed_random.setChecked(self.settings.seed_mode == "random")
+        self.seed_spin = W.QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        self.seed_spin.setValue(min(self.settings.seed, 2**31 - 1))
+        reuse = W.QPushButton("last")
+        reuse.setToolTip("Reuse the seed of the last result")
+        reuse.clicked.connect(self._reuse_seed)
+        seed_row.addWidget(self.seed_random)
+        seed_row.addWidget(self.seed_spin, 1)
+        seed_row.addWidget(reuse)
+        grid.addRow("Seed", seed_row)
+        self.steps_spin = self._spin(1, 100, self.settings.steps)
+        grid.addRow("Steps", self.steps_spin)
+        self.count_spin = self._spin(1, 8, self.settings.count)
+        grid.addRow("Images", self.count_spin)
+        self.padding_spin = self._spin(-1, 1024, self.settings.padding)
+        self.padding_spin.setSpecialValueText("auto")
+        grid.addRow("Context padding", self.padding_spin)
+        self.feather_spin = self._spin(0, 256, self.settings.feather)
+        grid.addRow("Feather", self.feather_spin)
+        form.addLayout(grid)
+
+        buttons = W.QHBoxLayout()
+        self.generate_button = W.QPushButton("Generate")
+        self.generate_button.clicked.connect(self.on_generate)
+        self.cancel_button = W.QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.on_cancel)
+        buttons.addWidget(self.generate_button, 1)
+        buttons.addWidget(self.cancel_button)
+        form.addLayout(buttons)
+        self.progress = W.QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        form.addWidget(self.progress)
+        self.status = W.QLabel("")
+        self.status.setWordWrap(True)
+        form.addWidget(self.status)
+
+        self.history = W.QListWidget()
+        self.history.setViewMode(ICON_MODE)
+        self.history.setIconSize(QPixmap(THUMB, THUMB).size())
+        self.history.setMinimumHeight(THUMB + 24)
+        form.addWidget(self.history)
+        reapply = W.QPushButton("Apply again")
+        reapply.clicked.connect(self.on_reapply)
+        form.addWidget(reapply)
+        form.addStretch(1)
+        self.setWidget(root)
+
+    def _spin(self, lo: int, hi: int, value: int) -> Any:
+        spin = QtWidgets.QSpinBox()
+        spin.setRange(lo, hi)
+        spin.setValue(value)
+        spin.setAlignment(ALIGN_CENTER)
+        return spin
+
+    # ------------------------------------------------------------------ Krita hooks
+    def canvasChanged(self, canvas) -> None:  # noqa: N802 - Krita's name
+        self.refresh_layers()
+
+    def refresh_layers(self) -> None:
+        doc = kdoc.active_document()
+        current = self.reference_box.currentData()
+        self.reference_box.clear()
+        self.reference_box.addItem("(no reference)", "")
+        if doc is not None:
+            for uid, name in kdoc.paint_layers(doc):
+                self.reference_box.addItem(name, uid)
+        index = self.reference_box.findData(current)
+        self.reference_box.setCurrentIndex(max(0, index))
+
+    # ------------------------------------------------------------------ actions
+    def collect_settings(self) -> Settings:
+        s = self.settings
+        s.task = self.task_box.currentData() or s.task
+        s.source = self.source_box.currentData() or Source.IMAGE.value
+        s.seed_mode = "random" if self.seed_random.isChecked() else "fixed"
+        s.seed = self.seed_spin.value()
+        s.steps, s.count = self.steps_spin.value(), self.count_spin.value()
+        s.padding, s.feather = self.padding_spin.value(), self.feather_spin.value()
+        s.url, s.token = self.url_edit.text().strip(), self.token_edit.text().strip()
+        self._save_settings()
+        return s
+
+    def _save_settings(self) -> None:
+        kdoc.write_setting("settings", self.settings.to_json())
+
+    def on_generate(self) -> str | None:
+        self.collect_settings()
+        ref = self.reference_box.currentData()
+        local_id = self.controller.generate(instruction=self.prompt.toPlainText(), reference_ids=(ref,) if ref else ())
+        if local_id:
+            self.current = local_id
+            self.cancel_button.setEnabled(True)
+        return local_id
+
+    def on_cancel(self) -> None:
+        self.controller.cancel(self.current)
+
+    def on_reapply(self) -> None:
+        item = self.history.currentItem()
+        if item is None:
+            return
+        record = item.data(USER_ROLE)
+        if record is not None and record.results:
+            self.controller.apply(record, kdoc.active_document())
+
+    def _reuse_seed(self) -> None:
+        last = next((r for r in self.controller.history if r.results), None)
+        if last is not None:
+            self.seed_random.setChecked(False)
+            self.seed_spin.setValue(min(last.results[0].seed, 2**31 - 1))
+
+    def _reconnect(self) -> None:
+        s = self.collect_settings()
+        self.controller.worker.reconfigure(s.url, s.token)
+
+    # ------------------------------------------------------------------ controller signals
+    def _on_connection(self, state: str, message: str) -> None:
+        text = {"connected": "● Connected", "connecting": "○ Connecting…", "reconnecting": "◐ Reconnecting…",
+                "disconnected": "○ Daemon not reachable", "error": "✕ Refused"}.get(state, state)
+        self.connection.setText(text + (f" — {message}" if message else ""))
+        self.connection.setToolTip(message)
+        self.generate_button.setEnabled(state == "connected")
+
+    def _on_tasks(self, tasks: dict) -> None:
+        self.task_box.blockSignals(True)
+        self.task_box.clear()
+        for name, spec in tasks.items():
+            self.task_box.addItem(spec.get("label", name).rstrip("…"), name)
+        self.task_box.blockSignals(False)
+        self.task_box.setCurrentIndex(max(0, self.task_box.findData(self.settings.task)))
+        self._on_task_picked()
+
+    def _on_task_picked(self, *_: Any) -> None:
+        spec = self.controller.tasks.get(self.task_box.currentData() or "")
+        self.template.setText(spec.get("prompt_template", "") if spec else "")
+        self.reference_box.setEnabled(bool(spec and spec.get("max_references", 0)))
+
+    def _on_progress(self, step: int, total: int) -> None:
+        self.progress.setRange(0, total)
+        self.progress.setValue(step)
+
+    def _on_finished(self, local_id: str, state: str) -> None:
+        if not self.controller.pending:
+            self.cancel_button.setEnabled(False)
+
+    def _refresh_history(self) -> None:
+        self.history.clear()
+        for record in self.controller.history:
+            if not record.results:
+                continue
+            item = QtWidgets.QListWidgetItem(QIcon(thumbnail(record)), f"{record.results[0].seed}")
+            item.setToolTip(f"{record.task}: {record.prompt}")
+            item.setData(USER_ROLE, record)
+            self.history.addItem(item)
