@@ -27,7 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-for p in (str(HERE), str(ROOT)):
+for p in (str(HERE), str(ROOT), str(ROOT / "shared")):  # shared/ holds ace_protocol (the engine imports it)
     if p not in sys.path:
         sys.path.insert(0, p)
 

@@ -96,20 +96,16 @@ def kohya_to_diffusers(sd: dict[str, torch.Tensor], width: int) -> dict[str, tor
 
 
 def convert(sd: dict[str, torch.Tensor], width: int) -> tuple[dict[str, torch.Tensor], str]:
-    """Use the engine's converter when the repo has one, else the one above. Returns (state dict, which)."""
+    """Use the engine's converter (bridge_server/engine/convert.py) when it imports, else the one above.
+    Returns (state dict, which converter)."""
+    dtype = next(iter(sd.values())).dtype
     try:
-        from bridge_server.engine import convert as engine_convert  # written by another engineer; optional
-
-        for fn_name in ("kohya_to_diffusers", "convert_kohya_lora", "kohya_lora_to_diffusers"):
-            fn = getattr(engine_convert, fn_name, None)
-            if fn is None:
-                continue
-            try:
-                res = fn(sd, width=width)
-            except TypeError:
-                res = fn(sd)
-            if isinstance(res, dict) and res:
-                return res, f"bridge_server.engine.convert.{fn_name}"
-    except Exception:  # noqa: BLE001 - any problem there: fall back to ours
-        pass
-    return kohya_to_diffusers(sd, width), "bench/gpu/lora_keys.kohya_to_diffusers"
+        from bridge_server.engine.convert import kohya_to_diffusers as engine_kohya_to_diffusers
+    except Exception as exc:  # noqa: BLE001 - absent or its imports missing: fall back to ours
+        why = f"{type(exc).__name__}: {str(exc)[:60]}"
+    else:
+        try:
+            return engine_kohya_to_diffusers(sd, dtype=dtype), "bridge_server.engine.convert.kohya_to_diffusers"
+        except Exception as exc:  # noqa: BLE001
+            why = f"{type(exc).__name__}: {str(exc)[:60]}"
+    return kohya_to_diffusers(sd, width), f"bench/gpu/lora_keys.kohya_to_diffusers (engine converter: {why})"
