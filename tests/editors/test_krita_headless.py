@@ -9,20 +9,12 @@ a converted copy and written back in its own colour space; results routed by the
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from krita_runner import KritaInstall, install_params, install_plugin, require, run_script
 
 pytestmark = pytest.mark.editors
-
-_FIXTURE = Path(__file__).resolve().parents[1] / "daemon_fixture.py"
-if _FIXTURE.is_file():  # the real daemon fixture (tests/daemon_fixture.py); without it only the stand-in runs
-    _spec = importlib.util.spec_from_file_location("daemon_fixture", _FIXTURE)
-    _mod = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(_mod)
-    demo_daemon = _mod.demo_daemon
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +48,10 @@ def test_adapters_with_stand_in_result(install, krita_home):
 
 
 @pytest.mark.parametrize("install", install_params())
-def test_adapters_with_real_daemon(install, krita_home, request):
+def test_adapters_with_real_daemon(install, krita_home, demo_daemon):
+    """The same checks with the result of a real `ace-bridge serve --demo` job (tiny model, 2 steps)."""
     install = require(install)
-    if not _FIXTURE.is_file():
-        pytest.skip("tests/daemon_fixture.py (demo_daemon) is not in this checkout yet")
-    daemon = request.getfixturevalue("demo_daemon")
+    daemon = demo_daemon
     home, pykrita = krita_home(install)
     config = {"paths": [install.path(pykrita), install.path(pykrita / "ace_bridge" / "_vendor")],
               "daemon": {"url": daemon.url, "token": daemon.token}}
