@@ -7,6 +7,7 @@ redelivers results that finished meanwhile, so a worker iterating `JobHandle.eve
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import queue
 import threading
@@ -42,6 +43,11 @@ except ImportError as exc:  # pragma: no cover - only in a broken editor install
     raise ImportError(
         "ace_protocol needs the 'websockets' package (>= 13). Reinstall the plugin with `ace-bridge install`."
     ) from exc
+
+
+# websockets 17 warns when connect() is not used as a context manager unless `legacy=True` says we mean it;
+# older releases (vendored into editors) do not know the keyword.
+_LEGACY_KW = {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {}
 
 
 class ClientError(Exception):
@@ -163,6 +169,7 @@ class BridgeClient:
         try:
             ws = ws_connect(
                 self.url,
+                **_LEGACY_KW,
                 open_timeout=self.connect_timeout,
                 max_size=self.max_frame_bytes,
                 compression=None,
