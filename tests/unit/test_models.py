@@ -1,0 +1,95 @@
+"""Model layout, list, verify and the non-network parts of pull."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from bridge_server import models
+from bridge_server.models import ModelLayout
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    from bridge_server.engine.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_models"))
+
+
+def test_layout_mirrors_the_hub_repos(tmp_path):
+    layout = ModelLayout(tmp_path)
+    assert layout.base == tmp_path / "FLUX.1-Fill-dev"
+    assert layout.lora("portrait") == tmp_path / "ACE_Plus/portrait/comfyui_portrait_lora64.safetensors"
+    assert layout.lora("subject") == tmp_path / "ACE_Plus/subject/comfyui_subject_lora16.safetensors"
+    assert layout.lora("local") == tmp_path / "ACE_Plus/local_editing/comfyui_local_lora16.safetensors"
+    assert layout.fft == tmp_path / "ACE_Plus/ace_plus_fft.safetensors"
+    assert not layout.has_base() and len(layout.missing()) == 5
+
+
+def test_tiny_model_is_complete(tiny):
+    layout = ModelLayout(tiny)
+    assert layout.has_base() and layout.has_fft() and layout.missing() == []
+    config = json.loads((layout.base / "transformer" / "config.json").read_text())
+    assert config["in_channels"] == 384 and config["out_channels"] == 64
+    tok = json.loads((layout.base / "tokenizer" / "tokenizer_config.json").read_text())
+    assert tok["model_max_length"] == 77
+
+
+def test_list_and_verify(tiny, tmp_path):
+    rows = models.list_models(tiny)
+    assert [r["installed"] for r in rows] == [True] * 5
+    results = models.verify(tiny)
+    assert all(r["ok"] for r in results), results
+    empty = models.verify(tmp_path)
+    assert [r["ok"] for r in empty] == [False, False, False, False, None]
+
+
+def test_verify_catches_truncated_and_foreign_files(tmp_path):
+    layout = ModelLayout(tmp_path)
+    path = layout.lora("subject")
+    path.parent.mkdir(parents=True)
+    save_file({"lora_unet_single_blocks_0_linear2.lora_down.weight": torch.zeros(4, 8)}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[:-8])
+    row = next(r for r in models.verify(tmp_path) if r["name"] == "subject LoRA")
+    assert row["ok"] is False and "beyond the end" in row["detail"]
+    save_file({"weight": torch.zeros(2)}, str(path))
+    row = next(r for r in models.verify(tmp_path) if r["name"] == "subject LoRA")
+    assert row["ok"] is False and "kohya" in row["detail"]
+    layout.fft.write_bytes(struct.pack("<Q", 2) + b"{}")
+    row = next(r for r in models.verify(tmp_path) if r["name"] == "FFT")
+    assert row["ok"] is False
+
+
+def test_header_reader_refuses_pickles(tmp_path):
+    with pytest.raises(models.VerifyError, match="only .safetensors"):
+        models.read_safetensors_header(tmp_path / "x.ckpt")
+
+
+def test_pull_needs_confirmation_and_says_size_and_licence(tmp_path):
+    with pytest.raises(models.ConfirmationRequired) as err:
+        models.pull(tmp_path, confirm=False)
+    assert "35 GB" in str(err.value) and "Non-Commercial" in str(err.value)
+    with pytest.raises(models.ConfirmationRequired) as err:
+        models.pull(tmp_path, with_fft=True)
+    assert "58 GB" in str(err.value)
+
+
+def test_pull_plan():
+    plan = models.pull_plan(with_fft=False)
+    assert plan[0][0] == "black-forest-labs/FLUX.1-Fill-dev" and "transformer/*" in plan[0][1]
+    assert [p[2] for p in plan[1:]] == list(models.LORA_FILES.values())
+    assert models.pull_plan(with_fft=True)[-1] == ("ali-vilab/ACE_Plus", None, "ace_plus_fft.safetensors")
+
+
+def test_default_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("ACE_BRIDGE_MODELS", str(tmp_path))
+    assert models.model_path() == tmp_path
+    monkeypatch.delenv("ACE_BRIDGE_MODELS")
+    assert models.default_model_root().name == "models"
+    assert models.model_path(tmp_path / "x") == tmp_path / "x"
