@@ -137,7 +137,14 @@ def insert_results(image: Gimp.Image, results: list[Any], meta: dict[str, Any], 
             layer = _layer_from_payload(image, result.image, name)
             image.insert_layer(layer, target_parent, target_pos)
             target_pos += 1 if len(results) > 1 else 0
+            want_w, want_h = int(region[2]), int(region[3])
+            if meta.get("fit_to_region") and want_w > 0 and want_h > 0 and (
+                    layer.get_width(), layer.get_height()) != (want_w, want_h):
+                # Tasks without an input image generate at >= 64 px: fit the output to the selection's box.
+                layer.scale(want_w, want_h, True)
             layer.set_offsets(int(rx), int(ry))
+            if meta.get("clip_to_selection") and not Gimp.Selection.is_empty(image):
+                layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
             _attach_provenance(layer, logic.provenance_bytes(result, meta))
             layer.update(0, 0, layer.get_width(), layer.get_height())
             layers.append(layer)
@@ -353,7 +360,9 @@ def run_action(procedure, run_mode, image, drawables, config, data):
         job = client.submit(action.task, settings.prompt, image=image_payload, mask=mask, references=references,
                             params=params, label=f"GIMP: {image.get_name() or 'image'}")
         meta = {"task": action.task, "prompt": settings.prompt, "params": params, "placement": plan.placement,
-                "region": list(plan.region), "image_id": image.get_id()}
+                "region": list(plan.region), "image_id": image.get_id(),
+                # Results of image tasks carry the feathered selection as alpha; generated ones get a mask.
+                "fit_to_region": not plan.read_image, "clip_to_selection": not plan.read_image and bool(plan.selection)}
         state.add_pending(job.id, meta)
         outcome = logic.wait_for_job(job, ui)
         layers = insert_results(image, outcome.results, meta, active)

@@ -1,0 +1,295 @@
+"""Batch code run inside real GIMP 3 (python-fu-eval) by tests/editors/test_gimp_plugin.py.
+
+Calls the installed ACE++ procedures non-interactively against a real daemon and records named checks
+{name: [ok, detail]} into a JSON file; the host test asserts on them. Config: env ACE_GIMP_CHECKS_CONFIG (JSON).
+"""
+
+import json
+import os
+import sys
+import traceback
+
+from gi.repository import Gegl, Gimp, Gio
+
+CONFIG = json.load(open(os.environ["ACE_GIMP_CHECKS_CONFIG"]))
+sys.path[:0] = [CONFIG["plugin_dir"] + "/_vendor"]
+from ace_protocol.geometry import Bounds, Extent, context_region  # noqa: E402
+
+RGBA = "R'G'B'A u8"
+W, H = 96, 64
+CHECKS = {}
+PARASITE = "ace-bridge-provenance"
+
+
+def check(name, ok, detail=""):
+    CHECKS[name] = [bool(ok), str(detail)[:2000]]
+
+
+def rect(x, y, w, h):
+    return Gegl.Rectangle.new(x, y, w, h)
+
+
+def read(drawable, fmt=RGBA):
+    return bytes(drawable.get_buffer().get(rect(0, 0, drawable.get_width(), drawable.get_height()), 1.0, fmt,
+                                           Gegl.AbyssPolicy.NONE))
+
+
+def visible(img):
+    tmp = Gimp.Layer.new_from_visible(img, img, "probe")
+    try:
+        return read(tmp)
+    finally:
+        tmp.delete()
+
+
+def sel_mask(img):
+    return bytes(img.get_selection().get_buffer().get(rect(0, 0, W, H), 1.0, "Y u8", Gegl.AbyssPolicy.NONE))
+
+
+def gradient(w, h, seed=0):
+    out = bytearray(w * h * 4)
+    for y in range(h):
+        for x in range(w):
+            i = (y * w + x) * 4
+            out[i:i + 4] = bytes(((x * 255 // max(1, w - 1) + seed) % 256, (y * 255 // max(1, h - 1)) % 256,
+                                  (seed * 7 + x + y) % 256, 255))
+    return bytes(out)
+
+
+def add_layer(img, name, w, h, pos=0, seed=0, offsets=(0, 0)):
+    layer = Gimp.Layer.new(img, name, w, h, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+    img.insert_layer(layer, None, pos)
+    buf = layer.get_buffer()
+    buf.set(rect(0, 0, w, h), RGBA, gradient(w, h, seed))
+    buf.flush()
+    layer.set_offsets(*offsets)
+    return layer
+
+
+def new_image(precision=None):
+    if precision is None:
+        img = Gimp.Image.new(W, H, Gimp.ImageBaseType.RGB)
+    else:
+        img = Gimp.Image.new_with_precision(W, H, Gimp.ImageBaseType.RGB, precision)
+    bg = add_layer(img, "bg", W, H)
+    return img, bg
+
+
+def run_proc(name, img, drawables, **props):
+    proc = Gimp.get_pdb().lookup_procedure(name)
+    cfg = proc.create_config()
+    cfg.set_property("image", img)
+    cfg.set_core_object_array("drawables", drawables)
+    props.setdefault("url", CONFIG["url"])
+    props.setdefault("token", CONFIG["token"])
+    for key, value in props.items():
+        cfg.set_property(key, value)
+    res = proc.run(cfg)
+    status = res.index(0)
+    second = res.index(1) if res.length() > 1 else None
+    return status.value_nick, second
+
+
+def offs(item):
+    v = item.get_offsets()
+    return int(v[-2]), int(v[-1])
+
+
+def provenance(item):
+    p = item.get_parasite(PARASITE)
+    if p is None:
+        return None
+    return json.loads(bytes(p.get_data()).decode("utf-8")), p.get_flags()
+
+
+def outside_unchanged(before, after, mask):
+    bad = [i for i, m in enumerate(mask) if m == 0 and before[4 * i:4 * i + 4] != after[4 * i:4 * i + 4]]
+    return not bad, f"{len(bad)} pixels changed outside the selection, first {bad[:5]}"
+
+
+def selection_bounds(img):
+    v = Gimp.Selection.bounds(img)
+    x1, y1, x2, y2 = (int(a) for a in v[-4:])
+    return Bounds(x1, y1, x2 - x1, y2 - y1)
+
+
+def task_scenario(task):
+    """Each offered task, with a rectangular selection (none for `instruct`: the whole image)."""
+    t = task["name"]
+    proc = task["gimp_procedure"]
+    img, bg = new_image()
+    ref = None
+    if task["max_references"] > 0:
+        ref = add_layer(img, "ref", 32, 32, pos=0, seed=99)
+        ref.set_visible(False)
+    use_selection = t != "instruct"
+    if use_selection:
+        img.select_rectangle(Gimp.ChannelOps.REPLACE, 20, 12, 40, 30)
+    before_vis, before_bg, mask = visible(img), read(bg), sel_mask(img)
+    if not use_selection:
+        mask = b"\xff" * (W * H)
+    before_ids = [layer.get_id() for layer in img.get_layers()]
+    props = {"prompt": f"test {t}", "seed": 5, "steps": 2, "count": 1}
+    if ref is not None:
+        props["reference"] = ref
+    if task["needs_image"]:
+        props["padding"] = 4
+    status, value = run_proc(proc, img, [bg], **props)
+    check(f"{t}:status", status == "success", f"{status}: {value}")
+    layers = img.get_layers()
+    new = [layer for layer in layers if layer.get_id() not in before_ids]
+    check(f"{t}:one_new_layer_on_top", len(new) == 1 and layers[0].get_id() == new[0].get_id() and value == 1,
+          [x.get_name() for x in layers])
+    if len(new) != 1:
+        img.delete()
+        return
+    layer = new[0]
+    sel = Bounds(20, 12, 40, 30)
+    if task["needs_image"]:
+        region = context_region(sel if use_selection else None, Extent(W, H), 4)
+    else:
+        region = sel
+    got = (*offs(layer), layer.get_width(), layer.get_height())
+    check(f"{t}:at_region", got == tuple(region), f"layer {got} region {tuple(region)}")
+    prov = provenance(layer)
+    check(f"{t}:parasite", prov is not None and prov[0].get("task") == t and prov[0].get("seed") == 5
+          and prov[0].get("prompt") == f"test {t}" and prov[1] & Gimp.PARASITE_PERSISTENT, prov)
+    check(f"{t}:source_untouched", read(bg) == before_bg and len(img.get_layers()) == len(before_ids) + 1)
+    if use_selection:
+        after = visible(img)
+        if task["needs_image"]:
+            ok, detail = outside_unchanged(before_vis, after, mask)
+        else:  # generated into the selection's bounds
+            box = bytearray(W * H)
+            for y in range(sel.y, sel.y + sel.height):
+                box[y * W + sel.x:y * W + sel.x + sel.width] = b"\xff" * sel.width
+            ok, detail = outside_unchanged(before_vis, after, bytes(box))
+        check(f"{t}:outside_selection_unchanged", ok, detail)
+    if t == CONFIG.get("xcf_task"):
+        xcf = os.path.join(CONFIG["work_dir"], "result.xcf")
+        Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(xcf), None)
+        again = Gimp.file_load(Gimp.RunMode.NONINTERACTIVE, Gio.File.new_for_path(xcf))
+        top = again.get_layers()[0]
+        p2 = provenance(top)
+        check("xcf_keeps_provenance", p2 is not None and p2[0] == prov[0], p2)
+        again.delete()
+    img.delete()
+
+
+def offset_layer_soft_selection():
+    """Active layer not at the origin, soft elliptical selection, only the active layer read."""
+    img, bg = new_image()
+    src = add_layer(img, "offset", 60, 40, pos=0, seed=40, offsets=(20, 12))
+    cover = add_layer(img, "cover", 10, 10, pos=0, seed=3, offsets=(0, 0))
+    img.select_ellipse(Gimp.ChannelOps.REPLACE, 26, 16, 44, 30)
+    Gimp.Selection.feather(img, 10.0)
+    mask = sel_mask(img)
+    soft = sum(1 for v in mask if 0 < v < 255)
+    check("soft:selection_is_soft", soft > 20, soft)
+    before = {n.get_name(): read(n) for n in (bg, src, cover)}
+    before_vis = visible(img)
+    status, value = run_proc(CONFIG["geometry_procedure"], img, [src], prompt="soft", seed=5, steps=2, padding=6,
+                             source="layer")
+    check("soft:status", status == "success", f"{status}: {value}")
+    layers = img.get_layers()
+    names = [x.get_name() for x in layers]
+    check("soft:directly_above_active", len(layers) == 4 and layers[1].get_name().startswith("[ACE++]")
+          and names[2] == "offset", names)
+    if len(layers) != 4:
+        img.delete()
+        return
+    result = layers[1]
+    region = context_region(selection_bounds(img), Extent(W, H), 6)
+    got = (*offs(result), result.get_width(), result.get_height())
+    check("soft:at_region", got == tuple(region), f"layer {got} region {tuple(region)}")
+    alpha = read(result)[3::4]
+    rx, ry = offs(result)
+    outside_alpha = [alpha[(y - ry) * result.get_width() + (x - rx)]
+                     for y in range(ry, ry + result.get_height()) for x in range(rx, rx + result.get_width())
+                     if mask[y * W + x] == 0]
+    check("soft:alpha_zero_outside_selection", outside_alpha and max(outside_alpha) == 0,
+          f"max {max(outside_alpha or [0])}")
+    check("soft:alpha_soft_inside", any(0 < a < 255 for a in alpha), sorted(set(alpha))[:10])
+    check("soft:sources_untouched", all(read(n) == before[n.get_name()] for n in (bg, src, cover)))
+    ok, detail = outside_unchanged(before_vis, visible(img), mask)
+    check("soft:outside_selection_unchanged", ok, detail)
+    img.delete()
+
+
+def sixteen_bit():
+    img, bg = new_image(Gimp.Precision.U16_NON_LINEAR)
+    img.select_rectangle(Gimp.ChannelOps.REPLACE, 8, 8, 30, 20)
+    before16 = read(bg, "R'G'B'A u16")
+    before_vis, mask = visible(img), sel_mask(img)
+    status, value = run_proc(CONFIG["geometry_procedure"], img, [bg], prompt="deep", seed=5, steps=2, padding=4)
+    check("16bit:status", status == "success", f"{status}: {value}")
+    layers = img.get_layers()
+    check("16bit:new_layer", len(layers) == 2 and layers[0].get_name().startswith("[ACE++]"),
+          [x.get_name() for x in layers])
+    check("16bit:precision_kept", img.get_precision() == Gimp.Precision.U16_NON_LINEAR, img.get_precision())
+    check("16bit:source_untouched", read(bg, "R'G'B'A u16") == before16)
+    ok, detail = outside_unchanged(before_vis, visible(img), mask)
+    check("16bit:outside_selection_unchanged", ok, detail)
+    img.delete()
+
+
+def several_results():
+    img, bg = new_image()
+    img.select_rectangle(Gimp.ChannelOps.REPLACE, 30, 20, 24, 16)
+    status, value = run_proc(CONFIG["geometry_procedure"], img, [bg], prompt="two", seed=5, steps=2, count=2)
+    check("group:status", status == "success", f"{status}: {value}")
+    top = img.get_layers()[0]
+    is_group = top.is_group()
+    children = top.get_children() if is_group else []
+    seeds = sorted(provenance(c)[0].get("seed") for c in children if provenance(c))
+    check("group:layer_group_of_two", is_group and len(children) == 2 and seeds == [5, 6] and value == 2,
+          f"group={is_group} children={len(children)} seeds={seeds} value={value}")
+    img.delete()
+
+
+def errors():
+    img, bg = new_image()
+    proc = CONFIG["selection_procedure"]
+    status, message = run_proc(proc, img, [bg], prompt="x", steps=2)
+    check("no_selection:message", status == "execution-error" and "make a selection first" in (message or ""),
+          f"{status}: {message}")
+    img.select_rectangle(Gimp.ChannelOps.REPLACE, 10, 10, 20, 20)
+    status, message = run_proc(proc, img, [bg], prompt="x", steps=2, url=CONFIG["dead_url"])
+    check("no_daemon:message", status == "execution-error" and "ace-bridge serve" in (message or "")
+          and "not running" in (message or ""), f"{status}: {message}")
+    status, message = run_proc(proc, img, [bg], prompt="x", steps=2, token="not-the-token")
+    check("bad_token:message", status == "execution-error" and "token" in (message or "").lower()
+          and "Traceback" not in (message or ""), f"{status}: {message}")
+    check("errors:no_layer_added", len(img.get_layers()) == 1)
+    img.delete()
+
+
+def fetch_results():
+    img, bg = new_image()
+    status, value = run_proc("python-fu-ace-bridge-fetch-results", img, [bg])
+    layers = img.get_layers()
+    prov = provenance(layers[0]) if layers else None
+    check("fetch:inserted", status == "success" and value == CONFIG["fetch_expected"] and len(layers) == 2
+          and prov is not None and prov[0].get("job_id") == CONFIG.get("fetch_job_id"),
+          f"{status} value={value} layers={[x.get_name() for x in layers]} prov={prov}")
+    status, value = run_proc("python-fu-ace-bridge-fetch-results", img, [bg])
+    check("fetch:acknowledged", status == "success" and value == 0, f"{status} value={value}")
+    img.delete()
+
+
+for step in CONFIG["steps"]:
+    try:
+        if step == "tasks":
+            for task in CONFIG["tasks"]:
+                try:
+                    task_scenario(task)
+                except Exception:
+                    check(f"{task['name']}:crashed", False, traceback.format_exc())
+        else:
+            globals()[step]()
+    except Exception:
+        check(f"{step}:crashed", False, traceback.format_exc())
+
+with open(CONFIG["out"], "w") as fh:
+    json.dump(CHECKS, fh, indent=1)
+print("GIMP-CHECKS", sum(v[0] for v in CHECKS.values()), "of", len(CHECKS), "passed")
