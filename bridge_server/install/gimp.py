@@ -108,3 +108,21 @@ def package_gimp(out_zip: Path) -> Path:
                 zf.writestr(info, path.read_bytes())
         partial.replace(out_zip)
     return out_zip
+
+
+def uninstall_gimp(profile_dir: Path | None, *, gimp_version: str | None = None) -> list[Path]:
+    """Remove the plug-in folder from the given profile, or from every GIMP 3 profile found. Returns what was
+    removed. The profile's ace-bridge-gimp.json (client id, unfetched jobs) stays for a later reinstall."""
+    if profile_dir:
+        profiles = [Path(profile_dir)]
+    elif gimp_version:
+        profiles = [default_profile_dir(gimp_version)]
+    else:
+        profiles = [root / v for root in gimp_config_roots() for v in SUPPORTED_VERSIONS]
+    removed = []
+    for profile in profiles:
+        target = profile / "plug-ins" / PLUGIN_NAME
+        if (target / f"{PLUGIN_NAME}.py").is_file():
+            shutil.rmtree(target)
+            removed.append(target)
+    return removed

@@ -69,8 +69,9 @@ def _leave_unacknowledged_result(url: str, token: str, client_id: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def gimp_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_root: Path):
-    require_gimp()
+def gimp_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    require_gimp()  # before building the tiny model, so a skip is instant
+    tiny_model_root: Path = request.getfixturevalue("tiny_model_root")
     from ace_protocol.client import BridgeClient
     from acegimp_logic import STATE_FILE, ProfileState
     from daemon_fixture import start_process_daemon

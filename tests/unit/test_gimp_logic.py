@@ -252,3 +252,16 @@ def test_default_profile_per_platform(tmp_path, monkeypatch, platform, expected)
 def test_state_file_is_json(tmp_path):
     state = logic.ProfileState(tmp_path / logic.STATE_FILE)
     assert json.loads((tmp_path / logic.STATE_FILE).read_text())["client_id"] == state.client_id
+
+
+def test_cli_install_and_uninstall_gimp(tmp_path, wheel_cache):
+    env = {**os.environ, "ACE_BRIDGE_WHEEL_CACHE": str(wheel_cache)}
+    profile = tmp_path / "GIMP" / "3.2"
+    out = subprocess.run([sys.executable, "-m", "bridge_server.cli", "install", "gimp", "--profile-dir", str(profile)],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (profile / "plug-ins" / "ace-bridge" / "ace-bridge.py").stat().st_mode & stat.S_IXUSR
+    out = subprocess.run([sys.executable, "-m", "bridge_server.cli", "uninstall", "gimp", "--profile-dir",
+                          str(profile)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert not (profile / "plug-ins" / "ace-bridge").exists()
