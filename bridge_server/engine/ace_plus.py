@@ -16,6 +16,12 @@ Memory modes (`memory_mode`), `auto` picks from free VRAM at load time:
 A CUDA OOM fails only that job (out_of_memory with a hint); in `auto` the next job loads one mode lower.
 The FFT transformer (instruct) lives on the CPU and is moved to the GPU only for instruct jobs (gpu and
 model-offload), or is layer-offloaded (sequential-offload).
+
+Smaller weights (optional extras, applied through `optimizations` -> bridge_server/engine/optimize.py):
+    fp8 (torchao, or torch._scaled_mm)  transformer ~12 GB instead of 23.8; needs compute capability >= 8.9;
+                                        lossy (users report artefacts with a naive fp8 cast of the FFT, ACE_plus #93)
+    nf4 (bitsandbytes)                  ~7 GB; slower matmuls and the largest quality loss; not wired here yet
+Both bake the weights: a LoRA must be fused first, and switching adapters then means reloading the base weights.
 """
 
 from __future__ import annotations
@@ -102,6 +108,7 @@ class AcePlusEngine:
         self._device: str | None = None
         self._memory_mode: str | None = None
         self._timer: threading.Timer | None = None
+        self._optimized: dict[str, str] = {}
         self._last_used = time.monotonic()
 
     # ------------------------------------------------------------------------------------------------------------
@@ -144,6 +151,8 @@ class AcePlusEngine:
             "vram": _vram(),
             "tasks": self.available_tasks(),
         }
+        if self._optimized:
+            out["optimizations"] = dict(self._optimized)
         if self._error:
             out["error"] = self._error
         return out
@@ -269,12 +278,16 @@ class AcePlusEngine:
 
     def _apply_optimizations(self) -> None:
         """Optional hooks from bridge_server/engine/optimize.py (another module's job); skipped when absent."""
+        self._optimized = {}
         if self.optimizations is None or importlib.util.find_spec(f"{__package__}.optimize") is None:
             return
         optimize = importlib.import_module(f"{__package__}.optimize")
         apply = getattr(optimize, "apply_optimizations", None)
         if apply is not None:
-            apply(self._pipe, self.optimizations)
+            self._optimized = dict(apply(self._pipe, self.optimizations) or {})
+
+    def _fused_adapters(self) -> bool:
+        return str(self._optimized.get("fuse_lora", "")).startswith("applied")
 
     def _load_fft(self):
         if self._fft is not None:
@@ -369,8 +382,20 @@ class AcePlusEngine:
         return EngineError(ErrorCode.OUT_OF_MEMORY, message)
 
     def _select_adapter(self, adapter: str | None) -> None:
+        """Named adapters stay loaded; a job only switches which one is active (never fuse + unload)."""
         pipe = self._pipe
         if not self._adapters:
+            return
+        if self._fused_adapters():
+            # optimize.py fused the active adapter into the weights: switch through its unfuse/fuse pair.
+            optimize = importlib.import_module(f"{__package__}.optimize")
+            if adapter is None:
+                optimize.unfuse(pipe)
+                pipe.disable_lora()
+            else:
+                pipe.enable_lora()
+                if getattr(pipe.transformer, "_ace_fused_adapter", None) != adapter:
+                    optimize.fuse_active_adapter(pipe, adapter)
             return
         if adapter is None:
             pipe.disable_lora()
