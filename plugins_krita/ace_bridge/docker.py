@@ -174,7 +174,7 @@ class Controller(QObject):
                 record.message = f"could not insert: {exc}"
                 self.status_changed.emit(record.message)
             self.worker.ack(record.job_id)
-            self.progress_changed.emit(0, 1)
+            self.progress_changed.emit(1, 1)
             self.history_changed.emit()
             self.job_finished.emit(local_id, "done")
         elif kind in ("failed", "cancelled"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -78,9 +79,12 @@ def pick_seed(mode: str, fixed: int, rng: random.Random | None = None) -> int:
     return (rng or random.Random()).randint(0, SEED_MAX)
 
 
+_IMAGE_REF = re.compile(r"(\b(in|of|on|to)\s+)?\{image\}(\s+mask)?\.?", re.IGNORECASE)
+
+
 def layer_name(task: str, prompt: str, seed: int, index: int = 0, count: int = 1) -> str:
     """`[ACE local_edit] prompt… (seed 42)`, with `#2/3` for the images of a multi-image job."""
-    text = " ".join(prompt.replace("{image}", "").split())
+    text = " ".join(_IMAGE_REF.sub(" ", prompt).split()).strip(" .")
     if len(text) > NAME_PROMPT_CHARS:
         text = text[: NAME_PROMPT_CHARS - 1].rstrip() + "…"
     suffix = f" #{index + 1}/{count}" if count > 1 else ""

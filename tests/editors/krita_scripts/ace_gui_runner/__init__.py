@@ -1,0 +1,187 @@
+"""Test-only Krita plugin: when env ACE_GUI_TEST names a config file, drive the ACE++ docker in the real GUI.
+
+Runs on `windowCreated` as a small step machine on a QTimer (the UI thread stays responsive, so the worker's
+signals arrive), writes name -> [ok, detail] checks to the config's result file, then leaves with os._exit.
+"""
+
+import json
+import os
+import traceback
+
+CONFIG = os.environ.get("ACE_GUI_TEST")
+
+
+def _run():
+    from ace_bridge.docker import AceBridgeDocker
+    from ace_bridge.document import node_id
+    from ace_bridge.qt_compat import QTimer
+    from krita import Krita, Selection
+
+    cfg = json.load(open(CONFIG))
+    app = Krita.instance()
+    checks = {}
+    state = {"finished": {}}
+
+    def check(name, ok, detail=""):
+        checks[name] = [bool(ok), str(detail)[:400]]
+
+    def finish():
+        for d in app.documents():
+            d.setModified(False)
+        with open(cfg["result"], "w") as fh:
+            json.dump({"checks": checks, "failed": [k for k, v in checks.items() if not v[0]]}, fh, indent=1)
+        os._exit(0)
+
+    def new_doc(name):
+        doc = app.createDocument(96, 64, name, "RGBA", "U8", "", 72.0)
+        app.activeWindow().addView(doc)
+        bg = doc.rootNode().childNodes()[0]
+        bg.setPixelData(bytes((200, 120, 40, 255)) * (96 * 64), 0, 0, 96, 64)
+        sel = Selection()
+        sel.select(30, 16, 40, 30, 255)
+        sel.feather(4)
+        doc.setSelection(sel)
+        doc.refreshProjection()
+        return doc
+
+    def steps():
+        deadline_s = cfg.get("step_timeout_s", 90)
+        docker = AceBridgeDocker.instances[-1] if AceBridgeDocker.instances else None
+        check("docker_exists", docker is not None, len(AceBridgeDocker.instances))
+        if docker is None:
+            return
+        docker.show()
+        docker.setVisible(True)
+        ctl = docker.controller
+        ctl.job_finished.connect(lambda lid, st: state["finished"].__setitem__(lid, st))
+        docker.url_edit.setText(cfg["url"])
+        docker.token_edit.setText(cfg["token"])
+        docker._reconnect()
+        for _ in range(int(deadline_s * 20)):
+            if ctl.tasks:
+                break
+            yield
+        check("connected_tasks_listed", docker.task_box.count() >= 1 and "local_edit" in ctl.tasks,
+              docker.connection.text())
+        docker.task_box.setCurrentIndex(docker.task_box.findData("local_edit"))
+        docker.prompt.setPlainText("make it green")
+        docker.seed_random.setChecked(False)
+        docker.seed_spin.setValue(5)
+        docker.steps_spin.setValue(2)
+        doc = new_doc("gui-a")
+        yield
+        before = [node_id(n) for n in doc.rootNode().childNodes()]
+        app.action("ace_bridge_generate").trigger()  # the action behind Ctrl+Enter
+        lid = docker.current
+        check("generate_started", lid is not None, docker.status.text())
+        for _ in range(int(deadline_s * 20)):
+            if lid in state["finished"]:
+                break
+            yield
+        check("generate_done", state["finished"].get(lid) == "done", (state["finished"], docker.status.text()))
+        kids = doc.rootNode().childNodes()
+        new = [n for n in kids if node_id(n) not in before]
+        check("generate_new_layer_on_top", len(new) == 1 and node_id(kids[-1]) == node_id(new[0])
+              and "local_edit" in new[0].name() and "seed 5" in new[0].name(), [n.name() for n in kids])
+        QTimer.singleShot(0, lambda: None)
+        yield
+        shot = cfg.get("screenshot")
+        if shot:
+            check("screenshot_saved", docker.grab().save(shot, "PNG"), shot)
+            win = app.activeWindow().qwindow()
+            win.grab().save(shot.replace(".png", "-window.png"), "PNG")
+
+        # Undo: how many undo steps remove the inserted layer?
+        n_before_undo = len(doc.rootNode().childNodes())
+        undo_steps = 0
+        for _ in range(4):
+            app.action("edit_undo").trigger()
+            doc.waitForDone()
+            for _ in range(5):
+                yield
+            undo_steps += 1
+            ids_now = [node_id(n) for n in doc.rootNode().childNodes()]
+            if new and node_id(new[0]) not in ids_now:
+                break
+        gone = bool(new) and node_id(new[0]) not in [node_id(n) for n in doc.rootNode().childNodes()]
+        check("undo_removes_layer", gone, f"undo steps {undo_steps}, layers {n_before_undo} -> "
+              f"{len(doc.rootNode().childNodes())}")
+        checks["undo_steps"] = [True, str(undo_steps if gone else -1)]
+        for _ in range(5):
+            yield
+
+        # A result lands in its own document even when the user switched documents meanwhile.
+        before_a = [node_id(n) for n in doc.rootNode().childNodes()]
+        lid2 = docker.on_generate()
+        other = new_doc("gui-b")
+        before_b = [node_id(n) for n in other.rootNode().childNodes()]
+        for _ in range(int(deadline_s * 20)):
+            if lid2 in state["finished"]:
+                break
+            yield
+        added_a = [n for n in doc.rootNode().childNodes() if node_id(n) not in before_a]
+        added_b = [n for n in other.rootNode().childNodes() if node_id(n) not in before_b]
+        check("result_lands_in_origin_document", state["finished"].get(lid2) == "done" and len(added_a) == 1
+              and not added_b and app.activeDocument().name() == "gui-b",
+              (state["finished"].get(lid2), len(added_a), len(added_b)))
+
+        # Cancel during a job leaves no layer.
+        docker.steps_spin.setValue(100)
+        before_c = [node_id(n) for n in other.rootNode().childNodes()]
+        lid3 = docker.on_generate()
+        for _ in range(int(deadline_s * 20)):
+            if ctl.history and ctl.history[0].state in ("queued", "running") or lid3 in state["finished"]:
+                break
+            yield
+        docker.on_cancel()
+        for _ in range(int(deadline_s * 20)):
+            if lid3 in state["finished"]:
+                break
+            yield
+        after_c = [node_id(n) for n in other.rootNode().childNodes()]
+        check("cancel_leaves_no_layer", state["finished"].get(lid3) == "cancelled" and after_c == before_c,
+              (state["finished"].get(lid3), docker.status.text()))
+        check("history_has_thumbnails", docker.history.count() >= 2, docker.history.count())
+        ctl.stop()
+
+    gen = steps()
+    timer = QTimer()
+    state["timer"] = timer
+
+    def tick():
+        try:
+            next(gen)
+        except StopIteration:
+            timer.stop()
+            finish()
+        except Exception:
+            check("exception", False, traceback.format_exc())
+            timer.stop()
+            finish()
+
+    timer.timeout.connect(tick)
+    timer.start(50)
+
+
+def _on_window():
+    from ace_bridge.qt_compat import QTimer
+
+    QTimer.singleShot(1500, _safe_run)
+
+
+def _safe_run():
+    try:
+        _run()
+    except Exception:
+        cfg = json.load(open(CONFIG))
+        with open(cfg["result"], "w") as fh:
+            json.dump({"checks": {"exception": [False, traceback.format_exc()]}, "failed": ["exception"]}, fh)
+        os._exit(0)
+
+
+if CONFIG:
+    from krita import Krita
+
+    _notifier = Krita.instance().notifier()
+    _notifier.setActive(True)
+    _notifier.windowCreated.connect(_on_window)
