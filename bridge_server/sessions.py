@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ace_protocol import PROTOCOL_VERSION, __version__
-from ace_protocol.codec import decode_client_message, encode
+from ace_protocol.codec import decode_client_message, decode_map, encode
 from ace_protocol.errors import ErrorCode, ProtocolError, bad_request
 from ace_protocol.messages import (
     Accepted,
@@ -247,7 +247,7 @@ async def _receive_loop(state: AppState, session: ClientSession, connection: Con
             message = decode_client_message(frame.data, max_frame_bytes=state.config.max_frame_bytes,
                                             max_pixels=state.config.max_pixels)
         except ProtocolError as exc:
-            connection.send(Error(code=exc.code.value, message=exc.message))
+            connection.send(_decode_failure_reply(frame.data, exc, state.config.max_frame_bytes))
             continue
         try:
             await _dispatch(state, session, connection, message)
@@ -261,6 +261,18 @@ async def _receive_loop(state: AppState, session: ClientSession, connection: Con
             log.exception("error handling %s", message.TYPE)
             connection.send(Error(code=ErrorCode.INTERNAL.value, message=f"internal error: {type(exc).__name__}",
                                   id=getattr(message, "id", None)))
+
+
+def _decode_failure_reply(data: bytes, exc: ProtocolError, max_frame_bytes: int) -> Message:
+    """Answer a frame that failed validation so the waiting request gets its reply (matched by `id`)."""
+    try:
+        wire = decode_map(data, max_frame_bytes=max_frame_bytes)
+    except ProtocolError:
+        return Error(code=exc.code.value, message=exc.message)
+    request_id = wire.get("id") if isinstance(wire.get("id"), str) and len(wire["id"]) <= 128 else None
+    if wire.get("type") == "submit":
+        return Failed(code=exc.code.value, message=exc.message, id=request_id)
+    return Error(code=exc.code.value, message=exc.message, id=request_id)
 
 
 async def _dispatch(state: AppState, session: ClientSession, connection: Connection, message: Message) -> None:
