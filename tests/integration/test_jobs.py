@@ -135,7 +135,7 @@ def test_two_editors_are_served_alternately(thread_daemon_factory):
         assert queued_clients == ["krita-1", "gimp-1"] * 5
         daemon.config.gate.resume()
         finished: dict[str, float] = {}
-        for name, handle in handles:
+        for _, handle in handles:
             collect(handle)
         for _, handle in handles:
             meta = daemon.state.history.meta(f"{handle.id}-0")

@@ -6,10 +6,10 @@ import asyncio
 import signal
 import threading
 
+from ace_protocol.client import BridgeClient
 from daemon_fixture import start_process_daemon
 from integration_helpers import collect, connect, ellipse_mask, gradient_image, gray_payload, rgba_payload, types
 
-from ace_protocol.client import BridgeClient
 from bridge_server.gate import Gate
 
 

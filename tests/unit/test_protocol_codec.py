@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from ace_protocol.codec import decode_client_message, decode_map, decode_server_message, encode
 from ace_protocol.errors import ErrorCode, ProtocolError
 from ace_protocol.images import ImagePayload
@@ -29,6 +26,8 @@ from ace_protocol.messages import (
     Submit,
     Welcome,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PIXEL = ImagePayload(2, 1, "rgba8", bytes(range(8)))
 MASK = ImagePayload(2, 1, "gray8", b"\x00\xff")

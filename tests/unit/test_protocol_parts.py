@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from ace_protocol import discovery
 from ace_protocol.errors import ProtocolError
 from ace_protocol.geometry import Bounds, Extent, context_region
