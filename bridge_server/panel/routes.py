@@ -1,0 +1,511 @@
+"""The control panel: a static page, a small JSON API and one WebSocket of live updates, all under `/panel/`.
+
+Access: a process that can read the token file asks `POST /panel/api/code` (Authorization: Bearer <token>) for a
+one-time code and opens `/panel/?code=...`. The daemon trades the code (single use, short expiry) for an HttpOnly,
+SameSite=Strict session cookie and redirects to the clean URL. Every other panel endpoint needs that cookie;
+state-changing ones take only `application/json` bodies. The app's security middleware has already refused
+foreign Hosts, foreign Origins, `Sec-Fetch-Site: cross-site/same-site` and form content types before we get here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from ..config import ServerConfig
+from ..history import ENTRY_RE, HistoryUnavailable
+from ..tokens import rotate_token, tokens_equal
+
+log = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+COOKIE = "ace_panel"
+CODE_TTL_S = 60.0
+SESSION_TTL_S = 12 * 3600.0
+PAGE_MAX = 200
+PUSH_INTERVAL_S = 0.1  # coalesced pushes: at most ~10 per second, whatever the queue emits
+ENGINE_POLL_S = 1.0
+MISSING_COMMAND = "ace-bridge models pull --yes"
+
+
+@dataclass
+class PanelState:
+    codes: dict[str, float] = field(default_factory=dict)  # one-time code -> expiry (monotonic)
+    sessions: dict[str, float] = field(default_factory=dict)  # cookie value -> expiry (monotonic)
+    sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    dirty: set[str] = field(default_factory=set)
+    history_version: int = 0
+    pushes: int = 0  # frames sent, for tests and the bench
+    thumbs: dict[str, bytes] = field(default_factory=dict)
+    last_engine: str = ""
+    panels: list[dict[str, Any]] = field(default_factory=list)  # what connected panel pages said in `hello`
+    agents_seen: list[str] = field(default_factory=list)  # every page that said hello (bounded; for tests)
+
+    def mark(self, *parts: str) -> None:
+        self.dirty.update(parts)
+        self.wake.set()
+
+    def new_code(self) -> str:
+        now = time.monotonic()
+        self.codes = {c: t for c, t in self.codes.items() if t > now}
+        code = secrets.token_urlsafe(24)
+        self.codes[code] = now + CODE_TTL_S
+        return code
+
+    def redeem(self, code: str) -> str | None:
+        expiry = self.codes.pop(code, None)  # single use: gone whether or not it was still valid
+        if expiry is None or expiry < time.monotonic():
+            return None
+        now = time.monotonic()
+        self.sessions = {s: t for s, t in self.sessions.items() if t > now}
+        session = secrets.token_urlsafe(32)
+        self.sessions[session] = now + SESSION_TTL_S
+        return session
+
+    def valid_session(self, value: str | None) -> bool:
+        if not value:
+            return False
+        for known, expiry in self.sessions.items():
+            if tokens_equal(value, known) and expiry > time.monotonic():
+                return True
+        return False
+
+
+PANEL = web.AppKey("panel", PanelState)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _app_state(request: web.Request) -> Any:
+    from ..app import STATE
+
+    return request.app[STATE]
+
+
+def _need_session(handler: Handler) -> Handler:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        if not request.app[PANEL].valid_session(request.cookies.get(COOKIE)):
+            return web.json_response({"error": "unauthorized", "message": "open the panel with `ace-bridge panel`"},
+                                     status=401)
+        return await handler(request)
+
+    return wrapped
+
+
+def _json_action(handler: Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]) -> Handler:
+    """Cookie + `application/json` body (a cross-site form cannot send that type without a CORS preflight)."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        if request.content_type != "application/json":
+            return web.json_response({"error": "unsupported_media_type", "message": "JSON bodies only"}, status=415)
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "bad_request", "message": "body is not JSON"}, status=400)
+        if not isinstance(body, dict):
+            return web.json_response({"error": "bad_request", "message": "body must be a JSON object"}, status=400)
+        return await handler(request, body)
+
+    return _need_session(wrapped)
+
+
+# ---------------------------------------------------------------------------------------------------- snapshots
+
+
+def engine_view(state: Any) -> dict[str, Any]:
+    engine = state.engine_state()
+    view = dict(engine)
+    view["paused"] = state.config.gate.paused
+    if engine.get("state") == "missing":
+        view["command"] = MISSING_COMMAND
+    view["token_fixed"] = bool(state.config.token)
+    return view
+
+
+def clients_view(state: Any) -> list[dict[str, Any]]:
+    return [s.summary() for s in state.hub.connected()]
+
+
+def queue_view(state: Any) -> list[dict[str, Any]]:
+    names = {cid: s.client_name for cid, s in state.hub.sessions.items()}
+    rows = []
+    for job in ([state.queue.running] if state.queue.running else []) + state.queue.queued_jobs():
+        row = job.summary()
+        row["client_name"] = names.get(job.client_id, "")
+        rows.append(row)
+    return rows
+
+
+def entry_view(meta: dict[str, Any]) -> dict[str, Any]:
+    prov = meta.get("provenance") or {}
+    params = prov.get("params") or {}
+    return {
+        "entry": meta["entry"],
+        "task": prov.get("task", ""),
+        "prompt": str(prov.get("prompt", ""))[:500],
+        "seed": prov.get("seed"),
+        "finished": meta.get("finished", prov.get("finished")),
+        "duration_s": prov.get("duration_s"),
+        "width": meta.get("width"),
+        "height": meta.get("height"),
+        "editor": prov.get("editor", ""),
+        "label": meta.get("label", ""),
+        "params": params,
+    }
+
+
+def history_total(state: Any) -> int:
+    return state.history.entries(offset=0, limit=0)[0]
+
+
+def history_page(state: Any, offset: int, limit: int) -> dict[str, Any]:
+    total, metas = state.history.entries(offset=offset, limit=limit)
+    return {"total": total, "offset": offset, "limit": limit, "entries": [entry_view(m) for m in metas]}
+
+
+# ---------------------------------------------------------------------------------------------------- handlers
+
+
+async def get_code(request: web.Request) -> web.Response:
+    """A one-time code for whoever can read the token file (the `ace-bridge panel` command)."""
+    state = _app_state(request)
+    header = request.headers.get("Authorization", "")
+    given = header[7:].strip() if header.lower().startswith("bearer ") else None
+    if not tokens_equal(given, state.current_token()):
+        peer = request.remote or "?"
+        state.throttle.failed(peer)
+        await asyncio.sleep(state.throttle.delay_for(peer))
+        return web.json_response({"error": "unauthorized", "message": "wrong or missing token"}, status=401)
+    if request.content_type not in ("application/json", "application/octet-stream") and request.can_read_body:
+        return web.json_response({"error": "unsupported_media_type", "message": "JSON bodies only"}, status=415)
+    code = request.app[PANEL].new_code()
+    return web.json_response({"code": code, "path": f"/panel/?code={code}", "expires_s": CODE_TTL_S})
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    panel = request.app[PANEL]
+    code = request.query.get("code")
+    if code is not None:
+        session = panel.redeem(code)
+        if session is None:
+            return web.Response(status=403, content_type="text/html", text=_NO_ACCESS.format(
+                why="This panel link was already used or has expired."))
+        response = web.HTTPSeeOther("/panel/")
+        response.set_cookie(COOKIE, session, path="/panel", httponly=True, samesite="Strict",
+                            secure=request.secure, max_age=int(SESSION_TTL_S))
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        raise response
+    if not panel.valid_session(request.cookies.get(COOKIE)):
+        return web.Response(status=401, content_type="text/html", text=_NO_ACCESS.format(
+            why="This browser has no panel session."))
+    return _static_file("index.html")
+
+
+def _static_file(name: str) -> web.StreamResponse:
+    response = web.FileResponse(STATIC / name)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; img-src 'self' blob: data:; connect-src 'self'; style-src 'self'; script-src 'self'; "
+        "frame-ancestors 'none'; form-action 'none'; base-uri 'none'"
+    )
+    return response
+
+
+@_need_session
+async def static(request: web.Request) -> web.StreamResponse:
+    name = request.match_info["name"]
+    if name not in ("panel.css", "panel.js"):
+        raise web.HTTPNotFound()
+    return _static_file(name)
+
+
+@_need_session
+async def api_state(request: web.Request) -> web.Response:
+    return web.json_response(_snapshot(request.app, 0, 60))
+
+
+@_need_session
+async def api_history(request: web.Request) -> web.Response:
+    try:
+        offset = max(0, int(request.query.get("offset", "0")))
+        limit = min(PAGE_MAX, max(1, int(request.query.get("limit", "60"))))
+    except ValueError:
+        return web.json_response({"error": "bad_request", "message": "offset and limit are integers"}, status=400)
+    page = history_page(_app_state(request), offset, limit)
+    page["version"] = request.app[PANEL].history_version
+    return web.json_response(page)
+
+
+def _entry(request: web.Request) -> str:
+    entry = request.match_info["entry"]
+    if not ENTRY_RE.match(entry) or _app_state(request).history.meta(entry) is None:
+        raise web.HTTPNotFound()
+    return entry
+
+
+@_need_session
+async def api_thumb(request: web.Request) -> web.Response:
+    entry = _entry(request)
+    panel = request.app[PANEL]
+    data = panel.thumbs.get(entry)
+    if data is None:
+        try:
+            data = await asyncio.to_thread(_app_state(request).history.thumbnail, entry, 192)
+        except HistoryUnavailable:
+            raise web.HTTPNotFound() from None
+        if len(panel.thumbs) > 2000:
+            panel.thumbs.clear()
+        panel.thumbs[entry] = data
+    return web.Response(body=data, content_type="image/webp", headers={"Cache-Control": "private, max-age=86400"})
+
+
+@_need_session
+async def api_image(request: web.Request) -> web.StreamResponse:
+    entry = _entry(request)
+    try:
+        path = _app_state(request).history.path_for(entry, ".png")
+    except KeyError:
+        raise web.HTTPNotFound() from None
+    if not path.is_file():
+        raise web.HTTPNotFound()
+    response = web.FileResponse(path)
+    response.headers["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+@_need_session
+async def api_meta(request: web.Request) -> web.Response:
+    entry = _entry(request)
+    return web.json_response(_app_state(request).history.meta(entry))
+
+
+@_json_action
+async def api_cancel(request: web.Request, body: dict[str, Any]) -> web.Response:
+    job_id = body.get("job_id")
+    if not isinstance(job_id, str):
+        return web.json_response({"error": "bad_request", "message": "job_id is required"}, status=400)
+    ok = _app_state(request).queue.cancel(job_id)
+    request.app[PANEL].mark("queue")
+    return web.json_response({"ok": ok})
+
+
+@_json_action
+async def api_pause(request: web.Request, body: dict[str, Any]) -> web.Response:
+    paused = body.get("paused")
+    if not isinstance(paused, bool):
+        return web.json_response({"error": "bad_request", "message": "paused must be true or false"}, status=400)
+    gate = _app_state(request).config.gate
+    if paused:
+        gate.pause()
+    else:
+        gate.resume()
+    request.app[PANEL].mark("engine", "queue")
+    return web.json_response({"ok": True, "paused": gate.paused})
+
+
+@_json_action
+async def api_delete(request: web.Request, body: dict[str, Any]) -> web.Response:
+    entry = body.get("entry")
+    if not isinstance(entry, str) or not ENTRY_RE.match(entry):
+        return web.json_response({"error": "bad_request", "message": "entry is required"}, status=400)
+    ok = await asyncio.to_thread(_app_state(request).history.delete, entry)
+    panel = request.app[PANEL]
+    panel.thumbs.pop(entry, None)
+    if ok:
+        panel.history_version += 1
+        panel.mark("history")
+    return web.json_response({"ok": ok})
+
+
+@_json_action
+async def api_rotate(request: web.Request, body: dict[str, Any]) -> web.Response:
+    state = _app_state(request)
+    if state.config.token:
+        return web.json_response({"ok": False, "message": "the daemon was started with a fixed token; restart it "
+                                  "without one to rotate"}, status=409)
+    await asyncio.to_thread(rotate_token, state.config.config_dir)
+    return web.json_response({"ok": True, "message": "token rotated: connected editors stay connected; new "
+                              "connections need the new token (plugins read it from the token file)"})
+
+
+async def panel_ws(request: web.Request) -> web.StreamResponse:
+    panel = request.app[PANEL]
+    if not panel.valid_session(request.cookies.get(COOKIE)):
+        return web.Response(status=401, text="unauthorized\n")
+    ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024)
+    await ws.prepare(request)
+    panel.sockets.add(ws)
+    info: dict[str, Any] = {}
+    try:
+        await ws.send_str(json.dumps({"type": "snapshot", **_snapshot(request.app, None, 0)}))
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            try:
+                data = json.loads(msg.data)
+            except ValueError:
+                continue
+            if isinstance(data, dict) and data.get("type") == "hello":
+                info = {"agent": str(data.get("agent", ""))[:300], "since": time.time()}
+                panel.panels.append(info)
+                panel.agents_seen = [*panel.agents_seen[-19:], info["agent"]]
+                log.info("panel page connected: %s", info["agent"])
+    finally:
+        panel.sockets.discard(ws)
+        if info in panel.panels:
+            panel.panels.remove(info)
+    return ws
+
+
+def _snapshot(app: web.Application, offset: int | None, limit: int) -> dict[str, Any]:
+    from ..app import STATE
+
+    state = app[STATE]
+    panel = app[PANEL]
+    snap: dict[str, Any] = {"engine": engine_view(state), "clients": clients_view(state), "queue": queue_view(state)}
+    if offset is not None:
+        snap["history"] = history_page(state, offset, limit)
+    else:
+        snap["history"] = {"total": history_total(state)}
+    snap["history"]["version"] = panel.history_version
+    return snap
+
+
+# ---------------------------------------------------------------------------------------------------- pushing
+
+
+async def _pusher(app: web.Application) -> None:
+    """Send what changed to every panel page, coalescing bursts to at most one frame per PUSH_INTERVAL_S."""
+    from ..app import STATE
+
+    panel = app[PANEL]
+    while True:
+        await panel.wake.wait()
+        panel.wake.clear()
+        parts, panel.dirty = panel.dirty, set()
+        if not panel.sockets or not parts:
+            continue
+        state = app[STATE]
+        frame: dict[str, Any] = {"type": "update"}
+        if "engine" in parts:
+            frame["engine"] = engine_view(state)
+        if "clients" in parts:
+            frame["clients"] = clients_view(state)
+        if "queue" in parts:
+            frame["queue"] = queue_view(state)
+        if "history" in parts:
+            frame["history"] = {"total": history_total(state), "version": panel.history_version}
+        text = json.dumps(frame)
+        for ws in list(panel.sockets):
+            if ws.closed:
+                continue
+            try:
+                await ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                pass
+        panel.pushes += 1
+        await asyncio.sleep(PUSH_INTERVAL_S)
+
+
+async def _engine_watch(app: web.Application) -> None:
+    """The engine has no change callback: compare its state once a second while a panel page is open."""
+    from ..app import STATE
+
+    panel = app[PANEL]
+    while True:
+        await asyncio.sleep(ENGINE_POLL_S)
+        if not panel.sockets:
+            continue
+        state = app.get(STATE)
+        if state is None:
+            continue
+        text = json.dumps(engine_view(state), sort_keys=True, default=str)
+        if text != panel.last_engine:
+            panel.last_engine = text
+            panel.mark("engine")
+
+
+def setup_panel(app: web.Application, config: ServerConfig) -> None:
+    """Add the panel's routes; hook into the queue and hub once the daemon's state exists."""
+    app[PANEL] = PanelState()
+    app.router.add_post("/panel/api/code", get_code)
+    app.router.add_get("/panel", _redirect_slash)
+    app.router.add_get("/panel/", index)
+    app.router.add_get("/panel/static/{name}", static)
+    app.router.add_get("/panel/api/state", api_state)
+    app.router.add_get("/panel/api/history", api_history)
+    app.router.add_get("/panel/api/thumb/{entry}", api_thumb)
+    app.router.add_get("/panel/api/image/{entry}", api_image)
+    app.router.add_get("/panel/api/meta/{entry}", api_meta)
+    app.router.add_post("/panel/api/cancel", api_cancel)
+    app.router.add_post("/panel/api/pause", api_pause)
+    app.router.add_post("/panel/api/history/delete", api_delete)
+    app.router.add_post("/panel/api/token/rotate", api_rotate)
+    app.router.add_get("/panel/ws", panel_ws)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        from ..app import STATE
+
+        panel = app[PANEL]
+        panel.wake = asyncio.Event()  # bound to the running loop
+        state = app[STATE]
+
+        def on_job(job: Any, message: Any) -> None:
+            if getattr(message, "TYPE", "") == "result":
+                panel.history_version += 1
+                panel.mark("queue", "history")
+            else:
+                panel.mark("queue")
+
+        def on_clients() -> None:
+            panel.mark("clients", "queue")
+
+        state.queue.listeners.append(on_job)
+        state.hub.on_change.append(on_clients)
+        tasks = [asyncio.create_task(_pusher(app), name="panel-pusher"),
+                 asyncio.create_task(_engine_watch(app), name="panel-engine-watch")]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+            if on_job in state.queue.listeners:
+                state.queue.listeners.remove(on_job)
+            if on_clients in state.hub.on_change:
+                state.hub.on_change.remove(on_clients)
+
+    async def close_sockets(app: web.Application) -> None:
+        for ws in list(app[PANEL].sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"daemon shutting down")
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_sockets)
+
+
+async def _redirect_slash(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/panel/" + (f"?{request.query_string}" if request.query_string else ""))
+
+
+_NO_ACCESS = """<!doctype html><html><head><meta charset="utf-8"><title>ACE Bridge panel</title></head>
+<body style="font-family: sans-serif; margin: 3em; max-width: 40em">
+<h1>ACE Bridge control panel</h1><p>{why}</p>
+<p>Open the panel with <code>ace-bridge panel</code> (or <code>ace-bridge panel --browser</code>); it asks the daemon
+for a fresh one-time link.</p></body></html>
+"""

@@ -1,0 +1,302 @@
+// ACE Bridge control panel: renders the daemon's state and pushes the user's actions back as JSON.
+// No framework and no build step. Everything the daemon sends is inserted with textContent, never as HTML.
+"use strict";
+
+const PAGE = 60;
+const view = { offset: 0, total: 0, version: -1, paused: false, first: true, engine: {}, socketTries: 0 };
+window.panelTimings = { start: performance.now() };
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (key === "class") node.className = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+async function api(path, body) {
+  const options = body === undefined ? {} : {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  };
+  const response = await fetch(path, { credentials: "same-origin", cache: "no-store", ...options });
+  let data = null;
+  try { data = await response.json(); } catch (err) { data = null; }
+  if (!response.ok) throw new Error((data && data.message) || `${response.status} ${response.statusText}`);
+  return data;
+}
+
+function toast(text) {
+  const node = $("toast");
+  node.textContent = text;
+  node.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { node.hidden = true; }, 2500);
+}
+
+function fmtTime(epoch) {
+  if (!epoch) return "";
+  const d = new Date(epoch * 1000);
+  const today = new Date();
+  const same = d.toDateString() === today.toDateString();
+  return same ? d.toLocaleTimeString() : d.toLocaleString();
+}
+
+function fmtDuration(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
+}
+
+// Two clicks for destructive actions: the first arms the button for three seconds.
+function armed(button, label, action) {
+  button.addEventListener("click", async () => {
+    if (!button.classList.contains("armed")) {
+      button.dataset.label = button.textContent;
+      button.textContent = label;
+      button.classList.add("armed");
+      setTimeout(() => { button.classList.remove("armed"); button.textContent = button.dataset.label; }, 3000);
+      return;
+    }
+    button.classList.remove("armed");
+    button.textContent = button.dataset.label;
+    await action();
+  });
+}
+
+// ------------------------------------------------------------------------------------------------ engine
+
+function renderEngine(engine) {
+  view.engine = engine;
+  const state = engine.state || "unknown";
+  const badge = $("engine-badge");
+  badge.textContent = state;
+  badge.className = `badge ${state}`;
+  const info = $("engine-info");
+  info.replaceChildren();
+  const rows = [
+    ["State", state + (engine.tiny ? " (tiny test model)" : "")],
+    ["Model", engine.model || ""],
+    ["Adapters", (engine.adapters || []).join(", ") || "none loaded"],
+    ["FFT (instruct)", engine.fft ? (engine.fft_loaded ? "loaded" : "available") : "not installed"],
+    ["Device", engine.device || "not chosen yet"],
+    ["Memory mode", engine.memory_mode || ""],
+    ["VRAM", engine.vram ? `${engine.vram.free_gib} GiB free of ${engine.vram.total_gib} GiB` : "no GPU"],
+    ["Tasks", (engine.tasks || []).join(", ")],
+  ];
+  if (engine.error) rows.push(["Error", engine.error]);
+  for (const [key, value] of rows) info.append(el("dt", {}, key), el("dd", {}, value));
+  const command = $("engine-command");
+  command.hidden = !engine.command;
+  command.textContent = engine.command ? `Model files are missing. Run: ${engine.command}` : "";
+  const warnings = $("warnings");
+  warnings.replaceChildren(...(engine.warnings || []).map((w) => el("li", {}, w)));
+  setPaused(Boolean(engine.paused));
+}
+
+function setPaused(paused) {
+  view.paused = paused;
+  const button = $("pause-btn");
+  button.textContent = paused ? "Resume queue" : "Pause queue";
+  button.classList.toggle("on", paused);
+  $("paused-note").hidden = !paused;
+}
+
+// ------------------------------------------------------------------------------------------------ clients
+
+function renderClients(clients) {
+  $("clients-count").textContent = `(${clients.length})`;
+  const list = $("clients");
+  if (!clients.length) {
+    list.replaceChildren(el("li", { class: "dim" }, "No editor connected."));
+    return;
+  }
+  list.replaceChildren(...clients.map((c) => el("li", { dataset: { client: c.client_id } },
+    el("strong", {}, c.editor || c.client_name || c.client_id), " ",
+    el("span", { class: "dim" }, `${c.client_name || ""} ${c.client_version || ""} · since ${fmtTime(c.since)}`))));
+}
+
+// ------------------------------------------------------------------------------------------------ queue
+
+function renderQueue(queue) {
+  $("queue-count").textContent = `(${queue.length})`;
+  $("queue-empty").hidden = queue.length > 0;
+  const rows = queue.map((job) => {
+    let progress;
+    if (job.state === "running") {
+      const total = job.total || 0;
+      const pct = total ? Math.round((100 * job.step) / total) : 0;
+      const eta = job.eta_s !== null && job.eta_s !== undefined ? ` · ETA ${fmtDuration(job.eta_s)}` : "";
+      const image = job.count > 1 ? ` · image ${job.image_index + 1}/${job.count}` : "";
+      const fill = el("span", { class: "fill" });
+      fill.style.width = `${pct}%`; // CSSOM, not a style attribute: the page's CSP allows no inline styles
+      progress = el("span", { class: "progress" },
+        el("span", { class: "bar" }, fill),
+        total ? `step ${job.step}/${total}${eta}${image}` : "starting…");
+    } else {
+      progress = el("span", { class: "dim" }, `queued · position ${job.position}`);
+    }
+    const cancel = el("button", { type: "button", class: "btn small danger cancel", dataset: { job: job.job_id } },
+      "Cancel");
+    cancel.addEventListener("click", async () => {
+      cancel.disabled = true;
+      try { await api("/panel/api/cancel", { job_id: job.job_id }); } catch (err) { toast(err.message); }
+    });
+    return el("tr", { class: `job ${job.state}`, dataset: { job: job.job_id, state: job.state } },
+      el("td", {}, job.state === "running" ? "▶" : String(job.position)),
+      el("td", {}, job.client_name || job.editor || job.client_id),
+      el("td", {}, job.task),
+      el("td", { class: "prompt", title: job.prompt }, job.prompt || el("span", { class: "dim" }, "(no prompt)")),
+      el("td", {}, progress),
+      el("td", {}, cancel));
+  });
+  $("queue-rows").replaceChildren(...rows);
+}
+
+// ------------------------------------------------------------------------------------------------ history
+
+async function loadHistory() {
+  const page = await api(`/panel/api/history?offset=${view.offset}&limit=${PAGE}`);
+  if (page.total && view.offset >= page.total) {
+    view.offset = Math.max(0, Math.floor((page.total - 1) / PAGE) * PAGE);
+    return loadHistory();
+  }
+  renderHistory(page);
+  return page;
+}
+
+function renderHistory(page) {
+  view.total = page.total;
+  view.version = page.version;
+  $("history-count").textContent = `(${page.total})`;
+  $("history-empty").hidden = page.total > 0;
+  const pages = Math.max(1, Math.ceil(page.total / PAGE));
+  $("page-info").textContent = `page ${Math.floor(view.offset / PAGE) + 1} of ${pages}`;
+  $("prev-page").disabled = view.offset === 0;
+  $("next-page").disabled = view.offset + PAGE >= page.total;
+  const items = page.entries.map(historyItem);
+  $("gallery").replaceChildren(...items);
+  if (view.first) {
+    view.first = false;
+    window.panelTimings.firstRender = performance.now();
+    const images = [...document.querySelectorAll("#gallery img")];
+    Promise.all(images.map((img) => img.decode().catch(() => null))).then(() => {
+      window.panelTimings.thumbsLoaded = performance.now();
+      document.body.dataset.thumbs = "1";
+    });
+    document.body.dataset.ready = "1";
+  }
+}
+
+function historyItem(entry) {
+  const img = el("img", { src: `/panel/api/thumb/${entry.entry}`, alt: entry.prompt || entry.task });
+  const thumb = el("div", { class: "thumb", title: "open full size" }, img);
+  thumb.addEventListener("click", () => openViewer(entry));
+  const copy = el("button", { type: "button", class: "btn small copy" }, "Copy parameters");
+  copy.addEventListener("click", () => copyParameters(entry));
+  const open = el("button", { type: "button", class: "btn small open" }, "Open");
+  open.addEventListener("click", () => openViewer(entry));
+  const del = el("button", { type: "button", class: "btn small danger delete" }, "Delete");
+  armed(del, "Really delete?", async () => {
+    try { await api("/panel/api/history/delete", { entry: entry.entry }); await loadHistory(); }
+    catch (err) { toast(err.message); }
+  });
+  return el("div", { class: "item", dataset: { entry: entry.entry } },
+    thumb,
+    el("div", { class: "meta" },
+      el("div", {}, el("strong", {}, entry.task), " ", el("span", { class: "dim" }, `seed ${entry.seed}`)),
+      el("div", { class: "p", title: entry.prompt }, entry.prompt || el("span", { class: "dim" }, "(no prompt)")),
+      el("div", { class: "dim" }, `${fmtTime(entry.finished)} · ${fmtDuration(entry.duration_s)} · ` +
+        `${entry.width}×${entry.height}`)),
+    el("div", { class: "actions" }, open, copy, del));
+}
+
+function openViewer(entry) {
+  $("viewer-img").src = `/panel/api/image/${entry.entry}`;
+  $("viewer-caption").textContent = `${entry.task} · seed ${entry.seed} · ${entry.prompt}`;
+  $("viewer").hidden = false;
+}
+
+async function copyParameters(entry) {
+  const text = JSON.stringify({ task: entry.task, prompt: entry.prompt, seed: entry.seed, ...entry.params }, null, 1);
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (err) {
+    const area = el("textarea", {}, text);
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  document.body.dataset.copied = text;
+  toast("Parameters copied");
+}
+
+// ------------------------------------------------------------------------------------------------ live updates
+
+function apply(message) {
+  if (message.engine) renderEngine(message.engine);
+  if (message.clients) renderClients(message.clients);
+  if (message.queue) renderQueue(message.queue);
+  if (message.history && message.history.version !== view.version) {
+    loadHistory().catch((err) => toast(err.message));
+  }
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(`${scheme}//${location.host}/panel/ws`);
+  ws.addEventListener("open", () => {
+    view.socketTries = 0;
+    $("conn").textContent = "live";
+    $("conn").className = "conn live";
+    ws.send(JSON.stringify({ type: "hello", agent: navigator.userAgent }));
+  });
+  ws.addEventListener("message", (event) => {
+    let message;
+    try { message = JSON.parse(event.data); } catch (err) { return; }
+    apply(message);
+    document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
+  });
+  ws.addEventListener("close", () => {
+    $("conn").textContent = "reconnecting…";
+    $("conn").className = "conn";
+    view.socketTries += 1;
+    setTimeout(connect, Math.min(5000, 250 * 2 ** view.socketTries));
+  });
+}
+
+async function start() {
+  $("pause-btn").addEventListener("click", async () => {
+    try {
+      const reply = await api("/panel/api/pause", { paused: !view.paused });
+      setPaused(reply.paused);
+    } catch (err) { toast(err.message); }
+  });
+  armed($("rotate-btn"), "Really rotate?", async () => {
+    try { $("settings-msg").textContent = (await api("/panel/api/token/rotate", {})).message; }
+    catch (err) { $("settings-msg").textContent = err.message; }
+  });
+  $("prev-page").addEventListener("click", () => { view.offset = Math.max(0, view.offset - PAGE); loadHistory(); });
+  $("next-page").addEventListener("click", () => { view.offset += PAGE; loadHistory(); });
+  $("viewer").addEventListener("click", () => { $("viewer").hidden = true; });
+  const state = await api("/panel/api/state");
+  renderEngine(state.engine);
+  renderClients(state.clients);
+  renderQueue(state.queue);
+  renderHistory(state.history);
+  connect();
+}
+
+start().catch((err) => {
+  document.body.dataset.error = err.message;
+  toast(`The panel could not load: ${err.message}`);
+});

@@ -1,0 +1,8 @@
+"""The panel tests reuse the integration helpers (test images, clients)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
