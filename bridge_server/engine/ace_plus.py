@@ -425,7 +425,9 @@ class AcePlusEngine:
         height, width = plan.height, plan.width
         moved = False
         try:
-            with torch.inference_mode():
+            # no_grad, not inference_mode: offload hooks move weights inside this block, and inference tensors
+            # would later refuse peft's requires_grad toggling when adapters are switched.
+            with torch.no_grad():
                 if fft and self._memory_mode in ("gpu", "model-offload"):
                     transformer.to(device)
                     moved = True
