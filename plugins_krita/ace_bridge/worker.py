@@ -168,17 +168,24 @@ class BridgeWorker(QObject):
                 if self._stop.wait(self._retry_s):
                     return
                 continue
+            # Results that finished while Krita was away, collected before any job of ours can be submitted.
+            self._collect_redelivered(client, set(getattr(welcome, "pending", None) or ()))
             self.client = client
             self._set_state("connected", f"ace-bridge {welcome.server_version}")
             self.welcome_received.emit({"tasks": list(welcome.tasks), "engine": dict(welcome.engine),
                                         "limits": dict(welcome.limits), "server_version": welcome.server_version})
-            self._collect_redelivered(client)
             return
 
-    def _collect_redelivered(self, client: Any) -> None:
+    def _collect_redelivered(self, client: Any, pending: set[str]) -> None:
+        """Only jobs the daemon announced as pending in `welcome`: the client can also list a live job whose
+        first event raced ahead of `submit()` returning, and reading that one here would steal its events."""
+        if not pending:
+            return
         found = []
         try:
             for handle in client.fetch_unacknowledged(wait=0.5):
+                if handle.id not in pending:
+                    continue
                 results = []
                 for ev in handle.events(timeout=30):
                     if ev.TYPE == "result":
@@ -197,7 +204,7 @@ class BridgeWorker(QObject):
             threading.Thread(target=self._delayed_restart, daemon=True).start()
         elif state == "reconnecting":
             self._set_state("reconnecting", "daemon restarting? reconnecting…")
-        elif state == "connected" and self.state != "connected":
+        elif state == "connected" and self.client is not None and self.state != "connected":  # a reconnect
             self._set_state("connected", "reconnected")
 
     def _delayed_restart(self) -> None:

@@ -54,3 +54,5 @@ def test_docker_generate_undo_route_cancel(install, tmp_path, demo_daemon):
     for name in ("docker_exists", "generate_new_layer_on_top", "cancel_leaves_no_layer",
                  "result_lands_in_origin_document", "screenshot_saved", "undo_removes_layer"):
         assert name in data["checks"], name
+    # Finding pinned: the result layer is built off-stack and added with one addChildNode, so one undo removes it.
+    assert data["checks"]["undo_steps"][1] == "1", data["checks"]["undo_steps"]

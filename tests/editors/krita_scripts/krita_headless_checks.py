@@ -114,8 +114,11 @@ def main(args):
               and len(set(read.mask.data) - {0, 255}) > 5,
               f"levels {len(set(read.mask.data)) if read.mask else None}")
         check("anchor_is_active_layer", read.anchor_node == node_id(src), read.anchor_node)
-        read_img = read_context(doc, Source.IMAGE, padding)
+        read_img = read_context(doc, Source.IMAGE, padding, [node_id(src)])
         check("image_pixels_projection", read_img.image.data == crop(proj_before, W, 4, rx, ry, rw, rh))
+        refs = read_img.references
+        check("reference_layer_pixels", len(refs) == 1 and (refs[0].width, refs[0].height) == (lw, lh)
+              and refs[0].data == src_pixels, [(r.width, r.height) for r in refs])
 
         # ---- the result: from the daemon when one is configured, else a stand-in with the protocol's shape
         daemon = config.get("daemon")

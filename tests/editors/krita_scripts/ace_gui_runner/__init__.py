@@ -50,6 +50,10 @@ def _run():
         check("docker_exists", docker is not None, len(AceBridgeDocker.instances))
         if docker is None:
             return
+        gen_action = app.action("ace_bridge_generate")
+        check("generate_shortcut_ctrl_enter", gen_action is not None
+              and gen_action.shortcut().toString() in ("Ctrl+Return", "Ctrl+Enter"),
+              gen_action.shortcut().toString() if gen_action else None)
         docker.show()
         docker.setVisible(True)
         ctl = docker.controller
