@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ class PanelState:
     dirty: set[str] = field(default_factory=set)
     history_version: int = 0
     pushes: int = 0  # frames sent, for tests and the bench
+    push_times: deque[float] = field(default_factory=lambda: deque(maxlen=200))  # monotonic, for the rate test
     thumbs: dict[str, bytes] = field(default_factory=dict)
     last_engine: str = ""
     panels: list[dict[str, Any]] = field(default_factory=list)  # what connected panel pages said in `hello`
@@ -416,6 +418,7 @@ async def _pusher(app: web.Application) -> None:
             except (ConnectionError, RuntimeError):
                 pass
         panel.pushes += 1
+        panel.push_times.append(time.monotonic())
         await asyncio.sleep(PUSH_INTERVAL_S)
 
 

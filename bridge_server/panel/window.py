@@ -36,11 +36,13 @@ def http_base(ws_url: str) -> str:
     return f"{scheme}://{parts.netloc}"
 
 
-def daemon_alive(base: str, timeout: float = 2.0) -> bool:
+def daemon_alive(base: str, timeout: float = 5.0) -> bool:
     try:
         with urllib.request.urlopen(f"{base}/v1/health", timeout=timeout) as reply:
             return json.loads(reply.read()).get("ok") is True
-    except (OSError, ValueError):
+    except (OSError, ValueError) as exc:
+        if os.environ.get("ACE_BRIDGE_DEBUG"):
+            print(f"ace-bridge panel: health check of {base} failed: {exc!r}", file=sys.stderr)
         return False
 
 
@@ -96,8 +98,11 @@ def panel_url(args: argparse.Namespace) -> str:
     base = http_base(endpoint.url)
     if not daemon_alive(base):
         if endpoint.source in ("argument", "ACE_BRIDGE_URL"):
-            raise PanelError(f"no daemon answers at {endpoint.url}")
-        base = http_base(start_daemon())
+            # A daemon that was just started (`serve --panel`) can be slow to answer its first request.
+            if not daemon_alive(base, timeout=15.0):
+                raise PanelError(f"no daemon answers at {endpoint.url}")
+        else:
+            base = http_base(start_daemon())
     token = endpoint.token or read_token()
     if not token:
         raise PanelError(f"no token: the daemon's token file is missing in {config_dir()}")

@@ -4,6 +4,7 @@ docs/panel.png). Nothing here sleeps: every wait is for a page condition, a job 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -13,18 +14,21 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import webbrowser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
 from ace_protocol.client import BridgeClient
+from daemon_fixture import isolated_env
 from integration_helpers import ellipse_mask, gradient_image, gray_payload, rgba_payload
 
 from bridge_server.gate import Gate
 from bridge_server.history import History
 from bridge_server.panel.routes import COOKIE, PANEL
 from bridge_server.panel.window import PanelError, request_code
+from bridge_server.panel.window import open_panel as open_panel_command
 
 pytestmark = pytest.mark.panel
 
@@ -386,3 +390,75 @@ def test_the_pywebview_window_opens_the_panel_under_xvfb(thread_daemon_factory, 
     assert shown["title"] == "ACE Bridge" and shown["badge"] in ("unloaded", "loaded")
     agents = daemon.call(lambda: list(daemon.app[PANEL].agents_seen))
     assert any("QtWebEngine" in agent for agent in agents), agents
+
+
+def test_progress_bursts_reach_the_page_coalesced(thread_daemon_factory, page):
+    """Every step emits `progress`; the panel pushes at most ~10 frames a second however fast they come."""
+    daemon = thread_daemon_factory()
+    client = client_for(daemon, "krita-artist", "krita")
+    try:
+        open_panel(page, daemon)
+        handle = inpaint(client, "forty quick steps", steps=40)  # steps take ms on the tiny model
+        events = finish(handle)
+        assert events.count("progress") == 40 and events[-1] == "done"
+        page.wait_for_selector("#history-count:has-text('(1)')")
+        times = daemon.call(lambda: list(daemon.app[PANEL].push_times))
+        busiest = max(sum(1 for t in times if start <= t < start + 1.0) for start in times)
+        assert busiest <= 11, f"{busiest} pushes within one second"
+    finally:
+        client.close()
+
+
+def test_without_pywebview_the_panel_opens_in_the_browser(thread_daemon_factory, monkeypatch, capsys):
+    daemon = thread_daemon_factory()
+    opened: list[str] = []
+    monkeypatch.setitem(sys.modules, "webview", None)  # `import webview` raises ImportError
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    for browser_flag in (False, True):
+        args = argparse.Namespace(url=daemon.url, token=daemon.token, port=None, browser=browser_flag)
+        assert open_panel_command(args) == 0
+    err = capsys.readouterr().err
+    assert "pywebview is not installed" in err and "pip install 'pywebview[qt]'" in err
+    assert len(opened) == 2 and all(url.startswith(base_url(daemon) + "/panel/?code=") for url in opened)
+    assert opened[0] != opened[1], "each opening gets its own one-time code"
+
+
+def test_serve_with_panel_opens_the_window_at_start(tmp_path, tiny_model_root):
+    """`ace-bridge serve --demo --panel` under Xvfb: the daemon starts the panel window, which loads."""
+    try:
+        import PyQt6.QtWebEngineWidgets  # noqa: F401
+        import webview  # noqa: F401
+    except ImportError:
+        unavailable("pywebview[qt]")
+    if shutil.which("xvfb-run") is None:
+        unavailable("xvfb-run")
+    home = tmp_path / "home"
+    env = isolated_env(home)
+    report = tmp_path / "loaded.json"
+    env.update(QTWEBENGINE_DISABLE_SANDBOX="1", PYWEBVIEW_GUI="qt", QT_QPA_PLATFORM="xcb",
+               ACE_BRIDGE_PANEL_SELFTEST=str(report), QTWEBENGINE_CHROMIUM_FLAGS="--disable-gpu")
+    data_dir = Path(env["ACE_BRIDGE_DATA_DIR"])
+    data_dir.mkdir(parents=True)
+    (data_dir / "demo-model").symlink_to(tiny_model_root, target_is_directory=True)
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            ["xvfb-run", "-a", "-s", "-screen 0 1280x900x24 -nolisten tcp", sys.executable, "-m", "bridge_server.cli",
+             "serve", "--demo", "--port", "0", "--idle-unload", "3600", "--panel"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not report.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling a file another process writes once; not a test sleep
+        output = log_path.read_text(errors="replace")
+        assert report.exists(), output[-4000:]
+        assert json.loads(report.read_text())["title"] == "ACE Bridge"
+        assert "PANEL LOADED" in output
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 15)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait(10)
