@@ -322,6 +322,17 @@ def test_the_one_time_code_works_once_and_the_cookie_is_httponly_and_strict(thre
         urllib.request.urlopen(form, timeout=10)
     assert refused.value.code == 415 and not daemon.config.gate.paused
 
+    # Token rotation from the panel: the old token no longer gets a code, the new one from the file does.
+    rotate = urllib.request.Request(base_url(daemon) + "/panel/api/token/rotate", data=b"{}", method="POST",
+                                    headers={"Cookie": session, "Content-Type": "application/json"})
+    with urllib.request.urlopen(rotate, timeout=10) as reply:
+        assert json.loads(reply.read())["ok"] is True
+    new_token = (daemon.config.config_dir / "token").read_text().strip()
+    assert new_token != daemon.token
+    with pytest.raises(PanelError, match="refused the token"):
+        request_code(base_url(daemon), daemon.token)
+    assert "/panel/?code=" in request_code(base_url(daemon), new_token)
+
 
 def test_first_render_with_5000_history_entries(tmp_path, thread_daemon_factory, page):
     """Generates 5,000 entries through History.save, then times the panel's first render (written to
