@@ -95,17 +95,28 @@ def security_middleware(allowed_hosts: tuple[str, ...]) -> Callable[[web.Request
 
 
 class FailureThrottle:
-    """Slows down repeated wrong tokens per peer: each failure doubles the wait, capped, forgotten after a minute."""
+    """Slows down repeated wrong tokens per peer: each failure doubles the wait, capped, forgotten after a minute.
+
+    Waits are handed out as consecutive time slots per peer, so guessing on many connections at once queues up
+    instead of paying one wait for all of them.
+    """
 
     def __init__(self, base_s: float = 0.05, cap_s: float = 2.0, window_s: float = 60.0) -> None:
         self.base_s, self.cap_s, self.window_s = base_s, cap_s, window_s
         self._failures: dict[str, tuple[int, float]] = {}
+        self._next_slot: dict[str, float] = {}
 
     def delay_for(self, peer: str) -> float:
+        """The wait before this attempt may be checked (reserves the peer's next slot)."""
         count, last = self._failures.get(peer, (0, 0.0))
-        if time.monotonic() - last > self.window_s:
+        now = time.monotonic()
+        if not count or now - last > self.window_s:
             return 0.0
-        return min(self.cap_s, self.base_s * (2 ** max(0, count - 1))) if count else 0.0
+        step = min(self.cap_s, self.base_s * (2 ** max(0, count - 1)))
+        # Bounded backlog: a flood of parallel guesses holds no socket longer than 10 capped waits.
+        slot = min(max(now, self._next_slot.get(peer, 0.0)) + step, now + 10 * self.cap_s)
+        self._next_slot[peer] = slot
+        return slot - now
 
     def failed(self, peer: str) -> None:
         count, last = self._failures.get(peer, (0, 0.0))
@@ -114,6 +125,8 @@ class FailureThrottle:
         self._failures[peer] = (count + 1, time.monotonic())
         if len(self._failures) > 10_000:  # bounded memory under a flood of peers
             self._failures.clear()
+            self._next_slot.clear()
 
     def succeeded(self, peer: str) -> None:
         self._failures.pop(peer, None)
+        self._next_slot.pop(peer, None)
