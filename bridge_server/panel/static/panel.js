@@ -270,7 +270,15 @@ function connect() {
     $("conn").textContent = "reconnecting…";
     $("conn").className = "conn";
     view.socketTries += 1;
-    setTimeout(connect, Math.min(5000, 250 * 2 ** view.socketTries));
+    const retry = () => setTimeout(connect, Math.min(5000, 250 * 2 ** view.socketTries));
+    // A restarted daemon forgets panel sessions: say so instead of retrying forever.
+    fetch("/panel/api/state", { cache: "no-store" }).then((response) => {
+      if (response.status === 401) {
+        $("conn").textContent = "session ended: open the panel again with `ace-bridge panel`";
+        return;
+      }
+      retry();
+    }).catch(retry);
   });
 }
 
