@@ -473,3 +473,18 @@ def test_serve_with_panel_opens_the_window_at_start(tmp_path, tiny_model_root):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)
                 process.wait(10)
+
+
+def test_missing_weights_show_the_command_that_fetches_them(tmp_path, thread_daemon_factory, page):
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+
+    def factory():
+        from bridge_server.engine.ace_plus import AcePlusEngine
+
+        return AcePlusEngine(empty, idle_unload_s=None)
+
+    daemon = thread_daemon_factory(engine_factory=factory)
+    open_panel(page, daemon)
+    page.wait_for_selector("#engine-badge.missing")
+    assert "ace-bridge models pull --yes" in page.locator("#engine-command").text_content()
