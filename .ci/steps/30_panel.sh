@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The control panel tests: Debian Chromium for Playwright, Xvfb + the xcb libraries Qt6 needs for the pywebview
 # window, and the Python side (playwright, pywebview[qt]) in .venv with torch pinned in the same pip call.
-# Idempotent. Never runs `playwright install`: the tests drive /usr/bin/chromium.
+# Idempotent; bookworm and trixie (chromium pulls in its own libasound/libnss). Never runs `playwright install`:
+# the tests drive /usr/bin/chromium.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 pkgs=(chromium xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0
       libxcb-xkb1 libxkbcommon-x11-0 libxcb-cursor0 libxcb-shape0 libxcb-randr0 libnss3 libxcomposite1 libxdamage1
-      libxrandr2 libxtst6 libasound2 libegl1 libgl1 libfontconfig1 libdbus-1-3 fonts-dejavu-core)
+      libxrandr2 libxtst6 libegl1 libgl1 libgbm1 libxkbfile1 libx11-xcb1 libxcb-xfixes0 libxcb-dri3-0 libxcb-shm0
+      libxcb-sync1 libxcb-util1 libfontconfig1 libdbus-1-3 fonts-dejavu-core)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
