@@ -1,8 +1,9 @@
 """Host-side helpers for the Krita tests: find the Krita installs, install the plugin into a throw-away profile,
 run `kritarunner` (headless) or `krita` under Xvfb with HOME in a temporary folder, always under `timeout -k`.
 
-Installs: the host's apt Krita (5.1.5 on bookworm) and the trixie environment's (5.2.9; the chroot built by
-.ci/steps/20_trixie_chroot.sh, run through tests/editors/chroot.py). With env CI=true a missing Krita is a
+Installs: the host's apt Krita (5.1.5 on bookworm, 5.2.9 on trixie), plus on a bookworm host the trixie chroot's
+5.2.9 (.ci/steps/20_trixie_chroot.sh, run through tests/editors/chroot.py), or on a trixie host the bookworm
+chroot's 5.1.5 (.ci/steps/15_krita_host.sh). With env CI=true a missing Krita is a
 failure, not a skip.
 """
 
@@ -45,19 +46,52 @@ def _dpkg_version(root: Path, package: str) -> str:
     return "?"
 
 
+def bookworm_chroot() -> Path:
+    """Krita 5.1.5 for trixie hosts: the chroot .ci/steps/15_krita_host.sh builds there with mmdebstrap."""
+    return Path(os.environ.get("ACE_BOOKWORM_CHROOT") or "/var/cache/ace-bridge/bookworm")
+
+
+def _bookworm_ready() -> bool:
+    root = bookworm_chroot()
+    return (hasattr(os, "geteuid") and os.geteuid() == 0 and (root / ".ace-bridge-ready").is_file()
+            and (root / "usr/bin/kritarunner").is_file() and shutil.which("unshare") is not None)
+
+
+def _run_in_bookworm(argv: Sequence[str], env: Mapping[str, str], timeout: float,
+                     binds: Sequence[Path]) -> subprocess.CompletedProcess[str]:
+    """Like chroot.run_in_trixie, for the bookworm chroot: own mount namespace, repository at /work."""
+    full_env = {"HOME": "/root", "PATH": chroot.DEFAULT_PATH, "LANG": "C.UTF-8", **env}
+    bind_list = [str(Path(b).resolve()) for b in binds]
+    cmd = ["timeout", "-k", str(KILL_AFTER_S), str(int(timeout)), "unshare", "-m", "--propagation", "private",
+           "sh", "-c", chroot._NAMESPACE_SCRIPT, "sh", str(bookworm_chroot()), chroot.REPO_INSIDE,
+           str(len(bind_list)), *bind_list, *[f"{k}={v}" for k, v in full_env.items()], *argv]
+    return subprocess.run(cmd, env={"PATH": chroot.DEFAULT_PATH, "REPO": str(REPO)}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, check=False)
+
+
 @dataclass(frozen=True)
 class KritaInstall:
     name: str
-    where: str  # host | trixie
+    where: str  # host | trixie | bookworm
 
     def path(self, p: str | os.PathLike[str]) -> str:
         """How the editor sees a host path."""
-        return chroot.inside_path(p) if self.where == "trixie" else str(Path(p).resolve())
+        if self.where == "trixie":
+            return chroot.inside_path(p)
+        resolved = Path(p).resolve()
+        if self.where == "bookworm":
+            try:
+                return str(Path(chroot.REPO_INSIDE) / resolved.relative_to(REPO))
+            except ValueError:
+                return str(resolved)
+        return str(resolved)
 
     def run(self, argv: Sequence[str], env: Mapping[str, str], timeout: float,
             binds: Sequence[Path] = ()) -> subprocess.CompletedProcess[str]:
         if self.where == "trixie":
             return chroot.run_in_trixie(list(argv), env=dict(env), timeout=timeout, binds=list(binds))
+        if self.where == "bookworm":
+            return _run_in_bookworm(argv, env, timeout, binds)
         base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         cmd = ["timeout", "-k", str(KILL_AFTER_S), str(int(timeout)), *argv]
         return subprocess.run(cmd, env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -72,6 +106,11 @@ def krita_installs() -> list[KritaInstall]:
         root = chroot.chroot_path()
         if (root / "usr/bin/kritarunner").is_file():
             found.append(KritaInstall(f"trixie-krita-{_dpkg_version(root, 'krita')}", "trixie"))
+    # On a trixie host the other version (5.1.5) comes from the bookworm chroot; ACE_KRITA_BOOKWORM_CHROOT=1
+    # also uses it on a bookworm host (to check this path).
+    want_bookworm = chroot.host_is_trixie() or os.environ.get("ACE_KRITA_BOOKWORM_CHROOT") == "1"
+    if want_bookworm and _bookworm_ready():
+        found.append(KritaInstall(f"bookworm-krita-{_dpkg_version(bookworm_chroot(), 'krita')}", "bookworm"))
     return found
 
 

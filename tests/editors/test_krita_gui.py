@@ -4,7 +4,7 @@ profile, against a real `ace-bridge serve --demo`.
 Story covered (issue 4): the docker exists and lists the daemon's tasks; Generate (through the action behind
 Ctrl+Enter) produces a new layer on top named with task and seed; one undo removes it; a result lands in the
 document it came from although another document became active; Cancel during a job leaves no layer; the history
-shows thumbnails. A screenshot of the docker goes to artifacts/.
+shows thumbnails; count 2 gives one group (first visible) that one undo removes. A screenshot of the docker goes to artifacts/.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_docker_generate_undo_route_cancel(install, tmp_path, demo_daemon):
     failed = {k: v[1] for k, v in data["checks"].items() if not v[0]}
     assert not failed, f"failed in Krita GUI: {failed}\n{proc.stdout[-3000:]}"
     for name in ("docker_exists", "generate_new_layer_on_top", "cancel_leaves_no_layer",
-                 "result_lands_in_origin_document", "screenshot_saved", "undo_removes_layer"):
+                 "result_lands_in_origin_document", "screenshot_saved", "undo_removes_layer", "count2_group_one_undo"):
         assert name in data["checks"], name
     # Finding pinned: the result layer is built off-stack and added with one addChildNode, so one undo removes it.
     assert data["checks"]["undo_steps"][1] == "1", data["checks"]["undo_steps"]

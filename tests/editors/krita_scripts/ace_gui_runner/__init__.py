@@ -129,6 +129,27 @@ def _run():
               and not added_b and app.activeDocument().name() == "gui-b",
               (state["finished"].get(lid2), len(added_a), len(added_b)))
 
+        # Several images arrive as one group (first visible, others hidden), removed by one undo.
+        docker.count_spin.setValue(2)
+        before_g = [node_id(n) for n in other.rootNode().childNodes()]
+        lid4 = docker.on_generate()
+        for _ in range(int(deadline_s * 20)):
+            if lid4 in state["finished"]:
+                break
+            yield
+        docker.count_spin.setValue(1)
+        top = other.rootNode().childNodes()[-1]
+        kids = list(reversed(top.childNodes()))  # top child first
+        check("count2_group_first_visible", state["finished"].get(lid4) == "done" and top.type() == "grouplayer"
+              and len(kids) == 2 and kids[0].visible() and not kids[1].visible(),
+              (state["finished"].get(lid4), top.type(), [(k.name(), k.visible()) for k in kids]))
+        app.action("edit_undo").trigger()
+        other.waitForDone()
+        for _ in range(5):
+            yield
+        check("count2_group_one_undo", [node_id(n) for n in other.rootNode().childNodes()] == before_g,
+              [n.name() for n in other.rootNode().childNodes()])
+
         # Cancel during a job leaves no layer.
         docker.steps_spin.setValue(100)
         before_c = [node_id(n) for n in other.rootNode().childNodes()]
