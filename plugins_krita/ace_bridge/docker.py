@@ -239,9 +239,7 @@ class AceBridgeDocker(kdoc.DockWidget):
         self.connection = W.QLabel("Connecting…")
         form.addWidget(self.connection)
 
-        self.settings_box = W.QGroupBox("Daemon")
-        self.settings_box.setCheckable(True)
-        self.settings_box.setChecked(False)
+        self.settings_box = W.QGroupBox("Daemon (empty fields: found automatically)")
         sf = W.QFormLayout(self.settings_box)
         self.url_edit = W.QLineEdit(self.settings.url)
         self.url_edit.setPlaceholderText("automatic (ws://127.0.0.1:8717/v1/ws)")
