@@ -23,6 +23,7 @@ from .errors import ErrorCode, ProtocolError
 from .images import ImagePayload
 from .messages import (
     TERMINAL_EVENTS,
+    Accepted,
     Ack,
     Cancel,
     Error,
@@ -291,10 +292,13 @@ class BridgeClient:
         job_id = getattr(message, "job_id", None)
         if isinstance(message, Error) and message.code == ErrorCode.SUPERSEDED.value:
             self._closing = True  # another connection took over this session; do not fight it
+        if isinstance(message, Accepted) and job_id is not None:
+            # Register the job before anyone can see the reply, so its first events find their handle.
+            with self._lock:
+                self._jobs.setdefault(job_id, JobHandle(self, job_id))
         if request_id is not None and request_id in self._replies:
             self._replies[request_id].put(message)
-            if job_id is None:
-                return
+            return
         if job_id is None:
             return
         with self._lock:
@@ -304,8 +308,7 @@ class BridgeClient:
                 handle = JobHandle(self, job_id)
                 self._jobs[job_id] = handle
                 self._unclaimed.put(handle)
-        if message.TYPE != "accepted":
-            handle._push(message)
+        handle._push(message)
 
     # ------------------------------------------------------------ requests
 
