@@ -7,11 +7,11 @@ Alpha/compositing is not the engine's job (see bridge_server/compositing.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-
 from ace_protocol.errors import ErrorCode, ProtocolError
 
 
