@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 from ace_protocol import __version__
 from ace_protocol.errors import ErrorCode, ProtocolError
 from ace_protocol.images import ImagePayload
@@ -219,7 +220,8 @@ class JobQueue:
             index=stored.index,
             count=job.count,
             seed=stored.seed,
-            image=ImagePayload(width, height, "rgba8", rgba.tobytes()),
+            # A view, not a copy: msgpack reads the pixels straight from the array when the frame is encoded.
+            image=ImagePayload(width, height, "rgba8", memoryview(np.ascontiguousarray(rgba)).cast("B")),
             provenance=stored.provenance,
         )
 
