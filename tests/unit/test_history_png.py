@@ -28,3 +28,18 @@ def test_encode_png_accepts_non_contiguous_views_and_other_shapes():
     assert np.array_equal(decode_png(encode_png(view)), view)
     rgb = rgba[..., :3]
     assert np.array_equal(decode_png(encode_png(np.ascontiguousarray(rgb)))[..., :3], rgb)
+
+
+def test_large_images_use_the_sliced_parallel_deflate_and_still_round_trip():
+    from bridge_server import imaging
+
+    rng = np.random.default_rng(5)
+    rgba = np.repeat(rng.integers(0, 256, (1100, 1, 4), dtype=np.uint8), 1024, axis=1)  # 4.5 MB, compressible
+    rgba[::7, ::3] = 17
+    assert rgba.nbytes >= imaging._PARALLEL_MIN
+    for level in (0, 1):
+        data = encode_png(rgba, compress_level=level)
+        assert np.array_equal(decode_png(data), rgba)
+        with Image.open(io.BytesIO(data)) as img:
+            img.verify()
+    assert len(encode_png(rgba)) < rgba.nbytes // 4
