@@ -231,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--panel", action="store_true", help="open the control panel window at start")
     serve.add_argument("--tls-cert", help="certificate for remote mode (PEM)")
     serve.add_argument("--tls-key", help="private key for remote mode (PEM)")
+    serve.add_argument("--tls-self-signed", action="store_true",
+                       help="remote mode: make (once, in the config folder) and use a self-signed certificate; "
+                            "prints its SHA-256 fingerprint")
     serve.add_argument("--allow-host", action="append", default=[], help="extra Host name allowed in remote mode")
     serve.add_argument("--insecure", action="store_true", help="allow remote mode without TLS (not recommended)")
     serve.add_argument("--paused", action="store_true", help="start with the queue paused")

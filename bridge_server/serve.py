@@ -76,11 +76,22 @@ def run_server(args: argparse.Namespace) -> int:
 
     data = data_dir()
     loopback = args.host in ("127.0.0.1", "::1", "localhost")
+    if getattr(args, "tls_self_signed", False) and not (args.tls_cert and args.tls_key):
+        from .tls import TlsError, ensure_self_signed, fingerprint_sha256, subject_names
+
+        try:
+            cert, key, created = ensure_self_signed(folder / "tls", subject_names(args.host, args.allow_host))
+        except TlsError as exc:
+            print(f"ace-bridge: {exc}", file=sys.stderr)
+            return 2
+        args.tls_cert, args.tls_key = str(cert), str(key)
+        print(f"{'made' if created else 'using'} self-signed TLS certificate {cert}", flush=True)
+        print(f"TLS certificate SHA-256 fingerprint: {fingerprint_sha256(cert)}", flush=True)
     context = tls_context(args)
     if not loopback and context is None and not args.insecure:
         print(
             f"ace-bridge: refusing to listen on {args.host} without TLS: anyone on the network could watch the token.\n"
-            "  Give --tls-cert and --tls-key, or pass --insecure if this network is trusted.",
+            "  Give --tls-cert and --tls-key, or --tls-self-signed, or pass --insecure if this network is trusted.",
             file=sys.stderr,
         )
         return 2
