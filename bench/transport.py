@@ -1,0 +1,377 @@
+"""Transport benchmark: what the protocol costs on loopback, next to the floor and to the usual PNG/base64/JSON.
+
+    python bench/transport.py [--sizes 512,2048,4096] [--repeats 5]
+
+For each region size (square RGBA region + 8-bit mask + 1024x1024 RGBA reference) it times, in one run:
+  (a) floor:   the same request bytes over a plain TCP socket to an echo server that answers with the result's
+               bytes (region RGBA);
+  (b) bridge:  the real daemon app (create_app, aiohttp, real WebSocket) and the real blocking client
+               (BridgeClient): submit -> `result` received, with the engine replaced by an identity engine defined
+               here (returns the region's RGB), so only transport, validation, compositing and the history write
+               (PNG + JSON, before `result`, by design) are measured;
+  (c) PNG:     PNG-encode the three images, base64 them into JSON, POST to a small aiohttp endpoint that decodes
+               them and answers the region as PNG/base64 in JSON; the client decodes it.
+It prints the median of --repeats round trips after one warm-up, the ratios b/a and c/b, and for one size a
+breakdown of where (b)'s time goes (measured by calling the same functions directly).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import http.client
+import io
+import json
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "shared")]
+
+import numpy as np  # noqa: E402
+from ace_protocol.client import BridgeClient  # noqa: E402
+from ace_protocol.codec import decode_client_message, decode_server_message, encode  # noqa: E402
+from ace_protocol.images import ImagePayload  # noqa: E402
+from ace_protocol.messages import Result, Submit  # noqa: E402
+from ace_protocol.tasks import TASKS  # noqa: E402
+from aiohttp import web  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from bridge_server.app import create_app  # noqa: E402
+from bridge_server.compositing import make_result  # noqa: E402
+from bridge_server.config import ServerConfig  # noqa: E402
+from bridge_server.engine.base import EngineResult  # noqa: E402
+from bridge_server.imaging import encode_png, to_array  # noqa: E402
+
+REF_SIDE = 1024
+FRAME_LIMIT = 512 * 1024 * 1024
+
+
+class IdentityEngine:
+    """Implements bridge_server/engine/base.py's Engine: one step, returns the region's RGB unchanged."""
+
+    name = "identity"
+
+    def available_tasks(self) -> list[str]:
+        return list(TASKS)
+
+    def state(self) -> dict[str, Any]:
+        return {"state": "loaded", "model": "identity", "device": "cpu"}
+
+    def run(self, job, on_step, is_cancelled) -> EngineResult:
+        on_step(1, 1)
+        assert job.image is not None
+        return EngineResult(rgb=job.image[..., :3])
+
+    def unload(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_inputs(side: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    # Smooth content (like a photo region) rather than noise, so PNG sizes are realistic.
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    image = np.empty((side, side, 4), np.uint8)
+    image[..., 0] = (255 * x).astype(np.uint8)
+    image[..., 1] = (255 * y).astype(np.uint8)
+    image[..., 2] = (127 + 127 * np.sin(8 * x + 5 * y)).astype(np.uint8)
+    image[..., :3] = np.clip(image[..., :3].astype(np.int16) + rng.integers(-3, 4, (side, side, 3)), 0, 255)
+    image[..., 3] = 255
+    mask = np.zeros((side, side), np.uint8)
+    mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 255
+    ref = np.ascontiguousarray(make_ref(seed))
+    return image, mask, ref
+
+
+def make_ref(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    ref = np.full((REF_SIDE, REF_SIDE, 4), 255, np.uint8)
+    ref[..., :3] = rng.integers(0, 256, 3, dtype=np.uint8)
+    return ref
+
+
+# ------------------------------------------------------------------ servers in a background loop
+
+
+class LoopThread:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.runners: list[web.AppRunner] = []
+
+    def run(self, coro) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(120)
+
+    def serve(self, app: web.Application) -> int:
+        async def start() -> int:
+            runner = web.AppRunner(app, handle_signals=False, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.runners.append(runner)
+            return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+        return self.run(start())
+
+    def close(self) -> None:
+        for runner in self.runners:
+            self.run(runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def png_b64(array: np.ndarray, level: int = 6) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=level)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def pillow_png(rgba: np.ndarray, *, compress_level: int = 1) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def from_png_b64(text: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(text)), formats=["PNG"]))
+
+
+def png_json_app() -> web.Application:
+    async def echo(request: web.Request) -> web.Response:
+        body = await request.json()
+
+        def work() -> dict[str, str]:
+            image = from_png_b64(body["image"])
+            mask = from_png_b64(body["mask"])
+            from_png_b64(body["reference"])
+            out = np.empty(image.shape[:2] + (4,), np.uint8)
+            out[..., :3] = image[..., :3]
+            out[..., 3] = mask
+            return {"image": png_b64(out)}
+
+        return web.json_response(await asyncio.to_thread(work))
+
+    app = web.Application(client_max_size=FRAME_LIMIT)
+    app.router.add_post("/echo", echo)
+    return app
+
+
+def raw_echo_server(reply_bytes: Callable[[], int]) -> tuple[socket.socket, threading.Thread]:
+    """Reads one length-prefixed request per round, answers `reply_bytes()` bytes (the region as RGBA)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with conn:
+            while True:
+                header = _recv_exact(conn, 8)
+                if header is None:
+                    return
+                length = int.from_bytes(header, "big")
+                if _recv_exact(conn, length) is None:
+                    return
+                size = reply_bytes()
+                conn.sendall(size.to_bytes(8, "big"))
+                conn.sendall(bytes(size))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return server, thread
+
+
+def _recv_exact(conn: socket.socket, length: int) -> bytearray | None:
+    buf = bytearray(length)
+    view = memoryview(buf)
+    got = 0
+    while got < length:
+        n = conn.recv_into(view[got:], min(length - got, 16 * 1024 * 1024))
+        if n == 0:
+            return None
+        got += n
+    return buf
+
+
+# ------------------------------------------------------------------ the three measurements
+
+
+def time_raw(conn: socket.socket, request: bytes) -> float:
+    started = time.perf_counter()
+    conn.sendall(len(request).to_bytes(8, "big"))
+    conn.sendall(request)
+    header = _recv_exact(conn, 8)
+    assert header is not None
+    assert _recv_exact(conn, int.from_bytes(header, "big")) is not None
+    return time.perf_counter() - started
+
+
+def time_bridge(client: BridgeClient, image: np.ndarray, mask: np.ndarray, ref: np.ndarray) -> float:
+    side = image.shape[0]
+    started = time.perf_counter()
+    handle = client.submit(
+        "reference_edit", "identity",
+        image=ImagePayload(side, side, "rgba8", image.tobytes()),
+        mask=ImagePayload(side, side, "gray8", mask.tobytes()),
+        references=[ImagePayload(REF_SIDE, REF_SIDE, "rgba8", ref.tobytes())],
+        params={"steps": 1, "seed": 1, "feather": 0},
+    )
+    elapsed = None
+    for event in handle.events(timeout=300):
+        if event.TYPE == "result":
+            elapsed = time.perf_counter() - started
+            assert event.image.width == side
+        elif event.TYPE in ("failed", "cancelled"):
+            raise RuntimeError(f"bridge job ended with {event}")
+    if elapsed is None:
+        raise RuntimeError("no result")
+    client.ack(handle.id)  # type: ignore[arg-type]
+    return elapsed
+
+
+def time_png_json(port: int, image: np.ndarray, mask: np.ndarray, ref: np.ndarray) -> float:
+    started = time.perf_counter()
+    body = json.dumps({"image": png_b64(image), "mask": png_b64(mask), "reference": png_b64(ref)}).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    conn.request("POST", "/echo", body, {"Content-Type": "application/json", "Host": f"127.0.0.1:{port}"})
+    reply = json.loads(conn.getresponse().read())
+    out = from_png_b64(reply["image"])
+    conn.close()
+    assert out.shape == image.shape
+    return time.perf_counter() - started
+
+
+def breakdown(image: np.ndarray, mask: np.ndarray, ref: np.ndarray, history_dir: Path) -> list[tuple[str, float]]:
+    """The bridge path's pieces, timed by calling the same functions the daemon and client call."""
+    side = image.shape[0]
+    parts: list[tuple[str, float]] = []
+
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
+        started = time.perf_counter()
+        value = fn()
+        parts.append((name, time.perf_counter() - started))
+        return value
+
+    submit = Submit(id="r1", task="reference_edit", prompt="identity",
+                    image=timed("client: image.tobytes()", lambda: ImagePayload(side, side, "rgba8", image.tobytes())),
+                    mask=ImagePayload(side, side, "gray8", mask.tobytes()),
+                    references=[ImagePayload(REF_SIDE, REF_SIDE, "rgba8", ref.tobytes())],
+                    params={"steps": 1, "feather": 0})
+    frame = timed("client: msgpack encode submit", lambda: encode(submit))
+    message = timed("daemon: msgpack decode + validate", lambda: decode_client_message(frame, max_pixels=2**26))
+    arr = timed("daemon: wire -> numpy (views)", lambda: to_array(message.image, max_pixels=2**26))
+    m = to_array(message.mask, max_pixels=2**26, gray=True)
+    rgba = timed("daemon: result RGBA (rgb + alpha)", lambda: make_result(arr[..., :3], m, 0))
+    png = timed("daemon: history PNG encode (level 1)", lambda: encode_png(rgba))
+    timed("(for comparison) Pillow PNG encode, level 1", lambda: pillow_png(rgba))
+
+    def write() -> None:
+        path = history_dir / "bench.png"
+        with open(path, "wb") as f:
+            f.write(png)
+            f.flush()
+            import os
+
+            os.fsync(f.fileno())
+
+    timed("daemon: history write + fsync", write)
+    result = Result(job_id="j", index=0, count=1, seed=1, image=timed(
+        "daemon: result payload (a view)", lambda: ImagePayload(side, side, "rgba8", memoryview(rgba).cast("B"))))
+    out = timed("daemon: msgpack encode result", lambda: encode(result))
+    timed("client: msgpack decode result", lambda: decode_server_message(out))
+    return parts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="512,2048,4096")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--breakdown-size", type=int, default=2048)
+    parser.add_argument("--pillow-history-png", action="store_true",
+                        help="baseline: write history PNGs with Pillow's encoder (adaptive filters, level 1)")
+    parser.add_argument("--history-level", type=int, default=None,
+                        help="zlib level for history PNGs in this run (the daemon uses 1)")
+    args = parser.parse_args(argv)
+    import bridge_server.history
+
+    if args.pillow_history_png:
+        bridge_server.history.encode_png = pillow_png  # type: ignore[assignment]
+    elif args.history_level is not None:
+        level = args.history_level
+        bridge_server.history.encode_png = lambda rgba: encode_png(rgba, compress_level=level)  # type: ignore
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="ace-transport-") as tmp:
+        loops = LoopThread()
+        config = ServerConfig(config_dir=Path(tmp) / "config", data_dir=Path(tmp) / "data", port=0, token="bench",
+                              engine_factory=IdentityEngine, idle_unload_s=None, max_pixels=max(sizes) ** 2,
+                              max_frame_bytes=FRAME_LIMIT)
+        bridge_port = loops.serve(create_app(config))
+        png_port = loops.serve(png_json_app())
+        current_reply = [0]
+        raw_server, _ = raw_echo_server(lambda: current_reply[0])
+        raw = socket.create_connection(raw_server.getsockname())
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = BridgeClient(f"ws://127.0.0.1:{bridge_port}/v1/ws", "bench", client_id="bench-transport",
+                              reconnect_timeout=0, max_frame_bytes=FRAME_LIMIT)
+        client.connect()
+        try:
+            for side in sizes:
+                image, mask, ref = make_inputs(side)
+                request = image.tobytes() + mask.tobytes() + ref.tobytes()
+                current_reply[0] = side * side * 4
+                times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+                for repeat in range(args.repeats + 1):  # the first round warms up
+                    a = time_raw(raw, request)
+                    b = time_bridge(client, image, mask, ref)
+                    c = time_png_json(png_port, image, mask, ref)
+                    if repeat:
+                        times["a"].append(a)
+                        times["b"].append(b)
+                        times["c"].append(c)
+                med = {k: statistics.median(v) for k, v in times.items()}
+                rows.append((side, med["a"], med["b"], med["c"], len(request)))
+                print(f"{side}x{side}: raw {med['a'] * 1000:.1f} ms, bridge {med['b'] * 1000:.1f} ms, "
+                      f"png/json {med['c'] * 1000:.1f} ms", flush=True)
+            parts = []
+            if args.breakdown_size:
+                image, mask, ref = make_inputs(args.breakdown_size)
+                parts = breakdown(image, mask, ref, Path(tmp))
+        finally:
+            client.close()
+            raw.close()
+            raw_server.close()
+            loops.close()
+    print()
+    print("| region | request MB | (a) raw TCP ms | (b) ACE Bridge ms | (c) PNG+base64+JSON ms | b/a | c/b |")
+    print("|---|---|---|---|---|---|---|")
+    for side, a, b, c, nbytes in rows:
+        print(f"| {side}² | {nbytes / 2**20:.1f} | {a * 1000:.1f} | {b * 1000:.1f} | {c * 1000:.1f} | {b / a:.2f} | "
+              f"{c / b:.1f} |")
+    if parts:
+        total = sum(t for name, t in parts if not name.startswith("("))
+        print()
+        print(f"Breakdown of (b) at {args.breakdown_size}² (pieces timed alone; sum {total * 1000:.1f} ms):")
+        print("| step | ms | share |")
+        print("|---|---|---|")
+        for name, t in parts:
+            share = "" if name.startswith("(") else f"{100 * t / total:.0f} %"
+            print(f"| {name} | {t * 1000:.1f} | {share} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
