@@ -7,9 +7,12 @@ redelivers results that finished meanwhile, so a worker iterating `JobHandle.eve
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import itertools
+import os
 import queue
+import ssl
 import threading
 import time
 import uuid
@@ -83,6 +86,17 @@ class JobError(ClientError):
         self.code = error.code
 
 
+def normalise_fingerprint(value: str | None) -> str | None:
+    """'ab:cd:…' or 'ABCD…' -> 'ABCD…'; None stays None."""
+    if not value:
+        return None
+    return value.replace(":", "").replace(" ", "").upper()
+
+
+def format_fingerprint(hex_digest: str) -> str:
+    return ":".join(hex_digest[i : i + 2] for i in range(0, len(hex_digest), 2))
+
+
 def new_client_id(prefix: str = "client") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -132,7 +146,11 @@ class BridgeClient:
         connect_timeout: float = 5.0,
         reconnect_timeout: float = 300.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        cafile: str | None = None,
+        fingerprint: str | None = None,
     ) -> None:
+        """`cafile` verifies a `wss://` daemon against a CA bundle; `fingerprint` (SHA-256 of the certificate, as
+        `ace-bridge serve` prints it; env ACE_BRIDGE_FINGERPRINT) pins a self-signed one instead."""
         endpoint = resolve(url, token, port)
         self.url = endpoint.url
         self.token = endpoint.token
@@ -144,6 +162,8 @@ class BridgeClient:
         self.connect_timeout = connect_timeout
         self.reconnect_timeout = reconnect_timeout
         self.max_frame_bytes = max_frame_bytes
+        self.cafile = cafile
+        self.fingerprint = normalise_fingerprint(fingerprint or os.environ.get("ACE_BRIDGE_FINGERPRINT"))
         self.welcome: Welcome | None = None
         self._ws: ClientConnection | None = None
         self._lock = threading.RLock()
@@ -167,10 +187,16 @@ class BridgeClient:
 
     def _open(self) -> Welcome:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        tls: dict[str, Any] = {}
+        if self.url.startswith("wss://"):
+            tls["ssl"] = self._tls_context()
+            if self.fingerprint:
+                tls["server_hostname"] = "ace-bridge"  # the pin, not the name, identifies the daemon
         try:
             ws = ws_connect(
                 self.url,
                 **_LEGACY_KW,
+                **tls,
                 open_timeout=self.connect_timeout,
                 max_size=self.max_frame_bytes,
                 compression=None,
@@ -184,8 +210,15 @@ class BridgeClient:
             raise DaemonNotRunning(self.url, f"HTTP {status}") from None
         except InvalidURI as exc:
             raise ClientError(f"'{self.url}' is not a WebSocket URL (expected ws://host:port/v1/ws)") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise ClientError(
+                f"the daemon at {self.url} presented a certificate that could not be verified ({exc.verify_message}); "
+                "pass its fingerprint (printed by `ace-bridge serve`) or a CA file"
+            ) from None
         except (OSError, InvalidHandshake, TimeoutError) as exc:
             raise DaemonNotRunning(self.url, type(exc).__name__) from None
+        if self.fingerprint:
+            self._check_pin(ws)
         hello = Hello(
             client_id=self.client_id,
             client_name=self.client_name,
@@ -220,6 +253,26 @@ class BridgeClient:
             self.welcome = reply
         self._notify("connected")
         return reply
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self.fingerprint:
+            # A self-signed certificate has no chain to check; the SHA-256 pin below is the verification.
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            return context
+        return ssl.create_default_context(cafile=self.cafile)
+
+    def _check_pin(self, ws: ClientConnection) -> None:
+        sock = ws.socket
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        got = hashlib.sha256(der).hexdigest().upper() if der else ""
+        if got != self.fingerprint:
+            ws.close()
+            raise ClientError(
+                f"the daemon at {self.url} presented a certificate with SHA-256 {format_fingerprint(got) or 'none'}, "
+                f"not the pinned {format_fingerprint(self.fingerprint or '')}: refusing to send the token"
+            )
 
     def close(self) -> None:
         self._closing = True
