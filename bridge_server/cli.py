@@ -237,6 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-host", action="append", default=[], help="extra Host name allowed in remote mode")
     serve.add_argument("--insecure", action="store_true", help="allow remote mode without TLS (not recommended)")
     serve.add_argument("--paused", action="store_true", help="start with the queue paused")
+    speed = serve.add_argument_group("speed options (docs/performance.md has their measured effect)")
+    speed.add_argument("--attention", default="auto",
+                       help="attention kernel: auto (fastest installed, measured at start), sdpa, cudnn, fa2, fa3, off")
+    speed.add_argument("--fuse-lora", action="store_true",
+                       help="fuse the active LoRA into the weights (1.16x on an H200; bf16 drift accumulates when "
+                            "switching tasks, so off by default)")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the transformer (lossless, 1.5x with --fuse-lora on an H200; tens of "
+                            "seconds of warm-up per new canvas size)")
+    speed.add_argument("--fp8", action="store_true", help="float8 linear layers (lossy; needs sm 8.9+; pays with --compile)")
+    speed.add_argument("--cache", type=float, metavar="THRESHOLD", nargs="?", const=0.08,
+                       help="first-block step cache (lossy); higher threshold = faster and more drift (default 0.08)")
+    speed.add_argument("--quantize", choices=["nf4"], help="4-bit NF4 transformer (bitsandbytes extra; lossy, ~7 GB)")
+    speed.add_argument("--no-optimize", action="store_true", help="plain eager pipeline, no speed options at all")
     serve.set_defaults(func=cmd_serve)
 
     edit = sub.add_parser("edit", help="run one job and write the result", epilog=EXIT_CODES_HELP,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -42,9 +43,28 @@ def engine_factory_for(args: argparse.Namespace, data: Path):
 
             build_tiny_model(root)
         return AcePlusEngine(root, memory_mode=args.memory_mode, idle_unload_s=args.idle_unload,
-                             max_tokens_limit=args.max_tokens)
+                             max_tokens_limit=args.max_tokens, optimizations=speed_options(args),
+                             quantize=getattr(args, "quantize", None))
 
     return factory, root
+
+
+def speed_options(args: argparse.Namespace) -> dict | None:
+    """The engine's optimisation options from the command line. Defaults keep results exact: only the attention
+    kernel choice is on (it changes nothing but speed); fused QKV and a channels-last VAE measured slower on an
+    H200, and fusing LoRAs drifts in bf16 over task switches, so those are opt-in (docs/performance.md)."""
+    if getattr(args, "no_optimize", False):
+        return None
+    return {
+        "attention": getattr(args, "attention", "auto"),
+        "fuse_lora": bool(getattr(args, "fuse_lora", False)),
+        "fuse_qkv": False,
+        "vae_channels_last": False,
+        "compile": bool(getattr(args, "compile", False)),
+        "fp8": bool(getattr(args, "fp8", False)),
+        "cache": getattr(args, "cache", None) is not None,
+        "cache_threshold": getattr(args, "cache", None) or 0.08,
+    }
 
 
 def explain_missing_models(root: Path) -> str | None:
@@ -94,6 +114,10 @@ def run_server(args: argparse.Namespace) -> int:
             "  Give --tls-cert and --tls-key, or --tls-self-signed, or pass --insecure if this network is trusted.",
             file=sys.stderr,
         )
+        return 2
+    if getattr(args, "quantize", None) == "nf4" and importlib.util.find_spec("bitsandbytes") is None:
+        print("ace-bridge: --quantize nf4 needs bitsandbytes: pip install 'ace-bridge[nf4]' (keep your torch)",
+              file=sys.stderr)
         return 2
     lock = DaemonLock(folder)
     try:

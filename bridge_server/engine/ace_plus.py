@@ -20,7 +20,7 @@ model-offload), or is layer-offloaded (sequential-offload).
 Smaller weights (optional extras, applied through `optimizations` -> bridge_server/engine/optimize.py):
     fp8 (torchao, or torch._scaled_mm)  transformer ~12 GB instead of 23.8; needs compute capability >= 8.9;
                                         lossy (users report artefacts with a naive fp8 cast of the FFT, ACE_plus #93)
-    nf4 (bitsandbytes)                  ~7 GB; slower matmuls and the largest quality loss; not wired here yet
+    nf4 (bitsandbytes, `serve --quantize nf4`)  ~7 GB; slower matmuls and the largest quality loss; CUDA only
 Both bake the weights: a LoRA must be fused first, and switching adapters then means reloading the base weights.
 """
 
@@ -87,9 +87,16 @@ class AcePlusEngine:
         max_tokens_limit: int = 16384,
         t5_max_length: int = 512,
         optimizations: dict[str, Any] | None = None,
+        quantize: str | None = None,
     ) -> None:
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}, got {memory_mode!r}")
+        if quantize not in (None, "nf4"):
+            raise ValueError(f"quantize must be None or 'nf4', got {quantize!r}")
+        if quantize == "nf4" and importlib.util.find_spec("bitsandbytes") is None:
+            # Fail at start, not at the first job: the user is at the terminal now.
+            raise ValueError("--quantize nf4 needs bitsandbytes: pip install 'ace-bridge[nf4]' (keep your torch)")
+        self.quantize = quantize
         self.layout = ModelLayout(Path(model_root))
         self._device_request = device
         self._dtype_request = dtype
@@ -242,7 +249,10 @@ class AcePlusEngine:
         from .convert import check_lora_shapes, kohya_to_diffusers, load_safetensors
 
         dtype = self._resolve_dtype(device)
-        pipe = FluxFillPipeline.from_pretrained(str(self.layout.base), dtype=dtype, local_files_only=True)
+        extra: dict[str, Any] = {}
+        if self.quantize == "nf4":
+            extra["transformer"] = self._load_nf4_transformer(device, dtype)
+        pipe = FluxFillPipeline.from_pretrained(str(self.layout.base), dtype=dtype, local_files_only=True, **extra)
         for component in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
             component.eval()  # T5 dropout would make outputs nondeterministic
         _add_image_token(pipe)
@@ -274,6 +284,19 @@ class AcePlusEngine:
         self._apply_optimizations()
         log.info(
             "ACE++ loaded from %s on %s (%s, %s), adapters %s", self.layout.root, device, mode, dtype, self._adapters
+        )
+
+    def _load_nf4_transformer(self, device: str, dtype: Any):
+        """The Fill transformer in 4-bit NF4 (bitsandbytes): ~7 GB instead of 23.8, slower matmuls, the largest
+        quality loss of the options. CUDA only; the LoRAs still load on top (peft wraps the 4-bit linears)."""
+        if not str(device).startswith("cuda"):
+            raise EngineError(ErrorCode.BAD_REQUEST, "nf4 quantisation needs a CUDA GPU; start without --quantize")
+        from diffusers import BitsAndBytesConfig, FluxTransformer2DModel
+
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+        return FluxTransformer2DModel.from_pretrained(
+            str(self.layout.base), subfolder="transformer", quantization_config=config, dtype=dtype,
+            local_files_only=True,
         )
 
     def _apply_optimizations(self) -> None:

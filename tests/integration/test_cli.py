@@ -106,3 +106,16 @@ def test_serve_without_weights_explains_how_to_get_them(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_nf4_without_bitsandbytes_is_refused_at_start_with_the_install_command(tmp_path):
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    from daemon_fixture import isolated_env
+
+    run = ace(isolated_env(tmp_path), "serve", "--demo", "--port", "0", "--quantize", "nf4", timeout=60)
+    assert run.returncode == 2 and "ace-bridge[nf4]" in run.stderr

@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from daemon_fixture import start_process_daemon
-
 from ace_protocol.client import BridgeClient, ClientError
+from daemon_fixture import start_process_daemon
 
 
 def test_pinned_fingerprint_admits_the_daemon_and_refuses_any_other(tmp_path, tiny_model_root):
