@@ -35,6 +35,9 @@ class AppState:
     hub: Hub = field(default_factory=Hub)
     throttle: FailureThrottle = field(default_factory=FailureThrottle)
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
+    #: Changed live from the panel; `default_steps` is what the task table announces and what a submit without
+    #: `steps` gets.
+    settings: dict[str, Any] = field(default_factory=lambda: {"default_steps": 28})
     _token: str = ""
 
     def current_token(self) -> str:
@@ -79,6 +82,8 @@ class AppState:
             for param in wire["params"]:
                 if param["name"] == "max_tokens":
                     param["maximum"] = self.config.max_tokens_limit
+                elif param["name"] == "steps":
+                    param["default"] = self.settings["default_steps"]
             table.append(wire)
         return table
 

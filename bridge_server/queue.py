@@ -385,6 +385,10 @@ class JobQueue:
         stored = StoredResult(index, seed, entry, provenance, finished, rgba=None if kept else rgba)
         return stored, rgba
 
+    async def on_engine_thread(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the engine thread, after any job that is running now (the executor has one worker)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
     # ------------------------------------------------------------------ idle unload
 
     def _schedule_idle_unload(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -302,7 +302,7 @@ async def build_job(state: AppState, session: ClientSession, message: Submit) ->
     available = state.available_tasks()
     if message.task not in available:
         raise ProtocolError(ErrorCode.MODEL_MISSING, state.missing_message(message.task))
-    params = spec.validate_params(message.params)
+    params = spec.validate_params({"steps": state.settings["default_steps"], **message.params})
     if params.get("max_tokens", 0) > state.config.max_tokens_limit:
         raise bad_request(f"parameter 'max_tokens' must be at most {state.config.max_tokens_limit} on this daemon")
     if spec.needs_image and message.image is None:

@@ -128,6 +128,15 @@ class AcePlusEngine:
             return self.layout.has_fft()
         return self.layout.lora(piece).is_file()
 
+    def set_memory_mode(self, mode: str) -> None:
+        """Change the memory mode; the model is unloaded now and loads in the new mode at the next job."""
+        if mode not in MEMORY_MODES:
+            raise ValueError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}, got {mode!r}")
+        with self._lock:
+            self._memory_request = mode
+            self._auto_floor = None
+        self.unload()
+
     def available_tasks(self) -> list[str]:
         if not self.layout.has_base():
             return []
@@ -155,6 +164,7 @@ class AcePlusEngine:
             "fft_loaded": self._fft is not None,
             "device": self._device,
             "memory_mode": self._memory_mode or self._memory_request,
+            "memory_mode_requested": self._memory_request,
             "vram": _vram(),
             "tasks": self.available_tasks(),
         }

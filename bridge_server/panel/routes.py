@@ -131,7 +131,18 @@ def engine_view(state: Any) -> dict[str, Any]:
     if engine.get("state") == "missing":
         view["command"] = MISSING_COMMAND
     view["token_fixed"] = bool(state.config.token)
+    view["settings"] = settings_view(state)
     return view
+
+
+MEMORY_MODES = ("auto", "gpu", "model-offload", "sequential-offload")
+
+
+def settings_view(state: Any) -> dict[str, Any]:
+    engine = state.engine_state()
+    return {"default_steps": state.settings["default_steps"],
+            "memory_mode": engine.get("memory_mode_requested") or engine.get("memory_mode") or "auto",
+            "memory_modes": list(MEMORY_MODES)}
 
 
 def clients_view(state: Any) -> list[dict[str, Any]]:
@@ -332,6 +343,26 @@ async def api_delete(request: web.Request, body: dict[str, Any]) -> web.Response
 
 
 @_json_action
+async def api_settings(request: web.Request, body: dict[str, Any]) -> web.Response:
+    """Live settings: `default_steps` (1-100) for jobs that do not say, `memory_mode` (reloads at the next job)."""
+    state = _app_state(request)
+    steps = body.get("default_steps")
+    mode = body.get("memory_mode")
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100):
+        return web.json_response({"error": "bad_request", "message": "default_steps must be 1-100"}, status=400)
+    setter = getattr(state.engine, "set_memory_mode", None)
+    if mode is not None and (mode not in MEMORY_MODES or setter is None):
+        return web.json_response({"error": "bad_request", "message": f"memory_mode must be one of "
+                                  f"{', '.join(MEMORY_MODES)}"}, status=400)
+    if steps is not None:
+        state.settings["default_steps"] = steps
+    if mode is not None:
+        await state.queue.on_engine_thread(lambda: setter(mode))
+    request.app[PANEL].mark("engine")
+    return web.json_response({"ok": True, "settings": settings_view(state)})
+
+
+@_json_action
 async def api_rotate(request: web.Request, body: dict[str, Any]) -> web.Response:
     state = _app_state(request)
     if state.config.token:
@@ -456,6 +487,7 @@ def setup_panel(app: web.Application, config: ServerConfig) -> None:
     app.router.add_post("/panel/api/pause", api_pause)
     app.router.add_post("/panel/api/history/delete", api_delete)
     app.router.add_post("/panel/api/token/rotate", api_rotate)
+    app.router.add_post("/panel/api/settings", api_settings)
     app.router.add_get("/panel/ws", panel_ws)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

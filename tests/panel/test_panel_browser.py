@@ -488,3 +488,30 @@ def test_missing_weights_show_the_command_that_fetches_them(tmp_path, thread_dae
     open_panel(page, daemon)
     page.wait_for_selector("#engine-badge.missing")
     assert "ace-bridge models pull --yes" in page.locator("#engine-command").text_content()
+
+
+def test_default_steps_and_memory_mode_change_live_from_the_panel(thread_daemon_factory, page):
+    daemon = thread_daemon_factory()
+    open_panel(page, daemon)
+    page.wait_for_function("() => document.querySelector('#default-steps').value === '28'")
+    page.fill("#default-steps", "3")
+    page.select_option("#memory-mode", "model-offload")
+    page.click("#settings-save")
+    page.wait_for_function("() => document.querySelector('#settings-msg').textContent === 'Settings applied.'")
+    assert daemon.state.settings["default_steps"] == 3
+    assert daemon.state.engine.state()["memory_mode_requested"] == "model-offload"
+
+    client = client_for(daemon, "krita-settings", "krita")
+    try:
+        table = {t["name"]: t for t in client.welcome.tasks}
+        steps = next(p for p in table["inpaint"]["params"] if p["name"] == "steps")
+        assert steps["default"] == 3  # plugins fill their forms from this
+        handle = client.submit("inpaint", "x", image=rgba_payload(gradient_image()),
+                               mask=gray_payload(ellipse_mask()), params={"seed": 1})
+        events = list(handle.events(timeout=120))
+        assert [e.step for e in events if e.TYPE == "progress"] == [1, 2, 3]
+        assert events[-1].TYPE == "done"
+    finally:
+        client.close()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "settings.png"), full_page=True)

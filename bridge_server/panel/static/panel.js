@@ -100,6 +100,18 @@ function renderEngine(engine) {
   const warnings = $("warnings");
   warnings.replaceChildren(...(engine.warnings || []).map((w) => el("li", {}, w)));
   setPaused(Boolean(engine.paused));
+  renderSettings(engine.settings);
+}
+
+function renderSettings(settings) {
+  if (!settings) return;
+  const steps = $("default-steps");
+  const mode = $("memory-mode");
+  if (document.activeElement !== steps) steps.value = settings.default_steps;
+  if (mode.options.length !== settings.memory_modes.length) {
+    mode.replaceChildren(...settings.memory_modes.map((m) => new Option(m, m)));
+  }
+  if (document.activeElement !== mode) mode.value = settings.memory_mode;
 }
 
 function setPaused(paused) {
@@ -292,6 +304,15 @@ async function start() {
   armed($("rotate-btn"), "Really rotate?", async () => {
     try { $("settings-msg").textContent = (await api("/panel/api/token/rotate", {})).message; }
     catch (err) { $("settings-msg").textContent = err.message; }
+  });
+  $("settings-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    try {
+      const reply = await api("/panel/api/settings", {
+        default_steps: Number($("default-steps").value), memory_mode: $("memory-mode").value });
+      renderSettings(reply.settings);
+      $("settings-msg").textContent = "Settings applied.";
+    } catch (err) { $("settings-msg").textContent = err.message; }
   });
   $("prev-page").addEventListener("click", () => { view.offset = Math.max(0, view.offset - PAGE); loadHistory(); });
   $("next-page").addEventListener("click", () => { view.offset += PAGE; loadHistory(); });
