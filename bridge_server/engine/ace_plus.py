@@ -262,7 +262,8 @@ class AcePlusEngine:
         extra: dict[str, Any] = {}
         if self.quantize == "nf4":
             extra["transformer"] = self._load_nf4_transformer(device, dtype)
-        pipe = FluxFillPipeline.from_pretrained(str(self.layout.base), dtype=dtype, local_files_only=True, **extra)
+        pipe = FluxFillPipeline.from_pretrained(str(self.layout.base), dtype=dtype, local_files_only=True,
+                                            use_safetensors=True, **extra)
         for component in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
             component.eval()  # T5 dropout would make outputs nondeterministic
         _add_image_token(pipe)
@@ -306,7 +307,7 @@ class AcePlusEngine:
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
         return FluxTransformer2DModel.from_pretrained(
             str(self.layout.base), subfolder="transformer", quantization_config=config, dtype=dtype,
-            local_files_only=True,
+            local_files_only=True, use_safetensors=True,
         )
 
     def _apply_optimizations(self) -> None:
