@@ -21,6 +21,7 @@ pytestmark = pytest.mark.panel
 
 def port_free(port: int) -> bool:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemon binds; ignores TIME_WAIT leftovers
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
