@@ -13,6 +13,11 @@ For each region size (square RGBA region + 8-bit mask + 1024x1024 RGBA reference
                them and answers the region as PNG/base64 in JSON; the client decodes it.
 It prints the median of --repeats round trips after one warm-up, the ratios b/a and c/b, and for one size a
 breakdown of where (b)'s time goes (measured by calling the same functions directly).
+
+  (b0) before: with --before, (b) is also timed, in the same rounds, with the code paths of the previous release
+               switched back on inside this process: history PNG at level 1 + fsync before `result` (no background
+               recompression), frames packed whole by msgpack, the old strided make_result, and the client copying
+               the arrays with tobytes(). The same daemon and connection serve both.
 """
 
 from __future__ import annotations
@@ -33,9 +38,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "shared")]
 
+import ace_protocol.client  # noqa: E402
 import numpy as np  # noqa: E402
 from ace_protocol.client import BridgeClient  # noqa: E402
 from ace_protocol.codec import decode_client_message, decode_server_message, encode  # noqa: E402
@@ -45,7 +53,9 @@ from ace_protocol.tasks import TASKS  # noqa: E402
 from aiohttp import web  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bridge_server.app import create_app  # noqa: E402
+import bridge_server.queue  # noqa: E402
+import bridge_server.sessions  # noqa: E402
+from bridge_server.app import STATE, create_app  # noqa: E402
 from bridge_server.compositing import make_result  # noqa: E402
 from bridge_server.config import ServerConfig  # noqa: E402
 from bridge_server.engine.base import EngineResult  # noqa: E402
@@ -219,14 +229,57 @@ def time_raw(conn: socket.socket, request: bytes) -> float:
     return time.perf_counter() - started
 
 
-def time_bridge(client: BridgeClient, image: np.ndarray, mask: np.ndarray, ref: np.ndarray) -> float:
+# ------------------------------------------------------------------ the previous release's paths (--before)
+
+
+def _old_encode(message) -> bytes:
+    return msgpack.packb(message.to_wire(), use_bin_type=True)
+
+
+def _old_make_result(rgb: np.ndarray, mask: np.ndarray | None, feather: int) -> np.ndarray:
+    from bridge_server.compositing import feathered_alpha
+
+    height, width = rgb.shape[:2]
+    out = np.empty((height, width, 4), np.uint8)
+    out[..., :3] = rgb[..., :3]
+    out[..., 3] = feathered_alpha(mask, (height, width), feather)
+    return out
+
+
+class Paths:
+    """Switches the daemon's and client's module-level functions between this release and the previous one."""
+
+    def __init__(self, history) -> None:
+        self.history = history
+        self.new = (ace_protocol.client.encode, bridge_server.sessions.encode, bridge_server.queue.make_result)
+
+    def use(self, before: bool) -> None:
+        encode_client, encode_daemon, make = self.new
+        if before:
+            encode_client = encode_daemon = _old_encode
+            make = _old_make_result
+        ace_protocol.client.encode = encode_client  # type: ignore[assignment]
+        bridge_server.sessions.encode = encode_daemon  # type: ignore[assignment]
+        bridge_server.queue.make_result = make  # type: ignore[assignment]
+        self.history.deferred_compress = not before
+
+
+def _payload(array: np.ndarray, fmt: str, before: bool) -> ImagePayload:
+    height, width = array.shape[:2]
+    # The client hands the daemon a view of its array (what `ace-bridge edit` does); before, it copied it.
+    data = array.tobytes() if before else memoryview(np.ascontiguousarray(array)).cast("B")
+    return ImagePayload(width, height, fmt, data)
+
+
+def time_bridge(client: BridgeClient, image: np.ndarray, mask: np.ndarray, ref: np.ndarray,
+                before: bool = False) -> float:
     side = image.shape[0]
     started = time.perf_counter()
     handle = client.submit(
         "reference_edit", "identity",
-        image=ImagePayload(side, side, "rgba8", image.tobytes()),
-        mask=ImagePayload(side, side, "gray8", mask.tobytes()),
-        references=[ImagePayload(REF_SIDE, REF_SIDE, "rgba8", ref.tobytes())],
+        image=_payload(image, "rgba8", before),
+        mask=_payload(mask, "gray8", before),
+        references=[_payload(ref, "rgba8", before)],
         params={"steps": 1, "seed": 1, "feather": 0},
     )
     elapsed = None
@@ -300,18 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="512,2048,4096")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--breakdown-size", type=int, default=2048)
-    parser.add_argument("--pillow-history-png", action="store_true",
-                        help="baseline: write history PNGs with Pillow's encoder (adaptive filters, level 1)")
-    parser.add_argument("--history-level", type=int, default=None,
-                        help="zlib level for history PNGs in this run (the daemon uses 1)")
+    parser.add_argument("--before", action="store_true",
+                        help="also time (b) with the previous release's paths (b0), in the same rounds")
+    parser.add_argument("--no-png-json", action="store_true", help="skip (c), the slow one")
     args = parser.parse_args(argv)
-    import bridge_server.history
-
-    if args.pillow_history_png:
-        bridge_server.history.encode_png = pillow_png  # type: ignore[assignment]
-    elif args.history_level is not None:
-        level = args.history_level
-        bridge_server.history.encode_png = lambda rgba: encode_png(rgba, compress_level=level)  # type: ignore
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="ace-transport-") as tmp:
@@ -319,7 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         config = ServerConfig(config_dir=Path(tmp) / "config", data_dir=Path(tmp) / "data", port=0, token="bench",
                               engine_factory=IdentityEngine, idle_unload_s=None, max_pixels=max(sizes) ** 2,
                               max_frame_bytes=FRAME_LIMIT)
-        bridge_port = loops.serve(create_app(config))
+        bridge_app = create_app(config)
+        bridge_port = loops.serve(bridge_app)
+        history = bridge_app[STATE].history
+        paths = Paths(history)
         png_port = loops.serve(png_json_app())
         current_reply = [0]
         raw_server, _ = raw_echo_server(lambda: current_reply[0])
@@ -333,19 +381,23 @@ def main(argv: list[str] | None = None) -> int:
                 image, mask, ref = make_inputs(side)
                 request = image.tobytes() + mask.tobytes() + ref.tobytes()
                 current_reply[0] = side * side * 4
-                times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+                times: dict[str, list[float]] = {"a": [], "b": [], "b0": [], "c": []}
                 for repeat in range(args.repeats + 1):  # the first round warms up
-                    a = time_raw(raw, request)
-                    b = time_bridge(client, image, mask, ref)
-                    c = time_png_json(png_port, image, mask, ref)
+                    got = {"a": time_raw(raw, request)}
+                    for key, before in (("b", False), ("b0", True)) if args.before else (("b", False),):
+                        paths.use(before)
+                        got[key] = time_bridge(client, image, mask, ref, before)
+                        history.wait_background()  # so one round's recompression does not overlap the next
+                    paths.use(False)
+                    if not args.no_png_json:
+                        got["c"] = time_png_json(png_port, image, mask, ref)
                     if repeat:
-                        times["a"].append(a)
-                        times["b"].append(b)
-                        times["c"].append(c)
-                med = {k: statistics.median(v) for k, v in times.items()}
-                rows.append((side, med["a"], med["b"], med["c"], len(request)))
+                        for key, value in got.items():
+                            times[key].append(value)
+                med = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
+                rows.append((side, med["a"], med["b"], med["b0"], med["c"], len(request)))
                 print(f"{side}x{side}: raw {med['a'] * 1000:.1f} ms, bridge {med['b'] * 1000:.1f} ms, "
-                      f"png/json {med['c'] * 1000:.1f} ms", flush=True)
+                      f"bridge before {med['b0'] * 1000:.1f} ms, png/json {med['c'] * 1000:.1f} ms", flush=True)
             parts = []
             if args.breakdown_size:
                 image, mask, ref = make_inputs(args.breakdown_size)
@@ -356,11 +408,12 @@ def main(argv: list[str] | None = None) -> int:
             raw_server.close()
             loops.close()
     print()
-    print("| region | request MB | (a) raw TCP ms | (b) ACE Bridge ms | (c) PNG+base64+JSON ms | b/a | c/b |")
-    print("|---|---|---|---|---|---|---|")
-    for side, a, b, c, nbytes in rows:
-        print(f"| {side}² | {nbytes / 2**20:.1f} | {a * 1000:.1f} | {b * 1000:.1f} | {c * 1000:.1f} | {b / a:.2f} | "
-              f"{c / b:.1f} |")
+    print("| region | request MB | (a) raw TCP ms | (b0) before ms | (b) ACE Bridge ms | (c) PNG+base64+JSON ms "
+          "| b0/a | b/a | c/b |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for side, a, b, b0, c, nbytes in rows:
+        print(f"| {side}² | {nbytes / 2**20:.1f} | {a * 1000:.1f} | {b0 * 1000:.1f} | {b * 1000:.1f} | {c * 1000:.1f} "
+              f"| {b0 / a:.2f} | {b / a:.2f} | {c / b:.1f} |")
     if parts:
         total = sum(t for name, t in parts if not name.startswith("("))
         print()

@@ -105,7 +105,8 @@ def _payload(array: np.ndarray, remote: bool) -> ImagePayload:
         Image.fromarray(array).save(buf, format="PNG", compress_level=3)
         return ImagePayload(width, height, "png", buf.getvalue())
     fmt = "gray8" if array.ndim == 2 else "rgba8"
-    return ImagePayload(width, height, fmt, np.ascontiguousarray(array).tobytes())
+    # A view of the array, not a copy: the frame encoder copies the pixels once, into the frame.
+    return ImagePayload(width, height, fmt, memoryview(np.ascontiguousarray(array)).cast("B"))
 
 
 class ProgressBar:

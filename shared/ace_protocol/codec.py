@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import msgpack
@@ -15,8 +16,57 @@ DEFAULT_MAX_FRAME_BYTES = 256 * 1024 * 1024
 _MAX_CONTAINER_LEN = 10_000
 
 
+#: Binary values at least this big are not copied through msgpack's buffer (see `encode`).
+_BIG_BIN = 64 * 1024
+
+
 def encode(message: Message) -> bytes:
-    return msgpack.packb(message.to_wire(), use_bin_type=True)
+    """One frame. Frames carrying image pixels (submit, result) are assembled around the pixel buffers: msgpack
+    packs only the small parts and each big binary is copied once, by the final join, instead of being copied into
+    msgpack's growing buffer and then again into the returned bytes. The output is byte for byte what
+    `msgpack.packb(wire, use_bin_type=True)` gives."""
+    wire = message.to_wire()
+    if not _has_big_bin(wire, 0):
+        return msgpack.packb(wire, use_bin_type=True)
+    parts: list[Any] = []
+    _pack_into(wire, parts)
+    return b"".join(parts)
+
+
+def _has_big_bin(value: Any, depth: int) -> bool:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value) >= _BIG_BIN  # len of a memoryview: use a cast("B") view, as ImagePayload users do
+    if depth > 3:
+        return False
+    if isinstance(value, dict):
+        return any(_has_big_bin(v, depth + 1) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_big_bin(v, depth + 1) for v in value)
+    return False
+
+
+def _pack_into(value: Any, parts: list[Any]) -> None:
+    if isinstance(value, (bytes, bytearray, memoryview)) and len(value) >= _BIG_BIN:
+        view = memoryview(value)
+        if view.ndim != 1 or view.itemsize != 1:
+            view = view.cast("B")
+        parts.append(struct.pack(">BI", 0xC6, view.nbytes))  # bin 32, as msgpack writes any bin of 64 KiB or more
+        parts.append(view)
+    elif isinstance(value, dict):
+        n = len(value)
+        parts.append(bytes((0x80 | n,)) if n < 16 else struct.pack(">BH", 0xDE, n) if n < 65536
+                     else struct.pack(">BI", 0xDF, n))
+        for key, item in value.items():
+            parts.append(msgpack.packb(key, use_bin_type=True))
+            _pack_into(item, parts)
+    elif isinstance(value, list):
+        n = len(value)
+        parts.append(bytes((0x90 | n,)) if n < 16 else struct.pack(">BH", 0xDC, n) if n < 65536
+                     else struct.pack(">BI", 0xDD, n))
+        for item in value:
+            _pack_into(item, parts)
+    else:
+        parts.append(msgpack.packb(value, use_bin_type=True))
 
 
 def decode_map(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> dict[str, Any]:
