@@ -19,10 +19,12 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 import acegimp_logic as logic  # noqa: E402
+from ace_protocol import wsmask  # noqa: E402
 from ace_protocol.geometry import Bounds, Extent  # noqa: E402
 from ace_protocol.images import ImagePayload  # noqa: E402
 from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
 
+wsmask.install()  # the vendored websockets has no C speed-up: mask outgoing frames in cache-sized slices
 RW = GObject.ParamFlags.READWRITE
 RGBA = "R'G'B'A u8"
 GRAY = "Y u8"

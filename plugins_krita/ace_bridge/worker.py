@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ace_protocol import wsmask
 from ace_protocol.client import BridgeClient, ClientError, DaemonNotRunning, Unauthorized, VersionMismatch
 from ace_protocol.images import ImagePayload
 
@@ -21,6 +22,7 @@ from .model import PLUGIN_VERSION, ResultImage
 from .qt_compat import FORMAT_RGBA8888, QImage, QObject, Signal, qimage_bytes
 
 Emit = Callable[[str, str, dict], None]
+wsmask.install()  # the vendored websockets has no C speed-up: mask outgoing frames in cache-sized slices
 
 
 @dataclass
