@@ -16,8 +16,8 @@ breakdown of where (b)'s time goes (measured by calling the same functions direc
 
   (b0) before: with --before, (b) is also timed, in the same rounds, with the code paths of the previous release
                switched back on inside this process: history PNG at level 1 + fsync before `result` (no background
-               recompression), frames packed whole by msgpack, the old strided make_result, and the client copying
-               the arrays with tobytes(). The same daemon and connection serve both.
+               recompression), frames packed whole by msgpack and sent unfragmented, the old strided make_result,
+               and the client copying the arrays with tobytes(). The same daemon and connection serve both.
 """
 
 from __future__ import annotations
@@ -251,14 +251,16 @@ class Paths:
 
     def __init__(self, history) -> None:
         self.history = history
-        self.new = (ace_protocol.client.encode, bridge_server.sessions.encode, bridge_server.queue.make_result)
+        self.new = (ace_protocol.client.encode_fragments, bridge_server.sessions.encode,
+                    bridge_server.queue.make_result)
 
     def use(self, before: bool) -> None:
         encode_client, encode_daemon, make = self.new
         if before:
-            encode_client = encode_daemon = _old_encode
+            encode_client = lambda message: [_old_encode(message)]  # noqa: E731  (one unfragmented frame)
+            encode_daemon = _old_encode
             make = _old_make_result
-        ace_protocol.client.encode = encode_client  # type: ignore[assignment]
+        ace_protocol.client.encode_fragments = encode_client  # type: ignore[assignment]
         bridge_server.sessions.encode = encode_daemon  # type: ignore[assignment]
         bridge_server.queue.make_result = make  # type: ignore[assignment]
         self.history.deferred_compress = not before

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from . import PROTOCOL_VERSION, __version__
-from .codec import DEFAULT_MAX_FRAME_BYTES, decode_server_message, encode
+from .codec import DEFAULT_MAX_FRAME_BYTES, decode_server_message, encode, encode_fragments
 from .discovery import resolve
 from .errors import ErrorCode, ProtocolError
 from .images import ImagePayload
@@ -167,6 +167,8 @@ class BridgeClient:
         self.welcome: Welcome | None = None
         self._ws: ClientConnection | None = None
         self._lock = threading.RLock()
+        # A message sent in fragments must not meet another thread's send (websockets refuses that).
+        self._send_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._replies: dict[str, queue.Queue[Message]] = {}
         self._jobs: dict[str, JobHandle] = {}
@@ -384,7 +386,11 @@ class BridgeClient:
         if ws is None:
             raise DaemonNotRunning(self.url, "not connected")
         try:
-            ws.send(encode(message))
+            # A frame with image pixels goes out as fragments that reference the pixel buffers: no joined copy of
+            # the request, and the daemon reads the first fragments while later ones are being masked and sent.
+            pieces = encode_fragments(message)
+            with self._send_lock:
+                ws.send(pieces[0] if len(pieces) == 1 else pieces)
         except (ConnectionClosed, OSError) as exc:
             raise DaemonNotRunning(self.url, f"connection lost: {type(exc).__name__}") from None
 

@@ -33,6 +33,30 @@ def encode(message: Message) -> bytes:
     return b"".join(parts)
 
 
+def encode_fragments(message: Message) -> list[Any]:
+    """The frame of `encode`, as pieces to send as the fragments of one WebSocket message: the big binaries are
+    views of the caller's buffers (not copied here), the small parts between them are joined. One piece when the
+    message carries no big binary. Concatenated, the pieces are exactly `encode(message)`."""
+    wire = message.to_wire()
+    if not _has_big_bin(wire, 0):
+        return [msgpack.packb(wire, use_bin_type=True)]
+    parts: list[Any] = []
+    _pack_into(wire, parts)
+    pieces: list[Any] = []
+    small: list[Any] = []
+    for part in parts:
+        if isinstance(part, memoryview) and part.nbytes >= _BIG_BIN:
+            if small:
+                pieces.append(b"".join(small))
+                small = []
+            pieces.append(part)
+        else:
+            small.append(part)
+    if small:
+        pieces.append(b"".join(small))
+    return pieces
+
+
 def _has_big_bin(value: Any, depth: int) -> bool:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return len(value) >= _BIG_BIN  # len of a memoryview: use a cast("B") view, as ImagePayload users do

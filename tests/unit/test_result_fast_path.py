@@ -124,3 +124,20 @@ def test_frames_with_big_pixel_buffers_are_byte_for_byte_msgpack():
         assert frame == msgpack.packb(message.to_wire(), use_bin_type=True)
     assert decode_client_message(encode(submit)).image.data == rgba.tobytes()
     assert decode_server_message(encode(result)).image.data == rgba.tobytes()
+
+
+def test_fragments_concatenate_to_the_frame_and_reference_the_pixels():
+    from ace_protocol.codec import encode_fragments
+
+    rgba = _image(200)
+    view = memoryview(rgba).cast("B")
+    submit = Submit(id="r1", task="edit", prompt="p", image=ImagePayload(200, 200, "rgba8", view),
+                    references=[ImagePayload(200, 200, "rgba8", rgba.tobytes())], params={"steps": 1})
+    pieces = encode_fragments(submit)
+    assert b"".join(pieces) == encode(submit)
+    assert len(pieces) == 5  # head, pixels, the bytes between, reference pixels, tail
+    assert any(isinstance(p, memoryview) and p.obj is rgba for p in pieces)  # not copied
+    assert encode_fragments(Result(job_id="j", index=0, count=1, seed=1,
+                                   image=ImagePayload(1, 1, "rgba8", b"1234"))) == [
+        msgpack.packb(Result(job_id="j", index=0, count=1, seed=1,
+                             image=ImagePayload(1, 1, "rgba8", b"1234")).to_wire(), use_bin_type=True)]
