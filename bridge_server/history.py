@@ -1,7 +1,7 @@
 """Results and their provenance on disk: `<history>/<entry>.png` + `<entry>.json`, written before `result` is sent.
 
 Fast path (`deferred_compress`, the default): before `result`, the PNG is written uncompressed (deflate level 0: a
-complete, valid PNG at about 15 ms for 2048x2048 instead of ~150 ms) and renamed into place; then the JSON is written
+complete, valid PNG built in one buffer, about 8 ms for 2048x2048 instead of ~150 ms) and renamed into place; then the JSON is written
 and fsynced. After that a background thread (not the engine thread, at low CPU priority) re-encodes the PNG at
 level 1, fsyncs it and atomically replaces the stored file, so a reader always opens one complete PNG or the other.
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .imaging import decode_png, encode_png, thumbnail_webp
+from .imaging import decode_png, encode_png, encode_png_stored, thumbnail_webp
 
 log = logging.getLogger(__name__)
 ENTRY_RE = re.compile(r"^[0-9a-f]{32}-\d{1,3}$")
@@ -87,7 +87,7 @@ class History:
         try:
             png = self.path_for(entry, ".png")
             if self.deferred_compress:
-                _write_atomic(png, encode_png(rgba, compress_level=0), sync=False)
+                _write_atomic(png, encode_png_stored(rgba), sync=False)
             else:
                 _write_atomic(png, encode_png(rgba))
             _write_atomic(self.path_for(entry, ".json"), json.dumps(meta, indent=1).encode())
@@ -184,7 +184,7 @@ def _lower_priority() -> None:
         pass
 
 
-def _write_file(path: Path, data: bytes, *, sync: bool) -> None:
+def _write_file(path: Path, data: bytes | np.ndarray, *, sync: bool) -> None:
     with open(path, "wb") as f:
         f.write(data)
         if sync:
@@ -192,7 +192,7 @@ def _write_file(path: Path, data: bytes, *, sync: bool) -> None:
             os.fsync(f.fileno())
 
 
-def _write_atomic(path: Path, data: bytes, *, sync: bool = True) -> None:
+def _write_atomic(path: Path, data: bytes | np.ndarray, *, sync: bool = True) -> None:
     tmp = path.with_name(path.name + ".part")
     _write_file(tmp, data, sync=sync)
     os.replace(tmp, path)

@@ -78,6 +78,8 @@ def encode_png(rgba: np.ndarray, *, compress_level: int = 1, parallel: bool = Tr
         Image.fromarray(rgba).save(buf, format="PNG", compress_level=compress_level)
         return buf.getvalue()
     height, width = rgba.shape[:2]
+    if compress_level == 0 and width * 4 + 1 <= 65535:
+        return encode_png_stored(rgba).tobytes()
     rows = np.ascontiguousarray(rgba).reshape(height, width * 4)
     filtered = np.empty((height, width * 4 + 1), np.uint8)
     if compress_level == 0:
@@ -90,6 +92,52 @@ def encode_png(rgba: np.ndarray, *, compress_level: int = 1, parallel: bool = Tr
     idat = _deflate_parallel(filtered, compress_level) if parallel else zlib.compress(filtered, compress_level)
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA, no interlace
     return b"".join((b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", idat), _chunk(b"IEND", b"")))
+
+
+def encode_png_stored(rgba: np.ndarray) -> np.ndarray:
+    """The level-0 PNG of `encode_png`, built in place: one buffer holding the whole file, into which the rows are
+    copied once, whole rows per stored deflate block (filter type None), then Adler-32 and CRC-32 over it. No zlib
+    pass, no joins: the four 16 MB copies of the general path at 2048x2048 become one. Returns a uint8 array (write
+    it as is, or `.tobytes()`). Rows over 65,535 bytes (16,384 px) take the general path."""
+    rgba = np.ascontiguousarray(rgba)
+    height, width = rgba.shape[:2]
+    row = width * 4 + 1
+    per_block = 65535 // row
+    if rgba.dtype != np.uint8 or rgba.ndim != 3 or rgba.shape[2] != 4 or per_block < 1:
+        return np.frombuffer(encode_png(rgba, compress_level=0), np.uint8)
+    full, rest = divmod(height, per_block)
+    stream = 2 + full * (5 + per_block * row) + (5 + rest * row if rest else 0) + 4  # zlib header .. Adler-32
+    ihdr = _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))
+    head = b"\x89PNG\r\n\x1a\n" + ihdr + struct.pack(">I", stream) + b"IDAT"
+    out = np.empty(len(head) + stream + 4 + 12, np.uint8)
+    out[: len(head)] = np.frombuffer(head, np.uint8)
+    at = len(head)
+    out[at: at + 2] = (0x78, 0x01)
+    at += 2
+    pixels = rgba.reshape(height, width * 4)
+    adler = 1
+    for count, rows, final in ((per_block, full, not rest), (rest, 1 if rest else 0, True)):
+        if not rows:
+            continue
+        size = count * row
+        blocks = out[at: at + rows * (5 + size)].reshape(rows, 5 + size)
+        blocks[:, 0] = 0
+        if final:
+            blocks[-1, 0] = 1  # BFINAL
+        blocks[:, 1:5] = np.frombuffer(struct.pack("<HH", size, size ^ 0xFFFF), np.uint8)
+        data = blocks[:, 5:].reshape(rows, count, row)
+        data[:, :, 0] = 0  # filter type None
+        first = full * per_block if count == rest and rest else 0
+        data[:, :, 1:] = pixels[first: first + rows * count].reshape(rows, count, width * 4)
+        for index in range(rows):
+            adler = zlib.adler32(blocks[index, 5:], adler)
+        at += rows * (5 + size)
+    out[at: at + 4] = np.frombuffer(struct.pack(">I", adler), np.uint8)
+    at += 4
+    crc = zlib.crc32(out[len(head) - 4: at])
+    out[at: at + 4] = np.frombuffer(struct.pack(">I", crc), np.uint8)
+    out[at + 4:] = np.frombuffer(_chunk(b"IEND", b""), np.uint8)
+    return out
 
 
 _POOL: ThreadPoolExecutor | None = None

@@ -43,3 +43,15 @@ def test_large_images_use_the_sliced_parallel_deflate_and_still_round_trip():
         with Image.open(io.BytesIO(data)) as img:
             img.verify()
     assert len(encode_png(rgba)) < rgba.nbytes // 4
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (33, 17), (64, 64), (300, 300), (9, 2000), (2, 16383), (2, 16384)])
+def test_stored_png_built_in_place_round_trips_and_is_standard(shape):
+    from bridge_server.imaging import encode_png_stored
+
+    rgba = np.random.default_rng(shape[0] + shape[1]).integers(0, 256, shape + (4,), dtype=np.uint8)
+    data = encode_png_stored(rgba).tobytes()  # (2, 16384): rows over 65,535 bytes take the zlib path
+    assert np.array_equal(decode_png(data), rgba)
+    with Image.open(io.BytesIO(data)) as img:
+        img.verify()
+    assert data == encode_png(rgba, compress_level=0)
