@@ -46,7 +46,7 @@ sys.path[:0] = [str(REPO), str(REPO / "shared")]
 import ace_protocol.client  # noqa: E402
 import numpy as np  # noqa: E402
 from ace_protocol.client import BridgeClient  # noqa: E402
-from ace_protocol.codec import decode_client_message, decode_server_message, encode  # noqa: E402
+from ace_protocol.codec import decode_client_message, decode_server_message, encode, encode_fragments  # noqa: E402
 from ace_protocol.images import ImagePayload  # noqa: E402
 from ace_protocol.messages import Result, Submit  # noqa: E402
 from ace_protocol.tasks import TASKS  # noqa: E402
@@ -59,7 +59,7 @@ from bridge_server.app import STATE, create_app  # noqa: E402
 from bridge_server.compositing import make_result  # noqa: E402
 from bridge_server.config import ServerConfig  # noqa: E402
 from bridge_server.engine.base import EngineResult  # noqa: E402
-from bridge_server.imaging import encode_png, to_array  # noqa: E402
+from bridge_server.imaging import encode_png, encode_png_stored, to_array  # noqa: E402
 
 REF_SIDE = 1024
 FRAME_LIMIT = 512 * 1024 * 1024
@@ -146,12 +146,6 @@ def png_b64(array: np.ndarray, level: int = 6) -> str:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=level)
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def pillow_png(rgba: np.ndarray, *, compress_level: int = 1) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgba).save(buf, format="PNG", compress_level=compress_level)
-    return buf.getvalue()
 
 
 def from_png_b64(text: str) -> np.ndarray:
@@ -310,7 +304,10 @@ def time_png_json(port: int, image: np.ndarray, mask: np.ndarray, ref: np.ndarra
 
 
 def breakdown(image: np.ndarray, mask: np.ndarray, ref: np.ndarray, history_dir: Path) -> list[tuple[str, float]]:
-    """The bridge path's pieces, timed by calling the same functions the daemon and client call."""
+    """The bridge path's pieces, timed by calling the same functions the daemon and client call. Names in
+    parentheses are not on the path to `result` (background work, or the previous release's step)."""
+    import os
+
     side = image.shape[0]
     parts: list[tuple[str, float]] = []
 
@@ -321,31 +318,38 @@ def breakdown(image: np.ndarray, mask: np.ndarray, ref: np.ndarray, history_dir:
         return value
 
     submit = Submit(id="r1", task="reference_edit", prompt="identity",
-                    image=timed("client: image.tobytes()", lambda: ImagePayload(side, side, "rgba8", image.tobytes())),
-                    mask=ImagePayload(side, side, "gray8", mask.tobytes()),
-                    references=[ImagePayload(REF_SIDE, REF_SIDE, "rgba8", ref.tobytes())],
-                    params={"steps": 1, "feather": 0})
-    frame = timed("client: msgpack encode submit", lambda: encode(submit))
+                    image=_payload(image, "rgba8", False), mask=_payload(mask, "gray8", False),
+                    references=[_payload(ref, "rgba8", False)], params={"steps": 1, "feather": 0})
+    pieces = timed("client: frame pieces (views of the arrays)", lambda: encode_fragments(submit))
+    frame = b"".join(pieces)
+    timed("(before: client tobytes() + msgpack encode)", lambda: _old_encode(
+        Submit(id="r1", task="reference_edit", prompt="identity", image=_payload(image, "rgba8", True),
+               mask=_payload(mask, "gray8", True), references=[_payload(ref, "rgba8", True)], params={})))
     message = timed("daemon: msgpack decode + validate", lambda: decode_client_message(frame, max_pixels=2**26))
     arr = timed("daemon: wire -> numpy (views)", lambda: to_array(message.image, max_pixels=2**26))
     m = to_array(message.mask, max_pixels=2**26, gray=True)
-    rgba = timed("daemon: result RGBA (rgb + alpha)", lambda: make_result(arr[..., :3], m, 0))
-    png = timed("daemon: history PNG encode (level 1)", lambda: encode_png(rgba))
-    timed("(for comparison) Pillow PNG encode, level 1", lambda: pillow_png(rgba))
+    rgba = timed("daemon: result RGBA (make_result)", lambda: make_result(arr[..., :3], m, 0))
+    timed("(before: strided make_result)", lambda: _old_make_result(arr[..., :3], m, 0))
+    png = timed("daemon: history PNG, stored (level 0)", lambda: encode_png_stored(rgba))
+    path = history_dir / "bench.png"
 
-    def write() -> None:
-        path = history_dir / "bench.png"
+    def write(data: Any, sync: bool) -> None:
         with open(path, "wb") as f:
-            f.write(png)
-            f.flush()
-            import os
+            f.write(data)
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
 
-            os.fsync(f.fileno())
-
-    timed("daemon: history write + fsync", write)
-    result = Result(job_id="j", index=0, count=1, seed=1, image=timed(
-        "daemon: result payload (a view)", lambda: ImagePayload(side, side, "rgba8", memoryview(rgba).cast("B"))))
-    out = timed("daemon: msgpack encode result", lambda: encode(result))
+    timed("daemon: history PNG write (no fsync)", lambda: write(png, False))
+    timed("daemon: history JSON write + fsync", lambda: write(b"{}" * 200, True))
+    timed("(not done: fsync of the level-0 PNG)", lambda: write(png, True))
+    timed("(background: level-1 PNG encode, one thread)",
+          lambda: encode_png(rgba, compress_level=1, parallel=False))
+    timed("(before: level-1 PNG encode, sliced)", lambda: encode_png(rgba))
+    result = Result(job_id="j", index=0, count=1, seed=1, image=ImagePayload(
+        side, side, "rgba8", memoryview(rgba).cast("B")))
+    out = timed("daemon: encode result (one copy of the pixels)", lambda: encode(result))
+    timed("(before: msgpack encode result)", lambda: _old_encode(result))
     timed("client: msgpack decode result", lambda: decode_server_message(out))
     return parts
 
@@ -364,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ace-transport-") as tmp:
         loops = LoopThread()
         config = ServerConfig(config_dir=Path(tmp) / "config", data_dir=Path(tmp) / "data", port=0, token="bench",
-                              engine_factory=IdentityEngine, idle_unload_s=None, max_pixels=max(sizes) ** 2,
+                              engine_factory=IdentityEngine, idle_unload_s=None, max_pixels=max(*sizes, REF_SIDE) ** 2,
                               max_frame_bytes=FRAME_LIMIT)
         bridge_app = create_app(config)
         bridge_port = loops.serve(bridge_app)
@@ -425,6 +429,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, t in parts:
             share = "" if name.startswith("(") else f"{100 * t / total:.0f} %"
             print(f"| {name} | {t * 1000:.1f} | {share} |")
+        b_here = [b for side, _a, b, _b0, _c, _n in rows if side == args.breakdown_size]
+        if b_here:
+            print(f"| rest of (b): WebSocket send/receive of both frames (client masking, daemon unmasking, the "
+                  f"client's receive loop), journal, thread hand-offs | {(b_here[0] - total) * 1000:.1f} | |")
     return 0
 
 
