@@ -14,8 +14,9 @@ set -euo pipefail
 
 CHROOT="${ACE_TRIXIE_CHROOT:-/var/cache/ace-bridge/trixie}"
 MIRROR="${ACE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-# Keep sorted: the stamp compares this list verbatim.
-GIMP_PACKAGES="gimp gir1.2-gimp-3.0 python3 python3-gi python3-pytest"
+# Keep sorted: the stamp compares this list verbatim. The GIMP list has its own X tools (xvfb, xauth, xdotool:
+# the interactive GIMP test), since a trixie host installs only this list; the chroot gets both lists, deduplicated.
+GIMP_PACKAGES="gimp gir1.2-gimp-3.0 python3 python3-gi python3-pytest xauth xdotool xvfb"
 KRITA_PACKAGES="krita python3-pyqt5 python3-pyqt5.qtwebsockets xauth xvfb"
 RECIPE_VERSION=1
 STAMP="$CHROOT/.ace-bridge-stamp"
@@ -79,7 +80,7 @@ for d in "$new" "$old"; do
     fi
 done
 
-includes="$(echo $GIMP_PACKAGES $KRITA_PACKAGES | tr ' ' ',')"
+includes="$(echo $GIMP_PACKAGES $KRITA_PACKAGES | tr ' ' '\n' | sort -u | paste -sd, -)"
 log "building trixie chroot ($includes) in $new"
 start=$SECONDS
 mmdebstrap --variant=apt --aptopt='APT::Install-Recommends "false"' --include="$includes" \

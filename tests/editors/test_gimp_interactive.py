@@ -1,0 +1,160 @@
+"""The GIMP 3 plug-in's interactive path in the real GIMP 3.0 GUI (gimp-3.0 under Xvfb, trixie chroot on bookworm)
+against a real `ace-bridge serve --demo`.
+
+The plug-in is installed by `install_gimp` into a throw-away GIMP3_DIRECTORY; the daemon's URL and token reach it
+through ACE_BRIDGE_URL / ACE_BRIDGE_TOKEN. gimp_scripts/gimp_ui_batch.py runs Inpaint in Gimp.RunMode.INTERACTIVE
+four times on displayed images with a selection; gimp_scripts/gimp_ui_driver.py answers the windows with real key
+events (xdotool, XTEST). Story covered:
+1. the procedure dialog appears; Return (OK) runs the job with progress; one new layer on top at the context region,
+   with the dialog's values in its provenance; a screenshot of the dialog goes to artifacts/gimp/;
+2. the next use starts from the values of the previous one (the batch passes none: the job runs with the previous
+   prompt, seed and steps), and GIMP saved them in the profile's `.last` settings file;
+3. Escape on the dialog cancels: status cancel, no layer;
+4. Escape on the progress window (queue paused, so the job is still waiting) cancels the job: status cancel,
+   no layer, and the daemon reports the job cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "plugins_gimp" / "ace-bridge"))
+
+import chroot  # noqa: E402
+
+pytestmark = pytest.mark.editors
+
+GIMP_GUI = "gimp-3.0"
+TOOLS = (GIMP_GUI, "Xvfb", "xdotool", "python3")
+ARTIFACTS = REPO / "artifacts" / "gimp"
+PROCEDURE = "python-fu-ace-bridge-inpaint"
+SELECTION = [20, 12, 40, 30]
+FIRST = {"prompt": "a red apple, interactive", "seed": 7, "steps": 2, "count": 1, "padding": 4, "feather": 3}
+RUN_TIMEOUT_S = 100
+
+
+def _missing_tools() -> list[str]:
+    if chroot.host_is_trixie():
+        return [t for t in TOOLS if shutil.which(t) is None]
+    if not chroot.trixie_available():
+        return [f"the trixie chroot {chroot.chroot_path()}"]
+    return [t for t in TOOLS if not (chroot.chroot_path() / "usr/bin" / t).exists()]
+
+
+def require_gui_tools() -> None:
+    missing = _missing_tools()
+    if not missing:
+        return
+    message = (f"GIMP 3 GUI test needs {', '.join(missing)} (host '{chroot.host_codename()}'): "
+               "run .ci/steps/20_trixie_chroot.sh as root")
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def test_dialog_progress_remembered_values_and_cancel(tmp_path: Path, demo_daemon) -> None:
+    require_gui_tools()
+    from ace_protocol.client import BridgeClient
+    from acegimp_logic import ACTIONS_BY_PROCEDURE, PARASITE_NAME
+
+    from bridge_server.install.gimp import install_gimp
+
+    action = ACTIONS_BY_PROCEDURE[PROCEDURE]
+    work = tmp_path / "gimp-ui"
+    profile = work / "profile"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ACE_BRIDGE_WHEEL_CACHE", os.environ.get("ACE_BRIDGE_WHEEL_CACHE") or str(REPO / ".cache/wheels"))
+        install_gimp(profile)
+    # A first start shows GIMP 3's welcome dialog; a user profile would have answered it once.
+    (profile / "gimprc").write_text("(show-welcome-dialog no)\n(show-tips no)\n(check-updates no)\n")
+    runs = [
+        {"name": "first", "props": FIRST, "dialog": "ok", "shot": "dialog-first.png"},
+        {"name": "remembered", "props": {}, "dialog": "ok", "shot": "dialog-remembered.png"},
+        {"name": "dialog_cancel", "props": {}, "dialog": "cancel"},
+        {"name": "progress_cancel", "props": {}, "dialog": "ok", "progress": "cancel",
+         "progress_shot": "progress.png"},
+    ]
+    config = {
+        "work_dir": chroot.inside_path(work), "batch": chroot.inside_path(HERE / "gimp_scripts" / "gimp_ui_batch.py"),
+        "gimp": GIMP_GUI, "procedure": PROCEDURE, "parasite": PARASITE_NAME, "selection": SELECTION, "runs": runs,
+        "dialog_title": f"ACE++ {action.label.rstrip('…')}", "token": demo_daemon.token,
+        "panel_base": f"http://127.0.0.1:{demo_daemon.port}", "startup_s": 40, "shot_x": 830, "deadline_s": RUN_TIMEOUT_S - 10,
+    }
+    (work / "config.json").write_text(json.dumps(config))
+    env = {
+        "HOME": chroot.inside_path(profile), "GIMP3_DIRECTORY": chroot.inside_path(profile),
+        "XDG_CONFIG_HOME": chroot.inside_path(profile / "xdg-config"),
+        "XDG_CACHE_HOME": chroot.inside_path(profile / "xdg-cache"),
+        "XDG_DATA_HOME": chroot.inside_path(profile / "xdg-data"), "PYTHONDONTWRITEBYTECODE": "1",
+        "ACE_BRIDGE_URL": demo_daemon.url, "ACE_BRIDGE_TOKEN": demo_daemon.token,
+        "ACE_GIMP_UI_CONFIG": chroot.inside_path(work / "config.json"), "NO_AT_BRIDGE": "1",
+    }
+    driver = chroot.inside_path(HERE / "gimp_scripts" / "gimp_ui_driver.py")
+    start = time.monotonic()
+    proc = chroot.run_in_trixie(["python3", driver, chroot.inside_path(work / "config.json")], env=env,
+                                timeout=RUN_TIMEOUT_S, binds=[work], cwd=chroot.inside_path(work))
+    elapsed = time.monotonic() - start
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for png in sorted(work.glob("*.png")):
+        shutil.copyfile(png, ARTIFACTS / png.name)
+    gimp_log = (work / "gimp.log").read_text(errors="replace") if (work / "gimp.log").is_file() else ""
+    (ARTIFACTS / "interactive-gimp.log").write_text(gimp_log)
+    report = json.loads((work / "driver.json").read_text()) if (work / "driver.json").is_file() else {}
+    context = (f"rc {proc.returncode}, {elapsed:.1f} s\n--- driver ---\n{json.dumps(report, indent=1)[-4000:]}\n"
+               f"--- run output ---\n{proc.stdout[-2000:]}\n--- GIMP log ---\n{gimp_log[-4000:]}")
+    assert proc.returncode == 0 and report, context
+    assert report.get("error") is None, context
+    results = json.loads((work / "ui_results.json").read_text())
+    assert not results["errors"], "\n".join(results["errors"]) + context
+    out = results["runs"]
+    (ARTIFACTS / "interactive-results.json").write_text(json.dumps({"runs": out, "driver": report}, indent=1))
+    assert (ARTIFACTS / "dialog-first.png").is_file(), sorted(p.name for p in work.glob("*.png"))
+
+    # 1. OK in the dialog: one new layer on top, at the selection plus padding, made with the dialog's values.
+    first = out["first"]
+    assert first["status"] == "success" and len(first["new"]) == 1 and first.get("value") == 1, first
+    layer = first["new"][0]
+    x, y, w, h = SELECTION
+    pad = FIRST["padding"]
+    assert layer["on_top"] and layer["offsets"] == [x - pad, y - pad], layer
+    assert layer["size"] == [w + 2 * pad, h + 2 * pad], layer
+    prov = layer["provenance"]
+    assert prov["prompt"] == FIRST["prompt"] and prov["seed"] == FIRST["seed"], prov
+    assert FIRST["prompt"][:10] in layer["name"], layer["name"]
+
+    # 2. The next use starts from the previous values, which GIMP saved in the profile.
+    again = out["remembered"]
+    assert again["status"] == "success" and len(again["new"]) == 1, again
+    prov2 = again["new"][0]["provenance"]
+    assert (prov2["prompt"], prov2["seed"]) == (FIRST["prompt"], FIRST["seed"]), prov2
+    assert again["new"][0]["offsets"] == layer["offsets"], again
+    saved = sorted(profile.glob(f"plug-in-settings/*{PROCEDURE}.last"))
+    assert saved and FIRST["prompt"] in saved[0].read_text(errors="replace"), sorted(
+        str(p.relative_to(profile)) for p in profile.rglob("*") if p.is_file())[:60]
+
+    # 3. Escape on the dialog: cancelled, nothing added.
+    cancelled = out["dialog_cancel"]
+    assert cancelled["status"] == "cancel" and cancelled["new"] == [] and cancelled["layers"] == ["bg"], cancelled
+
+    # 4. Escape on the progress window while the job waits: cancelled, nothing added, the job cancelled.
+    stopped = out["progress_cancel"]
+    assert [s.get("progress_closed") for s in report["steps"] if s["name"] == "progress_cancel"] == [True], report
+    assert stopped["status"] == "cancel" and stopped["new"] == [] and stopped["layers"] == ["bg"], stopped
+    probe = BridgeClient(demo_daemon.url, demo_daemon.token, client_name="test-probe")
+    probe.connect()
+    try:
+        status = probe.status()
+    finally:
+        probe.close()
+    assert not status.queue and not status.paused, status
