@@ -361,6 +361,7 @@ def run_action(procedure, run_mode, image, drawables, config, data):
         ui.progress(None, "ACE++: sending…")
         job = client.submit(action.task, settings.prompt, image=image_payload, mask=mask, references=references,
                             params=params, label=f"GIMP: {image.get_name() or 'image'}")
+        ui.progress(None, logic.queued_text(job.position))  # until `started` or a new position arrives
         meta = {"task": action.task, "prompt": settings.prompt, "params": params, "placement": plan.placement,
                 "region": list(plan.region), "image_id": image.get_id(),
                 # Results of image tasks carry the feathered selection as alpha; generated ones get a mask.

@@ -145,12 +145,16 @@ def check_offered(action: Action, offered_tasks: list[Any], engine: dict[str, An
                     "(see `ace-bridge models`), then try again.")
 
 
+def queued_text(position: int | None) -> str:
+    """What the progress bar says while a job waits: `position` jobs run before it (the running one counted)."""
+    return f"ACE++: queued, position {position}" if position else "ACE++: next in queue"
+
+
 def progress_update(event: Any) -> tuple[float | None, str | None]:
     """(fraction or None, text or None) for GIMP's progress bar from one job event."""
     kind = getattr(event, "TYPE", "")
     if kind == "queued":
-        position = getattr(event, "position", 0)
-        return None, (f"ACE++: queued, position {position}" if position else "ACE++: next in queue")
+        return None, queued_text(getattr(event, "position", 0))
     if kind == "started":
         return 0.0, "ACE++: started"
     if kind == "progress":
