@@ -42,7 +42,7 @@ from ace_protocol.errors import ErrorCode
 
 from ..models import ModelLayout
 from . import recipes
-from .base import EngineError, EngineJob, EngineResult, JobCancelled, StepCallback
+from .base import EngineError, EngineJob, EngineResult, JobCancelled, PreviewCallback, StepCallback
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ TASK_NEEDS = {  # model pieces a task needs besides the base model
     "generate": None,
     "inpaint": None,
 }
+# Live previews: the flow-matching x0 estimate, area-pooled in latent space so the decode is at most this long.
+PREVIEW_MAX_SIDE = 256
+# Modes where the VAE stays resident; with offload a preview decode would swap the transformer out and back.
+PREVIEW_MODES = ("gpu", "cpu")
 PULL_HINT = "run `ace-bridge models pull` (add --fft for instruct), or point `serve --model` at a model folder"
 
 
@@ -88,6 +92,7 @@ class AcePlusEngine:
         t5_max_length: int = 512,
         optimizations: dict[str, Any] | None = None,
         quantize: str | None = None,
+        preview_every: int = 4,
     ) -> None:
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}, got {memory_mode!r}")
@@ -106,6 +111,7 @@ class AcePlusEngine:
         self.max_tokens_limit = max_tokens_limit
         self.t5_max_length = t5_max_length
         self.optimizations = optimizations
+        self.preview_every = max(0, int(preview_every))  # 0: never; a preview every N steps, never on the last
         self._lock = threading.RLock()
         self._state = "unloaded"
         self._error: str | None = None
@@ -362,16 +368,29 @@ class AcePlusEngine:
     # ------------------------------------------------------------------------------------------------------------
     # Running
 
-    def run(self, job: EngineJob, on_step: StepCallback, is_cancelled: Callable[[], bool]) -> EngineResult:
+    def run(
+        self,
+        job: EngineJob,
+        on_step: StepCallback,
+        is_cancelled: Callable[[], bool],
+        *,
+        on_preview: PreviewCallback | None = None,
+    ) -> EngineResult:
         with self._lock:
             self._cancel_timer()
             try:
-                return self._run(job, on_step, is_cancelled)
+                return self._run(job, on_step, is_cancelled, on_preview)
             finally:
                 self._last_used = time.monotonic()
                 self._schedule_idle_unload()
 
-    def _run(self, job: EngineJob, on_step: StepCallback, is_cancelled: Callable[[], bool]) -> EngineResult:
+    def _run(
+        self,
+        job: EngineJob,
+        on_step: StepCallback,
+        is_cancelled: Callable[[], bool],
+        on_preview: PreviewCallback | None = None,
+    ) -> EngineResult:
         if job.task in TASK_NEEDS and (not self.layout.has_base() or not self._installed(TASK_NEEDS[job.task])):
             raise EngineError(ErrorCode.MODEL_MISSING, self._missing_message(job.task))
         plan = recipes.plan_for_job(job, max_tokens_limit=self.max_tokens_limit)
@@ -385,7 +404,7 @@ class AcePlusEngine:
         if plan.adapter is not None and plan.adapter not in self._adapters:
             raise EngineError(ErrorCode.MODEL_MISSING, self._missing_message(job.task))
         try:
-            model_rgb = self._generate(plan, seed, steps, guidance, on_step, is_cancelled)
+            model_rgb = self._generate(plan, seed, steps, guidance, on_step, is_cancelled, on_preview)
         except (JobCancelled, EngineError):
             raise
         except Exception as exc:
@@ -445,6 +464,7 @@ class AcePlusEngine:
         guidance: float,
         on_step: StepCallback,
         is_cancelled: Callable[[], bool],
+        on_preview: PreviewCallback | None = None,
     ) -> np.ndarray:
         import torch
         from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
@@ -514,7 +534,11 @@ class AcePlusEngine:
                     if transformer.config.guidance_embeds
                     else None
                 )
+                every = self.preview_every if on_preview is not None else 0
+                if every and self._memory_mode not in PREVIEW_MODES:
+                    every = 0  # offloaded: a VAE decode would evict the transformer; previews would cost a step each
                 # 5. Denoising loop: progress every step, cancellation checked before every step and before decode.
+                #    A preview (when asked for) comes before the step's progress, so the caller can attach it.
                 for i, t in enumerate(timesteps):
                     if is_cancelled():
                         raise JobCancelled()
@@ -528,7 +552,11 @@ class AcePlusEngine:
                         img_ids=image_ids,
                         return_dict=False,
                     )[0]
+                    before = latents
                     latents = sched.step(noise_pred, t, latents, return_dict=False)[0]
+                    if every and (i + 1) % every == 0 and i + 1 < total:
+                        sigma = sched.sigmas[sched.step_index - 1]  # the sigma this step started from
+                        on_preview(i + 1, self._preview(plan, before, noise_pred, sigma))
                     on_step(i + 1, total)
                 if is_cancelled():
                     raise JobCancelled()
@@ -542,6 +570,31 @@ class AcePlusEngine:
             if moved:
                 transformer.to("cpu")
             pipe.maybe_free_model_hooks()
+
+    def _preview(self, plan: recipes.Plan, latents, velocity, sigma) -> np.ndarray:
+        """Where the image is heading: x0 = x_t - sigma * v (flow matching), area-pooled in latent space so the
+        decoded image is at most PREVIEW_MAX_SIDE px long (about 1/16 of a full decode at 1024 px), cropped to the
+        result's part of the canvas like `Plan.postprocess` (reference columns dropped). Uint8 RGB HxWx3."""
+        import torch
+        import torch.nn.functional as F
+
+        pipe = self._pipe
+        height, width = plan.height, plan.width
+        x0 = latents.float() - sigma.to(latents.device).float() * velocity.float()
+        x0 = pipe._unpack_latents(x0, height, width, pipe.vae_scale_factor)
+        lh, lw = x0.shape[-2:]
+        factor = max(1, -(-max(lh, lw) * pipe.vae_scale_factor // PREVIEW_MAX_SIDE))
+        if factor > 1:
+            x0 = F.interpolate(x0, size=(-(-lh // factor), -(-lw // factor)), mode="area")
+        x0 = x0 / pipe.vae.config.scaling_factor + pipe.vae.config.shift_factor
+        image = pipe.vae.decode(x0.to(pipe.vae.dtype), return_dict=False)[0]
+        rgb = ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        ph, pw = rgb.shape[:2]
+        x, y, w, h = plan.crop
+        x0c, x1c = round(x * pw / width), round((x + w) * pw / width)
+        y0c, y1c = round(y * ph / height), round((y + h) * ph / height)
+        part = rgb[y0c : max(y1c, y0c + 1), x0c : max(x1c, x0c + 1)]
+        return np.ascontiguousarray(part)
 
     # ------------------------------------------------------------------------------------------------------------
     # Unloading

@@ -47,6 +47,8 @@ class EngineError(ProtocolError):
 
 
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
+# (steps done, uint8 RGB HxWx3): a small look at where the image is heading, at most ~256 px on the long side.
+PreviewCallback = Callable[[int, np.ndarray], None]
 
 
 class Engine(Protocol):
@@ -58,8 +60,20 @@ class Engine(Protocol):
     def state(self) -> dict[str, Any]:
         """JSON-able engine state: {state: loaded|loading|unloaded|missing|error, model, device, memory_mode, ...}."""
 
-    def run(self, job: EngineJob, on_step: StepCallback, is_cancelled: Callable[[], bool]) -> EngineResult:
-        """Blocking; called only on the engine thread. Raises JobCancelled or EngineError."""
+    def run(
+        self,
+        job: EngineJob,
+        on_step: StepCallback,
+        is_cancelled: Callable[[], bool],
+        *,
+        on_preview: PreviewCallback | None = None,
+    ) -> EngineResult:
+        """Blocking; called only on the engine thread. Raises JobCancelled or EngineError.
+
+        `on_preview` (optional; engines may ignore it, callers pass it only when someone will look): called on the
+        engine thread with (step, rgb) right BEFORE `on_step` for the same step, every few steps but never on the
+        last one. rgb covers the part of the canvas that becomes the result (not resized to the region).
+        Without it the engine computes no preview at all."""
 
     def unload(self) -> None:
         """Free the model (idle timeout); the next `run` loads it again."""
