@@ -138,6 +138,7 @@ def create_app(config: ServerConfig) -> web.Application:
         await asyncio.to_thread(queue.restore)
         state = AppState(config, engine, history, journal, queue)
         queue.listeners.append(state.hub.deliver)
+        queue.wants_previews = state.hub.wants_previews
         app[STATE] = state
         if not config.token:
             state.current_token()

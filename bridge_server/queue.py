@@ -8,6 +8,7 @@ ever awaits it. Every state change goes to the journal first, then to listeners 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import secrets
 import time
@@ -22,6 +23,7 @@ from ace_protocol import __version__
 from ace_protocol.errors import ErrorCode, ProtocolError
 from ace_protocol.images import ImagePayload
 from ace_protocol.messages import Cancelled, Done, Failed, Message, Progress, Queued, Result, Started
+from PIL import Image
 
 from .compositing import make_result
 from .config import ServerConfig
@@ -32,6 +34,18 @@ from .journal import Journal
 
 log = logging.getLogger(__name__)
 Listener = Callable[[Job, Message], None]
+PREVIEW_MAX_SIDE = 256
+PREVIEW_JPEG_QUALITY = 70
+
+
+def encode_preview(rgb: np.ndarray) -> ImagePayload:
+    """A small JPEG payload (at most PREVIEW_MAX_SIDE px on the long side) of an engine preview."""
+    img = Image.fromarray(np.ascontiguousarray(rgb[..., :3]), "RGB")
+    if max(img.size) > PREVIEW_MAX_SIDE:
+        img.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=PREVIEW_JPEG_QUALITY)
+    return ImagePayload(img.width, img.height, "jpeg", buf.getvalue())
 
 
 def new_job_id() -> str:
@@ -48,6 +62,9 @@ class JobQueue:
         self._waiting: OrderedDict[str, deque[Job]] = OrderedDict()  # client_id -> its queued jobs; order = turn
         self.running: Job | None = None
         self.listeners: list[Listener] = []
+        # client_id -> does its current connection want progress previews (the app wires the hub in); read on
+        # the engine thread, so it must only read.
+        self.wants_previews: Callable[[str], bool] | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ace-engine")
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
@@ -345,6 +362,13 @@ class JobQueue:
         )
         step_times: list[float] = []
         last = time.monotonic()
+        previews: dict[int, ImagePayload] = {}  # step -> preview for that step's progress event
+
+        def on_preview(step: int, rgb: np.ndarray) -> None:
+            try:
+                previews[step] = encode_preview(rgb)
+            except Exception:  # a preview is a nicety; it must never fail the job
+                log.exception("preview encoding failed")
 
         def on_step(step: int, total: int) -> None:
             nonlocal last
@@ -355,12 +379,17 @@ class JobQueue:
             remaining_images = job.count - index - 1
             eta = mean * ((total - step) + remaining_images * total)
             job.step, job.total_steps, job.eta_s = step, total, eta
-            message = Progress(job_id=job.id, step=step, total=total, eta_s=round(eta, 2), image_index=index)
+            message = Progress(job_id=job.id, step=step, total=total, eta_s=round(eta, 2), image_index=index,
+                               preview=previews.pop(step, None))
             loop.call_soon_threadsafe(self._emit, job, message)
             gate.wait_step(stop)
 
         started = time.monotonic()
-        result = self.engine.run(engine_job, on_step, stop)
+        # Previews only for a client that asks now; otherwise the engine computes none (and older engines
+        # without the keyword keep working).
+        wants = self.wants_previews is not None and self.wants_previews(job.client_id)
+        extra = {"on_preview": on_preview} if wants else {}
+        result = self.engine.run(engine_job, on_step, stop, **extra)
         rgba = make_result(result.rgb, inputs.mask, int(job.params.get("feather", 0)))
         finished = self.config.clock()
         state = self.engine.state()

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ace_protocol import PROTOCOL_VERSION, __version__
@@ -25,6 +25,7 @@ from ace_protocol.messages import (
     Failed,
     Hello,
     Message,
+    Progress,
     StatusReply,
     StatusRequest,
     Submit,
@@ -82,6 +83,7 @@ class ClientSession:
     client_name: str = ""
     client_version: str = ""
     editor: str = ""
+    previews: bool = False  # what the current connection's hello asked for
     connected_since: float = 0.0
     connection: Connection | None = None
 
@@ -106,7 +108,14 @@ class Hub:
     def deliver(self, job: Job, message: Message) -> None:
         session = self.sessions.get(job.client_id)
         if session is not None and session.connection is not None:
+            if isinstance(message, Progress) and message.preview is not None and not session.previews:
+                message = replace(message, preview=None)  # the client reconnected without previews meanwhile
             session.connection.send(message)
+
+    def wants_previews(self, client_id: str) -> bool:
+        """Whether the client's current connection asked for previews (read-only; safe from the engine thread)."""
+        session = self.sessions.get(client_id)
+        return session is not None and session.connection is not None and session.previews
 
     def changed(self) -> None:
         for callback in list(self.on_change):
@@ -207,6 +216,7 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
     session.connection = connection
     session.client_name, session.client_version, session.editor = (
         hello.client_name, hello.client_version, hello.editor)
+    session.previews = bool(hello.previews)
     session.connected_since = time.time()
     jobs = state.queue.deliverable(hello.client_id)
     pending = [j.id for j in jobs if j.state.finished]

@@ -148,9 +148,11 @@ class BridgeClient:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         cafile: str | None = None,
         fingerprint: str | None = None,
+        previews: bool = False,
     ) -> None:
         """`cafile` verifies a `wss://` daemon against a CA bundle; `fingerprint` (SHA-256 of the certificate, as
-        `ace-bridge serve` prints it; env ACE_BRIDGE_FINGERPRINT) pins a self-signed one instead."""
+        `ace-bridge serve` prints it; env ACE_BRIDGE_FINGERPRINT) pins a self-signed one instead. `previews` asks the
+        daemon for small JPEG previews in `progress.preview` (every few steps) of this client's jobs."""
         endpoint = resolve(url, token, port)
         self.url = endpoint.url
         self.token = endpoint.token
@@ -159,6 +161,7 @@ class BridgeClient:
         self.client_version = client_version
         self.editor = editor
         self.session = session
+        self.previews = previews
         self.connect_timeout = connect_timeout
         self.reconnect_timeout = reconnect_timeout
         self.max_frame_bytes = max_frame_bytes
@@ -229,6 +232,7 @@ class BridgeClient:
             editor=self.editor,
             token=self.token,
             session=self.session,
+            previews=self.previews,
         )
         try:
             ws.send(encode(hello))

@@ -130,6 +130,7 @@ class Hello(Message):
     token: str | None = spec("str?", None, max_len=256)
     session: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
     id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
+    previews: bool = spec("bool", False)  # send small JPEG previews in some `progress` events of this client's jobs
 
 
 @dataclass
