@@ -28,11 +28,13 @@ from .qt_compat import (
     QPixmap,
     QtWidgets,
     Signal,
+    preview_pixmap,
     qimage_from_bytes,
 )
 from .worker import BridgeWorker, JobSpec
 
 THUMB = 64
+PREVIEW_SIDE = 160  # the live preview in the docker, long side
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Controller(QObject):
 
     status_changed = Signal(str)
     progress_changed = Signal(int, int)  # step, total (0, 0 = idle/indeterminate)
+    preview_changed = Signal(object)  # JPEG bytes of the running job's latest preview; b"" = none (hide it)
     connection_changed = Signal(str, str)
     tasks_changed = Signal(object)
     history_changed = Signal()
@@ -160,6 +163,8 @@ class Controller(QObject):
             record.state = "running"
             self.status_changed.emit(progress_text("started"))
         elif kind == "progress":
+            if payload.get("preview"):
+                self.preview_changed.emit(bytes(payload["preview"]))
             self.progress_changed.emit(int(payload["step"]), int(payload["total"]))
             self.status_changed.emit(progress_text("progress", step=payload["step"], total=payload["total"],
                                                    eta_s=payload.get("eta_s")))
@@ -175,6 +180,7 @@ class Controller(QObject):
                 self.status_changed.emit(record.message)
             self.worker.ack(record.job_id)
             self.progress_changed.emit(1, 1)
+            self.preview_changed.emit(b"")
             self.history_changed.emit()
             self.job_finished.emit(local_id, "done")
         elif kind in ("failed", "cancelled"):
@@ -187,6 +193,7 @@ class Controller(QObject):
                 self.status_changed.emit("Cancelled.")
                 self.worker.ack(payload.get("job_id") or record.job_id)
             self.progress_changed.emit(0, 1)
+            self.preview_changed.emit(b"")
             self.history_changed.emit()
             self.job_finished.emit(local_id, kind)
 
@@ -224,6 +231,7 @@ class AceBridgeDocker(kdoc.DockWidget):
         self._build()
         self.controller.status_changed.connect(self.status.setText)
         self.controller.progress_changed.connect(self._on_progress)
+        self.controller.preview_changed.connect(self._on_preview)
         self.controller.connection_changed.connect(self._on_connection)
         self.controller.tasks_changed.connect(self._on_tasks)
         self.controller.history_changed.connect(self._refresh_history)
@@ -312,6 +320,10 @@ class AceBridgeDocker(kdoc.DockWidget):
         buttons.addWidget(self.generate_button, 1)
         buttons.addWidget(self.cancel_button)
         form.addLayout(buttons)
+        self.preview = W.QLabel()  # the running job's latest progress preview; hidden otherwise
+        self.preview.setAlignment(ALIGN_CENTER)
+        self.preview.hide()
+        form.addWidget(self.preview)
         self.progress = W.QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -424,6 +436,15 @@ class AceBridgeDocker(kdoc.DockWidget):
     def _on_progress(self, step: int, total: int) -> None:
         self.progress.setRange(0, total)
         self.progress.setValue(step)
+
+    def _on_preview(self, data: bytes) -> None:
+        pixmap = preview_pixmap(data, PREVIEW_SIDE) if data else None
+        if pixmap is None:
+            self.preview.clear()
+            self.preview.hide()
+            return
+        self.preview.setPixmap(pixmap)
+        self.preview.show()
 
     def _on_finished(self, local_id: str, state: str) -> None:
         if not self.controller.pending:

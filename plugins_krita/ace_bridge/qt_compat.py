@@ -102,6 +102,18 @@ def qimage_bytes(img: Any) -> bytes:
     return bytes(ptr)[:size] if ptr is not None else b""
 
 
+def preview_pixmap(data: bytes, max_side: int = 256) -> Any:
+    """A QPixmap of an encoded (JPEG/PNG) progress preview, scaled down to at most `max_side`; None if undecodable."""
+    if not data:
+        return None
+    img = QImage.fromData(bytes(data))
+    if img.isNull():
+        return None
+    if max(img.width(), img.height()) > max_side:
+        img = img.scaled(max_side, max_side, KEEP_ASPECT, SMOOTH)
+    return QPixmap.fromImage(img)
+
+
 def exec_dialog(dialog: Any) -> int:
     """`exec()` in PyQt6, `exec_()` in PyQt5."""
     run = getattr(dialog, "exec", None) or dialog.exec_

@@ -82,7 +82,9 @@ def run_job(client: Any, spec: JobSpec, emit: Emit) -> None:
             elif kind == "started":
                 emit(lid, "started", {})
             elif kind == "progress":
-                emit(lid, "progress", {"step": ev.step, "total": ev.total, "eta_s": ev.eta_s})
+                shot = getattr(ev, "preview", None)
+                preview = bytes(shot.data) if shot is not None and shot.format in ("jpeg", "png") else None
+                emit(lid, "progress", {"step": ev.step, "total": ev.total, "eta_s": ev.eta_s, "preview": preview})
             elif kind == "result":
                 w, h, rgba = decode_result(ev.image)
                 results.append(ResultImage(ev.index, ev.count, ev.seed, w, h, rgba, dict(ev.provenance or {})))
@@ -159,7 +161,7 @@ class BridgeWorker(QObject):
             try:
                 client = self._factory(self.url or None, self.token or None, client_id=self.client_id or None,
                                        client_name="ace-bridge-krita", client_version=PLUGIN_VERSION,
-                                       editor=self.editor)
+                                       editor=self.editor, previews=True)
                 client.on_connection_change = self._on_client_state
                 welcome = client.connect()
             except (Unauthorized, VersionMismatch) as exc:

@@ -172,3 +172,38 @@ def test_submit_refused_becomes_failed_event(qt):
     worker_mod.run_job(Refusing(), worker_mod.JobSpec("k3", "inpaint", "", None, None, [], {}),
                        lambda lid, kind, payload: seen.append((kind, payload)))
     assert seen[0][0] == "failed" and "not running" in seen[0][1]["message"]
+
+
+def _jpeg(qt_compat, w: int, h: int) -> bytes:
+    img = qt_compat.qimage_from_bytes(bytes((200, 40, 30, 255)) * (w * h), w, h, qt_compat.FORMAT_RGBA8888)
+    buf = qt_compat.QtCore.QBuffer()
+    buf.open(qt_compat.QtCore.QIODevice.OpenModeFlag.WriteOnly)
+    assert img.save(buf, "JPEG", 70)
+    return bytes(buf.data())
+
+
+def test_preview_pixmap_from_jpeg(qt):
+    qt_compat, _ = qt
+    pixmap = qt_compat.preview_pixmap(_jpeg(qt_compat, 256, 128), 160)
+    assert pixmap is not None and not pixmap.isNull()
+    assert (pixmap.width(), pixmap.height()) == (160, 80)  # scaled down, aspect kept
+    small = qt_compat.preview_pixmap(_jpeg(qt_compat, 40, 30), 160)
+    assert (small.width(), small.height()) == (40, 30)  # never scaled up
+    assert qt_compat.preview_pixmap(b"", 160) is None
+    assert qt_compat.preview_pixmap(b"not an image", 160) is None
+
+
+def test_progress_preview_reaches_the_ui_event(qt):
+    qt_compat, _ = qt
+    from ace_protocol.images import ImagePayload
+
+    worker_mod = importlib.import_module("ace_bridge.worker")
+    jpeg = _jpeg(qt_compat, 32, 16)
+    client = _Client()
+    client.handle._events = [_Ev("progress", step=4, total=8, eta_s=1.0, preview=ImagePayload(32, 16, "jpeg", jpeg)),
+                             _Ev("progress", step=5, total=8, eta_s=0.5, preview=None), _Ev("cancelled")]
+    seen = []
+    worker_mod.run_job(client, worker_mod.JobSpec("k4", "inpaint", "", None, None, [], {}),
+                       lambda lid, kind, payload: seen.append((kind, payload)))
+    progress = [p for k, p in seen if k == "progress"]
+    assert progress[0]["preview"] == jpeg and progress[1]["preview"] is None
