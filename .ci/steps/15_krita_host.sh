@@ -4,6 +4,7 @@
 #  trixie host:   apt's krita 5.2.9 here; the other version (5.1.5) comes from a bookworm chroot built with
 #                 mmdebstrap at ${ACE_BOOKWORM_CHROOT:-/var/cache/ace-bridge/bookworm}.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/retry.sh"
 
 . /etc/os-release
 codename="${VERSION_CODENAME:-unknown}"
@@ -16,8 +17,8 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "15_krita_host: installing ${missing[*]} ($codename)"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    retry apt-get update -qq
+    retry apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
     echo "15_krita_host: host packages already installed ($codename)"
 fi
@@ -33,7 +34,7 @@ case "$codename" in
         if [ -x "$chroot_dir/usr/bin/kritarunner" ] && [ -e "$chroot_dir/.ace-bridge-ready" ]; then
             echo "15_krita_host: bookworm chroot ready at $chroot_dir"
         else
-            command -v mmdebstrap >/dev/null || apt-get install -y -qq mmdebstrap
+            command -v mmdebstrap >/dev/null || retry apt-get install -y -qq mmdebstrap
             rm -rf "$chroot_dir"
             mkdir -p "$(dirname "$chroot_dir")"
             mmdebstrap --variant=apt \

@@ -11,6 +11,7 @@
 # Environment: ACE_TRIXIE_CHROOT (chroot folder), ACE_DEBIAN_MIRROR (default http://deb.debian.org/debian),
 #              ACE_TRIXIE_REBUILD=1 (force a rebuild). Must run as root (mmdebstrap, apt).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/retry.sh"
 
 CHROOT="${ACE_TRIXIE_CHROOT:-/var/cache/ace-bridge/trixie}"
 MIRROR="${ACE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -38,8 +39,8 @@ apt_install() {
     done
     if [ "${#missing[@]}" -gt 0 ]; then
         log "apt-get install ${missing[*]}"
-        apt-get update -qq
-        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+        retry apt-get update -qq
+        retry apt-get install -y -qq --no-install-recommends "${missing[@]}"
     fi
 }
 
@@ -83,7 +84,7 @@ done
 includes="$(echo $GIMP_PACKAGES $KRITA_PACKAGES | tr ' ' '\n' | sort -u | paste -sd, -)"
 log "building trixie chroot ($includes) in $new"
 start=$SECONDS
-mmdebstrap --variant=apt --aptopt='APT::Install-Recommends "false"' --include="$includes" \
+RETRY_CLEANUP="rm -rf --one-file-system $new" retry mmdebstrap --variant=apt --aptopt='APT::Install-Recommends "false"' --include="$includes" \
     trixie "$new" "$MIRROR"
 mkdir -p "$new/work"
 echo "$recipe" > "$new/.ace-bridge-stamp"

@@ -4,6 +4,7 @@
 # Idempotent; bookworm and trixie (chromium pulls in its own libasound/libnss). Never runs `playwright install`:
 # the tests drive /usr/bin/chromium.
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/retry.sh"
 cd "$(dirname "$0")/../.."
 
 pkgs=(chromium xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-image0 libxcb-render-util0 libxcb-xinerama0
@@ -17,8 +18,8 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "[30_panel] installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    retry apt-get update -qq
+    retry apt-get install -y -qq --no-install-recommends "${missing[@]}"
 else
     echo "[30_panel] system packages already installed"
 fi
@@ -26,7 +27,7 @@ fi
 
 if ! .venv/bin/python -c "import playwright.sync_api, webview, PyQt6.QtWebEngineWidgets" 2>/dev/null; then
     echo "[30_panel] installing playwright and pywebview[qt] into .venv"
-    .venv/bin/pip install -q -c .ci/constraints.txt torch==2.13.0 playwright 'pywebview[qt]'
+    retry .venv/bin/pip install -q -c .ci/constraints.txt torch==2.13.0 playwright 'pywebview[qt]'
 fi
 .venv/bin/python -c "from importlib.metadata import version as v; print('[30_panel] playwright', v('playwright'), 'pywebview', v('pywebview'))"
 /usr/bin/chromium --version 2>/dev/null | sed 's/^/[30_panel] /'
