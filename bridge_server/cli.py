@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="first-block step cache (lossy); higher threshold = faster and more drift (default 0.08)")
     speed.add_argument("--quantize", choices=["nf4"], help="4-bit NF4 transformer (bitsandbytes extra; lossy, ~7 GB)")
     speed.add_argument("--no-optimize", action="store_true", help="plain eager pipeline, no speed options at all")
+    speed.add_argument("--warm-up", action="store_true",
+                       help="load the model and run one step per common canvas size at start (on with --compile, "
+                            "so compilation happens before the first job instead of inside it)")
     serve.set_defaults(func=cmd_serve)
 
     edit = sub.add_parser("edit", help="run one job and write the result", epilog=EXIT_CODES_HELP,

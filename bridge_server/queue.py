@@ -120,7 +120,17 @@ class JobQueue:
         self.journal.open(keep)
 
     def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._work(), name="ace-queue-worker")
+        loop = asyncio.get_running_loop()
+        if self.config.extra.get("warm_up") and hasattr(self.engine, "warm_up"):
+            # Queued first on the engine thread: compile/kernels warm up before any job, never inside one.
+            loop.run_in_executor(self._executor, self._warm_up)
+        self._worker = loop.create_task(self._work(), name="ace-queue-worker")
+
+    def _warm_up(self) -> None:
+        try:
+            self.engine.warm_up()  # type: ignore[attr-defined]
+        except Exception as exc:  # a warm-up problem (e.g. no weights yet) shows again, clearly, at the first job
+            log.warning("warm-up skipped: %s", getattr(exc, "message", exc))
 
     async def stop(self) -> None:
         self._stopping = True

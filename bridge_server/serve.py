@@ -147,6 +147,7 @@ def run_server(args: argparse.Namespace) -> int:
             max_tokens_limit=args.max_tokens,
             allowed_hosts=tuple(args.allow_host),
             tls=context is not None,
+            extra={"warm_up": bool(getattr(args, "warm_up", False) or getattr(args, "compile", False))},
         )
         load_or_create_token(folder)
         return asyncio.run(_serve(config, context, args))

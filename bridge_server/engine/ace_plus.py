@@ -643,6 +643,30 @@ class AcePlusEngine:
         except ImportError:  # pragma: no cover
             pass
 
+    def warm_up(self, sizes: tuple[tuple[int, int], ...] = ((1440, 720), (1024, 1024))) -> dict[str, float]:
+        """Load the model now and run one step at each canvas size, so torch.compile (and the first CUDA kernels)
+        do their one-time work at start-up instead of inside the first artist's job. Returns seconds per size.
+
+        Two sizes are enough: with `compile_dynamic` None, the second size makes torch.compile switch to dynamic
+        shapes, which then serve every other size without recompiling. The daemon calls this on the engine thread,
+        so a job that arrives meanwhile waits its turn; the engine state says "warming up" until it is done."""
+        timings: dict[str, float] = {}
+        with self._lock:
+            self._ensure_loaded()
+            self._state = "warming up"
+            try:
+                for width, height in sizes:
+                    started = time.monotonic()
+                    job = EngineJob(task="generate", prompt="warm-up", seed=0,
+                                    params={"steps": 1, "width": width, "height": height})
+                    self._run(job, lambda *_: None, lambda: False, None)
+                    timings[f"{width}x{height}"] = round(time.monotonic() - started, 3)
+            finally:
+                if self._pipe is not None:
+                    self._state = "loaded"
+        log.info("warm-up done: %s", timings)
+        return timings
+
     def unload(self) -> None:
         with self._lock:
             self._cancel_timer()
