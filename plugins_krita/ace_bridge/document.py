@@ -54,7 +54,8 @@ class ContextRead:
 
 
 def is_exchange_space(doc) -> bool:
-    return (doc.colorModel(), doc.colorDepth()) == EXCHANGE_SPACE[:2]
+    """RGBA, 8-bit and the sRGB profile: an 8-bit document with another profile (Adobe-like, linear) is converted."""
+    return (doc.colorModel(), doc.colorDepth(), doc.colorProfile()) == EXCHANGE_SPACE
 
 
 def node_id(node) -> str:

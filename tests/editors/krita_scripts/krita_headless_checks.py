@@ -9,6 +9,7 @@ kritarunner's exit code means nothing, so the host-side test reads that file.
 import json
 import math
 import os
+import struct
 import sys
 import traceback
 
@@ -46,8 +47,129 @@ def pattern_bgra(w, h):
     return bytes(out)
 
 
+# ---- other colour spaces: channel layout per depth (Krita stores integer RGB as BGRA, float RGB as RGBA)
+PACK = {"U8": ("B", 1, 255.0, True), "U16": ("H", 2, 65535.0, True), "F16": ("e", 2, 1.0, False),
+        "F32": ("f", 4, 1.0, False)}
+# Adobe-RGB-like "ClayRGB" (gamma 563/256) to XYZ, and XYZ to linear sRGB (both D65; Krita's elle profiles are
+# both Bradford-adapted to D50, which cancels out within the tolerance)
+CLAY_TO_XYZ = ((0.5767309, 0.1855540, 0.1881852), (0.2973769, 0.6273491, 0.0752741), (0.0270343, 0.0706872, 0.9911085))
+XYZ_TO_SRGB = ((3.2404542, -1.5371385, -0.4985314), (-0.9692660, 1.8760108, 0.0415560),
+               (0.0556434, -0.2040259, 1.0572252))
+
+
+def srgb_encode(v):
+    v = min(1.0, max(0.0, v))
+    return 12.92 * v if v <= 0.0031308 else 1.055 * v ** (1 / 2.4) - 0.055
+
+
+def srgb_decode(e):
+    return e / 12.92 if e <= 0.04045 else ((e + 0.055) / 1.055) ** 2.4
+
+
+def linear_to_srgb8(rgb):
+    return tuple(round(255 * srgb_encode(v)) for v in rgb)
+
+
+def clay_to_srgb8(rgb):
+    lin = [v ** (563 / 256) for v in rgb]
+    xyz = [sum(m * v for m, v in zip(row, lin, strict=True)) for row in CLAY_TO_XYZ]
+    return linear_to_srgb8([sum(m * v for m, v in zip(row, xyz, strict=True)) for row in XYZ_TO_SRGB])
+
+
+def unpack_rgba(data, depth):
+    """Raw pixel bytes of a depth -> list of (r, g, b, a) floats, 0..1 for integer depths."""
+    code, size, scale, bgr = PACK[depth]
+    vals = struct.unpack(f"<{len(data) // size}{code}", data)
+    out = []
+    for i in range(0, len(vals), 4):
+        px = vals[i:i + 4]
+        if bgr:
+            px = (px[2], px[1], px[0], px[3])
+        out.append(tuple(v / scale for v in px))
+    return out
+
+
+def pack_rgba(rgba, depth):
+    code, _, scale, bgr = PACK[depth]
+    r, g, b, a = rgba
+    px = (b, g, r, a) if bgr else (r, g, b, a)
+    return struct.pack(f"<4{code}", *[round(v * scale) if scale > 1 else v for v in px])
+
+
 def crop(data, full_w, bpp, x, y, w, h):
     return b"".join(data[((y + j) * full_w + x) * bpp:((y + j) * full_w + x + w) * bpp] for j in range(h))
+
+
+def other_space_checks(app, check, tag, depth, profile, colour, expected_srgb8):
+    """A document in (RGBA, depth, profile) filled with `colour` (in its own encoding): the plugin reads it as
+    sRGB 8-bit (`expected_srgb8`), writes a stand-in result back in the document's space, touches nothing else."""
+    from ace_bridge import layers
+    from ace_bridge.document import node_id, read_context
+    from ace_bridge.model import ResultImage, Source
+    from krita import Selection
+
+    w, h = 40, 30
+    doc = app.createDocument(w, h, f"ace-{tag}", "RGBA", depth, profile, 72.0)
+    try:
+        space = (doc.colorModel(), doc.colorDepth(), doc.colorProfile())
+        check(f"{tag}_document_space", space == ("RGBA", depth, profile), space)
+        root = doc.rootNode()
+        bg = root.childNodes()[0]
+        bg.setPixelData(pack_rgba(colour, depth) * (w * h), 0, 0, w, h)
+        sel = Selection()
+        sel.select(10, 8, 12, 10, 255)
+        doc.setSelection(sel)
+        doc.refreshProjection()
+        doc.waitForDone()
+        bg_before = bytes(bg.pixelData(0, 0, w, h))
+        proj_before = unpack_rgba(bytes(doc.pixelData(0, 0, w, h)), depth)
+
+        want = bytes((expected_srgb8[2], expected_srgb8[1], expected_srgb8[0], 255))  # bgra8
+        for source, active in ((Source.IMAGE, None), (Source.LAYER, bg)):
+            read = read_context(doc, source, 4, active=active)
+            n = read.region.width * read.region.height
+            px = read.image.data
+            worst = max((abs(px[i] - want[i % 4]) for i in range(len(px))), default=999)
+            check(f"{tag}_read_{source.value}_as_srgb8", read.converted and read.image.format == "bgra8"
+                  and len(px) == n * 4 and worst <= 3,
+                  f"converted={read.converted} got {px[:4].hex()} want {want.hex()} worst {worst}")
+
+        region = read.region
+        rw, rh = region.width, region.height
+        colour8 = (200, 100, 50)
+        rgba = bytearray(rw * rh * 4)
+        inside = [(10 <= region.x + i % rw < 22 and 8 <= region.y + i // rw < 18) for i in range(rw * rh)]
+        for i, ins in enumerate(inside):
+            rgba[i * 4:i * 4 + 4] = bytes((*colour8, 255)) if ins else b"\0\0\0\0"
+        ids = layers.insert_results(doc, [ResultImage(0, 1, 3, rw, rh, bytes(rgba), {})], region, Source.IMAGE,
+                                    None, "inpaint", tag, [{}])
+        doc.waitForDone()
+        new = root.childNodes()[-1]
+        space = (new.colorModel(), new.colorDepth(), new.colorProfile())
+        check(f"{tag}_result_in_document_space", node_id(new) == ids[0] and space == ("RGBA", depth, profile), space)
+        raw = unpack_rgba(bytes(new.pixelData(region.x, region.y, rw, rh)), depth)
+        if depth in ("F16", "F32"):  # linear light in the document
+            lin = [srgb_decode(c / 255) for c in colour8] + [1.0]
+            tol = 2e-2 if depth == "F16" else 1e-2
+            bad = [i for i, ins in enumerate(inside) if ins and max(abs(a - b) for a, b in zip(raw[i], lin)) > tol]
+            check(f"{tag}_result_linear_values", not bad, f"{len(bad)} off, e.g. {raw[bad[0]] if bad else ''} vs {lin}")
+        clear = all(raw[i][3] == 0 for i, ins in enumerate(inside) if not ins)
+        back = read_context(doc, Source.LAYER, 4, active=new)
+        worst = max(abs(back.image.data[i * 4 + c] - (colour8[2 - c] if c < 3 else 255))
+                    for i, ins in enumerate(inside) if ins for c in range(4))
+        check(f"{tag}_result_round_trip", clear and tuple(back.region) == tuple(region) and worst <= 3,
+              f"clear={clear} worst={worst}")
+        check(f"{tag}_source_layer_unchanged", bytes(bg.pixelData(0, 0, w, h)) == bg_before)
+        doc.refreshProjection()
+        doc.waitForDone()
+        proj_after = unpack_rgba(bytes(doc.pixelData(0, 0, w, h)), depth)
+        tol = 1.5 / PACK[depth][2] if PACK[depth][3] else 1e-3
+        changed = [i for i in range(w * h) if not (10 <= i % w < 22 and 8 <= i // w < 18)
+                   and max(abs(a - b) for a, b in zip(proj_before[i], proj_after[i])) > tol]
+        check(f"{tag}_projection_unchanged_outside_selection", not changed, f"{len(changed)} px changed")
+    finally:
+        doc.setModified(False)
+        doc.close()
 
 
 def main(args):
@@ -109,6 +231,7 @@ def main(args):
         expected_layer = crop(bytes(layer_full), W, 4, rx, ry, rw, rh)
         check("layer_pixels_bgra", read.image.format == "bgra8" and read.image.data == expected_layer,
               f"{read.image.format} {len(read.image.data)} vs {len(expected_layer)}")
+        check("srgb8_not_converted", not read.converted, (read.converted, doc.colorProfile()))
         expected_mask = crop(mask_full, W, 1, rx, ry, rw, rh)
         check("mask_soft_values", read.mask is not None and read.mask.data == expected_mask
               and len(set(read.mask.data) - {0, 255}) > 5,
@@ -238,6 +361,13 @@ def main(args):
               and px[4:6] == b"\xff\xff" and px[6:8] == b"\xff\xff", (n16.colorDepth(), px.hex()))
         d16.setModified(False)
         d16.close()
+
+        # ---- float and non-sRGB documents: read as sRGB 8-bit, written back in the document's own space
+        lin = (0.5, 0.2158605, 0.05, 1.0)  # linear light; sRGB-encoded about (188, 128, 63)
+        clay = (200 / 255, 120 / 255, 40 / 255, 1.0)  # in ClayRGB (Adobe-like): sRGB about (224, 121, 25)
+        other_space_checks(app, check, "f32", "F32", "sRGB-elle-V2-g10.icc", lin, linear_to_srgb8(lin[:3]))
+        other_space_checks(app, check, "f16", "F16", "sRGB-elle-V2-g10.icc", lin, linear_to_srgb8(lin[:3]))
+        other_space_checks(app, check, "clay8", "U8", "ClayRGB-elle-V2-g22.icc", clay, clay_to_srgb8(clay[:3]))
     except Exception:
         check("exception", False, traceback.format_exc())
     failed = [k for k, (ok, _) in checks.items() if not ok]
