@@ -5,7 +5,8 @@ PDB against `ace-bridge serve --demo` (tiny model, 2 steps, 96x64 images) and re
 below assert on them. Stories (issue 5): each offered task gives one new layer at the region's offset, pixels
 outside the selection and the source layers unchanged, provenance parasite (also after saving as XCF); an active
 layer that does not start at the origin with a soft elliptical selection (result directly above it, alpha 0
-outside); a 16-bit image; several results as a layer group; actionable errors (no daemon, bad token, no
+outside); a 16-bit image; a 32-bit float linear and a grayscale image (read as R'G'B'A u8, result in the image's
+precision / base type); several results as a layer group; actionable errors (no daemon, bad token, no
 selection); Fetch Finished Results brings back an unacknowledged result of this profile's client id.
 """
 
@@ -91,7 +92,8 @@ def gimp_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
         tasks = [t for t in welcome.tasks if isinstance(t, dict)]
         offered = {t["name"] for t in tasks}
         fetch_job = None
-        steps = ["tasks", "offset_layer_soft_selection", "sixteen_bit", "several_results", "errors"]
+        steps = ["tasks", "offset_layer_soft_selection", "sixteen_bit", "other_precisions", "several_results",
+                 "errors"]
         if "inpaint" in offered:
             client_id = ProfileState(profile / STATE_FILE).client_id
             fetch_job = _leave_unacknowledged_result(daemon.url, daemon.token, client_id)
@@ -146,6 +148,16 @@ def test_active_layer_off_origin_with_soft_elliptical_selection(gimp_run):
 
 def test_sixteen_bit_image(gimp_run):
     _assert_prefixed(gimp_run, "16bit", minimum=5)
+
+
+def test_float_linear_image(gimp_run):
+    """A 32-bit float linear image: read as R'G'B'A u8 (sRGB-encoded), result stored as linear float."""
+    _assert_prefixed(gimp_run, "float", minimum=8)
+
+
+def test_grayscale_image(gimp_run):
+    """A grayscale image: read as R'G'B'A u8 (R = G = B), result a gray layer."""
+    _assert_prefixed(gimp_run, "gray", minimum=6)
 
 
 def test_several_results_arrive_as_a_layer_group(gimp_run):

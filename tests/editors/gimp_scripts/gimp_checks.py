@@ -6,8 +6,10 @@ Calls the installed ACE++ procedures non-interactively against a real daemon and
 
 import json
 import os
+import struct
 import sys
 import traceback
+from types import SimpleNamespace
 
 from gi.repository import Gegl, Gimp, Gio
 
@@ -230,6 +232,129 @@ def sixteen_bit():
     check("16bit:source_untouched", read(bg, "R'G'B'A u16") == before16)
     ok, detail = outside_unchanged(before_vis, visible(img), mask)
     check("16bit:outside_selection_unchanged", ok, detail)
+    img.delete()
+
+
+def srgb_encode(v):
+    v = min(1.0, max(0.0, v))
+    return 12.92 * v if v <= 0.0031308 else 1.055 * v ** (1 / 2.4) - 0.055
+
+
+def srgb_decode(e):
+    return e / 12.92 if e <= 0.04045 else ((e + 0.055) / 1.055) ** 2.4
+
+
+def worst_diff(data, want):
+    return max((abs(data[i] - want[i % len(want)]) for i in range(len(data))), default=999)
+
+
+def stand_in_result(plug, img, region, colour):
+    """A result with the protocol's shape (the selection as alpha) inserted by the plug-in's own insert_results."""
+    from ace_protocol.images import ImagePayload
+
+    mask = plug.read_selection_mask(img, region).data
+    rgba = bytearray(region.width * region.height * 4)
+    for i, m in enumerate(mask):
+        rgba[i * 4:i * 4 + 4] = bytes((*colour, m))
+    result = SimpleNamespace(image=ImagePayload(region.width, region.height, "rgba8", bytes(rgba)), seed=3,
+                             index=0, job_id="stand-in", provenance={}, region=None)
+    meta = {"task": "inpaint", "prompt": "stand-in", "region": list(region), "placement": "top"}
+    layers = plug.insert_results(img, [result], meta, None)
+    return layers[0] if len(layers) == 1 else None, mask
+
+
+def other_precisions():
+    """32-bit float linear and grayscale images: the plug-in reads R'G'B'A u8 (perceptual) and writes the result
+    into a layer of the image's own precision / base type; then the same through the real procedure."""
+    sys.path.insert(0, CONFIG["plugin_dir"])
+    import acegimp_gimp as plug
+
+    region = Bounds(8, 6, 40, 30)
+    sel = Bounds(12, 10, 30, 20)
+    colour = (200, 100, 50)
+
+    # -- float linear: a known linear colour arrives sRGB-encoded
+    img = Gimp.Image.new_with_precision(W, H, Gimp.ImageBaseType.RGB, Gimp.Precision.FLOAT_LINEAR)
+    bg = Gimp.Layer.new(img, "bg", W, H, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+    img.insert_layer(bg, None, 0)
+    lin = (0.5, 0.2158605, 0.05, 1.0)
+    buf = bg.get_buffer()
+    buf.set(rect(0, 0, W, H), "RGBA float", struct.pack("<4f", *lin) * (W * H))
+    buf.flush()
+    img.select_rectangle(Gimp.ChannelOps.REPLACE, *sel)
+    want = [round(255 * srgb_encode(v)) for v in lin[:3]] + [255]
+    for name, payload in (("layer", plug.read_drawable(bg, region)), ("visible", plug.read_visible(img, region))):
+        worst = worst_diff(payload.data, want)
+        check(f"float:read_{name}_srgb_u8", payload.format == "rgba8" and len(payload.data) == 40 * 30 * 4
+              and worst <= 2, f"{payload.format} first {list(payload.data[:4])} want {want} worst {worst}")
+    before_bg, before_vis = read(bg, "RGBA float"), visible(img)
+    layer, mask = stand_in_result(plug, img, region, colour)
+    check("float:result_layer", layer is not None and img.get_layers()[0].get_id() == layer.get_id()
+          and (*offs(layer), layer.get_width(), layer.get_height()) == tuple(region)
+          and img.get_precision() == Gimp.Precision.FLOAT_LINEAR, img.get_precision())
+    if layer is not None:
+        got8 = read(layer)
+        inside = [i for i, m in enumerate(mask) if m == 255]
+        worst = max(abs(got8[i * 4 + c] - (*colour, 255)[c]) for i in inside for c in range(4))
+        outside_alpha = max(got8[i * 4 + 3] for i, m in enumerate(mask) if m == 0)
+        check("float:result_srgb_u8_back", worst <= 1 and outside_alpha == 0, f"worst {worst} alpha {outside_alpha}")
+        gotf = struct.unpack(f"<{40 * 30 * 4}f", read(layer, "RGBA float"))
+        linear = [srgb_decode(c / 255) for c in colour] + [1.0]
+        worst_f = max(abs(gotf[i * 4 + c] - linear[c]) for i in inside for c in range(4))
+        check("float:result_linear_values", worst_f < 5e-3, f"worst {worst_f:.5f}")
+    check("float:source_untouched", read(bg, "RGBA float") == before_bg)
+    full_mask = sel_mask(img)
+    ok, detail = outside_unchanged(before_vis, visible(img), full_mask)
+    check("float:outside_selection_unchanged", ok, detail)
+    img.delete()
+
+    img, bg = new_image(Gimp.Precision.FLOAT_LINEAR)
+    img.select_rectangle(Gimp.ChannelOps.REPLACE, *sel)
+    before_f, before_vis, full_mask = read(bg, "RGBA float"), visible(img), sel_mask(img)
+    status, value = run_proc(CONFIG["geometry_procedure"], img, [bg], prompt="float", seed=5, steps=2, padding=4)
+    layers = img.get_layers()
+    check("float:procedure", status == "success" and value == 1 and len(layers) == 2
+          and img.get_precision() == Gimp.Precision.FLOAT_LINEAR and read(bg, "RGBA float") == before_f,
+          f"{status}: {value} {[x.get_name() for x in layers]}")
+    ok, detail = outside_unchanged(before_vis, visible(img), full_mask)
+    check("float:procedure_outside_unchanged", ok, detail)
+    img.delete()
+
+    # -- grayscale: read as R'G'B'A u8 with R = G = B, the result becomes a gray layer
+    img = Gimp.Image.new(W, H, Gimp.ImageBaseType.GRAY)
+    bg = Gimp.Layer.new(img, "bg", W, H, Gimp.ImageType.GRAYA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+    img.insert_layer(bg, None, 0)
+    buf = bg.get_buffer()
+    buf.set(rect(0, 0, W, H), "Y'A u8", bytes((100, 255)) * (W * H))
+    buf.flush()
+    img.select_rectangle(Gimp.ChannelOps.REPLACE, *sel)
+    payload = plug.read_drawable(bg, region)
+    worst = worst_diff(payload.data, (100, 100, 100, 255))
+    check("gray:read_rgba_u8", payload.format == "rgba8" and worst <= 1, f"first {list(payload.data[:4])}")
+    before_bg, before_vis = read(bg, "Y'A u8"), visible(img)
+    layer, mask = stand_in_result(plug, img, region, colour)
+    if layer is not None:
+        got = read(layer, "Y'A u8")
+        y = srgb_encode(sum(w * srgb_decode(c / 255) for w, c in zip((0.2126, 0.7152, 0.0722), colour)))
+        inside = [i for i, m in enumerate(mask) if m == 255]
+        worst = max(abs(got[i * 2] - round(255 * y)) for i in inside)
+        check("gray:result_gray_layer", layer.is_gray() and worst <= 3
+              and (*offs(layer), layer.get_width(), layer.get_height()) == tuple(region),
+              f"gray={layer.is_gray()} first {list(got[inside[0] * 2:inside[0] * 2 + 2])} want {round(255 * y)}")
+    else:
+        check("gray:result_gray_layer", False, [x.get_name() for x in img.get_layers()])
+    check("gray:source_untouched", read(bg, "Y'A u8") == before_bg)
+    ok, detail = outside_unchanged(before_vis, visible(img), sel_mask(img))
+    check("gray:outside_selection_unchanged", ok, detail)
+    for extra in img.get_layers()[:-1]:
+        img.remove_layer(extra)
+    before_vis = visible(img)
+    status, value = run_proc(CONFIG["geometry_procedure"], img, [bg], prompt="gray", seed=5, steps=2, padding=4)
+    layers = img.get_layers()
+    check("gray:procedure", status == "success" and value == 1 and len(layers) == 2 and layers[0].is_gray()
+          and read(bg, "Y'A u8") == before_bg, f"{status}: {value} {[x.get_name() for x in layers]}")
+    ok, detail = outside_unchanged(before_vis, visible(img), sel_mask(img))
+    check("gray:procedure_outside_unchanged", ok, detail)
     img.delete()
 
 
