@@ -1,7 +1,8 @@
 """The shared job queue: fair across clients, journalled, with results kept until delivered.
 
-Scheduling: jobs of one client run in order; clients take turns (round-robin by `client_id`), so two editors
-that each submit five jobs are served alternately. One worker task feeds one engine thread; the event loop only
+Scheduling: jobs of one client run in order; clients take turns by `client_id`: the client whose last turn is
+longest ago goes next. Two editors that each submit five jobs are served alternately, and an editor that sends one
+job at a time (each after the previous result) still gets every other turn. One worker task feeds one engine thread; the event loop only
 ever awaits it. Every state change goes to the journal first, then to listeners (sessions, panel).
 """
 
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import logging
 import secrets
 import time
 import traceback
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -59,7 +61,13 @@ class JobQueue:
         self.history = history
         self.journal = journal
         self.jobs: dict[str, Job] = {}
-        self._waiting: OrderedDict[str, deque[Job]] = OrderedDict()  # client_id -> its queued jobs; order = turn
+        self._waiting: dict[str, deque[Job]] = {}  # client_id -> its queued jobs, in submit order
+        # Fairness by turn, not by lane: when each client was last served, and a submit counter for ties, so an
+        # editor that sends one job at a time (GIMP waits for each result) is not pushed behind one just served.
+        self._served_at: dict[str, int] = {}
+        self._serve_tick = 0
+        self._arrival: dict[str, int] = {}
+        self._arrivals = itertools.count()
         self.running: Job | None = None
         self.listeners: list[Listener] = []
         # client_id -> does its current connection want progress previews (the app wires the hub in); read on
@@ -151,16 +159,21 @@ class JobQueue:
     # ------------------------------------------------------------------ client operations
 
     def queued_jobs(self) -> list[Job]:
-        """Queued jobs in the order they will run."""
-        lanes = [list(q) for q in self._waiting.values()]
+        """Queued jobs in the order they will run: the client whose last turn is longest ago goes next (a client
+        never served, or back after a pause, comes before those served since), in order within one client."""
+        lanes = {client_id: list(lane) for client_id, lane in self._waiting.items()}
+        served = dict(self._served_at)
+        tick = self._serve_tick
         order: list[Job] = []
-        depth = 0
-        while True:
-            row = [lane[depth] for lane in lanes if depth < len(lane)]
-            if not row:
-                return order
-            order.extend(row)
-            depth += 1
+        while lanes:
+            client_id = min(lanes, key=lambda c: (served.get(c, 0), self._arrival[lanes[c][0].id]))
+            lane = lanes[client_id]
+            order.append(lane.pop(0))
+            tick += 1
+            served[client_id] = tick
+            if not lane:
+                del lanes[client_id]
+        return order
 
     def submit(self, job: Job) -> int:
         queued = sum(len(q) for q in self._waiting.values())
@@ -172,6 +185,7 @@ class JobQueue:
             )
         self.journal.write({"ev": "accepted", "job_id": job.id, "job": job.journal_record()})
         self.jobs[job.id] = job
+        self._arrival[job.id] = next(self._arrivals)
         self._waiting.setdefault(job.client_id, deque()).append(job)
         self._renumber(exclude=job)
         self._wakeup.set()
@@ -187,6 +201,7 @@ class JobQueue:
                 lane.remove(job)
                 if not lane:
                     del self._waiting[job.client_id]
+            self._arrival.pop(job.id, None)
             self._finish(job, JobState.CANCELLED)
             self._emit(job, Cancelled(job_id=job.id))
             self._renumber()
@@ -284,14 +299,18 @@ class JobQueue:
     # ------------------------------------------------------------------ the worker
 
     def _next_job(self) -> Job | None:
-        for client_id in list(self._waiting):
-            lane = self._waiting[client_id]
-            job = lane.popleft()
-            del self._waiting[client_id]
-            if lane:
-                self._waiting[client_id] = lane  # to the back of the turn order
-            return job
-        return None
+        order = self.queued_jobs()
+        if not order:
+            return None
+        job = order[0]
+        lane = self._waiting[job.client_id]
+        lane.popleft()
+        if not lane:
+            del self._waiting[job.client_id]
+        self._serve_tick += 1
+        self._served_at[job.client_id] = self._serve_tick
+        self._arrival.pop(job.id, None)
+        return job
 
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()

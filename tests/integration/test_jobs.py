@@ -206,3 +206,32 @@ def test_an_image_over_the_pixel_limit_is_too_large(thread_daemon_factory):
             raise AssertionError("accepted an image over the limit")
     finally:
         client.close()
+
+
+def test_an_editor_that_sends_one_job_at_a_time_still_gets_every_other_turn(thread_daemon_factory):
+    """GIMP submits its next job only after the previous result; Krita queues several at once. While GIMP's job
+    runs Krita queues two; GIMP's next job arrives while Krita's first runs and must go before Krita's second."""
+    gate = Gate()
+    gate.hold_steps()
+    daemon = thread_daemon_factory(gate=gate)
+    krita, gimp = connect(daemon, "krita-1"), connect(daemon, "gimp-1")
+    try:
+        g1, _, _ = inpaint(gimp, steps=1)
+        g1_events = g1.events(timeout=60)
+        assert next(g1_events).TYPE == "started"
+        k1, _, _ = inpaint(krita, steps=1)
+        k2, _, _ = inpaint(krita, steps=1)
+        gate.release_steps(1)  # G1 finishes; K1 starts and is held at its first step
+        assert types(list(g1_events))[-1] == "done"
+        k1_events = k1.events(timeout=60)
+        assert next(e for e in k1_events if e.TYPE != "queued").TYPE == "started"
+        g2, _, _ = inpaint(gimp, steps=1)
+        assert g2.position == 1  # before K2: Krita had the last turn
+        gate.run_freely()
+        for handle in (k1, k2, g2):
+            collect(handle)
+        finished = {h.id: daemon.state.history.meta(f"{h.id}-0")["finished"] for h in (g1, k1, k2, g2)}
+        assert sorted(finished, key=finished.get) == [g1.id, k1.id, g2.id, k2.id]
+    finally:
+        krita.close()
+        gimp.close()
