@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +267,51 @@ def verify(root: Path) -> list[dict[str, Any]]:
 # pull
 
 
+PROGRESS_FILE = ".download-progress.json"
+#: A progress file older than this belongs to a pull that is no longer running.
+PROGRESS_STALE_S = 60.0
+
+
+def read_download_progress(root: Path) -> dict[str, Any] | None:
+    """What a running `ace-bridge models pull` last wrote into `root`, or None (no pull, or a stale one)."""
+    try:
+        data = json.loads((Path(root) / PROGRESS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or time.time() - float(data.get("updated", 0)) > PROGRESS_STALE_S:
+        return None
+    return data
+
+
+def progress_bar_class(root: Path):
+    """A tqdm class for huggingface_hub that also writes its position to `root`/.download-progress.json (at most
+    twice a second), so the daemon and its control panel can show a pull that runs in another process."""
+    from tqdm.auto import tqdm
+
+    path = Path(root) / PROGRESS_FILE
+
+    class ProgressToFile(tqdm):  # type: ignore[misc,valid-type]
+        _last_write = 0.0
+
+        def update(self, n=1):  # noqa: ANN001 - tqdm's signature
+            result = super().update(n)
+            now = time.time()
+            if now - ProgressToFile._last_write >= 0.5 or (self.total and self.n >= self.total):
+                ProgressToFile._last_write = now
+                record = {"file": str(self.desc or ""), "done_bytes": int(self.n), "total_bytes": int(self.total or 0),
+                          "updated": now}
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = path.with_name(path.name + ".tmp")
+                    tmp.write_text(json.dumps(record), encoding="utf-8")
+                    os.replace(tmp, path)
+                except OSError:
+                    pass  # progress reporting must never break the download
+            return result
+
+    return ProgressToFile
+
+
 class ConfirmationRequired(Exception):
     """Raised by `pull` without `confirm=True`; its message is the notice the user must read first."""
 
@@ -307,15 +353,17 @@ def pull(
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
     layout = ModelLayout(Path(root))
+    bar = progress_bar_class(layout.root)
     echo(pull_notice(with_fft))
     try:
         for repo, patterns, filename in pull_plan(with_fft):
             if filename is None:
                 echo(f"Downloading {repo} -> {layout.base}")
-                snapshot_download(repo, allow_patterns=patterns, local_dir=layout.base, token=token)
+                snapshot_download(repo, allow_patterns=patterns, local_dir=layout.base, token=token,
+                                  tqdm_class=bar)
             else:
                 echo(f"Downloading {repo}/{filename} -> {layout.ace / filename}")
-                hf_hub_download(repo, filename, local_dir=layout.ace, token=token)
+                hf_hub_download(repo, filename, local_dir=layout.ace, token=token, tqdm_class=bar)
     except GatedRepoError as exc:
         raise RuntimeError(
             f"{BASE_REPO} is gated: accept its licence on huggingface.co and set HF_TOKEN ({exc.__class__.__name__})"

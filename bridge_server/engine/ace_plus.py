@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from ace_protocol.errors import ErrorCode
 
-from ..models import ModelLayout
+from ..models import ModelLayout, read_download_progress
 from . import recipes
 from .base import EngineError, EngineJob, EngineResult, JobCancelled, PreviewCallback, StepCallback
 
@@ -159,8 +159,10 @@ class AcePlusEngine:
 
     def state(self) -> dict[str, Any]:
         state = self._state
-        if state == "unloaded" and not self.layout.has_base():
-            state = "missing"
+        download = None
+        if state in ("unloaded", "missing") and not self.layout.has_base():
+            download = read_download_progress(self.layout.root)
+            state = "downloading" if download else "missing"
         out: dict[str, Any] = {
             "state": state,
             "model": str(self.layout.root),
@@ -176,6 +178,8 @@ class AcePlusEngine:
         }
         if self._optimized:
             out["optimizations"] = dict(self._optimized)
+        if download:
+            out["download"] = download
         if self._error:
             out["error"] = self._error
         return out

@@ -489,6 +489,17 @@ def test_missing_weights_show_the_command_that_fetches_them(tmp_path, thread_dae
     page.wait_for_selector("#engine-badge.missing")
     assert "ace-bridge models pull --yes" in page.locator("#engine-command").text_content()
 
+    # `ace-bridge models pull` runs in another process; its progress bar writes where the daemon can see it.
+    from bridge_server.models import progress_bar_class
+
+    bar = progress_bar_class(empty)(total=34_000_000_000, desc="transformer/diffusion_pytorch_model.safetensors",
+                                    disable=False, file=open(os.devnull, "w"))  # noqa: SIM115
+    bar.update(8_500_000_000)
+    bar.close()
+    page.wait_for_selector("#engine-badge.downloading")  # pushed within the panel's engine poll, no reload
+    text = page.locator("#engine-info").text_content()
+    assert "8.50 of 34.00 GB (25 %)" in text and "diffusion_pytorch_model.safetensors" in text
+
 
 def test_default_steps_and_memory_mode_change_live_from_the_panel(thread_daemon_factory, page):
     daemon = thread_daemon_factory()

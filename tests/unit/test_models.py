@@ -93,3 +93,23 @@ def test_default_root(monkeypatch, tmp_path):
     monkeypatch.delenv("ACE_BRIDGE_MODELS")
     assert models.default_model_root().name == "models"
     assert models.model_path(tmp_path / "x") == tmp_path / "x"
+
+
+def test_a_pull_in_another_process_is_visible_as_download_progress(tmp_path, monkeypatch):
+    import json
+    import os
+    import time
+
+    from bridge_server.models import PROGRESS_FILE, progress_bar_class, read_download_progress
+
+    assert read_download_progress(tmp_path) is None
+    bar = progress_bar_class(tmp_path)(total=1000, desc="ace_plus_fft.safetensors", file=open(os.devnull, "w"))  # noqa: SIM115
+    bar.update(1000)
+    bar.close()
+    progress = read_download_progress(tmp_path)
+    assert progress["file"] == "ace_plus_fft.safetensors" and progress["done_bytes"] == 1000
+    assert progress["total_bytes"] == 1000
+    record = json.loads((tmp_path / PROGRESS_FILE).read_text())
+    record["updated"] = time.time() - 3600  # a pull that died an hour ago is not "downloading"
+    (tmp_path / PROGRESS_FILE).write_text(json.dumps(record))
+    assert read_download_progress(tmp_path) is None

@@ -92,6 +92,12 @@ function renderEngine(engine) {
     ["VRAM", engine.vram ? `${engine.vram.free_gib} GiB free of ${engine.vram.total_gib} GiB` : "no GPU"],
     ["Tasks", (engine.tasks || []).join(", ")],
   ];
+  if (engine.download) {
+    const d = engine.download;
+    const pct = d.total_bytes ? ` (${Math.floor((100 * d.done_bytes) / d.total_bytes)} %)` : "";
+    rows.push(["Download", `${d.file || "model files"}: ${(d.done_bytes / 1e9).toFixed(2)} of ` +
+      `${(d.total_bytes / 1e9).toFixed(2)} GB${pct}`]);
+  }
   if (engine.error) rows.push(["Error", engine.error]);
   for (const [key, value] of rows) info.append(el("dt", {}, key), el("dd", {}, value));
   const command = $("engine-command");
