@@ -1,7 +1,10 @@
-"""Pixel helpers shared by the in-editor bench scripts (pure Python, row-wise slice assignment, no per-pixel loop
-over the whole image, so a 4096x4096 document is built in well under a second)."""
+"""Helpers shared by the in-editor bench scripts: test pixels (pure Python, row-wise slice assignment, no per-pixel
+loop over the whole image, so a 4096x4096 document is built in well under a second) and send timing."""
 
 import math
+import time
+
+T = time.perf_counter
 
 
 def gradient_rows(w, h, order="bgra"):
@@ -43,3 +46,21 @@ def median(values):
     s = sorted(values)
     n = len(s)
     return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def time_sends(client, sink):
+    """Wrap the client's `_send` (encode + WebSocket write): when it returns, the frame has left the process."""
+    real = client._send
+
+    def send(message):
+        t0 = T()
+        try:
+            return real(message)
+        finally:
+            sink["send_s"] = sink.get("send_s", 0.0) + T() - t0
+    client._send = send
+
+
+def mask_impl():
+    from websockets.frames import apply_mask  # the C speed-up when it loads, else pure Python
+    return apply_mask.__module__

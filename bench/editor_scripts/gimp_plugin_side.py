@@ -21,22 +21,6 @@ sys.path[:0] = [CONFIG["plugin_dir"], CONFIG["plugin_dir"] + "/_vendor", CONFIG[
 T = time.perf_counter
 
 
-def time_sends(client, sink):
-    """Wrap the client's `_send` (encode + WebSocket write): when it returns, the frame has left the process."""
-    real = client._send
-
-    def send(message):
-        t0 = T()
-        try:
-            return real(message)
-        finally:
-            sink["send_s"] = sink.get("send_s", 0.0) + T() - t0
-    client._send = send
-
-
-def mask_impl():
-    from websockets.frames import apply_mask  # the C speed-up when it loads, else pure Python
-    return apply_mask.__module__
 OUT = {"runs": [], "error": None, "editor": "gimp " + Gimp.version()}
 
 try:
@@ -45,7 +29,7 @@ try:
     from ace_protocol.codec import encode
     from ace_protocol.geometry import Extent
     from ace_protocol.messages import Submit
-    from bench_pixels import gradient_rows
+    from bench_pixels import gradient_rows, mask_impl, time_sends
 
     n = int(CONFIG["size"])
     t0 = T()

@@ -17,24 +17,6 @@ import traceback
 T = time.perf_counter
 
 
-def time_sends(client, sink):
-    """Wrap the client's `_send` (encode + WebSocket write): when it returns, the frame has left the process."""
-    real = client._send
-
-    def send(message):
-        t0 = T()
-        try:
-            return real(message)
-        finally:
-            sink["send_s"] = sink.get("send_s", 0.0) + T() - t0
-    client._send = send
-
-
-def mask_impl():
-    from websockets.frames import apply_mask  # the C speed-up when it loads, else pure Python
-    return apply_mask.__module__
-
-
 class Timed:
     """Delegates to a libkis object; the named pixel calls add their wall time to `sink[key]`."""
 
@@ -75,7 +57,7 @@ def main(args):
         from ace_protocol.client import BridgeClient
         from ace_protocol.codec import encode
         from ace_protocol.messages import Submit
-        from bench_pixels import gradient_rows, soft_ellipse
+        from bench_pixels import gradient_rows, mask_impl, soft_ellipse, time_sends
         from krita import Krita, Selection
 
         n = int(config["size"])
