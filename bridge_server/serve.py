@@ -42,7 +42,9 @@ def engine_factory_for(args: argparse.Namespace, data: Path):
             from .engine.tiny import build_tiny_model
 
             build_tiny_model(root)
-        return AcePlusEngine(root, memory_mode=args.memory_mode, idle_unload_s=args.idle_unload,
+        # The queue unloads an idle engine on the engine thread (ServerConfig.idle_unload_s); the engine's own
+        # timer is for standalone use, so it is off here rather than a second timer doing the same work.
+        return AcePlusEngine(root, memory_mode=args.memory_mode, idle_unload_s=None,
                              max_tokens_limit=args.max_tokens, optimizations=speed_options(args),
                              quantize=getattr(args, "quantize", None))
 

@@ -134,8 +134,7 @@ def make_config(tmp: Path, engine_factory: Callable[[], Any], **overrides: Any):
         data_dir=tmp / "data",
         port=0,
         engine_factory=engine_factory,
-        idle_unload_s=None,
-        **overrides,
+        **{"idle_unload_s": None, **overrides},  # tests unload the engine only when they ask for it
     )
 
 

@@ -235,3 +235,20 @@ def test_an_editor_that_sends_one_job_at_a_time_still_gets_every_other_turn(thre
     finally:
         krita.close()
         gimp.close()
+
+
+def test_an_idle_engine_is_unloaded_and_the_next_job_loads_it_again(thread_daemon_factory):
+    import time
+
+    daemon = thread_daemon_factory(idle_unload_s=0.2)
+    client = connect(daemon)
+    try:
+        assert types(collect(inpaint(client, steps=1)[0]))[-1] == "done"
+        deadline = time.monotonic() + 30
+        while daemon.state.engine.state()["state"] != "unloaded":  # the daemon's idle timer, not a test sleep
+            assert time.monotonic() < deadline, "the idle engine was not unloaded"
+            time.sleep(0.05)
+        assert types(collect(inpaint(client, steps=1)[0]))[-1] == "done"
+        assert daemon.state.engine.state()["state"] == "loaded"
+    finally:
+        client.close()
