@@ -4,24 +4,13 @@
 #  trixie host:   apt's krita 5.2.9 here; the other version (5.1.5) comes from a bookworm chroot built with
 #                 mmdebstrap at ${ACE_BOOKWORM_CHROOT:-/var/cache/ace-bridge/bookworm}.
 set -euo pipefail
-. "$(dirname "${BASH_SOURCE[0]}")/../lib/retry.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/apt.sh"
 
 . /etc/os-release
 codename="${VERSION_CODENAME:-unknown}"
 host_pkgs=(krita python3-pyqt5 python3-pyqt5.qtwebsockets python3-pytest xvfb xauth imagemagick)
 
-missing=()
-for p in "${host_pkgs[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "15_krita_host: installing ${missing[*]} ($codename)"
-    export DEBIAN_FRONTEND=noninteractive
-    retry apt-get update -qq
-    retry apt-get install -y -qq --no-install-recommends "${missing[@]}"
-else
-    echo "15_krita_host: host packages already installed ($codename)"
-fi
+apt_install_missing "15_krita_host ($codename):" "${host_pkgs[@]}"
 command -v kritarunner >/dev/null || { echo "15_krita_host: kritarunner missing after install" >&2; exit 1; }
 echo "15_krita_host: host krita $(dpkg-query -W -f='${Version}' krita)"
 
@@ -34,7 +23,7 @@ case "$codename" in
         if [ -x "$chroot_dir/usr/bin/kritarunner" ] && [ -e "$chroot_dir/.ace-bridge-ready" ]; then
             echo "15_krita_host: bookworm chroot ready at $chroot_dir"
         else
-            command -v mmdebstrap >/dev/null || retry apt-get install -y -qq mmdebstrap
+            apt_install_missing "15_krita_host:" mmdebstrap
             rm -rf "$chroot_dir"
             mkdir -p "$(dirname "$chroot_dir")"
             mmdebstrap --variant=apt \

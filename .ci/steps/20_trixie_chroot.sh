@@ -11,7 +11,7 @@
 # Environment: ACE_TRIXIE_CHROOT (chroot folder), ACE_DEBIAN_MIRROR (default http://deb.debian.org/debian),
 #              ACE_TRIXIE_REBUILD=1 (force a rebuild). Must run as root (mmdebstrap, apt).
 set -euo pipefail
-. "$(dirname "${BASH_SOURCE[0]}")/../lib/retry.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/apt.sh"
 
 CHROOT="${ACE_TRIXIE_CHROOT:-/var/cache/ace-bridge/trixie}"
 MIRROR="${ACE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -31,23 +31,10 @@ fi
 codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
 export DEBIAN_FRONTEND=noninteractive
 
-apt_install() {
-    # apt-get update only when a package is not installed yet, so a warm run does no network I/O.
-    local missing=()
-    for p in "$@"; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-    done
-    if [ "${#missing[@]}" -gt 0 ]; then
-        log "apt-get install ${missing[*]}"
-        retry apt-get update -qq
-        retry apt-get install -y -qq --no-install-recommends "${missing[@]}"
-    fi
-}
-
 case "$codename" in
     trixie)
         # GIMP 3.0 is native here. Krita 5.2 is installed on the host by the Krita engineer's step.
-        apt_install $GIMP_PACKAGES
+        apt_install_missing "[20_trixie_chroot]" $GIMP_PACKAGES
         log "trixie host: GIMP $(dpkg-query -W -f='${Version}' gimp) on the host, no chroot"
         exit 0
         ;;
@@ -66,7 +53,7 @@ if [ "${ACE_TRIXIE_REBUILD:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")"
     exit 0
 fi
 
-apt_install mmdebstrap
+apt_install_missing "[20_trixie_chroot]" mmdebstrap
 
 parent="$(dirname "$CHROOT")"
 mkdir -p "$parent"

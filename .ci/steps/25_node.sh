@@ -2,13 +2,10 @@
 # Node.js for tests/other_language: a client written from docs/protocol.md alone (idempotent).
 # Installs nothing when node and npm are already there; `npm ci` is skipped when node_modules matches the lock file.
 set -euo pipefail
-. "$(dirname "${BASH_SOURCE[0]}")/../lib/retry.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/apt.sh"
 cd "$(dirname "$0")/../.."
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    echo "[25_node] installing nodejs npm"
-    export DEBIAN_FRONTEND=noninteractive
-    retry apt-get update -qq
-    retry apt-get install -y -qq --no-install-recommends nodejs npm
+    apt_install_missing "[25_node]" nodejs npm
 fi
 echo "[25_node] node $(node --version), npm $(npm --version)"
 CLIENT=tests/other_language/node_client
