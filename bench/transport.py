@@ -8,7 +8,10 @@ For each region size (square RGBA region + 8-bit mask + 1024x1024 RGBA reference
   (b) bridge:  the real daemon app (create_app, aiohttp, real WebSocket) and the real blocking client
                (BridgeClient): submit -> `result` received, with the engine replaced by an identity engine defined
                here (returns the region's RGB), so only transport, validation, compositing and the history write
-               (PNG + JSON, before `result`, by design) are measured;
+               (PNG + JSON, before `result`, by design) are measured. Pixels pass through the daemon's shared-memory
+               segments, as they do for any client on the daemon's (Linux) machine;
+  (bf) frames: (b) with shared memory off (a second client, same daemon, same rounds): pixels in WebSocket frames,
+               as for a daemon on another machine or a client that cannot open the segments;
   (c) PNG:     PNG-encode the three images, base64 them into JSON, POST to a small aiohttp endpoint that decodes
                them and answers the region as PNG/base64 in JSON; the client decodes it.
 It prints the median of --repeats round trips after one warm-up, the ratios b/a and c/b, and for one size a
@@ -379,20 +382,30 @@ def main(argv: list[str] | None = None) -> int:
         raw_server, _ = raw_echo_server(lambda: current_reply[0])
         raw = socket.create_connection(raw_server.getsockname())
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = BridgeClient(f"ws://127.0.0.1:{bridge_port}/v1/ws", "bench", client_id="bench-transport",
-                              reconnect_timeout=0, max_frame_bytes=FRAME_LIMIT)
+        url = f"ws://127.0.0.1:{bridge_port}/v1/ws"
+        client = BridgeClient(url, "bench", client_id="bench-transport", reconnect_timeout=0,
+                              max_frame_bytes=FRAME_LIMIT, shared_memory=True)
+        frames_client = BridgeClient(url, "bench", client_id="bench-transport-frames", reconnect_timeout=0,
+                                     max_frame_bytes=FRAME_LIMIT, shared_memory=False)
         client.connect()
+        frames_client.connect()
+        if not client.shared_memory_active:
+            print(f"note: shared memory is not available here ({client.shared_memory_problem}); "
+                  "(b) uses frames too", flush=True)
         try:
             for side in sizes:
                 image, mask, ref = make_inputs(side)
                 request = image.tobytes() + mask.tobytes() + ref.tobytes()
                 current_reply[0] = side * side * 4
-                times: dict[str, list[float]] = {"a": [], "b": [], "b0": [], "c": []}
+                times: dict[str, list[float]] = {"a": [], "b": [], "bf": [], "b0": [], "c": []}
                 for repeat in range(args.repeats + 1):  # the first round warms up
                     got = {"a": time_raw(raw, request)}
-                    for key, before in (("b", False), ("b0", True)) if args.before else (("b", False),):
+                    runs = [("b", client, False), ("bf", frames_client, False)]
+                    if args.before:
+                        runs.append(("b0", frames_client, True))
+                    for key, which, before in runs:
                         paths.use(before)
-                        got[key] = time_bridge(client, image, mask, ref, before)
+                        got[key] = time_bridge(which, image, mask, ref, before)
                         history.wait_background()  # so one round's recompression does not overlap the next
                     paths.use(False)
                     if not args.no_png_json:
@@ -401,25 +414,27 @@ def main(argv: list[str] | None = None) -> int:
                         for key, value in got.items():
                             times[key].append(value)
                 med = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
-                rows.append((side, med["a"], med["b"], med["b0"], med["c"], len(request)))
+                rows.append((side, med["a"], med["b"], med["bf"], med["b0"], med["c"], len(request)))
                 print(f"{side}x{side}: raw {med['a'] * 1000:.1f} ms, bridge {med['b'] * 1000:.1f} ms, "
-                      f"bridge before {med['b0'] * 1000:.1f} ms, png/json {med['c'] * 1000:.1f} ms", flush=True)
+                      f"bridge frames {med['bf'] * 1000:.1f} ms, bridge before {med['b0'] * 1000:.1f} ms, "
+                      f"png/json {med['c'] * 1000:.1f} ms", flush=True)
             parts = []
             if args.breakdown_size:
                 image, mask, ref = make_inputs(args.breakdown_size)
                 parts = breakdown(image, mask, ref, Path(tmp))
         finally:
             client.close()
+            frames_client.close()
             raw.close()
             raw_server.close()
             loops.close()
     print()
-    print("| region | request MB | (a) raw TCP ms | (b0) before ms | (b) ACE Bridge ms | (c) PNG+base64+JSON ms "
-          "| b0/a | b/a | c/b |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for side, a, b, b0, c, nbytes in rows:
-        print(f"| {side}² | {nbytes / 2**20:.1f} | {a * 1000:.1f} | {b0 * 1000:.1f} | {b * 1000:.1f} | {c * 1000:.1f} "
-              f"| {b0 / a:.2f} | {b / a:.2f} | {c / b:.1f} |")
+    print("| region | request MB | (a) raw TCP ms | (b0) before ms | (bf) frames ms | (b) ACE Bridge ms "
+          "| (c) PNG+base64+JSON ms | b0/a | bf/a | b/a | c/b |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for side, a, b, bf, b0, c, nbytes in rows:
+        print(f"| {side}² | {nbytes / 2**20:.1f} | {a * 1000:.1f} | {b0 * 1000:.1f} | {bf * 1000:.1f} | {b * 1000:.1f} "
+              f"| {c * 1000:.1f} | {b0 / a:.2f} | {bf / a:.2f} | {b / a:.2f} | {c / b:.1f} |")
     if parts:
         total = sum(t for name, t in parts if not name.startswith("("))
         print()
@@ -429,9 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, t in parts:
             share = "" if name.startswith("(") else f"{100 * t / total:.0f} %"
             print(f"| {name} | {t * 1000:.1f} | {share} |")
-        b_here = [b for side, _a, b, _b0, _c, _n in rows if side == args.breakdown_size]
+        b_here = [bf for side, _a, _b, bf, _b0, _c, _n in rows if side == args.breakdown_size]
         if b_here:
-            print(f"| rest of (b): WebSocket send/receive of both frames (client masking, daemon unmasking, the "
+            print(f"| rest of (bf): WebSocket send/receive of both frames (client masking, daemon unmasking, the "
                   f"client's receive loop), journal, thread hand-offs | {(b_here[0] - total) * 1000:.1f} | |")
     return 0
 

@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-host", action="append", default=[], help="extra Host name allowed in remote mode")
     serve.add_argument("--insecure", action="store_true", help="allow remote mode without TLS (not recommended)")
     serve.add_argument("--paused", action="store_true", help="start with the queue paused")
+    serve.add_argument("--no-shared-memory", action="store_true",
+                       help="send pixels only in WebSocket frames, never through shared-memory segments (Linux "
+                            "loopback clients use them by default; docs/protocol.md, 'Shared memory')")
     speed = serve.add_argument_group("speed options (docs/performance.md has their measured effect)")
     speed.add_argument("--attention", default="auto",
                        help="attention kernel: auto (fastest installed, measured at start), sdpa, cudnn, fa2, fa3, off")

@@ -36,6 +36,8 @@ class ServerConfig:
     idle_unload_s: float | None = 600.0
     allowed_hosts: tuple[str, ...] = ()  # extra Host names for remote mode
     tls: bool = False
+    shared_memory: bool = True  # offer memfd segments to loopback clients (Linux); frames otherwise
+    shared_memory_max_bytes: int = 1024 * 1024 * 1024  # per connection, inputs and undelivered results together
     clock: Callable[[], float] = time.time  # injectable so tests can jump an hour ahead
     extra: dict[str, Any] = field(default_factory=dict)
 

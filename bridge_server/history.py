@@ -46,9 +46,12 @@ class History:
     root: Path
     warning: str | None = None
     deferred_compress: bool = True
+    #: The recompression waits this long, so it does not share the CPUs with delivering the result it compresses.
+    recompress_delay_s: float = 1.0
     _index: dict[str, dict[str, Any]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _pending: dict[str, Future[None]] = field(default_factory=dict, repr=False)
+    _hurry: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def open(self) -> None:
         """Create the folder and read the index; an unwritable folder becomes a warning, not a crash."""
@@ -106,6 +109,7 @@ class History:
     def _recompress(self, entry: str, rgba: np.ndarray) -> None:
         """Background thread: replace the level-0 PNG by a level-1 one, atomically, unless the entry was deleted."""
         tmp: Path | None = None
+        self._hurry.wait(self.recompress_delay_s)
         try:
             png = self.path_for(entry, ".png")
             tmp = png.with_name(png.name + ".z.part")
@@ -126,8 +130,12 @@ class History:
         """Block until every pending recompression has finished (tests, benchmarks)."""
         with self._lock:
             pending = list(self._pending.values())
-        for future in pending:
-            future.result(timeout)
+        self._hurry.set()
+        try:
+            for future in pending:
+                future.result(timeout)
+        finally:
+            self._hurry.clear()
 
     def load_image(self, entry: str) -> np.ndarray:
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import threading
 import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -94,6 +95,23 @@ def encode_png(rgba: np.ndarray, *, compress_level: int = 1, parallel: bool = Tr
     return b"".join((b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", idat), _chunk(b"IEND", b"")))
 
 
+def _stored_blocks(start: int, end: int, row: int, per_block: int) -> list[tuple[int, int]]:
+    """(offset, length) of each stored block's data between `start` and `end` (each block: 5-byte header + data)."""
+    blocks = []
+    while start < end:
+        length = min(per_block * row, end - start - 5)
+        blocks.append((start, length))
+        start += 5 + length
+    return blocks
+
+
+def _adler_all(pieces: list[np.ndarray]) -> int:
+    adler = 1
+    for piece in pieces:
+        adler = zlib.adler32(piece, adler)
+    return adler
+
+
 def encode_png_stored(rgba: np.ndarray) -> np.ndarray:
     """The level-0 PNG of `encode_png`, built in place: one buffer holding the whole file, into which the rows are
     copied once, whole rows per stored deflate block (filter type None), then Adler-32 and CRC-32 over it. No zlib
@@ -115,7 +133,6 @@ def encode_png_stored(rgba: np.ndarray) -> np.ndarray:
     out[at: at + 2] = (0x78, 0x01)
     at += 2
     pixels = rgba.reshape(height, width * 4)
-    adler = 1
     for count, rows, final in ((per_block, full, not rest), (rest, 1 if rest else 0, True)):
         if not rows:
             continue
@@ -129,12 +146,19 @@ def encode_png_stored(rgba: np.ndarray) -> np.ndarray:
         data[:, :, 0] = 0  # filter type None
         first = full * per_block if count == rest and rest else 0
         data[:, :, 1:] = pixels[first: first + rows * count].reshape(rows, count, width * 4)
-        for index in range(rows):
-            adler = zlib.adler32(blocks[index, 5:], adler)
         at += rows * (5 + size)
-    out[at: at + 4] = np.frombuffer(struct.pack(">I", adler), np.uint8)
-    at += 4
+    # Adler-32 (over the rows) and CRC-32 (over the whole chunk) are independent passes, and zlib lets go of the
+    # GIL for both: run them side by side on two cores.
+    block_data = [out[start + 5: start + 5 + length] for start, length in _stored_blocks(len(head) + 2, at, row,
+                                                                                         per_block)]
+    adler_box: list[int] = []
+    adler_thread = threading.Thread(target=lambda: adler_box.append(_adler_all(block_data)), daemon=True)
+    adler_thread.start()
     crc = zlib.crc32(out[len(head) - 4: at])
+    adler_thread.join()
+    out[at: at + 4] = np.frombuffer(struct.pack(">I", adler_box[0]), np.uint8)
+    crc = zlib.crc32(out[at: at + 4], crc)
+    at += 4
     out[at: at + 4] = np.frombuffer(struct.pack(">I", crc), np.uint8)
     out[at + 4:] = np.frombuffer(_chunk(b"IEND", b""), np.uint8)
     return out

@@ -149,6 +149,7 @@ def run_server(args: argparse.Namespace) -> int:
             max_tokens_limit=args.max_tokens,
             allowed_hosts=tuple(args.allow_host),
             tls=context is not None,
+            shared_memory=not getattr(args, "no_shared_memory", False),
             extra={"warm_up": bool(getattr(args, "warm_up", False) or getattr(args, "compile", False))},
         )
         load_or_create_token(folder)

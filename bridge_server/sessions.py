@@ -8,6 +8,7 @@ client never holds up the queue.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import secrets
 import time
@@ -20,12 +21,17 @@ from ace_protocol.errors import ErrorCode, ProtocolError, bad_request
 from ace_protocol.messages import (
     Accepted,
     Ack,
+    Alloc,
+    Allocated,
     Cancel,
     Error,
     Failed,
     Hello,
     Message,
     Progress,
+    Release,
+    Result,
+    ShmReady,
     StatusReply,
     StatusRequest,
     Submit,
@@ -37,6 +43,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from .imaging import to_array
 from .jobs import Job, JobInputs
 from .queue import new_job_id
+from .shared_memory import ConnectionSegments
 from .tokens import tokens_equal
 
 if TYPE_CHECKING:
@@ -59,6 +66,7 @@ class BridgeWebSocket(web.WebSocketResponse):
 class Connection:
     ws: web.WebSocketResponse
     peer: str
+    segments: ConnectionSegments
     outbox: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
     sender: asyncio.Task[None] | None = None
 
@@ -70,6 +78,8 @@ class Connection:
             message = await self.outbox.get()
             if message is None or self.ws.closed:
                 return
+            if isinstance(message, Result):
+                message = self.segments.export(message)
             try:
                 await self.ws.send_bytes(encode(message))
             except (ConnectionError, RuntimeError):
@@ -134,8 +144,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     peer = request.remote or "?"
     state.sockets.add(ws)
-    connection = Connection(ws, peer)
+    segments = ConnectionSegments(enabled=config.shared_memory and _is_loopback(peer),
+                                  max_bytes=config.shared_memory_max_bytes,
+                                  max_segment_bytes=config.max_frame_bytes)
+    connection = Connection(ws, peer, segments)
     connection.sender = asyncio.get_running_loop().create_task(connection.run_sender())
+    trimmer = asyncio.get_running_loop().create_task(_trim_segments(segments))
     session: ClientSession | None = None
     try:
         session = await _handshake(state, request, connection)
@@ -154,7 +168,22 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             state.hub.changed()
         if not ws.closed:
             await ws.close()
+        trimmer.cancel()
+        segments.close()
     return ws
+
+
+async def _trim_segments(segments: ConnectionSegments) -> None:
+    while True:
+        await asyncio.sleep(10.0)
+        segments.trim()
+
+
+def _is_loopback(peer: str) -> bool:
+    try:
+        return ipaddress.ip_address(peer.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 async def _refuse(connection: Connection, code: ErrorCode, message: str, close_code: int) -> None:
@@ -230,6 +259,7 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         resumed=resumed or bool(jobs),
         pending=pending,
         id=hello.id,
+        shm=connection.segments.offer() if hello.shm else None,
     )
     connection.send(welcome)
     for job in jobs:
@@ -287,7 +317,7 @@ def _decode_failure_reply(data: bytes, exc: ProtocolError, max_frame_bytes: int)
 
 async def _dispatch(state: AppState, session: ClientSession, connection: Connection, message: Message) -> None:
     if isinstance(message, Submit):
-        job = await build_job(state, session, message)
+        job = await build_job(state, session, connection.segments.resolve(message))
         position = state.queue.submit(job)
         connection.send(Accepted(id=message.id, job_id=job.id, position=position, seed=job.seed))
         state.hub.changed()
@@ -295,7 +325,15 @@ async def _dispatch(state: AppState, session: ClientSession, connection: Connect
         if not state.queue.cancel(message.job_id, session.client_id):
             raise bad_request(f"no queued or running job {message.job_id!r:.40} of this client")
     elif isinstance(message, Ack):
+        connection.segments.release_jobs(message.job_ids)
         state.queue.ack(session.client_id, message.job_ids)
+    elif isinstance(message, Release):
+        connection.segments.release(message.segments)
+    elif isinstance(message, Alloc):
+        segment = connection.segments.allocate(message.size)
+        connection.send(Allocated(id=message.id, segment=segment.describe()))
+    elif isinstance(message, ShmReady):
+        connection.segments.confirm(message.nonce)
     elif isinstance(message, StatusRequest):
         connection.send(StatusReply(engine=state.engine_state(), queue=state.queue_summary(),
                                     paused=state.config.gate.paused, id=message.id))

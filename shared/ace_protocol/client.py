@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from . import PROTOCOL_VERSION, __version__
@@ -28,16 +29,22 @@ from .messages import (
     TERMINAL_EVENTS,
     Accepted,
     Ack,
+    Alloc,
+    Allocated,
     Cancel,
     Error,
     Failed,
     Hello,
     Message,
+    Release,
+    Result,
+    ShmReady,
     StatusReply,
     StatusRequest,
     Submit,
     Welcome,
 )
+from .shm import SegmentRef, SharedMemoryUnavailable, describe, read_segment, write_segment
 
 try:
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -48,6 +55,9 @@ except ImportError as exc:  # pragma: no cover - only in a broken editor install
         "ace_protocol needs the 'websockets' package (>= 13). Reinstall the plugin with `ace-bridge install`."
     ) from exc
 
+
+#: Pixels below this go in the frame: the extra `alloc` round trip would cost more than it saves.
+SHARED_MEMORY_MIN_BYTES = 256 * 1024
 
 # websockets 17 warns when connect() is not used as a context manager unless `legacy=True` says we mean it;
 # older releases (vendored into editors) do not know the keyword.
@@ -149,10 +159,13 @@ class BridgeClient:
         cafile: str | None = None,
         fingerprint: str | None = None,
         previews: bool = False,
+        shared_memory: bool | None = None,
     ) -> None:
         """`cafile` verifies a `wss://` daemon against a CA bundle; `fingerprint` (SHA-256 of the certificate, as
         `ace-bridge serve` prints it; env ACE_BRIDGE_FINGERPRINT) pins a self-signed one instead. `previews` asks the
-        daemon for small JPEG previews in `progress.preview` (every few steps) of this client's jobs."""
+        daemon for small JPEG previews in `progress.preview` (every few steps) of this client's jobs.
+        `shared_memory` (default on; env ACE_BRIDGE_SHARED_MEMORY=0 turns it off) lets big pixel buffers pass through
+        the daemon's shared-memory segments when both run on one Linux machine; frames are the fallback."""
         endpoint = resolve(url, token, port)
         self.url = endpoint.url
         self.token = endpoint.token
@@ -162,6 +175,12 @@ class BridgeClient:
         self.editor = editor
         self.session = session
         self.previews = previews
+        if shared_memory is None:
+            shared_memory = os.environ.get("ACE_BRIDGE_SHARED_MEMORY", "1").strip().lower() not in ("0", "no", "off")
+        self.shared_memory = shared_memory
+        #: Whether this connection passed the shared-memory probe; why not, for diagnostics.
+        self.shared_memory_active = False
+        self.shared_memory_problem = ""
         self.connect_timeout = connect_timeout
         self.reconnect_timeout = reconnect_timeout
         self.max_frame_bytes = max_frame_bytes
@@ -178,6 +197,7 @@ class BridgeClient:
         self._unclaimed: queue.Queue[JobHandle] = queue.Queue()
         self._closing = False
         self._reader: threading.Thread | None = None
+        self._abandoned: ClientConnection | None = None
         self.on_connection_change: Any = None  # optional callable(str state) for UIs
 
     # ------------------------------------------------------------ connection
@@ -233,6 +253,7 @@ class BridgeClient:
             token=self.token,
             session=self.session,
             previews=self.previews,
+            shm=self.shared_memory,
         )
         try:
             ws.send(encode(hello))
@@ -253,12 +274,30 @@ class BridgeClient:
         if not isinstance(reply, Welcome):
             ws.close()
             raise ClientError(f"expected 'welcome' from the daemon, got '{reply.TYPE}'")
+        active = self._probe_shared_memory(ws, reply.shm) if self.shared_memory else False
         with self._lock:
             self._ws = ws
             self.session = reply.session
             self.welcome = reply
+            self.shared_memory_active = active
         self._notify("connected")
         return reply
+
+    def _probe_shared_memory(self, ws: ClientConnection, offer: dict[str, Any] | None) -> bool:
+        """Read the nonce the daemon left in its probe segment and echo it: proof that we share its memory."""
+        if offer is None:
+            self.shared_memory_problem = "the daemon did not offer shared memory (not on loopback, or not Linux)"
+            return False
+        try:
+            nonce = read_segment(describe(offer)).decode("ascii")
+            ws.send(encode(ShmReady(nonce=nonce)))
+        except (SharedMemoryUnavailable, UnicodeDecodeError) as exc:
+            self.shared_memory_problem = str(exc) or type(exc).__name__
+            return False
+        except (ConnectionClosed, OSError):
+            return False
+        self.shared_memory_problem = ""
+        return True
 
     def _tls_context(self) -> ssl.SSLContext:
         if self.fingerprint:
@@ -311,6 +350,8 @@ class BridgeClient:
             try:
                 assert ws is not None
                 for raw in ws:
+                    if ws is self._abandoned:
+                        break  # frames after one we could not read wait for the redelivery after reconnecting
                     if isinstance(raw, str):
                         continue
                     try:
@@ -346,7 +387,34 @@ class BridgeClient:
         for reply_queue in list(self._replies.values()):
             reply_queue.put(Error(code=ErrorCode.INTERRUPTED.value, message=why))
 
+    def _materialise(self, message: Message) -> Message | None:
+        """A result whose pixels lie in a daemon segment becomes an ordinary one (the segment is copied, then
+        released). If it cannot be read, drop it and reconnect without shared memory: the daemon redelivers every
+        unacknowledged result in frames, so nothing is lost."""
+        if not isinstance(message, Result) or message.image.shm is None:
+            return message
+        ref = message.image.shm
+        try:
+            data = read_segment(ref)
+        except SharedMemoryUnavailable as exc:
+            self.shared_memory = False
+            self.shared_memory_problem = f"a result segment could not be read ({exc}); using frames"
+            ws = self._ws
+            if ws is not None:
+                self._abandoned = ws
+                ws.close()
+            return None
+        try:
+            self._send(Release(segments=[ref.segment]))
+        except DaemonNotRunning:
+            pass  # the daemon frees it with the connection
+        return replace(message, image=replace(message.image, data=data, shm=None))
+
     def _dispatch(self, message: Message) -> None:
+        materialised = self._materialise(message)
+        if materialised is None:
+            return
+        message = materialised
         request_id = getattr(message, "id", None)
         job_id = getattr(message, "job_id", None)
         if isinstance(message, Error) and message.code == ErrorCode.SUPERSEDED.value:
@@ -421,6 +489,8 @@ class BridgeClient:
             params=dict(params or {}),
             label=label,
         )
+        if self.shared_memory_active:
+            message = self._into_shared_memory(message, timeout)
         reply = self._request(message, timeout=timeout)
         if isinstance(reply, (Failed, Error)):
             raise JobError(ProtocolError(reply.code, reply.message))
@@ -433,6 +503,41 @@ class BridgeClient:
         handle.position = reply.position  # type: ignore[attr-defined]
         handle.seed = reply.seed  # type: ignore[attr-defined]
         return handle
+
+    def _into_shared_memory(self, message: Submit, timeout: float) -> Submit:
+        """The submit with its raw pixels copied into one daemon segment, or unchanged when that is not worth it or
+        fails (then the pixels travel in the frame as always)."""
+        payloads = [p for p in (message.image, message.mask, *message.references) if p is not None]
+        raw = [p for p in payloads if p.is_raw and p.shm is None]
+        total = sum(p.nbytes for p in raw)
+        if total < SHARED_MEMORY_MIN_BYTES:
+            return message
+        reply = self._request(Alloc(id="", size=total), timeout=timeout)
+        if not isinstance(reply, Allocated):
+            return message  # e.g. the daemon's per-connection cap; frames still work
+        try:
+            segment = describe(reply.segment)
+            offsets: dict[int, int] = {}
+            pieces: list[tuple[int, Any]] = []
+            cursor = 0
+            for payload in raw:
+                offsets[id(payload)] = cursor
+                pieces.append((cursor, payload.data))
+                cursor += payload.nbytes
+            write_segment(SegmentRef(segment.segment, 0, segment.length, segment.pid, segment.fd, segment.ino), pieces)
+        except SharedMemoryUnavailable as exc:
+            self.shared_memory_active = False
+            self.shared_memory_problem = str(exc)
+            return message
+
+        def shared(payload: ImagePayload | None) -> ImagePayload | None:
+            if payload is None or id(payload) not in offsets:
+                return payload
+            ref = SegmentRef(segment.segment, offsets[id(payload)], payload.nbytes)
+            return replace(payload, data=b"", shm=ref)
+
+        return replace(message, image=shared(message.image), mask=shared(message.mask),
+                       references=[shared(r) for r in message.references])
 
     def cancel(self, job_id: str) -> None:
         self._send(Cancel(job_id=job_id))

@@ -1,4 +1,4 @@
-"""Image payloads on the wire: `{w, h, format, data}`.
+"""Image payloads on the wire: `{w, h, format, data}`, or `{w, h, format, shm}` on loopback (see `shm.py`).
 
 Raw formats (rgba8, bgra8, gray8) are checked here byte for byte; PNG/WebP are only size-checked here and decoded
 by the daemon (the editors' Python has no Pillow). Rows run top to bottom, alpha is straight.
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ErrorCode, ProtocolError, bad_request
+from .shm import SegmentRef
 
 RAW_CHANNELS = {"rgba8": 4, "bgra8": 4, "gray8": 1}
 ENCODED_FORMATS = ("png", "webp", "jpeg")
@@ -27,6 +28,8 @@ class ImagePayload:
     height: int
     format: str
     data: bytes
+    #: Set instead of `data` while the pixels lie in a shared-memory segment (client and daemon resolve it).
+    shm: SegmentRef | None = None
 
     @property
     def channels(self) -> int | None:
@@ -36,7 +39,13 @@ class ImagePayload:
     def is_raw(self) -> bool:
         return self.format in RAW_CHANNELS
 
+    @property
+    def nbytes(self) -> int:
+        return self.shm.length if self.shm is not None else memoryview(self.data).nbytes
+
     def to_wire(self) -> dict[str, Any]:
+        if self.shm is not None:
+            return {"w": self.width, "h": self.height, "format": self.format, "shm": self.shm.to_wire()}
         return {"w": self.width, "h": self.height, "format": self.format, "data": self.data}
 
     @classmethod
@@ -49,6 +58,10 @@ class ImagePayload:
                 raise bad_request(f"{what}.{name} must be an integer")
         if fmt not in FORMATS:
             raise bad_request(f"{what}.format must be one of {', '.join(FORMATS)}, got {fmt!r:.40}")
+        if data is None and "shm" in value:
+            shared = cls(w, h, fmt, b"", SegmentRef.from_wire(value["shm"], what=what))
+            shared.validate(what=what, max_pixels=max_pixels)
+            return shared
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise bad_request(f"{what}.data must be binary")
         payload = cls(w, h, fmt, bytes(data) if not isinstance(data, bytes) else data)
@@ -67,11 +80,11 @@ class ImagePayload:
         channels = self.channels
         if channels is not None:
             expected = self.width * self.height * channels
-            if len(self.data) != expected:
+            if self.nbytes != expected:
                 raise bad_request(
-                    f"{what} says {self.width}x{self.height} {self.format} ({expected} bytes) but carries {len(self.data)}"
+                    f"{what} says {self.width}x{self.height} {self.format} ({expected} bytes) but carries {self.nbytes}"
                 )
-        elif not self.data:
+        elif not self.nbytes:
             raise bad_request(f"{what} has no data")
 
     # Conversions between the raw formats, pure Python so editors can use them without numpy.

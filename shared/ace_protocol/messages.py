@@ -131,6 +131,7 @@ class Hello(Message):
     session: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
     id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
     previews: bool = spec("bool", False)  # send small JPEG previews in some `progress` events of this client's jobs
+    shm: bool = spec("bool", False)  # offer shared memory for pixels if this client is on the daemon's machine
 
 
 @dataclass
@@ -161,6 +162,32 @@ class Ack(Message):
 
 
 @dataclass
+class ShmReady(Message):
+    """The client read the probe segment of `welcome.shm`: it echoes the nonce found there, which proves both
+    sides see the same memory. From then on the daemon puts big results in segments."""
+
+    TYPE: ClassVar[str] = "shm_ready"
+    nonce: str = spec("str", max_len=64)
+
+
+@dataclass
+class Alloc(Message):
+    """Ask for a shared-memory segment of `size` bytes to put a submit's pixels in (reply: `allocated`)."""
+
+    TYPE: ClassVar[str] = "alloc"
+    id: str = spec("str", max_len=MAX_ID_CHARS)
+    size: int = spec("int")
+
+
+@dataclass
+class Release(Message):
+    """The client copied these result segments out; the daemon frees them (also freed on `ack` or disconnect)."""
+
+    TYPE: ClassVar[str] = "release"
+    segments: list[str] = spec("list[str]")
+
+
+@dataclass
 class StatusRequest(Message):
     TYPE: ClassVar[str] = "status"
     id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
@@ -181,6 +208,8 @@ class Welcome(Message):
     resumed: bool = spec("bool", False)
     pending: list[str] = spec("list[str]", factory=list)  # job ids whose results will be (re)delivered now
     id: str | None = spec("str?", None)
+    #: Only when the hello asked and the client is on loopback: the probe segment {segment, pid, fd, ino, size}.
+    shm: dict[str, Any] | None = spec("map", None)
 
 
 @dataclass
@@ -190,6 +219,13 @@ class Accepted(Message):
     job_id: str = spec("str")
     position: int = spec("int")
     seed: int = spec("int", 0)
+
+
+@dataclass
+class Allocated(Message):
+    TYPE: ClassVar[str] = "allocated"
+    id: str = spec("str")
+    segment: dict[str, Any] = spec("map")  # {segment, pid, fd, ino, size}
 
 
 @dataclass
@@ -274,9 +310,12 @@ class Error(Message):
     id: str | None = spec("str?", None)
 
 
-CLIENT_MESSAGES: dict[str, type[Message]] = {m.TYPE: m for m in (Hello, Submit, Cancel, Ack, StatusRequest)}
+CLIENT_MESSAGES: dict[str, type[Message]] = {
+    m.TYPE: m for m in (Hello, Submit, Cancel, Ack, StatusRequest, ShmReady, Alloc, Release)
+}
 SERVER_MESSAGES: dict[str, type[Message]] = {
     m.TYPE: m
-    for m in (Welcome, Accepted, Queued, Started, Progress, Result, Done, Failed, Cancelled, StatusReply, Error)
+    for m in (Welcome, Accepted, Allocated, Queued, Started, Progress, Result, Done, Failed, Cancelled, StatusReply,
+              Error)
 }
 TERMINAL_EVENTS = ("done", "failed", "cancelled")

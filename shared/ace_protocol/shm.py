@@ -1,0 +1,141 @@
+"""Shared memory on loopback, client side: open a segment the daemon made and copy pixels in or out.
+
+On Linux the daemon keeps each segment as a sealed memfd (it cannot shrink, so a mapping never faults) and names
+it by process id, descriptor number and inode. A client on the same machine, in the same process namespace, opens
+it through `/proc/<pid>/fd/<fd>`; the inode check guards against a descriptor number that was reused. Anything
+that does not match raises `SharedMemoryUnavailable`, and the client sends its pixels in frames instead.
+Standard library only: editors embed their own Python.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import bad_request
+
+MAX_SEGMENT_ID_CHARS = 64
+
+
+class SharedMemoryUnavailable(Exception):
+    """This client cannot open the daemon's segments (another machine, namespace or OS): use frames."""
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """Where an image's bytes lie: `length` bytes at `offset` of segment `segment`. The daemon adds `pid`, `fd`
+    and `ino` when it hands a segment out (in `allocated`, in `welcome.shm` and in a result's image)."""
+
+    segment: str
+    offset: int
+    length: int
+    pid: int | None = None
+    fd: int | None = None
+    ino: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        wire: dict[str, Any] = {"segment": self.segment, "offset": self.offset, "length": self.length}
+        for name in ("pid", "fd", "ino"):
+            value = getattr(self, name)
+            if value is not None:
+                wire[name] = value
+        return wire
+
+    @classmethod
+    def from_wire(cls, value: Any, *, what: str) -> SegmentRef:
+        if not isinstance(value, dict):
+            raise bad_request(f"{what}.shm must be a map with segment, offset and length")
+        segment = value.get("segment")
+        if not isinstance(segment, str) or not 0 < len(segment) <= MAX_SEGMENT_ID_CHARS:
+            raise bad_request(f"{what}.shm.segment must be a short string")
+        numbers: dict[str, int | None] = {}
+        for name in ("offset", "length", "pid", "fd", "ino"):
+            number = value.get(name)
+            if number is None and name in ("pid", "fd", "ino"):
+                numbers[name] = None
+                continue
+            if isinstance(number, bool) or not isinstance(number, int) or number < 0:
+                raise bad_request(f"{what}.shm.{name} must be a non-negative integer")
+            numbers[name] = number
+        return cls(segment, numbers["offset"] or 0, numbers["length"] or 0,
+                   numbers["pid"], numbers["fd"], numbers["ino"])
+
+
+def describe(value: Any) -> SegmentRef:
+    """A segment as the daemon hands it out (`{segment, pid, fd, ino, size}`), as a ref to all of it."""
+    if not isinstance(value, dict):
+        raise SharedMemoryUnavailable("the daemon's segment description is not a map")
+    try:
+        ref = SegmentRef.from_wire({**value, "offset": 0, "length": value.get("size")}, what="segment")
+    except Exception as exc:
+        raise SharedMemoryUnavailable(f"the daemon's segment description is malformed: {exc}") from None
+    if ref.pid is None or ref.fd is None or ref.ino is None:
+        raise SharedMemoryUnavailable("the daemon's segment description lacks pid, fd or ino")
+    return ref
+
+
+def _open(ref: SegmentRef, *, writable: bool) -> tuple[int, mmap.mmap]:
+    if ref.pid is None or ref.fd is None or ref.ino is None:
+        raise SharedMemoryUnavailable("segment without pid, fd and ino")
+    if not hasattr(os, "O_CLOEXEC") or not os.path.isdir("/proc/self/fd"):
+        raise SharedMemoryUnavailable("no /proc on this system")
+    path = f"/proc/{ref.pid}/fd/{ref.fd}"
+    try:
+        fd = os.open(path, (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SharedMemoryUnavailable(f"cannot open {path}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_ino != ref.ino or not stat.S_ISREG(info.st_mode):
+            raise SharedMemoryUnavailable(f"{path} is not the daemon's segment (descriptor reused or other process)")
+        if ref.offset + ref.length > info.st_size:
+            raise SharedMemoryUnavailable(f"{path} holds {info.st_size} bytes, fewer than the reference needs")
+        if info.st_size == 0:
+            raise SharedMemoryUnavailable("empty segment")
+        return fd, _map(fd, info.st_size, writable)
+    except SharedMemoryUnavailable:
+        os.close(fd)
+        raise
+    except (OSError, ValueError) as exc:
+        os.close(fd)
+        raise SharedMemoryUnavailable(f"cannot map {path}: {exc}") from None
+
+
+def _map(fd: int, size: int, writable: bool) -> mmap.mmap:
+    # MAP_POPULATE maps every page in one call instead of one fault per 4 KiB page while copying.
+    populate = getattr(mmap, "MAP_POPULATE", 0)
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    try:
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | populate, prot=prot)
+    except TypeError:  # no flags/prot on this platform
+        return mmap.mmap(fd, size, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+
+
+def read_segment(ref: SegmentRef) -> bytes:
+    """A copy of the referenced bytes (the daemon frees the segment once told)."""
+    fd, mapping = _open(ref, writable=False)
+    try:
+        return mapping[ref.offset : ref.offset + ref.length]
+    finally:
+        mapping.close()
+        os.close(fd)
+
+
+def write_segment(ref: SegmentRef, pieces: list[tuple[int, Any]]) -> None:
+    """Copy each `(offset, buffer)` into the segment; the daemon reads them when the submit names them."""
+    fd, mapping = _open(ref, writable=True)
+    try:
+        for offset, data in pieces:
+            view = memoryview(data)
+            if view.ndim != 1 or view.itemsize != 1:
+                view = view.cast("B")
+            end = offset + view.nbytes
+            if offset < 0 or end > ref.length:
+                raise SharedMemoryUnavailable("pixels do not fit the segment")
+            mapping[offset:end] = view
+    finally:
+        mapping.close()
+        os.close(fd)
