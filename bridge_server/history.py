@@ -23,6 +23,7 @@ import os
 import re
 import sys
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,15 +102,18 @@ class History:
         with self._lock:
             self._index[entry] = meta
             if self.deferred_compress:
-                self._pending[entry] = _background().submit(self._recompress, entry, rgba)
+                self._pending[entry] = _background().submit(self._recompress, entry, rgba, time.monotonic())
         if self.warning and "cannot write" in self.warning:
             self.warning = None
         return True
 
-    def _recompress(self, entry: str, rgba: np.ndarray) -> None:
-        """Background thread: replace the level-0 PNG by a level-1 one, atomically, unless the entry was deleted."""
+    def _recompress(self, entry: str, rgba: np.ndarray, saved_at: float = 0.0) -> None:
+        """Background thread: replace the level-0 PNG by a level-1 one, atomically, unless the entry was deleted.
+        It starts `recompress_delay_s` after the save at the earliest (a backlog adds no further waiting)."""
         tmp: Path | None = None
-        self._hurry.wait(self.recompress_delay_s)
+        remaining = saved_at + self.recompress_delay_s - time.monotonic()
+        if remaining > 0:
+            self._hurry.wait(remaining)
         try:
             png = self.path_for(entry, ".png")
             tmp = png.with_name(png.name + ".z.part")

@@ -24,9 +24,20 @@ mask = ImagePayload(w, h, "gray8", bytes([0, 255]) * (w * h // 2))
 job = client.submit("inpaint", "a hat", image=image, mask=mask, params={"steps": 1, "seed": 1})
 kinds = [event.TYPE for event in job.events(timeout=60)]
 client.ack(job.id)
+# A 320x320 region is big enough to travel through the daemon's shared memory (Linux, same machine).
+w = h = 320
+image = ImagePayload(w, h, "bgra8", bytes([30, 60, 90, 255]) * (w * h))
+mask = ImagePayload(w, h, "gray8", bytes([0, 255]) * (w * h // 2))
+job = client.submit("inpaint", "a hat", image=image, mask=mask, params={"steps": 1, "seed": 1})
+events = list(job.events(timeout=120))
+client.ack(job.id)
 client.close()
-print(sys.version_info[:2], kinds)
+print(sys.version_info[:2], kinds, "shared memory:", client.shared_memory_active, client.shared_memory_problem)
 assert kinds[-2:] == ["result", "done"], kinds
+assert [e.TYPE for e in events][-2:] == ["result", "done"], events
+assert len(events[-2].image.data) == w * h * 4
+if sys.platform.startswith("linux"):
+    assert client.shared_memory_active, client.shared_memory_problem
 """
 
 

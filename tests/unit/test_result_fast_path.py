@@ -38,9 +38,9 @@ def test_history_writes_level0_first_then_replaces_it_with_level1(tmp_path, monk
     gate = threading.Event()
     real = history._recompress
 
-    def held(entry, pixels):
+    def held(entry, pixels, saved_at):
         gate.wait(10)
-        real(entry, pixels)
+        real(entry, pixels, saved_at)
 
     monkeypatch.setattr(history, "_recompress", held)
     assert history.save(ENTRY, rgba, {"finished": 1})
@@ -61,7 +61,7 @@ def test_a_delete_during_recompression_is_not_undone(tmp_path, monkeypatch):
     history.open()
     gate = threading.Event()
     real = history._recompress
-    monkeypatch.setattr(history, "_recompress", lambda e, p: (gate.wait(10), real(e, p)))
+    monkeypatch.setattr(history, "_recompress", lambda e, p, t: (gate.wait(10), real(e, p, t)))
     history.save(ENTRY, _image(), {"finished": 1})
     assert history.delete(ENTRY)
     gate.set()
@@ -141,3 +141,34 @@ def test_fragments_concatenate_to_the_frame_and_reference_the_pixels():
                                    image=ImagePayload(1, 1, "rgba8", b"1234"))) == [
         msgpack.packb(Result(job_id="j", index=0, count=1, seed=1,
                              image=ImagePayload(1, 1, "rgba8", b"1234")).to_wire(), use_bin_type=True)]
+
+
+def test_recompression_waits_while_the_result_is_delivered_unless_someone_waits_for_it(tmp_path):
+    history = History(tmp_path, recompress_delay_s=0.5)
+    history.open()
+    rgba = _image()
+    assert history.save(ENTRY, rgba, {"finished": 1})
+    png = tmp_path / f"{ENTRY}.png"
+    first = png.read_bytes()
+    threading.Event().wait(0.2)
+    assert png.read_bytes() == first, "still the stored PNG: the CPUs are left to delivering the result"
+    history.wait_background(10)
+    assert len(png.read_bytes()) < len(first) // 2
+
+    patient = History(tmp_path / "patient", recompress_delay_s=60.0)
+    patient.open()
+    assert patient.save(ENTRY, rgba, {"finished": 1})
+    started = threading.Event()
+    waiter = threading.Thread(target=lambda: (started.set(), patient.wait_background(10)))
+    waiter.start()
+    waiter.join(10)
+    assert started.is_set() and not waiter.is_alive(), "wait_background must cut the delay short"
+    assert len((tmp_path / "patient" / f"{ENTRY}.png").read_bytes()) < len(first) // 2
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (300, 301), (2048, 17), (5, 16383)])
+def test_the_stored_png_decodes_to_the_same_pixels_at_any_size(shape):
+    from bridge_server.imaging import encode_png_stored
+
+    rgba = np.random.default_rng(3).integers(0, 256, (*shape, 4), dtype=np.uint8)
+    assert np.array_equal(decode_png(encode_png_stored(rgba).tobytes()), rgba)
