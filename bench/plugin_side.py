@@ -18,7 +18,9 @@ phase is timed with time.perf_counter in the editor's process:
   encode       ace_protocol.codec.encode of the submit frame (measured alone; `submit` encodes again itself)
   connect      GIMP only: the plug-in process runs once per Generate and connects each time
   submit       BridgeClient.submit until `accepted` (frame sent, daemon decoded, validated and journalled it)
-  send         the client's _send inside submit: encode + WebSocket write; when it returns the frame has left
+  send         submit until its frame has been written: with frames, encode + WebSocket masking + write; with
+               shared memory (protocol §6a), the `alloc` round trip + copying the pixels into the daemon's
+               segment + a small frame. Each read is submitted both ways, by two clients, in the same run.
   frame left   Generate -> frame left = read image + read mask + payloads + [connect] + send
   total        Generate -> accepted = read image + read mask + payloads + [connect] + submit
 
@@ -84,29 +86,33 @@ def run_gimp(work: Path, daemon, size: int, repeats: int, timeout: float) -> dic
     return result
 
 
-def medians(runs: list[dict], source: str) -> dict[str, float]:
-    rows = [r for r in runs if r["source"] == source]
-    for r in rows:  # frame left = everything before submit + the client's _send (encode + WebSocket write)
+def medians(runs: list[dict], source: str, transport: str) -> dict[str, float]:
+    rows = [r for r in runs if r["source"] == source and r.get("transport", "frames") == transport]
+    for r in rows:  # frame left = everything before submit + submit until its frame has been written
         r["left_s"] = r["total_s"] - r["submit_s"] + r["send_s"]
     return {k: statistics.median(r[k] for r in rows) for k in PHASES + ("frame_bytes",) if rows and k in rows[0]}
 
 
+TRANSPORTS = (("shm", "shared memory"), ("frames", "frames"))
+
+
 def table(results: list[dict]) -> str:
-    head = ("| editor | read | region | read image | read mask | payloads | encode* | connect | send (encode + write) "
-            "| **Generate → frame left** | submit → accepted | Generate → accepted | frame |")
-    lines = [head, "|" + "---|" * 13]
+    head = ("| editor | read | pixels in | region | read image | read mask | payloads | encode* | connect "
+            "| send | **Generate → frame left** | submit → accepted | Generate → accepted | request |")
+    lines = [head, "|" + "---|" * 14]
     ms = lambda v: "–" if v is None else f"{v * 1000:.0f} ms"  # noqa: E731
     for res in results:
         for source, label in (("image", "visible image"), ("layer", "active layer")):
-            m = medians(res["runs"], source)
-            if not m:
-                continue
-            region = next(r["region"] for r in res["runs"] if r["source"] == source)
-            lines.append(
-                f"| {res['editor']} | {label} | {region[2]}×{region[3]} | {ms(m['read_image_s'])} | "
-                f"{ms(m['read_mask_s'])} | {ms(m['payloads_s'])} | {ms(m['encode_s'])} | {ms(m.get('connect_s'))} | "
-                f"{ms(m['send_s'])} | **{ms(m['left_s'])}** | {ms(m['submit_s'])} | {ms(m['total_s'])} | "
-                f"{m['frame_bytes'] / 1e6:.1f} MB |")
+            for transport, how in TRANSPORTS:
+                m = medians(res["runs"], source, transport)
+                if not m:
+                    continue
+                region = next(r["region"] for r in res["runs"] if r["source"] == source)
+                lines.append(
+                    f"| {res['editor']} | {label} | {how} | {region[2]}×{region[3]} | {ms(m['read_image_s'])} | "
+                    f"{ms(m['read_mask_s'])} | {ms(m['payloads_s'])} | {ms(m['encode_s'])} | "
+                    f"{ms(m.get('connect_s'))} | {ms(m['send_s'])} | **{ms(m['left_s'])}** | {ms(m['submit_s'])} | "
+                    f"{ms(m['total_s'])} | {m['frame_bytes'] / 1e6:.1f} MB |")
     return "\n".join(lines)
 
 
@@ -150,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                     problems.append(f"{name}: {res.get('error') or 'no runs'}\n{res.get('output', '')[-3000:]}")
                     continue
                 print(f"{res['editor']}: {len(res['runs'])} runs in {time.monotonic() - t0:.0f} s "
-                      f"(document set-up {res.get('setup_s', 0):.1f} s, WebSocket masking by {res.get('apply_mask')})",
-                      file=sys.stderr)
+                      f"(document set-up {res.get('setup_s', 0):.1f} s, WebSocket masking by {res.get('apply_mask')}, "
+                      f"shared memory {res.get('shared_memory')})", file=sys.stderr)
                 results.append(res)
         finally:
             daemon.stop()

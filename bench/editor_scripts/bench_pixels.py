@@ -49,15 +49,16 @@ def median(values):
 
 
 def time_sends(client, sink):
-    """Wrap the client's `_send` (encode + WebSocket write): when it returns, the frame has left the process."""
+    """Wrap the client's `_send` (encode + WebSocket write): when it returns for the `submit`, the pixels have left
+    the process (in the frame, or already in the daemon's shared-memory segment). Records `sent_at`."""
     real = client._send
 
     def send(message):
-        t0 = T()
         try:
             return real(message)
         finally:
-            sink["send_s"] = sink.get("send_s", 0.0) + T() - t0
+            if message.TYPE == "submit":
+                sink["sent_at"] = T()
     client._send = send
 
 

@@ -56,7 +56,7 @@ try:
     from ace_protocol.client import BridgeClient
 
     for rep in range(int(CONFIG["repeats"])):
-        for source in ("image", "layer"):
+        for source, transport in [(s, t) for s in ("image", "layer") for t in ("shm", "frames")]:
             settings = logic.Settings(seed=1, steps=1, source="layer" if source == "layer" else "visible")
             t_start = T()
             plan = logic.plan_job(action, settings, Extent(img.get_width(), img.get_height()),
@@ -82,9 +82,12 @@ try:
             del frame
             t0 = T()
             client = BridgeClient(CONFIG["url"], CONFIG["token"], client_name=logic.CLIENT_NAME,
-                                  editor=f"gimp {Gimp.version()}")
+                                  editor=f"gimp {Gimp.version()}", shared_memory=transport == "shm")
             client.connect()
             t_connect = T() - t0
+            if transport == "shm":
+                OUT["shared_memory"] = {"active": client.shared_memory_active,
+                                        "problem": client.shared_memory_problem}
             sends = {}
             time_sends(client, sends)
             OUT["apply_mask"] = mask_impl()
@@ -92,15 +95,16 @@ try:
             job = client.submit(action.task, "bench", image=image_payload, mask=mask, references=[], params=params,
                                 label="bench")
             t_submit = T() - t0
+            t_send = sends["sent_at"] - t0
             job.cancel()
             kinds = [ev.TYPE for ev in job.events(timeout=300)]
             client.ack(job.id)
             client.close()
             OUT["runs"].append({
-                "rep": rep, "source": source, "region": list(plan.region), "format": image_payload.format,
+                "rep": rep, "source": source, "transport": transport, "region": list(plan.region), "format": image_payload.format,
                 "read_image_s": t_image, "read_mask_s": t_mask, "payloads_s": t_plan + t_params,
                 "encode_s": t_encode, "connect_s": t_connect, "submit_s": t_submit,
-                "send_s": sends.get("send_s"),
+                "send_s": t_send,
                 "total_s": t_plan + t_image + t_mask + t_params + t_connect + t_submit,
                 "frame_bytes": size, "job_end": kinds[-1] if kinds else None,
             })

@@ -81,14 +81,20 @@ def main(args):
         doc.waitForDone()
         out["setup_s"] = T() - t0
 
-        client = BridgeClient(config["url"], config["token"], client_name="ace-bench",
-                              editor="krita " + app.version())
-        client.connect()
+        clients = {}
         sends = {}
-        time_sends(client, sends)
+        for transport in ("shm", "frames"):
+            clients[transport] = BridgeClient(config["url"], config["token"], client_name="ace-bench",
+                                              client_id=f"ace-bench-{transport}", editor="krita " + app.version(),
+                                              shared_memory=transport == "shm")
+            clients[transport].connect()
+            time_sends(clients[transport], sends)
+        out["shared_memory"] = {"active": clients["shm"].shared_memory_active,
+                                "problem": clients["shm"].shared_memory_problem}
         out["apply_mask"] = mask_impl()
         for rep in range(int(config["repeats"])):
-            for source in ("image", "layer"):
+            for source, transport in [(s, t) for s in ("image", "layer") for t in ("shm", "frames")]:
+                client = clients[transport]
                 sink = {}
                 proxy = TimedDoc(doc, sink, {"pixelData": "image", "refreshProjection": "refresh"})
                 active = Timed(layer, sink, {"projectionPixelData": "image"})
@@ -107,19 +113,21 @@ def main(args):
                 job = client.submit("inpaint", "bench", image=read.image, mask=read.mask, references=[],
                                     params=params, label="bench")
                 t_submit = T() - t0
+                t_send = sends["sent_at"] - t0
                 job.cancel()
                 kinds = [ev.TYPE for ev in job.events(timeout=300)]
                 client.ack(job.id)
                 image_s = sink.get("image", 0.0) + sink.get("refresh", 0.0)
                 out["runs"].append({
-                    "rep": rep, "source": source, "region": list(read.region), "format": read.image.format,
+                    "rep": rep, "source": source, "transport": transport, "region": list(read.region), "format": read.image.format,
                     "read_image_s": image_s, "refresh_s": sink.get("refresh", 0.0), "read_mask_s": sink.get("mask", 0.0),
                     "payloads_s": t_read - image_s - sink.get("mask", 0.0), "read_context_s": t_read,
-                    "encode_s": t_encode, "submit_s": t_submit, "send_s": sends.get("send_s"), "total_s": t_read + t_submit,
+                    "encode_s": t_encode, "submit_s": t_submit, "send_s": t_send, "total_s": t_read + t_submit,
                     "frame_bytes": size, "job_end": kinds[-1] if kinds else None,
                 })
                 del read
-        client.close()
+        for client in clients.values():
+            client.close()
     except Exception:
         out["error"] = traceback.format_exc()
     with open(config["result"], "w") as fh:
