@@ -143,10 +143,13 @@ def create_app(config: ServerConfig) -> web.Application:
         if not config.token:
             state.current_token()
         queue.start()
+        trimmer = asyncio.get_running_loop().create_task(state.hub.trim_segment_pools())
         try:
             yield
         finally:
+            trimmer.cancel()
             await queue.stop()
+            state.hub.close_segment_pools()
 
     async def close_sockets(app: web.Application) -> None:
         state = app.get(STATE)

@@ -298,12 +298,16 @@ class JobQueue:
 
     # ------------------------------------------------------------------ the worker
 
+    def _next_turn(self) -> str:
+        """The client whose turn it is: the one whose last turn is longest ago (never served first), ties broken by
+        which waiting job arrived first. `queued_jobs` repeats this choice to lay out the whole order."""
+        return min(self._waiting, key=lambda c: (self._served_at.get(c, 0), self._arrival[self._waiting[c][0].id]))
+
     def _next_job(self) -> Job | None:
-        order = self.queued_jobs()
-        if not order:
+        if not self._waiting:
             return None
-        job = order[0]
-        lane = self._waiting[job.client_id]
+        lane = self._waiting[self._next_turn()]
+        job = lane[0]
         lane.popleft()
         if not lane:
             del self._waiting[job.client_id]

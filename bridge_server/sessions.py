@@ -43,7 +43,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from .imaging import to_array
 from .jobs import Job, JobInputs
 from .queue import new_job_id
-from .shared_memory import ConnectionSegments
+from .shared_memory import ConnectionSegments, SegmentPool
 from .tokens import tokens_equal
 
 if TYPE_CHECKING:
@@ -96,6 +96,7 @@ class ClientSession:
     previews: bool = False  # what the current connection's hello asked for
     connected_since: float = 0.0
     connection: Connection | None = None
+    segment_pool: SegmentPool = field(default_factory=SegmentPool)  # warm shared-memory segments, across connections
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -134,6 +135,17 @@ class Hub:
     def connected(self) -> list[ClientSession]:
         return [s for s in self.sessions.values() if s.connection is not None]
 
+    async def trim_segment_pools(self, every_s: float = 10.0) -> None:
+        """Free shared-memory segments no client has used for a while (runs for the daemon's lifetime)."""
+        while True:
+            await asyncio.sleep(every_s)
+            for session in list(self.sessions.values()):
+                session.segment_pool.trim()
+
+    def close_segment_pools(self) -> None:
+        for session in self.sessions.values():
+            session.segment_pool.close()
+
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     from .app import STATE
@@ -149,7 +161,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                                   max_segment_bytes=config.max_frame_bytes)
     connection = Connection(ws, peer, segments)
     connection.sender = asyncio.get_running_loop().create_task(connection.run_sender())
-    trimmer = asyncio.get_running_loop().create_task(_trim_segments(segments))
     session: ClientSession | None = None
     try:
         session = await _handshake(state, request, connection)
@@ -168,15 +179,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             state.hub.changed()
         if not ws.closed:
             await ws.close()
-        trimmer.cancel()
         segments.close()
     return ws
-
-
-async def _trim_segments(segments: ConnectionSegments) -> None:
-    while True:
-        await asyncio.sleep(10.0)
-        segments.trim()
 
 
 def _is_loopback(peer: str) -> bool:
@@ -243,6 +247,7 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         asyncio.get_running_loop().create_task(previous.ws.close(code=WSCloseCode.POLICY_VIOLATION,
                                                                  message=b"superseded"))
     session.connection = connection
+    connection.segments.pool = session.segment_pool
     session.client_name, session.client_version, session.editor = (
         hello.client_name, hello.client_version, hello.editor)
     session.previews = bool(hello.previews)

@@ -15,10 +15,10 @@ Safety, in the order a reviewer would ask:
   `release`, `ack` or disconnect.
 
 Speed: a fresh memfd costs a page fault per 4 KiB on first touch (about 15 ms for 24 MB here, more than the copy),
-so each connection keeps a small pool of segments whose pages are already there. A segment goes back to the pool
-when the job that read it lets go of its pixels (a finalizer on the array they are views of) or when the client
-releases a result; pooled segments idle for `POOL_IDLE_S` are freed. Segments never move between connections, so
-one editor never sees another's leftover pixels.
+so each client (`client_id`) keeps a small pool of segments whose pages are already there, across its connections.
+A segment goes back to the pool when the job that read it lets go of its pixels (a finalizer on the array they are
+views of) or when the client releases a result; pooled segments idle for `POOL_IDLE_S` are freed. Segments never
+move between clients, so one editor never sees another's leftover pixels.
 """
 
 from __future__ import annotations
@@ -101,75 +101,106 @@ class Segment:
             self.mapping = None
 
 
-class ConnectionSegments:
-    """The segments of one WebSocket connection: the probe, those allocated for submits, and result segments."""
+class SegmentPool:
+    """Free segments of one client (`client_id`), pages already in place, kept across its connections: the GIMP
+    plug-in connects once per Generate, and a cold segment would cost it a page fault per 4 KiB every time."""
 
-    def __init__(self, *, enabled: bool, max_bytes: int, max_segment_bytes: int) -> None:
-        self.enabled = enabled and AVAILABLE
-        self.ready = False
-        self.max_bytes = max_bytes
-        self.max_segment_bytes = max_segment_bytes
-        self._probe: Segment | None = None
-        self._nonce = ""
-        self._inputs: dict[str, Segment] = {}
-        self._results: dict[str, Segment] = {}
-        self._result_jobs: dict[str, list[str]] = {}
-        self._pool: list[Segment] = []
-        self._in_jobs = 0
+    def __init__(self, size: int = POOL_SIZE) -> None:
+        self.size = size
+        self._free: list[Segment] = []
         # Segments come back from the engine thread (a job dropping its arrays) as well as the event loop.
         self._lock = threading.Lock()
         self._closed = False
 
     @property
     def held_bytes(self) -> int:
-        """Bytes a client holds without a job: allocated, undelivered results, and the warm pool."""
         with self._lock:
-            return sum(s.size for s in (*self._inputs.values(), *self._results.values(), *self._pool))
+            return sum(s.size for s in self._free)
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+    def take(self, size: int) -> Segment:
+        """A warm segment that fits (not more than twice too big), under a new id; else a new one."""
+        with self._lock:
+            fits = [s for s in self._free if size <= s.size <= 2 * size]
+            if fits:
+                segment = min(fits, key=lambda s: s.size)
+                self._free.remove(segment)
+                return segment.renamed()
+        return Segment(size)
+
+    def give_back(self, segment: Segment) -> None:
+        """When the pool is full the longest idle segment goes, so the pool follows the sizes in use."""
+        evicted: Segment | None = segment
+        with self._lock:
+            if not self._closed and segment.mapping is not None:
+                segment.idle_since = time.monotonic()
+                self._free.append(segment)
+                evicted = self._free.pop(0) if len(self._free) > self.size else None
+        if evicted is not None:
+            evicted.close()
+
+    def trim(self, max_idle_s: float = POOL_IDLE_S) -> None:
+        """Free segments nobody used for a while (the daemon calls this every few seconds)."""
+        now = time.monotonic()
+        with self._lock:
+            stale = [s for s in self._free if now - s.idle_since > max_idle_s]
+            self._free = [s for s in self._free if s not in stale]
+        for segment in stale:
+            segment.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            free, self._free = self._free, []
+        for segment in free:
+            segment.close()
+
+
+class ConnectionSegments:
+    """The segments of one WebSocket connection: the probe, those allocated for submits, and result segments.
+    Freed ones go to the client's `SegmentPool`."""
+
+    def __init__(self, *, enabled: bool, max_bytes: int, max_segment_bytes: int,
+                 pool: SegmentPool | None = None) -> None:
+        self.enabled = enabled and AVAILABLE
+        self.ready = False
+        self.max_bytes = max_bytes
+        self.max_segment_bytes = max_segment_bytes
+        self.pool = pool if pool is not None else SegmentPool()
+        self._probe: Segment | None = None
+        self._nonce = ""
+        self._inputs: dict[str, Segment] = {}
+        self._results: dict[str, Segment] = {}
+        self._result_jobs: dict[str, list[str]] = {}
+        self._in_jobs = 0
+        self._lock = threading.Lock()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes a client holds without a job: allocated, undelivered results, and its warm pool."""
+        with self._lock:
+            mine = sum(s.size for s in (*self._inputs.values(), *self._results.values()))
+        return mine + self.pool.held_bytes
 
     @property
     def held_count(self) -> int:
         with self._lock:
-            return len(self._inputs) + len(self._results) + len(self._pool) + (self._probe is not None)
+            return len(self._inputs) + len(self._results) + len(self.pool) + (self._probe is not None)
 
     @property
     def in_jobs(self) -> int:
         """Segments whose pixels a job still reads."""
         return self._in_jobs
 
-    def _take(self, size: int) -> Segment:
-        """A warm pooled segment that fits (not more than twice too big), else a new one."""
-        with self._lock:
-            fits = [s for s in self._pool if size <= s.size <= 2 * size]
-            if fits:
-                segment = min(fits, key=lambda s: s.size)
-                self._pool.remove(segment)
-                return segment.renamed()
-        return Segment(size)
-
-    def _give_back(self, segment: Segment) -> None:
-        """Back to the pool; when it is full the longest idle one goes, so the pool follows the sizes in use."""
-        evicted = segment
-        with self._lock:
-            if not self._closed and segment.mapping is not None:
-                segment.idle_since = time.monotonic()
-                self._pool.append(segment)
-                evicted = self._pool.pop(0) if len(self._pool) > POOL_SIZE else None
-        if evicted is not None:
-            evicted.close()
-
     def _job_let_go(self, segment: Segment) -> None:
         with self._lock:
             self._in_jobs -= 1
-        self._give_back(segment)
+        self.pool.give_back(segment)
 
     def trim(self, max_idle_s: float = POOL_IDLE_S) -> None:
-        """Free pooled segments nobody used for a while (called periodically by the connection)."""
-        now = time.monotonic()
-        with self._lock:
-            stale = [s for s in self._pool if now - s.idle_since > max_idle_s]
-            self._pool = [s for s in self._pool if s not in stale]
-        for segment in stale:
-            segment.close()
+        self.pool.trim(max_idle_s)
 
     # ---------------------------------------------------------------- handshake
 
@@ -212,7 +243,7 @@ class ConnectionSegments:
                                 f"this connection already holds {self.held_bytes} bytes of shared memory; the limit "
                                 f"is {self.max_bytes}. Submit or release segments first.")
         try:
-            segment = self._take(size)
+            segment = self.pool.take(size)
         except OSError as exc:
             raise ProtocolError(ErrorCode.TOO_LARGE, f"could not make a segment of {size} bytes: {exc}") from None
         self._inputs[segment.id] = segment
@@ -265,7 +296,7 @@ class ConnectionSegments:
         if size < MIN_SHARED_BYTES or self.held_bytes + size > self.max_bytes:
             return message
         try:
-            segment = self._take(size)
+            segment = self.pool.take(size)
         except OSError as exc:
             log.warning("result sent in a frame: no segment of %d bytes (%s)", size, exc)
             return message
@@ -282,7 +313,7 @@ class ConnectionSegments:
             with self._lock:
                 segment = self._results.pop(segment_id, None)
             if segment is not None:
-                self._give_back(segment)
+                self.pool.give_back(segment)
 
     def release_jobs(self, job_ids: list[str]) -> None:
         for job_id in job_ids:
@@ -291,16 +322,16 @@ class ConnectionSegments:
             self.release(segment_ids)
 
     def close(self) -> None:
-        """Free everything but the segments jobs still read (those are freed when the jobs let go)."""
+        """At the end of the connection: free what it still holds. Not into the pool: a client that went away
+        may still write into a segment it was given, and a later job of the same client must not see that.
+        Segments jobs still read go to the pool when the jobs let go of them."""
         with self._lock:
-            self._closed = True
-            segments = [*self._inputs.values(), *self._results.values(), *self._pool]
+            segments = [*self._inputs.values(), *self._results.values()]
             if self._probe is not None:
                 segments.append(self._probe)
             self._inputs.clear()
             self._results.clear()
             self._result_jobs.clear()
-            self._pool.clear()
             self._probe = None
             self.ready = False
         for segment in segments:

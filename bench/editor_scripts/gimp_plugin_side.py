@@ -81,7 +81,9 @@ try:
             size = len(frame)
             del frame
             t0 = T()
+            # A stable client id per transport, as the plug-in keeps one per GIMP profile.
             client = BridgeClient(CONFIG["url"], CONFIG["token"], client_name=logic.CLIENT_NAME,
+                                  client_id=f"gimp-bench-{transport}",
                                   editor=f"gimp {Gimp.version()}", shared_memory=transport == "shm")
             client.connect()
             t_connect = T() - t0

@@ -489,9 +489,11 @@ class BridgeClient:
             params=dict(params or {}),
             label=label,
         )
-        if self.shared_memory_active:
-            message = self._into_shared_memory(message, timeout)
-        reply = self._request(message, timeout=timeout)
+        shared = self._into_shared_memory(message, timeout) if self.shared_memory_active else message
+        reply = self._request(shared, timeout=timeout)
+        if (shared is not message and isinstance(reply, (Failed, Error))
+                and reply.code == ErrorCode.BAD_REQUEST.value and "segment" in reply.message):
+            reply = self._request(message, timeout=timeout)  # e.g. reconnected between alloc and submit: frames
         if isinstance(reply, (Failed, Error)):
             raise JobError(ProtocolError(reply.code, reply.message))
         job_id = reply.job_id  # type: ignore[attr-defined]

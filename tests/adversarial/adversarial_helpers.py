@@ -17,8 +17,10 @@ import pytest
 from ace_protocol import PROTOCOL_VERSION
 from ace_protocol.client import BridgeClient
 from ace_protocol.codec import decode_server_message, encode
-from ace_protocol.images import ImagePayload
 from ace_protocol.messages import Hello, Message
+from pictures import gradient_image, gray_payload, rgba_payload, square_mask
+
+__all__ = ["gray_payload", "rgba_payload", "square_mask"]  # re-exported for the adversarial tests
 
 WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -92,27 +94,7 @@ def client_for(daemon, client_id: str, **kwargs: Any) -> BridgeClient:
 
 
 def gradient(width: int = 32, height: int = 32) -> np.ndarray:
-    y, x = np.mgrid[0:height, 0:width]
-    rgba = np.empty((height, width, 4), np.uint8)
-    rgba[..., 0] = (x * 255 // max(width - 1, 1)).astype(np.uint8)
-    rgba[..., 1] = (y * 255 // max(height - 1, 1)).astype(np.uint8)
-    rgba[..., 2] = 100
-    rgba[..., 3] = 255
-    return rgba
-
-
-def rgba_payload(array: np.ndarray) -> ImagePayload:
-    return ImagePayload(array.shape[1], array.shape[0], "rgba8", array.tobytes())
-
-
-def gray_payload(array: np.ndarray) -> ImagePayload:
-    return ImagePayload(array.shape[1], array.shape[0], "gray8", array.tobytes())
-
-
-def square_mask(width: int = 32, height: int = 32) -> np.ndarray:
-    mask = np.zeros((height, width), np.uint8)
-    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
-    return mask
+    return gradient_image(width, height, blue=100)
 
 
 def inpaint_kwargs(size: int = 32, steps: int = 1) -> dict[str, Any]:

@@ -211,3 +211,50 @@ def test_a_daemon_with_shared_memory_switched_off_offers_none(thread_daemon_fact
         assert result_of(big_inpaint(client)).shape == (HEIGHT, WIDTH, 4)
     finally:
         client.close()
+
+
+def test_a_submit_whose_segment_the_daemon_no_longer_holds_is_sent_again_in_frames(thread_daemon_factory, monkeypatch):
+    """As after a reconnect between `alloc` and `submit`: the new connection does not know the old segment."""
+    from dataclasses import replace
+
+    daemon = thread_daemon_factory()
+    client = connect(daemon, "reconnected-client")
+    real = client._into_shared_memory
+
+    def stale(message, timeout):
+        shared = real(message, timeout)
+        assert shared.image is not None and shared.image.shm is not None
+        return replace(shared, image=replace(shared.image, shm=replace(shared.image.shm, segment="f" * 16)))
+
+    monkeypatch.setattr(client, "_into_shared_memory", stale)
+    try:
+        assert result_of(big_inpaint(client)).shape == (HEIGHT, WIDTH, 4)
+    finally:
+        client.close()
+
+
+def test_a_plugin_that_connects_for_every_generate_keeps_its_warm_segments(thread_daemon_factory, monkeypatch):
+    """The GIMP plug-in runs once per Generate; its segments stay with its client id, not with the connection."""
+    daemon = thread_daemon_factory()
+    made: list[int] = []
+    real_segment = shared_memory.Segment.__init__
+
+    def counting(self, size):
+        made.append(size)
+        real_segment(self, size)
+
+    monkeypatch.setattr(shared_memory.Segment, "__init__", counting)
+    for generate in range(3):
+        client = connect(daemon, "gimp-profile-1")
+        try:
+            handle = big_inpaint(client, seed=generate)
+            result_of(handle)
+            client.ack(handle.id)
+        finally:
+            client.close()
+        if generate == 0:
+            first_run = len(made)
+    pool = daemon.state.hub.sessions["gimp-profile-1"].segment_pool
+    assert len(pool) >= 1, "warm segments wait in the pool between connections"
+    big = [size for size in made if size > 32]  # leave out the probes (one per connection)
+    assert len(big) == first_run - 1, f"only the first Generate should make segments, made {made}"
