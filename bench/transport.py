@@ -307,9 +307,14 @@ def time_png_json(port: int, image: np.ndarray, mask: np.ndarray, ref: np.ndarra
 
 
 def breakdown(image: np.ndarray, mask: np.ndarray, ref: np.ndarray, history_dir: Path) -> list[tuple[str, float]]:
-    """The bridge path's pieces, timed by calling the same functions the daemon and client call. Names in
-    parentheses are not on the path to `result` (background work, or the previous release's step)."""
+    """The pieces of (b), the shared-memory path, timed by calling the same functions the daemon and client call
+    (warm segments, as after the first job of a client). Names in parentheses are not on that path: the frames
+    path's own steps (bf), background work, or the previous release's steps."""
     import os
+
+    from ace_protocol.shm import SegmentRef, describe, read_segment, write_segment
+
+    from bridge_server import shared_memory
 
     side = image.shape[0]
     parts: list[tuple[str, float]] = []
@@ -320,20 +325,13 @@ def breakdown(image: np.ndarray, mask: np.ndarray, ref: np.ndarray, history_dir:
         parts.append((name, time.perf_counter() - started))
         return value
 
-    submit = Submit(id="r1", task="reference_edit", prompt="identity",
-                    image=_payload(image, "rgba8", False), mask=_payload(mask, "gray8", False),
-                    references=[_payload(ref, "rgba8", False)], params={"steps": 1, "feather": 0})
-    pieces = timed("client: frame pieces (views of the arrays)", lambda: encode_fragments(submit))
-    frame = b"".join(pieces)
-    timed("(before: client tobytes() + msgpack encode)", lambda: _old_encode(
-        Submit(id="r1", task="reference_edit", prompt="identity", image=_payload(image, "rgba8", True),
-               mask=_payload(mask, "gray8", True), references=[_payload(ref, "rgba8", True)], params={})))
-    message = timed("daemon: msgpack decode + validate", lambda: decode_client_message(frame, max_pixels=2**26))
-    arr = timed("daemon: wire -> numpy (views)", lambda: to_array(message.image, max_pixels=2**26))
-    m = to_array(message.mask, max_pixels=2**26, gray=True)
-    rgba = timed("daemon: result RGBA (make_result)", lambda: make_result(arr[..., :3], m, 0))
-    timed("(before: strided make_result)", lambda: _old_make_result(arr[..., :3], m, 0))
-    png = timed("daemon: history PNG, stored (level 0)", lambda: encode_png_stored(rgba))
+    views = [_payload(image, "rgba8", False), _payload(mask, "gray8", False), _payload(ref, "rgba8", False)]
+    total = sum(v.nbytes for v in views)
+    segments = shared_memory.ConnectionSegments(enabled=True, max_bytes=2**32, max_segment_bytes=2**31)
+    offer = segments.offer()
+    if offer is None:
+        raise RuntimeError("shared memory is not available here")
+    segments.confirm(read_segment(describe(offer)).decode())
     path = history_dir / "bench.png"
 
     def write(data: Any, sync: bool) -> None:
@@ -343,17 +341,50 @@ def breakdown(image: np.ndarray, mask: np.ndarray, ref: np.ndarray, history_dir:
                 f.flush()
                 os.fsync(f.fileno())
 
-    timed("daemon: history PNG write (no fsync)", lambda: write(png, False))
-    timed("daemon: history JSON write + fsync", lambda: write(b"{}" * 200, True))
+    def one_round() -> tuple[Any, np.ndarray, Result]:
+        parts.clear()
+        granted = timed("daemon: alloc (a warm segment from the pool)", lambda: segments.allocate(total))
+        ref_all = describe(granted.describe())
+        offsets = [0, views[0].nbytes, views[0].nbytes + views[1].nbytes]
+        timed("client: copy the pixels into the segment",
+              lambda: write_segment(ref_all, [(o, v.data) for o, v in zip(offsets, views)]))
+        shared = [ImagePayload(v.width, v.height, v.format, b"", shm=SegmentRef(granted.id, o, v.nbytes))
+                  for o, v in zip(offsets, views)]
+        submit = Submit(id="r1", task="reference_edit", prompt="identity", image=shared[0], mask=shared[1],
+                        references=[shared[2]], params={"steps": 1, "feather": 0})
+        frame = timed("client: encode the submit (no pixels)", lambda: encode(submit))
+        message = timed("daemon: decode + validate + views of the segment",
+                        lambda: segments.resolve(decode_client_message(frame, max_pixels=2**26)))
+        arr = timed("daemon: wire -> numpy (views)", lambda: to_array(message.image, max_pixels=2**26))
+        m = to_array(message.mask, max_pixels=2**26, gray=True)
+        rgba = timed("daemon: result RGBA (make_result)", lambda: make_result(arr[..., :3], m, 0))
+        png = timed("daemon: history PNG, stored (level 0)", lambda: encode_png_stored(rgba))
+        timed("daemon: history PNG write (no fsync)", lambda: write(png, False))
+        timed("daemon: history JSON write + fsync", lambda: write(b"{}" * 200, True))
+        result = Result(job_id="j", index=0, count=1, seed=1, image=ImagePayload(
+            side, side, "rgba8", memoryview(rgba).cast("B")))
+        exported = timed("daemon: result into a segment", lambda: segments.export(result))
+        out = timed("daemon: encode the result (no pixels)", lambda: encode(exported))
+        back = decode_server_message(out)
+        timed("client: decode + copy the result out of the segment", lambda: read_segment(back.image.shm))
+        segments.release([back.image.shm.segment])
+        return png, rgba, result
+
+    one_round()  # fills the pool, as a client's first job does
+    png, rgba, result = one_round()
+    segments.close()
+    segments.pool.close()
+
+    framed = Submit(id="r1", task="reference_edit", prompt="identity", image=views[0], mask=views[1],
+                    references=[views[2]], params={"steps": 1, "feather": 0})
+    pieces = timed("(frames: client frame pieces, views of the arrays)", lambda: encode_fragments(framed))
+    whole = b"".join(pieces)
+    timed("(frames: daemon msgpack decode + validate)", lambda: decode_client_message(whole, max_pixels=2**26))
+    timed("(frames: daemon encode result, one copy of the pixels)", lambda: encode(result))
+    timed("(frames: client msgpack decode result)", lambda: decode_server_message(encode(result)))
     timed("(not done: fsync of the level-0 PNG)", lambda: write(png, True))
-    timed("(background: level-1 PNG encode, one thread)",
+    timed("(background, 1 s later: level-1 PNG encode, one thread)",
           lambda: encode_png(rgba, compress_level=1, parallel=False))
-    timed("(before: level-1 PNG encode, sliced)", lambda: encode_png(rgba))
-    result = Result(job_id="j", index=0, count=1, seed=1, image=ImagePayload(
-        side, side, "rgba8", memoryview(rgba).cast("B")))
-    out = timed("daemon: encode result (one copy of the pixels)", lambda: encode(result))
-    timed("(before: msgpack encode result)", lambda: _old_encode(result))
-    timed("client: msgpack decode result", lambda: decode_server_message(out))
     return parts
 
 
@@ -438,16 +469,17 @@ def main(argv: list[str] | None = None) -> int:
     if parts:
         total = sum(t for name, t in parts if not name.startswith("("))
         print()
-        print(f"Breakdown of (b) at {args.breakdown_size}² (pieces timed alone; sum {total * 1000:.1f} ms):")
+        print(f"Breakdown of (b), shared memory, at {args.breakdown_size}² (pieces timed alone; sum "
+              f"{total * 1000:.1f} ms):")
         print("| step | ms | share |")
         print("|---|---|---|")
         for name, t in parts:
             share = "" if name.startswith("(") else f"{100 * t / total:.0f} %"
             print(f"| {name} | {t * 1000:.1f} | {share} |")
-        b_here = [bf for side, _a, _b, bf, _b0, _c, _n in rows if side == args.breakdown_size]
+        b_here = [b for side, _a, b, _bf, _b0, _c, _n in rows if side == args.breakdown_size]
         if b_here:
-            print(f"| rest of (bf): WebSocket send/receive of both frames (client masking, daemon unmasking, the "
-                  f"client's receive loop), journal, thread hand-offs | {(b_here[0] - total) * 1000:.1f} | |")
+            print(f"| rest of (b): the small frames, journal writes, thread hand-offs | "
+                  f"{(b_here[0] - total) * 1000:.1f} | |")
     return 0
 
 
