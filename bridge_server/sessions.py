@@ -106,6 +106,8 @@ class ClientSession:
             "editor": self.editor,
             "connected": self.connection is not None,
             "since": self.connected_since,
+            # How this client's pixels travel, so a slow hand-over can be told apart at a glance.
+            "pixels": "shared memory" if self.connection is not None and self.connection.segments.ready else "frames",
         }
 
 
@@ -339,6 +341,7 @@ async def _dispatch(state: AppState, session: ClientSession, connection: Connect
         connection.send(Allocated(id=message.id, segment=segment.describe()))
     elif isinstance(message, ShmReady):
         connection.segments.confirm(message.nonce)
+        state.hub.changed()
     elif isinstance(message, StatusRequest):
         connection.send(StatusReply(engine=state.engine_state(), queue=state.queue_summary(),
                                     paused=state.config.gate.paused, id=message.id))

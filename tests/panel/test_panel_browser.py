@@ -118,6 +118,9 @@ def test_the_panel_shows_queue_progress_and_history_and_cancels_a_queued_job(thr
         open_panel(page, daemon)
         page.wait_for_selector("#clients li[data-client='gimp-artist']")
         assert page.locator("#engine-badge").text_content() in ("unloaded", "loaded")
+        if gimp.shared_memory_active:  # both on this machine: the panel says the pixels skip the WebSocket
+            page.wait_for_function("() => document.querySelector(\"#clients li[data-client='gimp-artist']\")"
+                                   ".textContent.includes('pixels via shared memory')")
 
         # Two finished jobs: they land in the gallery with their thumbnails, pushed without a reload.
         done = []

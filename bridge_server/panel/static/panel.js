@@ -139,7 +139,8 @@ function renderClients(clients) {
   }
   list.replaceChildren(...clients.map((c) => el("li", { dataset: { client: c.client_id } },
     el("strong", {}, c.editor || c.client_name || c.client_id), " ",
-    el("span", { class: "dim" }, `${c.client_name || ""} ${c.client_version || ""} · since ${fmtTime(c.since)}`))));
+    el("span", { class: "dim" },
+      `${c.client_name || ""} ${c.client_version || ""} · since ${fmtTime(c.since)} · pixels via ${c.pixels || "frames"}`))));
 }
 
 // ------------------------------------------------------------------------------------------------ queue
