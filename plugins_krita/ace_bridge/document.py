@@ -148,7 +148,7 @@ def read_context(doc, source: Source = Source.IMAGE, padding: int | None = None,
     anchor = node_id(active) if active is not None else None
     mask = None
     if sel is not None:
-        data = bytes(sel.pixelData(region.x, region.y, region.width, region.height))
+        data = pixel_buffer(sel.pixelData(region.x, region.y, region.width, region.height))
         mask = ImagePayload(region.width, region.height, "gray8", data)
 
     converted = not is_exchange_space(doc)
@@ -160,10 +160,10 @@ def read_context(doc, source: Source = Source.IMAGE, padding: int | None = None,
         if source == Source.LAYER and active is not None:
             path = node_path(doc, active)
             node = node_at(work, path) if converted and path is not None else active
-            pixels = bytes(node.projectionPixelData(region.x, region.y, region.width, region.height))
+            pixels = pixel_buffer(node.projectionPixelData(region.x, region.y, region.width, region.height))
         else:
             work.refreshProjection()
-            pixels = bytes(work.pixelData(region.x, region.y, region.width, region.height))
+            pixels = pixel_buffer(work.pixelData(region.x, region.y, region.width, region.height))
         image = ImagePayload(region.width, region.height, "bgra8", pixels)
         references = []
         for ref_id in reference_ids:
@@ -182,10 +182,21 @@ def read_context(doc, source: Source = Source.IMAGE, padding: int | None = None,
     return ContextRead(key, region, image, mask, source, anchor, references, converted)
 
 
+def pixel_buffer(data):
+    """The pixels of a QByteArray without copying them (PyQt5 5.15 and PyQt6 export its buffer; the view keeps
+    it alive): 64 MiB at 4096x4096 would cost ~20 ms to copy into `bytes`, and the client only reads them once,
+    into the daemon's segment or the frame. Older bindings get a copy."""
+    try:
+        view = memoryview(data)
+    except TypeError:
+        return bytes(data)
+    return view if view.ndim == 1 and view.itemsize == 1 and view.contiguous else bytes(data)
+
+
 def read_layer(node, canvas: Extent) -> ImagePayload:
     """A layer's own projection over its bounds clamped to the canvas (the whole canvas if it is empty)."""
     r = node.bounds()
     b = Bounds(r.x(), r.y(), r.width(), r.height()).clamp(canvas)
     if b.is_empty:
         b = Bounds(0, 0, canvas.width, canvas.height)
-    return ImagePayload(b.width, b.height, "bgra8", bytes(node.projectionPixelData(b.x, b.y, b.width, b.height)))
+    return ImagePayload(b.width, b.height, "bgra8", pixel_buffer(node.projectionPixelData(b.x, b.y, b.width, b.height)))
