@@ -23,7 +23,6 @@ move between clients, so one editor never sees another's leftover pixels.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import mmap
 import os
@@ -43,8 +42,14 @@ from ace_protocol.shm import SegmentRef
 
 log = logging.getLogger(__name__)
 
+try:
+    import fcntl
+except ImportError:  # Windows: no fcntl, and no shared memory offered
+    fcntl = None  # type: ignore[assignment]
+
 #: memfd and file seals are Linux-only; elsewhere clients get frames.
-AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "memfd_create") and hasattr(fcntl, "F_ADD_SEALS")
+AVAILABLE = (sys.platform.startswith("linux") and hasattr(os, "memfd_create") and fcntl is not None
+             and hasattr(fcntl, "F_ADD_SEALS"))
 #: Below this, a frame is cheaper than the extra round trip of `alloc`.
 MIN_SHARED_BYTES = 256 * 1024
 #: Free segments kept per connection, and how long an unused one is kept.

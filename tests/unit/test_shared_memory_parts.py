@@ -197,3 +197,19 @@ def test_a_connection_cap_counts_what_the_client_holds_and_the_warm_pool_gives_w
     assert segments.allocate(2 << 20) is not first, "the idle pool is freed to make room"
     assert first.fd is None
     segments.close()
+
+
+def test_without_fcntl_as_on_windows_the_daemon_starts_and_offers_no_shared_memory():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    code = ("import sys; sys.modules['fcntl'] = None; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+            "from bridge_server import shared_memory as m\n"
+            "assert not m.AVAILABLE\n"
+            "assert m.ConnectionSegments(enabled=True, max_bytes=1, max_segment_bytes=1).offer() is None\n"
+            "from bridge_server.app import create_app\n")
+    run = subprocess.run([sys.executable, "-c", code, str(repo), str(repo / "shared")], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
