@@ -168,6 +168,7 @@ class GimpProgressUi(logic.HeadlessUi):
         self._cancelled = False
         self._window = None
         self._bar = None
+        self._preview = None
         if interactive:
             self._make_window(title)
 
@@ -182,6 +183,11 @@ class GimpProgressUi(logic.HeadlessUi):
             self._bar = Gtk.ProgressBar(show_text=True)
             self._bar.set_text("ACE++: sending…")
             win.get_content_area().pack_start(self._bar, True, True, 12)
+            # Where the picture is heading, every few steps (the daemon's small JPEG previews); shown once the
+            # first one arrives, so a job that is only queued keeps a compact window.
+            self._preview = Gtk.Image()
+            self._preview.set_no_show_all(True)
+            win.get_content_area().pack_start(self._preview, False, False, 6)
             win.connect("response", lambda *_: self._cancel())
             win.connect("delete-event", lambda *_: self._cancel() or True)
             win.set_default_size(360, -1)
@@ -204,6 +210,26 @@ class GimpProgressUi(logic.HeadlessUi):
                 self._bar.set_fraction(fraction)
         elif self._bar is not None:
             self._bar.pulse()
+
+    def preview(self, image) -> None:
+        if self._preview is None or image.format not in ("jpeg", "png"):
+            return
+        try:
+            gi.require_version("GdkPixbuf", "2.0")
+            from gi.repository import GdkPixbuf
+
+            loader = GdkPixbuf.PixbufLoader()
+            loader.write(bytes(image.data))
+            loader.close()
+            pixbuf = loader.get_pixbuf()
+            self._preview.set_from_pixbuf(pixbuf)
+            self._preview.show()
+        except Exception as exc:  # a preview is a nicety: never let it break the job
+            if os.environ.get("ACE_BRIDGE_DEBUG"):
+                print(f"ace-bridge: preview not shown ({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+            return
+        if os.environ.get("ACE_BRIDGE_DEBUG"):
+            print(f"ace-bridge: preview shown {pixbuf.get_width()}x{pixbuf.get_height()}", file=sys.stderr, flush=True)
 
     def cancel_requested(self) -> bool:
         return self._cancelled
@@ -228,7 +254,7 @@ def _state() -> logic.ProfileState:
     return logic.ProfileState(Path(Gimp.directory()) / logic.STATE_FILE)
 
 
-def _client(settings: logic.Settings, state: logic.ProfileState, *, resume: bool):
+def _client(settings: logic.Settings, state: logic.ProfileState, *, resume: bool, previews: bool = False):
     from ace_protocol.client import BridgeClient
 
     return BridgeClient(
@@ -239,6 +265,7 @@ def _client(settings: logic.Settings, state: logic.ProfileState, *, resume: bool
         client_version=logic.PLUGIN_VERSION,
         editor=f"gimp {Gimp.version()}",
         session=state.session if resume else None,
+        previews=previews,
     )
 
 
@@ -354,7 +381,7 @@ def run_action(procedure, run_mode, image, drawables, config, data):
 
         ui = GimpProgressUi(f"ACE++ {action.label.rstrip('…')}", interactive)
         ui.progress(None, "ACE++: connecting…")
-        client = _client(settings, state, resume=False)
+        client = _client(settings, state, resume=False, previews=interactive)  # previews need the window
         welcome = client.connect()
         state.session = welcome.session
         logic.check_offered(action, welcome.tasks, welcome.engine)

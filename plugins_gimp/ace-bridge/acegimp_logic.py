@@ -258,6 +258,8 @@ class ProfileState:
 class Ui(Protocol):
     def progress(self, fraction: float | None, text: str | None) -> None: ...
 
+    def preview(self, image: Any) -> None: ...
+
     def cancel_requested(self) -> bool: ...
 
     def pump(self) -> None: ...
@@ -272,6 +274,9 @@ class HeadlessUi:
     def progress(self, fraction: float | None, text: str | None) -> None:
         if self._on_progress:
             self._on_progress(fraction, text)
+
+    def preview(self, image: Any) -> None:
+        pass  # nowhere to show it
 
     def cancel_requested(self) -> bool:
         return False
@@ -325,6 +330,8 @@ def wait_for_job(job: Any, ui: Ui, *, poll_s: float = 0.05, event_timeout_s: flo
         if fraction is not None or text is not None:
             ui.progress(fraction, text)
         kind = getattr(event, "TYPE", "")
+        if kind == "progress" and getattr(event, "preview", None) is not None:
+            ui.preview(event.preview)
         if kind == "result":
             outcome.results.append(event)
         elif kind == "done":

@@ -9,8 +9,10 @@ events (xdotool, XTEST). Story covered:
    with the dialog's values in its provenance; a screenshot of the dialog goes to artifacts/gimp/;
 2. the next use starts from the values of the previous one (the batch passes none: the job runs with the previous
    prompt, seed and steps), and GIMP saved them in the profile's `.last` settings file;
-3. Escape on the dialog cancels: status cancel, no layer;
-4. Escape on the progress window (queue paused, so the job is still waiting) cancels the job: status cancel,
+3. both 9-step jobs show the daemon's previews (after steps 4 and 8) in their progress windows, as the plug-in
+   logs with ACE_BRIDGE_DEBUG;
+4. Escape on the dialog cancels: status cancel, no layer;
+5. Escape on the progress window (queue paused, so the job is still waiting) cancels the job: status cancel,
    no layer, and the daemon reports the job cancelled.
 """
 
@@ -39,7 +41,8 @@ TOOLS = (GIMP_GUI, "Xvfb", "xdotool", "python3")
 ARTIFACTS = REPO / "artifacts" / "gimp"
 PROCEDURE = "python-fu-ace-bridge-inpaint"
 SELECTION = [20, 12, 40, 30]
-FIRST = {"prompt": "a red apple, interactive", "seed": 7, "steps": 2, "count": 1, "padding": 4, "feather": 3}
+# 9 steps: the daemon sends previews after steps 4 and 8 (every 4th, never the last).
+FIRST = {"prompt": "a red apple, interactive", "seed": 7, "steps": 9, "count": 1, "padding": 4, "feather": 3}
 RUN_TIMEOUT_S = 100
 
 
@@ -98,6 +101,7 @@ def test_dialog_progress_remembered_values_and_cancel(tmp_path: Path, demo_daemo
         "XDG_DATA_HOME": chroot.inside_path(profile / "xdg-data"), "PYTHONDONTWRITEBYTECODE": "1",
         "ACE_BRIDGE_URL": demo_daemon.url, "ACE_BRIDGE_TOKEN": demo_daemon.token,
         "ACE_GIMP_UI_CONFIG": chroot.inside_path(work / "config.json"), "NO_AT_BRIDGE": "1",
+        "ACE_BRIDGE_DEBUG": "1",  # the plug-in then logs each preview it put in its progress window
     }
     driver = chroot.inside_path(HERE / "gimp_scripts" / "gimp_ui_driver.py")
     start = time.monotonic()
@@ -143,11 +147,15 @@ def test_dialog_progress_remembered_values_and_cancel(tmp_path: Path, demo_daemo
     assert saved and FIRST["prompt"] in saved[0].read_text(errors="replace"), sorted(
         str(p.relative_to(profile)) for p in profile.rglob("*") if p.is_file())[:60]
 
-    # 3. Escape on the dialog: cancelled, nothing added.
+    # 3. Both finished jobs showed where the picture was heading in their progress windows (steps 4 and 8 of 9).
+    shown = [line for line in gimp_log.splitlines() if "ace-bridge: preview shown" in line]
+    assert len(shown) == 4, f"two previews in each of the two finished jobs, got {shown}" + context
+
+    # 4. Escape on the dialog: cancelled, nothing added.
     cancelled = out["dialog_cancel"]
     assert cancelled["status"] == "cancel" and cancelled["new"] == [] and cancelled["layers"] == ["bg"], cancelled
 
-    # 4. Escape on the progress window while the job waits: cancelled, nothing added, the job cancelled.
+    # 5. Escape on the progress window while the job waits: cancelled, nothing added, the job cancelled.
     stopped = out["progress_cancel"]
     assert [s.get("progress_closed") for s in report["steps"] if s["name"] == "progress_cancel"] == [True], report
     assert stopped["status"] == "cancel" and stopped["new"] == [] and stopped["layers"] == ["bg"], stopped

@@ -153,6 +153,9 @@ class RecordingUi(logic.HeadlessUi):
     def progress(self, fraction, text):
         self.updates.append((fraction, text))
 
+    def preview(self, image):
+        self.updates.append(("preview", image.format))
+
     def cancel_requested(self):
         return self._cancel
 
@@ -166,6 +169,19 @@ def test_wait_for_job_collects_results_in_order():
     outcome = logic.wait_for_job(job, ui)
     assert [x.index for x in outcome.results] == [0, 1]
     assert (0.5, "ACE++: step 1/2") in ui.updates and (None, "ACE++: queued, position 1") in ui.updates
+
+
+def test_wait_for_job_shows_the_previews_the_daemon_sends_in_between_the_steps():
+    shot = SimpleNamespace(format="jpeg", width=8, height=8, data=b"\xff\xd8")
+    job = FakeJob([SimpleNamespace(TYPE="progress", step=1, total=3, eta_s=None, image_index=0, preview=None),
+                   SimpleNamespace(TYPE="progress", step=2, total=3, eta_s=None, image_index=0, preview=shot),
+                   SimpleNamespace(TYPE="result", index=0, count=1, seed=1), SimpleNamespace(TYPE="done")])
+    ui = RecordingUi()
+    logic.wait_for_job(job, ui)
+    assert ui.updates.count(("preview", "jpeg")) == 1
+    assert ui.updates.index((2 / 3, "ACE++: step 2/3")) < ui.updates.index(("preview", "jpeg"))
+    logic.wait_for_job(FakeJob([SimpleNamespace(TYPE="progress", step=1, total=1, eta_s=None, image_index=0,
+                                                preview=shot), SimpleNamespace(TYPE="done")]), logic.HeadlessUi())
 
 
 def test_wait_for_job_reports_failure_and_cancel():
