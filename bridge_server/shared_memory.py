@@ -52,14 +52,15 @@ AVAILABLE = (sys.platform.startswith("linux") and hasattr(os, "memfd_create") an
              and hasattr(fcntl, "F_ADD_SEALS"))
 #: Below this, a frame is cheaper than the extra round trip of `alloc`.
 MIN_SHARED_BYTES = 256 * 1024
-#: Free segments kept per connection, and how long an unused one is kept.
+#: Free segments kept per client, and how long an unused one is kept.
 POOL_SIZE = 4
 POOL_IDLE_S = 30.0
 _NONCE_CHARS = 32
 
 
 class Segment:
-    """One sealed memfd, mapped by the daemon. `fd` stays open until the client has had its chance to open it."""
+    """One sealed memfd, mapped by the daemon. `fd` stays open while the segment lives: it is what the client
+    opens (as `/proc/<pid>/fd/<fd>`) each time the segment is handed out."""
 
     def __init__(self, size: int) -> None:
         if size < 1:
