@@ -526,7 +526,7 @@ class BridgeClient:
                 offsets[id(payload)] = cursor
                 pieces.append((cursor, payload.data))
                 cursor += payload.nbytes
-            write_segment(SegmentRef(segment.segment, 0, segment.length, segment.pid, segment.fd, segment.ino), pieces)
+            write_segment(segment, pieces)
         except SharedMemoryUnavailable as exc:
             self.shared_memory_active = False
             self.shared_memory_problem = str(exc)
