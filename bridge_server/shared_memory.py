@@ -259,7 +259,7 @@ class ConnectionSegments:
         """The submit with each segment reference replaced by a view of the daemon's mapping. Every segment it
         names is used up, whether or not the submit is then accepted: a segment id serves one submit. The segment
         goes back to the pool when the last view of its pixels is gone (job finished, or submit refused)."""
-        named = {p.shm.segment for p in _images(message) if p.shm is not None}
+        named = {p.shm.segment for p in message.images() if p.shm is not None}
         if not named:
             return message
         with self._lock:
@@ -276,20 +276,15 @@ class ConnectionSegments:
             raise bad_request(f"shared-memory segment {unknown[0]!r:.40} is not open on this connection "
                               "(allocate one with 'alloc'; each serves one submit)")
 
-        def resolved(payload: ImagePayload | None, what: str) -> ImagePayload | None:
-            if payload is None or payload.shm is None:
+        def resolved(payload: ImagePayload, where: str) -> ImagePayload:
+            if payload.shm is None:
                 return payload
             ref, pixels = payload.shm, arrays[payload.shm.segment]
             if ref.offset + ref.length > pixels.size:
-                raise bad_request(f"{what} reaches byte {ref.offset + ref.length} of a {pixels.size}-byte segment")
+                raise bad_request(f"{where} reaches byte {ref.offset + ref.length} of a {pixels.size}-byte segment")
             return replace(payload, data=memoryview(pixels[ref.offset : ref.offset + ref.length]), shm=None)
 
-        return replace(
-            message,
-            image=resolved(message.image, "submit.image"),
-            mask=resolved(message.mask, "submit.mask"),
-            references=[resolved(r, f"submit.references[{i}]") for i, r in enumerate(message.references)],
-        )
+        return message.with_images(resolved)
 
     # ---------------------------------------------------------------- results
 
@@ -343,6 +338,3 @@ class ConnectionSegments:
         for segment in segments:
             segment.close()
 
-
-def _images(message: Submit) -> list[ImagePayload]:
-    return [p for p in (message.image, message.mask, *message.references) if p is not None]

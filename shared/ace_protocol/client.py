@@ -509,8 +509,7 @@ class BridgeClient:
     def _into_shared_memory(self, message: Submit, timeout: float) -> Submit:
         """The submit with its raw pixels copied into one daemon segment, or unchanged when that is not worth it or
         fails (then the pixels travel in the frame as always)."""
-        payloads = [p for p in (message.image, message.mask, *message.references) if p is not None]
-        raw = [p for p in payloads if p.is_raw and p.shm is None]
+        raw = [p for p in message.images() if p.is_raw and p.shm is None]
         total = sum(p.nbytes for p in raw)
         if total < SHARED_MEMORY_MIN_BYTES:
             return message
@@ -532,14 +531,12 @@ class BridgeClient:
             self.shared_memory_problem = str(exc)
             return message
 
-        def shared(payload: ImagePayload | None) -> ImagePayload | None:
-            if payload is None or id(payload) not in offsets:
+        def shared(payload: ImagePayload, where: str) -> ImagePayload:
+            if id(payload) not in offsets:
                 return payload
-            ref = SegmentRef(segment.segment, offsets[id(payload)], payload.nbytes)
-            return replace(payload, data=b"", shm=ref)
+            return replace(payload, data=b"", shm=SegmentRef(segment.segment, offsets[id(payload)], payload.nbytes))
 
-        return replace(message, image=shared(message.image), mask=shared(message.mask),
-                       references=[shared(r) for r in message.references])
+        return message.with_images(shared)
 
     def cancel(self, job_id: str) -> None:
         self._send(Cancel(job_id=job_id))

@@ -8,7 +8,8 @@ and servers can add optional fields without a version bump.
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, ClassVar
 
 from .errors import ErrorCode, ProtocolError, bad_request
@@ -145,6 +146,19 @@ class Submit(Message):
     references: list[ImagePayload] = spec("images", factory=list)
     params: dict[str, Any] = spec("map", factory=dict)
     label: str = spec("str", "", max_len=256)  # free text for the panel, e.g. document name
+
+    def images(self) -> list[ImagePayload]:
+        """Every image the submit carries: image, mask, references."""
+        return [p for p in (self.image, self.mask, *self.references) if p is not None]
+
+    def with_images(self, change: Callable[[ImagePayload, str], ImagePayload]) -> Submit:
+        """A copy with `change(payload, where)` applied to every image (`where`: e.g. 'submit.references[0]')."""
+
+        def changed(payload: ImagePayload | None, where: str) -> ImagePayload | None:
+            return None if payload is None else change(payload, where)
+
+        return replace(self, image=changed(self.image, "submit.image"), mask=changed(self.mask, "submit.mask"),
+                       references=[change(r, f"submit.references[{i}]") for i, r in enumerate(self.references)])
 
 
 @dataclass
