@@ -16,7 +16,7 @@ import secrets
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -166,7 +166,7 @@ class JobQueue:
         tick = self._serve_tick
         order: list[Job] = []
         while lanes:
-            client_id = min(lanes, key=lambda c: (served.get(c, 0), self._arrival[lanes[c][0].id]))
+            client_id = self._whose_turn(lanes, served)
             lane = lanes[client_id]
             order.append(lane.pop(0))
             tick += 1
@@ -298,15 +298,15 @@ class JobQueue:
 
     # ------------------------------------------------------------------ the worker
 
-    def _next_turn(self) -> str:
+    def _whose_turn(self, lanes: Mapping[str, Sequence[Job]], served: Mapping[str, int]) -> str:
         """The client whose turn it is: the one whose last turn is longest ago (never served first), ties broken by
-        which waiting job arrived first. `queued_jobs` repeats this choice to lay out the whole order."""
-        return min(self._waiting, key=lambda c: (self._served_at.get(c, 0), self._arrival[self._waiting[c][0].id]))
+        which waiting job arrived first. The worker asks it for the next job, `queued_jobs` to lay out the order."""
+        return min(lanes, key=lambda c: (served.get(c, 0), self._arrival[lanes[c][0].id]))
 
     def _next_job(self) -> Job | None:
         if not self._waiting:
             return None
-        lane = self._waiting[self._next_turn()]
+        lane = self._waiting[self._whose_turn(self._waiting, self._served_at)]
         job = lane[0]
         lane.popleft()
         if not lane:
