@@ -95,16 +95,6 @@ def encode_png(rgba: np.ndarray, *, compress_level: int = 1, parallel: bool = Tr
     return b"".join((b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header), _chunk(b"IDAT", idat), _chunk(b"IEND", b"")))
 
 
-def _stored_blocks(start: int, end: int, row: int, per_block: int) -> list[tuple[int, int]]:
-    """(offset, length) of each stored block's data between `start` and `end` (each block: 5-byte header + data)."""
-    blocks = []
-    while start < end:
-        length = min(per_block * row, end - start - 5)
-        blocks.append((start, length))
-        start += 5 + length
-    return blocks
-
-
 def _adler_all(pieces: list[np.ndarray]) -> int:
     adler = 1
     for piece in pieces:
@@ -133,6 +123,7 @@ def encode_png_stored(rgba: np.ndarray) -> np.ndarray:
     out[at: at + 2] = (0x78, 0x01)
     at += 2
     pixels = rgba.reshape(height, width * 4)
+    block_data: list[np.ndarray] = []  # each stored block's data, for the Adler-32
     for count, rows, final in ((per_block, full, not rest), (rest, 1 if rest else 0, True)):
         if not rows:
             continue
@@ -146,11 +137,10 @@ def encode_png_stored(rgba: np.ndarray) -> np.ndarray:
         data[:, :, 0] = 0  # filter type None
         first = full * per_block if count == rest and rest else 0
         data[:, :, 1:] = pixels[first: first + rows * count].reshape(rows, count, width * 4)
+        block_data.extend(blocks[index, 5:] for index in range(rows))
         at += rows * (5 + size)
     # Adler-32 (over the rows) and CRC-32 (over the whole chunk) are independent passes, and zlib lets go of the
     # GIL for both: run them side by side on two cores.
-    block_data = [out[start + 5: start + 5 + length] for start, length in _stored_blocks(len(head) + 2, at, row,
-                                                                                         per_block)]
     adler_box: list[int] = []
     adler_thread = threading.Thread(target=lambda: adler_box.append(_adler_all(block_data)), daemon=True)
     adler_thread.start()
