@@ -35,6 +35,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from ace_protocol.buffers import byte_view
 from ace_protocol.errors import ErrorCode, ProtocolError, bad_request
 from ace_protocol.images import ImagePayload
 from ace_protocol.messages import Result, Submit
@@ -302,8 +303,7 @@ class ConnectionSegments:
             log.warning("result sent in a frame: no segment of %d bytes (%s)", size, exc)
             return message
         assert segment.mapping is not None
-        view = memoryview(image.data)
-        segment.mapping[:size] = view if view.ndim == 1 and view.itemsize == 1 else view.cast("B")
+        segment.mapping[:size] = byte_view(image.data)
         with self._lock:
             self._results[segment.id] = segment
             self._result_jobs.setdefault(message.job_id, []).append(segment.id)

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgpack
 
+from .buffers import byte_view
 from .errors import ErrorCode, ProtocolError, bad_request
 from .images import DEFAULT_MAX_PIXELS
 from .messages import CLIENT_MESSAGES, SERVER_MESSAGES, Message
@@ -71,9 +72,7 @@ def _has_big_bin(value: Any, depth: int) -> bool:
 
 def _pack_into(value: Any, parts: list[Any]) -> None:
     if isinstance(value, (bytes, bytearray, memoryview)) and len(value) >= _BIG_BIN:
-        view = memoryview(value)
-        if view.ndim != 1 or view.itemsize != 1:
-            view = view.cast("B")
+        view = byte_view(value)
         parts.append(struct.pack(">BI", 0xC6, view.nbytes))  # bin 32, as msgpack writes any bin of 64 KiB or more
         parts.append(view)
     elif isinstance(value, dict):

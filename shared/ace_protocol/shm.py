@@ -14,6 +14,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+from .buffers import byte_view
 from .errors import bad_request
 
 MAX_SEGMENT_ID_CHARS = 64
@@ -130,9 +131,7 @@ def write_segment(ref: SegmentRef, pieces: list[tuple[int, Any]]) -> None:
     fd = _open(ref, writable=True)
     try:
         for offset, data in pieces:
-            view = memoryview(data)
-            if view.ndim != 1 or view.itemsize != 1:
-                view = view.cast("B")
+            view = byte_view(data)
             end = offset + view.nbytes
             if offset < 0 or end > ref.length:
                 raise SharedMemoryUnavailable("pixels do not fit the segment")
