@@ -51,4 +51,9 @@ class ServerConfig:
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in ("127.0.0.1", "::1", "localhost")
+        return is_loopback_host(self.host)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether `serve --host` keeps the daemon on this machine (anything else is remote mode, which needs TLS)."""
+    return host in ("127.0.0.1", "::1", "localhost")

@@ -18,7 +18,7 @@ from ace_protocol.discovery import RUNTIME_FILE, config_dir, read_runtime, url_f
 from aiohttp import web
 
 from .app import create_app
-from .config import ServerConfig
+from .config import ServerConfig, is_loopback_host
 from .gate import Gate
 from .lock import AlreadyRunning, DaemonLock
 from .tokens import load_or_create_token, write_private
@@ -97,7 +97,7 @@ def run_server(args: argparse.Namespace) -> int:
     from .cli import data_dir
 
     data = data_dir()
-    loopback = args.host in ("127.0.0.1", "::1", "localhost")
+    loopback = is_loopback_host(args.host)
     if getattr(args, "tls_self_signed", False) and not (args.tls_cert and args.tls_key):
         from .tls import TlsError, ensure_self_signed, fingerprint_sha256, subject_names
 
