@@ -44,6 +44,19 @@ def _run():
         doc.refreshProjection()
         return doc
 
+    def undo_once(app, doc, patience_ticks=100):
+        """One Edit > Undo, then wait (up to 5 s of 50 ms ticks) until the layer stack has changed: on a busy
+        machine Krita applies an undo later than a few event-loop turns."""
+        before = [node_id(n) for n in doc.rootNode().childNodes()]
+        app.action("edit_undo").trigger()
+        doc.waitForDone()
+        for _ in range(patience_ticks):
+            yield
+            if [node_id(n) for n in doc.rootNode().childNodes()] != before:
+                break
+        for _ in range(2):  # and let the views settle
+            yield
+
     def steps():
         deadline_s = cfg.get("step_timeout_s", 90)
         docker = AceBridgeDocker.instances[-1] if AceBridgeDocker.instances else None
@@ -99,10 +112,7 @@ def _run():
         n_before_undo = len(doc.rootNode().childNodes())
         undo_steps = 0
         for _ in range(4):
-            app.action("edit_undo").trigger()
-            doc.waitForDone()
-            for _ in range(5):
-                yield
+            yield from undo_once(app, doc)
             undo_steps += 1
             ids_now = [node_id(n) for n in doc.rootNode().childNodes()]
             if new and node_id(new[0]) not in ids_now:
@@ -143,10 +153,7 @@ def _run():
         check("count2_group_first_visible", state["finished"].get(lid4) == "done" and top.type() == "grouplayer"
               and len(kids) == 2 and kids[0].visible() and not kids[1].visible(),
               (state["finished"].get(lid4), top.type(), [(k.name(), k.visible()) for k in kids]))
-        app.action("edit_undo").trigger()
-        other.waitForDone()
-        for _ in range(5):
-            yield
+        yield from undo_once(app, other)
         check("count2_group_one_undo", [node_id(n) for n in other.rootNode().childNodes()] == before_g,
               [n.name() for n in other.rootNode().childNodes()])
 
