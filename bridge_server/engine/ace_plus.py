@@ -33,6 +33,7 @@ import logging
 import random
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -290,7 +291,10 @@ class AcePlusEngine:
                 dtype=dtype,
             )
             check_lora_shapes(converted, transformer, name=path.name)
-            pipe.load_lora_weights(converted, adapter_name=name)
+            with warnings.catch_warnings():
+                # The three task LoRAs are meant to live side by side as named adapters; peft warns at each one.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                pipe.load_lora_weights(converted, adapter_name=name)
             self._adapters.append(name)
         mode = self._resolve_memory_mode(device)
         if mode == "gpu":

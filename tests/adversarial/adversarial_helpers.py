@@ -58,9 +58,13 @@ def raw_upgrade(port: int, host: str | None, headers: dict[str, str] | None = No
 
 
 def raw_ws(daemon, max_size: int | None = 2**30):
+    import inspect
+
     from websockets.sync.client import connect as ws_connect
 
-    return ws_connect(daemon.url, max_size=max_size, compression=None, open_timeout=15)
+    # The callers close it themselves; websockets 17 asks to be told so (older releases lack the keyword).
+    legacy = {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {}
+    return ws_connect(daemon.url, max_size=max_size, compression=None, open_timeout=15, **legacy)
 
 
 def hello(token: str, client_id: str = "adversary", **extra: Any) -> Hello:
