@@ -3,6 +3,8 @@ change nothing about the final image."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,17 @@ def inpaint_job(steps: int, seed: int = 5) -> EngineJob:
                      image=image, mask=mask)
 
 
+@contextmanager
+def previews_every(engine: AcePlusEngine, steps: int) -> Iterator[None]:
+    """Change the module-wide engine's preview interval for one test, and put the default back."""
+    default = engine.preview_every
+    engine.preview_every = steps
+    try:
+        yield
+    finally:
+        engine.preview_every = default
+
+
 def run(engine: AcePlusEngine, job: EngineJob, *, previews: bool):
     events: list[tuple] = []
 
@@ -46,11 +59,8 @@ def run(engine: AcePlusEngine, job: EngineJob, *, previews: bool):
 
 
 def test_previews_at_every_nth_step_never_the_last(engine):
-    engine.preview_every = 2
-    try:
+    with previews_every(engine, 2):
         result, events = run(engine, inpaint_job(7), previews=True)
-    finally:
-        engine.preview_every = 4
     previews = [e for e in events if e[0] == "preview"]
     assert [e[1] for e in previews] == [2, 4, 6]
     for _, step, rgb in previews:
@@ -71,21 +81,15 @@ def test_default_every_four_and_none_on_last_step(engine):
 
 
 def test_zero_disables_previews(engine):
-    engine.preview_every = 0
-    try:
+    with previews_every(engine, 0):
         _, events = run(engine, inpaint_job(5), previews=True)
-    finally:
-        engine.preview_every = 4
     assert not [e for e in events if e[0] == "preview"]
 
 
 def test_final_image_identical_with_and_without_previews(engine):
-    engine.preview_every = 1
-    try:
+    with previews_every(engine, 1):
         with_previews, events = run(engine, inpaint_job(5, seed=11), previews=True)
         without, plain = run(engine, inpaint_job(5, seed=11), previews=False)
-    finally:
-        engine.preview_every = 4
     assert len([e for e in events if e[0] == "preview"]) == 4
     assert not [e for e in plain if e[0] == "preview"]
     assert np.array_equal(with_previews.rgb, without.rgb)
@@ -98,11 +102,8 @@ def test_reference_columns_are_not_in_the_preview(engine):
     reference[..., 3] = 255
     job = EngineJob(task="subject", prompt="{image} a mug", seed=2, params={"steps": 3},
                     references=[reference], width=96, height=48)
-    engine.preview_every = 1
-    try:
+    with previews_every(engine, 1):
         result, events = run(engine, job, previews=True)
-    finally:
-        engine.preview_every = 4
     previews = [e[2] for e in events if e[0] == "preview"]
     assert len(previews) == 2 and result.rgb.shape == (48, 96, 3)
     h, w = previews[0].shape[:2]
