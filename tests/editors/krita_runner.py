@@ -22,14 +22,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chroot  # noqa: E402
+from prerequisites import in_ci  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "krita_scripts"
 KILL_AFTER_S = 10
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
 
 
 def _dpkg_version(root: Path, package: str) -> str:

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
+import prerequisites
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = Path(os.environ.get("ACE_PY310_ENV", REPO / ".cache/py310-clean"))
@@ -44,9 +44,7 @@ if sys.platform.startswith("linux"):
 def test_the_client_runs_a_job_from_a_clean_python_310(demo_daemon):
     python = ENV / "bin/python"
     if not python.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{python} missing: run .ci/steps/12_py310_clean.sh")
-        pytest.skip("clean Python 3.10 env not built (.ci/steps/12_py310_clean.sh)")
+        prerequisites.missing(f"clean Python 3.10 env {python} not built: run .ci/steps/12_py310_clean.sh")
     run = subprocess.run([str(python), "-I", "-c", SCRIPT, str(REPO / "shared"), demo_daemon.url, demo_daemon.token],
                          capture_output=True, text=True, timeout=120, cwd="/")
     assert run.returncode == 0, run.stderr

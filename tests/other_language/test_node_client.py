@@ -9,6 +9,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import prerequisites
 import pytest
 
 CLIENT_DIR = Path(__file__).resolve().parent / "node_client"
@@ -18,10 +19,7 @@ DEPENDENCIES = ("ws", "@msgpack/msgpack")
 def _tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        message = f"{name} not found (.ci/steps/25_node.sh installs nodejs and npm)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        prerequisites.missing(f"{name} not found (.ci/steps/25_node.sh installs nodejs and npm)")
     return path
 
 
