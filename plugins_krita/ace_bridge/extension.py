@@ -45,5 +45,6 @@ class AceBridgeExtension(kdoc.Extension):
 def register() -> None:
     app = kdoc.krita_app()
     app.addExtension(AceBridgeExtension(app))
-    app.addDockWidgetFactory(kdoc.DockWidgetFactory(DOCKER_ID, kdoc.DockWidgetFactoryBase.DockRight,
-                                                    AceBridgeDocker))
+    # Krita 6's sip bindings only know the scoped enum spelling; Krita 5.1-5.3 accept it too.
+    dock_right = kdoc.DockWidgetFactoryBase.DockPosition.DockRight
+    app.addDockWidgetFactory(kdoc.DockWidgetFactory(DOCKER_ID, dock_right, AceBridgeDocker))
