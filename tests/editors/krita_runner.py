@@ -1,10 +1,11 @@
 """Host-side helpers for the Krita tests: find the Krita installs, install the plugin into a throw-away profile,
 run `kritarunner` (headless) or `krita` under Xvfb with HOME in a temporary folder, always under `timeout -k`.
 
-Installs: the host's apt Krita (5.1.5 on bookworm, 5.2.9 on trixie), plus on a bookworm host the trixie chroot's
-5.2.9 (.ci/steps/20_trixie_chroot.sh, run through tests/editors/chroot.py), or on a trixie host the bookworm
-chroot's 5.1.5 (.ci/steps/15_krita_host.sh). With env CI=true a missing Krita is a
-failure, not a skip.
+Installs: the host's apt Krita (5.1.5 on bookworm, 5.2.9 on trixie) and every environment of tests/editors/chroot.py
+that has `kritarunner`: bookworm (5.1, when the host is not bookworm), trixie (5.2), sid (5.3) and
+sid-experimental (6.0), built by the .ci/steps/2*_chroot.sh steps. The tests are parametrized over all of them.
+Under CI (env CI=true) every expected Krita version (`EXPECTED_VERSIONS`, env ACE_EXPECT_KRITA="5.1 5.2 5.3 6.0")
+must be among them: a missing one is a failing parameter, not a skip.
 """
 
 from __future__ import annotations
@@ -27,68 +28,33 @@ from prerequisites import in_ci  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "krita_scripts"
 KILL_AFTER_S = 10
-
-
-def _dpkg_version(root: Path, package: str) -> str:
-    status = root / "var/lib/dpkg/status"
-    try:
-        block = None
-        for line in status.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("Package: "):
-                block = line[9:].strip()
-            elif block == package and line.startswith("Version: "):
-                return line[9:].strip().split(":")[-1].split("+")[0]
-    except OSError:
-        pass
-    return "?"
-
-
-def bookworm_chroot() -> Path:
-    """Krita 5.1.5 for trixie hosts: the chroot .ci/steps/15_krita_host.sh builds there with mmdebstrap."""
-    return Path(os.environ.get("ACE_BOOKWORM_CHROOT") or "/var/cache/ace-bridge/bookworm")
-
-
-def _bookworm_ready() -> bool:
-    root = bookworm_chroot()
-    return (hasattr(os, "geteuid") and os.geteuid() == 0 and (root / ".ace-bridge-ready").is_file()
-            and (root / "usr/bin/kritarunner").is_file() and shutil.which("unshare") is not None)
-
-
-def _run_in_bookworm(argv: Sequence[str], env: Mapping[str, str], timeout: float,
-                     binds: Sequence[Path]) -> subprocess.CompletedProcess[str]:
-    """Like chroot.run_in_trixie, for the bookworm chroot: own mount namespace, repository at /work."""
-    full_env = {"HOME": "/root", "PATH": chroot.DEFAULT_PATH, "LANG": "C.UTF-8", **env}
-    bind_list = [str(Path(b).resolve()) for b in binds]
-    cmd = ["timeout", "-k", str(KILL_AFTER_S), str(int(timeout)), "unshare", "-m", "--propagation", "private",
-           "sh", "-c", chroot._NAMESPACE_SCRIPT, "sh", str(bookworm_chroot()), chroot.REPO_INSIDE,
-           str(len(bind_list)), *bind_list, *[f"{k}={v}" for k, v in full_env.items()], *argv]
-    return subprocess.run(cmd, env={"PATH": chroot.DEFAULT_PATH, "REPO": str(REPO)}, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, check=False)
+EXPECTED_VERSIONS = tuple((os.environ.get("ACE_EXPECT_KRITA") or "5.1 5.2 5.3 6.0").split())
+#: The CI step that provides each Krita version (for the message when one is missing).
+STEP_FOR_VERSION = {"5.1": "15_krita_host.sh (bookworm host) or 23_bookworm_chroot.sh",
+                    "5.2": "20_trixie_chroot.sh", "5.3": "21_sid_chroot.sh", "6.0": "22_sid_experimental_chroot.sh"}
 
 
 @dataclass(frozen=True)
 class KritaInstall:
     name: str
-    where: str  # host | trixie | bookworm
+    where: str  # "host" or an environment of chroot.ENVIRONMENTS
+    version: str = "?"  # upstream version, e.g. 5.3.4.1
+
+    @property
+    def series(self) -> str:
+        """major.minor, e.g. "6.0"."""
+        return ".".join(self.version.split(".")[:2])
 
     def path(self, p: str | os.PathLike[str]) -> str:
         """How the editor sees a host path."""
-        if self.where == "trixie":
-            return chroot.inside_path(p)
-        resolved = Path(p).resolve()
-        if self.where == "bookworm":
-            try:
-                return str(Path(chroot.REPO_INSIDE) / resolved.relative_to(REPO))
-            except ValueError:
-                return str(resolved)
-        return str(resolved)
+        if self.where == "host":
+            return str(Path(p).resolve())
+        return chroot.inside_path(p, self.where)
 
     def run(self, argv: Sequence[str], env: Mapping[str, str], timeout: float,
             binds: Sequence[Path] = ()) -> subprocess.CompletedProcess[str]:
-        if self.where == "trixie":
-            return chroot.run_in_trixie(list(argv), env=dict(env), timeout=timeout, binds=list(binds))
-        if self.where == "bookworm":
-            return _run_in_bookworm(argv, env, timeout, binds)
+        if self.where != "host":
+            return chroot.run_in(self.where, list(argv), env=dict(env), timeout=timeout, binds=list(binds))
         base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         cmd = ["timeout", "-k", str(KILL_AFTER_S), str(int(timeout)), *argv]
         return subprocess.run(cmd, env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -98,30 +64,42 @@ class KritaInstall:
 def krita_installs() -> list[KritaInstall]:
     found = []
     if shutil.which("kritarunner"):
-        found.append(KritaInstall(f"host-krita-{_dpkg_version(Path('/'), 'krita')}", "host"))
-    if not chroot.host_is_trixie() and chroot.trixie_available():
-        root = chroot.chroot_path()
-        if (root / "usr/bin/kritarunner").is_file():
-            found.append(KritaInstall(f"trixie-krita-{_dpkg_version(root, 'krita')}", "trixie"))
-    # On a trixie host the other version (5.1.5) comes from the bookworm chroot; ACE_KRITA_BOOKWORM_CHROOT=1
-    # also uses it on a bookworm host (to check this path).
-    want_bookworm = chroot.host_is_trixie() or os.environ.get("ACE_KRITA_BOOKWORM_CHROOT") == "1"
-    if want_bookworm and _bookworm_ready():
-        found.append(KritaInstall(f"bookworm-krita-{_dpkg_version(bookworm_chroot(), 'krita')}", "bookworm"))
+        version = chroot.dpkg_version(None, "krita")
+        found.append(KritaInstall(f"host-krita-{version}", "host", version))
+    for name in chroot.ENVIRONMENTS:
+        if chroot.host_is(name) or not chroot.available(name):
+            continue
+        if (chroot.chroot_path(name) / "usr/bin/kritarunner").is_file():
+            version = chroot.dpkg_version(name, "krita")
+            found.append(KritaInstall(f"{name}-krita-{version}", name, version))
     return found
 
 
+def missing_versions(installs: Sequence[KritaInstall]) -> list[str]:
+    """Expected Krita series (EXPECTED_VERSIONS) that no install provides."""
+    have = {i.series for i in installs}
+    return [v for v in EXPECTED_VERSIONS if v not in have]
+
+
 def install_params() -> list:
+    """One parameter per Krita install; under CI one failing parameter per expected version that is missing."""
     installs = krita_installs()
-    if installs:
-        return [pytest.param(i, id=i.name) for i in installs]
-    mark = pytest.mark.skipif(not in_ci(), reason="no Krita installed (run .ci/steps/15_krita_host.sh)")
-    return [pytest.param(None, id="no-krita", marks=mark)]
+    params = [pytest.param(i, id=i.name) for i in installs]
+    if in_ci():
+        params += [pytest.param(f"missing:{v}", id=f"missing-krita-{v}") for v in missing_versions(installs)]
+    if not params:
+        mark = pytest.mark.skipif(True, reason="no Krita installed (run .ci/steps/15_krita_host.sh)")
+        params.append(pytest.param(None, id="no-krita", marks=mark))
+    return params
 
 
-def require(install: KritaInstall | None) -> KritaInstall:
-    if install is None:
-        pytest.fail("CI=true but no Krita is installed: run .ci/steps/15_krita_host.sh and 20_trixie_chroot.sh")
+def require(install: KritaInstall | str | None) -> KritaInstall:
+    if isinstance(install, str) and install.startswith("missing:"):
+        version = install.split(":", 1)[1]
+        pytest.fail(f"CI=true but Krita {version} is not installed: run .ci/steps/"
+                    f"{STEP_FOR_VERSION.get(version, '*_chroot.sh')} as root")
+    if not isinstance(install, KritaInstall):
+        pytest.fail("CI=true but no Krita is installed: run .ci/steps/15_krita_host.sh and the chroot steps")
     return install
 
 

@@ -1,5 +1,5 @@
-"""The GIMP 3 plug-in's interactive path in the real GIMP 3.0 GUI (gimp-3.0 under Xvfb, trixie chroot on bookworm)
-against a real `ace-bridge serve --demo`.
+"""The GIMP 3 plug-in's interactive path in the real GIMP 3.0 and 3.2 GUIs (gimp-3.x under Xvfb; trixie and sid
+chroots on bookworm) against a real `ace-bridge serve --demo`.
 
 The plug-in is installed by `install_gimp` into a throw-away GIMP3_DIRECTORY; the daemon's URL and token reach it
 through ACE_BRIDGE_URL / ACE_BRIDGE_TOKEN. gimp_scripts/gimp_ui_batch.py runs Inpaint in Gimp.RunMode.INTERACTIVE
@@ -13,7 +13,9 @@ events (xdotool, XTEST). Story covered:
    logs with ACE_BRIDGE_DEBUG;
 4. Escape on the dialog cancels: status cancel, no layer;
 5. Escape on the progress window (queue paused, so the job is still waiting) cancels the job: status cancel,
-   no layer, and the daemon reports the job cancelled.
+   no layer, and the daemon reports the job cancelled; the cancelled job is acknowledged, so it leaves the
+   profile's pending jobs and the daemon's queue;
+6. GIMP's log holds no deprecation or duplicate-mnemonic warnings (PYTHONWARNINGS=default).
 """
 
 from __future__ import annotations
@@ -32,14 +34,13 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "plugins_gimp" / "ace-bridge"))
 
-import chroot  # noqa: E402
+import gimp_runner  # noqa: E402
 import prerequisites  # noqa: E402
 
 pytestmark = pytest.mark.editors
 
-GIMP_GUI = "gimp-3.0"
-TOOLS = (GIMP_GUI, "Xvfb", "xdotool", "python3")
-ARTIFACTS = REPO / "artifacts" / "gimp"
+TOOLS = ("Xvfb", "xdotool", "python3")
+ARTIFACTS_ROOT = REPO / "artifacts"
 PROCEDURE = "python-fu-ace-bridge-inpaint"
 SELECTION = [20, 12, 40, 30]
 # 9 steps: the daemon sends previews after steps 4 and 8 (every 4th, never the last).
@@ -47,26 +48,19 @@ FIRST = {"prompt": "a red apple, interactive", "seed": 7, "steps": 9, "count": 1
 RUN_TIMEOUT_S = 100
 
 
-def _missing_tools() -> list[str]:
-    if chroot.host_is_trixie():
-        return [t for t in TOOLS if shutil.which(t) is None]
-    if not chroot.trixie_available():
-        return [f"the trixie chroot {chroot.chroot_path()}"]
-    return [t for t in TOOLS if not (chroot.chroot_path() / "usr/bin" / t).exists()]
+def require_gui_tools(install: gimp_runner.GimpInstall) -> None:
+    missing = [t for t in (install.gui, *TOOLS) if not install.has(t)]
+    if missing:
+        prerequisites.missing(f"the GIMP {install.series} GUI test needs {', '.join(missing)} in {install.where}: "
+                              f"run .ci/steps/{gimp_runner.STEP_FOR_VERSION.get(install.series, '*_chroot.sh')}")
 
 
-def require_gui_tools() -> None:
-    missing = _missing_tools()
-    if not missing:
-        return
-    prerequisites.missing(f"GIMP 3 GUI test needs {', '.join(missing)} (host '{chroot.host_codename()}'): "
-                          "run .ci/steps/20_trixie_chroot.sh as root")
-
-
-def test_dialog_progress_remembered_values_and_cancel(tmp_path: Path, demo_daemon) -> None:
-    require_gui_tools()
+@pytest.mark.parametrize("install", gimp_runner.install_params())
+def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, demo_daemon) -> None:
+    install = gimp_runner.require(install)
+    require_gui_tools(install)
     from ace_protocol.client import BridgeClient
-    from acegimp_logic import ACTIONS_BY_PROCEDURE, PARASITE_NAME
+    from acegimp_logic import ACTIONS_BY_PROCEDURE, PARASITE_NAME, STATE_FILE
 
     from bridge_server.install.gimp import install_gimp
 
@@ -77,6 +71,7 @@ def test_dialog_progress_remembered_values_and_cancel(tmp_path: Path, demo_daemo
         mp.setenv("ACE_BRIDGE_WHEEL_CACHE", os.environ.get("ACE_BRIDGE_WHEEL_CACHE") or str(REPO / ".cache/wheels"))
         install_gimp(profile)
     # A first start shows GIMP 3's welcome dialog; a user profile would have answered it once.
+    # GIMP 3.2 reads GIMP3_DIRECTORY too, so the profile folder's name does not matter here.
     (profile / "gimprc").write_text("(show-welcome-dialog no)\n(show-tips no)\n(check-updates no)\n")
     runs = [
         {"name": "first", "props": FIRST, "dialog": "ok", "shot": "dialog-first.png"},
@@ -86,32 +81,36 @@ def test_dialog_progress_remembered_values_and_cancel(tmp_path: Path, demo_daemo
          "progress_shot": "progress.png"},
     ]
     config = {
-        "work_dir": chroot.inside_path(work), "batch": chroot.inside_path(HERE / "gimp_scripts" / "gimp_ui_batch.py"),
-        "gimp": GIMP_GUI, "procedure": PROCEDURE, "parasite": PARASITE_NAME, "selection": SELECTION, "runs": runs,
+        "work_dir": install.path(work), "batch": install.path(HERE / "gimp_scripts" / "gimp_ui_batch.py"),
+        "gimp": install.gui, "procedure": PROCEDURE, "parasite": PARASITE_NAME, "selection": SELECTION, "runs": runs,
         "dialog_title": f"ACE++ {action.label.rstrip('…')}", "token": demo_daemon.token,
         "panel_base": f"http://127.0.0.1:{demo_daemon.port}", "startup_s": 40, "shot_x": 830, "deadline_s": RUN_TIMEOUT_S - 10,
     }
     (work / "config.json").write_text(json.dumps(config))
     env = {
-        "HOME": chroot.inside_path(profile), "GIMP3_DIRECTORY": chroot.inside_path(profile),
-        "XDG_CONFIG_HOME": chroot.inside_path(profile / "xdg-config"),
-        "XDG_CACHE_HOME": chroot.inside_path(profile / "xdg-cache"),
-        "XDG_DATA_HOME": chroot.inside_path(profile / "xdg-data"), "PYTHONDONTWRITEBYTECODE": "1",
+        "HOME": install.path(profile), "GIMP3_DIRECTORY": install.path(profile),
+        "XDG_CONFIG_HOME": install.path(profile / "xdg-config"),
+        "XDG_CACHE_HOME": install.path(profile / "xdg-cache"),
+        "XDG_DATA_HOME": install.path(profile / "xdg-data"), "PYTHONDONTWRITEBYTECODE": "1",
         "ACE_BRIDGE_URL": demo_daemon.url, "ACE_BRIDGE_TOKEN": demo_daemon.token,
-        "ACE_GIMP_UI_CONFIG": chroot.inside_path(work / "config.json"), "NO_AT_BRIDGE": "1",
+        "ACE_GIMP_UI_CONFIG": install.path(work / "config.json"), "NO_AT_BRIDGE": "1",
         "ACE_BRIDGE_DEBUG": "1",  # the plug-in then logs each preview it put in its progress window
+        "PYTHONWARNINGS": "default",  # show every DeprecationWarning the plug-in triggers
     }
-    driver = chroot.inside_path(HERE / "gimp_scripts" / "gimp_ui_driver.py")
+    driver = install.path(HERE / "gimp_scripts" / "gimp_ui_driver.py")
     start = time.monotonic()
-    proc = chroot.run_in_trixie(["python3", driver, chroot.inside_path(work / "config.json")], env=env,
-                                timeout=RUN_TIMEOUT_S, binds=[work], cwd=chroot.inside_path(work))
+    proc = install.run(["python3", driver, install.path(work / "config.json")], env=env,
+                                timeout=RUN_TIMEOUT_S, binds=[work], cwd=install.path(work))
     elapsed = time.monotonic() - start
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    # artifacts/gimp/ for the oldest GIMP (as before), artifacts/gimp-3.2/ etc. for the others.
+    first = gimp_runner.gimp_installs()[:1] == [install]
+    artifacts = ARTIFACTS_ROOT / ("gimp" if first else f"gimp-{install.series}")
+    artifacts.mkdir(parents=True, exist_ok=True)
     for png in sorted(work.glob("*.png")):
-        shutil.copyfile(png, ARTIFACTS / png.name)
+        shutil.copyfile(png, artifacts / png.name)
     gimp_log = (work / "gimp.log").read_text(errors="replace") if (work / "gimp.log").is_file() else ""
-    (ARTIFACTS / "interactive-gimp.log").write_text(gimp_log)
+    (artifacts / "interactive-gimp.log").write_text(gimp_log)
     report = json.loads((work / "driver.json").read_text()) if (work / "driver.json").is_file() else {}
     context = (f"rc {proc.returncode}, {elapsed:.1f} s\n--- driver ---\n{json.dumps(report, indent=1)[-4000:]}\n"
                f"--- run output ---\n{proc.stdout[-2000:]}\n--- GIMP log ---\n{gimp_log[-4000:]}")
@@ -120,8 +119,8 @@ def test_dialog_progress_remembered_values_and_cancel(tmp_path: Path, demo_daemo
     results = json.loads((work / "ui_results.json").read_text())
     assert not results["errors"], "\n".join(results["errors"]) + context
     out = results["runs"]
-    (ARTIFACTS / "interactive-results.json").write_text(json.dumps({"runs": out, "driver": report}, indent=1))
-    assert (ARTIFACTS / "dialog-first.png").is_file(), sorted(p.name for p in work.glob("*.png"))
+    (artifacts / "interactive-results.json").write_text(json.dumps({"runs": out, "driver": report}, indent=1))
+    assert (artifacts / "dialog-first.png").is_file(), sorted(p.name for p in work.glob("*.png"))
 
     # 1. OK in the dialog: one new layer on top, at the selection plus padding, made with the dialog's values.
     first = out["first"]
@@ -164,3 +163,11 @@ def test_dialog_progress_remembered_values_and_cancel(tmp_path: Path, demo_daemo
     finally:
         probe.close()
     assert not status.queue and not status.paused, status
+    # ... and acknowledged: no job stays pending in the profile (else "Fetch finished results" would bring the
+    # cancelled job back as an error).
+    pending = json.loads((profile / STATE_FILE).read_text())["pending"]
+    assert pending == {}, pending
+
+    # 6. No deprecation or duplicate-mnemonic warnings from the plug-in (GIMP 3.2: Python 3.14, PyGObject 3.58).
+    warned = gimp_runner.warning_lines(gimp_log)
+    assert not warned, f"GIMP {install.version}:\n" + "\n".join(warned[:20])

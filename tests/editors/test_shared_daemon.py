@@ -1,8 +1,9 @@
 """The headline: ONE local daemon that every open editor shares.
 
-One real `ace-bridge serve --demo --paused` daemon; Krita 5.1.5 (host, kritarunner, headless) and GIMP 3.0 (the
-trixie chroot, gimp-console) run at the same time as parallel subprocesses under `timeout -k`, each submitting two
-jobs (64x48, 2 steps) through its own plug-in code path:
+One real `ace-bridge serve --demo --paused` daemon; a Krita (kritarunner, headless) and a GIMP 3 (gimp-console) run
+at the same time as parallel subprocesses under `timeout -k`, each submitting two jobs (64x48, 2 steps) through its
+own plug-in code path. Run once per Krita install, each with the GIMP of its generation (`editor_pairs`): Krita 5.1
+and 5.2 with GIMP 3.0, Krita 5.3 and 6.0 with GIMP 3.2, so every Krita and every GIMP shares a daemon once:
 
 - Krita: the docker's `Controller.generate` twice (BridgeWorker sends each job on its own thread, so both wait in
   the paused queue together); results are inserted by the controller into the document they came from;
@@ -48,16 +49,34 @@ EDITOR_TIMEOUT_S = 50
 PROCEDURE = "python-fu-ace-bridge-inpaint"
 
 
-def _require_editors() -> krita_runner.KritaInstall:
-    host = [i for i in krita_runner.krita_installs() if i.where == "host"]
-    missing = []
-    if not host:
-        missing.append("Krita on the host (run .ci/steps/15_krita_host.sh)")
-    if not gimp_runner.gimp_available():
-        missing.append(f"GIMP 3 (chroot {chroot.chroot_path()}: run .ci/steps/20_trixie_chroot.sh)")
-    if missing:
-        prerequisites.missing("the shared-daemon test needs " + " and ".join(missing))
-    return host[0]
+def _gimp_for(krita: krita_runner.KritaInstall, gimps: list[gimp_runner.GimpInstall]):
+    """The GIMP of the Krita's generation: the one in its own environment, sid's for sid and sid-experimental,
+    trixie's for the others; the newest one found when that one is missing."""
+    wanted = krita.where if krita.where in gimp_runner.GIMP_ENVIRONMENTS else (
+        "sid" if krita.where.startswith("sid") else "trixie")
+    same = [g for g in gimps if g.where == wanted]
+    return same[0] if same else gimps[-1]
+
+
+def editor_pairs() -> list:
+    """(Krita, GIMP) parameters: every Krita install with the GIMP of its generation."""
+    gimps = gimp_runner.gimp_installs()
+    pairs = []
+    for param in krita_runner.install_params():
+        krita = param.values[0]
+        if isinstance(krita, krita_runner.KritaInstall) and gimps:
+            gimp = _gimp_for(krita, gimps)
+            pairs.append(pytest.param(krita, gimp, id=f"{krita.name}+{gimp.name}"))
+        else:
+            pairs.append(pytest.param(krita, None, id=param.id, marks=param.marks))
+    return pairs
+
+
+def _require_editors(krita, gimp) -> tuple[krita_runner.KritaInstall, gimp_runner.GimpInstall]:
+    if not isinstance(gimp, gimp_runner.GimpInstall):
+        prerequisites.missing(f"the shared-daemon test needs GIMP 3 (host '{chroot.host_codename()}'): run "
+                              ".ci/steps/20_trixie_chroot.sh and 21_sid_chroot.sh as root")
+    return krita_runner.require(krita), gimp
 
 
 class Panel:
@@ -100,8 +119,9 @@ def _journal(data_dir: Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def test_krita_and_gimp_share_one_daemon(tmp_path: Path, tiny_model_root: Path) -> None:
-    install = _require_editors()
+@pytest.mark.parametrize(("krita", "gimp"), editor_pairs())
+def test_krita_and_gimp_share_one_daemon(krita, gimp, tmp_path: Path, tiny_model_root: Path) -> None:
+    install, gimp = _require_editors(krita, gimp)
     from acegimp_logic import STATE_FILE, ProfileState
     from daemon_fixture import start_process_daemon
 
@@ -137,7 +157,7 @@ def test_krita_and_gimp_share_one_daemon(tmp_path: Path, tiny_model_root: Path) 
                                 EDITOR_TIMEOUT_S)
         gimp_fut = pool.submit(gimp_runner.run_gimp_batch, HERE / "gimp_scripts" / "gimp_shared_daemon.py", profile,
                                EDITOR_TIMEOUT_S, env={"ACE_GIMP_SHARED_CONFIG": str(work / "config.json")},
-                               binds=[work])
+                               binds=[work], install=gimp)
         deadline = time.monotonic() + EDITOR_TIMEOUT_S
 
         def queued_by(state: dict) -> list[str]:
@@ -157,8 +177,8 @@ def test_krita_and_gimp_share_one_daemon(tmp_path: Path, tiny_model_root: Path) 
 
         snapshot = _poll("both editors connected with three queued jobs", both_waiting, deadline, krita_fut, gimp_fut)
         editors = {c["client_id"]: c["editor"] for c in snapshot["clients"]}
-        assert editors[krita_client].startswith("krita 5."), editors
-        assert editors[gimp_client].startswith("gimp 3.0"), editors
+        assert editors[krita_client].startswith(f"krita {install.series}"), editors
+        assert editors[gimp_client].startswith(f"gimp {gimp.series}"), editors
         assert journal_started(daemon.data_dir) == [], "a job started while the queue was paused"
         assert panel.pause(False)["paused"] is False
 

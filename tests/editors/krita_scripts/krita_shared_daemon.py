@@ -27,8 +27,9 @@ def main(args):
         from ace_bridge.document import node_id
         from ace_bridge.layers import read_provenance
         from ace_bridge.model import Settings
+        from ace_bridge.qt_compat import QtCore  # PyQt5 on Krita 5, PyQt6 on Krita 6
         from krita import Krita, Selection
-        from PyQt5.QtCore import QCoreApplication
+        QCoreApplication = QtCore.QCoreApplication
 
         app = Krita.instance()
         app.setBatchmode(True)
