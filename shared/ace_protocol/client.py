@@ -21,6 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import PROTOCOL_VERSION, __version__
+from .bundled import websockets_module
 from .codec import DEFAULT_MAX_FRAME_BYTES, decode_server_message, encode, encode_fragments
 from .discovery import resolve
 from .errors import ErrorCode, ProtocolError
@@ -45,15 +46,21 @@ from .messages import (
     Welcome,
 )
 from .shm import SegmentRef, SharedMemoryUnavailable, describe, read_segment, write_segment
+from .wsmask import connection_class
 
 try:
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-    from websockets.sync.client import ClientConnection
-    from websockets.sync.client import connect as ws_connect
+    _ws_exceptions = websockets_module("exceptions")
+    _ws_client = websockets_module("sync.client")
 except ImportError as exc:  # pragma: no cover - only in a broken editor install
     raise ImportError(
         "ace_protocol needs the 'websockets' package (>= 13). Reinstall the plugin with `ace-bridge install`."
     ) from exc
+ConnectionClosed = _ws_exceptions.ConnectionClosed
+InvalidHandshake = _ws_exceptions.InvalidHandshake
+InvalidStatus = _ws_exceptions.InvalidStatus
+InvalidURI = _ws_exceptions.InvalidURI
+ClientConnection = _ws_client.ClientConnection
+ws_connect = _ws_client.connect
 
 
 #: Pixels below this go in the frame: the extra `alloc` round trip would cost more than it saves.
@@ -225,6 +232,7 @@ class BridgeClient:
                 open_timeout=self.connect_timeout,
                 max_size=self.max_frame_bytes,
                 compression=None,
+                create_connection=connection_class(ClientConnection),
                 additional_headers=headers,
                 user_agent_header=f"{self.client_name}/{self.client_version}",
             )

@@ -5,9 +5,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import msgpack
-
 from .buffers import byte_view
+from .bundled import msgpack
 from .errors import ErrorCode, ProtocolError, bad_request
 from .images import DEFAULT_MAX_PIXELS
 from .messages import CLIENT_MESSAGES, SERVER_MESSAGES, Message

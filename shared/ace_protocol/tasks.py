@@ -29,6 +29,18 @@ class ParamSpec:
     maximum: float | None = None
     choices: tuple[str, ...] = ()
     description: str = ""
+    #: What an editor's form calls it; kept off the wire (editors carry this table themselves).
+    label: str = ""
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name.replace("_", " ").capitalize()
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> ParamSpec:
+        """The spec a `welcome` announced (its defaults are the daemon's, e.g. the panel's default steps)."""
+        return cls(str(wire["name"]), str(wire["kind"]), wire.get("default"), wire.get("minimum"),
+                   wire.get("maximum"), tuple(wire.get("choices") or ()), str(wire.get("description") or ""))
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"name": self.name, "kind": self.kind, "default": self.default}
@@ -77,7 +89,7 @@ class ParamSpec:
 SEED = ParamSpec("seed", "int", -1, -1, SEED_MAX, description="-1 picks a random seed")
 STEPS = ParamSpec("steps", "int", 28, 1, 100, description="denoising steps")
 GUIDANCE = ParamSpec("guidance", "float", 50.0, 0.0, 100.0, description="FLUX distilled guidance")
-COUNT = ParamSpec("count", "int", 1, 1, 8, description="images per job; seeds seed, seed+1, ...")
+COUNT = ParamSpec("count", "int", 1, 1, 8, description="images per job; seeds seed, seed+1, ...", label="Images")
 MAX_TOKENS = ParamSpec("max_tokens", "int", 4096, 256, MAX_TOKENS_LIMIT, description="image-token budget of the canvas")
 FEATHER = ParamSpec("feather", "int", 8, 0, 256, description="inward feather of the result's alpha, pixels")
 WIDTH = ParamSpec("width", "int", 1024, 64, 4096, description="output width for tasks without an image")
@@ -95,6 +107,8 @@ CROP_OFFSET = ParamSpec(
 )
 
 COMMON_PARAMS: tuple[ParamSpec, ...] = (SEED, STEPS, GUIDANCE, COUNT, MAX_TOKENS, FEATHER)
+#: `TaskSpec.model` of tasks that run on FLUX.1-Fill alone, without an ACE++ LoRA or the FFT transformer.
+BASE_MODEL = "base"
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,20 @@ class TaskSpec:
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)
+
+    @property
+    def model_piece(self) -> str | None:
+        """The model piece this task needs besides the base model (None: the base model alone)."""
+        return None if self.model == BASE_MODEL else self.model
+
+    @classmethod
+    def from_wire(cls, wire: dict[str, Any]) -> TaskSpec:
+        """A task as a `welcome` announced it, with the daemon's defaults."""
+        return cls(str(wire["name"]), str(wire.get("label") or wire["name"]), str(wire.get("gimp_procedure") or ""),
+                   bool(wire.get("needs_image")), bool(wire.get("needs_selection")),
+                   int(wire.get("min_references") or 0), int(wire.get("max_references") or 0),
+                   str(wire.get("model") or BASE_MODEL), str(wire.get("prompt_template") or ""),
+                   tuple(ParamSpec.from_wire(p) for p in wire.get("params") or () if isinstance(p, dict)))
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -227,3 +255,53 @@ TASKS: dict[str, TaskSpec] = {
         ),
     )
 }
+
+
+#: The engine's memory modes (`serve --memory-mode`, the control panel), with what each does.
+MEMORY_MODES: dict[str, str] = {
+    "auto": "pick from free VRAM when the model loads",
+    "gpu": "the whole pipeline on the GPU (about 40 GiB free)",
+    "model-offload": "one component at a time on the GPU (about 26 GiB free)",
+    "sequential-offload": "layer by layer; slow, for small GPUs",
+}
+
+
+def tasks_taking(name: str) -> list[str]:
+    """The tasks that have the parameter `name`, in table order."""
+    return [t.name for t in TASKS.values() if t.param(name) is not None]
+
+
+def param_defaults(name: str) -> dict[str, Any]:
+    """The parameter's default per task that takes it (defaults may differ per task, e.g. guidance)."""
+    return {t.name: spec.default for t in TASKS.values() if (spec := t.param(name)) is not None}
+
+
+def param_help(name: str) -> str:
+    """One line for a command-line flag or a tooltip: what it does, its range, its default(s) and who takes it."""
+    specs = [spec for t in TASKS.values() if (spec := t.param(name)) is not None]
+    if not specs:
+        raise KeyError(name)
+    spec = specs[0]
+    parts = [spec.description or spec.title]
+    if spec.choices:
+        parts.append("one of " + ", ".join(spec.choices))
+    elif spec.minimum is not None and spec.maximum is not None:
+        parts.append(f"{_number(spec.minimum)}-{_number(spec.maximum)}")
+    defaults = param_defaults(name)
+    if len(set(map(repr, defaults.values()))) == 1:
+        parts.append(f"default {_number(spec.default)}")
+    else:
+        by_value: dict[str, list[str]] = {}
+        for task, value in defaults.items():
+            by_value.setdefault(_number(value), []).append(task)
+        parts.append("default " + ", ".join(f"{v} for {'/'.join(ts)}" for v, ts in by_value.items()))
+    takers = tasks_taking(name)
+    if len(takers) < len(TASKS):
+        parts.append("tasks: " + ", ".join(takers))
+    return "; ".join(parts)
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -1,4 +1,5 @@
-"""ace_protocol.wsmask: the chunked pure-Python WebSocket masking gives websockets' own bytes."""
+"""ace_protocol.wsmask: sliced masking gives websockets' own bytes, only on this client's connections, and
+leaves websockets itself untouched (Krita runs every plug-in in one interpreter)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import os
 import pytest
 from ace_protocol import wsmask
 from websockets import frames
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.protocol import OPEN, Protocol, Side
+from websockets.sync.client import ClientConnection
+from websockets.uri import parse_uri
 from websockets.utils import apply_mask
 
 
@@ -23,13 +29,38 @@ def test_bad_mask():
         wsmask.apply_mask_chunked(b"abcd", b"abc")
 
 
-def test_install_only_without_the_c_speedup(monkeypatch):
-    monkeypatch.setattr(frames, "apply_mask", apply_mask)  # pure Python, as in the editors' vendored copy
-    assert wsmask.install() is True
-    assert frames.apply_mask is wsmask.apply_mask_chunked
-    data = os.urandom(70_000)
-    wire = frames.Frame(frames.Opcode.BINARY, data).serialize(mask=True)
-    assert len(wire) == 2 + 8 + 4 + len(data)  # 64-bit length, then the 4-byte key
-    assert apply_mask(wire[14:], wire[10:14]) == data
-    monkeypatch.setattr(frames, "apply_mask", type("C", (), {"__module__": "websockets.speedups"})())
-    assert wsmask.install() is False
+@pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70_000])
+def test_a_masked_frame_reads_back_on_the_server_side(size):
+    data = os.urandom(size)
+    wire = bytes(wsmask.masked_frame_bytes(Frame(Opcode.BINARY, data)))
+    header = 2 + (0 if size < 126 else 2 if size < 65536 else 8)
+    assert len(wire) == header + 4 + size and wire[1] & 0x80  # the mask bit, then the 4-byte key
+    assert apply_mask(wire[header + 4:], wire[header:header + 4]) == data
+
+
+def test_only_the_connections_it_is_given_to_mask_in_slices():
+    before = frames.apply_mask
+    client = ClientProtocol(parse_uri("ws://localhost/v1/ws"))
+    plain = ClientProtocol(parse_uri("ws://localhost/v1/ws"))
+    wsmask.use_sliced_masking(client)
+    assert "send_frame" in vars(client) and "send_frame" not in vars(plain)
+    assert frames.apply_mask is before and ClientProtocol.send_frame is not client.send_frame
+    # What the sliced client writes, websockets' own server protocol reads as the same message.
+    server = Protocol(Side.SERVER, state=OPEN)
+    client.state = OPEN
+    payload = os.urandom(200_000)
+    client.send_binary(payload)
+    server.receive_data(b"".join(bytes(chunk) for chunk in client.data_to_send()))
+    [event] = server.events_received()
+    assert event.opcode == Opcode.BINARY and event.data == payload
+
+
+def test_connection_class_is_websockets_own_when_the_c_speedup_is_loaded(monkeypatch):
+    wsmask.connection_class.cache_clear()
+    monkeypatch.setattr(wsmask, "has_c_speedup", lambda: True)
+    assert wsmask.connection_class(ClientConnection) is ClientConnection
+    wsmask.connection_class.cache_clear()
+    monkeypatch.setattr(wsmask, "has_c_speedup", lambda: False)
+    sliced = wsmask.connection_class(ClientConnection)
+    assert issubclass(sliced, ClientConnection) and sliced is not ClientConnection
+    wsmask.connection_class.cache_clear()
