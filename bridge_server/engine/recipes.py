@@ -1,11 +1,16 @@
-"""Task -> ACE++ input recipe: canvas, mask, repainting scale, adapter, token fit and the crop back. Pure numpy + PIL.
+"""Task -> ACE++ input recipe: canvas, mask, repainting scale, adapter, token fit and the crop back.
+
+numpy + PIL, and OpenCV for the local-edit annotators (the authors' scepter annotators call OpenCV; cv2 is a
+daemon-only dependency, never imported by shared/ or the editor plugins).
 
 One function per task, each following a rule of the authors' preprocessing (ali-vilab/ACE_plus `f3e410b`,
 `inference/utils.py::ACEPlusImageProcessor`, see docs in shared/reference/ace_plus.md), in the authors' order:
 
-1. flatten transparent pixels over 50 % grey; centre-crop anything beyond 4:1 (exclusive), image AND mask alike;
-2. normalise to [-1, 1]; binarise the mask (> 128); a missing or all-zero mask becomes a full mask;
-3. run the local-edit annotator (canny/mosaic/recolor) and composite it inside the mask only;
+1. flatten transparent pixels over white (the authors' inputs are RGB files, white where nothing was painted);
+2. run the local-edit annotator (canny/mosaic/recolor, OpenCV as scepter calls it) on the whole image and
+   composite it inside the SOFT mask (`Image.composite(structure, image, mask)`, as the authors' `edit_preprocess`);
+3. centre-crop anything beyond 4:1 (exclusive), image AND mask alike; normalise to [-1, 1]; binarise the mask
+   (> 128); a missing or all-zero mask becomes a full mask;
 4. `edit *= 1 - mask * repainting_scale`; without an edit image the target is zeros (mid-grey) with a full mask;
 5. resize the reference (bilinear, antialiased) to the edit height and put it LEFT of the edit, mask 0 there;
 6. ONE nearest-exact resize of the whole canvas to the token budget, floored to multiples of 16, never upscaled.
@@ -15,7 +20,8 @@ Deliberate differences from the authors' code (an editor needs pixel alignment):
   e.g. 448 instead of 461, and then add 30 px); `crop_offset` restores their +30 when asked for;
 - the result is resized back to the exact region size (also without a reference) and parts that the 4:1 crop
   removed are restored from the original region;
-- the mask is cropped together with the image beyond 4:1 (the authors' code crashes there).
+- the mask is cropped together with the image beyond 4:1 (the authors' code crashes there);
+- mosaic shrinks a side shorter than 64 px to 1 px (the authors' size 0 makes OpenCV raise).
 
 Canvas convention: `Plan.canvas` is float32 HxWx3 in [-1, 1] (0 = mid-grey), `Plan.mask` float32 HxW with 0/1
 (1 = generate). For the FFT model `canvas` is the "edit" input (canvas x (1 - mask)) and `change` is canvas x mask.
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from ace_protocol.errors import ErrorCode, ProtocolError
 from PIL import Image
@@ -40,7 +47,7 @@ DEFAULT_MAX_TOKENS = 4096  # both authors' inference paths use 4096 (the class d
 TOKEN_PATCH = 16  # VAE factor 8 x 2x2 packing: one image token per 16x16 pixels
 MAX_ASPECT = 4.0  # authors' `image_check`: centre-crop beyond 4:1, exclusive
 MASK_THRESHOLD = 128  # strictly greater than 128 is masked
-FLATTEN_GREY = 128  # transparent pixels are flattened over 50 % grey
+FLATTEN_BACKGROUND = 255  # transparent pixels are flattened over white (the authors' RGB inputs)
 LOCAL_EDIT_SCALE = 0.5  # repainting scale of the structure-keeping local-edit modes with the LoRA
 MOSAIC_RATIO = 64  # scepter ColorAnnotator ratio
 CANNY_LOW, CANNY_HIGH = 100, 200  # authors' canny_repainting thresholds
@@ -133,14 +140,17 @@ def _bad(message: str) -> EngineError:
 
 
 def flatten_rgb(image: np.ndarray) -> np.ndarray:
-    """HxWx{3,4} uint8 -> HxWx3 uint8; straight alpha is flattened over 50 % grey (what the model expects)."""
+    """HxWx{3,4} uint8 -> HxWx3 uint8; straight alpha is flattened over white.
+
+    The authors feed RGB images read from files, where a part with nothing painted is white; a layer with holes
+    (common in painting) must therefore look like that to the model, not like mid-grey (which means "generate")."""
     if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
         raise _bad(f"image must be HxWx3 or HxWx4 uint8, got shape {image.shape} {image.dtype}")
     if image.shape[2] == 3:
         return image
     rgb = image[..., :3].astype(np.float32)
     alpha = image[..., 3:4].astype(np.float32) / 255.0
-    return np.clip(np.rint(rgb * alpha + FLATTEN_GREY * (1.0 - alpha)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(rgb * alpha + FLATTEN_BACKGROUND * (1.0 - alpha)), 0, 255).astype(np.uint8)
 
 
 def aspect_crop_box(width: int, height: int) -> Box:
@@ -212,60 +222,53 @@ def resize_bilinear(signed: np.ndarray, width: int, height: int) -> np.ndarray:
 # Local-edit annotators (computed in process; run on the whole image, used only inside the mask)
 
 
-def _gray(rgb: np.ndarray) -> np.ndarray:
-    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-
-
 def canny(rgb: np.ndarray, low: float = CANNY_LOW, high: float = CANNY_HIGH) -> np.ndarray:
-    """A small Canny like OpenCV's default (3x3 Sobel, L1 magnitude, no pre-blur): white edges on black, RGB."""
-    g = np.pad(_gray(rgb.astype(np.float32)), 1, mode="edge")
-    gx = (g[:-2, 2:] + 2 * g[1:-1, 2:] + g[2:, 2:]) - (g[:-2, :-2] + 2 * g[1:-1, :-2] + g[2:, :-2])
-    gy = (g[2:, :-2] + 2 * g[2:, 1:-1] + g[2:, 2:]) - (g[:-2, :-2] + 2 * g[:-2, 1:-1] + g[:-2, 2:])
-    mag = np.abs(gx) + np.abs(gy)
-    # Non-maximum suppression along the gradient direction quantised to 0/45/90/135 degrees.
-    angle = (np.rad2deg(np.arctan2(gy, gx)) + 180.0) % 180.0
-    m = np.pad(mag, 1)
-    h, w = mag.shape
-    neighbours = {
-        0: (m[1:-1, :-2], m[1:-1, 2:]),
-        45: (m[:-2, 2:], m[2:, :-2]),
-        90: (m[:-2, 1:-1], m[2:, 1:-1]),
-        135: (m[:-2, :-2], m[2:, 2:]),
-    }
-    sector = np.select([(angle < 22.5) | (angle >= 157.5), angle < 67.5, angle < 112.5], [0, 45, 90], default=135)
-    keep = np.zeros((h, w), bool)
-    for direction, (a, b) in neighbours.items():
-        sel = sector == direction
-        keep |= sel & (mag >= a) & (mag > b)
-    mag = np.where(keep, mag, 0.0)
-    strong = mag > high
-    weak = mag > low
-    # Hysteresis: grow strong edges through 8-connected weak pixels until nothing changes.
-    edges = strong
-    while True:
-        p = np.pad(edges, 1)
-        grown = weak & (
-            p[:-2, :-2] | p[:-2, 1:-1] | p[:-2, 2:] | p[1:-1, :-2] | p[1:-1, 2:] | p[2:, :-2] | p[2:, 1:-1] | p[2:, 2:]
-        )
-        grown |= edges
-        if (grown == edges).all():
-            break
-        edges = grown
-    out = edges.astype(np.uint8) * 255
-    return np.repeat(out[..., None], 3, axis=2)
+    """scepter CannyAnnotator: `cv2.Canny(image, 100, 200)` on the RGB uint8 array, white edges on black, RGB.
+
+    No grey conversion first: on a 3-channel image OpenCV takes, per pixel, the channel with the largest gradient.
+    """
+    edges = cv2.Canny(np.ascontiguousarray(rgb, np.uint8), low, high)
+    return np.repeat(edges[..., None], 3, axis=2)
 
 
 def mosaic(rgb: np.ndarray, ratio: int = MOSAIC_RATIO) -> np.ndarray:
-    """scepter ColorAnnotator: bicubic down by `ratio`, nearest back up (a colour layout without detail)."""
+    """scepter ColorAnnotator: OpenCV bicubic down to (w // ratio, h // ratio) (no antialiasing), nearest back up.
+
+    Deliberate difference: a side shorter than `ratio` shrinks to 1 pixel; the authors' size 0 makes OpenCV raise.
+    """
     h, w = rgb.shape[:2]
-    small = Image.fromarray(rgb).resize((max(1, w // ratio), max(1, h // ratio)), Image.Resampling.BICUBIC)
-    return np.asarray(small.resize((w, h), Image.Resampling.NEAREST))
+    small = cv2.resize(
+        np.ascontiguousarray(rgb, np.uint8), (max(1, w // ratio), max(1, h // ratio)), interpolation=cv2.INTER_CUBIC
+    )
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST).reshape(rgb.shape)
 
 
 def recolor(rgb: np.ndarray) -> np.ndarray:
-    """Grey-scale copy (the authors' `recolorizing` input)."""
-    g = np.clip(np.rint(_gray(rgb.astype(np.float32))), 0, 255).astype(np.uint8)
+    """scepter GrayAnnotator: `cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)` replicated to 3 channels.
+
+    The authors apply OpenCV's BGR-to-grey to RGB data, so red gets 0.114 and blue 0.299 (the textbook formula is
+    the other way round). The model was trained and evaluated on that grey, so we reproduce it on purpose.
+    """
+    g = cv2.cvtColor(np.ascontiguousarray(rgb, np.uint8), cv2.COLOR_BGR2GRAY)
     return np.repeat(g[..., None], 3, axis=2)
+
+
+def composite_soft(structure: np.ndarray, rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The authors' `Image.composite(structure, image, mask)` with the soft 'L' mask (0..255), not a binarised one:
+    round((structure * m + image * (255 - m)) / 255) per channel."""
+    top, bottom = Image.fromarray(np.ascontiguousarray(structure)), Image.fromarray(np.ascontiguousarray(rgb))
+    return np.asarray(Image.composite(top, bottom, Image.fromarray(mask, "L")))
+
+
+def soft_mask(mask: np.ndarray | None, height: int, width: int) -> np.ndarray:
+    """The selection as uint8 HxW 0..255 for the annotator composite; full (255) where the binarised mask would be
+    full because nothing is selected above 128 (so the structure image and the canvas mask agree)."""
+    if mask is None:
+        return np.full((height, width), 255, np.uint8)
+    m = np.clip(np.rint(mask), 0, 255).astype(np.uint8) if mask.dtype != np.uint8 else mask
+    if not (m > MASK_THRESHOLD).any():
+        return np.full((height, width), 255, np.uint8)
+    return np.ascontiguousarray(m)
 
 
 ANNOTATORS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"canny": canny, "mosaic": mosaic, "recolor": recolor}
@@ -302,16 +305,18 @@ def _build(inp: _Inputs) -> Plan:
             mask_full = mask_full[..., 0]
         if mask_full is not None and mask_full.shape != (fh, fw):
             raise _bad(f"mask is {mask_full.shape[1]}x{mask_full.shape[0]} but the image is {fw}x{fh}")
+        model_rgb = rgb_full
+        if inp.mode != "repaint":
+            # The authors' order: annotate the whole (uncropped) image, composite with the soft mask, then check 4:1.
+            control = ANNOTATORS[inp.mode](rgb_full)
+            model_rgb = composite_soft(control, rgb_full, soft_mask(mask_full, fh, fw))
         bx, by, bw, bh = aspect_crop_box(fw, fh)
         if (bw, bh) != (fw, fh):
             # Crop image and mask alike; the ends come back from the original in postprocess.
             region_rgb, region_box = rgb_full, (bx, by, bw, bh)
-        rgb = rgb_full[by : by + bh, bx : bx + bw]
+        rgb = model_rgb[by : by + bh, bx : bx + bw]
         crop_mask = None if mask_full is None else mask_full[by : by + bh, bx : bx + bw]
         mask = binarise_mask(crop_mask, bh, bw)
-        if inp.mode != "repaint":
-            control = ANNOTATORS[inp.mode](rgb)
-            rgb = np.where(mask[..., None] > 0, control, rgb)
         edit = to_signed(rgb)
         output = (fw, fh)
     else:
