@@ -40,12 +40,21 @@ from typing import Any
 
 import numpy as np
 from ace_protocol.errors import ErrorCode
+from ace_protocol.tasks import TASKS
 
 from ..models import ModelLayout, read_download_progress
 from . import recipes
 from .base import EngineError, EngineJob, EngineResult, JobCancelled, PreviewCallback, StepCallback
 
 log = logging.getLogger(__name__)
+
+
+def _task_default(task: str, name: str, fallback: Any) -> Any:
+    """A parameter's default from the task table (e.g. guidance 50 for ACE++ tasks, 30 for plain Fill)."""
+    spec = TASKS.get(task)
+    param = spec.param(name) if spec is not None else None
+    return fallback if param is None else param.default
+
 
 MEMORY_MODES = ("auto", "gpu", "model-offload", "sequential-offload")
 GPU_MODE_MIN_FREE_GIB = 40.0
@@ -408,7 +417,7 @@ class AcePlusEngine:
         params = job.params or {}
         seed = int(job.seed) if job.seed is not None and int(job.seed) >= 0 else random.randint(0, 2**32 - 1)
         steps = int(params.get("steps", 28))
-        guidance = float(params.get("guidance", 50.0))
+        guidance = float(params.get("guidance", _task_default(job.task, "guidance", 50.0)))
         if plan.adapter is not None and plan.adapter not in self._adapters:
             raise EngineError(ErrorCode.MODEL_MISSING, self._missing_message(job.task))
         try:

@@ -300,7 +300,7 @@ def _add_common_args(proc: Gimp.Procedure, action: logic.Action) -> None:
     proc.add_int_argument("seed", "_Seed", "-1 picks a random seed", -1, logic.SEED_ARG_MAX, -1, RW)
     proc.add_int_argument("steps", "S_teps", "Denoising steps", 1, 100, 28, RW)
     proc.add_int_argument("count", "_Count", "Images per job (several arrive as a layer group)", 1, 8, 1, RW)
-    proc.add_double_argument("guidance", "_Guidance", "FLUX distilled guidance", 0.0, 100.0, 50.0, RW)
+    proc.add_double_argument("guidance", "_Guidance", "FLUX distilled guidance", 0.0, 100.0, action.guidance, RW)
     if action.needs_image:
         proc.add_int_argument("padding", "Context _padding", "Pixels around the selection sent as context "
                               "(-1: automatic)", -1, 4096, -1, RW)

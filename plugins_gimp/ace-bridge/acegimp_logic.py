@@ -50,11 +50,17 @@ class Action:
     needs_selection: bool
     takes_reference: bool
     param_names: tuple[str, ...]
+    guidance: float = 50.0  # the task's default from the table: 50 for ACE++ tasks, 30 for plain Fill
+
+
+def _guidance_default(task) -> float:
+    spec = task.param("guidance")
+    return 50.0 if spec is None else float(spec.default)
 
 
 ACTIONS: tuple[Action, ...] = tuple(
     Action(t.name, t.gimp_procedure, t.label, t.needs_image, t.needs_selection, t.max_references > 0,
-           tuple(p.name for p in t.params))
+           tuple(p.name for p in t.params), _guidance_default(t))
     for t in TASKS.values()
 )
 ACTIONS_BY_PROCEDURE = {a.procedure: a for a in ACTIONS}
@@ -68,7 +74,7 @@ class Settings:
     seed: int = -1
     steps: int = 28
     count: int = 1
-    guidance: float = 50.0
+    guidance: float | None = None  # None: the task's default (Action.guidance)
     padding: int = -1  # -1: automatic (grows with the selection)
     feather: int = 8
     source: str = "visible"  # visible | layer
@@ -121,7 +127,7 @@ def build_params(action: Action, settings: Settings, plan: JobPlan) -> dict[str,
         "seed": int(settings.seed),
         "steps": int(settings.steps),
         "count": int(settings.count),
-        "guidance": float(settings.guidance),
+        "guidance": float(action.guidance if settings.guidance is None else settings.guidance),
         "feather": int(settings.feather),
         "mode": settings.mode,
         "face": bool(settings.face),

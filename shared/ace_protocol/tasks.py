@@ -88,7 +88,10 @@ class ParamSpec:
 
 SEED = ParamSpec("seed", "int", -1, -1, SEED_MAX, description="-1 picks a random seed")
 STEPS = ParamSpec("steps", "int", 28, 1, 100, description="denoising steps")
+#: ACE++ tasks: the authors use 50 for all of them.
 GUIDANCE = ParamSpec("guidance", "float", 50.0, 0.0, 100.0, description="FLUX distilled guidance")
+#: Plain FLUX.1-Fill-dev tasks (generate, inpaint): 30, BFL's default and what Fill is usually run with.
+FILL_GUIDANCE = ParamSpec("guidance", "float", 30.0, 0.0, 100.0, description="FLUX distilled guidance")
 COUNT = ParamSpec("count", "int", 1, 1, 8, description="images per job; seeds seed, seed+1, ...", label="Images")
 MAX_TOKENS = ParamSpec("max_tokens", "int", 4096, 256, MAX_TOKENS_LIMIT, description="image-token budget of the canvas")
 FEATHER = ParamSpec("feather", "int", 8, 0, 256, description="inward feather of the result's alpha, pixels")
@@ -107,6 +110,8 @@ CROP_OFFSET = ParamSpec(
 )
 
 COMMON_PARAMS: tuple[ParamSpec, ...] = (SEED, STEPS, GUIDANCE, COUNT, MAX_TOKENS, FEATHER)
+#: The same parameters with the plain-Fill guidance default.
+FILL_PARAMS: tuple[ParamSpec, ...] = tuple(FILL_GUIDANCE if p is GUIDANCE else p for p in COMMON_PARAMS)
 #: `TaskSpec.model` of tasks that run on FLUX.1-Fill alone, without an ACE++ LoRA or the FFT transformer.
 BASE_MODEL = "base"
 
@@ -239,7 +244,7 @@ TASKS: dict[str, TaskSpec] = {
             0,
             "base",
             "A lighthouse on a cliff at dusk.",
-            COMMON_PARAMS + (WIDTH, HEIGHT),
+            FILL_PARAMS + (WIDTH, HEIGHT),
         ),
         TaskSpec(
             "inpaint",
@@ -251,7 +256,7 @@ TASKS: dict[str, TaskSpec] = {
             0,
             "base",
             "A vase of sunflowers.",
-            COMMON_PARAMS,
+            FILL_PARAMS,
         ),
     )
 }

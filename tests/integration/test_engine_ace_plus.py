@@ -64,6 +64,8 @@ def test_every_task_returns_region_size_rgb(engine, task):
     assert result.rgb.shape == (*expected, 3) and result.rgb.dtype == np.uint8
     assert steps == [(i + 1, STEPS) for i in range(STEPS)]
     assert result.info["task"] == task and result.info["seed"] == 1
+    # No guidance in the job: ACE++ tasks run at the authors' 50, the plain Fill tasks at BFL's 30.
+    assert result.info["guidance"] == (30.0 if task in ("generate", "inpaint") else 50.0)
     json.dumps(result.info)  # provenance must be JSON-able
 
 

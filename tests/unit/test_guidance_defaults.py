@@ -1,0 +1,86 @@
+"""A user who never touches the guidance slider gets the value each kind of task is meant to run at.
+
+ACE++ tasks run at 50 (the authors' value for all of them); the plain FLUX.1-Fill tasks `generate` and `inpaint`
+run at 30 (BFL's default). The task table declares both, and every client that takes its defaults from the table
+(the daemon's validation, Krita via `welcome`, GIMP's procedure arguments, the engine itself) follows it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from ace_protocol.geometry import Bounds, Extent
+from ace_protocol.tasks import TASKS
+
+from bridge_server.engine.ace_plus import _task_default
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "plugins_gimp" / "ace-bridge"))
+sys.path.insert(0, str(REPO / "plugins_krita"))
+
+import acegimp_logic as gimp  # noqa: E402
+from ace_bridge.model import task_params  # noqa: E402
+
+EXPECTED = {
+    "instruct": 50.0,
+    "local_edit": 50.0,
+    "reference_edit": 50.0,
+    "subject": 50.0,
+    "portrait": 50.0,
+    "generate": 30.0,
+    "inpaint": 30.0,
+}
+
+
+def test_every_task_has_a_declared_guidance_default():
+    assert set(EXPECTED) == set(TASKS)
+
+
+@pytest.mark.parametrize(("task", "guidance"), EXPECTED.items())
+def test_a_job_without_guidance_runs_at_the_tasks_default(task, guidance):
+    """The daemon fills what the client left out from the table: 50 for ACE++, 30 for plain Fill."""
+    assert TASKS[task].validate_params({})["guidance"] == guidance
+    wire = {p["name"]: p for p in TASKS[task].to_wire()["params"]}
+    assert wire["guidance"]["default"] == guidance  # what `welcome` tells the editors
+    assert (wire["guidance"]["minimum"], wire["guidance"]["maximum"]) == (0.0, 100.0)
+
+
+@pytest.mark.parametrize("task", ["generate", "inpaint"])
+def test_a_user_who_sets_guidance_on_a_fill_task_keeps_their_value(task):
+    assert TASKS[task].validate_params({"guidance": 50})["guidance"] == 50.0
+    assert TASKS[task].validate_params({"guidance": 3.5})["guidance"] == 3.5
+
+
+def test_the_plain_fill_tasks_keep_every_other_common_parameter():
+    """Only the guidance default differs: the same names, ranges and defaults otherwise."""
+    ace = {p.name: p for p in TASKS["local_edit"].params}
+    for task in ("generate", "inpaint"):
+        for p in TASKS[task].params:
+            if p.name in ace and p.name != "guidance":
+                assert p == ace[p.name]
+
+
+@pytest.mark.parametrize(("task", "guidance"), EXPECTED.items())
+def test_the_engine_falls_back_to_the_table_when_a_job_has_no_guidance(task, guidance):
+    assert _task_default(task, "guidance", 99.0) == guidance
+    assert _task_default("no_such_task", "guidance", 99.0) == 99.0
+
+
+@pytest.mark.parametrize(("task", "guidance"), EXPECTED.items())
+def test_gimp_procedures_default_to_the_tasks_guidance(task, guidance):
+    """GIMP registers each procedure's guidance argument with the task's default and sends it unless changed."""
+    action = next(a for a in gimp.ACTIONS if a.task == task)
+    assert action.guidance == guidance
+    canvas = Extent(96, 64)
+    plan = gimp.plan_job(action, gimp.Settings(), canvas, Bounds(8, 8, 32, 32))
+    assert gimp.build_params(action, gimp.Settings(), plan)["guidance"] == guidance
+    assert gimp.build_params(action, gimp.Settings(guidance=12.5), plan)["guidance"] == 12.5
+
+
+def test_krita_leaves_guidance_to_the_daemon_so_fill_tasks_get_30():
+    """Krita sends only what the user set; the daemon's table then supplies 30 for generate."""
+    params = task_params(TASKS["generate"].to_wire(), {"seed": 1, "steps": 28, "count": 1, "feather": 8})
+    assert "guidance" not in params
+    assert TASKS["generate"].validate_params(params)["guidance"] == 30.0
