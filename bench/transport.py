@@ -57,13 +57,14 @@ from ace_protocol.tasks import TASKS  # noqa: E402
 from aiohttp import web  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import bridge_server.queue  # noqa: E402
-import bridge_server.sessions  # noqa: E402
-from bridge_server.app import STATE, create_app  # noqa: E402
-from bridge_server.compositing import make_result  # noqa: E402
+import bridge_server.jobs.queue  # noqa: E402
+import bridge_server.server.sessions  # noqa: E402
 from bridge_server.config import ServerConfig  # noqa: E402
 from bridge_server.engine.base import EngineResult  # noqa: E402
-from bridge_server.imaging import encode_png, encode_png_stored, to_array  # noqa: E402
+from bridge_server.imaging.codecs import encode_png, encode_png_stored, to_array  # noqa: E402
+from bridge_server.imaging.compositing import make_result  # noqa: E402
+from bridge_server.server.app import create_app  # noqa: E402
+from bridge_server.server.state import STATE  # noqa: E402
 
 REF_SIDE = 1024
 FRAME_LIMIT = 512 * 1024 * 1024
@@ -235,7 +236,7 @@ def _old_encode(message) -> bytes:
 
 
 def _old_make_result(rgb: np.ndarray, mask: np.ndarray | None, feather: int) -> np.ndarray:
-    from bridge_server.compositing import feathered_alpha
+    from bridge_server.imaging.compositing import feathered_alpha
 
     height, width = rgb.shape[:2]
     out = np.empty((height, width, 4), np.uint8)
@@ -249,8 +250,8 @@ class Paths:
 
     def __init__(self, history) -> None:
         self.history = history
-        self.new = (ace_protocol.client.encode_fragments, bridge_server.sessions.encode,
-                    bridge_server.queue.make_result)
+        self.new = (ace_protocol.client.encode_fragments, bridge_server.server.sessions.encode,
+                    bridge_server.jobs.queue.make_result)
 
     def use(self, before: bool) -> None:
         encode_client, encode_daemon, make = self.new
@@ -259,8 +260,8 @@ class Paths:
             encode_daemon = _old_encode
             make = _old_make_result
         ace_protocol.client.encode_fragments = encode_client  # type: ignore[assignment]
-        bridge_server.sessions.encode = encode_daemon  # type: ignore[assignment]
-        bridge_server.queue.make_result = make  # type: ignore[assignment]
+        bridge_server.server.sessions.encode = encode_daemon  # type: ignore[assignment]
+        bridge_server.jobs.queue.make_result = make  # type: ignore[assignment]
         self.history.deferred_compress = not before
 
 
@@ -315,7 +316,7 @@ def breakdown(image: np.ndarray, mask: np.ndarray, ref: np.ndarray, history_dir:
 
     from ace_protocol.shm import SegmentRef, describe, read_segment, write_segment
 
-    from bridge_server import shared_memory
+    from bridge_server.server import shared_memory
 
     side = image.shape[0]
     parts: list[tuple[str, float]] = []

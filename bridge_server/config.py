@@ -12,10 +12,10 @@ from ace_protocol.codec import DEFAULT_MAX_FRAME_BYTES
 from ace_protocol.discovery import DEFAULT_HOST, DEFAULT_PORT
 from ace_protocol.images import DEFAULT_MAX_PIXELS
 
-from .gate import Gate
+from bridge_server.jobs.gate import Gate
 
 if TYPE_CHECKING:
-    from .engine.base import Engine
+    from bridge_server.engine.base import Engine
 
 
 @dataclass

@@ -63,14 +63,14 @@ class ThreadDaemon:
 
     @property
     def state(self):
-        from bridge_server.app import STATE
+        from bridge_server.server.state import STATE
 
         return self.app[STATE]
 
     def start(self) -> ThreadDaemon:
         from aiohttp import web
 
-        from bridge_server.app import create_app
+        from bridge_server.server.app import create_app
 
         ready = threading.Event()
         errors: list[BaseException] = []

@@ -42,9 +42,10 @@ import numpy as np
 from ace_protocol.errors import ErrorCode
 from ace_protocol.tasks import TASKS
 
-from ..models import ModelLayout, read_download_progress
-from . import recipes
-from .base import EngineError, EngineJob, EngineResult, JobCancelled, PreviewCallback, StepCallback
+from bridge_server.engine import recipes
+from bridge_server.engine.base import EngineError, EngineJob, EngineResult, JobCancelled, PreviewCallback, StepCallback
+from bridge_server.models.layout import ModelLayout
+from bridge_server.models.pull import read_download_progress
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ class AcePlusEngine:
     def _load(self, device: str) -> None:
         from diffusers import FluxFillPipeline
 
-        from .convert import check_lora_shapes, kohya_to_diffusers, load_safetensors
+        from bridge_server.engine.convert import check_lora_shapes, kohya_to_diffusers, load_safetensors
 
         dtype = self._resolve_dtype(device)
         extra: dict[str, Any] = {}
@@ -353,7 +354,7 @@ class AcePlusEngine:
         from accelerate import init_empty_weights
         from diffusers import FluxTransformer2DModel
 
-        from .convert import bfl_to_diffusers, load_safetensors
+        from bridge_server.engine.convert import bfl_to_diffusers, load_safetensors
 
         config = dict(FluxTransformer2DModel.load_config(str(self.layout.base / "transformer")))
         config["in_channels"] = 448  # 64 noise + 64 edit + 64 change + 256 mask; not inferred from the file

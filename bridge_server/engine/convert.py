@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from ace_protocol.errors import ErrorCode
 
-from .base import EngineError
+from bridge_server.engine.base import EngineError
 
 # ----------------------------------------------------------------------------------------------------------------
 # Files

@@ -41,7 +41,7 @@ import numpy as np
 from ace_protocol.errors import ErrorCode, ProtocolError
 from PIL import Image
 
-from .base import EngineError, EngineJob
+from bridge_server.engine.base import EngineError, EngineJob
 
 DEFAULT_MAX_TOKENS = 4096  # both authors' inference paths use 4096 (the class default 2048 is overridden)
 TOKEN_PATCH = 16  # VAE factor 8 x 2x2 packing: one image token per 16x16 pixels

@@ -4,7 +4,7 @@ Why: no weights can be downloaded in tests or CI. The tiny model keeps everythin
 geometry (transformer in_channels 384 = 64 noise + 64 masked image + 256 mask, out 64; VAE factor 8, 16 latent
 channels, FLUX shift/scale), CLIP pooled + T5 sequence text encoders with locally built tokenizers (CLIP
 model_max_length 77), the ACE++ kohya LoRA key set (single-block linear1 included, alpha = rank), and the FFT file
-(448 input channels, BFL key layout). Paths follow `bridge_server.models.ModelLayout`, exactly like a real install.
+(448 input channels, BFL key layout). Paths follow `bridge_server.models.layout.ModelLayout`, exactly like a real install.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..models import ModelLayout
-from .convert import diffusers_to_bfl
+from bridge_server.engine.convert import diffusers_to_bfl
+from bridge_server.models.layout import ModelLayout
 
 # Transformer: 1 double + 1 single block, 2 heads x 16 dims; rope axes must be even and sum to the head dim.
 TINY_HEADS, TINY_HEAD_DIM, TINY_ROPE = 2, 16, (4, 6, 6)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import ace_protocol
 
-from .vendor import vendor_into
+from bridge_server.install.vendor import vendor_into
 
 PLUGIN_NAME = "ace-bridge"
 SUPPORTED_VERSIONS = ("3.2", "3.0")

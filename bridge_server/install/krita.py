@@ -19,7 +19,7 @@ from pathlib import Path
 
 import ace_protocol
 
-from .vendor import vendor_into
+from bridge_server.install.vendor import vendor_into
 
 PLUGIN_NAME = "ace_bridge"
 _SKIP = ("__pycache__", "_vendor")

@@ -30,9 +30,9 @@ def main() -> None:
 
     from aiohttp import web
 
-    from bridge_server.app import create_app
     from bridge_server.config import ServerConfig
-    from bridge_server.gate import Gate
+    from bridge_server.jobs.gate import Gate
+    from bridge_server.server.app import create_app
 
     def engine_factory():
         from bridge_server.engine.ace_plus import AcePlusEngine

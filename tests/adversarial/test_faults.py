@@ -29,7 +29,7 @@ from adversarial_helpers import (
 from daemon_fixture import isolated_env, tiny_engine_factory
 
 from bridge_server.engine.base import EngineError
-from bridge_server.gate import Gate
+from bridge_server.jobs.gate import Gate
 
 HERE = Path(__file__).resolve().parent
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from bridge_server.engine.ace_plus import AcePlusEngine
 from bridge_server.engine.base import EngineError, EngineJob
-from bridge_server.history import History, HistoryUnavailable
+from bridge_server.store.history import History, HistoryUnavailable
 
 
 def test_a_model_folder_with_pickled_weights_is_refused_and_never_unpickled(tiny_model_root, tmp_path, monkeypatch):

@@ -13,8 +13,8 @@ from ace_protocol.client import BridgeClient, Unauthorized
 from ace_protocol.codec import decode_server_message, encode
 from adversarial_helpers import hello, raw_upgrade, raw_ws
 
-from bridge_server.security import FailureThrottle
-from bridge_server.tokens import rotate_token
+from bridge_server.server.security import FailureThrottle
+from bridge_server.server.tokens import rotate_token
 
 
 @pytest.fixture

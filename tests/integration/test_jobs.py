@@ -14,7 +14,7 @@ from integration_helpers import (
     types,
 )
 
-from bridge_server.gate import Gate
+from bridge_server.jobs.gate import Gate
 
 
 def inpaint(client, *, seed=7, steps=3, count=1, soft=False, **params):

@@ -10,7 +10,7 @@ from ace_protocol.client import BridgeClient
 from daemon_fixture import start_process_daemon
 from integration_helpers import collect, connect, ellipse_mask, gradient_image, gray_payload, rgba_payload, types
 
-from bridge_server.gate import Gate
+from bridge_server.jobs.gate import Gate
 
 
 def submit_inpaint(client, steps=3, seed=5):

@@ -15,7 +15,7 @@ from ace_protocol.messages import Alloc, Allocated, Error, ShmReady
 from ace_protocol.shm import SegmentRef, SharedMemoryUnavailable
 from integration_helpers import collect, connect, ellipse_mask, gradient_image, gray_payload, result_array, types
 
-from bridge_server import shared_memory
+from bridge_server.server import shared_memory
 
 pytestmark = pytest.mark.skipif(not shared_memory.AVAILABLE, reason="memfd segments are Linux-only")
 

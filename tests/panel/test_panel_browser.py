@@ -24,11 +24,11 @@ from ace_protocol.client import BridgeClient
 from daemon_fixture import isolated_env
 from integration_helpers import ellipse_mask, gradient_image, gray_payload, rgba_payload
 
-from bridge_server.gate import Gate
-from bridge_server.history import History
-from bridge_server.panel.routes import COOKIE, PANEL
-from bridge_server.panel.window import PanelError, request_code
-from bridge_server.panel.window import open_panel as open_panel_command
+from bridge_server.jobs.gate import Gate
+from bridge_server.server.panel.routes import COOKIE, PANEL
+from bridge_server.server.panel.window import PanelError, request_code
+from bridge_server.server.panel.window import open_panel as open_panel_command
+from bridge_server.store.history import History
 
 pytestmark = pytest.mark.panel
 
@@ -493,7 +493,7 @@ def test_missing_weights_show_the_command_that_fetches_them(tmp_path, thread_dae
     assert "ace-bridge models pull --yes" in page.locator("#engine-command").text_content()
 
     # `ace-bridge models pull` runs in another process; its progress bar writes where the daemon can see it.
-    from bridge_server.models import progress_bar_class
+    from bridge_server.models.pull import progress_bar_class
 
     bar = progress_bar_class(empty)(total=34_000_000_000, desc="transformer/diffusion_pytorch_model.safetensors",
                                     disable=False, file=open(os.devnull, "w"))  # noqa: SIM115

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bridge_server.imaging import decode_png, encode_png
+from bridge_server.imaging.codecs import decode_png, encode_png
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (33, 17), (64, 64)])
@@ -31,7 +31,7 @@ def test_encode_png_accepts_non_contiguous_views_and_other_shapes():
 
 
 def test_large_images_use_the_sliced_parallel_deflate_and_still_round_trip():
-    from bridge_server import imaging
+    from bridge_server.imaging import codecs as imaging
 
     rng = np.random.default_rng(5)
     rgba = np.repeat(rng.integers(0, 256, (1100, 1, 4), dtype=np.uint8), 1024, axis=1)  # 4.5 MB, compressible
@@ -47,7 +47,7 @@ def test_large_images_use_the_sliced_parallel_deflate_and_still_round_trip():
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (33, 17), (64, 64), (300, 300), (9, 2000), (2, 16383), (2, 16384)])
 def test_stored_png_built_in_place_round_trips_and_is_standard(shape):
-    from bridge_server.imaging import encode_png_stored
+    from bridge_server.imaging.codecs import encode_png_stored
 
     rgba = np.random.default_rng(shape[0] + shape[1]).integers(0, 256, shape + (4,), dtype=np.uint8)
     data = encode_png_stored(rgba).tobytes()  # (2, 16384): rows over 65,535 bytes take the zlib path

@@ -10,8 +10,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bridge_server import models
-from bridge_server.models import ModelLayout
+from bridge_server.models import layout as models
+from bridge_server.models import pull, verify
+from bridge_server.models.layout import ModelLayout
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +44,9 @@ def test_tiny_model_is_complete(tiny):
 def test_list_and_verify(tiny, tmp_path):
     rows = models.list_models(tiny)
     assert [r["installed"] for r in rows] == [True] * 5
-    results = models.verify(tiny)
+    results = verify.verify(tiny)
     assert all(r["ok"] for r in results), results
-    empty = models.verify(tmp_path)
+    empty = verify.verify(tmp_path)
     assert [r["ok"] for r in empty] == [False, False, False, False, None]
 
 
@@ -56,35 +57,35 @@ def test_verify_catches_truncated_and_foreign_files(tmp_path):
     save_file({"lora_unet_single_blocks_0_linear2.lora_down.weight": torch.zeros(4, 8)}, str(path))
     data = path.read_bytes()
     path.write_bytes(data[:-8])
-    row = next(r for r in models.verify(tmp_path) if r["name"] == "subject LoRA")
+    row = next(r for r in verify.verify(tmp_path) if r["name"] == "subject LoRA")
     assert row["ok"] is False and "beyond the end" in row["detail"]
     save_file({"weight": torch.zeros(2)}, str(path))
-    row = next(r for r in models.verify(tmp_path) if r["name"] == "subject LoRA")
+    row = next(r for r in verify.verify(tmp_path) if r["name"] == "subject LoRA")
     assert row["ok"] is False and "kohya" in row["detail"]
     layout.fft.write_bytes(struct.pack("<Q", 2) + b"{}")
-    row = next(r for r in models.verify(tmp_path) if r["name"] == "FFT")
+    row = next(r for r in verify.verify(tmp_path) if r["name"] == "FFT")
     assert row["ok"] is False
 
 
 def test_header_reader_refuses_pickles(tmp_path):
-    with pytest.raises(models.VerifyError, match="only .safetensors"):
-        models.read_safetensors_header(tmp_path / "x.ckpt")
+    with pytest.raises(verify.VerifyError, match="only .safetensors"):
+        verify.read_safetensors_header(tmp_path / "x.ckpt")
 
 
 def test_pull_needs_confirmation_and_says_size_and_licence(tmp_path):
-    with pytest.raises(models.ConfirmationRequired) as err:
-        models.pull(tmp_path, confirm=False)
+    with pytest.raises(pull.ConfirmationRequired) as err:
+        pull.pull(tmp_path, confirm=False)
     assert "35 GB" in str(err.value) and "Non-Commercial" in str(err.value)
-    with pytest.raises(models.ConfirmationRequired) as err:
-        models.pull(tmp_path, with_fft=True)
+    with pytest.raises(pull.ConfirmationRequired) as err:
+        pull.pull(tmp_path, with_fft=True)
     assert "58 GB" in str(err.value)
 
 
 def test_pull_plan():
-    plan = models.pull_plan(with_fft=False)
+    plan = pull.pull_plan(with_fft=False)
     assert plan[0][0] == "black-forest-labs/FLUX.1-Fill-dev" and "transformer/*" in plan[0][1]
     assert [p[2] for p in plan[1:]] == list(models.LORA_FILES.values())
-    assert models.pull_plan(with_fft=True)[-1] == ("ali-vilab/ACE_Plus", None, "ace_plus_fft.safetensors")
+    assert pull.pull_plan(with_fft=True)[-1] == ("ali-vilab/ACE_Plus", None, "ace_plus_fft.safetensors")
 
 
 def test_default_root(monkeypatch, tmp_path):
@@ -100,7 +101,7 @@ def test_a_pull_in_another_process_is_visible_as_download_progress(tmp_path, mon
     import os
     import time
 
-    from bridge_server.models import PROGRESS_FILE, progress_bar_class, read_download_progress
+    from bridge_server.models.pull import PROGRESS_FILE, progress_bar_class, read_download_progress
 
     assert read_download_progress(tmp_path) is None
     bar = progress_bar_class(tmp_path)(total=1000, desc="ace_plus_fft.safetensors", file=open(os.devnull, "w"))  # noqa: SIM115

@@ -12,10 +12,10 @@ from ace_protocol.codec import decode_client_message, decode_server_message, enc
 from ace_protocol.images import ImagePayload
 from ace_protocol.messages import Result, Submit
 
-from bridge_server import history as history_module
-from bridge_server.compositing import _rgba_backing, make_result
-from bridge_server.history import History, HistoryUnavailable
-from bridge_server.imaging import decode_png
+from bridge_server.store import history as history_module
+from bridge_server.imaging.codecs import decode_png
+from bridge_server.imaging.compositing import _rgba_backing, make_result
+from bridge_server.store.history import History, HistoryUnavailable
 
 ENTRY = "0" * 32 + "-0"
 
@@ -168,7 +168,7 @@ def test_recompression_waits_while_the_result_is_delivered_unless_someone_waits_
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 3), (300, 301), (2048, 17), (5, 16383)])
 def test_the_stored_png_decodes_to_the_same_pixels_at_any_size(shape):
-    from bridge_server.imaging import encode_png_stored
+    from bridge_server.imaging.codecs import encode_png_stored
 
     rgba = np.random.default_rng(3).integers(0, 256, (*shape, 4), dtype=np.uint8)
     assert np.array_equal(decode_png(encode_png_stored(rgba).tobytes()), rgba)

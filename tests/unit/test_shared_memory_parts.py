@@ -14,8 +14,8 @@ from ace_protocol.images import ImagePayload
 from ace_protocol.messages import Alloc, Allocated, Hello, Release, Result, ShmReady, Submit, Welcome
 from ace_protocol.shm import SegmentRef, SharedMemoryUnavailable, describe, read_segment, write_segment
 
-from bridge_server import shared_memory
-from bridge_server.sessions import _is_loopback
+from bridge_server.server import shared_memory
+from bridge_server.server.sessions import _is_loopback
 
 linux_only = pytest.mark.skipif(not shared_memory.AVAILABLE, reason="memfd segments are Linux-only")
 
@@ -206,10 +206,10 @@ def test_without_fcntl_as_on_windows_the_daemon_starts_and_offers_no_shared_memo
 
     repo = Path(__file__).resolve().parents[2]
     code = ("import sys; sys.modules['fcntl'] = None; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-            "from bridge_server import shared_memory as m\n"
+            "from bridge_server.server import shared_memory as m\n"
             "assert not m.AVAILABLE\n"
             "assert m.ConnectionSegments(enabled=True, max_bytes=1, max_segment_bytes=1).offer() is None\n"
-            "from bridge_server.app import create_app\n")
+            "from bridge_server.server.app import create_app\n")
     run = subprocess.run([sys.executable, "-c", code, str(repo), str(repo / "shared")], capture_output=True,
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stat
 
-from bridge_server.tokens import load_or_create_token, new_token, rotate_token
+from bridge_server.server.tokens import load_or_create_token, new_token, rotate_token
 
 
 def test_a_fresh_token_can_follow_dash_dash_token_on_a_command_line():

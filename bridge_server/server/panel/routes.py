@@ -23,9 +23,10 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from ..config import ServerConfig
-from ..history import ENTRY_RE, HistoryUnavailable
-from ..tokens import rotate_token, tokens_equal
+from bridge_server.config import ServerConfig
+from bridge_server.server.state import STATE, AppState
+from bridge_server.server.tokens import rotate_token, tokens_equal
+from bridge_server.store.history import ENTRY_RE, HistoryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,7 @@ PANEL = web.AppKey("panel", PanelState)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _app_state(request: web.Request) -> Any:
-    from ..app import STATE
-
+def _app_state(request: web.Request) -> AppState:
     return request.app[STATE]
 
 
@@ -403,8 +402,6 @@ async def panel_ws(request: web.Request) -> web.StreamResponse:
 
 
 def _snapshot(app: web.Application, offset: int | None, limit: int) -> dict[str, Any]:
-    from ..app import STATE
-
     state = app[STATE]
     panel = app[PANEL]
     snap: dict[str, Any] = {"engine": engine_view(state), "clients": clients_view(state), "queue": queue_view(state)}
@@ -421,7 +418,6 @@ def _snapshot(app: web.Application, offset: int | None, limit: int) -> dict[str,
 
 async def _pusher(app: web.Application) -> None:
     """Send what changed to every panel page, coalescing bursts to at most one frame per PUSH_INTERVAL_S."""
-    from ..app import STATE
 
     panel = app[PANEL]
     while True:
@@ -455,7 +451,6 @@ async def _pusher(app: web.Application) -> None:
 
 async def _engine_watch(app: web.Application) -> None:
     """The engine has no change callback: compare its state once a second while a panel page is open."""
-    from ..app import STATE
 
     panel = app[PANEL]
     while True:
@@ -491,7 +486,6 @@ def setup_panel(app: web.Application, config: ServerConfig) -> None:
     app.router.add_get("/panel/ws", panel_ws)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        from ..app import STATE
 
         panel = app[PANEL]
         panel.wake = asyncio.Event()  # bound to the running loop

@@ -14,21 +14,22 @@ import sys
 from pathlib import Path
 
 from ace_protocol import __version__
-from ace_protocol.discovery import RUNTIME_FILE, config_dir, read_runtime, url_for_port
+from ace_protocol.discovery import DEFAULT_PORT, RUNTIME_FILE, config_dir, read_runtime, url_for_port
 from aiohttp import web
 
-from .app import create_app
-from .config import ServerConfig, is_loopback_host
-from .gate import Gate
-from .lock import AlreadyRunning, DaemonLock
-from .tokens import load_or_create_token, write_private
+from bridge_server.cli.common import EXIT_CODES_HELP, Subparsers
+from bridge_server.config import ServerConfig, is_loopback_host
+from bridge_server.jobs.gate import Gate
+from bridge_server.server.app import create_app
+from bridge_server.server.lock import AlreadyRunning, DaemonLock
+from bridge_server.server.tokens import load_or_create_token, write_private
 
 log = logging.getLogger("ace_bridge")
 
 
 def engine_factory_for(args: argparse.Namespace, data: Path):
     """The engine to run: the tiny model for --demo (built on first use), else the model root."""
-    from . import models
+    from bridge_server.models import layout as models
 
     if args.demo:
         root = data / "demo-model"
@@ -36,10 +37,10 @@ def engine_factory_for(args: argparse.Namespace, data: Path):
         root = models.model_path(Path(args.model) if args.model else None)
 
     def factory():
-        from .engine.ace_plus import AcePlusEngine
+        from bridge_server.engine.ace_plus import AcePlusEngine
 
         if args.demo and not (root / models.BASE_DIR / "model_index.json").exists():
-            from .engine.tiny import build_tiny_model
+            from bridge_server.engine.tiny import build_tiny_model
 
             build_tiny_model(root)
         # The queue unloads an idle engine on the engine thread (ServerConfig.idle_unload_s); the engine's own
@@ -70,7 +71,7 @@ def speed_options(args: argparse.Namespace) -> dict | None:
 
 
 def explain_missing_models(root: Path) -> str | None:
-    from . import models
+    from bridge_server.models import layout as models
 
     if (root / models.BASE_DIR / "model_index.json").exists():
         return None
@@ -94,12 +95,12 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
 def run_server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     folder = config_dir()
-    from .cli import data_dir
+    from bridge_server.store.paths import data_dir
 
     data = data_dir()
     loopback = is_loopback_host(args.host)
     if getattr(args, "tls_self_signed", False) and not (args.tls_cert and args.tls_key):
-        from .tls import TlsError, ensure_self_signed, fingerprint_sha256, subject_names
+        from bridge_server.server.tls import TlsError, ensure_self_signed, fingerprint_sha256, subject_names
 
         try:
             cert, key, created = ensure_self_signed(folder / "tls", subject_names(args.host, args.allow_host))
@@ -185,7 +186,7 @@ async def _serve(config: ServerConfig, context: ssl.SSLContext | None, args: arg
         except (NotImplementedError, RuntimeError):  # Windows
             signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
     if getattr(args, "panel", False):
-        from .panel.window import open_panel_for_running
+        from bridge_server.server.panel.window import open_panel_for_running
 
         loop.run_in_executor(None, open_panel_for_running, url)
     try:
@@ -199,3 +200,47 @@ async def _serve(config: ServerConfig, context: ssl.SSLContext | None, args: arg
         except (OSError, ValueError):
             pass
     return 0
+
+
+def register(sub: Subparsers) -> None:
+    serve = sub.add_parser("serve", help="run the daemon", epilog=EXIT_CODES_HELP,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
+    group = serve.add_mutually_exclusive_group()
+    group.add_argument("--model", help="model root folder (default: `ace-bridge models path`)")
+    group.add_argument("--demo", action="store_true", help="run the tiny random-weight model (no download)")
+    serve.add_argument("--idle-unload", type=float, default=600.0, help="seconds idle before the model is unloaded")
+    serve.add_argument("--memory-mode", default="auto", choices=["auto", "gpu", "model-offload", "sequential-offload"])
+    serve.add_argument("--max-tokens", type=int, default=16384, help="largest per-job image-token budget")
+    serve.add_argument("--panel", action="store_true", help="open the control panel window at start")
+    serve.add_argument("--tls-cert", help="certificate for remote mode (PEM)")
+    serve.add_argument("--tls-key", help="private key for remote mode (PEM)")
+    serve.add_argument("--tls-self-signed", action="store_true",
+                       help="remote mode: make (once, in the config folder) and use a self-signed certificate; "
+                            "prints its SHA-256 fingerprint")
+    serve.add_argument("--allow-host", action="append", default=[], help="extra Host name allowed in remote mode")
+    serve.add_argument("--insecure", action="store_true", help="allow remote mode without TLS (not recommended)")
+    serve.add_argument("--paused", action="store_true", help="start with the queue paused")
+    serve.add_argument("--no-shared-memory", action="store_true",
+                       help="send pixels only in WebSocket frames, never through shared-memory segments (Linux "
+                            "loopback clients use them by default; docs/protocol.md, 'Shared memory')")
+    speed = serve.add_argument_group("speed options (docs/performance.md has their measured effect)")
+    speed.add_argument("--attention", default="auto",
+                       help="attention kernel: auto (fastest installed, measured at start), sdpa, cudnn, fa2, fa3, off")
+    speed.add_argument("--fuse-lora", action="store_true",
+                       help="fuse the active LoRA into the weights (1.16x on an H200; bf16 drift accumulates when "
+                            "switching tasks, so off by default)")
+    speed.add_argument("--compile", action="store_true",
+                       help="torch.compile the transformer (lossless, 1.5x with --fuse-lora on an H200; tens of "
+                            "seconds of warm-up per new canvas size)")
+    speed.add_argument("--fp8", action="store_true", help="float8 linear layers (lossy; needs sm 8.9+; pays with --compile)")
+    speed.add_argument("--cache", type=float, metavar="THRESHOLD", nargs="?", const=0.08,
+                       help="first-block step cache (lossy); higher threshold = faster and more drift (default 0.08)")
+    speed.add_argument("--quantize", choices=["nf4"], help="4-bit NF4 transformer (bitsandbytes extra; lossy, ~7 GB)")
+    speed.add_argument("--no-optimize", action="store_true", help="plain eager pipeline, no speed options at all")
+    speed.add_argument("--warm-up", action="store_true",
+                       help="load the model and run one step per common canvas size at start (on with --compile, "
+                            "so compilation happens before the first job instead of inside it)")
+    serve.set_defaults(func=run_server)
+

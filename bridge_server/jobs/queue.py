@@ -27,12 +27,12 @@ from ace_protocol.images import ImagePayload
 from ace_protocol.messages import Cancelled, Done, Failed, Message, Progress, Queued, Result, Started
 from PIL import Image
 
-from .compositing import make_result
-from .config import ServerConfig
-from .engine.base import Engine, EngineJob, JobCancelled
-from .history import History, HistoryUnavailable
-from .jobs import Job, JobState, StoredResult
-from .journal import Journal
+from bridge_server.config import ServerConfig
+from bridge_server.engine.base import Engine, EngineJob, JobCancelled
+from bridge_server.imaging.compositing import make_result
+from bridge_server.jobs.job import Job, JobState, StoredResult
+from bridge_server.jobs.journal import Journal
+from bridge_server.store.history import History, HistoryUnavailable
 
 log = logging.getLogger(__name__)
 Listener = Callable[[Job, Message], None]

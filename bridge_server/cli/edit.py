@@ -14,7 +14,17 @@ from ace_protocol.images import ImagePayload
 from ace_protocol.tasks import TASKS
 from PIL import Image
 
-EXIT_OK, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_UNAUTHORIZED, EXIT_FAILED, EXIT_CANCELLED = 0, 2, 3, 4, 5, 6
+from bridge_server.cli.common import (
+    EXIT_CANCELLED,
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNAUTHORIZED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Subparsers,
+    connection_args,
+)
 
 
 class UsageError(Exception):
@@ -73,8 +83,8 @@ def run_edit(args: argparse.Namespace) -> int:
 def _dry_run(args: argparse.Namespace, task: str, image, mask, refs, params: dict[str, Any]) -> int:
     from ace_protocol.errors import ProtocolError
 
-    from .engine.base import EngineJob
-    from .engine.recipes import plan_for_job, write_dry_run
+    from bridge_server.engine.base import EngineJob
+    from bridge_server.engine.recipes import plan_for_job, write_dry_run
 
     spec = TASKS[task]
     try:
@@ -136,7 +146,7 @@ class ProgressBar:
 def _submit(args: argparse.Namespace, task: str, image, mask, refs, params: dict[str, Any]) -> int:
     from ace_protocol.client import BridgeClient, ClientError, DaemonNotRunning, JobError, Unauthorized
 
-    from .compositing import composite_over
+    from bridge_server.imaging.compositing import composite_over
 
     client = BridgeClient(args.url, args.token, port=args.port, client_name="ace-bridge-cli", editor="cli",
                           reconnect_timeout=30)
@@ -219,3 +229,31 @@ def _write_result(args: argparse.Namespace, event, image, composite_over) -> str
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(picture).save(out)
     return str(out)
+
+
+def register(sub: Subparsers) -> None:
+    edit = sub.add_parser("edit", help="run one job and write the result", epilog=EXIT_CODES_HELP,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    edit.add_argument("--task", required=True)
+    edit.add_argument("--prompt", default="")
+    edit.add_argument("--image", help="input image (PNG/WebP/JPEG)")
+    edit.add_argument("--mask", help="mask image: white = change, soft values kept")
+    edit.add_argument("--ref", action="append", default=[], help="reference image (repeatable)")
+    edit.add_argument("--width", type=int)
+    edit.add_argument("--height", type=int)
+    edit.add_argument("--seed", type=int)
+    edit.add_argument("--steps", type=int)
+    edit.add_argument("--count", type=int)
+    edit.add_argument("--guidance", type=float)
+    edit.add_argument("--max-tokens", type=int)
+    edit.add_argument("--feather", type=int)
+    edit.add_argument("--mode", help="local_edit mode: repaint, canny, mosaic, recolor")
+    edit.add_argument("--face", action="store_true", help="reference_edit: the reference is a face")
+    edit.add_argument("--param", action="append", default=[], metavar="NAME=JSON", help="any other task parameter")
+    edit.add_argument("--patch-only", action="store_true", help="write only the result patch (RGBA)")
+    edit.add_argument("--dry-run", metavar="DIR", help="run only the recipe locally and write canvas/mask/plan")
+    edit.add_argument("--quiet", action="store_true", help="no progress bar")
+    edit.add_argument("-o", "--output", help="output PNG (count > 1 adds -1, -2, ...)")
+    connection_args(edit)
+    edit.set_defaults(func=run_edit)
+

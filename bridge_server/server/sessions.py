@@ -12,11 +12,9 @@ import ipaddress
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
 
 from ace_protocol import PROTOCOL_VERSION, __version__
-from ace_protocol.codec import decode_client_message, decode_map, encode
+from ace_protocol.codec import decode_client_message, decode_map
 from ace_protocol.errors import ErrorCode, ProtocolError, bad_request
 from ace_protocol.messages import (
     Accepted,
@@ -28,9 +26,7 @@ from ace_protocol.messages import (
     Failed,
     Hello,
     Message,
-    Progress,
     Release,
-    Result,
     ShmReady,
     StatusReply,
     StatusRequest,
@@ -40,117 +36,19 @@ from ace_protocol.messages import (
 from ace_protocol.tasks import TASKS
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from .imaging import to_array
-from .jobs import Job, JobInputs
-from .queue import new_job_id
-from .shared_memory import ConnectionSegments, SegmentPool
-from .tokens import tokens_equal
-
-if TYPE_CHECKING:
-    from .app import AppState
+from bridge_server.imaging.codecs import to_array
+from bridge_server.jobs.job import Job, JobInputs
+from bridge_server.jobs.queue import new_job_id
+from bridge_server.server.hub import BridgeWebSocket, ClientSession, Connection
+from bridge_server.server.shared_memory import ConnectionSegments
+from bridge_server.server.state import STATE, AppState
+from bridge_server.server.tokens import tokens_equal
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 15.0
 
 
-class BridgeWebSocket(web.WebSocketResponse):
-    """aiohttp closes an oversized frame with 1009 but no reason; name it with our error code."""
-
-    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
-        if code == WSCloseCode.MESSAGE_TOO_BIG and not message:
-            message = ErrorCode.TOO_LARGE.value.encode()
-        return await super().close(code=code, message=message, drain=drain)
-
-
-@dataclass
-class Connection:
-    ws: web.WebSocketResponse
-    peer: str
-    segments: ConnectionSegments
-    outbox: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
-    sender: asyncio.Task[None] | None = None
-
-    def send(self, message: Message) -> None:
-        self.outbox.put_nowait(message)
-
-    async def run_sender(self) -> None:
-        while True:
-            message = await self.outbox.get()
-            if message is None or self.ws.closed:
-                return
-            if isinstance(message, Result):
-                message = self.segments.export(message)
-            try:
-                await self.ws.send_bytes(encode(message))
-            except (ConnectionError, RuntimeError):
-                return
-
-
-@dataclass
-class ClientSession:
-    client_id: str
-    session_id: str
-    client_name: str = ""
-    client_version: str = ""
-    editor: str = ""
-    previews: bool = False  # what the current connection's hello asked for
-    connected_since: float = 0.0
-    connection: Connection | None = None
-    segment_pool: SegmentPool = field(default_factory=SegmentPool)  # warm shared-memory segments, across connections
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "client_id": self.client_id,
-            "client_name": self.client_name,
-            "client_version": self.client_version,
-            "editor": self.editor,
-            "connected": self.connection is not None,
-            "since": self.connected_since,
-            # How this client's pixels travel, so a slow hand-over can be told apart at a glance.
-            "pixels": "shared memory" if self.connection is not None and self.connection.segments.ready else "frames",
-        }
-
-
-class Hub:
-    """Routes queue events to whichever connection currently holds each client's session."""
-
-    def __init__(self) -> None:
-        self.sessions: dict[str, ClientSession] = {}
-        self.on_change: list[Any] = []
-
-    def deliver(self, job: Job, message: Message) -> None:
-        session = self.sessions.get(job.client_id)
-        if session is not None and session.connection is not None:
-            if isinstance(message, Progress) and message.preview is not None and not session.previews:
-                message = replace(message, preview=None)  # the client reconnected without previews meanwhile
-            session.connection.send(message)
-
-    def wants_previews(self, client_id: str) -> bool:
-        """Whether the client's current connection asked for previews (read-only; safe from the engine thread)."""
-        session = self.sessions.get(client_id)
-        return session is not None and session.connection is not None and session.previews
-
-    def changed(self) -> None:
-        for callback in list(self.on_change):
-            callback()
-
-    def connected(self) -> list[ClientSession]:
-        return [s for s in self.sessions.values() if s.connection is not None]
-
-    async def trim_segment_pools(self, every_s: float = 10.0) -> None:
-        """Free shared-memory segments no client has used for a while (runs for the daemon's lifetime)."""
-        while True:
-            await asyncio.sleep(every_s)
-            for session in list(self.sessions.values()):
-                session.segment_pool.trim()
-
-    def close_segment_pools(self) -> None:
-        for session in self.sessions.values():
-            session.segment_pool.close()
-
-
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    from .app import STATE
 
     state: AppState = request.app[STATE]
     config = state.config

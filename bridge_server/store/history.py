@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .imaging import decode_png, encode_png, encode_png_stored, thumbnail_webp
+from bridge_server.imaging.codecs import decode_png, encode_png, encode_png_stored, thumbnail_webp
 
 log = logging.getLogger(__name__)
 ENTRY_RE = re.compile(r"^[0-9a-f]{32}-\d{1,3}$")

@@ -1,0 +1,66 @@
+"""`ace-bridge install|uninstall|package krita|gimp`: the editor plugins."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ace_protocol import __version__
+
+from bridge_server.cli.common import EXIT_OK, Subparsers
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    profile = Path(args.profile_dir) if args.profile_dir else None
+    if args.editor == "krita":
+        from bridge_server.install.krita import install_krita
+
+        path = install_krita(profile)
+    else:
+        from bridge_server.install.gimp import install_gimp
+
+        path = install_gimp(profile)
+    print(f"installed the {args.editor} plugin into {path}; restart {args.editor.capitalize()} to load it")
+    return EXIT_OK
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    profile = Path(args.profile_dir) if args.profile_dir else None
+    if args.editor == "krita":
+        from bridge_server.install.krita import uninstall_krita
+
+        uninstall_krita(profile)
+    else:
+        from bridge_server.install import gimp
+
+        gimp.uninstall_gimp(profile)
+    print(f"removed the {args.editor} plugin")
+    return EXIT_OK
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    out = Path(args.output) if args.output else Path(f"ace-bridge-{args.editor}-{__version__}.zip")
+    if args.editor == "krita":
+        from bridge_server.install.krita import package_krita
+
+        path = package_krita(out)
+    else:
+        from bridge_server.install.gimp import package_gimp
+
+        path = package_gimp(out)
+    print(path)
+    return EXIT_OK
+
+
+def register(sub: Subparsers) -> None:
+    for name, func, text in (("install", cmd_install, "install an editor plugin"),
+                             ("uninstall", cmd_uninstall, "remove an editor plugin")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("editor", choices=["krita", "gimp"])
+        p.add_argument("--profile-dir", help="editor profile folder (default: the editor's standard one)")
+        p.set_defaults(func=func)
+    package = sub.add_parser("package", help="build a plugin zip")
+    package.add_argument("editor", choices=["krita", "gimp"])
+    package.add_argument("-o", "--output")
+    package.set_defaults(func=cmd_package)
+

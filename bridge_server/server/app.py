@@ -1,0 +1,84 @@
+"""`create_app(config)`: routes, security middleware, and the daemon's state under one AppKey."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from ace_protocol import PROTOCOL_VERSION, __version__
+from aiohttp import WSCloseCode, web
+
+from bridge_server.config import ServerConfig
+from bridge_server.jobs.journal import Journal
+from bridge_server.jobs.queue import JobQueue
+from bridge_server.server.panel.routes import setup_panel
+from bridge_server.server.security import security_middleware
+from bridge_server.server.sessions import websocket_handler
+from bridge_server.server.state import STATE, AppState
+from bridge_server.store.history import History
+
+log = logging.getLogger(__name__)
+
+
+
+
+async def health(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    engine = state.engine_state()
+    return web.json_response(
+        {
+            "ok": True,
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "engine": engine.get("state", "unknown"),
+            "queue": len(state.queue.queued_jobs()) + (1 if state.queue.running else 0),
+            "paused": state.config.gate.paused,
+        }
+    )
+
+
+def create_app(config: ServerConfig) -> web.Application:
+    """A new daemon app. The engine is created by `config.engine_factory` when the app starts."""
+    app = web.Application(
+        middlewares=[security_middleware(config.allowed_hosts)],
+        client_max_size=1024 * 1024,  # HTTP bodies are small JSON; pixels travel on the WebSocket
+    )
+    app.router.add_get("/v1/ws", websocket_handler)
+    app.router.add_get("/v1/health", health)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        if config.engine_factory is None:
+            raise RuntimeError("ServerConfig.engine_factory is required")
+        engine = await asyncio.to_thread(config.engine_factory)
+        history = History(config.history_dir)
+        await asyncio.to_thread(history.open)
+        journal = Journal(config.journal_path)
+        queue = JobQueue(config, engine, history, journal)
+        await asyncio.to_thread(queue.restore)
+        state = AppState(config, engine, history, journal, queue)
+        queue.listeners.append(state.hub.deliver)
+        queue.wants_previews = state.hub.wants_previews
+        app[STATE] = state
+        if not config.token:
+            state.current_token()
+        queue.start()
+        trimmer = asyncio.get_running_loop().create_task(state.hub.trim_segment_pools())
+        try:
+            yield
+        finally:
+            trimmer.cancel()
+            await queue.stop()
+            state.hub.close_segment_pools()
+
+    async def close_sockets(app: web.Application) -> None:
+        state = app.get(STATE)
+        if state is None:
+            return
+        for ws in list(state.sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"daemon shutting down")
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(close_sockets)
+    setup_panel(app, config)
+    return app
