@@ -1,5 +1,6 @@
 # Sourced by the CI steps: install the Debian packages that are missing, and only those, so a warm run does no
-# network I/O. Usage: apt_install_missing LABEL PKG...   (prints what it does, prefixed with LABEL)
+# network I/O. apt runs under a lock, since steps may run in parallel.
+# Usage: apt_install_missing LABEL PKG...   (prints what it does, prefixed with LABEL)
 . "$(dirname "${BASH_SOURCE[0]}")/retry.sh"
 
 apt_install_missing() {
@@ -14,6 +15,10 @@ apt_install_missing() {
     fi
     echo "$label installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    retry apt-get update -qq
-    retry apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    # Steps run side by side (run-tests starts the chroot steps in the background): one apt at a time.
+    (
+        flock 9
+        retry apt-get -o DPkg::Lock::Timeout=300 update -qq
+        retry apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}"
+    ) 9>/run/lock/ace-bridge-apt.lock
 }

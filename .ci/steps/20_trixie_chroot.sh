@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# CI step: the Debian trixie environment for the editor tests (GIMP 3.0 and, on a bookworm host, Krita 5.2).
+# ci: background
+# CI step: the Debian trixie environment for the editor tests (GIMP 3.0 and Krita 5.2).
 #
-# bookworm host: builds a trixie chroot with mmdebstrap at ${ACE_TRIXIE_CHROOT:-/var/cache/ace-bridge/trixie}
-#                (no Recommends). Idempotent: a stamp file inside the chroot records the recipe; the chroot is
-#                rebuilt only when it is missing or the recipe changed (new packages, mirror, ...). A rebuild goes
-#                into a sibling folder and replaces the old chroot only once it succeeded.
-# trixie host:   no chroot; GIMP 3 comes from apt on the host (Krita is installed on the host by the Krita step).
-# other hosts:   says so and exits 0 without doing anything; the editor tests then skip (or fail under CI=true).
+# trixie host:  no chroot; GIMP 3.0 comes from apt on the host (Krita 5.2 is installed there by 15_krita_host.sh).
+# other hosts:  (bookworm, forky, sid, ...) a trixie chroot built with mmdebstrap at
+#               ${ACE_TRIXIE_CHROOT:-/var/cache/ace-bridge/trixie} (no Recommends). Idempotent: the recipe is
+#               stamped into the chroot and it is rebuilt only when it is missing or the recipe changed (new
+#               packages, mirror, ...); a rebuild replaces the old chroot only once it succeeded (.ci/lib/chroot.sh).
+# A host without apt says so and exits 0; the editor tests then skip (or fail under CI=true).
 #
 # Environment: ACE_TRIXIE_CHROOT (chroot folder), ACE_DEBIAN_MIRROR (default http://deb.debian.org/debian),
-#              ACE_TRIXIE_REBUILD=1 (force a rebuild). Must run as root (mmdebstrap, apt).
+#              ACE_TRIXIE_REBUILD=1 or ACE_CHROOT_REBUILD=1 (force a rebuild). Must run as root (mmdebstrap, apt).
+# run-tests runs it in the background (the "ci: background" line above), next to the other steps.
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/../lib/apt.sh"
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/chroot.sh"
 
 CHROOT="${ACE_TRIXIE_CHROOT:-/var/cache/ace-bridge/trixie}"
 MIRROR="${ACE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -19,68 +22,32 @@ MIRROR="${ACE_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # the interactive GIMP test), since a trixie host installs only this list; the chroot gets both lists, deduplicated.
 GIMP_PACKAGES="gimp gir1.2-gimp-3.0 python3 python3-gi python3-pytest xauth xdotool xvfb"
 KRITA_PACKAGES="krita python3-pyqt5 python3-pyqt5.qtwebsockets xauth xvfb"
-RECIPE_VERSION=1
-STAMP="$CHROOT/.ace-bridge-stamp"
+RECIPE="recipe=1 suite=trixie mirror=$MIRROR packages=$GIMP_PACKAGES $KRITA_PACKAGES"
+label=20_trixie_chroot
 
-log() { echo "[20_trixie_chroot] $*"; }
-
-if [ "$(id -u)" != 0 ]; then
-    log "must run as root (mmdebstrap/apt)"; exit 1
-fi
-
+[ "$(id -u)" = 0 ] || { echo "[$label] must run as root (mmdebstrap/apt)"; exit 1; }
 codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
 export DEBIAN_FRONTEND=noninteractive
-
+if ! command -v apt-get >/dev/null; then
+    echo "[$label] host '${codename:-unknown}' has no apt: no editor environment built"; exit 0
+fi
 case "$codename" in
     trixie)
-        # GIMP 3.0 is native here. Krita 5.2 is installed on the host by the Krita engineer's step.
-        apt_install_missing "[20_trixie_chroot]" $GIMP_PACKAGES
-        log "trixie host: GIMP $(dpkg-query -W -f='${Version}' gimp) on the host, no chroot"
+        # GIMP 3.0 is native here. Krita 5.2 is installed on the host by 15_krita_host.sh.
+        apt_install_missing "[$label]" $GIMP_PACKAGES
+        echo "[$label] trixie host: GIMP $(dpkg-query -W -f='${Version}' gimp) on the host, no chroot"
         exit 0
         ;;
     bookworm) ;;
-    *)
-        log "host is '${codename:-unknown}', neither bookworm nor trixie: no editor environment built"
-        exit 0
-        ;;
+    *) echo "[$label] host release '${codename:-unknown}': building the trixie chroot" ;;
 esac
+apt_install_missing "[$label]" mmdebstrap
 
-recipe="recipe=$RECIPE_VERSION suite=trixie mirror=$MIRROR packages=$GIMP_PACKAGES $KRITA_PACKAGES"
-
-if [ "${ACE_TRIXIE_REBUILD:-0}" != 1 ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$recipe" ] \
-        && [ -x "$CHROOT/usr/bin/gimp-console-3.0" ] && [ -x "$CHROOT/usr/bin/krita" ]; then
-    log "chroot $CHROOT is up to date"
-    exit 0
-fi
-
-apt_install_missing "[20_trixie_chroot]" mmdebstrap
-
-parent="$(dirname "$CHROOT")"
-mkdir -p "$parent"
-new="$CHROOT.new"
-old="$CHROOT.old"
-# Leftovers of an interrupted earlier run. A chroot is only ever mounted inside `unshare -m` namespaces,
-# so nothing is mounted here; refuse to delete anything that is, to be safe.
-for d in "$new" "$old"; do
-    if [ -e "$d" ]; then
-        if grep -q " $d" /proc/self/mounts; then log "$d has mounts, not removing it"; exit 1; fi
-        rm -rf --one-file-system "$d"
-    fi
-done
-
-includes="$(echo $GIMP_PACKAGES $KRITA_PACKAGES | tr ' ' '\n' | sort -u | paste -sd, -)"
-log "building trixie chroot ($includes) in $new"
-start=$SECONDS
-RETRY_CLEANUP="rm -rf --one-file-system $new" retry mmdebstrap --variant=apt --aptopt='APT::Install-Recommends "false"' --include="$includes" \
-    trixie "$new" "$MIRROR"
-mkdir -p "$new/work"
-echo "$recipe" > "$new/.ace-bridge-stamp"
-
-if [ -e "$CHROOT" ]; then
-    if grep -q " $CHROOT/" /proc/self/mounts; then log "$CHROOT has mounts, not replacing it"; exit 1; fi
-    mv "$CHROOT" "$old"
-fi
-mv "$new" "$CHROOT"
-rm -rf --one-file-system "$old"
-log "chroot ready in $((SECONDS - start)) s: $(chroot "$CHROOT" dpkg-query -W -f='gimp ${Version}' gimp)," \
-    "$(chroot "$CHROOT" dpkg-query -W -f='krita ${Version}' krita), $(du -sh "$CHROOT" | cut -f1)"
+build_trixie() {
+    mmdebstrap --variant=apt --aptopt='APT::Install-Recommends "false"' \
+        --include="$(echo $GIMP_PACKAGES $KRITA_PACKAGES | tr ' ' '\n' | sort -u | paste -sd, -)" \
+        trixie "$1" "$MIRROR"
+}
+[ "${ACE_TRIXIE_REBUILD:-0}" != 1 ] || export ACE_CHROOT_REBUILD=1
+ensure_chroot "$label" "$CHROOT" "$RECIPE" "usr/bin/gimp-console-3.0 usr/bin/krita usr/bin/kritarunner" build_trixie
+echo "[$label] $(chroot_versions "$CHROOT" gimp krita python3)"
