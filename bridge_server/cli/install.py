@@ -17,9 +17,13 @@ def cmd_install(args: argparse.Namespace) -> int:
 
         path = install_krita(profile)
     else:
-        from bridge_server.install.gimp import install_gimp
+        from bridge_server.install.gimp import install_gimp, install_gimp_everywhere
 
-        path = install_gimp(profile)
+        # Without --profile-dir: every GIMP 3.x profile (or, before GIMP's first start, the one it will read).
+        paths = [install_gimp(profile)] if profile else install_gimp_everywhere()
+        for path in paths:
+            print(f"installed the gimp plugin into {path}; restart GIMP to load it")
+        return EXIT_OK
     print(f"installed the {args.editor} plugin into {path}; restart {args.editor.capitalize()} to load it")
     return EXIT_OK
 

@@ -4,12 +4,15 @@ GIMP 3 loads `<profile>/plug-ins/<name>/<name>.py` (the folder named like the fi
 folder gets the plug-in's modules, and `_vendor/` with the protocol package plus pure-Python msgpack and
 websockets (see vendor.py). Profiles: Linux `$XDG_CONFIG_HOME/GIMP/<ver>` (Flatpak under
 `~/.var/app/org.gimp.GIMP/config`), Windows `%APPDATA%\\GIMP\\<ver>`, macOS
-`~/Library/Application Support/GIMP/<ver>`, for GIMP 3.0 and 3.2.
+`~/Library/Application Support/GIMP/<ver>`, for GIMP 3.0 and 3.2 (and later 3.x profiles that exist). Without a
+profile folder, `ace-bridge install gimp` installs into every existing 3.x profile, or before GIMP's first start
+into the profile of each GIMP 3 installed here (3.2 when none is found): see `default_profile_dirs`.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import sys
@@ -22,7 +25,9 @@ import ace_protocol
 from bridge_server.install.vendor import vendor_into
 
 PLUGIN_NAME = "ace-bridge"
+#: Known GIMP 3 versions, newest first; each reads its own profile folder `GIMP/<version>`.
 SUPPORTED_VERSIONS = ("3.2", "3.0")
+_PROFILE_NAME = re.compile(r"3\.\d+")
 _SKIP = ("__pycache__", "_vendor")
 
 
@@ -47,19 +52,56 @@ def gimp_config_roots() -> list[Path]:
     return [xdg / "GIMP", home / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP"]
 
 
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def existing_profiles() -> list[Path]:
+    """Every GIMP 3.x profile folder that exists (any minor version, e.g. a future 3.4 too), newest version first,
+    the most likely root first within a version."""
+    found = []
+    for rank, root in enumerate(gimp_config_roots()):
+        try:
+            children = list(root.iterdir())
+        except OSError:
+            continue
+        for child in children:
+            if child.is_dir() and _PROFILE_NAME.fullmatch(child.name):
+                found.append((tuple(-n for n in _version_key(child.name)), rank, child))
+    return [path for *_, path in sorted(found)]
+
+
+def installed_gimp_versions() -> list[str]:
+    """GIMP 3.x versions whose programs (`gimp-3.N`, `gimp-console-3.N`) are on PATH, newest first. Only Linux
+    and other POSIX systems name them so; elsewhere this is empty."""
+    if sys.platform in ("win32", "darwin"):
+        return []
+    versions = {v for v in SUPPORTED_VERSIONS if shutil.which(f"gimp-{v}") or shutil.which(f"gimp-console-{v}")}
+    return sorted(versions, key=_version_key, reverse=True)
+
+
+def default_profile_dirs() -> list[Path]:
+    """The GIMP profiles `ace-bridge install gimp` installs into: every existing GIMP 3.x profile; before GIMP's
+    first start (no profile yet) the profile of each GIMP 3 version installed here, else of the newest known
+    version (3.2). GIMP 3.2 reads only its own 3.2 folder; a 3.0 profile reaches it only through 3.2's one-time
+    migration on its first start, so an install made before that start must go into 3.2 itself."""
+    existing = existing_profiles()
+    if existing:
+        return existing
+    root = gimp_config_roots()[0]
+    return [root / v for v in (installed_gimp_versions() or SUPPORTED_VERSIONS[:1])]
+
+
 def default_profile_dir(gimp_version: str | None = None) -> Path:
-    """The GIMP profile to install into: the given version, else the newest existing 3.x profile, else 3.0."""
+    """One GIMP profile: the given version's (an existing one, else under the first root), else the first of
+    `default_profile_dirs()` (the newest existing 3.x profile, else the newest installed or known version)."""
     roots = gimp_config_roots()
     if gimp_version:
         for root in roots:
             if (root / gimp_version).is_dir():
                 return root / gimp_version
         return roots[0] / gimp_version
-    for version in SUPPORTED_VERSIONS:
-        for root in roots:
-            if (root / version).is_dir():
-                return root / version
-    return roots[0] / "3.0"
+    return default_profile_dirs()[0]
 
 
 def _build_plugin_dir(dest: Path) -> Path:
@@ -90,6 +132,12 @@ def install_gimp(profile_dir: Path | None, *, gimp_version: str | None = None) -
     return target
 
 
+def install_gimp_everywhere() -> list[Path]:
+    """`ace-bridge install gimp` without --profile-dir: install into every profile of `default_profile_dirs()`.
+    Returns the plug-in folders."""
+    return [install_gimp(profile) for profile in default_profile_dirs()]
+
+
 def package_gimp(out_zip: Path) -> Path:
     """Build a zip holding `ace-bridge/…` (unpack it into GIMP's plug-ins folder). Returns the zip's path."""
     out_zip = Path(out_zip)
@@ -118,7 +166,7 @@ def uninstall_gimp(profile_dir: Path | None, *, gimp_version: str | None = None)
     elif gimp_version:
         profiles = [default_profile_dir(gimp_version)]
     else:
-        profiles = [root / v for root in gimp_config_roots() for v in SUPPORTED_VERSIONS]
+        profiles = existing_profiles()
     removed = []
     for profile in profiles:
         target = profile / "plug-ins" / PLUGIN_NAME

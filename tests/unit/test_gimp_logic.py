@@ -258,11 +258,72 @@ def test_default_profile_per_platform(tmp_path, monkeypatch, platform, expected)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("APPDATA", str(tmp_path / "appdata"))
     monkeypatch.setattr(gimp.Path, "home", classmethod(lambda cls: tmp_path))
+    monkeypatch.setattr(gimp.shutil, "which", lambda name: None)  # no GIMP program on PATH
+    root = (tmp_path / expected).parent
+    # No profile yet: the newest known version's, which GIMP 3.2 reads (not 3.0 and its one-time migration).
+    assert gimp.default_profile_dir() == root / "3.2"
+    assert gimp.default_profile_dirs() == [root / "3.2"]
+    # An existing 3.0 profile is used; an explicit version is honoured.
+    (tmp_path / expected).mkdir(parents=True)
     assert gimp.default_profile_dir() == tmp_path / expected
-    # An existing 3.2 profile wins over the 3.0 default; an explicit version is honoured.
-    (tmp_path / expected).parent.joinpath("3.2").mkdir(parents=True)
-    assert gimp.default_profile_dir() == (tmp_path / expected).parent / "3.2"
-    assert gimp.default_profile_dir("3.0") == tmp_path / expected
+    assert gimp.default_profile_dir("3.2") == root / "3.2"
+    # Both exist: the newest first, and an install goes into both.
+    root.joinpath("3.2").mkdir()
+    assert gimp.default_profile_dirs() == [root / "3.2", tmp_path / expected]
+    assert gimp.default_profile_dir() == root / "3.2"
+
+
+def _linux_home(tmp_path, monkeypatch, programs=()):
+    from bridge_server.install import gimp
+
+    monkeypatch.setattr(gimp.sys, "platform", "linux")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setattr(gimp.Path, "home", classmethod(lambda cls: tmp_path))
+    monkeypatch.setattr(gimp.shutil, "which", lambda name: f"/usr/bin/{name}" if name in programs else None)
+    return gimp, tmp_path / "xdg" / "GIMP"
+
+
+@pytest.mark.parametrize(
+    ("programs", "expected"),
+    [((), ["3.2"]), (("gimp-3.0",), ["3.0"]), (("gimp-console-3.2",), ["3.2"]),
+     (("gimp-3.0", "gimp-3.2"), ["3.2", "3.0"])],
+)
+def test_before_the_first_start_the_installed_gimps_profiles(tmp_path, monkeypatch, programs, expected):
+    """No profile yet: the profile of each GIMP 3 whose programs are on PATH, else the newest known (3.2)."""
+    gimp, root = _linux_home(tmp_path, monkeypatch, programs)
+    assert gimp.default_profile_dirs() == [root / v for v in expected]
+
+
+def test_every_existing_3x_profile_newest_first_flatpak_too(tmp_path, monkeypatch):
+    gimp, root = _linux_home(tmp_path, monkeypatch, ("gimp-3.0",))
+    flatpak = tmp_path / ".var/app/org.gimp.GIMP/config/GIMP"
+    for folder in (root / "3.0", root / "3.4", root / "2.10", root / "notes", flatpak / "3.2"):
+        folder.mkdir(parents=True)
+    (root / "3.6").write_text("a file, not a profile")
+    assert gimp.default_profile_dirs() == [root / "3.4", flatpak / "3.2", root / "3.0"]
+
+
+def test_cli_install_gimp_before_the_first_start_lands_where_gimp_32_looks(tmp_path, wheel_cache):
+    """`ace-bridge install gimp` with no GIMP profile yet: the plug-in is in GIMP/3.2/plug-ins."""
+    env = {**os.environ, "ACE_BRIDGE_WHEEL_CACHE": str(wheel_cache), "HOME": str(tmp_path),
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "PATH": "/nonexistent"}
+    out = subprocess.run([sys.executable, "-m", "bridge_server.cli", "install", "gimp"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "xdg/GIMP/3.2/plug-ins/ace-bridge/ace-bridge.py").is_file(), out.stdout
+    assert sorted(p.name for p in (tmp_path / "xdg/GIMP").iterdir()) == ["3.2"]
+    # With a 3.0 profile as well (an older GIMP started once), both get the plug-in.
+    (tmp_path / "xdg/GIMP/3.0").mkdir()
+    out = subprocess.run([sys.executable, "-m", "bridge_server.cli", "install", "gimp"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for version in ("3.2", "3.0"):
+        assert (tmp_path / f"xdg/GIMP/{version}/plug-ins/ace-bridge/ace-bridge.py").is_file(), out.stdout
+    assert out.stdout.count("installed the gimp plugin into") == 2, out.stdout
+    out = subprocess.run([sys.executable, "-m", "bridge_server.cli", "uninstall", "gimp"],
+                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert not list((tmp_path / "xdg/GIMP").glob("*/plug-ins/ace-bridge")), out.stdout
 
 
 def test_state_file_is_json(tmp_path):
