@@ -1,8 +1,10 @@
 """ACE++ on diffusers: FluxFillPipeline components, three named LoRA adapters, the optional FFT transformer.
 
 Stages of one job (`run`): 1. plan (pure recipe) 2. load on first use 3. pick transformer + adapter
-4. encode prompt 5. masked-image (+change) latents, then noise, from ONE CPU generator in that order (as the
-authors) 6. our own denoising loop (progress and cancellation every step) 7. decode 8. crop back to the region.
+4. encode prompt (FFT: cleaned, with the authors' 14 added T5 identifiers; see fft_text.py) 5. latents and noise,
+each as its authors draw them from the seed: LoRA/base tasks like ACE++'s diffusers script (ONE CPU generator, the
+VAE samples first, then the noise); FFT tasks like its scepter code (the noise FIRST, bf16, on the GPU's generator,
+CPU only without a GPU) 6. our own denoising loop (progress and cancellation every step) 7. decode 8. crop back.
 
 Why our own loop: diffusers 0.42's FluxFillPipeline cannot take `masked_image_latents` without an image
 (diffusers PR #12627), re-applies (1 - mask) to the image (breaking repainting scales < 1), VAE-decodes even after
@@ -26,6 +28,7 @@ Both bake the weights: a LoRA must be fused first, and switching adapters then m
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
@@ -128,6 +131,7 @@ class AcePlusEngine:
         self._error: str | None = None
         self._pipe: Any = None
         self._fft: Any = None
+        self._fft_tokenizer: Any = None  # T5 tokenizer + the FFT model's 14 identifiers (fft_text.py)
         self._adapters: list[str] = []
         self._device: str | None = None
         self._memory_mode: str | None = None
@@ -383,6 +387,23 @@ class AcePlusEngine:
         self._fft = fft
         return fft
 
+    def _fft_text_tokenizer(self):
+        """The FFT model's T5 tokenizer: a fresh load of the base folder's tokenizer_2 (the pipeline's own copy
+        already holds the LoRA path's `{image}`) plus the authors' 14 identifiers, `{image}` at 32101 on real T5."""
+        if self._fft_tokenizer is not None:
+            return self._fft_tokenizer
+        from bridge_server.engine import fft_text
+
+        pipe = self._pipe
+        folder = self.layout.base / "tokenizer_2"
+        fresh = type(pipe.tokenizer_2).from_pretrained(str(folder), local_files_only=True)
+        rows = pipe.text_encoder_2.get_input_embeddings().weight.shape[0]
+        try:
+            self._fft_tokenizer = fft_text.add_identifiers(fresh, rows)
+        except ValueError as exc:
+            raise EngineError(ErrorCode.INTERNAL, f"{folder}: {exc}") from exc
+        return self._fft_tokenizer
+
     # ------------------------------------------------------------------------------------------------------------
     # Running
 
@@ -484,6 +505,8 @@ class AcePlusEngine:
         is_cancelled: Callable[[], bool],
         on_preview: PreviewCallback | None = None,
     ) -> np.ndarray:
+        import math
+
         import torch
         from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
         from diffusers.utils.torch_utils import randn_tensor
@@ -503,15 +526,39 @@ class AcePlusEngine:
                 if fft and self._memory_mode in ("gpu", "model-offload"):
                     transformer.to(device)
                     moved = True
-                # 1. Text: CLIP pooled + T5 sequence ({image} is one added T5 token).
-                prompt_embeds, pooled, text_ids = pipe.encode_prompt(
-                    prompt=plan.prompt, prompt_2=None, device=device, max_sequence_length=self.t5_max_length
-                )
-                # 2. Conditioning latents from OUR canvas (repainting scale already applied), generator first here.
-                generator = torch.Generator("cpu").manual_seed(seed)
+                # 1. Text: CLIP pooled + T5 sequence ({image} is one added T5 token). The FFT model reads the
+                #    prompt as its authors' scepter embedder gives it: cleaned, T5 with their 14 identifiers.
+                if fft:
+                    from bridge_server.engine import fft_text
+
+                    with _swapped_t5_tokenizer(pipe, self._fft_text_tokenizer()):
+                        prompt_embeds, pooled, text_ids = pipe.encode_prompt(
+                            prompt=fft_text.clean_prompt(plan.prompt),
+                            prompt_2=None,
+                            device=device,
+                            max_sequence_length=self.t5_max_length,
+                        )
+                else:
+                    prompt_embeds, pooled, text_ids = pipe.encode_prompt(
+                        prompt=plan.prompt, prompt_2=None, device=device, max_sequence_length=self.t5_max_length
+                    )
+                latent_c = pipe.vae.config.latent_channels
+                lh, lw = 2 * math.ceil(height / 16), 2 * math.ceil(width / 16)
+                if fft:
+                    # 2a. FFT: the noise FIRST, as the authors' scepter code draws it (LatentDiffusionACEPlus.
+                    #     noise_sample): a fresh generator on the GPU seeded with the seed, bf16, (1, 16, 2*ceil(h/16),
+                    #     2*ceil(w/16)); a CPU generator only where there is no GPU. The same generator then samples
+                    #     the VAE latents (theirs use the unseeded global RNG there; ours stay reproducible).
+                    generator = _noise_generator(device, seed)
+                    noise = torch.randn(
+                        (1, latent_c, lh, lw), generator=generator, device=generator.device, dtype=torch.bfloat16
+                    ).to(device=device, dtype=dtype)
+                else:
+                    # LoRA/base: ONE CPU generator, the VAE samples first and the noise after (their diffusers path).
+                    generator = torch.Generator("cpu").manual_seed(seed)
+                # 2. Conditioning latents from OUR canvas (repainting scale already applied).
                 canvas = _to_nchw(plan.canvas, device, dtype)
                 mask = torch.from_numpy(plan.mask)[None, None].to(device=device, dtype=dtype)
-                latent_c = pipe.vae.config.latent_channels
                 mask_packed, edit_packed = pipe.prepare_mask_latents(
                     mask, canvas, 1, latent_c, 1, height, width, dtype, device, generator
                 )
@@ -531,9 +578,10 @@ class AcePlusEngine:
                     cond = torch.cat([edit_packed, change_packed, mask_packed], dim=-1)  # 64 + 64 + 256
                 else:
                     cond = torch.cat([edit_packed, mask_packed], dim=-1)  # 64 + 256
-                # 3. Noise, from the same generator after the VAE sampling (the authors' order).
-                lh, lw = 2 * (height // 16), 2 * (width // 16)
-                noise = randn_tensor((1, latent_c, lh, lw), generator=generator, device=device, dtype=dtype)
+                if not fft:
+                    # 3. LoRA/base noise: the same CPU generator after the VAE sampling (their diffusers order).
+                    noise = randn_tensor((1, latent_c, lh, lw), generator=generator, device=device, dtype=dtype)
+                # Packed 2x2 per token, channels (c, ph, pw): the authors' 'c (h ph) (w pw) -> (h w) (c ph pw)'.
                 latents = pipe._pack_latents(noise, 1, latent_c, lh, lw)
                 image_ids = pipe._prepare_latent_image_ids(1, lh // 2, lw // 2, device, dtype)
                 # 4. Timesteps: FLUX dynamic shift on the canvas's token count.
@@ -703,6 +751,28 @@ def _to_nchw(array: np.ndarray, device, dtype):
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].to(device=device, dtype=dtype)
+
+
+def _noise_generator(device, seed: int):
+    """The FFT noise generator as the authors make it: on the GPU that runs the job, seeded with the job's seed;
+    on the CPU only where there is no GPU (a CPU and a CUDA generator give different numbers for one seed)."""
+    import torch
+
+    where = torch.device(device)
+    if where.type != "cuda":
+        where = torch.device("cpu")
+    return torch.Generator(device=where).manual_seed(int(seed))
+
+
+@contextlib.contextmanager
+def _swapped_t5_tokenizer(pipe, tokenizer):
+    """`pipe.encode_prompt` with another T5 tokenizer for one call (the FFT model's), restored afterwards."""
+    original = pipe.tokenizer_2
+    pipe.tokenizer_2 = tokenizer
+    try:
+        yield
+    finally:
+        pipe.tokenizer_2 = original
 
 
 def _add_image_token(pipe) -> None:
