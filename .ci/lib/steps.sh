@@ -3,11 +3,11 @@
 # background, and are waited for after the foreground steps; each one's output goes to .cache/ci-steps/NAME.log
 # and is printed when it is waited for. Every step's wall time is printed ("--- STEP: N s"), and a summary at the
 # end. Returns non-zero when any step failed (after all of them ended, so no build is left running).
-run_steps() {
-    local logdir=".cache/ci-steps" step name start rc took failed=0 t0=$SECONDS
+run_steps() {  # [STEPS_DIR], default .ci/steps
+    local dir="${1:-.ci/steps}" logdir=".cache/ci-steps" step name start rc took failed=0 t0=$SECONDS
     local -a bg_steps=() bg_pids=() summary=()
     mkdir -p "$logdir"
-    for step in .ci/steps/*.sh; do
+    for step in "$dir"/*.sh; do
         grep -q '^# ci: background' "$step" || continue
         name="$(basename "$step" .sh)"
         rm -f "$logdir/$name.rc"
@@ -21,7 +21,7 @@ run_steps() {
         bg_steps+=("$step")
         bg_pids+=("$!")
     done
-    for step in .ci/steps/*.sh; do
+    for step in "$dir"/*.sh; do
         grep -q '^# ci: background' "$step" && continue
         echo "=== $step"
         start=$SECONDS
