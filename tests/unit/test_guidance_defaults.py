@@ -7,6 +7,7 @@ run at 30 (BFL's default). The task table declares both, and every client that t
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -17,11 +18,14 @@ from ace_protocol.tasks import TASKS
 from bridge_server.engine.ace_plus import _task_default
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "plugins_gimp" / "ace-bridge"))
-sys.path.insert(0, str(REPO / "plugins_krita"))
 
-import acegimp_logic as gimp  # noqa: E402
-from ace_bridge.model import task_params  # noqa: E402
+
+def plugin_module(folder: str, name: str):
+    """An editor plug-in's pure-logic module, imported from the source tree (as the plug-ins' own tests do)."""
+    path = str(REPO / folder)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return importlib.import_module(name)
 
 EXPECTED = {
     "instruct": 50.0,
@@ -71,6 +75,7 @@ def test_the_engine_falls_back_to_the_table_when_a_job_has_no_guidance(task, gui
 @pytest.mark.parametrize(("task", "guidance"), EXPECTED.items())
 def test_gimp_procedures_default_to_the_tasks_guidance(task, guidance):
     """GIMP registers each procedure's guidance argument with the task's default and sends it unless changed."""
+    gimp = plugin_module("plugins_gimp/ace-bridge", "acegimp_logic")
     action = next(a for a in gimp.ACTIONS if a.task == task)
     assert action.guidance == guidance
     canvas = Extent(96, 64)
@@ -81,6 +86,7 @@ def test_gimp_procedures_default_to_the_tasks_guidance(task, guidance):
 
 def test_krita_leaves_guidance_to_the_daemon_so_fill_tasks_get_30():
     """Krita sends only what the user set; the daemon's table then supplies 30 for generate."""
+    task_params = plugin_module("plugins_krita", "ace_bridge.model").task_params
     params = task_params(TASKS["generate"].to_wire(), {"seed": 1, "steps": 28, "count": 1, "feather": 8})
     assert "guidance" not in params
     assert TASKS["generate"].validate_params(params)["guidance"] == 30.0
