@@ -57,7 +57,7 @@ from ace_protocol.tasks import TASKS  # noqa: E402
 from aiohttp import web  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import bridge_server.jobs.queue  # noqa: E402
+import bridge_server.jobs.runner  # noqa: E402
 import bridge_server.server.sessions  # noqa: E402
 from bridge_server.config import ServerConfig  # noqa: E402
 from bridge_server.engine.base import EngineResult  # noqa: E402
@@ -251,7 +251,7 @@ class Paths:
     def __init__(self, history) -> None:
         self.history = history
         self.new = (ace_protocol.client.encode_fragments, bridge_server.server.sessions.encode,
-                    bridge_server.jobs.queue.make_result)
+                    bridge_server.jobs.runner.make_result)
 
     def use(self, before: bool) -> None:
         encode_client, encode_daemon, make = self.new
@@ -261,7 +261,7 @@ class Paths:
             make = _old_make_result
         ace_protocol.client.encode_fragments = encode_client  # type: ignore[assignment]
         bridge_server.server.sessions.encode = encode_daemon  # type: ignore[assignment]
-        bridge_server.jobs.queue.make_result = make  # type: ignore[assignment]
+        bridge_server.jobs.runner.make_result = make  # type: ignore[assignment]
         self.history.deferred_compress = not before
 
 

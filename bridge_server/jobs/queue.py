@@ -1,53 +1,36 @@
-"""The shared job queue: fair across clients, journalled, with results kept until delivered.
+"""The shared job queue: accepts, cancels and acknowledges jobs, and runs them one at a time on the engine thread.
 
-Scheduling: jobs of one client run in order; clients take turns by `client_id`: the client whose last turn is
-longest ago goes next. Two editors that each submit five jobs are served alternately, and an editor that sends one
-job at a time (each after the previous result) still gets every other turn. One worker task feeds one engine thread; the event loop only
-ever awaits it. Every state change goes to the journal first, then to listeners (sessions, panel).
+Its collaborators each do one thing: `fairness` picks whose job runs next, `runner` makes one image on the engine
+thread, `delivery` builds the messages a client gets (live and on resume), `retention` rebuilds jobs from the
+journal and forgets old ones. One worker task feeds one engine thread; the event loop only ever awaits it. Every
+state change goes to the journal first, then to listeners (sessions, panel).
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
-import itertools
 import logging
 import secrets
 import time
 import traceback
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
-from ace_protocol import __version__
 from ace_protocol.errors import ErrorCode, ProtocolError
-from ace_protocol.images import ImagePayload
-from ace_protocol.messages import Cancelled, Done, Failed, Message, Progress, Queued, Result, Started
-from PIL import Image
+from ace_protocol.messages import Cancelled, Done, Failed, Message, Queued, Result, Started
 
 from bridge_server.config import ServerConfig
-from bridge_server.engine.base import Engine, EngineJob, JobCancelled
-from bridge_server.imaging.compositing import make_result
+from bridge_server.engine.base import Engine, JobCancelled
+from bridge_server.jobs import delivery, retention
+from bridge_server.jobs.fairness import FairScheduler
 from bridge_server.jobs.job import Job, JobState, StoredResult
 from bridge_server.jobs.journal import Journal
-from bridge_server.store.history import History, HistoryUnavailable
+from bridge_server.jobs.runner import make_one_image
+from bridge_server.store.history import History
 
 log = logging.getLogger(__name__)
 Listener = Callable[[Job, Message], None]
-PREVIEW_MAX_SIDE = 256
-PREVIEW_JPEG_QUALITY = 70
-
-
-def encode_preview(rgb: np.ndarray) -> ImagePayload:
-    """A small JPEG payload (at most PREVIEW_MAX_SIDE px on the long side) of an engine preview."""
-    img = Image.fromarray(np.ascontiguousarray(rgb[..., :3]), "RGB")
-    if max(img.size) > PREVIEW_MAX_SIDE:
-        img.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=PREVIEW_JPEG_QUALITY)
-    return ImagePayload(img.width, img.height, "jpeg", buf.getvalue())
 
 
 def new_job_id() -> str:
@@ -61,13 +44,7 @@ class JobQueue:
         self.history = history
         self.journal = journal
         self.jobs: dict[str, Job] = {}
-        self._waiting: dict[str, deque[Job]] = {}  # client_id -> its queued jobs, in submit order
-        # Fairness by turn, not by lane: when each client was last served, and a submit counter for ties, so an
-        # editor that sends one job at a time (GIMP waits for each result) is not pushed behind one just served.
-        self._served_at: dict[str, int] = {}
-        self._serve_tick = 0
-        self._arrival: dict[str, int] = {}
-        self._arrivals = itertools.count()
+        self._waiting = FairScheduler()
         self.running: Job | None = None
         self.listeners: list[Listener] = []
         # client_id -> does its current connection want progress previews (the app wires the hub in); read on
@@ -85,47 +62,8 @@ class JobQueue:
 
     def restore(self) -> None:
         """Replay the journal: unfinished jobs become `interrupted`; unacknowledged results wait for resume."""
-        records = self.journal.replay()
-        keep: dict[str, dict[str, Any]] = {}
-        now = self.config.clock()
-        for job_id, record in records.items():
-            meta = record["job"]
-            if record["acked"]:
-                continue
-            job = Job(
-                id=job_id,
-                client_id=meta["client_id"],
-                task=meta["task"],
-                prompt=meta.get("prompt", ""),
-                params=meta.get("params", {}),
-                seed=meta.get("seed", 0),
-                created=meta.get("created", now),
-                width=meta.get("width", 0),
-                height=meta.get("height", 0),
-                editor=meta.get("editor", ""),
-                label=meta.get("label", ""),
-            )
-            for r in record["results"]:
-                entry = r.get("entry")
-                if isinstance(entry, str):
-                    prov = (self.history.meta(entry) or {}).get("provenance", {})
-                    job.results.append(StoredResult(r["index"], r["seed"], entry, prov, r.get("finished") or now))
-            if record["state"] in ("queued", "running"):
-                job.state = JobState.FAILED
-                job.error = (ErrorCode.INTERRUPTED.value, "the daemon stopped while this job was queued or running; "
-                             "submit it again")
-                record["state"] = "failed"
-                record["error"] = {"code": job.error[0], "message": job.error[1]}
-            else:
-                job.state = JobState(record["state"])
-                if record["error"]:
-                    job.error = (record["error"].get("code", "internal"), record["error"].get("message", ""))
-            job.finished = job.results[-1].finished if job.results else now
-            if now - job.finished > self.config.retention_s:
-                continue
-            self.jobs[job_id] = job
-            keep[job_id] = record
-        self.journal.open(keep)
+        self.jobs.update(retention.restore_jobs(self.journal, self.history, self.config.clock(),
+                                                self.config.retention_s))
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -159,25 +97,12 @@ class JobQueue:
     # ------------------------------------------------------------------ client operations
 
     def queued_jobs(self) -> list[Job]:
-        """Queued jobs in the order they will run: the client whose last turn is longest ago goes next (a client
-        never served, or back after a pause, comes before those served since), in order within one client."""
-        lanes = {client_id: list(lane) for client_id, lane in self._waiting.items()}
-        served = dict(self._served_at)
-        tick = self._serve_tick
-        order: list[Job] = []
-        while lanes:
-            client_id = self._whose_turn(lanes, served)
-            lane = lanes[client_id]
-            order.append(lane.pop(0))
-            tick += 1
-            served[client_id] = tick
-            if not lane:
-                del lanes[client_id]
-        return order
+        """Queued jobs in the order they will run."""
+        return self._waiting.order()
 
     def submit(self, job: Job) -> int:
-        queued = sum(len(q) for q in self._waiting.values())
-        mine = len(self._waiting.get(job.client_id, ()))
+        queued = self._waiting.waiting()
+        mine = self._waiting.waiting_for(job.client_id)
         if queued >= self.config.max_queued_total or mine >= self.config.max_queued_per_client:
             raise ProtocolError(
                 ErrorCode.QUEUE_FULL,
@@ -185,8 +110,7 @@ class JobQueue:
             )
         self.journal.write({"ev": "accepted", "job_id": job.id, "job": job.journal_record()})
         self.jobs[job.id] = job
-        self._arrival[job.id] = next(self._arrivals)
-        self._waiting.setdefault(job.client_id, deque()).append(job)
+        self._waiting.add(job)
         self._renumber(exclude=job)
         self._wakeup.set()
         return job.position
@@ -196,12 +120,7 @@ class JobQueue:
         if job is None or (client_id is not None and job.client_id != client_id) or job.state.finished:
             return False
         if job.state is JobState.QUEUED:
-            lane = self._waiting.get(job.client_id)
-            if lane is not None and job in lane:
-                lane.remove(job)
-                if not lane:
-                    del self._waiting[job.client_id]
-            self._arrival.pop(job.id, None)
+            self._waiting.remove(job)
             self._finish(job, JobState.CANCELLED)
             self._emit(job, Cancelled(job_id=job.id))
             self._renumber()
@@ -225,47 +144,13 @@ class JobQueue:
 
     def purge(self) -> None:
         """Forget unacknowledged results past retention (they stay in history)."""
-        now = self.config.clock()
-        for job_id, job in list(self.jobs.items()):
-            if job.state.finished and job.finished is not None and now - job.finished > self.config.retention_s:
-                del self.jobs[job_id]
+        retention.purge_expired(self.jobs, self.config.clock(), self.config.retention_s)
 
     def replay_messages(self, job: Job) -> list[Message]:
-        """The messages that tell a (re)connected client where one of its jobs stands."""
-        if job.state is JobState.QUEUED:
-            return [Queued(job_id=job.id, position=job.position)]
-        if job.state is JobState.RUNNING:
-            return [Started(job_id=job.id)]
-        messages: list[Message] = []
-        if job.state is JobState.DONE or job.results:
-            for stored in job.results:
-                try:
-                    messages.append(self.result_message(job, stored))
-                except HistoryUnavailable:
-                    return [Failed(code=ErrorCode.INTERRUPTED.value, job_id=job.id,
-                                   message="the result was lost: the history folder did not keep it")]
-        if job.state is JobState.DONE:
-            messages.append(Done(job_id=job.id))
-        elif job.state is JobState.CANCELLED:
-            messages.append(Cancelled(job_id=job.id))
-        elif job.state is JobState.FAILED:
-            code, text = job.error or (ErrorCode.INTERNAL.value, "failed")
-            messages.append(Failed(code=code, message=text, job_id=job.id))
-        return messages
+        return delivery.replay_messages(self.history, job)
 
     def result_message(self, job: Job, stored: StoredResult, rgba: Any = None) -> Result:
-        if rgba is None:
-            rgba = stored.rgba if stored.rgba is not None else self.history.load_image(stored.entry)
-        height, width = rgba.shape[:2]
-        return Result(
-            job_id=job.id,
-            index=stored.index,
-            count=job.count,
-            seed=stored.seed,
-            # A view, not a copy: msgpack reads the pixels straight from the array when the frame is encoded.
-            image=ImagePayload(width, height, "rgba8", memoryview(np.ascontiguousarray(rgba)).cast("B")),
-            provenance=stored.provenance,
-        )
+        return delivery.result_message(self.history, job, stored, rgba)
 
     # ------------------------------------------------------------------ events
 
@@ -298,24 +183,6 @@ class JobQueue:
 
     # ------------------------------------------------------------------ the worker
 
-    def _whose_turn(self, lanes: Mapping[str, Sequence[Job]], served: Mapping[str, int]) -> str:
-        """The client whose turn it is: the one whose last turn is longest ago (never served first), ties broken by
-        which waiting job arrived first. The worker asks it for the next job, `queued_jobs` to lay out the order."""
-        return min(lanes, key=lambda c: (served.get(c, 0), self._arrival[lanes[c][0].id]))
-
-    def _next_job(self) -> Job | None:
-        if not self._waiting:
-            return None
-        lane = self._waiting[self._whose_turn(self._waiting, self._served_at)]
-        job = lane[0]
-        lane.popleft()
-        if not lane:
-            del self._waiting[job.client_id]
-        self._serve_tick += 1
-        self._served_at[job.client_id] = self._serve_tick
-        self._arrival.pop(job.id, None)
-        return job
-
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         gate = self.config.gate
@@ -327,7 +194,7 @@ class JobQueue:
             if gate.paused:
                 await loop.run_in_executor(self._executor, gate.wait_until_running, lambda: self._stopping)
                 continue
-            job = self._next_job()
+            job = self._waiting.take_next()
             if job is None:
                 continue
             self._cancel_idle_unload()
@@ -376,76 +243,13 @@ class JobQueue:
         self._emit(job, Failed(code=code, message=message, job_id=job.id))
 
     def _make_one(self, job: Job, index: int, loop: asyncio.AbstractEventLoop) -> tuple[StoredResult, Any]:
-        """Engine thread: run one image, composite, write it to history, return it."""
-        gate = self.config.gate
-        stop = job.cancel_event.is_set
-        seed = (job.seed + index) % 2**32
-        assert job.inputs is not None
-        inputs = job.inputs
-        engine_job = EngineJob(
-            task=job.task,
-            prompt=job.prompt,
-            seed=seed,
-            params=job.params,
-            image=inputs.image,
-            mask=inputs.mask,
-            references=inputs.references,
-            width=job.width,
-            height=job.height,
-        )
-        step_times: list[float] = []
-        last = time.monotonic()
-        previews: dict[int, ImagePayload] = {}  # step -> preview for that step's progress event
+        """Engine thread: one image of `job`, its progress sent to the event loop."""
 
-        def on_preview(step: int, rgb: np.ndarray) -> None:
-            try:
-                previews[step] = encode_preview(rgb)
-            except Exception:  # a preview is a nicety; it must never fail the job
-                log.exception("preview encoding failed")
-
-        def on_step(step: int, total: int) -> None:
-            nonlocal last
-            now = time.monotonic()
-            step_times.append(now - last)
-            last = now
-            mean = sum(step_times[-8:]) / len(step_times[-8:])
-            remaining_images = job.count - index - 1
-            eta = mean * ((total - step) + remaining_images * total)
-            job.step, job.total_steps, job.eta_s = step, total, eta
-            message = Progress(job_id=job.id, step=step, total=total, eta_s=round(eta, 2), image_index=index,
-                               preview=previews.pop(step, None))
+        def emit(job: Job, message: Message) -> None:
             loop.call_soon_threadsafe(self._emit, job, message)
-            gate.wait_step(stop)
 
-        started = time.monotonic()
-        # Previews only for a client that asks now; otherwise the engine computes none (and older engines
-        # without the keyword keep working).
         wants = self.wants_previews is not None and self.wants_previews(job.client_id)
-        extra = {"on_preview": on_preview} if wants else {}
-        result = self.engine.run(engine_job, on_step, stop, **extra)
-        rgba = make_result(result.rgb, inputs.mask, int(job.params.get("feather", 0)))
-        finished = self.config.clock()
-        state = self.engine.state()
-        provenance = {
-            "task": job.task,
-            "prompt": job.prompt,
-            "seed": seed,
-            "model": state.get("model", getattr(self.engine, "name", "")),
-            "params": job.params,
-            "job_id": job.id,
-            "index": index,
-            "editor": job.editor,
-            "server_version": __version__,
-            "duration_s": round(time.monotonic() - started, 3),
-            "finished": finished,
-            "recipe": result.info,
-        }
-        entry = f"{job.id}-{index}"
-        kept = self.history.save(entry, rgba, {"provenance": provenance, "finished": finished, "label": job.label,
-                                               "client_id": job.client_id})
-        # Without a history file the pixels must stay in memory until acknowledged, or the result is lost.
-        stored = StoredResult(index, seed, entry, provenance, finished, rgba=None if kept else rgba)
-        return stored, rgba
+        return make_one_image(self.config, self.engine, self.history, job, index, emit, wants)
 
     async def on_engine_thread(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the engine thread, after any job that is running now (the executor has one worker)."""

@@ -1,0 +1,82 @@
+"""Whose job runs next: jobs of one client run in order; clients take turns by `client_id`.
+
+The client whose last turn is longest ago goes next (one never served first), ties broken by which waiting job
+arrived first. Two editors that each submit five jobs are served alternately, and an editor that sends one job at
+a time (each after the previous result, as GIMP does) still gets every other turn.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Mapping, Sequence
+
+from bridge_server.jobs.job import Job
+
+
+class FairScheduler:
+    """The waiting jobs, one lane per client, and the bookkeeping of turns. Holds no running job."""
+
+    def __init__(self) -> None:
+        self._lanes: dict[str, deque[Job]] = {}  # client_id -> its queued jobs, in submit order
+        # Fairness by turn, not by lane: when each client was last served, and an arrival counter for ties.
+        self._served_at: dict[str, int] = {}
+        self._serve_tick = 0
+        self._arrival: dict[str, int] = {}
+        self._arrivals = itertools.count()
+
+    def __bool__(self) -> bool:
+        return bool(self._lanes)
+
+    def waiting(self) -> int:
+        return sum(len(lane) for lane in self._lanes.values())
+
+    def waiting_for(self, client_id: str) -> int:
+        return len(self._lanes.get(client_id, ()))
+
+    def add(self, job: Job) -> None:
+        self._arrival[job.id] = next(self._arrivals)
+        self._lanes.setdefault(job.client_id, deque()).append(job)
+
+    def remove(self, job: Job) -> bool:
+        """Take a queued job out (cancel); False when it is not waiting."""
+        lane = self._lanes.get(job.client_id)
+        if lane is None or job not in lane:
+            return False
+        lane.remove(job)
+        if not lane:
+            del self._lanes[job.client_id]
+        self._arrival.pop(job.id, None)
+        return True
+
+    def take_next(self) -> Job | None:
+        """The job whose turn it is, taken out of its lane; the client's turn is recorded."""
+        if not self._lanes:
+            return None
+        lane = self._lanes[self._whose_turn(self._lanes, self._served_at)]
+        job = lane.popleft()
+        if not lane:
+            del self._lanes[job.client_id]
+        self._serve_tick += 1
+        self._served_at[job.client_id] = self._serve_tick
+        self._arrival.pop(job.id, None)
+        return job
+
+    def order(self) -> list[Job]:
+        """The waiting jobs in the order they will run, by playing the turns forward on copies."""
+        lanes = {client_id: list(lane) for client_id, lane in self._lanes.items()}
+        served = dict(self._served_at)
+        tick = self._serve_tick
+        order: list[Job] = []
+        while lanes:
+            client_id = self._whose_turn(lanes, served)
+            lane = lanes[client_id]
+            order.append(lane.pop(0))
+            tick += 1
+            served[client_id] = tick
+            if not lane:
+                del lanes[client_id]
+        return order
+
+    def _whose_turn(self, lanes: Mapping[str, Sequence[Job]], served: Mapping[str, int]) -> str:
+        return min(lanes, key=lambda c: (served.get(c, 0), self._arrival[lanes[c][0].id]))

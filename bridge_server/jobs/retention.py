@@ -1,0 +1,74 @@
+"""What survives a restart and for how long: rebuilding jobs from the journal, forgetting old unacknowledged ones.
+
+Unfinished jobs found in the journal become `interrupted` (never silently dropped); finished, unacknowledged
+results wait for their client to resume until `retention_s` has passed, after which they live only in history.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ace_protocol.errors import ErrorCode
+
+from bridge_server.jobs.job import Job, JobState, StoredResult
+from bridge_server.jobs.journal import Journal
+from bridge_server.store.history import History
+
+INTERRUPTED_MESSAGE = "the daemon stopped while this job was queued or running; submit it again"
+
+
+def restore_jobs(journal: Journal, history: History, now: float, retention_s: float) -> dict[str, Job]:
+    """Replay the journal, reopen it with only the records still kept, and return the jobs clients may resume."""
+    jobs: dict[str, Job] = {}
+    keep: dict[str, dict[str, Any]] = {}
+    for job_id, record in journal.replay().items():
+        if record["acked"]:
+            continue
+        job = _job_from_record(job_id, record, history, now)
+        if now - (job.finished or now) > retention_s:
+            continue
+        jobs[job_id] = job
+        keep[job_id] = record
+    journal.open(keep)
+    return jobs
+
+
+def _job_from_record(job_id: str, record: dict[str, Any], history: History, now: float) -> Job:
+    meta = record["job"]
+    job = Job(
+        id=job_id,
+        client_id=meta["client_id"],
+        task=meta["task"],
+        prompt=meta.get("prompt", ""),
+        params=meta.get("params", {}),
+        seed=meta.get("seed", 0),
+        created=meta.get("created", now),
+        width=meta.get("width", 0),
+        height=meta.get("height", 0),
+        editor=meta.get("editor", ""),
+        label=meta.get("label", ""),
+    )
+    for r in record["results"]:
+        entry = r.get("entry")
+        if isinstance(entry, str):
+            prov = (history.meta(entry) or {}).get("provenance", {})
+            job.results.append(StoredResult(r["index"], r["seed"], entry, prov, r.get("finished") or now))
+    if record["state"] in ("queued", "running"):
+        job.state = JobState.FAILED
+        job.error = (ErrorCode.INTERRUPTED.value, INTERRUPTED_MESSAGE)
+        record["state"] = "failed"
+        record["error"] = {"code": job.error[0], "message": job.error[1]}
+    else:
+        job.state = JobState(record["state"])
+        if record["error"]:
+            job.error = (record["error"].get("code", "internal"), record["error"].get("message", ""))
+    job.finished = job.results[-1].finished if job.results else now
+    return job
+
+
+def purge_expired(jobs: dict[str, Job], now: float, retention_s: float) -> None:
+    """Forget finished, unacknowledged jobs past retention (their results stay in history)."""
+    for job_id, job in list(jobs.items()):
+        if job.state.finished and job.finished is not None and now - job.finished > retention_s:
+            del jobs[job_id]
+
