@@ -22,6 +22,7 @@ _PIL_FORMATS = {"png": ["PNG"], "webp": ["WEBP"], "jpeg": ["JPEG"]}
 def to_array(payload: ImagePayload, *, max_pixels: int, what: str = "image", gray: bool = False) -> np.ndarray:
     """RGBA HxWx4 uint8 (or HxW uint8 with gray=True)."""
     fmt = payload.format
+    arr: np.ndarray
     if fmt == "rgba8":
         arr = np.frombuffer(payload.data, np.uint8).reshape(payload.height, payload.width, 4)
         return _gray_from_rgba(arr) if gray else arr

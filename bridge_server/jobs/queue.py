@@ -192,7 +192,7 @@ class JobQueue:
                 await self._wakeup.wait()
                 continue
             if gate.paused:
-                await loop.run_in_executor(self._executor, gate.wait_until_running, lambda: self._stopping)
+                await loop.run_in_executor(self._executor, gate.wait_until_running, self._is_stopping)
                 continue
             job = self._waiting.take_next()
             if job is None:
@@ -250,6 +250,9 @@ class JobQueue:
 
         wants = self.wants_previews is not None and self.wants_previews(job.client_id)
         return make_one_image(self.config, self.engine, self.history, job, index, emit, wants)
+
+    def _is_stopping(self) -> bool:
+        return self._stopping
 
     async def on_engine_thread(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the engine thread, after any job that is running now (the executor has one worker)."""

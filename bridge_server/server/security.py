@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -73,7 +74,7 @@ def origin_allowed(request: web.Request) -> bool:
     return parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower() and bool(host)
 
 
-def security_middleware(allowed_hosts: tuple[str, ...]) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def security_middleware(allowed_hosts: tuple[str, ...]) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not host_allowed(request, allowed_hosts):

@@ -355,8 +355,9 @@ async def api_settings(request: web.Request, body: dict[str, Any]) -> web.Respon
                                   f"{', '.join(MEMORY_MODES)}"}, status=400)
     if steps is not None:
         state.settings["default_steps"] = steps
-    if mode is not None:
-        await state.queue.on_engine_thread(lambda: setter(mode))
+    if mode is not None and setter is not None:
+        set_mode = setter
+        await state.queue.on_engine_thread(lambda: set_mode(mode))
     request.app[PANEL].mark("engine")
     return web.json_response({"ok": True, "settings": settings_view(state)})
 

@@ -140,6 +140,7 @@ def open_window(url: str) -> int:
 
     selftest = os.environ.get(SELFTEST_ENV)
     window = webview.create_window("ACE Bridge", url, width=1180, height=860, min_size=(640, 480))
+    assert window is not None  # pywebview returns None only when called before its GUI module loaded
     outcome = {"rc": 0}
 
     def report() -> None:
