@@ -101,8 +101,8 @@ def check_packages() -> dict[str, str]:
 
 
 def flux_flops_per_step(cfg: dict, n_img: int, n_txt: int = T5_LEN) -> float:
-    """Analytic FLOPs of one FLUX transformer forward (2 x MAC), matching the FlopCounter anchors in
-    shared/reference/performance.md §8 (74.39 TF at 4096+512 tokens, 165.47 TF at 8192+512, 73.50 TF at 4050+512)."""
+    """Analytic FLOPs of one FLUX transformer forward (2 x MAC), matching torch's FlopCounterMode on the
+    full-size transformer (74.39 TF at 4096+512 tokens, 165.47 TF at 8192+512, 73.50 TF at 4050+512)."""
     d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     blocks = cfg["num_layers"] + cfg["num_single_layers"]
     seq = n_img + n_txt

@@ -1,6 +1,6 @@
 """Random ACE++-format (kohya/ComfyUI key) FLUX LoRAs and a width-agnostic kohya -> diffusers key converter.
 
-Key set (see shared/reference/tiny_model.md §5):
+Key set (the kohya names in the published ACE++ ComfyUI LoRA files):
   lora_unet_double_blocks_{i}_{img,txt}_{attn_qkv,attn_proj,mlp_0,mlp_2,mod_lin}.{lora_down.weight,lora_up.weight,alpha}
   lora_unet_single_blocks_{i}_{linear1,linear2,modulation_lin}.{lora_down.weight,lora_up.weight,alpha}
 """

@@ -1,7 +1,7 @@
 """The structure modes of a local edit show the model what ACE++'s own annotators would have shown it.
 
-The authors' local-edit inputs come from scepter's annotators, which are OpenCV calls (ace_plus.md, "Second
-review"): `cv2.Canny(rgb, 100, 200)`, a bicubic shrink by 64 with nearest-neighbour growth back, and
+The authors' local-edit inputs come from scepter's annotators, which are OpenCV calls (modelscope/scepter,
+`scepter/modules/annotator/`): `cv2.Canny(rgb, 100, 200)`, a bicubic shrink by 64 with nearest-neighbour growth back, and
 `cv2.COLOR_BGR2GRAY` applied to RGB data; the result is pasted into the image with the soft selection
 (`Image.composite`), over an image that is white where the layer has nothing. Every expectation below is computed
 here, independently, from OpenCV or plain arithmetic — never from our own code — and compared pixel for pixel.

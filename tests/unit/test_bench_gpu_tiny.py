@@ -50,7 +50,7 @@ def test_flop_formula_matches_reference_anchors():
     import bench_flux
 
     cfg = bench_flux.SIZES["full"]["transformer"]
-    # FlopCounterMode on the real model (shared/reference/performance.md §8): 74.3927 / 165.4745 / 73.5033 TF
+    # torch.utils.flop_counter.FlopCounterMode on the full-size FLUX transformer: 74.3927 / 165.4745 / 73.5033 TF
     assert bench_flux.flux_flops_per_step(cfg, 4096) / 1e12 == pytest.approx(74.3927, abs=2e-3)
     assert bench_flux.flux_flops_per_step(cfg, 8192) / 1e12 == pytest.approx(165.4745, abs=2e-3)
     assert bench_flux.flux_flops_per_step(cfg, 4050) / 1e12 == pytest.approx(73.5033, abs=2e-3)

@@ -1,4 +1,4 @@
-"""Recipe numbers pinned to the authors' preprocessing (shared/reference/ace_plus.md, "Keep" examples)."""
+"""Recipe numbers pinned to the authors' preprocessing (ali-vilab/ACE_plus `inference/utils.py`, worked through by hand)."""
 
 from __future__ import annotations
 
