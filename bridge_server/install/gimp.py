@@ -20,8 +20,6 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-import ace_protocol
-
 from bridge_server.install.vendor import vendor_into
 
 PLUGIN_NAME = "ace-bridge"
@@ -108,10 +106,7 @@ def _build_plugin_dir(dest: Path) -> Path:
     """Write the complete plug-in folder into `dest` (created; must not exist)."""
     src = plugin_source_dir()
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns(*_SKIP, "*.pyc"))
-    vendor = dest / "_vendor"
-    shutil.copytree(Path(ace_protocol.__file__).resolve().parent, vendor / "ace_protocol",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    vendor_into(vendor)
+    vendor_into(dest / "_vendor")  # the private package `_vendor` of the plug-in's process
     entry = dest / f"{PLUGIN_NAME}.py"
     entry.chmod(entry.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return dest

@@ -2,7 +2,8 @@
 
 Krita finds Python plugins as `<resources>/pykrita/<name>.desktop` + `<resources>/pykrita/<name>/`, and loads
 them when kritarc has `[python] enable_<name>=true`. Shortcuts come from `<resources>/actions/<name>.action`.
-The plugin folder gets `_vendor/` with the protocol package and pure-Python msgpack + websockets (vendor.py).
+The plugin folder gets the private package `_vendor/` with ace_protocol, ace_editor and pure-Python msgpack +
+websockets (vendor.py).
 Resource folders: Linux `$XDG_DATA_HOME/krita` (default `~/.local/share/krita`), Windows `%APPDATA%\\krita`,
 macOS `~/Library/Application Support/krita`; kritarc: Linux `$XDG_CONFIG_HOME/kritarc`, Windows
 `%LOCALAPPDATA%\\kritarc`, macOS `~/Library/Preferences/kritarc`.
@@ -16,8 +17,6 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-
-import ace_protocol
 
 from bridge_server.install.vendor import vendor_into
 
@@ -69,9 +68,7 @@ def build_plugin_tree(dest: Path) -> Path:
     shutil.copyfile(src / f"{PLUGIN_NAME}.desktop", pykrita / f"{PLUGIN_NAME}.desktop")
     (dest / "actions").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src / f"{PLUGIN_NAME}.action", dest / "actions" / f"{PLUGIN_NAME}.action")
-    vendor = pkg / "_vendor"
-    vendor_into(vendor)
-    shutil.copytree(Path(ace_protocol.__file__).parent, vendor / "ace_protocol", ignore=_ignore)
+    vendor_into(pkg / "_vendor")  # the private package `ace_bridge._vendor`
     return pkg
 
 

@@ -1,11 +1,16 @@
-"""Pure-Python copies of the plug-ins' dependencies (msgpack, websockets) for an editor's `_vendor/` folder.
+"""A plug-in's private `_vendor` package: this project's shared packages and pure-Python msgpack and websockets.
 
-Editors ship their own Python without our packages, so `vendor_into(target_dir)` copies the `.py` files of
-msgpack and websockets there, without their optional C extensions (msgpack then uses `msgpack.fallback`,
+Editors ship their own Python without our packages, so `vendor_into(target_dir)` makes `target_dir` a package
+(`ace_bridge._vendor` in Krita, `_vendor` in GIMP's plug-in process) holding ace_protocol and ace_editor, and
+copies the `.py` files of msgpack and websockets there, without their optional C extensions (msgpack then uses `msgpack.fallback`,
 websockets its Python frame masking). The sources are the packages' sdists from the package index, fetched with
 `pip download` at the versions this ace-bridge runs with and cached in the wheel cache folder
 (env ACE_BRIDGE_WHEEL_CACHE, default `<user cache dir>/ace-bridge/wheels`), so repeated installs and tests do not
 hit the index. Offline, the files of the installed distributions are copied instead. Nothing here is committed.
+
+The packages inside import one another relatively (ace_protocol/bundled.py, ace_editor/protocol.py), so a plug-in
+adds nothing to `sys.path` and no global `msgpack`, `websockets` or `ace_protocol` appears in the editor's Python;
+`verify_vendored` checks exactly that in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ from pathlib import Path, PurePosixPath
 
 #: Distribution name -> top-level package copied into `_vendor/`.
 VENDORED = {"msgpack": "msgpack", "websockets": "websockets"}
+#: This project's packages that run inside the editors (Python 3.10, no Qt, no GIMP).
+SHARED_PACKAGES = ("ace_protocol", "ace_editor")
+_VENDOR_INIT = '''"""Private copies of ace_protocol, ace_editor, msgpack and websockets for this plug-in only (filled by
+`ace-bridge install`; they import one another relatively, never through sys.path)."""
+'''
 #: Copied from a package: Python sources and typing markers only (no .c/.pyx/.so, no tests).
 _KEEP_SUFFIXES = (".py", ".typed")
 
@@ -52,9 +62,29 @@ def pinned_version(dist: str) -> str | None:
 
 
 def vendor_into(target_dir: Path) -> None:
-    """Fill `target_dir` with pure-Python msgpack and websockets (replacing older copies) and check they import
-    in a fresh interpreter without their C extensions. Raises VendorError with a readable message."""
+    """Make `target_dir` the plug-in's private vendor package: the shared packages, pure-Python msgpack and
+    websockets (replacing older copies), checked to import privately in a fresh interpreter without their C
+    extensions. Raises VendorError with a readable message."""
     target_dir = Path(target_dir)
+    copy_shared_packages(target_dir)
+    vendor_libraries(target_dir)
+    verify_vendored(target_dir)
+
+
+def copy_shared_packages(target_dir: Path) -> None:
+    """`__init__.py` (so the folder is a package) and a fresh copy of each of SHARED_PACKAGES."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    (target_dir / "__init__.py").write_text(_VENDOR_INIT, encoding="utf-8")
+    for name in SHARED_PACKAGES:
+        source = Path(importlib.import_module(name).__file__ or "").resolve().parent
+        dest = target_dir / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo"))
+
+
+def vendor_libraries(target_dir: Path) -> None:
+    """Pure-Python msgpack and websockets at the versions this Python runs with."""
     target_dir.mkdir(parents=True, exist_ok=True)
     for dist, package in VENDORED.items():
         version = pinned_version(dist)
@@ -68,22 +98,30 @@ def vendor_into(target_dir: Path) -> None:
             _extract_package(archive, package, dest)
         else:
             _copy_installed(dist, package, dest)
-    verify_vendored(target_dir)
+
+
+#: Run in a fresh interpreter with the vendor folder's parent on sys.path: the vendored packages import through
+#: the private package only, msgpack runs its pure-Python fallback, and no global name leaks.
+_VERIFY = """
+import importlib, sys
+pkg = sys.argv[1]
+for name in ("ace_protocol.client", "ace_protocol.codec", "ace_editor.jobs", "ace_editor.forms"):
+    importlib.import_module(f"{pkg}.{name}")
+msgpack = importlib.import_module(f"{pkg}.msgpack")
+assert msgpack.Packer.__module__ == f"{pkg}.msgpack.fallback", msgpack.Packer.__module__
+assert msgpack.unpackb(msgpack.packb({"a": [1, b"x"]})) == {"a": [1, b"x"]}
+leaked = sorted(n for n in ("msgpack", "websockets", "ace_protocol", "ace_editor") if n in sys.modules)
+assert not leaked, f"imported under global names: {leaked}"
+"""
 
 
 def verify_vendored(target_dir: Path) -> None:
-    """Import the vendored packages in an isolated interpreter; msgpack must run its pure-Python fallback."""
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); import msgpack, websockets, websockets.sync.client; "
-        "assert msgpack.__file__.startswith(sys.argv[1]), msgpack.__file__; "
-        "assert websockets.__file__.startswith(sys.argv[1]), websockets.__file__; "
-        "assert msgpack.Packer.__module__ == 'msgpack.fallback', msgpack.Packer.__module__; "
-        "assert msgpack.unpackb(msgpack.packb({'a': [1, b'x']})) == {'a': [1, b'x']}"
-    )
+    """Import the vendored packages privately in an isolated interpreter (see _VERIFY)."""
+    target_dir = Path(target_dir)
+    code = f"import sys; sys.path.insert(0, {str(target_dir.parent)!r})\n" + _VERIFY
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MSGPACK_PUREPYTHON")}
-    proc = subprocess.run(
-        [sys.executable, "-I", "-B", "-c", code, str(target_dir)], capture_output=True, text=True, env=env, check=False
-    )
+    proc = subprocess.run([sys.executable, "-I", "-B", "-c", code, target_dir.name], capture_output=True, text=True,
+                          env=env, check=False)
     if proc.returncode != 0:
         raise VendorError(f"the vendored packages in {target_dir} do not import cleanly:\n{proc.stderr.strip()}")
 

@@ -19,12 +19,10 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 import acegimp_logic as logic  # noqa: E402
-from ace_protocol import wsmask  # noqa: E402
-from ace_protocol.geometry import Bounds, Extent  # noqa: E402
-from ace_protocol.images import ImagePayload  # noqa: E402
+from acegimp_bundled import client as protocol_client  # noqa: E402
 from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
 
-wsmask.install()  # the vendored websockets has no C speed-up: mask outgoing frames in cache-sized slices
+Bounds, Extent, ImagePayload = logic.Bounds, logic.Extent, logic.ImagePayload
 RW = GObject.ParamFlags.READWRITE
 RGBA = "R'G'B'A u8"
 GRAY = "Y u8"
@@ -129,13 +127,14 @@ def insert_results(image: Gimp.Image, results: list[Any], meta: dict[str, Any], 
     try:
         target_parent, target_pos = parent, position
         if len(results) > 1:
-            group = Gimp.GroupLayer.new(image, logic.layer_name(meta["task"], meta.get("prompt", ""), None))
+            group = Gimp.GroupLayer.new(image, logic.group_name(meta["task"], meta.get("prompt", ""), None,
+                                                                len(results)))
             image.insert_layer(group, parent, position)
             _attach_provenance(group, logic.provenance_bytes(results[0], meta))
             target_parent, target_pos = group, 0
         for result in results:
             rx, ry = (result.region[0], result.region[1]) if getattr(result, "region", None) else region[:2]
-            name = logic.layer_name(meta["task"], meta.get("prompt", ""), result.seed)
+            name = logic.layer_name(meta["task"], meta.get("prompt", ""), result.seed, result.index, result.count)
             layer = _layer_from_payload(image, result.image, name)
             image.insert_layer(layer, target_parent, target_pos)
             target_pos += 1 if len(results) > 1 else 0
@@ -236,8 +235,11 @@ class GimpProgressUi(logic.HeadlessUi):
 
     def pump(self) -> None:
         if self._window is not None:
-            while self._gtk.events_pending():
-                self._gtk.main_iteration_do(False)
+            # GLib's main context, not Gtk.events_pending()/main_iteration_do(): PyGObject 3.58 (GIMP 3.2 on
+            # Python 3.14) deprecates those; this is what they did.
+            context = GLib.MainContext.default()
+            while context.pending():
+                context.iteration(False)
 
     def close(self) -> None:
         if self._window is not None:
@@ -255,9 +257,7 @@ def _state() -> logic.ProfileState:
 
 
 def _client(settings: logic.Settings, state: logic.ProfileState, *, resume: bool, previews: bool = False):
-    from ace_protocol.client import BridgeClient
-
-    return BridgeClient(
+    return protocol_client.BridgeClient(
         url=settings.url or None,
         token=settings.token or None,
         client_id=state.client_id,
@@ -280,41 +280,34 @@ def _settings_from_config(config: Gimp.ProcedureConfig, action: logic.Action | N
 
 
 def _add_common_args(proc: Gimp.Procedure, action: logic.Action) -> None:
-    spec = {p: p for p in action.param_names}
-    proc.add_string_argument("prompt", "_Prompt", "What to do ({image} marks the input in the template)", "", RW)
-    if action.takes_reference:
-        proc.add_layer_argument("reference", "_Reference layer", "Layer used as the reference image", True, RW)
-    if action.needs_image:
-        choice = Gimp.Choice.new()
-        choice.add("visible", 0, "Visible image", "The composite of all visible layers; result on top")
-        choice.add("layer", 1, "Active layer", "Only the active layer; result directly above it")
-        proc.add_choice_argument("source", "_Read", "What the model sees", choice, "visible", RW)
-    if "mode" in spec:
-        modes = Gimp.Choice.new()
-        for i, m in enumerate(("repaint", "canny", "mosaic", "recolor")):
-            modes.add(m, i, m.capitalize(), "")
-        proc.add_choice_argument("mode", "_Mode", "Repaint, or keep the structure inside the selection", modes,
-                                 "repaint", RW)
-    if "face" in spec:
-        proc.add_boolean_argument("face", "_Face reference", "The reference is a face (portrait LoRA)", False, RW)
-    proc.add_int_argument("seed", "_Seed", "-1 picks a random seed", -1, logic.SEED_ARG_MAX, -1, RW)
-    proc.add_int_argument("steps", "S_teps", "Denoising steps", 1, 100, 28, RW)
-    proc.add_int_argument("count", "_Count", "Images per job (several arrive as a layer group)", 1, 8, 1, RW)
-    proc.add_double_argument("guidance", "_Guidance", "FLUX distilled guidance", 0.0, 100.0, action.guidance, RW)
-    if action.needs_image:
-        proc.add_int_argument("padding", "Context _padding", "Pixels around the selection sent as context "
-                              "(-1: automatic)", -1, 4096, -1, RW)
-    proc.add_int_argument("feather", "_Feather", "Soft edge of the result inside the selection, pixels",
-                          0, 256, 8, RW)
-    if "width" in spec:
-        proc.add_int_argument("width", "_Width", "Output width (0: selection or canvas)", 0, 4096, 0, RW)
-        proc.add_int_argument("height", "_Height", "Output height (0: selection or canvas)", 0, 4096, 0, RW)
+    """The action's arguments, as logic.procedure_arguments declares them from the task table."""
+    for arg in logic.procedure_arguments(action):
+        if arg.kind == "string":
+            proc.add_string_argument(arg.name, arg.label, arg.help, arg.default, RW)
+        elif arg.kind == "layer":
+            proc.add_layer_argument(arg.name, arg.label, arg.help, True, RW)
+        elif arg.kind == "choice":
+            choice = Gimp.Choice.new()
+            for i, (nick, label, help_text) in enumerate(arg.choices):
+                choice.add(nick, i, label, help_text)
+            proc.add_choice_argument(arg.name, arg.label, arg.help, choice, arg.default, RW)
+        elif arg.kind == "boolean":
+            proc.add_boolean_argument(arg.name, arg.label, arg.help, arg.default, RW)
+        elif arg.kind == "int":
+            proc.add_int_argument(arg.name, arg.label, arg.help, int(arg.minimum), int(arg.maximum), int(arg.default),
+                                  RW)
+        elif arg.kind == "double":
+            proc.add_double_argument(arg.name, arg.label, arg.help, float(arg.minimum), float(arg.maximum),
+                                     float(arg.default), RW)
+        else:
+            raise ValueError(f"unknown argument kind {arg.kind!r}")
 
 
 def _add_connection_args(proc: Gimp.Procedure) -> None:
-    proc.add_string_argument("url", "Daemon _URL", "Empty: discovery (ACE_BRIDGE_URL, runtime.json, default)",
-                             "", RW)
-    proc.add_string_argument("token", "_Token", "Empty: ACE_BRIDGE_TOKEN or the daemon's token file", "", RW)
+    proc.add_string_argument("url", logic.CONNECTION_LABELS["url"],
+                             "Empty: discovery (ACE_BRIDGE_URL, runtime.json, default)", "", RW)
+    proc.add_string_argument("token", logic.CONNECTION_LABELS["token"],
+                             "Empty: ACE_BRIDGE_TOKEN or the daemon's token file", "", RW)
     proc.add_int_return_value("layers", "Layers", "Number of result layers inserted", 0, 1000, 0, RW)
 
 
@@ -341,6 +334,14 @@ def _run_dialog(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, title: 
 
     GimpUi.init("ace-bridge")
     dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
+    # A choice of up to 3 items is a radio frame by default, whose title carries no mnemonic (GIMP 3.2 warns
+    # "no mnemonic for property"); a combo box has a label with one.
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import Gtk
+
+    for arg in logic.procedure_arguments(logic.ACTIONS_BY_PROCEDURE[procedure.get_name()]):
+        if arg.kind == "choice":
+            dialog.get_widget(arg.name, Gtk.ComboBox.__gtype__)
     dialog.fill(None)
     try:
         return bool(dialog.run())
@@ -356,6 +357,7 @@ def run_action(procedure, run_mode, image, drawables, config, data):
     settings = _settings_from_config(config, action)
     ui = None
     client = None
+    job = state = None
     try:
         state = _state()
         canvas = Extent(image.get_width(), image.get_height())
@@ -390,6 +392,7 @@ def run_action(procedure, run_mode, image, drawables, config, data):
                             params=params, label=f"GIMP: {image.get_name() or 'image'}")
         ui.progress(None, logic.queued_text(job.position))  # until `started` or a new position arrives
         meta = {"task": action.task, "prompt": settings.prompt, "params": params, "placement": plan.placement,
+                "source": settings.source,
                 "region": list(plan.region), "image_id": image.get_id(),
                 # Results of image tasks carry the feathered selection as alpha; generated ones get a mask.
                 "fit_to_region": not plan.read_image, "clip_to_selection": not plan.read_image and bool(plan.selection)}
@@ -400,6 +403,8 @@ def run_action(procedure, run_mode, image, drawables, config, data):
         state.remove_pending(job.id)
         return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=len(layers))
     except logic.JobCancelled:
+        if job is not None:
+            _forget_cancelled(client, state, job.id)
         return _return(procedure, Gimp.PDBStatusType.CANCEL)
     except Exception as exc:
         _log_unexpected(exc)
@@ -409,6 +414,19 @@ def run_action(procedure, run_mode, image, drawables, config, data):
             ui.close()
         if client is not None:
             client.close()
+
+
+def _forget_cancelled(client, state: logic.ProfileState, job_id: str) -> None:
+    """Acknowledge a job the user cancelled, so the daemon does not keep it for "Fetch finished results", and drop
+    it from the profile's pending jobs. (When the cancel could not be sent, the daemon ignores the ack of the
+    still running job; "Fetch finished results" later reports it as cancelled and acknowledges it.)"""
+    try:
+        client.ack(job_id)
+    except Exception as exc:  # the connection is gone: fetching later acknowledges it
+        print(f"ace-bridge: could not acknowledge cancelled job {job_id}: {logic.describe_error(exc)}",
+              file=sys.stderr)
+        return
+    state.remove_pending(job_id)
 
 
 def run_fetch(procedure, run_mode, image, drawables, config, data):

@@ -7,24 +7,22 @@ instead of `ace-bridge install krita`) or when this Krita's major version is not
 from __future__ import annotations
 
 import os
-import sys
 
 SUPPORTED_KRITA_MAJOR = (5, 6)
 _VENDOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_vendor")
 
-if os.path.isdir(_VENDOR) and _VENDOR not in sys.path:
-    sys.path.insert(0, _VENDOR)
-
+# The vendored packages are imported as `ace_bridge._vendor.*` (see bundled.py): sys.path stays as Krita set it.
 try:
-    import ace_protocol  # noqa: F401
-    import msgpack  # noqa: F401
-    import websockets  # noqa: F401
+    from . import bundled  # noqa: F401
+
+    if os.path.isdir(_VENDOR):
+        from ._vendor import msgpack, websockets  # noqa: F401
 except ImportError as _exc:
     raise ImportError(
         f"ACE Bridge: a bundled package is missing ({_exc.name}). The plugin folder must contain '_vendor/' with "
-        "ace_protocol, msgpack and websockets. Install the plugin with `ace-bridge install krita` or import the "
-        "zip made by `ace-bridge package krita` (Tools > Scripts > Import Python Plugin from File), not the source "
-        "folder."
+        "ace_protocol, ace_editor, msgpack and websockets. Install the plugin with `ace-bridge install krita` or "
+        "import the zip made by `ace-bridge package krita` (Tools > Scripts > Import Python Plugin from File), not "
+        "the source folder."
     ) from _exc
 
 

@@ -10,11 +10,10 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from ace_protocol.geometry import Bounds
-
 from . import document as kdoc
 from . import layers
-from .model import JobRecord, Settings, Source, apply_template, pick_seed, progress_text, provenance_record, task_params
+from .bundled import forms, geometry, history, jobs, messages, naming, provenance
+from .model import JobRecord, Settings, Source, docker_fields
 from .qt_compat import (
     ALIGN_CENTER,
     FORMAT_RGBA8888,
@@ -31,7 +30,7 @@ from .qt_compat import (
     preview_pixmap,
     qimage_from_bytes,
 )
-from .worker import BridgeWorker, JobSpec
+from .worker import BridgeWorker
 
 THUMB = 64
 PREVIEW_SIDE = 160  # the live preview in the docker, long side
@@ -40,7 +39,7 @@ PREVIEW_SIDE = 160  # the live preview in the docker, long side
 @dataclass
 class Pending:
     record: JobRecord
-    spec: JobSpec
+    spec: jobs.JobRequest
     doc: Any  # the wrapper at submit time: fallback if the document id cannot be found
 
 
@@ -62,7 +61,7 @@ class Controller(QObject):
                                              editor=f"krita {kdoc.krita_version()}")
         self.tasks: dict[str, dict] = {}
         self.pending: dict[str, Pending] = {}
-        self.history: list[JobRecord] = []
+        self.history = history.History()
         self._ids = itertools.count(1)
         self.worker.connection_changed.connect(self._on_connection)
         self.worker.welcome_received.connect(self._on_welcome)
@@ -99,18 +98,17 @@ class Controller(QObject):
         if len(read.references) < spec_table.get("min_references", 0):
             self.status_changed.emit("This task needs a reference layer: pick one in the docker.")
             return None
-        seed = pick_seed(s.seed_mode, s.seed)
-        values = {"seed": seed, "steps": s.steps, "count": s.count, "feather": s.feather}
+        values = s.param_values(jobs.pick_seed(s.seed_mode, s.seed))
         values.update(overrides or {})
-        params = task_params(spec_table, values)
-        prompt = apply_template(spec_table.get("prompt_template", ""), instruction)
+        params = forms.params_from(spec_table, values)  # boxes left at "default" are left out: the daemon decides
+        prompt = naming.apply_template(spec_table.get("prompt_template", ""), instruction)
         local_id = f"k{next(self._ids)}"
         region = tuple(read.region)
         record = JobRecord(local_id, read.doc_key, task, prompt, params, region, source.value, read.anchor_node)
-        spec = JobSpec(local_id, task, prompt, read.image if spec_table.get("needs_image", True) else None,
+        spec = jobs.JobRequest(local_id, task, prompt, read.image if spec_table.get("needs_image", True) else None,
                        read.mask, read.references, params, label=doc.name() or "krita")
         self.pending[local_id] = Pending(record, spec, doc)
-        self.history.insert(0, record)
+        self.history.add(record)
         self.status_changed.emit("Sending…")
         self.progress_changed.emit(0, 0)
         self.worker.submit(spec)
@@ -131,10 +129,10 @@ class Controller(QObject):
         if target is None or not record.results:
             return []
         seed = record.results[0].seed
-        records = [provenance_record(record.task, record.prompt, r.seed, record.params, record.region,
+        records = [provenance.provenance_record(record.task, record.prompt, r.seed, record.params, record.region,
                                      record.source, record.job_id, r.provenance, r.index, r.count)
                    for r in sorted(record.results, key=lambda r: r.index)]
-        ids = layers.insert_results(target, record.results, Bounds(*record.region), Source(record.source),
+        ids = layers.insert_results(target, record.results, geometry.Bounds(*record.region), Source(record.source),
                                     record.anchor_node, record.task, record.prompt, records)
         record.layer_ids = ids
         self.status_changed.emit(f"Inserted {len(record.results)} result(s), seed {seed}.")
@@ -148,30 +146,35 @@ class Controller(QObject):
         self.tasks = {t["name"]: t for t in welcome.get("tasks", []) if isinstance(t, dict) and "name" in t}
         self.tasks_changed.emit(self.tasks)
 
-    def _on_job_event(self, local_id: str, kind: str, payload: dict) -> None:
+    def _on_job_event(self, local_id: str, event: Any) -> None:
         pending = self.pending.get(local_id)
         if pending is None:
             return
         record = pending.record
-        if kind == "accepted":
-            record.job_id = payload.get("job_id") or record.job_id
+        if isinstance(event, messages.Accepted):
+            record.job_id = event.job_id or record.job_id
             record.state = "queued"
-            self.status_changed.emit(progress_text("queued", payload.get("position")))
-        elif kind == "queued":
-            self.status_changed.emit(progress_text("queued", payload.get("position")))
-        elif kind == "started":
+        elif isinstance(event, messages.Started):
             record.state = "running"
-            self.status_changed.emit(progress_text("started"))
-        elif kind == "progress":
-            if payload.get("preview"):
-                self.preview_changed.emit(bytes(payload["preview"]))
-            self.progress_changed.emit(int(payload["step"]), int(payload["total"]))
-            self.status_changed.emit(progress_text("progress", step=payload["step"], total=payload["total"],
-                                                   eta_s=payload.get("eta_s")))
-        elif kind == "done":
-            record.results = list(payload.get("results", []))
-            record.state = "done"
-            del self.pending[local_id]
+        elif isinstance(event, messages.Progress):
+            if event.preview is not None and event.preview.format in ("jpeg", "png"):
+                self.preview_changed.emit(bytes(event.preview.data))
+            self.progress_changed.emit(event.step, event.total)
+        if isinstance(event, jobs.JobEnded):
+            self._on_job_ended(local_id, pending, event)
+            return
+        text = jobs.status_text(event)
+        if text:
+            self.status_changed.emit(text)
+
+    def _on_job_ended(self, local_id: str, pending: Pending, ended: jobs.JobEnded) -> None:
+        record = pending.record
+        record.state = ended.state
+        record.message = ended.message
+        record.job_id = ended.job_id or record.job_id
+        del self.pending[local_id]
+        if ended.state == "done":
+            record.results = list(ended.results)
             target = kdoc.find_document(record.doc_key, fallback=pending.doc)
             try:
                 self.apply(record, target)
@@ -180,29 +183,19 @@ class Controller(QObject):
                 self.status_changed.emit(record.message)
             self.worker.ack(record.job_id)
             self.progress_changed.emit(1, 1)
-            self.preview_changed.emit(b"")
-            self.history_changed.emit()
-            self.job_finished.emit(local_id, "done")
-        elif kind in ("failed", "cancelled"):
-            record.state = kind
-            record.message = payload.get("message", "")
-            del self.pending[local_id]
-            if kind == "failed":
-                self.status_changed.emit(f"Failed: {record.message}")
-            else:
-                self.status_changed.emit("Cancelled.")
-                self.worker.ack(payload.get("job_id") or record.job_id)
+        else:
+            self.status_changed.emit(jobs.status_text(ended) or ended.state)
+            if ended.state == "cancelled":
+                self.worker.ack(record.job_id)
             self.progress_changed.emit(0, 1)
-            self.preview_changed.emit(b"")
-            self.history_changed.emit()
-            self.job_finished.emit(local_id, kind)
+        self.preview_changed.emit(b"")
+        self.history_changed.emit()
+        self.job_finished.emit(local_id, ended.state)
 
     def _on_redelivered(self, found: list) -> None:
         for job_id, results in found:
             if results:
-                rec = JobRecord(job_id, "", "?", "(finished while Krita was away)", {}, (0, 0, 0, 0), "image", None,
-                                results=results, state="done")
-                self.history.insert(0, rec)
+                self.history.add(history.redelivered_record(job_id, results))
         self.history_changed.emit()
 
 
@@ -300,15 +293,16 @@ class AceBridgeDocker(kdoc.DockWidget):
         seed_row.addWidget(self.seed_spin, 1)
         seed_row.addWidget(reuse)
         grid.addRow("Seed", seed_row)
-        self.steps_spin = self._spin(1, 100, self.settings.steps)
-        grid.addRow("Steps", self.steps_spin)
-        self.count_spin = self._spin(1, 8, self.settings.count)
-        grid.addRow("Images", self.count_spin)
+        fields = docker_fields()
+        self.steps_spin = self._field_spin(fields["steps"], self.settings.steps)
+        grid.addRow(fields["steps"].label, self.steps_spin)
+        self.count_spin = self._field_spin(fields["count"], self.settings.count)
+        grid.addRow(fields["count"].label, self.count_spin)
         self.padding_spin = self._spin(-1, 1024, self.settings.padding)
         self.padding_spin.setSpecialValueText("auto")
         grid.addRow("Context padding", self.padding_spin)
-        self.feather_spin = self._spin(0, 256, self.settings.feather)
-        grid.addRow("Feather", self.feather_spin)
+        self.feather_spin = self._field_spin(fields["feather"], self.settings.feather)
+        grid.addRow(fields["feather"].label, self.feather_spin)
         form.addLayout(grid)
 
         buttons = W.QHBoxLayout()
@@ -349,6 +343,17 @@ class AceBridgeDocker(kdoc.DockWidget):
         spin.setValue(value)
         spin.setAlignment(ALIGN_CENTER)
         return spin
+
+    def _field_spin(self, field: forms.Field, value: int) -> Any:
+        """A box for a task parameter: its range from the table, plus "default (N)" at the bottom, which leaves
+        the parameter out of the job so the daemon's default (the control panel's setting) applies."""
+        spin = self._spin(int(field.widget_minimum or 0), int(field.maximum or 0), value)
+        self._describe_field(spin, field)
+        return spin
+
+    def _describe_field(self, spin: Any, field: forms.Field) -> None:
+        spin.setSpecialValueText(field.default_text() if field.unset == spin.minimum() else "")
+        spin.setToolTip(field.help)
 
     # ------------------------------------------------------------------ Krita hooks
     def canvasChanged(self, canvas) -> None:  # noqa: N802 - Krita's name
@@ -402,10 +407,10 @@ class AceBridgeDocker(kdoc.DockWidget):
             self.controller.apply(record, kdoc.active_document())
 
     def _reuse_seed(self) -> None:
-        last = next((r for r in self.controller.history if r.results), None)
-        if last is not None:
+        seed = self.controller.history.last_seed()
+        if seed is not None:
             self.seed_random.setChecked(False)
-            self.seed_spin.setValue(min(last.results[0].seed, 2**31 - 1))
+            self.seed_spin.setValue(min(seed, 2**31 - 1))
 
     def _reconnect(self) -> None:
         s = self.collect_settings()
@@ -432,6 +437,9 @@ class AceBridgeDocker(kdoc.DockWidget):
         spec = self.controller.tasks.get(self.task_box.currentData() or "")
         self.template.setText(spec.get("prompt_template", "") if spec else "")
         self.reference_box.setEnabled(bool(spec and spec.get("max_references", 0)))
+        fields = docker_fields(spec)  # the daemon's defaults, e.g. "default (40)" after a panel change
+        for spin, name in ((self.steps_spin, "steps"), (self.count_spin, "count"), (self.feather_spin, "feather")):
+            self._describe_field(spin, fields[name])
 
     def _on_progress(self, step: int, total: int) -> None:
         self.progress.setRange(0, total)

@@ -10,11 +10,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ace_protocol.geometry import Bounds, Extent, context_region
-from ace_protocol.images import ImagePayload
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Extension, Krita  # type: ignore[import-not-found]
 
+from .bundled import geometry, images
 from .model import DOCUMENT_ID_ANNOTATION, EXCHANGE_SPACE, Source, mask_is_full
+
+Bounds, Extent, context_region = geometry.Bounds, geometry.Extent, geometry.context_region
+ImagePayload = images.ImagePayload
 
 __all__ = ["DockWidget", "DockWidgetFactory", "DockWidgetFactoryBase", "Extension", "ContextRead", "read_context"]
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ace_protocol.geometry import Bounds
-from ace_protocol.images import swap_red_blue
-
+from .bundled import geometry, images
 from .document import find_node, is_exchange_space, node_id
 from .model import EXCHANGE_SPACE, PROVENANCE_ANNOTATION, ProvenanceStore, ResultImage, Source, group_name, layer_name
+
+Bounds = geometry.Bounds
+swap_red_blue = images.swap_red_blue
 
 
 def _paint_layer(doc, name: str, result: ResultImage, region: Bounds):

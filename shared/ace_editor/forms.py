@@ -41,7 +41,7 @@ class Field:
         """The lowest value a spin box needs: the `unset` value included."""
         if not self.is_number or self.minimum is None:
             return self.minimum
-        return min(self.minimum, self.unset)
+        return float(min(self.minimum, self.unset))
 
     def default_text(self) -> str:
         """What a spin box shows at its `unset` value, e.g. `default (28)`."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +64,7 @@ class History:
         done = self.with_results()
         return done[0].results[0].seed if done else None
 
-    def __iter__(self):  # noqa: ANN204 - an iterator of JobRecord
+    def __iter__(self) -> Iterator[JobRecord]:
         return iter(self.records)
 
     def __len__(self) -> int:

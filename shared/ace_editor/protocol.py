@@ -3,12 +3,16 @@ top-level `ace_protocol` of a source checkout (tests). Every module here imports
 
 from __future__ import annotations
 
-if "." in (__package__ or ""):  # vendored: `<plugin>._vendor.ace_editor` next to `<plugin>._vendor.ace_protocol`
-    from .. import ace_protocol  # type: ignore[no-redef]
-    from ..ace_protocol import client, errors, geometry, images, messages, tasks  # type: ignore[no-redef]
+from typing import TYPE_CHECKING
+
+# Type checkers read the top-level branch; at run time the vendored one is taken inside a plug-in, where this is
+# `<plugin>._vendor.ace_editor.protocol` next to `<plugin>._vendor.ace_protocol`.
+if TYPE_CHECKING or "." not in (__package__ or ""):
+    import ace_protocol
+    from ace_protocol import client, errors, geometry, images, messages, tasks
 else:
-    import ace_protocol  # type: ignore[no-redef]
-    from ace_protocol import client, errors, geometry, images, messages, tasks  # type: ignore[no-redef]
+    from .. import ace_protocol
+    from ..ace_protocol import client, errors, geometry, images, messages, tasks
 
 #: The plug-ins carry the version of the protocol package they were built with: one version for the project.
 VERSION: str = ace_protocol.__version__

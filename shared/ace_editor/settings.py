@@ -82,7 +82,8 @@ class ProfileState:
             self.save()
 
     def pending(self, job_id: str) -> dict[str, Any] | None:
-        return self.data["pending"].get(job_id)
+        meta = self.data["pending"].get(job_id)
+        return meta if isinstance(meta, dict) else None
 
     def add_pending(self, job_id: str, meta: dict[str, Any]) -> None:
         self.data["pending"][job_id] = meta

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 #: True when this package lives inside a plug-in's private `_vendor` package.
 VENDORED = "." in (__package__ or "")
 
-if VENDORED:
-    from .. import msgpack, websockets  # type: ignore[no-redef]  # siblings in the plug-in's `_vendor`
+# Type checkers read the installed libraries' branch.
+if TYPE_CHECKING or not VENDORED:
+    import msgpack
+    import websockets
 else:
-    import msgpack  # type: ignore[no-redef]
-    import websockets  # type: ignore[no-redef]
+    from .. import msgpack, websockets  # siblings in the plug-in's `_vendor`
 
 __all__ = ["VENDORED", "msgpack", "websockets", "websockets_module"]
 

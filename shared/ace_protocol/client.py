@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import PROTOCOL_VERSION, __version__
 from .bundled import websockets_module
@@ -48,19 +48,24 @@ from .messages import (
 from .shm import SegmentRef, SharedMemoryUnavailable, describe, read_segment, write_segment
 from .wsmask import connection_class
 
-try:
-    _ws_exceptions = websockets_module("exceptions")
-    _ws_client = websockets_module("sync.client")
-except ImportError as exc:  # pragma: no cover - only in a broken editor install
-    raise ImportError(
-        "ace_protocol needs the 'websockets' package (>= 13). Reinstall the plugin with `ace-bridge install`."
-    ) from exc
-ConnectionClosed = _ws_exceptions.ConnectionClosed
-InvalidHandshake = _ws_exceptions.InvalidHandshake
-InvalidStatus = _ws_exceptions.InvalidStatus
-InvalidURI = _ws_exceptions.InvalidURI
-ClientConnection = _ws_client.ClientConnection
-ws_connect = _ws_client.connect
+if TYPE_CHECKING:  # type checkers read the installed websockets; see bundled.py for the run-time choice
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+    from websockets.sync.client import ClientConnection
+    from websockets.sync.client import connect as ws_connect
+else:
+    try:
+        _ws_exceptions = websockets_module("exceptions")
+        _ws_client = websockets_module("sync.client")
+    except ImportError as exc:  # pragma: no cover - only in a broken editor install
+        raise ImportError(
+            "ace_protocol needs the 'websockets' package (>= 13). Reinstall the plugin with `ace-bridge install`."
+        ) from exc
+    ConnectionClosed = _ws_exceptions.ConnectionClosed
+    InvalidHandshake = _ws_exceptions.InvalidHandshake
+    InvalidStatus = _ws_exceptions.InvalidStatus
+    InvalidURI = _ws_exceptions.InvalidURI
+    ClientConnection = _ws_client.ClientConnection
+    ws_connect = _ws_client.connect
 
 
 #: Pixels below this go in the frame: the extra `alloc` round trip would cost more than it saves.
@@ -68,7 +73,7 @@ SHARED_MEMORY_MIN_BYTES = 256 * 1024
 
 # websockets 17 warns when connect() is not used as a context manager unless `legacy=True` says we mean it;
 # older releases (vendored into editors) do not know the keyword.
-_LEGACY_KW = {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {}
+_LEGACY_KW: dict[str, Any] = {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {}
 
 
 class ClientError(Exception):

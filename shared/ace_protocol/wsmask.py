@@ -17,11 +17,12 @@ import functools
 import secrets
 import struct
 import sys
-from typing import Any
+from typing import Any, TypeVar
 
 from .bundled import websockets_module
 
 _CHUNK = 1 << 16  # a multiple of 4, so every slice starts at key offset 0
+C = TypeVar("C")
 
 
 def apply_mask_chunked(data: Any, mask: bytes | bytearray) -> bytes | bytearray:
@@ -92,7 +93,7 @@ def has_c_speedup() -> bool:
 
 
 @functools.cache
-def connection_class(base: type) -> type:
+def connection_class(base: type[C]) -> type[C]:
     """`base` (websockets' sync ClientConnection) when its C speed-up is loaded, else a subclass whose
     connections mask in slices; pass it to `websockets.sync.client.connect(create_connection=...)`."""
     if has_c_speedup():

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -18,6 +17,8 @@ sys.path.insert(0, str(REPO / "plugins_gimp" / "ace-bridge"))
 
 import acegimp_logic as logic  # noqa: E402
 from ace_protocol.geometry import Bounds, Extent  # noqa: E402
+from ace_protocol.images import ImagePayload  # noqa: E402
+from ace_protocol.messages import Done, Progress, Result  # noqa: E402
 from ace_protocol.tasks import TASKS  # noqa: E402
 
 CANVAS = Extent(96, 64)
@@ -85,12 +86,37 @@ def test_params_only_name_what_the_task_has_and_validate():
     plan = logic.plan_job(action("local_edit"), logic.Settings(), CANVAS, Bounds(1, 1, 5, 5))
     settings = logic.Settings(seed=5, steps=2, count=3, feather=4, mode="canny", face=True, width=100)
     params = logic.build_params(action("local_edit"), settings, plan)
-    assert params == {"seed": 5, "steps": 2, "count": 3, "guidance": 50.0, "feather": 4, "mode": "canny"}
+    assert params == {"seed": 5, "steps": 2, "count": 3, "feather": 4, "mode": "canny"}  # guidance: not set
     assert "face" not in params and "width" not in params and params["mode"] == "canny"
     TASKS["local_edit"].validate_params(params)
     ref = logic.build_params(action("reference_edit"), settings, plan)
     assert ref["face"] is True and "mode" not in ref
     TASKS["reference_edit"].validate_params(ref)
+
+
+def test_arguments_left_at_their_defaults_leave_the_job_to_the_daemon():
+    """A procedure run with its default arguments sends no steps, count, guidance or feather: the daemon's
+    defaults apply (the control panel's default steps, the task's guidance)."""
+    plan = logic.plan_job(action("inpaint"), logic.Settings(), CANVAS, Bounds(1, 1, 5, 5))
+    assert logic.build_params(action("inpaint"), logic.Settings(), plan) == {}
+    defaults = {a.name: a.default for a in logic.procedure_arguments(action("inpaint"))}
+    settings = logic.Settings(**{k: v for k, v in defaults.items() if k in ("seed", "steps", "count", "guidance",
+                                                                             "feather", "padding")})
+    assert logic.build_params(action("inpaint"), settings, plan) == {}
+
+
+def test_procedure_arguments_come_from_the_task_table():
+    args = {a.name: a for a in logic.procedure_arguments(action("local_edit"))}
+    assert list(args)[0] == "prompt" and {"source", "mode"} <= set(args) and "width" not in args
+    steps = args["steps"]
+    assert (steps.kind, steps.minimum, steps.maximum, steps.default) == ("int", 0, 100, 0)
+    assert "default 28" in steps.help and "0: leave it to the daemon" in steps.help
+    assert args["guidance"].kind == "double" and args["guidance"].default == -1.0
+    assert args["mode"].choices[1][0] == "canny" and args["seed"].maximum == logic.SEED_ARG_MAX
+    ref = {a.name: a for a in logic.procedure_arguments(action("reference_edit"))}
+    assert ref["reference"].kind == "layer" and ref["face"].kind == "boolean"
+    gen = {a.name for a in logic.procedure_arguments(action("generate"))}
+    assert {"width", "height"} <= gen and "source" not in gen and "padding" not in gen
 
 
 def test_task_not_offered_by_the_loaded_model_is_named():
@@ -102,112 +128,39 @@ def test_task_not_offered_by_the_loaded_model_is_named():
     assert "Edit with Instruction" in text and "tiny" in text and "generate, inpaint" in text
 
 
-def test_progress_texts():
-    assert logic.progress_update(SimpleNamespace(TYPE="queued", position=2)) == (None, "ACE++: queued, position 2")
-    frac, text = logic.progress_update(SimpleNamespace(TYPE="progress", step=1, total=4, eta_s=3.2, image_index=0))
-    assert frac == 0.25 and text == "ACE++: step 1/4, about 3 s left"
-    assert logic.progress_update(SimpleNamespace(TYPE="done")) == (None, None)
+def test_status_lines_carry_the_plugins_prefix():
+    assert logic.queued_text(2) == "ACE++: Queued: position 2"
+    assert logic.queued_text(0) == "ACE++: Waiting: next in line"
 
 
-def test_profile_state_keeps_a_stable_client_id_and_pending_jobs(tmp_path):
+def test_profile_state_keeps_a_stable_client_id(tmp_path):
     path = tmp_path / "profile" / logic.STATE_FILE
     first = logic.ProfileState(path)
-    assert first.client_id.startswith("gimp-")
-    first.session = "s1"
-    first.add_pending("j1", {"task": "inpaint", "region": [1, 2, 3, 4]})
-    again = logic.ProfileState(path)
-    assert again.client_id == first.client_id and again.session == "s1"
-    assert again.pending("j1") == {"task": "inpaint", "region": [1, 2, 3, 4]}
-    again.remove_pending("j1")
-    assert logic.ProfileState(path).pending("j1") is None
-    path.write_text("not json")
-    assert logic.ProfileState(path).client_id != first.client_id  # unreadable state: start over, no crash
+    assert first.client_id.startswith("gimp-") and logic.ProfileState(path).client_id == first.client_id
 
 
-class FakeJob:
-    def __init__(self, events, block_after=False):
-        self.id = "job-1"
-        self._events = events
-        self.cancelled = False
-        self._block = block_after
+def test_wait_for_job_prefixes_its_status_lines():
+    class Job:
+        id = "job-1"
 
-    def events(self):
-        yield from self._events
-        while self._block and not self.cancelled:
-            import time
+        def events(self):
+            yield Progress(job_id="job-1", step=1, total=2)
+            yield Done(job_id="job-1")
 
-            time.sleep(0.01)
-        if self.cancelled:
-            yield SimpleNamespace(TYPE="cancelled", job_id=self.id)
-
-    def cancel(self):
-        self.cancelled = True
+    seen = []
+    logic.wait_for_job(Job(), logic.HeadlessUi(lambda f, t: seen.append((f, t))))
+    assert seen == [(0.5, "ACE++: Step 1/2")]
 
 
-class RecordingUi(logic.HeadlessUi):
-    def __init__(self, cancel=False):
-        super().__init__()
-        self.updates = []
-        self._cancel = cancel
-
-    def progress(self, fraction, text):
-        self.updates.append((fraction, text))
-
-    def preview(self, image):
-        self.updates.append(("preview", image.format))
-
-    def cancel_requested(self):
-        return self._cancel
-
-
-def test_wait_for_job_collects_results_in_order():
-    r = [SimpleNamespace(TYPE="result", index=i, count=2, seed=5 + i) for i in (1, 0)]
-    job = FakeJob([SimpleNamespace(TYPE="queued", position=1), SimpleNamespace(TYPE="started"),
-                   SimpleNamespace(TYPE="progress", step=1, total=2, eta_s=None, image_index=0), *r,
-                   SimpleNamespace(TYPE="done")])
-    ui = RecordingUi()
-    outcome = logic.wait_for_job(job, ui)
-    assert [x.index for x in outcome.results] == [0, 1]
-    assert (0.5, "ACE++: step 1/2") in ui.updates and (None, "ACE++: queued, position 1") in ui.updates
-
-
-def test_wait_for_job_shows_the_previews_the_daemon_sends_in_between_the_steps():
-    shot = SimpleNamespace(format="jpeg", width=8, height=8, data=b"\xff\xd8")
-    job = FakeJob([SimpleNamespace(TYPE="progress", step=1, total=3, eta_s=None, image_index=0, preview=None),
-                   SimpleNamespace(TYPE="progress", step=2, total=3, eta_s=None, image_index=0, preview=shot),
-                   SimpleNamespace(TYPE="result", index=0, count=1, seed=1), SimpleNamespace(TYPE="done")])
-    ui = RecordingUi()
-    logic.wait_for_job(job, ui)
-    assert ui.updates.count(("preview", "jpeg")) == 1
-    assert ui.updates.index((2 / 3, "ACE++: step 2/3")) < ui.updates.index(("preview", "jpeg"))
-    logic.wait_for_job(FakeJob([SimpleNamespace(TYPE="progress", step=1, total=1, eta_s=None, image_index=0,
-                                                preview=shot), SimpleNamespace(TYPE="done")]), logic.HeadlessUi())
-
-
-def test_wait_for_job_reports_failure_and_cancel():
-    job = FakeJob([SimpleNamespace(TYPE="failed", code="out_of_memory", message="Select a smaller region.")])
-    with pytest.raises(logic.UserError, match=r"failed \(out_of_memory\): Select a smaller region"):
-        logic.wait_for_job(job, RecordingUi())
-    job = FakeJob([SimpleNamespace(TYPE="started")], block_after=True)
-    with pytest.raises(logic.JobCancelled):
-        logic.wait_for_job(job, RecordingUi(cancel=True))
-    assert job.cancelled
-
-
-def test_provenance_round_trip():
-    result = SimpleNamespace(seed=7, job_id="j", index=0, provenance={"model": "tiny", "task": "inpaint"})
-    data = logic.provenance_bytes(result, {"task": "inpaint", "prompt": "a vase", "params": {"steps": 2}})
+def test_provenance_parasite_is_one_record():
+    result = Result(job_id="j", index=0, count=1, seed=7, image=ImagePayload(1, 1, "rgba8", b"\0" * 4),
+                    provenance={"model": "tiny", "task": "inpaint", "editor": "gimp 3.0"})
+    data = logic.provenance_bytes(result, {"task": "inpaint", "prompt": "a vase", "params": {"steps": 2},
+                                           "region": [1, 2, 3, 4], "source": "visible"})
     value = logic.parse_provenance(data)
     assert value["seed"] == 7 and value["model"] == "tiny" and value["prompt"] == "a vase"
-    assert value["params"] == {"steps": 2}
-
-
-def test_describe_error_never_only_a_traceback():
-    class DaemonNotRunning(Exception):
-        pass
-
-    assert logic.describe_error(DaemonNotRunning("start it with `ace-bridge serve`")).startswith("start it")
-    assert "KeyError" in logic.describe_error(KeyError("x")) and "error console" in logic.describe_error(KeyError())
+    assert value["params"] == {"steps": 2} and value["job_id"] == "j" and value["editor"] == "gimp 3.0"
+    assert value["format"] == logic.PARASITE_NAME
 
 
 def test_install_gimp_into_a_profile(tmp_path, wheel_cache):
@@ -217,13 +170,18 @@ def test_install_gimp_into_a_profile(tmp_path, wheel_cache):
     assert folder == tmp_path / "GIMP" / "3.0" / "plug-ins" / "ace-bridge"
     entry = folder / "ace-bridge.py"
     assert entry.stat().st_mode & stat.S_IXUSR
-    for rel in ("acegimp_logic.py", "acegimp_gimp.py", "_vendor/ace_protocol/client.py",
-                "_vendor/msgpack/fallback.py", "_vendor/websockets/sync/client.py"):
+    for rel in ("acegimp_logic.py", "acegimp_gimp.py", "acegimp_bundled.py", "_vendor/__init__.py",
+                "_vendor/ace_protocol/client.py", "_vendor/ace_editor/jobs.py", "_vendor/msgpack/fallback.py",
+                "_vendor/websockets/sync/client.py"):
         assert (folder / rel).is_file(), rel
     assert not list((folder / "_vendor").rglob("*.so")) and not list((folder / "_vendor").rglob("*.pyd"))
-    # The plug-in's own import setup works with nothing but the folder (no site-packages).
-    code = ("import sys; sys.path[:0] = [sys.argv[1] + '/_vendor', sys.argv[1]]; import acegimp_logic, msgpack, "
-            "ace_protocol.client; assert msgpack.Packer.__module__ == 'msgpack.fallback'; print(acegimp_logic.__file__)")
+    # The plug-in's own import setup works with nothing but the folder (no site-packages), as GIMP runs it (its
+    # folder on sys.path), and the vendored packages stay private: no global msgpack, websockets or ace_protocol.
+    code = ("import sys; sys.path[:0] = [sys.argv[1]]; import acegimp_logic, _vendor.msgpack as m; "
+            "assert m.Packer.__module__ == '_vendor.msgpack.fallback'; "
+            "assert acegimp_logic.jobs.messages.__name__ == '_vendor.ace_protocol.messages'; "
+            "leaked = [n for n in ('msgpack', 'websockets', 'ace_protocol', 'ace_editor') if n in sys.modules]; "
+            "assert not leaked, leaked; print(acegimp_logic.__file__)")
     out = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", code, str(folder)],
                          capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
     assert out.returncode == 0, out.stderr
@@ -342,3 +300,20 @@ def test_cli_install_and_uninstall_gimp(tmp_path, wheel_cache):
                           str(profile)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert not (profile / "plug-ins" / "ace-bridge").exists()
+
+
+def _mnemonic(label: str) -> str | None:
+    i = label.find("_")
+    return label[i + 1].lower() if 0 <= i < len(label) - 1 else None
+
+
+@pytest.mark.parametrize("action", logic.ACTIONS, ids=lambda a: a.procedure)
+def test_every_dialog_label_has_its_own_mnemonic(action):
+    """GIMP 3.2's procedure dialog prints a warning for each mnemonic used twice (two arguments, or an argument and
+    a dialog button) and for each argument without one: every label has one, all differ, none is a button's."""
+    labels = {a.name: a.label for a in logic.procedure_arguments(action)} | logic.CONNECTION_LABELS
+    keys = {name: _mnemonic(label) for name, label in labels.items()}
+    assert all(keys.values()), {n: labels[n] for n, k in keys.items() if not k}
+    taken = [k for k in keys.values() if k in logic.DIALOG_BUTTON_MNEMONICS]
+    assert not taken, {n: labels[n] for n, k in keys.items() if k in taken}
+    assert len(set(keys.values())) == len(keys), sorted(keys.items(), key=lambda item: item[1])

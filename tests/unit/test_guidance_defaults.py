@@ -73,20 +73,24 @@ def test_the_engine_falls_back_to_the_table_when_a_job_has_no_guidance(task, gui
 
 
 @pytest.mark.parametrize(("task", "guidance"), EXPECTED.items())
-def test_gimp_procedures_default_to_the_tasks_guidance(task, guidance):
-    """GIMP registers each procedure's guidance argument with the task's default and sends it unless changed."""
+def test_gimp_leaves_an_untouched_guidance_to_the_daemon_so_each_task_gets_its_own(task, guidance):
+    """GIMP's guidance argument starts at its "unset" value and is then left out of the job; the daemon fills the
+    task's default from the table. A value the user sets is sent."""
     gimp = plugin_module("plugins_gimp/ace-bridge", "acegimp_logic")
     action = next(a for a in gimp.ACTIONS if a.task == task)
     assert action.guidance == guidance
     canvas = Extent(96, 64)
     plan = gimp.plan_job(action, gimp.Settings(), canvas, Bounds(8, 8, 32, 32))
-    assert gimp.build_params(action, gimp.Settings(), plan)["guidance"] == guidance
+    argument = next(a for a in gimp.procedure_arguments(action) if a.name == "guidance")
+    params = gimp.build_params(action, gimp.Settings(guidance=argument.default), plan)
+    assert "guidance" not in params and TASKS[task].validate_params(params)["guidance"] == guidance
     assert gimp.build_params(action, gimp.Settings(guidance=12.5), plan)["guidance"] == 12.5
 
 
 def test_krita_leaves_guidance_to_the_daemon_so_fill_tasks_get_30():
     """Krita sends only what the user set; the daemon's table then supplies 30 for generate."""
-    task_params = plugin_module("plugins_krita", "ace_bridge.model").task_params
-    params = task_params(TASKS["generate"].to_wire(), {"seed": 1, "steps": 28, "count": 1, "feather": 8})
+    from ace_editor.forms import params_from
+
+    params = params_from(TASKS["generate"].to_wire(), {"seed": 1, "steps": 28, "count": 1, "feather": 8})
     assert "guidance" not in params
     assert TASKS["generate"].validate_params(params)["guidance"] == 30.0

@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from ace_editor.jobs import JobEnded
+from ace_protocol.images import ImagePayload
+from ace_protocol.messages import Accepted, Cancelled, Done, Progress, Queued, Result, Started, Welcome
 
 pytest.importorskip("PyQt6.QtWidgets", reason="pip install PyQt6 (with torch pinned) to test the Krita 6 path")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins_krita"))
@@ -65,12 +68,6 @@ def test_decode_png_result(qt):
     assert worker.decode_result(ImagePayload(1, 1, "bgra8", b"\x01\x02\x03\x04")) == (1, 1, b"\x03\x02\x01\x04")
 
 
-class _Ev:
-    def __init__(self, type_, **kw):
-        self.TYPE = type_
-        self.__dict__.update(kw)
-
-
 class _Handle:
     def __init__(self, events):
         self.id, self.position, self.seed = "job-1", 2, 5
@@ -84,22 +81,22 @@ class _Handle:
 
 
 class _Client:
-    """Scripted stand-in for BridgeClient (same method names and event types)."""
+    """Scripted stand-in for BridgeClient (same method names; the protocol's own typed events)."""
 
     def __init__(self, *args, **kw):
-        from ace_protocol.images import ImagePayload
-
         self.acked = []
         self.on_connection_change = None
         self.handle = _Handle([
-            _Ev("queued", position=1), _Ev("started"), _Ev("progress", step=1, total=2, eta_s=1.0),
-            _Ev("result", index=0, count=1, seed=5, image=ImagePayload(2, 1, "rgba8", b"\x01\x02\x03\x04" * 2),
-                provenance={"model": "tiny"}),
-            _Ev("done"),
+            Queued(job_id="job-1", position=1), Started(job_id="job-1"),
+            Progress(job_id="job-1", step=1, total=2, eta_s=1.0),
+            Result(job_id="job-1", index=0, count=1, seed=5, image=ImagePayload(2, 1, "rgba8", b"\x01\x02\x03\x04" * 2),
+                   provenance={"model": "tiny"}),
+            Done(job_id="job-1"),
         ])
 
     def connect(self):
-        return _Ev("welcome", server_version="0.1.0", tasks=[{"name": "inpaint", "params": []}], engine={}, limits={})
+        return Welcome(server_version="0.1.0", protocol_version=1, session="s", limits={}, engine={},
+                       tasks=[{"name": "inpaint", "params": []}])
 
     def fetch_unacknowledged(self, wait=1.0):
         return []
@@ -131,18 +128,18 @@ def test_worker_delivers_events_on_the_ui_thread(qt):
     states, welcomes, events = [], [], []
     worker.connection_changed.connect(lambda s, m: states.append(s))
     worker.welcome_received.connect(welcomes.append)
-    worker.job_event.connect(lambda lid, kind, payload: events.append((lid, kind, payload,
-                                                                       qt_compat.QThread.currentThread())))
+    worker.job_event.connect(lambda lid, event: events.append((lid, event, qt_compat.QThread.currentThread())))
     worker.start()
     assert _pump(app, lambda: welcomes), states
     assert welcomes[0]["tasks"][0]["name"] == "inpaint" and "connected" in states
     spec = worker_mod.JobSpec("k1", "inpaint", "a vase", None, None, [], {"steps": 2})
     worker.submit(spec)
-    assert _pump(app, lambda: events and events[-1][1] in ("done", "failed"))
-    kinds = [e[1] for e in events]
-    assert kinds == ["accepted", "queued", "started", "progress", "result", "done"]
-    assert all(e[3] == app.thread() for e in events)  # delivered on the UI thread
-    results = events[-1][2]["results"]
+    assert _pump(app, lambda: events and isinstance(events[-1][1], JobEnded))
+    kinds = [type(e[1]).__name__ for e in events]
+    assert kinds == ["Accepted", "Queued", "Started", "Progress", "Result", "JobEnded"]
+    assert all(e[2] == app.thread() for e in events)  # delivered on the UI thread
+    assert events[-1][1].state == "done"
+    results = events[-1][1].results
     assert results[0].rgba == b"\x01\x02\x03\x04" * 2 and results[0].provenance == {"model": "tiny"}
     worker.ack("job-1")
     assert client.acked == ["job-1"]
@@ -152,12 +149,12 @@ def test_worker_delivers_events_on_the_ui_thread(qt):
 def test_cancel_before_accept_cancels_once_accepted(qt):
     worker_mod = importlib.import_module("ace_bridge.worker")
     client = _Client()
-    client.handle._events = [_Ev("cancelled")]
+    client.handle._events = [Cancelled(job_id="job-1")]
     spec = worker_mod.JobSpec("k2", "inpaint", "", None, None, [], {})
     worker_mod.cancel_job(spec)
     seen = []
-    worker_mod.run_job(client, spec, lambda lid, kind, payload: seen.append(kind))
-    assert client.handle.cancelled and seen == ["accepted", "cancelled"]
+    worker_mod.run_job(client, spec, lambda lid, event: seen.append(event))
+    assert client.handle.cancelled and isinstance(seen[0], Accepted) and seen[-1].state == "cancelled"
 
 
 def test_submit_refused_becomes_failed_event(qt):
@@ -170,8 +167,8 @@ def test_submit_refused_becomes_failed_event(qt):
 
     seen = []
     worker_mod.run_job(Refusing(), worker_mod.JobSpec("k3", "inpaint", "", None, None, [], {}),
-                       lambda lid, kind, payload: seen.append((kind, payload)))
-    assert seen[0][0] == "failed" and "not running" in seen[0][1]["message"]
+                       lambda lid, event: seen.append(event))
+    assert seen[0].state == "failed" and "not running" in seen[0].message
 
 
 def _jpeg(qt_compat, w: int, h: int) -> bytes:
@@ -200,10 +197,11 @@ def test_progress_preview_reaches_the_ui_event(qt):
     worker_mod = importlib.import_module("ace_bridge.worker")
     jpeg = _jpeg(qt_compat, 32, 16)
     client = _Client()
-    client.handle._events = [_Ev("progress", step=4, total=8, eta_s=1.0, preview=ImagePayload(32, 16, "jpeg", jpeg)),
-                             _Ev("progress", step=5, total=8, eta_s=0.5, preview=None), _Ev("cancelled")]
+    client.handle._events = [
+        Progress(job_id="job-1", step=4, total=8, eta_s=1.0, preview=ImagePayload(32, 16, "jpeg", jpeg)),
+        Progress(job_id="job-1", step=5, total=8, eta_s=0.5), Cancelled(job_id="job-1")]
     seen = []
     worker_mod.run_job(client, worker_mod.JobSpec("k4", "inpaint", "", None, None, [], {}),
-                       lambda lid, kind, payload: seen.append((kind, payload)))
-    progress = [p for k, p in seen if k == "progress"]
-    assert progress[0]["preview"] == jpeg and progress[1]["preview"] is None
+                       lambda lid, event: seen.append(event))
+    progress = [e for e in seen if isinstance(e, Progress)]
+    assert bytes(progress[0].preview.data) == jpeg and progress[1].preview is None
