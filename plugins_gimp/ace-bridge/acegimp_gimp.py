@@ -132,9 +132,9 @@ def insert_results(image: Gimp.Image, results: list[Any], meta: dict[str, Any], 
             image.insert_layer(group, parent, position)
             _attach_provenance(group, logic.provenance_bytes(results[0], meta))
             target_parent, target_pos = group, 0
-        for result in results:
+        for position, result in enumerate(results):
             rx, ry = (result.region[0], result.region[1]) if getattr(result, "region", None) else region[:2]
-            name = logic.layer_name(meta["task"], meta.get("prompt", ""), result.seed, result.index, result.count)
+            name = logic.layer_name(meta["task"], meta.get("prompt", ""), result.seed, position, len(results))
             layer = _layer_from_payload(image, result.image, name)
             image.insert_layer(layer, target_parent, target_pos)
             target_pos += 1 if len(results) > 1 else 0

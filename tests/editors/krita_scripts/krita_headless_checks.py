@@ -247,21 +247,22 @@ def main(args):
         daemon = config.get("daemon")
         prov = {}
         if daemon:
+            from ace_bridge.bundled import client as plugin_client  # the plugin's private protocol package
+            from ace_bridge.bundled import jobs
             from ace_bridge.worker import JobSpec, run_job
-            from ace_protocol.client import BridgeClient
 
-            client = BridgeClient(daemon["url"], daemon["token"], client_id="krita-test", client_name="krita-test",
-                                  editor="krita " + app.version())
+            client = plugin_client.BridgeClient(daemon["url"], daemon["token"], client_id="krita-test",
+                                                client_name="krita-test", editor="krita " + app.version())
             welcome = client.connect()
             check("daemon_tasks", "local_edit" in [t["name"] for t in welcome.tasks])
             events = []
             spec = JobSpec("t1", "local_edit", "make it green {image}", read.image, read.mask, [],
                            {"seed": 7, "steps": 2})
-            run_job(client, spec, lambda lid, kind, payload: events.append((kind, payload)))
-            kinds = [k for k, _ in events]
+            run_job(client, spec, lambda lid, event: events.append(event))
+            kinds = [e.state if isinstance(e, jobs.JobEnded) else e.TYPE for e in events]
             check("daemon_events", kinds[0] == "accepted" and kinds[-1] == "done" and "progress" in kinds, kinds)
-            results = events[-1][1]["results"] if kinds[-1] == "done" else []
-            client.ack(events[0][1]["job_id"]) if kinds and kinds[0] == "accepted" else None
+            results = list(events[-1].results) if kinds[-1] == "done" else []
+            client.ack(events[0].job_id) if kinds and kinds[0] == "accepted" else None
             client.close()
             prov = results[0].provenance if results else {}
         else:
