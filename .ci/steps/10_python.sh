@@ -12,5 +12,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 echo "[10_python] installing the project and its test dependencies"
-retry .venv/bin/pip install -q -c .ci/constraints.txt torch==2.13.0 -e '.[dev]'
+retry .venv/bin/pip install -q -c .ci/constraints.txt torch==2.13.0 -e '.[dev,ray]'
 .venv/bin/python -c "import torch, diffusers, transformers, aiohttp, ace_protocol, bridge_server; print('[10_python] torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
