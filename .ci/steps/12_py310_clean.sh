@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A clean Python 3.10 environment with nothing but msgpack and websockets: the protocol package must import and
-# work there, because it runs inside Krita's and GIMP's own Python. tests/unit/test_py310_clean.py uses it.
+# A clean Python 3.10 environment with nothing but msgpack and websockets: the protocol package and the editor core
+# must import and work there, because they run inside Krita's and GIMP's own Python. tests/unit/test_py310_clean.py uses it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ENV_DIR="${ACE_PY310_ENV:-.cache/py310-clean}"
@@ -21,6 +21,8 @@ fi
 import sys
 sys.path.insert(0, "shared")
 import ace_protocol.client, ace_protocol.codec, ace_protocol.geometry, ace_protocol.discovery, ace_protocol.tasks  # noqa
+import ace_editor.forms, ace_editor.history, ace_editor.jobs, ace_editor.naming, ace_editor.provenance  # noqa
+import ace_editor.settings  # noqa
 from ace_protocol.codec import decode_client_message, encode
 from ace_protocol.messages import Hello
 m = Hello(client_id="c", client_name="n", client_version="v", protocol_versions=[1])
@@ -28,5 +30,6 @@ assert decode_client_message(encode(m)) == m
 extra = sorted(d.metadata["Name"] for d in __import__("importlib.metadata").metadata.distributions()
                if d.metadata["Name"] not in ("pip", "setuptools", "msgpack", "websockets", "ace-bridge"))
 assert not extra, extra
-print("[12_py310_clean] ace_protocol imports and round-trips on", sys.version.split()[0])
+assert ace_editor.forms.params_from(ace_protocol.tasks.TASKS["inpaint"], {"steps": 0}) == {}
+print("[12_py310_clean] ace_protocol and ace_editor import and work on", sys.version.split()[0])
 PY
