@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import ChainMapProxy, WSCloseCode, WSMsgType, web
 
 from bridge_server.config import ServerConfig
 from bridge_server.server.state import STATE, AppState
@@ -90,12 +90,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _app_state(request: web.Request) -> AppState:
-    return request.app[STATE]
+    return request.config_dict[STATE]
 
 
 def _need_session(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        if not request.app[PANEL].valid_session(request.cookies.get(COOKIE)):
+        if not request.config_dict[PANEL].valid_session(request.cookies.get(COOKIE)):
             return web.json_response({"error": "unauthorized", "message": "open the panel with `ace-bridge panel`"},
                                      status=401)
         return await handler(request)
@@ -193,19 +193,23 @@ async def get_code(request: web.Request) -> web.Response:
     state = _app_state(request)
     header = request.headers.get("Authorization", "")
     given = header[7:].strip() if header.lower().startswith("bearer ") else None
+    transport = request.transport
+    key = state.throttle.key_for(request.remote or "?", transport.get_extra_info("peername") if transport else None,
+                                 transport.get_extra_info("sockname") if transport else None)
+    if not state.throttle.admit(key):  # decided before the token is looked at (server/security.py)
+        return web.json_response({"error": "rate_limited", "message": "too many wrong tokens; wait a minute"},
+                                 status=429)
     if not tokens_equal(given, state.current_token()):
-        peer = request.remote or "?"
-        state.throttle.failed(peer)
-        await asyncio.sleep(state.throttle.delay_for(peer))
+        await asyncio.sleep(state.throttle.failed(key))
         return web.json_response({"error": "unauthorized", "message": "wrong or missing token"}, status=401)
     if request.content_type not in ("application/json", "application/octet-stream") and request.can_read_body:
         return web.json_response({"error": "unsupported_media_type", "message": "JSON bodies only"}, status=415)
-    code = request.app[PANEL].new_code()
+    code = request.config_dict[PANEL].new_code()
     return web.json_response({"code": code, "path": f"/panel/?code={code}", "expires_s": CODE_TTL_S})
 
 
 async def index(request: web.Request) -> web.StreamResponse:
-    panel = request.app[PANEL]
+    panel = request.config_dict[PANEL]
     code = request.query.get("code")
     if code is not None:
         session = panel.redeem(code)
@@ -245,7 +249,7 @@ async def static(request: web.Request) -> web.StreamResponse:
 
 @_need_session
 async def api_state(request: web.Request) -> web.Response:
-    return web.json_response(_snapshot(request.app, 0, 60))
+    return web.json_response(_snapshot(request.config_dict, 0, 60))
 
 
 @_need_session
@@ -256,7 +260,7 @@ async def api_history(request: web.Request) -> web.Response:
     except ValueError:
         return web.json_response({"error": "bad_request", "message": "offset and limit are integers"}, status=400)
     page = history_page(_app_state(request), offset, limit)
-    page["version"] = request.app[PANEL].history_version
+    page["version"] = request.config_dict[PANEL].history_version
     return web.json_response(page)
 
 
@@ -270,7 +274,7 @@ def _entry(request: web.Request) -> str:
 @_need_session
 async def api_thumb(request: web.Request) -> web.Response:
     entry = _entry(request)
-    panel = request.app[PANEL]
+    panel = request.config_dict[PANEL]
     data = panel.thumbs.get(entry)
     if data is None:
         try:
@@ -309,7 +313,7 @@ async def api_cancel(request: web.Request, body: dict[str, Any]) -> web.Response
     if not isinstance(job_id, str):
         return web.json_response({"error": "bad_request", "message": "job_id is required"}, status=400)
     ok = _app_state(request).queue.cancel(job_id)
-    request.app[PANEL].mark("queue")
+    request.config_dict[PANEL].mark("queue")
     return web.json_response({"ok": ok})
 
 
@@ -323,7 +327,7 @@ async def api_pause(request: web.Request, body: dict[str, Any]) -> web.Response:
         gate.pause()
     else:
         gate.resume()
-    request.app[PANEL].mark("engine", "queue")
+    request.config_dict[PANEL].mark("engine", "queue")
     return web.json_response({"ok": True, "paused": gate.paused})
 
 
@@ -333,7 +337,7 @@ async def api_delete(request: web.Request, body: dict[str, Any]) -> web.Response
     if not isinstance(entry, str) or not ENTRY_RE.match(entry):
         return web.json_response({"error": "bad_request", "message": "entry is required"}, status=400)
     ok = await asyncio.to_thread(_app_state(request).history.delete, entry)
-    panel = request.app[PANEL]
+    panel = request.config_dict[PANEL]
     panel.thumbs.pop(entry, None)
     if ok:
         panel.history_version += 1
@@ -358,7 +362,7 @@ async def api_settings(request: web.Request, body: dict[str, Any]) -> web.Respon
     if mode is not None and setter is not None:
         set_mode = setter
         await state.queue.on_engine_thread(lambda: set_mode(mode))
-    request.app[PANEL].mark("engine")
+    request.config_dict[PANEL].mark("engine")
     return web.json_response({"ok": True, "settings": settings_view(state)})
 
 
@@ -374,7 +378,7 @@ async def api_rotate(request: web.Request, body: dict[str, Any]) -> web.Response
 
 
 async def panel_ws(request: web.Request) -> web.StreamResponse:
-    panel = request.app[PANEL]
+    panel = request.config_dict[PANEL]
     if not panel.valid_session(request.cookies.get(COOKIE)):
         return web.Response(status=401, text="unauthorized\n")
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=64 * 1024)
@@ -382,7 +386,7 @@ async def panel_ws(request: web.Request) -> web.StreamResponse:
     panel.sockets.add(ws)
     info: dict[str, Any] = {}
     try:
-        await ws.send_str(json.dumps({"type": "snapshot", **_snapshot(request.app, None, 0)}))
+        await ws.send_str(json.dumps({"type": "snapshot", **_snapshot(request.config_dict, None, 0)}))
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
                 continue
@@ -402,7 +406,7 @@ async def panel_ws(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-def _snapshot(app: web.Application, offset: int | None, limit: int) -> dict[str, Any]:
+def _snapshot(app: ChainMapProxy | web.Application, offset: int | None, limit: int) -> dict[str, Any]:
     state = app[STATE]
     panel = app[PANEL]
     snap: dict[str, Any] = {"engine": engine_view(state), "clients": clients_view(state), "queue": queue_view(state)}
@@ -468,25 +472,31 @@ async def _engine_watch(app: web.Application) -> None:
 
 
 def setup_panel(app: web.Application, config: ServerConfig) -> None:
-    """Add the panel's routes; hook into the queue and hub once the daemon's state exists."""
-    app[PANEL] = PanelState()
-    app.router.add_post("/panel/api/code", get_code)
-    app.router.add_get("/panel", _redirect_slash)
-    app.router.add_get("/panel/", index)
-    app.router.add_get("/panel/static/{name}", static)
-    app.router.add_get("/panel/api/state", api_state)
-    app.router.add_get("/panel/api/history", api_history)
-    app.router.add_get("/panel/api/thumb/{entry}", api_thumb)
-    app.router.add_get("/panel/api/image/{entry}", api_image)
-    app.router.add_get("/panel/api/meta/{entry}", api_meta)
-    app.router.add_post("/panel/api/cancel", api_cancel)
-    app.router.add_post("/panel/api/pause", api_pause)
-    app.router.add_post("/panel/api/history/delete", api_delete)
-    app.router.add_post("/panel/api/token/rotate", api_rotate)
-    app.router.add_post("/panel/api/settings", api_settings)
-    app.router.add_get("/panel/ws", panel_ws)
+    """Mount the panel as a sub-app under /panel/; hook into the queue and hub once the daemon's state exists.
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+    The daemon's security middleware covers the sub-app too (aiohttp runs the parent's middlewares for it), and
+    its handlers reach the daemon's state through `request.config_dict`, which also looks in the parent app.
+    """
+    panel_state = PanelState()
+    app[PANEL] = panel_state  # the daemon app carries it too, so tests and `_pusher` find it there
+    panel_app = web.Application()
+    panel_app[PANEL] = panel_state
+    panel_app.router.add_post("/api/code", get_code)
+    panel_app.router.add_get("/", index)
+    panel_app.router.add_get("/static/{name}", static)
+    panel_app.router.add_get("/api/state", api_state)
+    panel_app.router.add_get("/api/history", api_history)
+    panel_app.router.add_get("/api/thumb/{entry}", api_thumb)
+    panel_app.router.add_get("/api/image/{entry}", api_image)
+    panel_app.router.add_get("/api/meta/{entry}", api_meta)
+    panel_app.router.add_post("/api/cancel", api_cancel)
+    panel_app.router.add_post("/api/pause", api_pause)
+    panel_app.router.add_post("/api/history/delete", api_delete)
+    panel_app.router.add_post("/api/token/rotate", api_rotate)
+    panel_app.router.add_post("/api/settings", api_settings)
+    panel_app.router.add_get("/ws", panel_ws)
+
+    async def lifecycle(_panel_app: web.Application) -> AsyncIterator[None]:
 
         panel = app[PANEL]
         panel.wake = asyncio.Event()  # bound to the running loop
@@ -521,12 +531,14 @@ def setup_panel(app: web.Application, config: ServerConfig) -> None:
             if on_clients in state.hub.on_change:
                 state.hub.on_change.remove(on_clients)
 
-    async def close_sockets(app: web.Application) -> None:
-        for ws in list(app[PANEL].sockets):
+    async def close_sockets(_panel_app: web.Application) -> None:
+        for ws in list(panel_state.sockets):
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"daemon shutting down")
 
-    app.cleanup_ctx.append(lifecycle)
-    app.on_shutdown.append(close_sockets)
+    panel_app.cleanup_ctx.append(lifecycle)
+    panel_app.on_shutdown.append(close_sockets)
+    app.router.add_get("/panel", _redirect_slash)  # before the sub-app, so the bare prefix is answered here
+    app.add_subapp("/panel", panel_app)
 
 
 async def _redirect_slash(request: web.Request) -> web.StreamResponse:
