@@ -37,6 +37,18 @@ def new_job_id() -> str:
     return secrets.token_hex(16)
 
 
+def job_log_line(job: Job, state: JobState, error: tuple[str, str] | None) -> str:
+    """One line per finished job for the daemon log: who, task, size, steps, seconds, outcome."""
+    who = job.editor or "unknown client"
+    image = job.inputs.image if job.inputs is not None else None
+    height, width = image.shape[:2] if image is not None else (job.height, job.width)
+    steps = job.params.get("steps", "?")
+    seconds = f"{time.monotonic() - job.started:.1f} s" if job.started is not None else "never started"
+    outcome = state.value if error is None else f"{state.value} ({error[0]}: {error[1][:120]})"
+    return (f"job {job.id[:8]} from {who} [{job.client_id[:12]}]: {job.task} {width}x{height}, {steps} steps, "
+            f"{job.count} image(s), {seconds}: {outcome}")
+
+
 class JobQueue:
     def __init__(self, config: ServerConfig, engine: Engine, history: History, journal: Journal) -> None:
         self.config = config
@@ -174,6 +186,7 @@ class JobQueue:
         job.state = state
         job.error = error
         job.finished = self.config.clock()
+        log.info("%s", job_log_line(job, state, error))
         job.inputs = None
         self.stats[state.value] = self.stats.get(state.value, 0) + 1
         if state is JobState.FAILED and error:
