@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from bridge_server.engine import diffusers_adapter as dx
+
 DEFAULTS: dict[str, Any] = {
     "fuse_lora": True,
     "fuse_qkv": True,
@@ -121,21 +123,7 @@ def unfuse(pipe) -> str:
 # ----------------------------------------------------------------------------------------------------- attention
 def _backend_usable(name: str) -> str | None:
     """None when the diffusers backend `name` can run here, else why not."""
-    try:
-        from diffusers.models.attention_dispatch import AttentionBackendName, _check_attention_backend_requirements
-    except ImportError:
-        return "diffusers has no attention dispatcher"
-    try:
-        backend = AttentionBackendName(name)
-    except ValueError:
-        return f"unknown backend {name!r}"
-    if name.endswith("_hub"):
-        return "hub kernels need a download"
-    try:
-        _check_attention_backend_requirements(backend)
-    except Exception as exc:  # noqa: BLE001 - the reason is what we report
-        return str(exc).split(". ")[0]
-    return None
+    return dx.attention_backend_problem(name)
 
 
 def _time_backend(name: str, shape: tuple[int, int, int, int], device, dtype, iters: int = 5) -> float:
@@ -296,7 +284,7 @@ def compile_transformer(pipe, mode: str = "default", dynamic: bool | None = None
     tr = _transformer(pipe)
     if not hasattr(torch, "compile"):
         return "skipped: torch without torch.compile"
-    if getattr(tr, "_repeated_blocks", None) and hasattr(tr, "compile_repeated_blocks"):
+    if dx.repeated_blocks(tr) and hasattr(tr, "compile_repeated_blocks"):
         tr.compile_repeated_blocks(mode=mode, dynamic=dynamic, fullgraph=fullgraph)
         how = "regional (repeated blocks)"
     else:
@@ -308,10 +296,7 @@ def compile_transformer(pipe, mode: str = "default", dynamic: bool | None = None
 
 def uncompile_transformer(pipe) -> None:
     """Undo `compile_transformer` (modules compiled with Module.compile run eagerly again)."""
-    for m in _transformer(pipe).modules():
-        if getattr(m, "_compiled_call_impl", None) is not None:
-            m._compiled_call_impl = None
-    torch._dynamo.reset()
+    dx.reset_compiled(_transformer(pipe))
 
 
 def apply_optimizations(pipe, options: dict | None = None) -> dict[str, str]:

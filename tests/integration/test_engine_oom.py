@@ -8,7 +8,7 @@ import pytest
 import torch
 from ace_protocol.errors import ErrorCode
 
-import bridge_server.engine.ace_plus as ace_plus
+import bridge_server.engine.manager as manager
 from bridge_server.engine.ace_plus import AcePlusEngine
 from bridge_server.engine.base import EngineError, EngineJob
 
@@ -36,7 +36,7 @@ def test_oom_in_auto_mode_fails_the_job_and_the_next_load_steps_down(tiny_model_
     assert engine.state()["state"] == "unloaded"  # the next job reloads
 
     # Whatever free VRAM says next time, auto never goes above the mode it stepped down to.
-    monkeypatch.setattr(ace_plus, "_vram", lambda: {"free_gib": 1000.0})
+    monkeypatch.setattr(manager, "vram", lambda: {"free_gib": 1000.0})
     assert engine._resolve_memory_mode("cuda:0") == "model-offload"
     engine.run(inpaint_job(), lambda *_: None, lambda: False)  # and it still runs (here on the CPU)
     engine.close()
