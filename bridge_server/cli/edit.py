@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from ace_protocol.images import ImagePayload
-from ace_protocol.tasks import TASKS
+from ace_protocol.tasks import CONTROL, TASKS, param_help
 from PIL import Image
 
 from bridge_server.cli.common import (
@@ -41,12 +41,15 @@ def _load(path: str, what: str, mode: str) -> np.ndarray:
 
 def collect_params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    for name in ("seed", "steps", "count", "guidance", "max_tokens", "feather", "width", "height", "mode"):
+    for name in ("seed", "steps", "count", "guidance", "max_tokens", "feather", "width", "height", "mode",
+                 "repainting_scale", "annotator", "keep_pixels_rate"):
         value = getattr(args, name, None)
         if value is not None:
             params[name] = value
     if args.face:
         params["face"] = True
+    if getattr(args, "no_keep_pixels", False):
+        params["keep_pixels"] = False
     for item in args.param:
         name, sep, raw = item.partition("=")
         if not sep:
@@ -66,6 +69,14 @@ def run_edit(args: argparse.Namespace) -> int:
         image = _load(args.image, "image", "RGBA") if args.image else None
         mask = _load(args.mask, "mask", "L") if args.mask else None
         refs = [_load(r, "reference", "RGBA") for r in args.ref]
+        if spec.reference_kind == CONTROL:
+            # A control image travels as the task's one reference (the task table's reference_kind says so).
+            if refs:
+                raise UsageError(f"task '{spec.name}' takes a control image: give it with --control, not --ref")
+            refs = [_load(args.control, "control image", "RGBA")] if args.control else []
+        elif args.control:
+            raise UsageError(f"task '{spec.name}' takes no control image; tasks that do: "
+                             + ", ".join(t.name for t in TASKS.values() if t.reference_kind == CONTROL))
         if mask is not None and image is not None and mask.shape != image.shape[:2]:
             raise UsageError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
                              f"{image.shape[1]}x{image.shape[0]}")
@@ -238,7 +249,10 @@ def register(sub: Subparsers) -> None:
     edit.add_argument("--prompt", default="")
     edit.add_argument("--image", help="input image (PNG/WebP/JPEG)")
     edit.add_argument("--mask", help="mask image: white = change, soft values kept")
-    edit.add_argument("--ref", action="append", default=[], help="reference image (repeatable)")
+    edit.add_argument("--ref", action="append", default=[],
+                      help="reference image (repeatable: several are placed side by side in the order given)")
+    edit.add_argument("--control", help="control image (depth, contour, sketch) for local_edit --mode no_preprocess "
+                      "and fft_control, used inside the mask as given")
     edit.add_argument("--width", type=int)
     edit.add_argument("--height", type=int)
     edit.add_argument("--seed", type=int)
@@ -247,7 +261,12 @@ def register(sub: Subparsers) -> None:
     edit.add_argument("--guidance", type=float)
     edit.add_argument("--max-tokens", type=int)
     edit.add_argument("--feather", type=int)
-    edit.add_argument("--mode", help="local_edit mode: repaint, canny, mosaic, recolor")
+    edit.add_argument("--mode", help=param_help("mode"))
+    edit.add_argument("--repainting-scale", type=float, help=param_help("repainting_scale"))
+    edit.add_argument("--annotator", help=param_help("annotator"))
+    edit.add_argument("--keep-pixels-rate", type=float, help=param_help("keep_pixels_rate"))
+    edit.add_argument("--no-keep-pixels", action="store_true",
+                      help="fft_reference/fft_reference_edit: align references to the edit height instead")
     edit.add_argument("--face", action="store_true", help="reference_edit: the reference is a face")
     edit.add_argument("--param", action="append", default=[], metavar="NAME=JSON", help="any other task parameter")
     edit.add_argument("--patch-only", action="store_true", help="write only the result patch (RGBA)")

@@ -4,15 +4,21 @@ numpy + PIL, and OpenCV for the local-edit annotators (the authors' scepter anno
 daemon-only dependency, never imported by shared/ or the editor plugins).
 
 One function per task, each following a rule of the authors' preprocessing (ali-vilab/ACE_plus `f3e410b`,
-`inference/utils.py::ACEPlusImageProcessor`, see docs in shared/reference/ace_plus.md), in the authors' order:
+`inference/utils.py::ACEPlusImageProcessor`), in the authors' order:
 
 1. flatten transparent pixels over white (the authors' inputs are RGB files, white where nothing was painted);
 2. run the local-edit annotator (canny/mosaic/recolor, OpenCV as scepter calls it) on the whole image and
    composite it inside the SOFT mask (`Image.composite(structure, image, mask)`, as the authors' `edit_preprocess`);
+   `no_preprocess` (the authors' edit type for a user's own depth/contour/sketch image) composites the job's control
+   image there instead, or keeps the image itself as the guide when no control image is sent;
 3. centre-crop anything beyond 4:1 (exclusive), image AND mask alike; normalise to [-1, 1]; binarise the mask
    (> 128); a missing or all-zero mask becomes a full mask;
 4. `edit *= 1 - mask * repainting_scale`; without an edit image the target is zeros (mid-grey) with a full mask;
 5. resize the reference (bilinear, antialiased) to the edit height and put it LEFT of the edit, mask 0 there;
+   FFT tasks with `keep_pixels` (their infer_fft.py default, rate 0.8): shrink the reference only when it is at
+   least rate x edit height tall (to int(rate x edit height)), then pad it with 0 (mid-grey) to the edit height,
+   the smaller half on top; several references are placed side by side in the order given, each by the same rule,
+   the edit last (`[ref1 | ref2 | ... | edit]`, as the authors' training data concatenates reference contexts);
 6. ONE nearest-exact resize of the whole canvas to the token budget, floored to multiples of 16, never upscaled.
 
 Deliberate differences from the authors' code (an editor needs pixel alignment):
@@ -21,7 +27,13 @@ Deliberate differences from the authors' code (an editor needs pixel alignment):
 - the result is resized back to the exact region size (also without a reference) and parts that the 4:1 crop
   removed are restored from the original region;
 - the mask is cropped together with the image beyond 4:1 (the authors' code crashes there);
-- mosaic shrinks a side shorter than 64 px to 1 px (the authors' size 0 makes OpenCV raise).
+- mosaic shrinks a side shorter than 64 px to 1 px (the authors' size 0 makes OpenCV raise);
+- a control image of another size than the region is resized to it (bilinear) before the composite.
+
+Repainting scales, as the authors set them: local-editing LoRA 1.0 for repaint and 0.5 for every structure mode
+(models/model_zoo.yaml LOCAL_EDITING.REPAINTING_SCALE, used by demo_lora.py for each of its edit types); FFT edit
+types 1.0 for repainting and 0.0 for all others (config/ace_plus_fft.yaml PREPROCESSOR). Both demos let the user
+override the scale (a 0-1 slider): the `repainting_scale` parameter.
 
 Canvas convention: `Plan.canvas` is float32 HxWx3 in [-1, 1] (0 = mid-grey), `Plan.mask` float32 HxW with 0/1
 (1 = generate). For the FFT model `canvas` is the "edit" input (canvas x (1 - mask)) and `change` is canvas x mask.
@@ -50,6 +62,11 @@ MASK_THRESHOLD = 128  # strictly greater than 128 is masked
 FLATTEN_BACKGROUND = 255  # transparent pixels are flattened over white (the authors' RGB inputs)
 LOCAL_EDIT_SCALE = 0.5  # repainting scale of the structure-keeping local-edit modes with the LoRA
 MOSAIC_RATIO = 64  # scepter ColorAnnotator ratio
+KEEP_PIXELS_RATE = 0.8  # the FFT path's keep_pixels_rate (infer_fft.py, demo_fft.py, the ComfyUI FFT processor)
+FFT_REPAINT_SCALE, FFT_KEEP_SCALE = 1.0, 0.0  # config/ace_plus_fft.yaml: repainting 1.0, every other edit type 0.0
+MAX_REFERENCES = 4  # as the protocol (messages.MAX_REFERENCES); the model was trained with one
+LOCAL_EDIT_MODES = ("repaint", "canny", "mosaic", "recolor", "no_preprocess")
+FFT_ANNOTATORS = ("none", "mosaic")  # fft_control; the authors' contour and depth annotators are not in ACE Bridge
 CANNY_LOW, CANNY_HIGH = 100, 200  # authors' canny_repainting thresholds
 
 Box = tuple[int, int, int, int]  # x, y, width, height
@@ -73,6 +90,10 @@ class Plan:
     crop: Box  # the part of the model output that becomes the result, canvas pixels
     output: tuple[int, int]  # region width, height
     mode: str = "repaint"
+    # [x0, x1) canvas columns of each reference, in the order given (their union is `reference_columns`).
+    reference_spans: tuple[tuple[int, int], ...] = ()
+    keep_pixels_rate: float | None = None  # FFT keep_pixels rule for the references; None: aligned to the edit height
+    control: bool = False  # a control image was composited inside the mask (no_preprocess)
     # For inputs beyond 4:1: the flattened region (uint8 RGB) and where the model's part sits inside it.
     region_rgb: np.ndarray | None = field(default=None, repr=False)
     region_box: Box | None = None
@@ -103,6 +124,9 @@ class Plan:
             "adapter": self.adapter,
             "transformer": self.transformer,
             "mode": self.mode,
+            "references": [list(span) for span in self.reference_spans],
+            "keep_pixels_rate": self.keep_pixels_rate,
+            "control": self.control,
             "crop": {"x": x, "y": y, "width": w, "height": h},
             "output": {"width": self.output[0], "height": self.output[1]},
         }
@@ -194,8 +218,11 @@ def fit_size(width: int, height: int, max_tokens: int) -> tuple[int, int]:
 
 
 def nearest_exact_index(n_in: int, n_out: int) -> np.ndarray:
-    """Source index of each output index for nearest-exact (pixel centres), as torch's `nearest-exact`."""
-    idx = np.floor((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out)).astype(np.int64)
+    """Source index of each output index for nearest-exact (pixel centres), as torch's `nearest-exact` computes it
+    on the CPU, where the authors' preprocessing runs: floor((i + 0.5) * scale) in float32, scale = float32(n_in) /
+    n_out. (In float64 the result differs for some sizes, e.g. 768 -> 608 rows picks 10 other rows.)"""
+    scale = np.float32(n_in) / np.float32(n_out)
+    idx = np.floor((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale).astype(np.int64)
     return np.minimum(idx, n_in - 1)
 
 
@@ -289,14 +316,46 @@ class _Inputs:
     crop_offset: int
     image: np.ndarray | None  # uint8 RGBA/RGB region
     mask: np.ndarray | None
-    reference: np.ndarray | None
+    references: list[np.ndarray]  # in the order given; placed left to right, the edit last
     size: tuple[int, int]  # output size when there is no image
-    mode: str = "repaint"
+    mode: str = "repaint"  # repaint | canny | mosaic | recolor | no_preprocess
+    control: np.ndarray | None = None  # no_preprocess: the user's own structure image (uint8 RGBA/RGB)
+    keep_pixels_rate: float | None = None  # FFT keep_pixels; None: references aligned to the edit height
+
+
+def place_reference(reference: np.ndarray, edit_height: int, keep_pixels_rate: float | None = None) -> np.ndarray:
+    """One reference as the authors place it beside an edit of `edit_height` rows: [-1, 1] float, that height.
+
+    Centre-cropped beyond 4:1 first (their `image_check`). Without keep_pixels (the LoRA path): bilinear,
+    antialiased, to the edit height, width int(w * eh / h). With keep_pixels (FFT): shrunk the same way to
+    int(eh * rate) rows only when h >= rate * eh, then padded with 0 (mid-grey) to eh rows, the smaller half on top
+    (`T.Pad((0, d // 2, 0, d - d // 2))`)."""
+    ref = flatten_rgb(reference)
+    rx, ry, rw, rh = aspect_crop_box(ref.shape[1], ref.shape[0])
+    signed = to_signed(ref[ry : ry + rh, rx : rx + rw])
+    if keep_pixels_rate is None:
+        return resize_bilinear(signed, max(1, int(rw * (edit_height / rh))), edit_height)
+    if rh >= keep_pixels_rate * edit_height:
+        th = int(edit_height * keep_pixels_rate)
+        signed = resize_bilinear(signed, max(1, int(rw * (th / rh))), th)
+    delta = edit_height - signed.shape[0]
+    top = delta // 2
+    return np.pad(signed, ((top, delta - top), (0, 0), (0, 0)))
+
+
+def _control_rgb(control: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The user's control image as uint8 RGB at the region's size (flattened over white like every input)."""
+    rgb = flatten_rgb(control)
+    if (rgb.shape[1], rgb.shape[0]) != (width, height):
+        rgb = np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
+    return rgb
 
 
 def _build(inp: _Inputs) -> Plan:
     region_rgb = None
     region_box = None
+    if inp.control is not None and inp.mode != "no_preprocess":
+        raise _bad(f"a control image is used only with mode no_preprocess (task '{inp.task}', mode {inp.mode})")
     if inp.image is not None:
         rgb_full = flatten_rgb(inp.image)
         fh, fw = rgb_full.shape[:2]
@@ -306,10 +365,14 @@ def _build(inp: _Inputs) -> Plan:
         if mask_full is not None and mask_full.shape != (fh, fw):
             raise _bad(f"mask is {mask_full.shape[1]}x{mask_full.shape[0]} but the image is {fw}x{fh}")
         model_rgb = rgb_full
-        if inp.mode != "repaint":
+        structure = None
+        if inp.mode in ANNOTATORS:
             # The authors' order: annotate the whole (uncropped) image, composite with the soft mask, then check 4:1.
-            control = ANNOTATORS[inp.mode](rgb_full)
-            model_rgb = composite_soft(control, rgb_full, soft_mask(mask_full, fh, fw))
+            structure = ANNOTATORS[inp.mode](rgb_full)
+        elif inp.mode == "no_preprocess" and inp.control is not None:
+            structure = _control_rgb(inp.control, fw, fh)
+        if structure is not None:
+            model_rgb = composite_soft(structure, rgb_full, soft_mask(mask_full, fh, fw))
         bx, by, bw, bh = aspect_crop_box(fw, fh)
         if (bw, bh) != (fw, fh):
             # Crop image and mask alike; the ends come back from the original in postprocess.
@@ -320,6 +383,8 @@ def _build(inp: _Inputs) -> Plan:
         edit = to_signed(rgb)
         output = (fw, fh)
     else:
+        if inp.control is not None:
+            raise _bad(f"task '{inp.task}' has no image for a control image to guide")
         w, h = inp.size
         if max(w / h, h / w) > MAX_ASPECT:
             raise _bad(f"width x height {w}x{h} is beyond 4:1; ACE++ accepts at most 4:1")
@@ -329,20 +394,20 @@ def _build(inp: _Inputs) -> Plan:
 
     edit = edit * (1.0 - mask[..., None] * inp.scale)
     eh = edit.shape[0]
-    slice_w = 0
-    if inp.reference is not None:
-        ref = flatten_rgb(inp.reference)
-        rx, ry, rw, rh = aspect_crop_box(ref.shape[1], ref.shape[0])
-        ref = to_signed(ref[ry : ry + rh, rx : rx + rw])
-        ref = resize_bilinear(ref, int(rw * (eh / rh)), eh)
-        slice_w = ref.shape[1]
-        edit = np.concatenate([ref, edit], axis=1)
+    placed = [place_reference(r, eh, inp.keep_pixels_rate) for r in inp.references]
+    widths = [r.shape[1] for r in placed]
+    slice_w = sum(widths)
+    if placed:
+        edit = np.concatenate([*placed, edit], axis=1)
         mask = np.concatenate([np.zeros((eh, slice_w), np.float32), mask], axis=1)
 
     full_h, full_w = edit.shape[:2]
     rw_, rh_ = fit_size(full_w, full_h, inp.max_tokens)
     cols = nearest_exact_index(full_w, rw_) if rw_ > 0 else np.zeros(0, np.int64)
-    boundary = int(np.count_nonzero(cols < slice_w))  # true reference/edit boundary after the one resize
+    # True boundaries after the one resize: the first canvas column that samples past each source boundary.
+    edges = np.cumsum([0, *widths])
+    bounds = [int(np.count_nonzero(cols < e)) for e in edges]
+    boundary = bounds[-1]  # reference/edit boundary
     if rh_ < TOKEN_PATCH or rw_ - boundary < TOKEN_PATCH:
         raise _bad(
             f"the region ({output[0]}x{output[1]}) is too small after fitting {inp.max_tokens} tokens; "
@@ -371,6 +436,9 @@ def _build(inp: _Inputs) -> Plan:
         crop=(x0, 0, rw_ - x0, rh_),
         output=output,
         mode=inp.mode,
+        reference_spans=tuple((bounds[i], bounds[i + 1]) for i in range(len(placed))),
+        keep_pixels_rate=inp.keep_pixels_rate if placed else None,
+        control=inp.control is not None and inp.image is not None,
         region_rgb=region_rgb,
         region_box=region_box,
     )
@@ -386,8 +454,46 @@ def _need(value: Any, what: str, task: str) -> Any:
     return value
 
 
-def subject(prompt: str, reference: np.ndarray, *, width: int = 1024, height: int = 1024, **common: Any) -> Plan:
-    """Reference -> new scene. Subject LoRA, blank (zero) target of the requested size, full mask, scale 1."""
+References = np.ndarray | list[np.ndarray] | tuple[np.ndarray, ...] | None
+
+
+def _refs(references: References, task: str, *, needed: bool = True) -> list[np.ndarray]:
+    """One reference or several (in order), 1..MAX_REFERENCES of them (0 allowed when not `needed`)."""
+    if references is None:
+        refs: list[np.ndarray] = []
+    elif isinstance(references, np.ndarray):
+        refs = [references]
+    else:
+        refs = list(references)
+    if needed and not refs:
+        raise _bad(f"task '{task}' needs a reference image")
+    if len(refs) > MAX_REFERENCES:
+        raise _bad(f"task '{task}' takes at most {MAX_REFERENCES} reference images, got {len(refs)}")
+    return refs
+
+
+def _scale(value: float | None, default: float) -> float:
+    if value is None:
+        return default
+    value = float(value)
+    if not 0.0 <= value <= 1.0:
+        raise _bad(f"repainting_scale must be between 0 and 1, got {value}")
+    return value
+
+
+def _keep_rate(keep_pixels: bool, rate: float) -> float | None:
+    if not keep_pixels:
+        return None
+    rate = float(rate)
+    if not 0.0 < rate <= 1.0:
+        raise _bad(f"keep_pixels_rate must be above 0 and at most 1, got {rate}")
+    return rate
+
+
+def subject(
+    prompt: str, reference: References, *, width: int = 1024, height: int = 1024, **common: Any
+) -> Plan:
+    """Reference(s) -> new scene. Subject LoRA, blank (zero) target of the requested size, full mask, scale 1."""
     return _build(
         _Inputs(
             "subject",
@@ -397,15 +503,17 @@ def subject(prompt: str, reference: np.ndarray, *, width: int = 1024, height: in
             1.0,
             image=None,
             mask=None,
-            reference=_need(reference, "a reference", "subject"),
+            references=_refs(reference, "subject"),
             size=(width, height),
             **_common(common),
         )
     )
 
 
-def portrait(prompt: str, reference: np.ndarray, *, width: int = 1024, height: int = 1024, **common: Any) -> Plan:
-    """Face reference -> new scene keeping the identity. Portrait LoRA, blank target, full mask, scale 1."""
+def portrait(
+    prompt: str, reference: References, *, width: int = 1024, height: int = 1024, **common: Any
+) -> Plan:
+    """Face reference(s) -> new scene keeping the identity. Portrait LoRA, blank target, full mask, scale 1."""
     return _build(
         _Inputs(
             "portrait",
@@ -415,7 +523,7 @@ def portrait(prompt: str, reference: np.ndarray, *, width: int = 1024, height: i
             1.0,
             image=None,
             mask=None,
-            reference=_need(reference, "a face reference", "portrait"),
+            references=_refs(reference, "portrait"),
             size=(width, height),
             **_common(common),
         )
@@ -433,7 +541,7 @@ def instruct(prompt: str, image: np.ndarray, **common: Any) -> Plan:
             0.0,
             image=_need(image, "an image", "instruct"),
             mask=None,
-            reference=None,
+            references=[],
             size=(0, 0),
             **_common(common),
         )
@@ -441,13 +549,22 @@ def instruct(prompt: str, image: np.ndarray, **common: Any) -> Plan:
 
 
 def local_edit(
-    prompt: str, image: np.ndarray, mask: np.ndarray | None, *, mode: str = "repaint", **common: Any
+    prompt: str,
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    *,
+    mode: str = "repaint",
+    repainting_scale: float | None = None,
+    control: np.ndarray | None = None,
+    **common: Any,
 ) -> Plan:
     """Masked region + instruction. Local-editing LoRA; repaint at scale 1, or canny/mosaic/recolor (annotator
-    output composited inside the mask) at scale 0.5 so the structure survives at half contrast."""
-    if mode not in ("repaint", *ANNOTATORS):
-        raise _bad(f"local_edit mode must be repaint, canny, mosaic or recolor, got {mode!r:.40}")
-    scale = 1.0 if mode == "repaint" else LOCAL_EDIT_SCALE
+    output composited inside the mask) at scale 0.5 so the structure survives at half contrast; no_preprocess
+    composites the user's own control image there instead (or keeps the image itself as the guide), also at 0.5.
+    `repainting_scale` overrides the mode's scale (the authors' demo slider)."""
+    if mode not in LOCAL_EDIT_MODES:
+        raise _bad(f"local_edit mode must be one of {', '.join(LOCAL_EDIT_MODES)}, got {mode!r:.40}")
+    scale = _scale(repainting_scale, 1.0 if mode == "repaint" else LOCAL_EDIT_SCALE)
     return _build(
         _Inputs(
             "local_edit",
@@ -457,18 +574,25 @@ def local_edit(
             scale,
             image=_need(image, "an image", "local_edit"),
             mask=mask,
-            reference=None,
+            references=[],
             size=(0, 0),
             mode=mode,
+            control=control,
             **_common(common),
         )
     )
 
 
 def reference_edit(
-    prompt: str, image: np.ndarray, mask: np.ndarray | None, reference: np.ndarray, *, face: bool = False, **common: Any
+    prompt: str,
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    reference: References,
+    *,
+    face: bool = False,
+    **common: Any,
 ) -> Plan:
-    """Masked region + reference (logo, try-on, face swap). Subject LoRA, portrait LoRA for faces; scale 1."""
+    """Masked region + reference(s) (logo, try-on, face swap). Subject LoRA, portrait LoRA for faces; scale 1."""
     return _build(
         _Inputs(
             "reference_edit",
@@ -478,7 +602,7 @@ def reference_edit(
             1.0,
             image=_need(image, "an image", "reference_edit"),
             mask=mask,
-            reference=_need(reference, "a reference", "reference_edit"),
+            references=_refs(reference, "reference_edit"),
             size=(0, 0),
             **_common(common),
         )
@@ -496,7 +620,7 @@ def generate(prompt: str, *, width: int = 1024, height: int = 1024, **common: An
             1.0,
             image=None,
             mask=None,
-            reference=None,
+            references=[],
             size=(width, height),
             **_common(common),
         )
@@ -514,10 +638,149 @@ def inpaint(prompt: str, image: np.ndarray, mask: np.ndarray | None, **common: A
             1.0,
             image=_need(image, "an image", "inpaint"),
             mask=mask,
-            reference=None,
+            references=[],
             size=(0, 0),
             **_common(common),
         )
+    )
+
+
+# The FFT model's edit types (config/ace_plus_fft.yaml PREPROCESSOR), each as the authors' examples run it
+# (examples.py fft_examples through infer_fft.py / demo_fft.py: use_change, keep_pixels at 0.8, guidance 50).
+
+
+def _fft_edit(
+    task: str,
+    prompt: str,
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    *,
+    mode: str,
+    scale: float,
+    control: np.ndarray | None = None,
+    references: list[np.ndarray] | None = None,
+    keep_pixels_rate: float | None = None,
+    **common: Any,
+) -> Plan:
+    return _build(
+        _Inputs(
+            task,
+            prompt,
+            None,
+            "fft",
+            scale,
+            image=_need(image, "an image", task),
+            mask=mask,
+            references=references or [],
+            size=(0, 0),
+            mode=mode,
+            control=control,
+            keep_pixels_rate=keep_pixels_rate,
+            **_common(common),
+        )
+    )
+
+
+def fft_repaint(
+    prompt: str, image: np.ndarray, mask: np.ndarray | None, *, repainting_scale: float | None = None, **common: Any
+) -> Plan:
+    """Regional repaint (their "repainting", e.g. "a blue hand"): the masked area greyed out (scale 1), FFT."""
+    scale = _scale(repainting_scale, FFT_REPAINT_SCALE)
+    return _fft_edit("fft_repaint", prompt, image, mask, mode="repaint", scale=scale, **common)
+
+
+def fft_super_resolution(
+    prompt: str, image: np.ndarray, mask: np.ndarray | None, *, repainting_scale: float | None = None, **common: Any
+) -> Plan:
+    """Masked super-resolution (their sr_tiger example, edit type no_preprocess): the blurry content stays under
+    the mask at scale 0 and goes to the "change" channels; the model redraws it sharp. Nothing is upscaled here
+    (nor in the authors' code): scale the layer up first, then select what to restore."""
+    scale = _scale(repainting_scale, FFT_KEEP_SCALE)
+    return _fft_edit("fft_super_resolution", prompt, image, mask, mode="no_preprocess", scale=scale, **common)
+
+
+def fft_colorize(
+    prompt: str, image: np.ndarray, mask: np.ndarray | None, *, repainting_scale: float | None = None, **common: Any
+) -> Plan:
+    """Colourisation (their "recolorizing"): GrayAnnotator grey composited inside the soft mask, scale 0, FFT."""
+    scale = _scale(repainting_scale, FFT_KEEP_SCALE)
+    return _fft_edit("fft_colorize", prompt, image, mask, mode="recolor", scale=scale, **common)
+
+
+def fft_control(
+    prompt: str,
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    *,
+    control: np.ndarray | None = None,
+    annotator: str = "none",
+    repainting_scale: float | None = None,
+    **common: Any,
+) -> Plan:
+    """Controllable generation: the user's control image (depth, contour, sketch; their no_preprocess) composited
+    inside the soft mask, or the image itself when none is sent; or their mosaic_repainting (annotator mosaic).
+    Scale 0: the structure goes to the "change" channels."""
+    if annotator not in FFT_ANNOTATORS:
+        raise _bad(f"fft_control annotator must be one of {', '.join(FFT_ANNOTATORS)}, got {annotator!r:.40}")
+    if control is not None and annotator != "none":
+        raise _bad("fft_control uses either a control image or an annotator, not both")
+    mode = "no_preprocess" if annotator == "none" else annotator
+    scale = _scale(repainting_scale, FFT_KEEP_SCALE)
+    return _fft_edit("fft_control", prompt, image, mask, mode=mode, scale=scale, control=control, **common)
+
+
+def fft_reference(
+    prompt: str,
+    reference: References,
+    *,
+    width: int = 1024,
+    height: int = 1024,
+    keep_pixels: bool = True,
+    keep_pixels_rate: float = KEEP_PIXELS_RATE,
+    **common: Any,
+) -> Plan:
+    """Reference-guided generation on the FFT model (their portrait/subject FFT examples): blank target of the
+    requested size, full mask, scale 1, references placed by the keep_pixels rule."""
+    return _build(
+        _Inputs(
+            "fft_reference",
+            prompt,
+            None,
+            "fft",
+            FFT_REPAINT_SCALE,
+            image=None,
+            mask=None,
+            references=_refs(reference, "fft_reference"),
+            size=(width, height),
+            keep_pixels_rate=_keep_rate(keep_pixels, keep_pixels_rate),
+            **_common(common),
+        )
+    )
+
+
+def fft_reference_edit(
+    prompt: str,
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    reference: References,
+    *,
+    repainting_scale: float | None = None,
+    keep_pixels: bool = True,
+    keep_pixels_rate: float = KEEP_PIXELS_RATE,
+    **common: Any,
+) -> Plan:
+    """Reference-guided editing on the FFT model (their photo-editing, logo, try-on, face-swap FFT examples):
+    masked area greyed out (scale 1), references placed by the keep_pixels rule."""
+    return _fft_edit(
+        "fft_reference_edit",
+        prompt,
+        image,
+        mask,
+        mode="repaint",
+        scale=_scale(repainting_scale, FFT_REPAINT_SCALE),
+        references=_refs(reference, "fft_reference_edit"),
+        keep_pixels_rate=_keep_rate(keep_pixels, keep_pixels_rate),
+        **common,
     )
 
 
@@ -539,7 +802,17 @@ RECIPES: dict[str, Callable[..., Plan]] = {
     "reference_edit": reference_edit,
     "generate": generate,
     "inpaint": inpaint,
+    "fft_repaint": fft_repaint,
+    "fft_super_resolution": fft_super_resolution,
+    "fft_colorize": fft_colorize,
+    "fft_control": fft_control,
+    "fft_reference": fft_reference,
+    "fft_reference_edit": fft_reference_edit,
 }
+#: Tasks whose `references` carry one control image for the mask (the task table's reference_kind "control").
+CONTROL_TASKS = ("local_edit", "fft_control")
+#: Tasks that take reference images beside the edit.
+REFERENCE_TASKS = ("subject", "portrait", "reference_edit", "fft_reference", "fft_reference_edit")
 
 
 def plan_for_job(job: EngineJob, *, max_tokens_limit: int = 16384) -> Plan:
@@ -549,27 +822,56 @@ def plan_for_job(job: EngineJob, *, max_tokens_limit: int = 16384) -> Plan:
     if max_tokens > max_tokens_limit:
         raise _bad(f"max_tokens {max_tokens} is above this server's limit of {max_tokens_limit}")
     common = {"max_tokens": max_tokens, "crop_offset": int(params.get("crop_offset", 0))}
-    ref = job.references[0] if job.references else None
-    if len(job.references) > 1:
-        raise _bad("ACE++ takes one reference image")
+    task = job.task
+    if task not in RECIPES:
+        raise ProtocolError(ErrorCode.UNKNOWN_TASK, f"unknown task {task!r:.40}; known: {', '.join(RECIPES)}")
+    refs = list(job.references or [])
+    control = None
+    if task in CONTROL_TASKS:
+        if len(refs) > 1:
+            raise _bad(f"task '{task}' takes at most one control image (as its reference), got {len(refs)}")
+        control = refs[0] if refs else None
+    elif task not in REFERENCE_TASKS and refs:
+        raise _bad(f"task '{task}' takes no reference image, got {len(refs)}")
     width = int(params.get("width", job.width))
     height = int(params.get("height", job.height))
-    task = job.task
+    scale = params.get("repainting_scale")
+    keep = {
+        "keep_pixels": bool(params.get("keep_pixels", True)),
+        "keep_pixels_rate": float(params.get("keep_pixels_rate", KEEP_PIXELS_RATE)),
+    }
     if task == "subject":
-        return subject(job.prompt, ref, width=width, height=height, **common)
+        return subject(job.prompt, refs, width=width, height=height, **common)
     if task == "portrait":
-        return portrait(job.prompt, ref, width=width, height=height, **common)
+        return portrait(job.prompt, refs, width=width, height=height, **common)
     if task == "instruct":
         return instruct(job.prompt, job.image, **common)
     if task == "local_edit":
-        return local_edit(job.prompt, job.image, job.mask, mode=str(params.get("mode", "repaint")), **common)
+        mode = str(params.get("mode", "repaint"))
+        return local_edit(job.prompt, job.image, job.mask, mode=mode, repainting_scale=scale, control=control, **common)
     if task == "reference_edit":
-        return reference_edit(job.prompt, job.image, job.mask, ref, face=bool(params.get("face", False)), **common)
+        return reference_edit(job.prompt, job.image, job.mask, refs, face=bool(params.get("face", False)), **common)
     if task == "generate":
         return generate(job.prompt, width=width, height=height, **common)
     if task == "inpaint":
         return inpaint(job.prompt, job.image, job.mask, **common)
-    raise ProtocolError(ErrorCode.UNKNOWN_TASK, f"unknown task {task!r:.40}; known: {', '.join(RECIPES)}")
+    if task == "fft_repaint":
+        return fft_repaint(job.prompt, job.image, job.mask, repainting_scale=scale, **common)
+    if task == "fft_super_resolution":
+        return fft_super_resolution(job.prompt, job.image, job.mask, repainting_scale=scale, **common)
+    if task == "fft_colorize":
+        return fft_colorize(job.prompt, job.image, job.mask, repainting_scale=scale, **common)
+    if task == "fft_control":
+        annotator = str(params.get("annotator", "none"))
+        return fft_control(
+            job.prompt, job.image, job.mask, control=control, annotator=annotator, repainting_scale=scale, **common
+        )
+    if task == "fft_reference":
+        if job.image is not None:
+            raise _bad("task 'fft_reference' makes a new image; send width and height instead of an image")
+        return fft_reference(job.prompt, refs, width=width, height=height, **keep, **common)
+    # fft_reference_edit
+    return fft_reference_edit(job.prompt, job.image, job.mask, refs, repainting_scale=scale, **keep, **common)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -591,6 +893,10 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "repainting_scale": plan.repainting_scale,
         "adapter": plan.adapter,
         "transformer": plan.transformer,
+        "mode": plan.mode,
+        "references": [list(span) for span in plan.reference_spans],
+        "keep_pixels_rate": plan.keep_pixels_rate,
+        "control": plan.control,
         "crop": {"x": x, "y": y, "width": w, "height": h},
         "output": {"width": plan.output[0], "height": plan.output[1]},
     }

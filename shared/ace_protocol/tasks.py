@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import bad_request
+from .messages import MAX_REFERENCES
 
 MAX_PROMPT_CHARS = 4000
 #: Upper bound for the per-job token budget; the daemon may announce a lower one in `welcome`.
@@ -101,13 +102,46 @@ MODE = ParamSpec(
     "mode",
     "enum",
     "repaint",
-    choices=("repaint", "canny", "mosaic", "recolor"),
-    description="repaint, or keep structure inside the mask",
+    choices=("repaint", "canny", "mosaic", "recolor", "no_preprocess"),
+    description="repaint, or keep structure inside the mask (no_preprocess: the control image, or the image itself, "
+    "as the guide)",
 )
 FACE = ParamSpec("face", "bool", False, description="the reference is a face: use the portrait LoRA")
 CROP_OFFSET = ParamSpec(
     "crop_offset", "int", 0, 0, 64, description="extra columns dropped after the reference (the authors' code uses 30)"
 )
+#: local_edit: None (left out) = the mode's own scale, as the authors' demo resets its slider per edit type.
+REPAINTING_SCALE = ParamSpec(
+    "repainting_scale",
+    "float",
+    None,
+    0.0,
+    1.0,
+    description="how much of the content inside the mask is greyed out (1 repaints, 0 keeps it); "
+    "default: 1 for repaint, 0.5 for the structure modes",
+)
+#: The FFT tasks: the authors' config/ace_plus_fft.yaml scale of each edit type (repainting 1, the others 0).
+FFT_REPAINT_SCALE = ParamSpec(
+    "repainting_scale", "float", 1.0, 0.0, 1.0, description=REPAINTING_SCALE.description.split(";")[0]
+)
+FFT_KEEP_SCALE = ParamSpec("repainting_scale", "float", 0.0, 0.0, 1.0, description=FFT_REPAINT_SCALE.description)
+ANNOTATOR = ParamSpec(
+    "annotator",
+    "enum",
+    "none",
+    choices=("none", "mosaic"),
+    description="none: the control image (or the image itself) as given; mosaic: a 64 px mosaic of the image",
+)
+KEEP_PIXELS = ParamSpec(
+    "keep_pixels", "bool", True, description="references keep their pixels: shrunk only when taller than the rate "
+    "times the edit height, then padded to it (the FFT model's rule)"
+)
+KEEP_PIXELS_RATE = ParamSpec(
+    "keep_pixels_rate", "float", 0.8, 0.5, 1.0, description="the largest reference height, as a share of the edit height"
+)
+#: `TaskSpec.reference_kind`: what a task's `references` are.
+REFERENCE = "reference"  # pictures of a subject, face, logo, ... placed left of the edit
+CONTROL = "control"  # at most one structure image (edges, depth, a sketch) used inside the mask, not shown beside it
 
 COMMON_PARAMS: tuple[ParamSpec, ...] = (SEED, STEPS, GUIDANCE, COUNT, MAX_TOKENS, FEATHER)
 #: The same parameters with the plain-Fill guidance default.
@@ -128,6 +162,8 @@ class TaskSpec:
     model: str
     prompt_template: str
     params: tuple[ParamSpec, ...] = field(default=COMMON_PARAMS)
+    #: REFERENCE (images shown to the model beside the edit) or CONTROL (a structure image for the mask).
+    reference_kind: str = REFERENCE
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)
@@ -144,7 +180,8 @@ class TaskSpec:
                    bool(wire.get("needs_image")), bool(wire.get("needs_selection")),
                    int(wire.get("min_references") or 0), int(wire.get("max_references") or 0),
                    str(wire.get("model") or BASE_MODEL), str(wire.get("prompt_template") or ""),
-                   tuple(ParamSpec.from_wire(p) for p in wire.get("params") or () if isinstance(p, dict)))
+                   tuple(ParamSpec.from_wire(p) for p in wire.get("params") or () if isinstance(p, dict)),
+                   str(wire.get("reference_kind") or REFERENCE))
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -158,6 +195,7 @@ class TaskSpec:
             "model": self.model,
             "prompt_template": self.prompt_template,
             "params": [p.to_wire() for p in self.params],
+            "reference_kind": self.reference_kind,
         }
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -193,10 +231,11 @@ TASKS: dict[str, TaskSpec] = {
             True,
             True,
             0,
-            0,
+            1,
             "local",
             "Remove the apple in {image} mask.",
-            COMMON_PARAMS + (MODE,),
+            COMMON_PARAMS + (MODE, REPAINTING_SCALE),
+            CONTROL,
         ),
         TaskSpec(
             "reference_edit",
@@ -205,7 +244,7 @@ TASKS: dict[str, TaskSpec] = {
             True,
             True,
             1,
-            1,
+            MAX_REFERENCES,
             "subject",
             "The logo is printed on the headphones in {image}.",
             COMMON_PARAMS + (FACE, CROP_OFFSET),
@@ -217,7 +256,7 @@ TASKS: dict[str, TaskSpec] = {
             False,
             False,
             1,
-            1,
+            MAX_REFERENCES,
             "subject",
             "Display the logo in a minimalist style printed on a mug.",
             COMMON_PARAMS + (WIDTH, HEIGHT, CROP_OFFSET),
@@ -229,7 +268,7 @@ TASKS: dict[str, TaskSpec] = {
             False,
             False,
             1,
-            1,
+            MAX_REFERENCES,
             "portrait",
             "Maintain the facial features, a girl is wearing a red coat in the snow.",
             COMMON_PARAMS + (WIDTH, HEIGHT, CROP_OFFSET),
@@ -257,6 +296,80 @@ TASKS: dict[str, TaskSpec] = {
             "base",
             "A vase of sunflowers.",
             FILL_PARAMS,
+        ),
+        # The FFT model's other edit types, as the authors run them (config/ace_plus_fft.yaml, examples.py).
+        TaskSpec(
+            "fft_repaint",
+            "Regional Repaint (FFT)…",
+            "python-fu-ace-bridge-fft-repaint",
+            True,
+            True,
+            0,
+            0,
+            "fft",
+            "Mechanical hands like a robot.",
+            COMMON_PARAMS + (FFT_REPAINT_SCALE,),
+        ),
+        TaskSpec(
+            "fft_super_resolution",
+            "Masked Super-Resolution (FFT)…",
+            "python-fu-ace-bridge-fft-super-resolution",
+            True,
+            True,
+            0,
+            0,
+            "fft",
+            "{image} features a close-up of a young, furry tiger cub on a rock.",
+            COMMON_PARAMS + (FFT_KEEP_SCALE,),
+        ),
+        TaskSpec(
+            "fft_colorize",
+            "Colourise (FFT)…",
+            "python-fu-ace-bridge-fft-colorize",
+            True,
+            True,
+            0,
+            0,
+            "fft",
+            "{image} Beautiful female portrait, natural lighting, highly detailed.",
+            COMMON_PARAMS + (FFT_KEEP_SCALE,),
+        ),
+        TaskSpec(
+            "fft_control",
+            "Controlled Generation (FFT)…",
+            "python-fu-ace-bridge-fft-control",
+            True,
+            True,
+            0,
+            1,
+            "fft",
+            "{image} Beautiful female portrait, robot with a smooth white transparent carbon shell.",
+            COMMON_PARAMS + (ANNOTATOR, FFT_KEEP_SCALE),
+            CONTROL,
+        ),
+        TaskSpec(
+            "fft_reference",
+            "Reference Generation (FFT)…",
+            "python-fu-ace-bridge-fft-reference",
+            False,
+            False,
+            1,
+            MAX_REFERENCES,
+            "fft",
+            "Maintain the facial features, a girl is wearing a neat police uniform and sporting a badge.",
+            COMMON_PARAMS + (WIDTH, HEIGHT, KEEP_PIXELS, KEEP_PIXELS_RATE, CROP_OFFSET),
+        ),
+        TaskSpec(
+            "fft_reference_edit",
+            "Reference Edit (FFT)…",
+            "python-fu-ace-bridge-fft-reference-edit",
+            True,
+            True,
+            1,
+            MAX_REFERENCES,
+            "fft",
+            "The logo is printed on the headphones.",
+            COMMON_PARAMS + (FFT_REPAINT_SCALE, KEEP_PIXELS, KEEP_PIXELS_RATE, CROP_OFFSET),
         ),
     )
 }

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from ace_protocol.errors import ErrorCode
+from ace_protocol.tasks import TASKS
 
 from bridge_server.engine.ace_plus import AcePlusEngine
 from bridge_server.engine.base import EngineError, EngineJob, JobCancelled
@@ -31,8 +32,12 @@ def engine(tiny_root: Path):
     eng.close()
 
 
-def make_job(task: str, seed: int = 1, **params) -> EngineJob:
-    has_image = task not in ("subject", "portrait", "generate")
+NO_IMAGE = ("subject", "portrait", "generate", "fft_reference")
+WITH_REFERENCE = ("subject", "portrait", "reference_edit", "fft_reference", "fft_reference_edit")
+
+
+def make_job(task: str, seed: int = 1, references: list[np.ndarray] | None = None, **params) -> EngineJob:
+    has_image = task not in NO_IMAGE
     mask = np.zeros((48, 80), np.uint8)
     mask[8:40, 16:64] = 255
     return EngineJob(
@@ -42,7 +47,7 @@ def make_job(task: str, seed: int = 1, **params) -> EngineJob:
         params={"steps": STEPS, "width": 64, "height": 48, **params},
         image=rgba(80, 48) if has_image else None,
         mask=mask if has_image else None,
-        references=[rgba(48, 48, 2)] if task in ("subject", "portrait", "reference_edit") else [],
+        references=references if references is not None else [rgba(48, 48, 2)] if task in WITH_REFERENCE else [],
     )
 
 
@@ -54,13 +59,13 @@ def run(engine: AcePlusEngine, job: EngineJob, cancel_after: int | None = None):
     return result, steps
 
 
-ALL = ["instruct", "local_edit", "reference_edit", "subject", "portrait", "generate", "inpaint"]
+ALL = list(TASKS)  # the seven LoRA/base/instruct tasks and the six further FFT tasks
 
 
 @pytest.mark.parametrize("task", ALL)
 def test_every_task_returns_region_size_rgb(engine, task):
     result, steps = run(engine, make_job(task))
-    expected = (48, 64) if task in ("subject", "portrait", "generate") else (48, 80)
+    expected = (48, 64) if task in NO_IMAGE else (48, 80)
     assert result.rgb.shape == (*expected, 3) and result.rgb.dtype == np.uint8
     assert steps == [(i + 1, STEPS) for i in range(STEPS)]
     assert result.info["task"] == task and result.info["seed"] == 1
@@ -146,6 +151,65 @@ def test_fft_instruct_feeds_448_channels(engine):
     finally:
         handle.remove()
     assert seen[0].shape[-1] == 448 and result.info["transformer"] == "fft"
+
+
+FFT_TASKS = [t for t in TASKS if t.startswith("fft_")]
+
+
+@pytest.mark.parametrize("task", FFT_TASKS)
+def test_fft_tasks_feed_448_channels_without_a_lora(engine, task):
+    run(engine, make_job("instruct"))  # the FFT transformer is loaded
+    seen, handle = _capture_hidden(engine._fft)
+    try:
+        result, _ = run(engine, make_job(task))
+    finally:
+        handle.remove()
+    assert seen[0].shape[-1] == 448 and len(seen) == STEPS
+    assert result.info["transformer"] == "fft" and result.info["adapter"] is None
+    scale = TASKS[task].param("repainting_scale")  # the authors' scale of the edit type (fft_reference: 1)
+    assert result.info["guidance"] == 50.0 and result.info["repainting_scale"] == (1.0 if scale is None else scale.default)
+
+
+def test_fft_control_image_goes_into_the_change_channels(engine):
+    run(engine, make_job("instruct"))
+    seen, handle = _capture_hidden(engine._fft)
+    try:
+        plain, _ = run(engine, make_job("fft_control"))
+        guided, _ = run(engine, make_job("fft_control", references=[rgba(80, 48, 5)]))
+    finally:
+        handle.remove()
+    first, second = seen[0], seen[STEPS]
+    assert guided.info["control"] is True and plain.info["control"] is False
+    # noise 0:64 and the edit input 64:128 (the image outside the mask) are the same; "change" 128:192 is not.
+    assert torch.equal(first[..., :128], second[..., :128])
+    assert not torch.allclose(first[..., 128:192], second[..., 128:192])
+    assert not np.array_equal(plain.rgb, guided.rgb)
+
+
+def test_local_edit_repainting_scale_and_no_preprocess_control(engine):
+    run(engine, make_job("generate"))
+    seen, handle = _capture_hidden(engine._pipe.transformer)
+    try:
+        default, _ = run(engine, make_job("local_edit", mode="canny"))
+        lighter, _ = run(engine, make_job("local_edit", mode="canny", repainting_scale=0.2))
+        control, _ = run(engine, make_job("local_edit", mode="no_preprocess", references=[rgba(80, 48, 5)]))
+    finally:
+        handle.remove()
+    assert (default.info["repainting_scale"], lighter.info["repainting_scale"]) == (0.5, 0.2)
+    assert control.info["mode"] == "no_preprocess" and control.info["control"] is True
+    assert control.info["adapter"] == "local" and seen[0].shape[-1] == 384
+    assert not torch.allclose(seen[0][..., 64:128], seen[STEPS][..., 64:128])
+    assert control.rgb.shape == (48, 80, 3)
+
+
+@pytest.mark.parametrize("task", ["reference_edit", "subject", "fft_reference", "fft_reference_edit"])
+def test_several_references_in_one_job(engine, task):
+    refs = [rgba(48, 48, 2), rgba(32, 48, 3), rgba(24, 40, 4)]
+    result, _ = run(engine, make_job(task, references=refs))
+    spans = result.info["references"]
+    assert len(spans) == 3 and spans[0][0] == 0 and spans[-1][1] == result.info["edit_columns"][0]
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert result.rgb.shape == ((48, 64, 3) if task in NO_IMAGE else (48, 80, 3))
 
 
 def test_cancel_mid_run_skips_decode_and_next_job_runs(engine):

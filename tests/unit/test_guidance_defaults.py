@@ -35,6 +35,13 @@ EXPECTED = {
     "portrait": 50.0,
     "generate": 30.0,
     "inpaint": 30.0,
+    # The FFT model's edit types: 50 in the authors' config/ace_plus_fft.yaml (SAMPLE_ARGS.GUIDE_SCALE).
+    "fft_repaint": 50.0,
+    "fft_super_resolution": 50.0,
+    "fft_colorize": 50.0,
+    "fft_control": 50.0,
+    "fft_reference": 50.0,
+    "fft_reference_edit": 50.0,
 }
 
 
