@@ -20,6 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from bridge_server.install.sources import plugin_folder
 from bridge_server.install.vendor import vendor_into
 
 PLUGIN_NAME = "ace-bridge"
@@ -30,13 +31,8 @@ _SKIP = ("__pycache__", "_vendor")
 
 
 def plugin_source_dir() -> Path:
-    """The plug-in sources in this checkout (plugins_gimp/ace-bridge)."""
-    here = Path(__file__).resolve()
-    for base in here.parents:
-        candidate = base / "plugins_gimp" / PLUGIN_NAME
-        if (candidate / f"{PLUGIN_NAME}.py").is_file():
-            return candidate
-    raise FileNotFoundError(f"plugins_gimp/{PLUGIN_NAME}/{PLUGIN_NAME}.py not found above {here}")
+    """The plug-in folder ace-bridge/ (checkout or wheel)."""
+    return plugin_folder("plugins_gimp", "plugin_gimp", f"{PLUGIN_NAME}/{PLUGIN_NAME}.py") / PLUGIN_NAME
 
 
 def gimp_config_roots() -> list[Path]:

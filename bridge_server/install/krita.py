@@ -18,6 +18,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from bridge_server.install.sources import plugin_folder
 from bridge_server.install.vendor import vendor_into
 
 PLUGIN_NAME = "ace_bridge"
@@ -25,13 +26,8 @@ _SKIP = ("__pycache__", "_vendor")
 
 
 def plugin_source_dir() -> Path:
-    """plugins_krita/ in this checkout (holds ace_bridge/, ace_bridge.desktop, ace_bridge.action)."""
-    here = Path(__file__).resolve()
-    for base in here.parents:
-        candidate = base / "plugins_krita"
-        if (candidate / PLUGIN_NAME / "__init__.py").is_file():
-            return candidate
-    raise FileNotFoundError(f"plugins_krita/{PLUGIN_NAME}/__init__.py not found above {here}")
+    """The folder holding ace_bridge/, ace_bridge.desktop and ace_bridge.action (checkout or wheel)."""
+    return plugin_folder("plugins_krita", "plugin_krita", f"{PLUGIN_NAME}/__init__.py")
 
 
 def default_profile_dir() -> Path:

@@ -96,8 +96,14 @@ def vendor_libraries(target_dir: Path) -> None:
             archive = _download_sdist(dist, version)
         if archive is not None:
             _extract_package(archive, package, dest)
+            licence = _sdist_licence(archive)
         else:
             _copy_installed(dist, package, dest)
+            licence = _installed_licence(dist)
+        if licence is None:
+            raise VendorError(f"no licence file found for {dist}: a vendored copy must ship with its licence")
+        # Beside the library, inside its folder: the copy in a plug-in carries the terms it is distributed under.
+        (dest / "LICENSE").write_bytes(licence)
 
 
 #: Run in a fresh interpreter with the vendor folder's parent on sys.path: the vendored packages import through
@@ -201,6 +207,30 @@ def _extract_package(archive: Path, package: str, dest: Path) -> None:
         out = dest.joinpath(*rel.parts)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(data)
+
+
+def _is_licence_name(name: str) -> bool:
+    return name.upper().startswith(("LICENSE", "LICENCE", "COPYING"))
+
+
+def _sdist_licence(archive: Path) -> bytes | None:
+    """The licence text at the top of an sdist (`msgpack-1.1.0/COPYING`, `websockets-15.0/LICENSE`)."""
+    tops = sorted(((path, data) for path, data in _members(archive)
+                   if data is not None and _is_licence_name(path.name) and len(path.parts) <= 2),
+                  key=lambda item: len(item[0].parts))
+    return tops[0][1] if tops else None
+
+
+def _installed_licence(dist: str) -> bytes | None:
+    """The licence file recorded in the installed distribution's metadata folder."""
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if _is_licence_name(PurePosixPath(str(f)).name) and ".dist-info" in str(f):
+            return Path(str(f.locate())).read_bytes()
+    return None
 
 
 def _copy_installed(dist: str, package: str, dest: Path) -> None:
