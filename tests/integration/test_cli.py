@@ -119,3 +119,73 @@ def test_nf4_without_bitsandbytes_is_refused_at_start_with_the_install_command(t
 
     run = ace(isolated_env(tmp_path), "serve", "--demo", "--port", "0", "--quantize", "nf4", timeout=60)
     assert run.returncode == 2 and "ace-bridge[nf4]" in run.stderr
+
+
+def inverted(rgba: np.ndarray) -> np.ndarray:
+    out = rgba.copy()
+    out[..., :3] = 255 - out[..., :3]
+    return out
+
+
+def test_dry_run_of_the_fft_tasks_and_the_new_options(tmp_path, isolated_home):
+    """--control, --repainting-scale, several --ref, --keep-pixels-rate/--no-keep-pixels reach the recipe."""
+    import os
+
+    env = dict(os.environ)
+    image_path, mask_path, image, _ = write_inputs(tmp_path)
+    control_path, ref_a, ref_b = tmp_path / "control.png", tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(inverted(image)).save(control_path)
+    Image.fromarray(gradient_image(48, 64)).save(ref_a)
+    Image.fromarray(gradient_image(32, 40)).save(ref_b)
+
+    def plan(*args: str) -> dict:
+        out = tmp_path / f"plan{len(list(tmp_path.glob('plan*')))}"
+        run = ace(env, "edit", "--prompt", "{image} x", *args, "--dry-run", str(out))
+        assert run.returncode == 0, run.stderr
+        return json.loads((out / "plan.json").read_text())
+
+    local = plan("--task", "local_edit", "--image", str(image_path), "--mask", str(mask_path), "--mode",
+                 "no_preprocess", "--control", str(control_path), "--repainting-scale", "0.3")
+    assert (local["mode"], local["control"], local["repainting_scale"], local["adapter"]) == (
+        "no_preprocess", True, 0.3, "local")
+    control = plan("--task", "fft_control", "--image", str(image_path), "--mask", str(mask_path), "--control",
+                   str(control_path))
+    assert (control["transformer"], control["repainting_scale"], control["control"]) == ("fft", 0.0, True)
+    # 64-row target: a 64-row reference >= 0.6 * 64 shrinks to int(38.4) = 38 rows (28 columns); 40 rows >= 38.4 too
+    # (32 columns -> int(32 * 38 / 40) = 30): 28 + 30 + 96 = 154 columns, floored to 144 by the nearest-exact fit.
+    refs = plan("--task", "fft_reference", "--ref", str(ref_a), "--ref", str(ref_b), "--width", "96", "--height",
+                "64", "--keep-pixels-rate", "0.6")
+    assert refs["keep_pixels_rate"] == 0.6 and refs["canvas"] == {"width": 144, "height": 64}
+    assert len(refs["references"]) == 2 and refs["references"][1][1] == refs["edit_columns"][0]
+    aligned = plan("--task", "fft_reference", "--ref", str(ref_a), "--width", "96", "--height", "64",
+                   "--no-keep-pixels")
+    assert aligned["keep_pixels_rate"] is None and aligned["references"] == [[0, 48]]
+    for name in ("fft_repaint", "fft_super_resolution", "fft_colorize"):
+        assert plan("--task", name, "--image", str(image_path), "--mask", str(mask_path))["transformer"] == "fft"
+
+    wrong = ace(env, "edit", "--task", "inpaint", "--image", str(image_path), "--control", str(control_path),
+                "--dry-run", str(tmp_path / "x"))
+    assert wrong.returncode == 2 and "local_edit, fft_control" in wrong.stderr
+    wrong = ace(env, "edit", "--task", "local_edit", "--image", str(image_path), "--ref", str(ref_a),
+                "--dry-run", str(tmp_path / "x"))
+    assert wrong.returncode == 2 and "--control" in wrong.stderr
+
+
+def test_edit_runs_an_fft_task_with_a_control_image_and_a_job_with_two_references(demo_daemon, tmp_path):
+    image_path, mask_path, image, mask = write_inputs(tmp_path)
+    control_path, ref_a, ref_b = tmp_path / "control.png", tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(inverted(image)).save(control_path)
+    Image.fromarray(gradient_image(48, 64)).save(ref_a)
+    Image.fromarray(gradient_image(32, 40)).save(ref_b)
+    out = tmp_path / "out.png"
+    run = ace(demo_daemon.env, "edit", "--task", "fft_control", "--prompt", "{image} a robot", "--image",
+              str(image_path), "--mask", str(mask_path), "--control", str(control_path), "--steps", "2", "-o",
+              str(out))
+    assert run.returncode == 0, run.stderr
+    result = np.asarray(Image.open(out).convert("RGBA"))
+    assert result.shape == image.shape and (result[mask == 0] == image[mask == 0]).all()
+    run = ace(demo_daemon.env, "edit", "--task", "reference_edit", "--prompt", "the logo on {image}", "--image",
+              str(image_path), "--mask", str(mask_path), "--ref", str(ref_a), "--ref", str(ref_b), "--steps", "1",
+              "--patch-only", "-o", str(tmp_path / "two.png"))
+    assert run.returncode == 0, run.stderr
+    assert np.asarray(Image.open(tmp_path / "two.png")).shape == (64, 96, 4)
