@@ -154,7 +154,7 @@ def list_models(root: Path) -> list[dict[str, Any]]:
             "installed": layout.has_fft(),
             "bytes": _size(layout.fft),
             "required": False,
-            "used_for": "instruct",
+            "used_for": "instruct, fft_* tasks",
         }
     )
     return rows
