@@ -70,7 +70,7 @@ class ThreadDaemon:
     def start(self) -> ThreadDaemon:
         from aiohttp import web
 
-        from bridge_server.server.app import create_app
+        from bridge_server.server.app import BridgeRunner, create_app
 
         ready = threading.Event()
         errors: list[BaseException] = []
@@ -79,7 +79,7 @@ class ThreadDaemon:
 
         async def boot() -> None:
             self.app = create_app(self.config)
-            self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+            self._runner = BridgeRunner(self.app, handle_signals=False, access_log=None)
             await self._runner.setup()
             await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
 

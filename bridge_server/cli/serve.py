@@ -20,7 +20,7 @@ from aiohttp import web
 from bridge_server.cli.common import EXIT_CODES_HELP, Subparsers
 from bridge_server.config import ServerConfig, is_loopback_host
 from bridge_server.jobs.gate import Gate
-from bridge_server.server.app import create_app
+from bridge_server.server.app import BridgeRunner, create_app
 from bridge_server.server.lock import AlreadyRunning, DaemonLock
 from bridge_server.server.tokens import load_or_create_token, write_private
 
@@ -92,8 +92,48 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     return context
 
 
+def raise_open_file_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit, so a flood of half-open connections cannot exhaust 1024 descriptors
+    and lock editors out (the connection caps in server/security.py stay far below it)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY:
+            hard = max(soft, 1 << 20)
+        if soft != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def make_private(folder: Path, data: Path) -> str | None:
+    """Config and data folders 0700, files 0600 whatever the umask; an older install is tightened once, with one
+    log line. A folder that cannot be made gives the message to print instead."""
+    from bridge_server.store.private import private_dir, tighten
+
+    os.umask(0o077)  # everything this process creates from here on is private too
+    for path in (folder, data):
+        try:
+            private_dir(path)
+        except OSError as exc:
+            if path.is_dir():
+                continue  # read-only but there: the lock file below says what is wrong, in one line
+            return (f"ace-bridge: cannot create the folder {path} ({exc.strerror or exc}); "
+                    "set ACE_BRIDGE_CONFIG_DIR / ACE_BRIDGE_DATA_DIR to a writable folder")
+    changed = tighten([folder, data], skip=[data / "models", data / "demo-model"])
+    if changed:
+        log.info("made %d files and folders under %s and %s private to this user (they were readable by others)",
+                 changed, folder, data)
+    return None
+
+
 def run_server(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from bridge_server.server.security import install_log_rate_limit
+
+    install_log_rate_limit()
+    raise_open_file_limit()
     folder = config_dir()
     from bridge_server.store.paths import data_dir
 
@@ -122,9 +162,17 @@ def run_server(args: argparse.Namespace) -> int:
         print("ace-bridge: --quantize nf4 needs bitsandbytes: pip install 'ace-bridge[nf4]' (keep your torch)",
               file=sys.stderr)
         return 2
+    problem = make_private(folder, data)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     lock = DaemonLock(folder)
     try:
         lock.acquire()
+    except OSError as exc:  # a read-only or foreign config folder: one clear line, no traceback
+        print(f"ace-bridge: cannot write the lock file {lock.path} ({exc.strerror or exc}); the config folder "
+              "must be writable, or set ACE_BRIDGE_CONFIG_DIR to a writable folder", file=sys.stderr)
+        return 2
     except AlreadyRunning:
         runtime = read_runtime(folder) or {}
         print(
@@ -161,7 +209,7 @@ def run_server(args: argparse.Namespace) -> int:
 
 async def _serve(config: ServerConfig, context: ssl.SSLContext | None, args: argparse.Namespace) -> int:
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = BridgeRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, ssl_context=context, reuse_address=True)
     try:

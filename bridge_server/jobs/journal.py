@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from bridge_server.store.private import open_private, private_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -41,14 +43,16 @@ class Journal:
     def open(self, keep: dict[str, dict[str, Any]]) -> None:
         """Rewrite the journal with only the records worth keeping, then append from there."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path.parent)
             tmp = self.path.with_name(self.path.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
+            # 0600 whatever the umask: the journal holds every prompt in clear.
+            with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w", encoding="utf-8") as f:
                 for record in keep.values():
                     for event in _events_of(record):
                         f.write(json.dumps(event) + "\n")
             os.replace(tmp, self.path)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - lives as long as the daemon
+            self._file = os.fdopen(open_private(self.path, os.O_WRONLY | os.O_APPEND), "a",  # noqa: SIM115
+                                   encoding="utf-8")  # lives as long as the daemon
         except OSError as exc:
             self.warning = f"job journal {self.path} is not writable ({exc.strerror}); a restart would lose queue state"
             log.warning(self.warning)

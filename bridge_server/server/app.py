@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from ace_protocol import PROTOCOL_VERSION, __version__
 from aiohttp import WSCloseCode, web
@@ -13,12 +14,26 @@ from bridge_server.config import ServerConfig
 from bridge_server.jobs.journal import Journal
 from bridge_server.jobs.queue import JobQueue
 from bridge_server.server.panel.routes import setup_panel
-from bridge_server.server.security import security_middleware
+from bridge_server.server.security import GUARD, ConnectionGuard, security_middleware
 from bridge_server.server.sessions import websocket_handler
 from bridge_server.server.state import STATE, AppState
 from bridge_server.store.history import History
 
 log = logging.getLogger(__name__)
+
+
+class BridgeRunner(web.AppRunner):
+    """aiohttp's runner with the daemon's connection guard attached to its server (deadlines and a cap for
+    connections that have not proved the token yet) and a short keep-alive. `serve` and the tests use it."""
+
+    def __init__(self, app: web.Application, **kwargs: Any) -> None:
+        kwargs.setdefault("keepalive_timeout", 15.0)
+        super().__init__(app, **kwargs)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        self.app[GUARD].attach(server)
+        return server
 
 
 
@@ -40,10 +55,12 @@ async def health(request: web.Request) -> web.Response:
 
 def create_app(config: ServerConfig) -> web.Application:
     """A new daemon app. The engine is created by `config.engine_factory` when the app starts."""
+    guard = ConnectionGuard()
     app = web.Application(
-        middlewares=[security_middleware(config.allowed_hosts)],
+        middlewares=[security_middleware(config.allowed_hosts, guard)],
         client_max_size=1024 * 1024,  # HTTP bodies are small JSON; pixels travel on the WebSocket
     )
+    app[GUARD] = guard
     app.router.add_get("/v1/ws", websocket_handler)
     app.router.add_get("/v1/health", health)
 
@@ -56,7 +73,7 @@ def create_app(config: ServerConfig) -> web.Application:
         journal = Journal(config.journal_path)
         queue = JobQueue(config, engine, history, journal)
         await asyncio.to_thread(queue.restore)
-        state = AppState(config, engine, history, journal, queue)
+        state = AppState(config, engine, history, journal, queue, guard=guard)
         queue.listeners.append(state.hub.deliver)
         queue.wants_previews = state.hub.wants_previews
         app[STATE] = state

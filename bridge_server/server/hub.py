@@ -24,6 +24,19 @@ class BridgeWebSocket(web.WebSocketResponse):
             message = ErrorCode.TOO_LARGE.value.encode()
         return await super().close(code=code, message=message, drain=drain)
 
+    def raise_frame_limit(self, request: web.BaseRequest, max_msg_size: int) -> None:
+        """Until `hello` succeeds a frame may be only a few KiB (nothing big is read or decoded before the token
+        check); afterwards the announced limit applies. aiohttp's frame parser takes its limit when it is made, so
+        a new one with the larger limit replaces it between two frames (right after the hello frame)."""
+        from aiohttp._websocket.reader import WebSocketReader
+
+        parser = WebSocketReader(self._reader, max_msg_size, compress=False, decode_text=self._decode_text)
+        protocol = request.protocol
+        if protocol is None or getattr(self, "_parser", None) is None:
+            return
+        protocol._payload_parser = parser
+        self._parser = parser
+
 
 @dataclass
 class Connection:

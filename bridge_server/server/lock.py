@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import IO
 
+from bridge_server.store.private import open_private, private_dir
+
 
 class AlreadyRunning(Exception):
     pass
@@ -18,8 +20,8 @@ class DaemonLock:
         self._file: IO[str] | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the daemon's lifetime
+        private_dir(self.path.parent)
+        f = os.fdopen(open_private(self.path, os.O_RDWR), "r+", encoding="utf-8")  # noqa: SIM115 - held for life
         try:
             if sys.platform == "win32":
                 import msvcrt

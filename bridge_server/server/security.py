@@ -7,15 +7,22 @@ before the upgrade, so no message is ever read from it.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import logging
+import os
+import struct
 import time
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+log = logging.getLogger(__name__)
 
 
 def split_host(host_header: str) -> tuple[str, str | None]:
@@ -74,9 +81,11 @@ def origin_allowed(request: web.Request) -> bool:
     return parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower() and bool(host)
 
 
-def security_middleware(allowed_hosts: tuple[str, ...]) -> Middleware:
+def security_middleware(allowed_hosts: tuple[str, ...], guard: ConnectionGuard | None = None) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if guard is not None:
+            guard.request_started(request, websocket=request.path == "/v1/ws")
         if not host_allowed(request, allowed_hosts):
             return web.Response(status=403, text="forbidden: Host header not allowed (DNS rebinding guard)\n")
         if not origin_allowed(request):
@@ -96,38 +105,254 @@ def security_middleware(allowed_hosts: tuple[str, ...]) -> Middleware:
 
 
 class FailureThrottle:
-    """Slows down repeated wrong tokens per peer: each failure doubles the wait, capped, forgotten after a minute.
+    """Wrong tokens cost time, per principal, without ever slowing the right token of someone else.
 
-    Waits are handed out as consecutive time slots per peer, so guessing on many connections at once queues up
-    instead of paying one wait for all of them.
+    - The key is who connects, not the address they chose: on Linux a loopback peer is keyed by the user that owns
+      its socket (read from /proc/net/tcp), so rotating 127.x.y.z gains nothing; any other loopback peer counts as
+      one ("loopback"); a remote peer is keyed by its address (its /64 for IPv6).
+    - Programs of the daemon's own user are never throttled: they can read the token file anyway, and this is
+      what keeps editors unaffected by a flood from another user.
+    - Each wrong token reserves the key's next slot (50 ms, doubling per failure, capped at 2 s, forgotten after a
+      minute of no failure) and is answered at that slot. A key whose reserved slots reach `backlog` capped waits
+      into the future is refused with `rate_limited` *before* its token is checked, so no number of parallel or
+      abandoned connections checks more than about one guess per capped wait (0.5/s).
+    - A daemon-wide budget: once `global_budget` failures happened in the last minute, every key that has failed
+      in that minute is refused unchecked until the minute has passed; keys with no failure are unaffected.
     """
 
-    def __init__(self, base_s: float = 0.05, cap_s: float = 2.0, window_s: float = 60.0) -> None:
+    def __init__(self, base_s: float = 0.05, cap_s: float = 2.0, window_s: float = 60.0, backlog: int = 10,
+                 global_budget: int = 60, exempt_uids: tuple[int, ...] | None = None) -> None:
         self.base_s, self.cap_s, self.window_s = base_s, cap_s, window_s
+        self.backlog, self.global_budget = backlog, global_budget
+        self.exempt_uids = (os.geteuid(),) if exempt_uids is None and hasattr(os, "geteuid") else (exempt_uids or ())
         self._failures: dict[str, tuple[int, float]] = {}
         self._next_slot: dict[str, float] = {}
+        self._recent: deque[float] = deque()  # times of failures within the window, all keys
+        self.checked_failures = 0  # wrong tokens actually compared (tests and the log read it)
+        self.refused = 0  # attempts refused unchecked
 
-    def delay_for(self, peer: str) -> float:
-        """The wait before this attempt may be checked (reserves the peer's next slot)."""
-        count, last = self._failures.get(peer, (0, 0.0))
+    def key_for(self, peer: str, peername: Any = None, sockname: Any = None) -> str:
+        """The principal behind a connection: 'uid:N' (Linux loopback), 'loopback', or a remote address."""
+        try:
+            address = ipaddress.ip_address(peer.split("%")[0])
+        except ValueError:
+            return peer or "?"
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.is_loopback:
+            uid = loopback_peer_uid(peername, sockname)
+            if uid == GONE:
+                return "gone"
+            return f"uid:{uid}" if uid is not None else "loopback"
+        if isinstance(address, ipaddress.IPv6Address):
+            return str(ipaddress.ip_network(f"{address}/64", strict=False))
+        return str(address)
+
+    def exempt(self, key: str) -> bool:
+        return key.startswith("uid:") and int(key[4:]) in self.exempt_uids
+
+    def _live(self, key: str, now: float) -> int:
+        count, last = self._failures.get(key, (0, 0.0))
+        if count and now - last > self.window_s:
+            self._failures.pop(key, None)
+            self._next_slot.pop(key, None)
+            return 0
+        return count
+
+    def admit(self, key: str) -> bool:
+        """Whether this attempt may have its token checked at all (False: answer rate_limited, check nothing)."""
+        if self.exempt(key):
+            return True
         now = time.monotonic()
-        if not count or now - last > self.window_s:
+        while self._recent and now - self._recent[0] > self.window_s:
+            self._recent.popleft()
+        if not self._live(key, now):
+            return True
+        if self._next_slot.get(key, 0.0) - now > self.backlog * self.cap_s - 1e-9 or (
+            len(self._recent) >= self.global_budget
+        ):
+            self.refused += 1
+            return False
+        return True
+
+    def failed(self, key: str) -> float:
+        """Record a wrong token; returns how long to wait before answering it (its reserved slot)."""
+        self.checked_failures += 1
+        if self.exempt(key):
             return 0.0
-        step = min(self.cap_s, self.base_s * (2 ** max(0, count - 1)))
-        # Bounded backlog: a flood of parallel guesses holds no socket longer than 10 capped waits.
-        slot = min(max(now, self._next_slot.get(peer, 0.0)) + step, now + 10 * self.cap_s)
-        self._next_slot[peer] = slot
+        now = time.monotonic()
+        count = self._live(key, now) + 1
+        self._failures[key] = (count, now)
+        self._recent.append(now)
+        if len(self._failures) > 10_000:  # bounded memory under a flood of remote addresses
+            self._failures = {key: (count, now)}
+            self._next_slot = {k: v for k, v in self._next_slot.items() if k == key}
+        step = min(self.cap_s, self.base_s * (2 ** (count - 1)))
+        slot = max(now, self._next_slot.get(key, 0.0)) + step
+        self._next_slot[key] = slot
         return slot - now
 
-    def failed(self, peer: str) -> None:
-        count, last = self._failures.get(peer, (0, 0.0))
-        if time.monotonic() - last > self.window_s:
-            count = 0
-        self._failures[peer] = (count + 1, time.monotonic())
-        if len(self._failures) > 10_000:  # bounded memory under a flood of peers
-            self._failures.clear()
-            self._next_slot.clear()
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
+        self._next_slot.pop(key, None)
 
-    def succeeded(self, peer: str) -> None:
-        self._failures.pop(peer, None)
-        self._next_slot.pop(peer, None)
+
+GONE = -1
+
+
+def loopback_peer_uid(peername: Any, sockname: Any) -> int | None:
+    """The user owning the other end of a loopback TCP connection (Linux: /proc/net/tcp[6]), or None; GONE when
+    the peer has already closed its socket (the kernel then shows it as root's, with inode 0: never trust that)."""
+    if not (isinstance(peername, tuple) and isinstance(sockname, tuple)):
+        return None
+    try:
+        peer_ip, local_ip = ipaddress.ip_address(peername[0].split("%")[0]), ipaddress.ip_address(sockname[0])
+        want_local, want_remote = _proc_address(peer_ip, peername[1]), _proc_address(local_ip, sockname[1])
+        table = "/proc/net/tcp6" if peer_ip.version == 6 else "/proc/net/tcp"
+        with open(table, encoding="ascii") as f:
+            next(f, None)
+            for line in f:
+                fields = line.split()
+                if len(fields) > 9 and fields[1] == want_local and fields[2] == want_remote:
+                    return GONE if fields[9] == "0" else int(fields[7])
+    except (OSError, ValueError, IndexError, TypeError):
+        return None
+    return None
+
+
+def _proc_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
+    """How /proc/net/tcp prints an address: 32-bit words in host byte order, then the port, in hex."""
+    packed = ip.packed
+    words = "".join(f"{struct.unpack('=I', packed[i:i + 4])[0]:08X}" for i in range(0, len(packed), 4))
+    return f"{words}:{port:04X}"
+
+
+class ConnectionGuard:
+    """Bounds what a connection can hold before it has proved the token.
+
+    Every accepted connection is *pending* until its WebSocket `hello` succeeds (or, for plain HTTP, until a
+    complete request reached a handler). A pending connection is closed when its deadline (`deadline_s` from
+    accept: headers, upgrade and hello together) passes, and when more than `max_pending` are pending the oldest
+    is closed, so a new connection, an editor's included, always finds room. Attached to aiohttp's server in
+    `BridgeRunner` (server/app.py).
+    """
+
+    def __init__(self, max_pending: int = 256, deadline_s: float = 20.0) -> None:
+        self.max_pending, self.deadline_s = max_pending, deadline_s
+        self._pending: OrderedDict[Any, asyncio.TimerHandle] = OrderedDict()
+        self.dropped_deadline = 0
+        self.dropped_overflow = 0
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def attach(self, server: Any) -> None:
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: Any, transport: Any) -> None:
+            made(handler, transport)
+            self.opened(handler, transport)
+
+        def connection_lost(handler: Any, exc: BaseException | None) -> None:
+            self.settled(handler)
+            lost(handler, exc)
+
+        server.connection_made, server.connection_lost = connection_made, connection_lost
+
+    def opened(self, handler: Any, transport: Any) -> None:
+        loop = asyncio.get_running_loop()
+        self._pending[handler] = loop.call_later(self.deadline_s, self._expire, handler, transport)
+        while len(self._pending) > self.max_pending:
+            oldest, timer = self._pending.popitem(last=False)
+            timer.cancel()
+            self.dropped_overflow += 1
+            _abort(oldest)
+            limited_log(log, logging.WARNING, "too many connections without a token (%d); closed the oldest",
+                        self.max_pending)
+
+    def _expire(self, handler: Any, transport: Any) -> None:
+        if self._pending.pop(handler, None) is not None:
+            self.dropped_deadline += 1
+            limited_log(log, logging.INFO, "closed a connection that did not finish its request and hello within %g s",
+                        self.deadline_s)
+            transport.abort()
+
+    def settled(self, handler: Any) -> None:
+        """The connection proved itself (or is gone): no deadline, no longer counted."""
+        timer = self._pending.pop(handler, None)
+        if timer is not None:
+            timer.cancel()
+
+    def request_started(self, request: web.Request, websocket: bool) -> None:
+        """Called by the middleware: a plain HTTP request with complete headers settles its connection; a
+        WebSocket upgrade stays pending until its hello succeeds."""
+        if not websocket:
+            self.settled(request.protocol)
+
+
+GUARD = web.AppKey("guard", ConnectionGuard)
+
+
+def _abort(handler: Any) -> None:
+    transport = getattr(handler, "transport", None)
+    if transport is not None:
+        transport.abort()
+
+
+# ---------------------------------------------------------------------------------------------------- logging
+
+
+class RepeatLimiter(logging.Filter):
+    """Lets one record per (logger, message template) through every `every_s` seconds and notes how many it held
+    back, so a flood (e.g. "Too many open files" on accept) cannot fill the log or the disk."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, str(record.msg)[:200])
+        now = time.monotonic()
+        last, held = self._seen.get(key, (-1e9, 0))
+        if now - last < self.every_s:
+            self._seen[key] = (last, held + 1)
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} similar lines held back in the last {self.every_s:g} s)"
+        return True
+
+
+class QuietBadRequests(logging.Filter):
+    """aiohttp logs a malformed request (bad request line, bad header) as ERROR with a traceback; it is the
+    client's fault, so it becomes one INFO line without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__module__.startswith("aiohttp.http_exceptions"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = f"{record.msg}: {type(exc).__name__}: {str(exc)[:200]}"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_LIMITER = RepeatLimiter()
+
+
+def limited_log(logger: logging.Logger, level: int, msg: str, *args: Any) -> None:
+    """Log through the repeat limiter even where the daemon's handlers were not installed (tests)."""
+    record = logger.makeRecord(logger.name, level, "(security)", 0, msg, args, None)
+    if logger.isEnabledFor(level) and _LIMITER.filter(record):
+        logger.handle(record)
+
+
+def install_log_rate_limit() -> None:
+    """On every root handler: repeated lines are rate-limited, malformed HTTP is one INFO line (serve calls it)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RepeatLimiter) for f in handler.filters):
+            handler.addFilter(QuietBadRequests())
+            handler.addFilter(RepeatLimiter())

@@ -46,13 +46,17 @@ from bridge_server.server.tokens import tokens_equal
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 15.0
+PREAUTH_FRAME_BYTES = 64 * 1024  # a hello is a few hundred bytes
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
     state: AppState = request.app[STATE]
     config = state.config
-    ws = BridgeWebSocket(max_msg_size=config.max_frame_bytes, heartbeat=30.0, compress=False)
+    # Before the token check a frame may be only PREAUTH_FRAME_BYTES: nothing big is read or decoded for a peer
+    # that has proved nothing (raised to max_frame_bytes once hello succeeds).
+    ws = BridgeWebSocket(max_msg_size=min(PREAUTH_FRAME_BYTES, config.max_frame_bytes), heartbeat=30.0,
+                         compress=False)
     await ws.prepare(request)
     peer = request.remote or "?"
     state.sockets.add(ws)
@@ -119,16 +123,29 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
                       WSCloseCode.POLICY_VIOLATION)
         return None
     token = hello.token or _bearer(request)
-    delay = state.throttle.delay_for(connection.peer)
-    if delay:
-        await asyncio.sleep(delay)  # repeated wrong tokens get slower answers
+    transport = request.transport
+    key = state.throttle.key_for(connection.peer, transport.get_extra_info("peername") if transport else None,
+                                 transport.get_extra_info("sockname") if transport else None)
+    if key == "gone":  # the peer closed its socket before its hello was read: nobody is left to answer
+        return None
+    # Admission is decided before the token is looked at, so a throttled guesser learns nothing from the answer;
+    # the right token of anyone not throttled is checked at once and never waits for others' failures.
+    if not state.throttle.admit(key):
+        await _refuse(connection, ErrorCode.RATE_LIMITED,
+                      "too many wrong tokens from this user or address; wait a minute, then read the token with "
+                      "`ace-bridge token`", WSCloseCode.POLICY_VIOLATION)
+        return None
     if not tokens_equal(token, state.current_token()):
-        state.throttle.failed(connection.peer)
+        delay = state.throttle.failed(key)
+        if delay:
+            await asyncio.sleep(delay)  # answered at this key's next slot: guesses queue up per principal
         await _refuse(connection, ErrorCode.UNAUTHORIZED,
                       "wrong or missing token; read it with `ace-bridge token` on the daemon's machine",
                       WSCloseCode.POLICY_VIOLATION)
         return None
-    state.throttle.succeeded(connection.peer)
+    state.throttle.succeeded(key)
+    state.guard.settled(request.protocol)
+    ws.raise_frame_limit(request, state.config.max_frame_bytes)
     if PROTOCOL_VERSION not in hello.protocol_versions:
         await _refuse(connection, ErrorCode.UNSUPPORTED_VERSION,
                       f"this daemon speaks protocol {PROTOCOL_VERSION}; the client offered {hello.protocol_versions}. "

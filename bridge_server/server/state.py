@@ -16,7 +16,7 @@ from bridge_server.engine.base import Engine
 from bridge_server.jobs.journal import Journal
 from bridge_server.jobs.queue import JobQueue
 from bridge_server.server.hub import Hub
-from bridge_server.server.security import FailureThrottle
+from bridge_server.server.security import ConnectionGuard, FailureThrottle
 from bridge_server.server.tokens import load_or_create_token
 from bridge_server.store.history import History
 
@@ -32,6 +32,7 @@ class AppState:
     queue: JobQueue
     hub: Hub = field(default_factory=Hub)
     throttle: FailureThrottle = field(default_factory=FailureThrottle)
+    guard: ConnectionGuard = field(default_factory=ConnectionGuard)
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
     #: Changed live from the panel; `default_steps` is what the task table announces and what a submit without
     #: `steps` gets.

@@ -9,10 +9,12 @@ from pathlib import Path
 
 from ace_protocol.discovery import TOKEN_FILE
 
+from bridge_server.store.private import private_dir
+
 
 def write_private(path: Path, text: str) -> None:
     """Write a file only the user can read, without a window where it is world-readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from bridge_server.imaging.codecs import decode_png, encode_png, encode_png_stored, thumbnail_webp
+from bridge_server.store.private import private_dir, write_private_bytes
 
 log = logging.getLogger(__name__)
 ENTRY_RE = re.compile(r"^[0-9a-f]{32}-\d{1,3}$")
@@ -57,7 +58,7 @@ class History:
     def open(self) -> None:
         """Create the folder and read the index; an unwritable folder becomes a warning, not a crash."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            private_dir(self.root)
         except OSError as exc:
             self._set_warning(f"history folder {self.root} cannot be created ({exc.strerror}); results are kept in memory only")
             return
@@ -197,11 +198,7 @@ def _lower_priority() -> None:
 
 
 def _write_file(path: Path, data: bytes | np.ndarray, *, sync: bool) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        if sync:
-            f.flush()
-            os.fsync(f.fileno())
+    write_private_bytes(path, data, sync=sync)  # 0600 whatever the umask: results belong to one user
 
 
 def _write_atomic(path: Path, data: bytes | np.ndarray, *, sync: bool = True) -> None:

@@ -32,7 +32,7 @@ def main() -> None:
 
     from bridge_server.config import ServerConfig
     from bridge_server.jobs.gate import Gate
-    from bridge_server.server.app import create_app
+    from bridge_server.server.app import BridgeRunner, create_app
 
     def engine_factory():
         from bridge_server.engine.ace_plus import AcePlusEngine
@@ -44,7 +44,7 @@ def main() -> None:
                           gate=Gate(step_budget=args.step_budget))
 
     async def serve() -> None:
-        runner = web.AppRunner(create_app(config), handle_signals=False, access_log=None)
+        runner = BridgeRunner(create_app(config), handle_signals=False, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
