@@ -45,6 +45,8 @@ import prerequisites  # noqa: E402
 pytestmark = pytest.mark.editors
 
 JOBS = 2
+#: The panel's "Default steps" for this run: the editors send no steps, so every job must run with this many.
+PANEL_STEPS = 3
 EDITOR_TIMEOUT_S = 50
 PROCEDURE = "python-fu-ace-bridge-inpaint"
 
@@ -92,6 +94,11 @@ class Panel:
 
     def get(self, path: str) -> dict:
         return json.load(self.opener.open(self.base + path, timeout=10))
+
+    def settings(self, **values) -> dict:
+        req = urllib.request.Request(self.base + "/panel/api/settings", data=json.dumps(values).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        return json.load(self.opener.open(req, timeout=10))
 
     def pause(self, paused: bool) -> dict:
         req = urllib.request.Request(self.base + "/panel/api/pause", data=json.dumps({"paused": paused}).encode(),
@@ -144,6 +151,7 @@ def test_krita_and_gimp_share_one_daemon(krita, gimp, tmp_path: Path, tiny_model
     try:
         panel = Panel(daemon.port, daemon.token)
         assert panel.get("/panel/api/state")["engine"]["paused"] is True
+        panel.settings(default_steps=PANEL_STEPS)
 
         krita_config = {"paths": [install.path(pykrita), install.path(pykrita / "ace_bridge" / "_vendor")],
                         "url": daemon.url, "token": daemon.token, "client_id": krita_client, "task": "inpaint",
@@ -209,6 +217,8 @@ def test_krita_and_gimp_share_one_daemon(krita, gimp, tmp_path: Path, tiny_model
     g_new = [layer for layer in gimp_out["layers"] if layer["name"] != "bg"]
     assert len(g_new) == JOBS and {layer["job_id"] for layer in g_new} == gimp_jobs, (gimp_out["layers"], owner)
     assert all(layer["provenance"] and layer["editor"].startswith("gimp") for layer in g_new), g_new
+    # Neither plug-in sent steps: the panel's default steps ran every job (it was their own 28 before).
+    assert [layer["steps"] for layer in k_layers + g_new] == [PANEL_STEPS] * (2 * JOBS), (k_layers, g_new)
 
     # The daemon's history: four entries naming both editors, finished Krita, GIMP, Krita, GIMP.
     entries = sorted(history["entries"], key=lambda e: e["finished"])

@@ -47,8 +47,8 @@ def main(args):
         before = [node_id(n) for n in root.childNodes()]
 
         settings = Settings(client_id=config["client_id"], url=config["url"], token=config["token"],
-                            task=config["task"], source="image", seed_mode="fixed", seed=11, steps=2, count=1,
-                            padding=4, feather=0)
+                            task=config["task"], source="image", seed_mode="fixed", seed=11, count=1,
+                            padding=4, feather=0)  # steps left at "default": the panel's setting applies
         controller = Controller(settings)
         finished = {}
         controller.job_finished.connect(lambda lid, state: finished.__setitem__(lid, state))
@@ -77,8 +77,9 @@ def main(args):
             if nid in before:
                 continue
             rec = store.layers.get(nid, {}) if hasattr(store, "layers") else {}
-            layers.append({"id": nid, "name": n.name(), "job_id": rec.get("job_id"),
-                           "editor": (rec.get("server") or {}).get("editor")})
+            server = rec.get("server") or {}
+            layers.append({"id": nid, "name": n.name(), "job_id": rec.get("job_id"), "editor": server.get("editor"),
+                           "steps": (server.get("params") or {}).get("steps")})
         out["new_layers"] = layers
         out["all_layers"] = [n.name() for n in root.childNodes()]
         controller.stop()
