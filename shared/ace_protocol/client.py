@@ -27,12 +27,13 @@ from .discovery import resolve
 from .errors import ErrorCode, ProtocolError
 from .images import ImagePayload
 from .messages import (
-    TERMINAL_EVENTS,
     Accepted,
     Ack,
     Alloc,
     Allocated,
     Cancel,
+    Cancelled,
+    Done,
     Error,
     Failed,
     Hello,
@@ -144,7 +145,7 @@ class JobHandle:
                 event = self._events.get(timeout=timeout)
             except queue.Empty:
                 raise TimeoutError(f"no event from job {self.id} within {timeout} s") from None
-            if event.TYPE in TERMINAL_EVENTS:
+            if isinstance(event, (Done, Failed, Cancelled)):
                 self.finished = True
             yield event
 
