@@ -133,8 +133,8 @@ ANNOTATOR = ParamSpec(
     description="none: the control image (or the image itself) as given; mosaic: a 64 px mosaic of the image",
 )
 KEEP_PIXELS = ParamSpec(
-    "keep_pixels", "bool", True, description="references keep their pixels: shrunk only when taller than the rate "
-    "times the edit height, then padded to it (the FFT model's rule)"
+    "keep_pixels", "bool", True, description="references keep their pixels: shrunk to the rate times the edit "
+    "height only when at least that tall, then padded to the edit height (the FFT model's rule)"
 )
 KEEP_PIXELS_RATE = ParamSpec(
     "keep_pixels_rate", "float", 0.8, 0.5, 1.0, description="the largest reference height, as a share of the edit height"
