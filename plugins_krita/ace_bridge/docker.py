@@ -13,7 +13,7 @@ from typing import Any
 from . import document as kdoc
 from . import layers
 from .bundled import forms, geometry, history, jobs, messages, naming, provenance
-from .model import JobRecord, Settings, Source, docker_fields
+from .model import JobRecord, Settings, Source, docker_fields, option_fields
 from .qt_compat import (
     ALIGN_CENTER,
     FORMAT_RGBA8888,
@@ -304,6 +304,12 @@ class AceBridgeDocker(kdoc.DockWidget):
         self.feather_spin = self._field_spin(fields["feather"], self.settings.feather)
         grid.addRow(fields["feather"].label, self.feather_spin)
         form.addLayout(grid)
+        # The selected task's own choices (local_edit's mode, reference_edit's face...), built from the task table.
+        self.options_box = W.QGroupBox("Task options")
+        self.options_form = W.QFormLayout(self.options_box)
+        self.option_widgets: dict[str, Any] = {}
+        self.options_box.hide()
+        form.addWidget(self.options_box)
 
         buttons = W.QHBoxLayout()
         self.generate_button = W.QPushButton("Generate")
@@ -389,7 +395,8 @@ class AceBridgeDocker(kdoc.DockWidget):
     def on_generate(self) -> str | None:
         self.collect_settings()
         ref = self.reference_box.currentData()
-        local_id = self.controller.generate(instruction=self.prompt.toPlainText(), reference_ids=(ref,) if ref else ())
+        local_id = self.controller.generate(instruction=self.prompt.toPlainText(), reference_ids=(ref,) if ref else (),
+                                            overrides=self.option_values())
         if local_id:
             self.current = local_id
             self.cancel_button.setEnabled(True)
@@ -440,6 +447,30 @@ class AceBridgeDocker(kdoc.DockWidget):
         fields = docker_fields(spec)  # the daemon's defaults, e.g. "default (40)" after a panel change
         for spin, name in ((self.steps_spin, "steps"), (self.count_spin, "count"), (self.feather_spin, "feather")):
             self._describe_field(spin, fields[name])
+        self._build_options(option_fields(spec) if spec else [])
+
+    def _build_options(self, fields: list[forms.Field]) -> None:
+        """One widget per choice or switch of the task; left at its default, it is left out of the job."""
+        while self.options_form.rowCount():
+            self.options_form.removeRow(0)
+        self.option_widgets = {}
+        for field in fields:
+            if field.kind == "bool":
+                widget = QtWidgets.QCheckBox()
+                widget.setChecked(bool(field.default))
+            else:
+                widget = QtWidgets.QComboBox()
+                for choice in field.choices:
+                    widget.addItem(choice.replace("_", " "), choice)
+                widget.setCurrentIndex(max(0, widget.findData(field.default)))
+            widget.setToolTip(field.help)
+            self.options_form.addRow(field.label, widget)
+            self.option_widgets[field.name] = widget
+        self.options_box.setVisible(bool(fields))
+
+    def option_values(self) -> dict[str, Any]:
+        return {name: (w.isChecked() if isinstance(w, QtWidgets.QCheckBox) else w.currentData())
+                for name, w in self.option_widgets.items()}
 
     def _on_progress(self, step: int, total: int) -> None:
         self.progress.setRange(0, total)

@@ -50,6 +50,11 @@ def docker_fields(task: dict[str, Any] | None = None) -> dict[str, forms.Field]:
     return {name: forms.common_field(name) for name in DOCKER_PARAMS}
 
 
+def option_fields(task: dict[str, Any]) -> list[forms.Field]:
+    """The task's own choices and switches (local_edit's mode, reference_edit's face...), from its table entry."""
+    return [f for f in forms.fields_for(task) if f.kind in ("enum", "bool") and f.name not in DOCKER_PARAMS]
+
+
 def _unset(name: str) -> int:
     return int(forms.common_field(name).unset)
 

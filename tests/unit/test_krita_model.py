@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "plugins_krita"))
 
-from ace_bridge.model import Settings, docker_fields, mask_is_full  # noqa: E402
+from ace_bridge.model import Settings, docker_fields, mask_is_full, option_fields  # noqa: E402
 from ace_editor import forms  # noqa: E402
 from ace_protocol.tasks import STEPS, TASKS  # noqa: E402
 
@@ -45,6 +45,13 @@ def test_docker_fields_come_from_the_table_or_the_daemons_welcome():
     wire = TASKS["inpaint"].to_wire()
     next(p for p in wire["params"] if p["name"] == "steps")["default"] = 40  # the panel's default steps
     assert docker_fields(wire)["steps"].default_text() == "default (40)"
+
+
+def test_task_options_are_the_tasks_choices_and_switches():
+    names = {t: [f.name for f in option_fields(TASKS[t].to_wire())] for t in ("local_edit", "reference_edit", "inpaint")}
+    assert "mode" in names["local_edit"] and "face" in names["reference_edit"] and names["inpaint"] == []
+    mode = next(f for f in option_fields(TASKS["local_edit"].to_wire()) if f.name == "mode")
+    assert mode.choices[0] == "repaint" and forms.params_from(TASKS["local_edit"], {"mode": "repaint"}) == {}
 
 
 def test_mask_is_full():
