@@ -29,8 +29,15 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"{row['name']:14} {status:18} {row['detail']}")
         return EXIT_FAILED if bad else EXIT_OK
     elif args.models_cmd == "pull":
+        source = args.source or os.environ.get("ACE_BRIDGE_PULL_FROM")
         try:
-            pull.pull(root, with_fft=args.fft, confirm=args.yes, token=os.environ.get("HF_TOKEN"))
+            if source:
+                if not args.yes:
+                    raise pull.ConfirmationRequired(pull.pull_notice(args.fft) + "\nRun again with --yes.")
+                rate = args.limit_rate or float(os.environ.get("ACE_BRIDGE_PULL_RATE") or 0)
+                pull.pull_from_folder(Path(source), root, with_fft=args.fft, limit_rate=rate)
+            else:
+                pull.pull(root, with_fft=args.fft, confirm=args.yes, token=os.environ.get("HF_TOKEN"))
         except pull.ConfirmationRequired as exc:
             print(str(exc))
             return EXIT_USAGE
@@ -55,6 +62,10 @@ def register(sub: Subparsers) -> None:
     pull.add_argument("--root")
     pull.add_argument("--fft", action="store_true", help="also the 23.8 GB FFT model (for the instruct task)")
     pull.add_argument("--yes", action="store_true", help="confirm the download size and licence")
+    pull.add_argument("--from", dest="source", metavar="DIR",
+                      help="copy from another model folder instead of the hub (env ACE_BRIDGE_PULL_FROM)")
+    pull.add_argument("--limit-rate", type=float, default=0.0, metavar="BYTES_PER_S",
+                      help="cap the copy speed of --from (env ACE_BRIDGE_PULL_RATE)")
     tiny = models_sub.add_parser("make-tiny", help="build the tiny random-weight model for tests and --demo")
     tiny.add_argument("dir")
     tiny.add_argument("--root", help=argparse.SUPPRESS)

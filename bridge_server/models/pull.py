@@ -12,6 +12,7 @@ from typing import Any
 
 from bridge_server.models.layout import (
     ACE_REPO,
+    BASE_COMPONENTS,
     BASE_PATTERNS,
     BASE_REPO,
     DOWNLOAD_GB_WITH_FFT,
@@ -87,6 +88,68 @@ def pull_plan(with_fft: bool) -> list[tuple[str, list[str] | None, str | None]]:
     if with_fft:
         plan.append((ACE_REPO, None, FFT_FILE))
     return plan
+
+
+def _write_progress(root: Path, record: dict[str, Any]) -> None:
+    path = Path(root) / PROGRESS_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({**record, "updated": time.time()}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass  # progress reporting must never break the download
+
+
+def pull_from_folder(source: Path, root: Path, *, with_fft: bool = False, echo: Callable[[str], None] = print,
+                     limit_rate: float = 0.0, chunk: int = 1 << 20) -> ModelLayout:
+    """`models pull --from DIR`: copy the same files from another model folder (a USB disk, a network share, a
+    machine that has them), resumable like a hub pull (an interrupted file continues from its `.partial` part)
+    and with the same progress file. `limit_rate` caps bytes per second (0: no cap)."""
+    src, layout = ModelLayout(Path(source)), ModelLayout(Path(root))
+    files: list[tuple[Path, Path]] = []
+    if src.base.is_dir():
+        files += [(f, layout.base / f.relative_to(src.base)) for f in sorted(src.base.rglob("*")) if f.is_file()
+                  and (f.parent == src.base or f.relative_to(src.base).parts[0] in BASE_COMPONENTS)]
+    files += [(src.lora(name), layout.lora(name)) for name in LORA_FILES]
+    if with_fft:
+        files.append((src.fft, layout.fft))
+    absent = [str(s) for s, _ in files if not s.is_file()]
+    if absent or not src.has_base():
+        raise RuntimeError(f"{source} is not a complete model folder (missing: {', '.join(absent) or src.base})")
+    total = sum(s.stat().st_size for s, _ in files)
+    done = 0
+    echo(f"Copying {len(files)} files ({total / 1e9:.2f} GB) from {source}")
+    started = time.monotonic()
+    for source_file, target in files:
+        size = source_file.stat().st_size
+        if target.is_file() and target.stat().st_size == size:
+            done += size
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        have = partial.stat().st_size if partial.is_file() else 0
+        have = have if have <= size else 0
+        done += have
+        with open(source_file, "rb") as fin, open(partial, "ab" if have else "wb") as fout:
+            fin.seek(have)
+            while True:
+                block = fin.read(chunk)
+                if not block:
+                    break
+                fout.write(block)
+                done += len(block)
+                _write_progress(layout.root, {"file": target.name, "done_bytes": done, "total_bytes": total})
+                if limit_rate > 0:
+                    ahead = done / limit_rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+        os.replace(partial, target)
+    _write_progress(layout.root, {"file": "", "done_bytes": done, "total_bytes": total})
+    for name in ("TINY_MODEL.json",):  # the demo model's marker travels with it
+        if (src.root / name).is_file():
+            (layout.root / name).write_bytes((src.root / name).read_bytes())
+    return layout
 
 
 def pull(

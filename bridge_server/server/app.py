@@ -86,6 +86,7 @@ def create_app(config: ServerConfig) -> web.Application:
         finally:
             trimmer.cancel()
             await queue.stop()
+            await state.models.close()  # a running model download stops with the daemon
             state.hub.close_segment_pools()
 
     async def close_sockets(app: web.Application) -> None:

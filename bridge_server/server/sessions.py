@@ -40,6 +40,7 @@ from bridge_server.imaging.codecs import to_array
 from bridge_server.jobs.job import Job, JobInputs
 from bridge_server.jobs.queue import new_job_id
 from bridge_server.server.hub import BridgeWebSocket, ClientSession, Connection
+from bridge_server.server.model_service import MODEL_MESSAGES
 from bridge_server.server.shared_memory import ConnectionSegments
 from bridge_server.server.state import STATE, AppState
 from bridge_server.server.tokens import tokens_equal
@@ -260,6 +261,8 @@ async def _dispatch(state: AppState, session: ClientSession, connection: Connect
     elif isinstance(message, StatusRequest):
         connection.send(StatusReply(engine=state.engine_state(), queue=state.queue_summary(),
                                     paused=state.config.gate.paused, id=message.id))
+    elif isinstance(message, MODEL_MESSAGES):  # the editors' first-run box (model_service.py)
+        connection.send(await state.models.handle(state, getattr(session, "person", ""), message))
     elif isinstance(message, Hello):
         raise bad_request("already said hello on this connection")
 

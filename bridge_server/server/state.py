@@ -16,6 +16,7 @@ from bridge_server.engine.base import Engine
 from bridge_server.jobs.journal import Journal
 from bridge_server.jobs.queue import JobQueue
 from bridge_server.server.hub import Hub
+from bridge_server.server.model_service import ModelService
 from bridge_server.server.security import ConnectionGuard, FailureThrottle
 from bridge_server.server.tokens import load_or_create_token
 from bridge_server.store.history import History
@@ -33,6 +34,8 @@ class AppState:
     hub: Hub = field(default_factory=Hub)
     throttle: FailureThrottle = field(default_factory=FailureThrottle)
     guard: ConnectionGuard = field(default_factory=ConnectionGuard)
+    #: The editors' first-run box: model status and the `models pull` child process (model_service.py).
+    models: ModelService = field(default_factory=ModelService)
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
     #: Changed live from the panel; `default_steps` is what the task table announces and what a submit without
     #: `steps` gets.

@@ -38,6 +38,10 @@ from .messages import (
     Failed,
     Hello,
     Message,
+    ModelPull,
+    ModelPullCancel,
+    ModelState,
+    ModelStatusRequest,
     Release,
     Result,
     ShmReady,
@@ -566,6 +570,26 @@ class BridgeClient:
     def status(self, timeout: float = 30.0) -> StatusReply:
         reply = self._request(StatusRequest(), timeout=timeout)
         if not isinstance(reply, StatusReply):
+            raise ClientError(getattr(reply, "message", f"unexpected reply '{reply.TYPE}'"))
+        return reply
+
+    def model_status(self, timeout: float = 30.0) -> ModelState:
+        """What model the daemon has and how a running download goes (poll it while one runs)."""
+        return self._model_request(ModelStatusRequest(), timeout)
+
+    def pull_model(self, *, fft: bool = False, confirm: bool = False, timeout: float = 30.0) -> ModelState:
+        """Start or resume the daemon's model download (`confirm`: the user read the size and licence notice)."""
+        return self._model_request(ModelPull(fft=fft, confirm=confirm), timeout)
+
+    def cancel_pull(self, timeout: float = 30.0) -> ModelState:
+        return self._model_request(ModelPullCancel(), timeout)
+
+    def _model_request(self, message: Message, timeout: float) -> ModelState:
+        reply = self._request(message, timeout=timeout)
+        if isinstance(reply, Error):
+            raise JobError(ProtocolError(reply.code, reply.message) if reply.code in ErrorCode._value2member_map_
+                           else ProtocolError(ErrorCode.INTERNAL, reply.message))
+        if not isinstance(reply, ModelState):
             raise ClientError(getattr(reply, "message", f"unexpected reply '{reply.TYPE}'"))
         return reply
 

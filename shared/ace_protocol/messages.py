@@ -324,12 +324,66 @@ class Error(Message):
     id: str | None = spec("str?", None)
 
 
+# ---------------------------------------------------------------- model status and download (first run)
+
+
+@dataclass
+class ModelStatusRequest(Message):
+    """What model the daemon has, what is missing, how a running download goes; answered by `model_state`.
+    Editors poll it while a download runs (the daemon pushes nothing unasked)."""
+
+    TYPE: ClassVar[str] = "model_status"
+    id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
+
+
+@dataclass
+class ModelPull(Message):
+    """Start (or resume) downloading the missing model files; `confirm` says the user has read the size and
+    licence notice of `model_state`. Only the daemon's own token may ask. Answered by `model_state`."""
+
+    TYPE: ClassVar[str] = "model_pull"
+    fft: bool = spec("bool", False)
+    confirm: bool = spec("bool", False)
+    id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
+
+
+@dataclass
+class ModelPullCancel(Message):
+    """Stop a running download; the files fetched so far stay, so the next `model_pull` resumes."""
+
+    TYPE: ClassVar[str] = "model_pull_cancel"
+    id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
+
+
+@dataclass
+class ModelState(Message):
+    """The daemon's model, for the editors' first-run box.
+
+    `missing`: [{name, bytes, required}] of what is not installed; `download_bytes`: what a pull fetches;
+    `licence`: the notice to show before downloading; `can_pull`: this client may start a download; `pull`:
+    {state: idle|running|done|failed|cancelled, file, done_bytes, total_bytes, message}; `gpu`: {usable, name,
+    total_gib, message}; `tiny`: the demo model is loaded; `tasks`: the tasks the installed files allow."""
+
+    TYPE: ClassVar[str] = "model_state"
+    installed: bool = spec("bool")
+    tiny: bool = spec("bool", False)
+    missing: list[Any] = spec("list", factory=list)
+    download_bytes: int = spec("int", 0)
+    licence: str = spec("str", "")
+    can_pull: bool = spec("bool", False)
+    pull: dict[str, Any] = spec("map", factory=dict)
+    gpu: dict[str, Any] = spec("map", factory=dict)
+    tasks: list[str] = spec("list[str]", factory=list)
+    id: str | None = spec("str?", None)
+
+
 CLIENT_MESSAGES: dict[str, type[Message]] = {
-    m.TYPE: m for m in (Hello, Submit, Cancel, Ack, StatusRequest, ShmReady, Alloc, Release)
+    m.TYPE: m for m in (Hello, Submit, Cancel, Ack, StatusRequest, ShmReady, Alloc, Release, ModelStatusRequest,
+                         ModelPull, ModelPullCancel)
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
     m.TYPE: m
     for m in (Welcome, Accepted, Allocated, Queued, Started, Progress, Result, Done, Failed, Cancelled, StatusReply,
-              Error)
+              Error, ModelState)
 }
 TERMINAL_EVENTS = ("done", "failed", "cancelled")
