@@ -69,3 +69,6 @@ class History:
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def __getitem__(self, index: int) -> JobRecord:
+        return self.records[index]

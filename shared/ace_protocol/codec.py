@@ -27,7 +27,8 @@ def encode(message: Message) -> bytes:
     `msgpack.packb(wire, use_bin_type=True)` gives."""
     wire = message.to_wire()
     if not _has_big_bin(wire, 0):
-        return msgpack.packb(wire, use_bin_type=True)
+        packed: bytes = msgpack.packb(wire, use_bin_type=True)
+        return packed
     parts: list[Any] = []
     _pack_into(wire, parts)
     return b"".join(parts)

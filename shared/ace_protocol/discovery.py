@@ -12,6 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8717
@@ -40,7 +41,7 @@ def url_for_port(port: int, host: str = DEFAULT_HOST, *, tls: bool = False) -> s
     return f"{'wss' if tls else 'ws'}://{host}:{port}{WS_PATH}"
 
 
-def read_runtime(folder: Path | None = None) -> dict | None:
+def read_runtime(folder: Path | None = None) -> dict[str, Any] | None:
     """runtime.json as written by `ace-bridge serve`, or None when absent or unreadable."""
     path = (folder or config_dir()) / RUNTIME_FILE
     try:

@@ -33,7 +33,7 @@ class ProtocolError(Exception):
         self.message = message
         super().__init__(f"{self.code.value}: {message}")
 
-    def __reduce__(self):  # keep it picklable across threads/processes
+    def __reduce__(self) -> tuple[type[ProtocolError], tuple[ErrorCode, str]]:  # picklable across threads/processes
         return (type(self), (self.code, self.message))
 
 

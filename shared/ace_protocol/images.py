@@ -7,7 +7,7 @@ by the daemon (the editors' Python has no Pillow). Rows run top to bottom, alpha
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .errors import ErrorCode, ProtocolError, bad_request
 from .shm import SegmentRef
@@ -56,6 +56,7 @@ class ImagePayload:
         for name, v in (("w", w), ("h", h)):
             if isinstance(v, bool) or not isinstance(v, int):
                 raise bad_request(f"{what}.{name} must be an integer")
+        w, h = cast(int, w), cast(int, h)  # checked just above
         if fmt not in FORMATS:
             raise bad_request(f"{what}.format must be one of {', '.join(FORMATS)}, got {fmt!r:.40}")
         if data is None and "shm" in value:

@@ -60,7 +60,7 @@ def test_history_is_newest_first_bounded_and_finds_jobs():
     jobs = history.History(limit=2)
     for i in range(3):
         jobs.add(history.JobRecord(f"j{i}", "doc", "inpaint", "p", {}, (0, 0, 1, 1), "image", None))
-    assert [r.job_id for r in jobs] == ["j2", "j1"] and len(jobs) == 2
+    assert [r.job_id for r in jobs] == ["j2", "j1"] and len(jobs) == 2 and jobs[0].job_id == "j2"
     assert jobs.find("j1") is not None and jobs.find("j0") is None
     assert jobs.last_seed() is None
     jobs.find("j1").results.append(_result(9))
