@@ -36,6 +36,9 @@ def engine_factory_for(args: argparse.Namespace, data: Path):
     else:
         root = models.model_path(Path(args.model) if args.model else None)
 
+    if getattr(args, "ray", None) is not None:
+        return ray_factory(args, root), root
+
     def factory():
         from bridge_server.engine.ace_plus import AcePlusEngine
 
@@ -50,6 +53,26 @@ def engine_factory_for(args: argparse.Namespace, data: Path):
                              quantize=getattr(args, "quantize", None))
 
     return factory, root
+
+
+def ray_factory(args: argparse.Namespace, root: Path):
+    """`--ray [ADDRESS]`: the engines run as Ray Serve replicas (docs/scaling.md). Ray is imported here only."""
+
+    def factory():
+        from bridge_server.models import layout as models
+
+        if args.demo and not (root / models.BASE_DIR / "model_index.json").exists():
+            from bridge_server.engine.tiny import build_tiny_model
+
+            build_tiny_model(root)  # once, here, so the replicas do not race to build it
+        from bridge_server.jobs.replicas import RayReplicas
+
+        spec = {"root": str(root), "memory_mode": args.memory_mode, "max_tokens": args.max_tokens,
+                "optimizations": speed_options(args), "quantize": getattr(args, "quantize", None)}
+        address = None if args.ray == "local" else args.ray
+        return RayReplicas(spec, address=address, replicas=args.replicas).connect()
+
+    return factory
 
 
 def speed_options(args: argparse.Namespace) -> dict | None:
@@ -162,6 +185,13 @@ def run_server(args: argparse.Namespace) -> int:
         print("ace-bridge: --quantize nf4 needs bitsandbytes: pip install 'ace-bridge[nf4]' (keep your torch)",
               file=sys.stderr)
         return 2
+    if getattr(args, "ray", None) is not None:
+        if importlib.util.find_spec("ray") is None:
+            print("ace-bridge: --ray needs Ray Serve: pip install 'ace-bridge[ray]' (keep your torch)", file=sys.stderr)
+            return 2
+        if not (args.replicas == "auto" or str(args.replicas).isdigit()):
+            print(f"ace-bridge: --replicas takes a number or auto, not {args.replicas!r}", file=sys.stderr)
+            return 2
     problem = make_private(folder, data)
     if problem:
         print(problem, file=sys.stderr)
@@ -270,6 +300,12 @@ def register(sub: Subparsers) -> None:
     serve.add_argument("--allow-host", action="append", default=[], help="extra Host name allowed in remote mode")
     serve.add_argument("--insecure", action="store_true", help="allow remote mode without TLS (not recommended)")
     serve.add_argument("--paused", action="store_true", help="start with the queue paused")
+    scale = serve.add_argument_group("engine replicas on Ray (pip install 'ace-bridge[ray]'; docs/scaling.md)")
+    scale.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                       help="run the engines as Ray Serve replicas in the Ray cluster at ADDRESS (e.g. auto, or "
+                            "10.0.0.5:6379); without ADDRESS, a private Ray on this machine")
+    scale.add_argument("--replicas", default="auto", metavar="N|auto",
+                       help="engine replicas with --ray: N, or auto = one per GPU in the cluster (default)")
     serve.add_argument("--no-shared-memory", action="store_true",
                        help="send pixels only in WebSocket frames, never through shared-memory segments (Linux "
                             "loopback clients use them by default; docs/protocol.md, 'Shared memory')")

@@ -1,4 +1,5 @@
-"""Whose job runs next: jobs of one client run in order; clients take turns by `client_id`.
+"""Whose job runs next: jobs of one client run in order; clients take turns by `client_id`, and people with a named
+token take turns as one person whatever number of editors they run (`lane_of`).
 
 The client whose last turn is longest ago goes next (one never served first), ties broken by which waiting job
 arrived first. Two editors that each submit five jobs are served alternately, and an editor that sends one job at
@@ -14,11 +15,16 @@ from collections.abc import Mapping, Sequence
 from bridge_server.jobs.job import Job
 
 
+def lane_of(job: Job) -> str:
+    """Whose turn a job counts against: the person behind a named token, else the client."""
+    return f"person:{job.person}" if job.person else job.client_id
+
+
 class FairScheduler:
     """The waiting jobs, one lane per client, and the bookkeeping of turns. Holds no running job."""
 
     def __init__(self) -> None:
-        self._lanes: dict[str, deque[Job]] = {}  # client_id -> its queued jobs, in submit order
+        self._lanes: dict[str, deque[Job]] = {}  # lane (client or person) -> its queued jobs, in submit order
         # Fairness by turn, not by lane: when each client was last served, and an arrival counter for ties.
         self._served_at: dict[str, int] = {}
         self._serve_tick = 0
@@ -32,20 +38,20 @@ class FairScheduler:
         return sum(len(lane) for lane in self._lanes.values())
 
     def waiting_for(self, client_id: str) -> int:
-        return len(self._lanes.get(client_id, ()))
+        return sum(1 for lane in self._lanes.values() for job in lane if job.client_id == client_id)
 
     def add(self, job: Job) -> None:
         self._arrival[job.id] = next(self._arrivals)
-        self._lanes.setdefault(job.client_id, deque()).append(job)
+        self._lanes.setdefault(lane_of(job), deque()).append(job)
 
     def remove(self, job: Job) -> bool:
         """Take a queued job out (cancel); False when it is not waiting."""
-        lane = self._lanes.get(job.client_id)
+        lane = self._lanes.get(lane_of(job))
         if lane is None or job not in lane:
             return False
         lane.remove(job)
         if not lane:
-            del self._lanes[job.client_id]
+            del self._lanes[lane_of(job)]
         self._arrival.pop(job.id, None)
         return True
 
@@ -53,12 +59,13 @@ class FairScheduler:
         """The job whose turn it is, taken out of its lane; the client's turn is recorded."""
         if not self._lanes:
             return None
-        lane = self._lanes[self._whose_turn(self._lanes, self._served_at)]
+        key = self._whose_turn(self._lanes, self._served_at)
+        lane = self._lanes[key]
         job = lane.popleft()
         if not lane:
-            del self._lanes[job.client_id]
+            del self._lanes[key]
         self._serve_tick += 1
-        self._served_at[job.client_id] = self._serve_tick
+        self._served_at[key] = self._serve_tick
         self._arrival.pop(job.id, None)
         return job
 

@@ -54,6 +54,7 @@ class Job:
     height: int
     editor: str = ""
     label: str = ""
+    person: str = ""  # the named token it came with ("" for the daemon's own token): fairness and usage per person
     inputs: JobInputs | None = None
     state: JobState = JobState.QUEUED
     position: int = 0
@@ -66,6 +67,8 @@ class Job:
     results: list[StoredResult] = field(default_factory=list)
     error: tuple[str, str] | None = None
     acked: bool = False
+    replica: str = ""  # the engine replica running it (serve --ray)
+    restarts: int = 0  # times its replica died under it and it started again on another
     cancel_event: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -85,6 +88,7 @@ class Job:
             "height": self.height,
             "editor": self.editor,
             "label": self.label,
+            "person": self.person,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -104,4 +108,7 @@ class Job:
             "count": self.count,
             "eta_s": self.eta_s,
             "created": self.created,
+            "person": self.person,
+            "replica": self.replica,
+            "restarts": self.restarts,
         }

@@ -19,6 +19,7 @@ from typing import Any
 
 from ace_protocol.errors import ErrorCode, ProtocolError
 from ace_protocol.messages import Cancelled, Done, Failed, Message, Queued, Result, Started
+from ace_protocol.tasks import TASKS
 
 from bridge_server.config import ServerConfig
 from bridge_server.engine.base import Engine, JobCancelled
@@ -26,7 +27,8 @@ from bridge_server.jobs import delivery, retention
 from bridge_server.jobs.fairness import FairScheduler
 from bridge_server.jobs.job import Job, JobState, StoredResult
 from bridge_server.jobs.journal import Journal
-from bridge_server.jobs.runner import make_one_image
+from bridge_server.jobs.pool import MAX_RESTARTS, RESTART_NOTE, ReplicaLost, ReplicaPool
+from bridge_server.jobs.runner import StepClock, engine_job_for, make_one_image, store_image
 from bridge_server.store.history import History
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,11 @@ class JobQueue:
         self.journal = journal
         self.jobs: dict[str, Job] = {}
         self._waiting = FairScheduler()
-        self.running: Job | None = None
+        # Running jobs: at most one on the local engine thread; with engine replicas (serve --ray) one per replica.
+        self._running: dict[str, Job] = {}
+        self.pool: ReplicaPool | None = engine if isinstance(engine, ReplicaPool) else None
+        self._job_tasks: set[asyncio.Task[None]] = set()
+        self._pool_watch: asyncio.Task[None] | None = None
         self.listeners: list[Listener] = []
         # client_id -> does its current connection want progress previews (the app wires the hub in); read on
         # the engine thread, so it must only read.
@@ -83,6 +89,9 @@ class JobQueue:
             # Queued first on the engine thread: compile/kernels warm up before any job, never inside one.
             loop.run_in_executor(self._executor, self._warm_up)
         self._worker = loop.create_task(self._work(), name="ace-queue-worker")
+        watch = getattr(self.pool, "watch", None)
+        if watch is not None:
+            self._pool_watch = loop.create_task(watch(self._capacity_changed), name="ace-replica-watch")
 
     def _warm_up(self) -> None:
         try:
@@ -96,10 +105,12 @@ class JobQueue:
             job.cancel_event.set()
         self.config.gate.resume()
         self._wakeup.set()
-        if self._worker is not None:
-            self._worker.cancel()
+        for task in [self._worker, self._pool_watch, *self._job_tasks]:
+            if task is None:
+                continue
+            task.cancel()
             try:
-                await self._worker
+                await task
             except asyncio.CancelledError:
                 pass
         await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.close)
@@ -107,6 +118,22 @@ class JobQueue:
         self.journal.close()
 
     # ------------------------------------------------------------------ client operations
+
+    @property
+    def running(self) -> Job | None:
+        """The running job that started first (the only one without replicas)."""
+        return next(iter(self._running.values()), None)
+
+    def running_jobs(self) -> list[Job]:
+        return list(self._running.values())
+
+    def slots(self) -> int:
+        """How many jobs run at once: one on the local engine thread, one per live replica with --ray."""
+        return self.pool.capacity() if self.pool is not None else 1
+
+    def _capacity_changed(self) -> None:
+        self._renumber()
+        self._wakeup.set()
 
     def queued_jobs(self) -> list[Job]:
         """Queued jobs in the order they will run."""
@@ -174,9 +201,11 @@ class JobQueue:
                 log.exception("queue listener failed")
 
     def _renumber(self, exclude: Job | None = None) -> None:
-        ahead = 1 if self.running is not None else 0
+        # Position = rounds of work ahead: with one engine the jobs ahead (running one included); with N replicas
+        # the first N waiting jobs start in the next round, the next N after that, and so on.
+        busy, slots = len(self._running), max(1, self.slots())
         for index, job in enumerate(self.queued_jobs()):
-            position = ahead + index
+            position = (busy + index) // slots
             if position != job.position or job is exclude:
                 job.position = position
                 if job is not exclude:
@@ -211,28 +240,44 @@ class JobQueue:
             if job is None:
                 continue
             self._cancel_idle_unload()
-            self.running = job
+            self._running[job.id] = job
             job.state = JobState.RUNNING
             job.started = time.monotonic()
             job.position = 0
             self.journal.write({"ev": "started", "job_id": job.id})
             self._emit(job, Started(job_id=job.id))
             self._renumber()
-            try:
-                await self._run(job, loop)
-            finally:
-                self.running = None
-                self._last_activity = time.monotonic()
-                self._schedule_idle_unload(loop)
-                self._renumber()
+            if self.pool is None:
+                await self._run_job(job, loop)
+            else:  # several at once, one per replica; the loop goes on to fill the next free one
+                task = loop.create_task(self._run_job(job, loop), name=f"ace-job-{job.id[:8]}")
+                self._job_tasks.add(task)
+                task.add_done_callback(self._job_tasks.discard)
 
+    async def _run_job(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            await self._run(job, loop)
+        finally:
+            self._running.pop(job.id, None)
+            self._last_activity = time.monotonic()
+            self._schedule_idle_unload(loop)
+            self._renumber()
+            self._wakeup.set()
+
+            if len(self._running) >= max(1, self.slots()):  # every replica busy: wait for one to finish
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
     async def _run(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         try:
             for index in range(job.count):
                 if job.cancel_event.is_set():
                     raise JobCancelled()
                 job.image_index = index
-                stored, rgba = await loop.run_in_executor(self._executor, self._make_one, job, index, loop)
+                if self.pool is None:
+                    stored, rgba = await loop.run_in_executor(self._executor, self._make_one, job, index, loop)
+                else:
+                    stored, rgba = await self._make_one_remote(self.pool, job, index)
                 job.results.append(stored)
                 self.journal.write({"ev": "result", "job_id": job.id, "index": index, "seed": stored.seed,
                                     "entry": stored.entry, "finished": stored.finished})
@@ -283,6 +328,43 @@ class JobQueue:
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
+    async def _make_one_remote(self, pool: ReplicaPool, job: Job, index: int) -> tuple[StoredResult, Any]:
+        """One image on a replica. A replica that dies under it costs the image a restart on another replica (the
+        journal marks it, the client sees `queued` with the note), never the job; results already sent stay sent."""
+        spec = TASKS.get(job.task)
+        piece = spec.model if spec is not None else ""
+        while True:
+            clock = StepClock(job, index)
+            started = time.monotonic()
+            wants = self.wants_previews is not None and self.wants_previews(job.client_id)
+
+            def on_start(info: dict[str, Any]) -> None:
+                job.replica = str(info.get("replica") or "")
+
+            def on_step(step: int, total: int, preview: Any, clock: StepClock = clock) -> None:
+                self._emit(job, clock.step(step, total, preview))
+
+            try:
+                image = await pool.make_image(engine_job_for(job, index), piece=piece, wants_previews=wants,
+                                              is_cancelled=job.cancel_event.is_set, on_start=on_start, on_step=on_step)
+            except ReplicaLost as lost:
+                pool.replica_lost(lost.replica, lost.reason)
+                job.restarts += 1
+                self.journal.write({"ev": "restarted", "job_id": job.id, "index": index, "replica": lost.replica,
+                                    "reason": lost.reason, "restarts": job.restarts})
+                if job.restarts > MAX_RESTARTS:
+                    raise ProtocolError(ErrorCode.INTERNAL, f"the job lost its engine replica {job.restarts} times "
+                                                            f"(last: {lost.reason}); see `ace-bridge status`") from lost
+                log.warning("job %s: replica %s lost (%s); image %d restarts on another replica", job.id[:8],
+                            lost.replica or "?", lost.reason, index)
+                job.replica = ""
+                job.step = 0
+                self._emit(job, Queued(job_id=job.id, position=0, note=f"{RESTART_NOTE} ({lost.reason})"))
+                continue
+            replica = {k: v for k, v in image.replica.items() if v is not None}
+            return await asyncio.to_thread(store_image, self.config, self.history, job, index, image.rgb,
+                                           image.info, image.model, started, {"replica": replica})
+
 
     def _idle_unload(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.running is None and not self._waiting and not self._stopping:

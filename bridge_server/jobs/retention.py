@@ -47,6 +47,8 @@ def _job_from_record(job_id: str, record: dict[str, Any], history: History, now:
         height=meta.get("height", 0),
         editor=meta.get("editor", ""),
         label=meta.get("label", ""),
+        owner=str(meta.get("owner", "")),
+        person=meta.get("person", ""),
     )
     for r in record["results"]:
         entry = r.get("entry")

@@ -28,6 +28,46 @@ EmitFromThread = Callable[[Job, Message], None]
 ETA_WINDOW = 8
 
 
+class StepClock:
+    """Step progress of one image: the ETA from recent step times (and the images still to come), the job's
+    progress fields, and the `progress` event to send. Used for the local engine thread and remote replicas alike."""
+
+    def __init__(self, job: Job, index: int) -> None:
+        self.job, self.index = job, index
+        self.step_times: list[float] = []
+        self.last = time.monotonic()
+
+    def step(self, step: int, total: int, preview: ImagePayload | None = None) -> Progress:
+        now = time.monotonic()
+        self.step_times.append(now - self.last)
+        self.last = now
+        recent = self.step_times[-ETA_WINDOW:]
+        mean = sum(recent) / len(recent)
+        remaining_images = self.job.count - self.index - 1
+        eta = mean * ((total - step) + remaining_images * total)
+        job = self.job
+        job.step, job.total_steps, job.eta_s = step, total, eta
+        return Progress(job_id=job.id, step=step, total=total, eta_s=round(eta, 2), image_index=self.index,
+                        preview=preview)
+
+
+def engine_job_for(job: Job, index: int) -> EngineJob:
+    """What the engine is asked to make for image `index` of `job` (seed, seed+1, ... for count > 1)."""
+    assert job.inputs is not None
+    inputs = job.inputs
+    return EngineJob(
+        task=job.task,
+        prompt=job.prompt,
+        seed=(job.seed + index) % 2**32,
+        params=job.params,
+        image=inputs.image,
+        mask=inputs.mask,
+        references=inputs.references,
+        width=job.width,
+        height=job.height,
+    )
+
+
 def make_one_image(
     config: ServerConfig,
     engine: Engine,
@@ -39,22 +79,8 @@ def make_one_image(
 ) -> tuple[StoredResult, Any]:
     gate = config.gate
     stop = job.cancel_event.is_set
-    seed = (job.seed + index) % 2**32
-    assert job.inputs is not None
-    inputs = job.inputs
-    engine_job = EngineJob(
-        task=job.task,
-        prompt=job.prompt,
-        seed=seed,
-        params=job.params,
-        image=inputs.image,
-        mask=inputs.mask,
-        references=inputs.references,
-        width=job.width,
-        height=job.height,
-    )
-    step_times: list[float] = []
-    last = time.monotonic()
+    engine_job = engine_job_for(job, index)
+    clock = StepClock(job, index)
     previews: dict[int, ImagePayload] = {}  # step -> preview for that step's progress event
 
     def on_preview(step: int, rgb: np.ndarray) -> None:
@@ -64,16 +90,7 @@ def make_one_image(
             log.exception("preview encoding failed")
 
     def on_step(step: int, total: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        step_times.append(now - last)
-        last = now
-        mean = sum(step_times[-ETA_WINDOW:]) / len(step_times[-ETA_WINDOW:])
-        remaining_images = job.count - index - 1
-        eta = mean * ((total - step) + remaining_images * total)
-        job.step, job.total_steps, job.eta_s = step, total, eta
-        emit(job, Progress(job_id=job.id, step=step, total=total, eta_s=round(eta, 2), image_index=index,
-                           preview=previews.pop(step, None)))
+        emit(job, clock.step(step, total, previews.pop(step, None)))
         gate.wait_step(stop)
 
     started = time.monotonic()
@@ -81,13 +98,32 @@ def make_one_image(
     # keyword keep working).
     extra = {"on_preview": on_preview} if wants_previews else {}
     result = engine.run(engine_job, on_step, stop, **extra)
-    rgba = make_result(result.rgb, inputs.mask, int(job.params.get("feather", 0)))
+    model = engine.state().get("model", getattr(engine, "name", ""))
+    return store_image(config, history, job, index, result.rgb, result.info, model, started)
+
+
+def store_image(
+    config: ServerConfig,
+    history: History,
+    job: Job,
+    index: int,
+    rgb: np.ndarray,
+    info: dict[str, Any],
+    model: str,
+    started: float,
+    extra_provenance: dict[str, Any] | None = None,
+) -> tuple[StoredResult, Any]:
+    """The engine's pixels -> the result patch (alpha from the feathered mask), written to history with its
+    provenance. Runs wherever the daemon's disk is: on the engine thread locally, on a worker thread for replicas."""
+    assert job.inputs is not None
+    seed = (job.seed + index) % 2**32
+    rgba = make_result(rgb, job.inputs.mask, int(job.params.get("feather", 0)))
     finished = config.clock()
     provenance = {
         "task": job.task,
         "prompt": job.prompt,
         "seed": seed,
-        "model": engine.state().get("model", getattr(engine, "name", "")),
+        "model": model,
         "params": job.params,
         "job_id": job.id,
         "index": index,
@@ -95,7 +131,8 @@ def make_one_image(
         "server_version": __version__,
         "duration_s": round(time.monotonic() - started, 3),
         "finished": finished,
-        "recipe": result.info,
+        "recipe": info,
+        **(extra_provenance or {}),
     }
     entry = f"{job.id}-{index}"
     kept = history.save(entry, rgba, {"provenance": provenance, "finished": finished, "label": job.label,

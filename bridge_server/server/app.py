@@ -14,6 +14,7 @@ from bridge_server.config import ServerConfig
 from bridge_server.jobs.journal import Journal
 from bridge_server.jobs.queue import JobQueue
 from bridge_server.server.panel.routes import setup_panel
+from bridge_server.server.people import enforce_revocations
 from bridge_server.server.security import GUARD, ConnectionGuard, security_middleware
 from bridge_server.server.sessions import websocket_handler
 from bridge_server.server.state import STATE, AppState
@@ -47,7 +48,7 @@ async def health(request: web.Request) -> web.Response:
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "engine": engine.get("state", "unknown"),
-            "queue": len(state.queue.queued_jobs()) + (1 if state.queue.running else 0),
+            "queue": len(state.queue.queued_jobs()) + len(state.queue.running_jobs()),
             "paused": state.config.gate.paused,
         }
     )
@@ -81,10 +82,12 @@ def create_app(config: ServerConfig) -> web.Application:
             state.current_token()
         queue.start()
         trimmer = asyncio.get_running_loop().create_task(state.hub.trim_segment_pools())
+        revocations = asyncio.get_running_loop().create_task(enforce_revocations(state))
         try:
             yield
         finally:
             trimmer.cancel()
+            revocations.cancel()
             await queue.stop()
             await state.models.close()  # a running model download stops with the daemon
             state.hub.close_segment_pools()

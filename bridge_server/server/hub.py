@@ -72,6 +72,7 @@ class ClientSession:
     previews: bool = False  # what the current connection's hello asked for
     connected_since: float = 0.0
     connection: Connection | None = None
+    person: str = ""  # whose named token the current connection proved ("" for the daemon's own token)
     segment_pool: SegmentPool = field(default_factory=SegmentPool)  # warm shared-memory segments, across connections
 
     def summary(self) -> dict[str, Any]:
@@ -83,6 +84,7 @@ class ClientSession:
             "connected": self.connection is not None,
             "since": self.connected_since,
             # How this client's pixels travel, so a slow hand-over can be told apart at a glance.
+            "person": self.person,
             "pixels": "shared memory" if self.connection is not None and self.connection.segments.ready else "frames",
         }
 

@@ -43,7 +43,6 @@ from bridge_server.server.hub import BridgeWebSocket, ClientSession, Connection
 from bridge_server.server.model_service import MODEL_MESSAGES
 from bridge_server.server.shared_memory import ConnectionSegments
 from bridge_server.server.state import STATE, AppState
-from bridge_server.server.tokens import tokens_equal
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 15.0
@@ -136,7 +135,8 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
                       "too many wrong tokens from this user or address; wait a minute, then read the token with "
                       "`ace-bridge token`", WSCloseCode.POLICY_VIOLATION)
         return None
-    if not tokens_equal(token, state.current_token()):
+    person = state.person_for(token)
+    if person is None:
         delay = state.throttle.failed(key)
         if delay:
             await asyncio.sleep(delay)  # answered at this key's next slot: guesses queue up per principal
@@ -165,6 +165,7 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         asyncio.get_running_loop().create_task(previous.ws.close(code=WSCloseCode.POLICY_VIOLATION,
                                                                  message=b"superseded"))
     session.connection = connection
+    session.person = person
     connection.segments.pool = session.segment_pool
     session.client_name, session.client_version, session.editor = (
         hello.client_name, hello.client_version, hello.editor)
@@ -321,5 +322,6 @@ async def build_job(state: AppState, session: ClientSession, message: Submit) ->
         height=height,
         editor=session.editor or session.client_name,
         label=message.label,
+        person=session.person,
         inputs=inputs,
     )

@@ -17,8 +17,9 @@ from bridge_server.jobs.journal import Journal
 from bridge_server.jobs.queue import JobQueue
 from bridge_server.server.hub import Hub
 from bridge_server.server.model_service import ModelService
+from bridge_server.server.people import PeopleBook
 from bridge_server.server.security import ConnectionGuard, FailureThrottle
-from bridge_server.server.tokens import load_or_create_token
+from bridge_server.server.tokens import load_or_create_token, tokens_equal
 from bridge_server.store.history import History
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,22 @@ class AppState:
     #: `steps` gets.
     settings: dict[str, Any] = field(default_factory=lambda: {"default_steps": 28})
     _token: str = ""
+    _people: PeopleBook | None = None
+
+    @property
+    def people(self) -> PeopleBook:
+        """Named tokens (`ace-bridge token add NAME`), re-read when people.json changes."""
+        if self._people is None:
+            self._people = PeopleBook(self.config.config_dir)
+        return self._people
+
+    def person_for(self, token: str | None) -> str | None:
+        """Who a token belongs to: "" for the daemon's own token, the name for a named one, None for neither."""
+        if token is None:
+            return None
+        if tokens_equal(token, self.current_token()):
+            return ""
+        return self.people.person_for(token)
 
     def current_token(self) -> str:
         """The token file is re-read on every handshake, so `ace-bridge token --rotate` takes effect at once."""
@@ -98,7 +115,7 @@ class AppState:
         }
 
     def queue_summary(self) -> list[dict[str, Any]]:
-        jobs = ([self.queue.running] if self.queue.running else []) + self.queue.queued_jobs()
+        jobs = self.queue.running_jobs() + self.queue.queued_jobs()
         return [job.summary() for job in jobs]
 
 

@@ -251,6 +251,8 @@ class Queued(Message):
 
 @dataclass
 class Started(Message):
+    #: Why the job is queued again, for the editor to show (e.g. "restarted on another GPU" after a replica died).
+    note: str | None = spec("str?", None)
     TYPE: ClassVar[str] = "started"
     job_id: str = spec("str")
 

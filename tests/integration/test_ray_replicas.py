@@ -1,0 +1,193 @@
+"""`ace-bridge serve --ray`: engine replicas on a local two-node Ray cluster (CPU, tiny model), one cluster and one
+daemon for the whole module (a Ray start costs seconds on 2 cores). Jobs from three clients spread over both
+replicas and equal single-engine results; a replica killed mid-job costs a restart, not the job; a revoked named
+token closes its owner's session and cancels their queued job; a restarted daemon reattaches to the running app."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from ace_protocol.client import BridgeClient, ClientError, new_client_id
+from daemon_fixture import free_port, start_process_daemon
+from integration_helpers import connect, ellipse_mask, gradient_image, gray_payload, result_array, rgba_payload
+from prerequisites import in_ci
+from ray_cluster import new_cluster
+
+pytestmark = pytest.mark.slow
+
+if importlib.util.find_spec("ray") is None:
+    if in_ci():
+        raise RuntimeError("CI installs the ray extra (.ci/steps/10_python.sh); ray is missing")
+    pytest.skip("needs the ray extra: pip install -c .ci/constraints.txt torch==2.13.0 -e '.[ray]'",
+                allow_module_level=True)
+
+IMAGE = gradient_image(64, 48)
+MASK = ellipse_mask(64, 48)
+
+
+def inpaint(client: BridgeClient, seed: int, steps: int = 4, prompt: str = "a red hat"):
+    return client.submit("inpaint", prompt, image=rgba_payload(IMAGE), mask=gray_payload(MASK),
+                         params={"seed": seed, "steps": steps})
+
+
+def finish(handle, timeout: float = 120) -> list:
+    return list(handle.events(timeout=timeout))
+
+
+def results(events) -> list:
+    return [e for e in events if e.TYPE == "result"]
+
+
+def status(daemon) -> dict:
+    with connect(daemon, client_id=new_client_id("status")) as client:
+        reply = client.status()
+    return {"engine": reply.engine, "queue": reply.queue}
+
+
+def journal(daemon) -> list[dict]:
+    path = daemon.data_dir / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def ace(daemon, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bridge_server.cli", *args], env=daemon.env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    ray = new_cluster(tmp_path_factory.mktemp("ray-home"))
+    try:
+        ray.start(free_port())
+        yield ray
+    finally:
+        ray.stop()
+
+
+@pytest.fixture(scope="module")
+def daemon_home(tmp_path_factory, cluster):
+    home = tmp_path_factory.mktemp("daemon-home")
+    cluster.give_token_to(home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def ray_daemon(cluster, daemon_home, tiny_model_root):
+    daemon = start_process_daemon(daemon_home, "--ray", cluster.address, "--replicas", "2",
+                                  tiny_root=tiny_model_root, timeout=240)
+    holder = {"daemon": daemon}
+    yield holder
+    holder["daemon"].stop()
+
+
+def test_jobs_from_three_clients_spread_over_both_replicas_and_equal_single_engine_results(
+        ray_daemon, tmp_path, tiny_model_root):
+    daemon = ray_daemon["daemon"]
+    engine = status(daemon)["engine"]
+    assert engine["ray"]["replicas"] == 2 and "inpaint" in engine["tasks"]
+    clients = [connect(daemon, client_id=f"artist-{n}") for n in range(3)]
+    try:
+        handles = [(seed, inpaint(client, seed)) for seed, client in zip((11, 12, 13, 14, 15, 16), clients * 2)]
+        got = {}
+        for seed, handle in handles:
+            events = finish(handle)
+            assert events[-1].TYPE == "done", events[-1]
+            [result] = results(events)
+            got[seed] = (result_array(result), result.provenance["replica"]["replica"])
+    finally:
+        for client in clients:
+            client.close()
+    assert len({replica for _, replica in got.values()}) == 2, "the jobs must spread over both replicas"
+
+    plain = start_process_daemon(tmp_path / "plain-home", tiny_root=tiny_model_root)
+    try:
+        with connect(plain, client_id="reference") as client:
+            for seed, (pixels, _) in got.items():
+                [reference] = results(finish(inpaint(client, seed)))
+                assert np.array_equal(result_array(reference), pixels), f"seed {seed} differs from one engine"
+    finally:
+        plain.stop()
+    text = ace(daemon, "status").stdout
+    assert text.count("replica ") >= 2 and "2 of 2 replica(s) live" in text, text
+
+
+def test_a_replica_killed_mid_job_costs_a_restart_not_the_job(ray_daemon, cluster):
+    daemon = ray_daemon["daemon"]
+    with connect(daemon, client_id="victim") as client:
+        handle = inpaint(client, 21, steps=100)
+        events = []
+        for event in handle.events(timeout=120):
+            events.append(event)
+            if event.TYPE == "progress":
+                break
+        running = [j for j in status(daemon)["queue"] if j["job_id"] == handle.id]
+        replica = running[0]["replica"]
+        [entry] = [r for r in status(daemon)["engine"]["replicas"] if r["replica"] == replica]
+        assert cluster.replica_pids().get(entry["pid"], "").startswith("ray::ServeReplica:ace-bridge:AceEngine")
+        os.kill(entry["pid"], signal.SIGKILL)
+        events += finish(handle, timeout=180)
+    notes = [e.note for e in events if e.TYPE == "queued" and e.note]
+    assert any("restarted on another GPU" in n for n in notes), [e.TYPE for e in events]
+    assert events[-1].TYPE == "done", events[-1]
+    [result] = results(events)
+    assert result.provenance["replica"]["replica"] != replica
+    restarts = [e for e in journal(daemon) if e.get("ev") == "restarted" and e["job_id"] == handle.id]
+    assert len(restarts) == 1 and restarts[0]["replica"] == replica
+    engine = status(daemon)["engine"]
+    assert engine["ray"]["restarts"] >= 1
+    assert any(r["replica"] == replica and r["state"] in ("died", "gone") for r in engine["replicas"])
+
+
+def test_revoking_a_token_closes_the_session_and_cancels_the_queued_job(ray_daemon):
+    daemon = ray_daemon["daemon"]
+    alice_token = ace(daemon, "token", "add", "alice").stdout.strip()
+    bob_token = ace(daemon, "token", "add", "bob").stdout.strip()
+    assert "alice" in ace(daemon, "token", "list").stdout
+    bob = BridgeClient(daemon.url, bob_token, client_id="bob-krita", reconnect_timeout=0)
+    alice = BridgeClient(daemon.url, alice_token, client_id="alice-gimp", reconnect_timeout=0)
+    bob.connect()
+    alice.connect()
+    try:
+        # Bob fills both replicas; Alice's job waits behind them.
+        bobs = [inpaint(bob, 31, steps=60), inpaint(bob, 32, steps=60)]
+        for handle in bobs:
+            next(e for e in handle.events(timeout=120) if e.TYPE in ("progress", "done"))
+        queued = inpaint(alice, 33)
+        assert [j["state"] for j in status(daemon)["queue"] if j["job_id"] == queued.id] == ["queued"]
+        closed = threading.Event()
+        alice.on_connection_change = lambda state: closed.set() if state != "connected" else None
+        assert ace(daemon, "token", "revoke", "alice").returncode == 0
+        assert closed.wait(30), "alice's session must be closed at once"
+        for handle in bobs:
+            assert finish(handle, timeout=180)[-1].TYPE == "done"
+        ends = {e["job_id"]: e["ev"] for e in journal(daemon) if e.get("ev") in ("done", "cancelled", "failed")}
+        assert ends[queued.id] == "cancelled"
+        with pytest.raises(ClientError):
+            BridgeClient(daemon.url, alice_token, client_id="alice-again", reconnect_timeout=0).connect()
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_a_restarted_daemon_reattaches_to_the_running_replicas(ray_daemon, cluster, daemon_home, tiny_model_root):
+    daemon = ray_daemon["daemon"]
+    before = {r["pid"] for r in status(daemon)["engine"]["replicas"] if r["state"] == "ready" and r.get("pid")}
+    assert daemon.stop() == 0
+    again = start_process_daemon(daemon_home, "--ray", cluster.address, "--replicas", "2",
+                                 tiny_root=tiny_model_root, timeout=240)
+    ray_daemon["daemon"] = again
+    engine = status(again)["engine"]
+    assert engine["ray"]["reattached"], again.log()
+    with connect(again, client_id="after-restart") as client:
+        events = finish(inpaint(client, 41))
+    assert events[-1].TYPE == "done"
+    assert results(events)[0].provenance["replica"]["pid"] in before | set(cluster.replica_pids())
+    assert before <= set(cluster.replica_pids()), "the replicas must be the same processes, not redeployed"
