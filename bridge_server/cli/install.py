@@ -13,9 +13,12 @@ from bridge_server.cli.common import EXIT_OK, Subparsers
 def cmd_install(args: argparse.Namespace) -> int:
     profile = Path(args.profile_dir) if args.profile_dir else None
     if args.editor == "krita":
-        from bridge_server.install.krita import install_krita
+        from bridge_server.install.krita import install_krita, install_krita_everywhere
 
-        path = install_krita(profile)
+        # Without --profile-dir: the native Krita's resource folder and, when installed, Flathub's org.kde.krita.
+        for path in ([install_krita(profile)] if profile else install_krita_everywhere()):
+            print(f"installed the krita plugin into {path}; restart Krita to load it")
+        return EXIT_OK
     else:
         from bridge_server.install.gimp import install_gimp, install_gimp_everywhere
 
@@ -24,8 +27,6 @@ def cmd_install(args: argparse.Namespace) -> int:
         for path in paths:
             print(f"installed the gimp plugin into {path}; restart GIMP to load it")
         return EXIT_OK
-    print(f"installed the {args.editor} plugin into {path}; restart {args.editor.capitalize()} to load it")
-    return EXIT_OK
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:

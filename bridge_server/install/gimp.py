@@ -20,7 +20,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from bridge_server.install.sources import plugin_folder
+from bridge_server.install import flatpak
+from bridge_server.install.sources import plugin_folder, record_launcher
 from bridge_server.install.vendor import vendor_into
 
 PLUGIN_NAME = "ace-bridge"
@@ -43,7 +44,7 @@ def gimp_config_roots() -> list[Path]:
     if sys.platform == "darwin":
         return [home / "Library" / "Application Support" / "GIMP"]
     xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
-    return [xdg / "GIMP", home / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP"]
+    return [xdg / "GIMP", flatpak.app_dir(flatpak.GIMP_ID) / "config" / "GIMP"]
 
 
 def _version_key(version: str) -> tuple[int, ...]:
@@ -82,8 +83,11 @@ def default_profile_dirs() -> list[Path]:
     existing = existing_profiles()
     if existing:
         return existing
-    root = gimp_config_roots()[0]
-    return [root / v for v in (installed_gimp_versions() or SUPPORTED_VERSIONS[:1])]
+    roots = gimp_config_roots()
+    native = [roots[0] / v for v in installed_gimp_versions()]
+    if len(roots) > 1 and flatpak.installed(flatpak.GIMP_ID):  # Flathub's GIMP, never started: its 3.2 profile
+        return [*native, roots[1] / SUPPORTED_VERSIONS[0]]
+    return native or [roots[0] / SUPPORTED_VERSIONS[0]]
 
 
 def default_profile_dir(gimp_version: str | None = None) -> Path:
@@ -103,6 +107,7 @@ def _build_plugin_dir(dest: Path) -> Path:
     src = plugin_source_dir()
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns(*_SKIP, "*.pyc"))
     vendor_into(dest / "_vendor")  # the private package `_vendor` of the plug-in's process
+    record_launcher(dest)  # where `ace-bridge` lives, for the dialog's "Start ACE Bridge"
     entry = dest / f"{PLUGIN_NAME}.py"
     entry.chmod(entry.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return dest

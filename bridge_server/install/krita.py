@@ -18,7 +18,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from bridge_server.install.sources import plugin_folder
+from bridge_server.install import flatpak
+from bridge_server.install.sources import plugin_folder, record_launcher
 from bridge_server.install.vendor import vendor_into
 
 PLUGIN_NAME = "ace_bridge"
@@ -37,6 +38,25 @@ def default_profile_dir() -> Path:
     if sys.platform == "darwin":
         return Path.home() / "Library" / "Application Support" / "krita"
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "krita"
+
+
+def flatpak_profile() -> tuple[Path, Path]:
+    """The resource folder and kritarc of Flathub's Krita (org.kde.krita), inside its sandbox folder."""
+    base = flatpak.app_dir(flatpak.KRITA_ID)
+    return base / "data" / "krita", base / "config" / "kritarc"
+
+
+def default_targets() -> list[tuple[Path, Path]]:
+    """(resource folder, kritarc) pairs `ace-bridge install krita` fills: the native Krita's (unless only the
+    Flatpak is found) and the Flatpak's when org.kde.krita is installed (Linux)."""
+    targets = []
+    has_flatpak = sys.platform not in ("win32", "darwin") and flatpak.installed(flatpak.KRITA_ID)
+    native = default_profile_dir()
+    if not has_flatpak or shutil.which("krita") or native.is_dir():
+        targets.append((native, kritarc_path()))
+    if has_flatpak:
+        targets.append(flatpak_profile())
+    return targets
 
 
 def kritarc_path() -> Path:
@@ -65,6 +85,7 @@ def build_plugin_tree(dest: Path) -> Path:
     (dest / "actions").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src / f"{PLUGIN_NAME}.action", dest / "actions" / f"{PLUGIN_NAME}.action")
     vendor_into(pkg / "_vendor")  # the private package `ace_bridge._vendor`
+    record_launcher(pkg)  # where `ace-bridge` lives, for the docker's "Start ACE Bridge"
     return pkg
 
 
@@ -107,6 +128,11 @@ def install_krita(profile_dir: Path | None = None, kritarc: Path | None = None) 
     return pkg
 
 
+def install_krita_everywhere() -> list[Path]:
+    """`ace-bridge install krita` without --profile-dir: every target of `default_targets()`."""
+    return [install_krita(profile, rc) for profile, rc in default_targets()]
+
+
 def uninstall_krita(profile_dir: Path | None = None, kritarc: Path | None = None) -> None:
     """Remove the plugin files and disable it in kritarc (other plugins and settings are kept)."""
     root = Path(profile_dir) if profile_dir is not None else default_profile_dir()
@@ -119,16 +145,43 @@ def uninstall_krita(profile_dir: Path | None = None, kritarc: Path | None = None
 
 
 def package_krita(out_zip: Path) -> Path:
-    """A zip for Krita's Tools > Scripts > Import Python Plugin from File: `ace_bridge.desktop`, `ace_bridge/`
-    (with `_vendor/`) and `ace_bridge.action` at the top level."""
+    """A zip for Krita's Tools > Scripts > Import Python Plugin from File (and from Web): `ace_bridge.desktop`,
+    `ace_bridge.action` and the package folder `ace_bridge/` (with `_vendor/`) at the top level.
+
+    Krita's importer (its own Python plugin `plugin_importer`, PluginImporter.get_source_module) finds the package
+    by a *directory entry* named `ace_bridge/` with `ace_bridge/__init__.py` inside, so every folder gets its own
+    entry here (zipfile writes none by itself). Entries are sorted and dated 1980-01-01: the same sources give the
+    same zip."""
     out_zip = Path(out_zip)
     with tempfile.TemporaryDirectory(prefix="ace-bridge-krita-") as tmp:
         tree = Path(tmp)
         build_plugin_tree(tree)
         out_zip.parent.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(out_zip, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in sorted((tree / "pykrita").rglob("*")):
-                if path.is_file():
-                    zf.write(path, path.relative_to(tree / "pykrita").as_posix())
-            zf.write(tree / "actions" / f"{PLUGIN_NAME}.action", f"{PLUGIN_NAME}.action")
+        partial = out_zip.with_name(out_zip.name + ".partial")
+        pykrita = tree / "pykrita"
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
+            _zip_add(zf, f"{PLUGIN_NAME}.desktop", (pykrita / f"{PLUGIN_NAME}.desktop").read_bytes())
+            _zip_add(zf, f"{PLUGIN_NAME}.action", (tree / "actions" / f"{PLUGIN_NAME}.action").read_bytes())
+            package = pykrita / PLUGIN_NAME
+            for path in [package, *sorted(package.rglob("*"))]:
+                if "__pycache__" in path.parts:
+                    continue
+                name = path.relative_to(pykrita).as_posix()
+                if path.is_dir():
+                    _zip_add(zf, name + "/", None)
+                elif path.is_file():
+                    _zip_add(zf, name, path.read_bytes())
+        partial.replace(out_zip)
     return out_zip
+
+
+def _zip_add(zf: zipfile.ZipFile, name: str, data: bytes | None) -> None:
+    """One entry: a folder (`name` ends with '/', no data) or a file, with fixed date and POSIX modes."""
+    info = zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0))
+    if data is None:
+        info.external_attr = (0o40755 << 16) | 0x10  # S_IFDIR | 0755, and the MS-DOS directory flag
+        zf.writestr(info, b"")
+    else:
+        info.external_attr = 0o100644 << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        zf.writestr(info, data)

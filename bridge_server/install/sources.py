@@ -21,3 +21,28 @@ def plugin_folder(checkout_name: str, wheel_name: str, marker: str) -> Path:
         f"the plugin sources ({checkout_name}/{marker}) are neither in a checkout above {_HERE} nor in the "
         f"installed package ({bundled}); reinstall ace-bridge"
     )
+
+
+def launcher_command() -> list[str]:
+    """How a plug-in should run this `ace-bridge` (its "Start ACE Bridge" button): the `ace-bridge` script next
+    to this Python (a venv or pipx install), else this Python with `-m bridge_server.cli`."""
+    import shutil
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    for name in ("ace-bridge", "ace-bridge.exe"):
+        script = bin_dir / name
+        if script.is_file():
+            return [str(script)]
+    found = shutil.which("ace-bridge")
+    if found:
+        return [str(Path(found).resolve())]
+    return [str(Path(sys.executable).absolute()), "-m", "bridge_server.cli"]
+
+
+def record_launcher(plugin_dir: Path) -> Path:
+    """Write ace-bridge-launcher.json into the plug-in folder (read by ace_editor.daemon.find_command)."""
+    from ace_editor.daemon import write_launcher_record
+    from ace_protocol import __version__
+
+    return write_launcher_record(plugin_dir, launcher_command(), __version__)

@@ -236,6 +236,10 @@ class JobQueue:
             if gate.paused:
                 await loop.run_in_executor(self._executor, gate.wait_until_running, self._is_stopping)
                 continue
+            if len(self._running) >= max(1, self.slots()):  # every replica busy: wait for one to finish
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
             job = self._waiting.take_next()
             if job is None:
                 continue
@@ -264,10 +268,6 @@ class JobQueue:
             self._renumber()
             self._wakeup.set()
 
-            if len(self._running) >= max(1, self.slots()):  # every replica busy: wait for one to finish
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
     async def _run(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         try:
             for index in range(job.count):

@@ -316,9 +316,9 @@ def advice(model_state: Mapping[str, Any]) -> Advice:
         return Advice("ready", "The model is installed.")
     missing = [m for m in model_state.get("missing") or [] if isinstance(m, dict)]
     needed = [m for m in missing if m.get("required", True)]
-    lines = [f"• {m.get('name', '?')} ({_gb(float(m.get('bytes') or 0))})" for m in needed]
+    lines = [f"• {m.get('name', '?')}" + (f" ({_gb(float(m['bytes']))})" if m.get("bytes") else "") for m in needed]
     size = float(model_state.get("download_bytes") or sum(float(m.get("bytes") or 0) for m in needed))
-    detail = "Needed: about " + _gb(size) + " to download.\n" + "\n".join(lines)
+    detail = ("Needed: about " + _gb(size) + " to download.\n" if size else "Needed:\n") + "\n".join(lines)
     licence = str(model_state.get("licence") or "")
     if licence:
         detail += "\n\n" + licence

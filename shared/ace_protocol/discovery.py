@@ -37,6 +37,33 @@ def config_dir() -> Path:
     return Path(base) / APP_NAME
 
 
+def in_flatpak() -> bool:
+    """This process runs inside a Flatpak sandbox (an editor installed from Flathub)."""
+    return bool(os.environ.get("FLATPAK_ID")) or os.path.exists("/.flatpak-info")
+
+
+def config_dirs() -> list[Path]:
+    """Where a client looks for runtime.json and the token, in order: `config_dir()`, then, inside a Flatpak
+    sandbox (where XDG_CONFIG_HOME points into ~/.var/app/<id>/config), the host's `~/.config/ace-bridge`: HOME is
+    the same inside and out, so a daemon started on the host is found there."""
+    first = config_dir()
+    folders = [first]
+    if sys.platform not in ("win32", "darwin") and not os.environ.get("ACE_BRIDGE_CONFIG_DIR") and in_flatpak():
+        host = Path.home() / ".config" / APP_NAME
+        if host != first:
+            folders.append(host)
+    return folders
+
+
+def find_config_dir() -> Path:
+    """The first of `config_dirs()` that holds runtime.json or a token file, else `config_dir()`."""
+    folders = config_dirs()
+    for folder in folders:
+        if (folder / RUNTIME_FILE).is_file() or (folder / TOKEN_FILE).is_file():
+            return folder
+    return folders[0]
+
+
 def url_for_port(port: int, host: str = DEFAULT_HOST, *, tls: bool = False) -> str:
     return f"{'wss' if tls else 'ws'}://{host}:{port}{WS_PATH}"
 
@@ -68,7 +95,7 @@ class Endpoint:
 
 def resolve(url: str | None = None, token: str | None = None, port: int | None = None) -> Endpoint:
     """Apply the discovery rules. `port` alone means the default host on that port."""
-    folder = config_dir()
+    folder = find_config_dir()
     source = "argument"
     if not url and port:
         url = url_for_port(port)
