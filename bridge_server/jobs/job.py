@@ -54,6 +54,10 @@ class Job:
     height: int
     editor: str = ""
     label: str = ""
+    #: Whom the job counts against for queue shares: the connection that sent it, or the named token's person.
+    principal: str = ""
+    #: SHA-256 of the resume secret of its client_id's first holder (journalled, so it survives a restart).
+    owner: str = ""
     person: str = ""  # the named token it came with ("" for the daemon's own token): fairness and usage per person
     inputs: JobInputs | None = None
     state: JobState = JobState.QUEUED
@@ -88,6 +92,7 @@ class Job:
             "height": self.height,
             "editor": self.editor,
             "label": self.label,
+            "owner": self.owner,
             "person": self.person,
         }
 

@@ -140,19 +140,38 @@ class JobQueue:
         return self._waiting.order()
 
     def submit(self, job: Job) -> int:
-        queued = self._waiting.waiting()
-        mine = self._waiting.waiting_for(job.client_id)
-        if queued >= self.config.max_queued_total or mine >= self.config.max_queued_per_client:
-            raise ProtocolError(
-                ErrorCode.QUEUE_FULL,
-                f"the queue is full ({mine} of your jobs, {queued} in all); wait for some to finish or cancel them",
-            )
+        refusal = self.admit(job)
+        if refusal:
+            raise ProtocolError(ErrorCode.QUEUE_FULL, refusal)
         self.journal.write({"ev": "accepted", "job_id": job.id, "job": job.journal_record()})
         self.jobs[job.id] = job
         self._waiting.add(job)
         self._renumber(exclude=job)
         self._wakeup.set()
         return job.position
+
+    def admit(self, job: Job) -> str | None:
+        """Why `job` cannot be queued now, or None. Shares are by principal (the connection that sends, or the
+        person behind a named token), not by the `client_id` a client picks: once `max_queued_total` jobs wait, a
+        principal may still queue while it holds fewer than its fair share (the total over the principals that
+        have jobs waiting, itself included; at least one), so a client with no jobs is never refused because
+        another filled the queue. Nothing at all is queued past twice the total."""
+        waiting = self.queued_jobs()
+        total, cap = len(waiting), self.config.max_queued_total
+        mine = sum(1 for j in waiting if j.client_id == job.client_id)
+        if mine >= self.config.max_queued_per_client:
+            return (f"the queue is full for you ({mine} jobs waiting, at most {self.config.max_queued_per_client} "
+                    "per client); wait for some to finish or cancel them")
+        if total < cap:
+            return None
+        held: dict[str, int] = {}
+        for j in waiting:
+            held[j.principal] = held.get(j.principal, 0) + 1
+        share = max(1, cap // len(held.keys() | {job.principal}))
+        if total < 2 * cap and held.get(job.principal, 0) < share:
+            return None
+        return (f"the queue is full ({total} jobs waiting; the queue holds {cap}, and {share} per sender once it "
+                f"is full; you have {held.get(job.principal, 0)}); wait for some to finish or cancel them")
 
     def cancel(self, job_id: str, client_id: str | None = None) -> bool:
         job = self.jobs.get(job_id)

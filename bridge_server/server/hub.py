@@ -4,6 +4,7 @@ connections), and the `Hub` that routes queue events to whichever connection hol
 from __future__ import annotations
 
 import asyncio
+import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -43,6 +44,8 @@ class Connection:
     ws: web.WebSocketResponse
     peer: str
     segments: ConnectionSegments
+    #: This connection as a principal for queue shares (server/sessions.py, jobs/queue.py `admit`).
+    principal: str = field(default_factory=lambda: "conn:" + secrets.token_hex(6))
     outbox: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
     sender: asyncio.Task[None] | None = None
 
@@ -94,6 +97,8 @@ class Hub:
 
     def __init__(self) -> None:
         self.sessions: dict[str, ClientSession] = {}
+        #: client_id -> SHA-256 of the resume secret its first holder got (or sent); resuming needs the secret.
+        self.owners: dict[str, str] = {}
         self.on_change: list[Any] = []
 
     def deliver(self, job: Job, message: Message) -> None:

@@ -8,11 +8,15 @@ client never holds up the queue.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import ipaddress
 import logging
 import secrets
 import time
+from typing import Any
 
+import msgpack
 from ace_protocol import PROTOCOL_VERSION, __version__
 from ace_protocol.codec import decode_client_message, decode_map
 from ace_protocol.errors import ErrorCode, ProtocolError, bad_request
@@ -152,6 +156,13 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
                       f"this daemon speaks protocol {PROTOCOL_VERSION}; the client offered {hello.protocol_versions}. "
                       "Update the plugin or the daemon so both match.", WSCloseCode.POLICY_VIOLATION)
         return None
+    claimed, new_secret = _claim_client_id(state, hello)
+    if not claimed:
+        await _refuse(connection, ErrorCode.UNAUTHORIZED,
+                      f"client_id {hello.client_id!r:.60} belongs to another client: resuming it needs the "
+                      "client_secret its first holder received in welcome. Use a new client_id, or update the "
+                      "plugin so it keeps that secret", WSCloseCode.POLICY_VIOLATION)
+        return None
     session = state.hub.sessions.get(hello.client_id)
     resumed = session is not None and hello.session == session.session_id
     if session is None:
@@ -184,6 +195,7 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         pending=pending,
         id=hello.id,
         shm=connection.segments.offer() if hello.shm else None,
+        client_secret=new_secret,
     )
     connection.send(welcome)
     for job in jobs:
@@ -191,6 +203,33 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
             connection.send(message)
     state.hub.changed()
     return session
+
+
+def _secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _claim_client_id(state: AppState, hello: Hello) -> tuple[bool, str | None]:
+    """(allowed, secret to give). A client_id belongs to its first holder: a later hello with that id must carry
+    the secret the first one got (or sent), so a token holder cannot take over another editor's jobs and results.
+    The owner survives restarts through the journal (`Job.owner`)."""
+    owners = state.hub.owners
+    owner = owners.get(hello.client_id) or next(
+        (j.owner for j in state.queue.jobs.values() if j.client_id == hello.client_id and j.owner), None)
+    if owner:
+        owners[hello.client_id] = owner
+        given = hello.client_secret
+        return (given is not None and hmac.compare_digest(_secret_hash(given), owner)), None
+    secret = hello.client_secret or secrets.token_urlsafe(24)
+    owners[hello.client_id] = _secret_hash(secret)
+    return True, None if hello.client_secret else secret
+
+
+def _visible_to(entry: dict, client_id: str) -> dict:
+    """A `status` entry as another client may see it: where a job stands, never whose it is or what it says."""
+    if entry.get("client_id") == client_id:
+        return entry
+    return {**entry, **{k: "" for k in ("job_id", "client_id", "editor", "prompt", "label", "person") if k in entry}}
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -232,11 +271,32 @@ def _decode_failure_reply(data: bytes, exc: ProtocolError, max_frame_bytes: int)
     try:
         wire = decode_map(data, max_frame_bytes=max_frame_bytes)
     except ProtocolError:
-        return Error(code=exc.code.value, message=exc.message)
+        wire = _peek_id_and_type(data)  # undecodable as a whole: the id and type may still be readable
     request_id = wire.get("id") if isinstance(wire.get("id"), str) and len(wire["id"]) <= 128 else None
     if wire.get("type") == "submit":
         return Failed(code=exc.code.value, message=exc.message, id=request_id)
     return Error(code=exc.code.value, message=exc.message, id=request_id)
+
+
+def _peek_id_and_type(data: bytes) -> dict[str, Any]:
+    """`id` and `type` of a frame the decoder refused (too deep, a string too long, trailing bytes, ...): the
+    top-level map is walked key by key, skipping values unread, so the refusal still names the request."""
+    found: dict[str, Any] = {}
+    try:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1), max_str_len=1 << 20,
+                                    max_bin_len=len(data), max_array_len=10_000, max_map_len=10_000, max_ext_len=0)
+        unpacker.feed(data)
+        for _ in range(min(unpacker.read_map_header(), 10_000)):
+            key = unpacker.unpack()
+            if key in ("id", "type") and key not in found:
+                found[key] = unpacker.unpack()
+                if len(found) == 2:
+                    break
+            else:
+                unpacker.skip()
+    except Exception:  # whatever the frame holds, this only ever gives up
+        pass
+    return found
 
 
 async def _dispatch(state: AppState, session: ClientSession, connection: Connection, message: Message) -> None:
@@ -260,7 +320,8 @@ async def _dispatch(state: AppState, session: ClientSession, connection: Connect
         connection.segments.confirm(message.nonce)
         state.hub.changed()
     elif isinstance(message, StatusRequest):
-        connection.send(StatusReply(engine=state.engine_state(), queue=state.queue_summary(),
+        queue = [_visible_to(entry, session.client_id) for entry in state.queue_summary()]
+        connection.send(StatusReply(engine=state.engine_state(), queue=queue,
                                     paused=state.config.gate.paused, id=message.id))
     elif isinstance(message, MODEL_MESSAGES):  # the editors' first-run box (model_service.py)
         connection.send(await state.models.handle(state, getattr(session, "person", ""), message))
@@ -323,5 +384,8 @@ async def build_job(state: AppState, session: ClientSession, message: Submit) ->
         editor=session.editor or session.client_name,
         label=message.label,
         person=session.person,
+        principal=(f"person:{session.person}" if getattr(session, "person", "")
+                   else session.connection.principal if session.connection is not None else session.client_id),
+        owner=state.hub.owners.get(session.client_id, ""),
         inputs=inputs,
     )

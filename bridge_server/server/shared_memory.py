@@ -240,7 +240,9 @@ class ConnectionSegments:
     def allocate(self, size: int) -> Segment:
         if not self.ready:
             raise bad_request("shared memory is not on for this connection; send the pixels in the frame")
-        if size < 1 or size > self.max_segment_bytes:
+        if size < 1:  # docs/protocol.md §5: size is 1 .. max_frame_bytes; 0 or negative is a malformed request
+            raise bad_request(f"alloc size must be at least 1 byte, not {size}")
+        if size > self.max_segment_bytes:
             raise ProtocolError(ErrorCode.TOO_LARGE,
                                 f"a segment of {size} bytes is refused; the limit is {self.max_segment_bytes}")
         if self.held_bytes + size > self.max_bytes:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from . import PROTOCOL_VERSION, __version__
 from .bundled import websockets_module
 from .codec import DEFAULT_MAX_FRAME_BYTES, decode_server_message, encode, encode_fragments
-from .discovery import resolve
+from .discovery import config_dir, resolve
 from .errors import ErrorCode, ProtocolError
 from .images import ImagePayload
 from .messages import (
@@ -128,6 +128,30 @@ def new_client_id(prefix: str = "client") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
+def _secret_path(client_id: str) -> Any:
+    return config_dir() / "clients" / hashlib.sha256(client_id.encode()).hexdigest()[:32]
+
+
+def load_client_secret(client_id: str) -> str | None:
+    """The resume secret the daemon gave this client_id's first holder (kept next to the token, 0600)."""
+    try:
+        return _secret_path(client_id).read_text(encoding="ascii").strip() or None
+    except (OSError, ValueError):
+        return None
+
+
+def save_client_secret(client_id: str, secret: str) -> None:
+    path = _secret_path(client_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(secret)
+    except OSError:
+        pass  # kept in memory for this client's reconnects anyway
+
+
 class JobHandle:
     """Events of one job, in order, ending with `done`, `failed` or `cancelled`."""
 
@@ -177,6 +201,7 @@ class BridgeClient:
         fingerprint: str | None = None,
         previews: bool = False,
         shared_memory: bool | None = None,
+        client_secret: str | None = None,
     ) -> None:
         """`cafile` verifies a `wss://` daemon against a CA bundle; `fingerprint` (SHA-256 of the certificate, as
         `ace-bridge serve` prints it; env ACE_BRIDGE_FINGERPRINT) pins a self-signed one instead. `previews` asks the
@@ -187,6 +212,8 @@ class BridgeClient:
         self.url = endpoint.url
         self.token = endpoint.token
         self.client_id = client_id or new_client_id()
+        #: Proves this client is the first holder of `client_id` when it resumes (docs/protocol.md §4).
+        self.client_secret = client_secret or (load_client_secret(client_id) if client_id else None)
         self.client_name = client_name
         self.client_version = client_version
         self.editor = editor
@@ -272,6 +299,7 @@ class BridgeClient:
             session=self.session,
             previews=self.previews,
             shm=self.shared_memory,
+            client_secret=self.client_secret,
         )
         try:
             ws.send(encode(hello))
@@ -297,6 +325,9 @@ class BridgeClient:
             self._ws = ws
             self.session = reply.session
             self.welcome = reply
+            if reply.client_secret:
+                self.client_secret = reply.client_secret
+                save_client_secret(self.client_id, reply.client_secret)
             self.shared_memory_active = active
         self._notify("connected")
         return reply

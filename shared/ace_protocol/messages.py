@@ -133,6 +133,8 @@ class Hello(Message):
     id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
     previews: bool = spec("bool", False)  # send small JPEG previews in some `progress` events of this client's jobs
     shm: bool = spec("bool", False)  # offer shared memory for pixels if this client is on the daemon's machine
+    #: The secret `welcome.client_secret` gave the first holder of this client_id; needed to resume it.
+    client_secret: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
 
 
 @dataclass
@@ -224,6 +226,8 @@ class Welcome(Message):
     id: str | None = spec("str?", None)
     #: Only when the hello asked and the client is on loopback: the probe segment {segment, pid, fd, ino, size}.
     shm: dict[str, Any] | None = spec("map", None)
+    #: Only to the first holder of a client_id: send it in every later hello with that id (resume needs it).
+    client_secret: str | None = spec("str?", None)
 
 
 @dataclass

@@ -21,7 +21,16 @@ from pathlib import Path
 
 import pytest
 from ace_protocol.codec import decode_server_message, encode
-from adversarial_helpers import client_for, hello, inpaint_kwargs, need_root_for_mounts, raw_ws, read_only_bind
+from adversarial_helpers import (
+    client_for,
+    hello,
+    inpaint_kwargs,
+    need_root_for_mounts,
+    next_reply,
+    raw_ws,
+    read_only_bind,
+    welcomed_ws,
+)
 from daemon_fixture import REPO, isolated_env, start_process_daemon
 
 from bridge_server.server.security import GUARD
@@ -304,3 +313,110 @@ def test_serve_raises_the_open_file_limit_and_logs_malformed_http_in_one_quiet_l
     log = daemon.log()
     assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
     assert log.count("Error handling request") <= 3, log[-3000:]
+
+
+# ------------------------------------------------------------------ 5. fair by principal, ids that cannot be stolen
+
+
+def test_a_client_with_no_jobs_is_never_refused_because_another_filled_the_queue(thread_daemon_factory):
+    from ace_protocol.client import JobError
+
+    from bridge_server.jobs.gate import Gate
+
+    daemon = thread_daemon_factory(gate=Gate(paused=True), max_queued_total=16, max_queued_per_client=4)
+    greedy = [client_for(daemon, f"greedy-{i}") for i in range(4)]  # one plugin, four connections and client_ids
+    for client in greedy:
+        for _ in range(4):
+            client.submit("inpaint", "mine", **inpaint_kwargs())
+    assert daemon.call(lambda: len(daemon.state.queue.queued_jobs())) == 16  # the queue is full
+    with pytest.raises(JobError) as refused:
+        greedy[0].submit("inpaint", "one more", **inpaint_kwargs())
+    assert refused.value.code == "queue_full"
+    editor = client_for(daemon, "editor-with-no-jobs")
+    accepted = editor.submit("inpaint", "my first job", **inpaint_kwargs())  # never queue_full
+    assert accepted.id
+    # A fifth greedy connection gets its share too, but nothing ever passes twice the total.
+    for i in range(40):
+        try:
+            client_for(daemon, f"late-{i}").submit("inpaint", "x", **inpaint_kwargs())
+        except JobError:
+            break
+    assert daemon.call(lambda: len(daemon.state.queue.queued_jobs())) <= 32
+    for client in [*greedy, editor]:
+        client.close()
+
+
+def test_a_token_holder_cannot_take_over_another_editors_client_id(thread_daemon_factory):
+    daemon = thread_daemon_factory()
+    editor = client_for(daemon, "krita-victim")
+    assert editor.client_secret  # the daemon gave the first holder its secret
+    job = editor.submit("inpaint", "the victim's prompt", **inpaint_kwargs())
+    assert [e.TYPE for e in job.events(timeout=120)][-1] == "done"
+    editor.close()  # away, result not yet acknowledged
+    for secret in (None, "guessed-secret"):
+        with raw_ws(daemon) as ws:
+            ws.send(encode(hello(daemon.token, client_id="krita-victim", client_secret=secret)))
+            reply = decode_server_message(ws.recv(timeout=30))
+        assert reply.TYPE == "error" and reply.code == "unauthorized" and "client_secret" in reply.message
+    # The thief's own connection does not show the victim's ids, jobs or prompt in `status`.
+    thief = client_for(daemon, "thief")
+    gate_job = thief.submit("inpaint", "thief's", **inpaint_kwargs())
+    status = thief.status()
+    text = repr(status.queue)
+    assert "krita-victim" not in text and job.id not in text and "victim's prompt" not in text
+    list(gate_job.events(timeout=120))
+    thief.close()
+    # The editor comes back (a new client object, as after an editor restart) and still gets its result.
+    back = client_for(daemon, "krita-victim")
+    handles = back.fetch_unacknowledged(wait=30)
+    assert [h.id for h in handles] == [job.id]
+    assert [e.TYPE for e in handles[0].events(timeout=60)] == ["result", "done"]
+    back.close()
+
+
+# ------------------------------------------------------------------ 8. protocol and document agree
+
+
+def test_undecodable_frames_are_answered_with_their_id_as_the_protocol_says(thread_daemon_factory):
+    import msgpack
+
+    daemon = thread_daemon_factory()
+    ws = welcomed_ws(daemon, "conformance")
+    try:
+        head = msgpack.packb("type") + msgpack.packb("submit") + msgpack.packb("id") + msgpack.packb("r9")
+        too_deep = b"\x83" + head + msgpack.packb("x") + b"\x91" * 100_000  # nesting past the decoder's stack
+        ws.send(too_deep)
+        reply = next_reply(ws)
+        assert (reply.TYPE, reply.code, reply.id) == ("failed", "bad_request", "r9")
+        trailing = msgpack.packb({"type": "status", "id": "r10"}) + b"\xc1"  # bytes after the map
+        ws.send(trailing)
+        reply = next_reply(ws)
+        assert (reply.TYPE, reply.code, reply.id) == ("error", "bad_request", "r10")
+        huge_key = b"\x82" + msgpack.packb("id") + msgpack.packb("r11") + msgpack.packb("x" * (9 << 20)) + b"\xc0"
+        ws.send(huge_key)  # a string past the 8 MiB cap
+        reply = next_reply(ws)
+        assert (reply.TYPE, reply.code, reply.id) == ("error", "bad_request", "r11")
+    finally:
+        ws.close()
+
+
+def test_a_request_without_host_is_refused_with_the_documented_status(thread_daemon_factory):
+    from adversarial_helpers import raw_upgrade
+
+    daemon = thread_daemon_factory()
+    status, head = raw_upgrade(daemon.port, None)
+    assert status == 400, head  # docs/protocol.md §3: aiohttp's parser refuses it before any handler
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_a_shared_memory_alloc_of_no_size_is_a_bad_request(thread_daemon_factory, size):
+    from ace_protocol.messages import Alloc
+
+    daemon = thread_daemon_factory()
+    client = client_for(daemon, f"alloc-{size}", shared_memory=True)
+    try:
+        assert client.shared_memory_active
+        refused = client._request(Alloc(id="", size=size))
+        assert (refused.TYPE, refused.code) == ("error", "bad_request"), refused
+    finally:
+        client.close()
