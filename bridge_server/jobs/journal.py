@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,8 @@ class Journal:
         self.path = path
         self.warning: str | None = None
         self._file = None
+        self._pending = b""  # events the disk refused, oldest first
+        self._pending_lock = threading.Lock()  # the retry runs on a worker thread
 
     def replay(self) -> dict[str, dict[str, Any]]:
         """job_id -> record {job: {...}, state, results: [{index, seed, entry}], error, acked}."""
@@ -59,17 +62,45 @@ class Journal:
             self._file = None
 
     def write(self, event: dict[str, Any]) -> None:
+        """Append one event. When the disk refuses (full), the bytes not yet written wait in memory, in order, and
+        go out with the next write, `flush_pending` (the queue retries every few seconds) or `close`: exactly the
+        missing bytes, written straight to the descriptor, so no line is torn or doubled."""
         if self._file is None:
             return
+        with self._pending_lock:
+            self._pending += (json.dumps(event) + "\n").encode()
+        self.flush_pending()
+
+    def holds_pending(self) -> bool:
+        return bool(self._pending)
+
+    def flush_pending(self) -> bool:
+        """Write what the disk refused before; True when nothing is left waiting."""
+        with self._pending_lock:
+            return self._flush_locked()
+
+    def _flush_locked(self) -> bool:
+        if self._file is None or not self._pending:
+            return not self._pending
+        fd = self._file.fileno()
         try:
-            self._file.write(json.dumps(event) + "\n")
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            while self._pending:
+                written = os.write(fd, self._pending)
+                self._pending = self._pending[written:]
+            os.fsync(fd)
         except OSError as exc:
-            self.warning = f"job journal {self.path} cannot be written ({exc.strerror})"
-            log.warning(self.warning)
+            text = f"job journal {self.path} cannot be written ({exc.strerror}); {len(self._pending)} bytes wait in memory"
+            if self.warning is None or "cannot be written" not in self.warning:
+                log.warning(text)
+            self.warning = text
+            return False
+        if self.warning and "cannot be written" in self.warning:
+            log.info("job journal %s is written again", self.path)
+            self.warning = None
+        return True
 
     def close(self) -> None:
+        self.flush_pending()  # at shutdown, whatever the disk now allows
         if self._file is not None:
             self._file.close()
             self._file = None

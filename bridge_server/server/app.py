@@ -11,6 +11,7 @@ from ace_protocol import PROTOCOL_VERSION, __version__
 from aiohttp import WSCloseCode, web
 
 from bridge_server.config import ServerConfig
+from bridge_server.jobs import durability
 from bridge_server.jobs.journal import Journal
 from bridge_server.jobs.queue import JobQueue
 from bridge_server.server.panel.routes import setup_panel
@@ -82,13 +83,17 @@ def create_app(config: ServerConfig) -> web.Application:
             state.current_token()
         queue.start()
         trimmer = asyncio.get_running_loop().create_task(state.hub.trim_segment_pools())
+        writer = asyncio.get_running_loop().create_task(
+            durability.keep_writing(history, journal, queue.jobs, config.extra.get("retry_writes_s", durability.RETRY_S)))
         revocations = asyncio.get_running_loop().create_task(enforce_revocations(state))
         try:
             yield
         finally:
             trimmer.cancel()
+            writer.cancel()
             revocations.cancel()
-            await queue.stop()
+            await queue.stop()  # its journal's close writes the lines the disk refused, if it now allows
+            await asyncio.to_thread(durability.save_held_results, history, list(queue.jobs.values()))
             await state.models.close()  # a running model download stops with the daemon
             state.hub.close_segment_pools()
 

@@ -420,3 +420,53 @@ def test_a_shared_memory_alloc_of_no_size_is_a_bad_request(thread_daemon_factory
         assert (refused.TYPE, refused.code) == ("error", "bad_request"), refused
     finally:
         client.close()
+
+
+# ------------------------------------------------------------------ 7. durable under faults
+
+
+def _held_in_memory(daemon) -> int:
+    return daemon.call(lambda: sum(s.rgba is not None for j in daemon.state.queue.jobs.values() for s in j.results))
+
+
+def test_results_held_while_the_disk_was_full_are_written_once_it_allows_and_at_shutdown(
+        thread_daemon_factory, tmp_path):
+    """The data folder is a real 256 KiB tmpfs, filled to ENOSPC. Jobs finish and are delivered from memory; once
+    space returns, the daemon writes them (a retry while it runs, and at shutdown); after a restart every result
+    comes back, none `interrupted`."""
+    from adversarial_helpers import fill_up, small_tmpfs
+
+    need_root_for_mounts()
+    data = tmp_path / "data"
+    with small_tmpfs(data, "256k"):
+        daemon = thread_daemon_factory(extra={"retry_writes_s": 0.5})
+        client = client_for(daemon, "disk-full-editor")
+        job_ids = []
+        for phase in ("retry", "shutdown"):
+            fill_up(data)
+            for _ in range(2):
+                job = client.submit("inpaint", f"while full ({phase})", **inpaint_kwargs())
+                assert [e.TYPE for e in job.events(timeout=120)][-2:] == ["result", "done"]  # from memory
+                job_ids.append(job.id)
+            assert _held_in_memory(daemon) == 2
+            if phase == "retry":
+                daemon.config.extra["retry_writes_s"] = 3600.0  # the next phase leaves it to the shutdown
+            (data / "filler").unlink()  # space returns
+            if phase == "retry":
+                deadline = time.monotonic() + 30
+                while _held_in_memory(daemon) and time.monotonic() < deadline:
+                    time.sleep(0.1)  # until the retry has written them (a condition, bounded)
+                assert _held_in_memory(daemon) == 0
+                assert daemon.call(lambda: daemon.state.journal.holds_pending()) is False
+        client.close()
+        daemon.stop()  # the second pair is written here
+        history = data / "history"
+        assert all((history / f"{j}-0.png").is_file() for j in job_ids), sorted(os.listdir(history))
+        again = thread_daemon_factory(tmp=tmp_path)
+        back = client_for(again, "disk-full-editor")
+        handles = back.fetch_unacknowledged(wait=30)
+        assert sorted(h.id for h in handles) == sorted(job_ids)
+        for handle in handles:
+            assert [e.TYPE for e in handle.events(timeout=60)] == ["result", "done"]
+        back.close()
+        again.stop()
