@@ -238,7 +238,7 @@ def resize_bilinear(signed: np.ndarray, width: int, height: int) -> np.ndarray:
         return signed
     channels = [
         np.asarray(
-            Image.fromarray(np.ascontiguousarray(signed[..., c], np.float32)).resize((width, height), Image.BILINEAR)
+            Image.fromarray(np.ascontiguousarray(signed[..., c], np.float32)).resize((width, height), Image.Resampling.BILINEAR)
         )
         for c in range(signed.shape[2])
     ]
@@ -821,7 +821,7 @@ def plan_for_job(job: EngineJob, *, max_tokens_limit: int = 16384) -> Plan:
     max_tokens = int(params.get("max_tokens", DEFAULT_MAX_TOKENS))
     if max_tokens > max_tokens_limit:
         raise _bad(f"max_tokens {max_tokens} is above this server's limit of {max_tokens_limit}")
-    common = {"max_tokens": max_tokens, "crop_offset": int(params.get("crop_offset", 0))}
+    common: dict[str, Any] = {"max_tokens": max_tokens, "crop_offset": int(params.get("crop_offset", 0))}
     task = job.task
     if task not in RECIPES:
         raise ProtocolError(ErrorCode.UNKNOWN_TASK, f"unknown task {task!r:.40}; known: {', '.join(RECIPES)}")
@@ -836,7 +836,7 @@ def plan_for_job(job: EngineJob, *, max_tokens_limit: int = 16384) -> Plan:
     width = int(params.get("width", job.width))
     height = int(params.get("height", job.height))
     scale = params.get("repainting_scale")
-    keep = {
+    keep: dict[str, Any] = {
         "keep_pixels": bool(params.get("keep_pixels", True)),
         "keep_pixels_rate": float(params.get("keep_pixels_rate", KEEP_PIXELS_RATE)),
     }
@@ -845,33 +845,33 @@ def plan_for_job(job: EngineJob, *, max_tokens_limit: int = 16384) -> Plan:
     if task == "portrait":
         return portrait(job.prompt, refs, width=width, height=height, **common)
     if task == "instruct":
-        return instruct(job.prompt, job.image, **common)
+        return instruct(job.prompt, _need(job.image, "image", task), **common)
     if task == "local_edit":
         mode = str(params.get("mode", "repaint"))
-        return local_edit(job.prompt, job.image, job.mask, mode=mode, repainting_scale=scale, control=control, **common)
+        return local_edit(job.prompt, _need(job.image, "image", task), job.mask, mode=mode, repainting_scale=scale, control=control, **common)
     if task == "reference_edit":
-        return reference_edit(job.prompt, job.image, job.mask, refs, face=bool(params.get("face", False)), **common)
+        return reference_edit(job.prompt, _need(job.image, "image", task), job.mask, refs, face=bool(params.get("face", False)), **common)
     if task == "generate":
         return generate(job.prompt, width=width, height=height, **common)
     if task == "inpaint":
-        return inpaint(job.prompt, job.image, job.mask, **common)
+        return inpaint(job.prompt, _need(job.image, "image", task), job.mask, **common)
     if task == "fft_repaint":
-        return fft_repaint(job.prompt, job.image, job.mask, repainting_scale=scale, **common)
+        return fft_repaint(job.prompt, _need(job.image, "image", task), job.mask, repainting_scale=scale, **common)
     if task == "fft_super_resolution":
-        return fft_super_resolution(job.prompt, job.image, job.mask, repainting_scale=scale, **common)
+        return fft_super_resolution(job.prompt, _need(job.image, "image", task), job.mask, repainting_scale=scale, **common)
     if task == "fft_colorize":
-        return fft_colorize(job.prompt, job.image, job.mask, repainting_scale=scale, **common)
+        return fft_colorize(job.prompt, _need(job.image, "image", task), job.mask, repainting_scale=scale, **common)
     if task == "fft_control":
         annotator = str(params.get("annotator", "none"))
         return fft_control(
-            job.prompt, job.image, job.mask, control=control, annotator=annotator, repainting_scale=scale, **common
+            job.prompt, _need(job.image, "image", task), job.mask, control=control, annotator=annotator, repainting_scale=scale, **common
         )
     if task == "fft_reference":
         if job.image is not None:
             raise _bad("task 'fft_reference' makes a new image; send width and height instead of an image")
         return fft_reference(job.prompt, refs, width=width, height=height, **keep, **common)
     # fft_reference_edit
-    return fft_reference_edit(job.prompt, job.image, job.mask, refs, repainting_scale=scale, **keep, **common)
+    return fft_reference_edit(job.prompt, _need(job.image, "image", task), job.mask, refs, repainting_scale=scale, **keep, **common)
 
 
 # ----------------------------------------------------------------------------------------------------------------
