@@ -3,6 +3,8 @@ The editor-neutral logic it uses is tested in tests/unit/test_ace_editor_*.py.""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -115,3 +117,23 @@ def test_package_zip_layout(tmp_path, fake_vendor):
     assert "ace_bridge.desktop" in names and "ace_bridge.action" in names
     assert "ace_bridge/__init__.py" in names and "ace_bridge/_vendor/ace_protocol/__init__.py" in names
     assert "ace_bridge/_vendor/msgpack/__init__.py" in names
+
+
+def test_installed_plugin_imports_its_packages_privately(tmp_path, monkeypatch):
+    """The real vendoring (cached sdists): inside the plugin everything comes from `ace_bridge._vendor`, and the
+    editor's Python gets no global msgpack, websockets, ace_protocol or ace_editor, nor a sys.path entry."""
+    from bridge_server.install.krita import install_krita
+
+    repo = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("ACE_BRIDGE_WHEEL_CACHE", os.environ.get("ACE_BRIDGE_WHEEL_CACHE") or str(repo / ".cache/wheels"))
+    pkg = install_krita(tmp_path / "krita", tmp_path / "kritarc")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); before = list(sys.path)\n"
+            "import ace_bridge.model, ace_bridge.bundled as b\n"
+            "assert b.jobs.__name__ == 'ace_bridge._vendor.ace_editor.jobs', b.jobs.__name__\n"
+            "assert b.client.ClientConnection.__module__ == 'ace_bridge._vendor.websockets.sync.client'\n"
+            "leaked = [n for n in ('msgpack', 'websockets', 'ace_protocol', 'ace_editor') if n in sys.modules]\n"
+            "assert not leaked, leaked\n"
+            "assert sys.path == before, sys.path")
+    out = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", code, str(pkg.parent)], capture_output=True,
+                         text=True, env={"PATH": os.environ["PATH"], "ACE_BRIDGE_NO_REGISTER": "1"}, timeout=120)
+    assert out.returncode == 0, out.stderr
