@@ -305,7 +305,10 @@ class RayReplicas:
         try:
             app = serve.status().applications.get(self.app)
             deployment = app.deployments.get(DEPLOYMENT) if app is not None else None
-            live = int(deployment.replica_states.get("RUNNING", 0)) if deployment is not None else 0
+            # A dead replica can stay RUNNING in the controller's view for a health-check period while its
+            # replacement already runs: never count more than the target.
+            running = int(deployment.replica_states.get("RUNNING", 0)) if deployment is not None else 0
+            live = min(running, self.target)
             names = {a["name"].rsplit("#", 1)[-1] for a in ray.util.list_named_actors(all_namespaces=True)
                      if a["name"].startswith(f"SERVE_REPLICA::{self.app}#{DEPLOYMENT}#")}
         except RayError as exc:

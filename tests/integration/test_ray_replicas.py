@@ -31,11 +31,14 @@ if importlib.util.find_spec("ray") is None:
 
 IMAGE = gradient_image(64, 48)
 MASK = ellipse_mask(64, 48)
+#: A job that takes seconds on the tiny model (100 steps at 384x384), so it is surely still running when acted on.
+LONG = {"steps": 100, "size": (384, 384)}
 
 
-def inpaint(client: BridgeClient, seed: int, steps: int = 4, prompt: str = "a red hat"):
-    return client.submit("inpaint", prompt, image=rgba_payload(IMAGE), mask=gray_payload(MASK),
-                         params={"seed": seed, "steps": steps})
+def inpaint(client: BridgeClient, seed: int, steps: int = 4, prompt: str = "a red hat", size=None, count: int = 1):
+    image, mask = (IMAGE, MASK) if size is None else (gradient_image(*size), ellipse_mask(*size))
+    return client.submit("inpaint", prompt, image=rgba_payload(image), mask=gray_payload(mask),
+                         params={"seed": seed, "steps": steps, "count": count})
 
 
 def finish(handle, timeout: float = 120) -> list:
@@ -46,9 +49,13 @@ def results(events) -> list:
     return [e for e in events if e.TYPE == "result"]
 
 
-def status(daemon) -> dict:
-    with connect(daemon, client_id=new_client_id("status")) as client:
+def status(daemon, client: BridgeClient | None = None) -> dict:
+    """The daemon's status; another client sees other clients' jobs without their ids, so ask as the owner."""
+    if client is not None:
         reply = client.status()
+    else:
+        with connect(daemon, client_id=new_client_id("status")) as probe:
+            reply = probe.status()
     return {"engine": reply.engine, "queue": reply.queue}
 
 
@@ -122,13 +129,13 @@ def test_jobs_from_three_clients_spread_over_both_replicas_and_equal_single_engi
 def test_a_replica_killed_mid_job_costs_a_restart_not_the_job(ray_daemon, cluster):
     daemon = ray_daemon["daemon"]
     with connect(daemon, client_id="victim") as client:
-        handle = inpaint(client, 21, steps=100)
+        handle = inpaint(client, 21, **LONG)
         events = []
         for event in handle.events(timeout=120):
             events.append(event)
             if event.TYPE == "progress":
                 break
-        running = [j for j in status(daemon)["queue"] if j["job_id"] == handle.id]
+        running = [j for j in status(daemon, client)["queue"] if j["job_id"] == handle.id]
         replica = running[0]["replica"]
         [entry] = [r for r in status(daemon)["engine"]["replicas"] if r["replica"] == replica]
         assert cluster.replica_pids().get(entry["pid"], "").startswith("ray::ServeReplica:ace-bridge:AceEngine")
@@ -156,12 +163,12 @@ def test_revoking_a_token_closes_the_session_and_cancels_the_queued_job(ray_daem
     bob.connect()
     alice.connect()
     try:
-        # Bob fills both replicas; Alice's job waits behind them.
-        bobs = [inpaint(bob, 31, steps=60), inpaint(bob, 32, steps=60)]
+        # Bob fills both replicas for a while (4 images each); Alice's job waits behind them.
+        bobs = [inpaint(bob, 31, **LONG, count=4), inpaint(bob, 32, **LONG, count=4)]
         for handle in bobs:
             next(e for e in handle.events(timeout=120) if e.TYPE in ("progress", "done"))
         queued = inpaint(alice, 33)
-        assert [j["state"] for j in status(daemon)["queue"] if j["job_id"] == queued.id] == ["queued"]
+        assert [j["state"] for j in status(daemon, alice)["queue"] if j["job_id"] == queued.id] == ["queued"]
         closed = threading.Event()
         alice.on_connection_change = lambda state: closed.set() if state != "connected" else None
         assert ace(daemon, "token", "revoke", "alice").returncode == 0
