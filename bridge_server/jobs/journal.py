@@ -127,11 +127,15 @@ def _apply(records: dict[str, dict[str, Any]], event: dict[str, Any]) -> None:
         record["error"] = {"code": event.get("code"), "message": event.get("message")}
     elif kind == "acked":
         record["acked"] = True
+    elif kind == "restarted":  # its engine replica died under it (serve --ray); kept through compaction
+        record.setdefault("restarts", []).append({k: event.get(k) for k in ("index", "replica", "reason", "restarts")})
 
 
 def _events_of(record: dict[str, Any]) -> list[dict[str, Any]]:
     job_id = record["job"]["id"]
     events: list[dict[str, Any]] = [{"ev": "accepted", "job_id": job_id, "job": record["job"]}]
+    for restart in record.get("restarts", []):
+        events.append({"ev": "restarted", "job_id": job_id, **restart})
     for result in record["results"]:
         events.append({"ev": "result", "job_id": job_id, **result})
     if record["state"] in ("done", "cancelled"):
