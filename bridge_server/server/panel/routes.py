@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import ChainMapProxy, WSCloseCode, WSMsgType, web
 
 from bridge_server.config import ServerConfig
+from bridge_server.server.people import usage
 from bridge_server.server.state import STATE, AppState
 from bridge_server.server.tokens import rotate_token, tokens_equal
 from bridge_server.store.history import ENTRY_RE, HistoryUnavailable
@@ -131,6 +132,7 @@ def engine_view(state: Any) -> dict[str, Any]:
         view["command"] = MISSING_COMMAND
     view["token_fixed"] = bool(state.config.token)
     view["settings"] = settings_view(state)
+    view["people"] = usage(state)  # per person (named tokens): queued, running, finished and not yet collected
     return view
 
 
@@ -151,7 +153,7 @@ def clients_view(state: Any) -> list[dict[str, Any]]:
 def queue_view(state: Any) -> list[dict[str, Any]]:
     names = {cid: s.client_name for cid, s in state.hub.sessions.items()}
     rows = []
-    for job in ([state.queue.running] if state.queue.running else []) + state.queue.queued_jobs():
+    for job in state.queue.running_jobs() + state.queue.queued_jobs():
         row = job.summary()
         row["client_name"] = names.get(job.client_id, "")
         rows.append(row)

@@ -98,6 +98,16 @@ function renderEngine(engine) {
     rows.push(["Download", `${d.file || "model files"}: ${(d.done_bytes / 1e9).toFixed(2)} of ` +
       `${(d.total_bytes / 1e9).toFixed(2)} GB${pct}`]);
   }
+  for (const r of engine.replicas || []) {  // serve --ray: one row per engine replica (docs/scaling.md)
+    const busy = r.state === "ready" ? (r.busy ? ", busy" : ", idle") : "";
+    rows.push([`Replica ${r.replica}`, `${r.state}${busy} · ${r.gpu || "?"} on ${r.node || "?"} · tier ${r.tier || "-"}`
+      + ` · adapters ${(r.adapters || []).join(", ") || "none"} · ${r.jobs_done || 0} done`
+      + ` · ${(r.failures || 0) + (r.lost || 0)} failures${r.note ? " · " + r.note : ""}`]);
+  }
+  for (const p of engine.people || []) {
+    rows.push([`Person ${p.person}`, `${p.queued} queued · ${p.running} running · ${p.done} done, ${p.failed} failed,`
+      + ` ${p.cancelled} cancelled (not yet collected)`]);
+  }
   if (engine.error) rows.push(["Error", engine.error]);
   for (const [key, value] of rows) info.append(el("dt", {}, key), el("dd", {}, value));
   const command = $("engine-command");
