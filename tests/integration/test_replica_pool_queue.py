@@ -9,12 +9,15 @@ import asyncio
 import json
 import threading
 
+import pytest
 from daemon_fixture import tiny_engine_factory
 from integration_helpers import collect, connect, ellipse_mask, gradient_image, gray_payload, rgba_payload
 
 from bridge_server.engine.base import JobCancelled
 from bridge_server.jobs.gate import Gate
 from bridge_server.jobs.pool import RemoteImage, ReplicaLost
+
+pytestmark = pytest.mark.slow
 
 
 class ThreadPool:
