@@ -42,6 +42,8 @@ class RayCluster:
              f"--temp-dir={self.temp}", "--include-dashboard=false", *common],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         self._wait_for_start(self.home / "ray-head.log")
+        if not worker_cpus:  # a head alone (the bench)
+            return self
         log = open(self.home / "ray-worker.log", "ab")  # noqa: SIM115
         self.processes.append(subprocess.Popen(
             [ray, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
