@@ -38,6 +38,10 @@ class ServerConfig:
     tls: bool = False
     shared_memory: bool = True  # offer memfd segments to loopback clients (Linux); frames otherwise
     shared_memory_max_bytes: int = 1024 * 1024 * 1024  # per connection, inputs and undelivered results together
+    #: One budget for the whole daemon: inputs of waiting jobs plus shared memory of all connections. A submit or
+    #: alloc that would pass it is refused (queue_full / too_large) with a message naming it.
+    memory_budget_bytes: int = 4 * 1024 * 1024 * 1024
+    send_stall_s: float = 30.0  # a connection whose frames cannot be sent for this long is closed (results stay)
     clock: Callable[[], float] = time.time  # injectable so tests can jump an hour ahead
     extra: dict[str, Any] = field(default_factory=dict)
 

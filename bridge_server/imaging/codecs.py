@@ -37,6 +37,30 @@ def to_array(payload: ImagePayload, *, max_pixels: int, what: str = "image", gra
     return _decode_encoded(payload, max_pixels=max_pixels, what=what, gray=gray)
 
 
+def check_encoded(payload: ImagePayload, *, max_pixels: int, what: str = "image") -> None:
+    """What `to_array` would refuse about an encoded (PNG/WebP/JPEG) payload, found without decoding its pixels:
+    the format, the size in its header against the cap and the payload's w x h, and (PNG) every chunk's CRC. A
+    queued job keeps its compressed bytes and is decoded when it runs (docs/security.md, memory)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(payload.data), formats=_PIL_FORMATS[payload.format])
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE, f"{what} decodes to {width}x{height}; the limit is {max_pixels} pixels"
+                )
+            if (width, height) != (payload.width, payload.height):
+                raise bad_request(f"{what} says {payload.width}x{payload.height} but the file is {width}x{height}")
+            img.verify()
+    except ProtocolError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"{what} is a decompression bomb") from None
+    except Exception as exc:  # truncated or corrupt files raise many kinds of errors
+        raise bad_request(f"{what} is not a readable {payload.format} file ({type(exc).__name__})") from None
+
+
 def _gray_from_rgba(arr: np.ndarray) -> np.ndarray:
     # A mask sent as RGBA: use the red channel (masks are drawn white-on-black).
     return np.ascontiguousarray(arr[..., 0])

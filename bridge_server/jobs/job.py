@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -29,6 +30,16 @@ class JobInputs:
     image: np.ndarray | None
     mask: np.ndarray | None
     references: list[np.ndarray]
+    #: Encoded (PNG/WebP/JPEG) inputs stay compressed while the job waits: this decodes them when it runs.
+    pending: Callable[[], JobInputs] | None = None
+    #: Bytes the waiting job holds (its payloads as received), counted against the daemon's memory budget.
+    held_bytes: int = 0
+
+    def materialize(self) -> None:
+        """Decode what was kept encoded (on the engine thread, when the job starts); idempotent."""
+        if self.pending is not None:
+            decoded, self.pending = self.pending(), None
+            self.image, self.mask, self.references = decoded.image, decoded.mask, decoded.references
 
 
 @dataclass

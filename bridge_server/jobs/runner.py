@@ -55,6 +55,7 @@ def engine_job_for(job: Job, index: int) -> EngineJob:
     """What the engine is asked to make for image `index` of `job` (seed, seed+1, ... for count > 1)."""
     assert job.inputs is not None
     inputs = job.inputs
+    inputs.materialize()  # queued inputs were kept encoded until now
     return EngineJob(
         task=job.task,
         prompt=job.prompt,

@@ -76,6 +76,7 @@ def create_app(config: ServerConfig) -> web.Application:
         queue = JobQueue(config, engine, history, journal)
         await asyncio.to_thread(queue.restore)
         state = AppState(config, engine, history, journal, queue, guard=guard)
+        guard.early_refusal = state.throttle.refusing  # a throttled principal's flood is closed at accept
         queue.listeners.append(state.hub.deliver)
         queue.wants_previews = state.hub.wants_previews
         app[STATE] = state

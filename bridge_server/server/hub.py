@@ -4,6 +4,7 @@ connections), and the `Hub` that routes queue events to whichever connection hol
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -15,6 +16,8 @@ from aiohttp import WSCloseCode, web
 
 from bridge_server.jobs.job import Job
 from bridge_server.server.shared_memory import ConnectionSegments, SegmentPool
+
+log = logging.getLogger(__name__)
 
 
 class BridgeWebSocket(web.WebSocketResponse):
@@ -48,21 +51,43 @@ class Connection:
     principal: str = field(default_factory=lambda: "conn:" + secrets.token_hex(6))
     outbox: asyncio.Queue[Message | None] = field(default_factory=asyncio.Queue)
     sender: asyncio.Task[None] | None = None
+    #: A peer that reads nothing is disconnected once one frame could not be sent for this long, or once this many
+    #: messages wait for it; its jobs and results stay for its next connection (resume).
+    transport: Any = None
+    stall_s: float = 30.0
+    max_waiting: int = 10_000
+    stalled: bool = False
+    replay: asyncio.Task[None] | None = None  # the streamed replay of stored results (server/sessions.py)
 
     def send(self, message: Message) -> None:
+        if self.outbox.qsize() >= self.max_waiting and not self.stalled:
+            self._drop(f"{self.max_waiting} messages wait for it")
         self.outbox.put_nowait(message)
+
+    def _drop(self, why: str) -> None:
+        self.stalled = True
+        log.warning("closed a connection from %s that stopped reading (%s); its results wait for it to resume",
+                    self.peer, why)
+        if self.transport is not None:
+            self.transport.abort()
 
     async def run_sender(self) -> None:
         while True:
             message = await self.outbox.get()
-            if message is None or self.ws.closed:
-                return
-            if isinstance(message, Result):
-                message = self.segments.export(message)
             try:
-                await self.ws.send_bytes(encode(message))
-            except (ConnectionError, RuntimeError):
-                return
+                if message is None or self.ws.closed or self.stalled:
+                    return
+                if isinstance(message, Result):
+                    message = self.segments.export(message)
+                try:
+                    await asyncio.wait_for(self.ws.send_bytes(encode(message)), self.stall_s)
+                except asyncio.TimeoutError:
+                    self._drop(f"nothing could be sent for {self.stall_s:g} s")
+                    return
+                except (ConnectionError, RuntimeError):
+                    return
+            finally:
+                self.outbox.task_done()
 
 
 @dataclass

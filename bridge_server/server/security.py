@@ -175,6 +175,17 @@ class FailureThrottle:
             return False
         return True
 
+    def refusing(self, peername: Any, sockname: Any) -> bool:
+        """Whether a new connection's principal would be refused now anyway: such a connection is closed as it is
+        accepted (ConnectionGuard), so a throttled flood costs the daemon an accept, not a handshake."""
+        if not isinstance(peername, tuple) or not self._failures:
+            return False
+        key = self.key_for(str(peername[0]), peername, sockname)
+        if key in ("gone", "loopback") or self.exempt(key) or key not in self._failures:
+            return False
+        now = time.monotonic()
+        return bool(self._live(key, now)) and self._next_slot.get(key, 0.0) - now > self.backlog * self.cap_s
+
     def failed(self, key: str) -> float:
         """Record a wrong token; returns how long to wait before answering it (its reserved slot)."""
         self.checked_failures += 1
@@ -209,12 +220,13 @@ def loopback_peer_uid(peername: Any, sockname: Any) -> int | None:
         peer_ip, local_ip = ipaddress.ip_address(peername[0].split("%")[0]), ipaddress.ip_address(sockname[0])
         want_local, want_remote = _proc_address(peer_ip, peername[1]), _proc_address(local_ip, sockname[1])
         table = "/proc/net/tcp6" if peer_ip.version == 6 else "/proc/net/tcp"
-        with open(table, encoding="ascii") as f:
-            next(f, None)
-            for line in f:
-                fields = line.split()
-                if len(fields) > 9 and fields[1] == want_local and fields[2] == want_remote:
-                    return GONE if fields[9] == "0" else int(fields[7])
+        with open(table, "rb") as f:
+            text = f.read()  # one search in C, not a Python loop: a flood leaves thousands of lines here
+        at = text.find(f" {want_local} {want_remote} ".encode())
+        if at >= 0:
+            fields = text[at : text.find(b"\n", at) % (len(text) + 1)].split()
+            if len(fields) > 8:
+                return GONE if fields[8] == b"0" else int(fields[6])
     except (OSError, ValueError, IndexError, TypeError):
         return None
     return None
@@ -239,6 +251,9 @@ class ConnectionGuard:
 
     def __init__(self, max_pending: int = 256, deadline_s: float = 20.0) -> None:
         self.max_pending, self.deadline_s = max_pending, deadline_s
+        #: Set by the app once its throttle exists: (peername, sockname) -> close this connection at once?
+        self.early_refusal: Callable[[Any, Any], bool] | None = None
+        self.refused_early = 0
         self._pending: OrderedDict[Any, asyncio.TimerHandle] = OrderedDict()
         self.dropped_deadline = 0
         self.dropped_overflow = 0
@@ -261,6 +276,13 @@ class ConnectionGuard:
         server.connection_made, server.connection_lost = connection_made, connection_lost
 
     def opened(self, handler: Any, transport: Any) -> None:
+        if self.early_refusal is not None and self.early_refusal(transport.get_extra_info("peername"),
+                                                                 transport.get_extra_info("sockname")):
+            self.refused_early += 1
+            # After aiohttp has finished setting the connection up (aborting inside connection_made leaves its
+            # request task without a server and logs a traceback per connection).
+            asyncio.get_running_loop().call_soon(transport.abort)
+            return
         loop = asyncio.get_running_loop()
         self._pending[handler] = loop.call_later(self.deadline_s, self._expire, handler, transport)
         while len(self._pending) > self.max_pending:

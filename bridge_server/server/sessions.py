@@ -40,7 +40,7 @@ from ace_protocol.messages import (
 from ace_protocol.tasks import TASKS
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from bridge_server.imaging.codecs import to_array
+from bridge_server.imaging.codecs import check_encoded, to_array
 from bridge_server.jobs.job import Job, JobInputs
 from bridge_server.jobs.queue import new_job_id
 from bridge_server.server.hub import BridgeWebSocket, ClientSession, Connection
@@ -67,7 +67,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     segments = ConnectionSegments(enabled=config.shared_memory and _is_loopback(peer),
                                   max_bytes=config.shared_memory_max_bytes,
                                   max_segment_bytes=config.max_frame_bytes)
-    connection = Connection(ws, peer, segments)
+    segments.daemon_room = lambda size: state.memory_refusal(size, "this segment")  # type: ignore[attr-defined]
+    state.segment_tables.add(segments)
+    connection = Connection(ws, peer, segments, transport=request.transport, stall_s=config.send_stall_s)
     connection.sender = asyncio.get_running_loop().create_task(connection.run_sender())
     session: ClientSession | None = None
     try:
@@ -76,6 +78,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             return ws
         await _receive_loop(state, session, connection)
     finally:
+        if connection.replay is not None:
+            connection.replay.cancel()
         connection.outbox.put_nowait(None)
         if connection.sender is not None:
             try:
@@ -198,11 +202,28 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         client_secret=new_secret,
     )
     connection.send(welcome)
-    for job in jobs:
-        for message in state.queue.replay_messages(job):
-            connection.send(message)
+    stored = [job for job in jobs if job.results and job.state.finished]
+    for job in jobs:  # where each job stands, at once; stored results follow, streamed
+        if job not in stored:
+            for message in state.queue.replay_messages(job):
+                connection.send(message)
+    if stored:
+        connection.replay = asyncio.get_running_loop().create_task(_stream_replay(state, connection, stored))
     state.hub.changed()
     return session
+
+
+async def _stream_replay(state: AppState, connection: Connection, jobs: list[Job]) -> None:
+    """Stored results of finished jobs, one job at a time: read and decoded on a worker thread (never on the event
+    loop, so other editors are not held up), and the next job only once this one's frames have been sent, so a
+    reconnect with many unacknowledged results holds one job's pixels at a time."""
+    for job in jobs:
+        if connection.ws.closed or connection.stalled:
+            return
+        messages = await asyncio.to_thread(state.queue.replay_messages, job)
+        for message in messages:
+            connection.send(message)
+        await connection.outbox.join()
 
 
 def _secret_hash(secret: str) -> str:
@@ -357,6 +378,13 @@ async def build_job(state: AppState, session: ClientSession, message: Submit) ->
         raise bad_request(f"the mask is {message.mask.width}x{message.mask.height} but the image is "
                           f"{message.image.width}x{message.image.height}; they must match")
     max_pixels = state.config.max_pixels
+    named = [(what, p) for what, p in (("image", message.image), ("mask", message.mask),
+                                       *((f"references[{i}]", r) for i, r in enumerate(message.references)))
+             if p is not None]
+    held = sum(len(p.data) for _, p in named if p.data is not None)
+    refusal = state.memory_refusal(held)
+    if refusal:
+        raise ProtocolError(ErrorCode.QUEUE_FULL, refusal)
 
     def decode() -> JobInputs:
         image = to_array(message.image, max_pixels=max_pixels) if message.image else None
@@ -364,9 +392,18 @@ async def build_job(state: AppState, session: ClientSession, message: Submit) ->
         refs = [to_array(r, max_pixels=max_pixels, what=f"references[{i}]") for i, r in enumerate(message.references)]
         return JobInputs(image, mask, refs)
 
-    inputs = await asyncio.to_thread(decode)
-    if inputs.image is not None:
-        height, width = inputs.image.shape[:2]
+    def check() -> JobInputs:
+        """Raw pixels are views of the frame (nothing to decode); encoded files are checked now and decoded when
+        the job runs, so a waiting job holds its compressed bytes, not 4 bytes per pixel."""
+        encoded = [(what, p) for what, p in named if not p.is_raw]
+        for what, payload in encoded:
+            check_encoded(payload, max_pixels=max_pixels, what=what)
+        return JobInputs(None, None, [], pending=decode) if encoded else decode()
+
+    inputs = await asyncio.to_thread(check)
+    inputs.held_bytes = held
+    if message.image is not None:
+        width, height = message.image.width, message.image.height
     else:
         width, height = params.get("width", 1024), params.get("height", 1024)
     seed = params["seed"] if params.get("seed", -1) >= 0 else secrets.randbelow(2**32)

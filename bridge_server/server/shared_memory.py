@@ -245,6 +245,10 @@ class ConnectionSegments:
         if size > self.max_segment_bytes:
             raise ProtocolError(ErrorCode.TOO_LARGE,
                                 f"a segment of {size} bytes is refused; the limit is {self.max_segment_bytes}")
+        room = getattr(self, "daemon_room", None)  # the daemon-wide memory budget (server/state.py)
+        refusal = room(size) if room is not None else None
+        if refusal:
+            raise ProtocolError(ErrorCode.TOO_LARGE, refusal)
         if self.held_bytes + size > self.max_bytes:
             self.trim(0.0)  # the warm pool gives way first
         if self.held_bytes + size > self.max_bytes:

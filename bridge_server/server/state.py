@@ -35,6 +35,8 @@ class AppState:
     hub: Hub = field(default_factory=Hub)
     throttle: FailureThrottle = field(default_factory=FailureThrottle)
     guard: ConnectionGuard = field(default_factory=ConnectionGuard)
+    #: Every connection's shared-memory table, for the daemon-wide memory budget.
+    segment_tables: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
     #: The editors' first-run box: model status and the `models pull` child process (model_service.py).
     models: ModelService = field(default_factory=ModelService)
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
@@ -105,6 +107,22 @@ class AppState:
                     param["default"] = self.settings["default_steps"]
             table.append(wire)
         return table
+
+    def memory_in_use(self) -> int:
+        """Bytes the budget counts: inputs of waiting jobs (kept encoded) and shared memory of every connection."""
+        queued = sum(job.inputs.held_bytes for job in self.queue.queued_jobs() if job.inputs is not None)
+        return queued + sum(table.held_bytes for table in list(self.segment_tables))
+
+    def memory_refusal(self, more: int, what: str = "this job's inputs") -> str | None:
+        """None when `more` bytes fit the daemon's memory budget, else a message that names the budget."""
+        budget = self.config.memory_budget_bytes
+        used = self.memory_in_use()
+        if used + more <= budget:
+            return None
+        mib = 1024 * 1024
+        return (f"the daemon's memory budget ({budget / mib:.0f} MiB for waiting jobs' inputs and shared memory "
+                f"together) is spent: {used / mib:.1f} MiB in use and {what} need {more / mib:.1f} MiB; wait for "
+                "jobs to finish and try again")
 
     def limits(self) -> dict[str, Any]:
         return {

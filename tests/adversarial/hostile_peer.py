@@ -45,9 +45,11 @@ def _mask_big(payload: bytes, mask: bytes) -> bytes:
     return (int.from_bytes(payload, "big") ^ key).to_bytes(len(payload), "big")
 
 
-def open_ws(port: int, source: str | None = None, timeout: float = 10.0) -> socket.socket:
+def open_ws(port: int, source: str | None = None, timeout: float = 10.0, rcvbuf: int | None = None) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(timeout)
+    if rcvbuf:  # a reader that takes almost nothing off the wire
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     if source:
         sock.bind((source, 0))
     sock.connect(("127.0.0.1", port))

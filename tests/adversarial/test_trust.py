@@ -29,6 +29,7 @@ from adversarial_helpers import (
     next_reply,
     raw_ws,
     read_only_bind,
+    rss_bytes,
     welcomed_ws,
 )
 from daemon_fixture import REPO, isolated_env, start_process_daemon
@@ -178,25 +179,34 @@ def test_rotating_loopback_addresses_and_parallel_connections_stay_under_the_doc
     assert counts["welcome"] == 0
 
 
+def _right_hellos(daemon, count: int = 5) -> list[float]:
+    waits = []
+    for i in range(count):
+        started = time.monotonic()
+        with raw_ws(daemon) as ws:
+            ws.send(encode(hello(daemon.token, client_id=f"editor-{time.monotonic_ns()}-{i}")))
+            assert decode_server_message(ws.recv(timeout=30)).TYPE == "welcome"
+        waits.append(time.monotonic() - started)
+    return waits
+
+
 def test_a_flood_of_wrong_tokens_does_not_delay_the_right_one(thread_daemon_factory):
+    """Before: the wait ran before the check, so a flood held the right token 20 s. Now it is checked first."""
     daemon = thread_daemon_factory()
+    quiet = _right_hellos(daemon)  # the same machine, same load, no flood
     attack = nobody_guesser({"mode": "guess", "port": daemon.port, "hello_hex": _wrong_hello_hex(),
                              "seconds": 8, "threads": 60, "rotate": False, "abort_after": 5})
     try:
-        waits = []
         deadline = time.monotonic() + 30
         while daemon.call(lambda: daemon.state.throttle.refused) < 20 and time.monotonic() < deadline:
             time.sleep(0.05)  # until the flood is saturating the throttle (a condition, not a fixed sleep)
-        for i in range(5):
-            started = time.monotonic()
-            with raw_ws(daemon) as ws:
-                ws.send(encode(hello(daemon.token, client_id=f"editor-{i}")))
-                assert decode_server_message(ws.recv(timeout=30)).TYPE == "welcome"
-            waits.append(time.monotonic() - started)
+        waits = _right_hellos(daemon)
     finally:
         out, _ = attack.communicate(timeout=120)
-    print(f"editor hello->welcome during the flood: max {max(waits) * 1000:.0f} ms; flood {out.strip()}")
-    assert max(waits) < 1.0
+    print(f"editor hello->welcome: max {max(quiet) * 1000:.0f} ms quiet, {max(waits) * 1000:.0f} ms during the "
+          f"flood; flood {out.strip()}")
+    # A small bound, relative to this machine's own pace (CI shares its cores): never the throttle's seconds.
+    assert max(waits) < max(2.0, 4 * max(quiet))
 
 
 # ------------------------------------------------------------------ 4. bounded before hello
@@ -470,3 +480,119 @@ def test_results_held_while_the_disk_was_full_are_written_once_it_allows_and_at_
             assert [e.TYPE for e in handle.events(timeout=60)] == ["result", "done"]
         back.close()
         again.stop()
+
+
+# ------------------------------------------------------------------ 6. one memory budget
+
+
+def _png(width: int, height: int, mode: str = "RGBA") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), 128).save(buffer, "PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def test_queued_png_inputs_stay_compressed_until_they_run(tiny_model_root):
+    """Before: each queued 4096x4096 PNG job held its decoded pixels (about 85 MiB); 8 of them cost 0.7 GiB."""
+    from ace_protocol.images import ImagePayload
+
+    daemon = start_process_daemon(world_traversable_home(), "--paused", tiny_root=tiny_model_root)
+    try:
+        client = client_for(daemon, "png-hoarder")
+        image = ImagePayload(4096, 4096, "png", _png(4096, 4096))
+        mask = ImagePayload(4096, 4096, "png", _png(4096, 4096, "L"))
+        before = rss_bytes(daemon.process.pid)
+        for _ in range(8):
+            client.submit("inpaint", "x", image=image, mask=mask, params={"steps": 1})
+        grown = rss_bytes(daemon.process.pid) - before
+        print(f"8 queued 4096x4096 PNG jobs ({len(image.data) + len(mask.data)} bytes each): RSS +{grown >> 20} MiB")
+        assert grown < 200 << 20
+        client.close()
+    finally:
+        daemon.stop()
+
+
+def test_over_the_memory_budget_submit_and_alloc_get_a_refusal_that_names_it(thread_daemon_factory):
+    from ace_protocol.client import JobError
+    from ace_protocol.messages import Alloc
+
+    from bridge_server.jobs.gate import Gate
+
+    daemon = thread_daemon_factory(gate=Gate(paused=True), memory_budget_bytes=3 << 20)
+    client = client_for(daemon, "budget", shared_memory=False)
+    for _ in range(2):  # 512x512 raw RGBA + mask: 1.25 MiB each
+        client.submit("inpaint", "x", **inpaint_kwargs(size=512))
+    with pytest.raises(JobError) as refused:
+        client.submit("inpaint", "x", **inpaint_kwargs(size=512))
+    assert refused.value.code == "queue_full" and "memory budget (3 MiB" in str(refused.value)
+    other = client_for(daemon, "budget-shm", shared_memory=True)  # shared memory counts against the same budget
+    assert other.shared_memory_active
+    reply = other._request(Alloc(id="", size=1 << 20))
+    assert (reply.TYPE, reply.code) == ("error", "too_large") and "memory budget" in reply.message
+    client.close()
+    other.close()
+
+
+def test_a_client_that_never_reads_is_disconnected_and_its_results_wait_for_it(thread_daemon_factory):
+    from hostile_peer import open_ws, read_frame, ws_frame
+
+    from bridge_server.server.hub import Connection
+
+    daemon = thread_daemon_factory(send_stall_s=2.0)
+    sock = open_ws(daemon.port, rcvbuf=4096)
+    sock.sendall(ws_frame(encode(hello(daemon.token, client_id="never-reads"))))
+    welcome = decode_server_message(read_frame(sock)[1])
+    assert welcome.TYPE == "welcome" and welcome.client_secret
+    from ace_protocol.messages import Submit
+
+    for i in range(3):  # 1024x1024 results: 4 MiB frames that a 4 KiB receive buffer cannot take
+        sock.sendall(ws_frame(encode(Submit(id=f"r{i}", task="inpaint", prompt="x", **inpaint_kwargs(size=1024)))))
+    deadline = time.monotonic() + 120
+    session = daemon.state.hub.sessions["never-reads"]
+    while session.connection is not None and time.monotonic() < deadline:
+        time.sleep(0.1)  # until the daemon gives up on the reader (a condition, bounded)
+    assert session.connection is None  # disconnected, not buffered for
+    sock.close()
+    jobs = daemon.call(lambda: [j for j in daemon.state.queue.jobs.values() if j.client_id == "never-reads"])
+    assert len(jobs) == 3
+    for job in jobs:  # every job still runs to its end and waits for the client
+        tapped = time.monotonic() + 120
+        while not job.state.finished and time.monotonic() < tapped:
+            time.sleep(0.1)
+    back = client_for(daemon, "never-reads", client_secret=welcome.client_secret)
+    handles = back.fetch_unacknowledged(wait=60)
+    assert sorted(h.id for h in handles) == sorted(j.id for j in jobs)
+    for handle in handles:
+        assert [e.TYPE for e in handle.events(timeout=60)] == ["result", "done"]
+    back.close()
+    assert Connection.stall_s == 30.0  # the default for real daemons
+
+
+def test_stored_results_are_replayed_off_the_event_loop(thread_daemon_factory):
+    daemon = thread_daemon_factory()
+    client = client_for(daemon, "many-results")
+    ids = []
+    for _ in range(3):
+        job = client.submit("inpaint", "x", **inpaint_kwargs(size=256))
+        list(job.events(timeout=120))
+        ids.append(job.id)
+    client.close()
+    queue = daemon.state.queue
+    threads: list[str] = []
+    original = queue.replay_messages
+
+    def recording(job):
+        threads.append(threading.current_thread().name)
+        return original(job)
+
+    daemon.call(lambda: setattr(queue, "replay_messages", recording))
+    back = client_for(daemon, "many-results")
+    handles = back.fetch_unacknowledged(wait=60)
+    assert sorted(h.id for h in handles) == sorted(ids)
+    for handle in handles:
+        assert [e.TYPE for e in handle.events(timeout=60)] == ["result", "done"]
+    back.close()
+    assert len(threads) == 3 and "test-daemon" not in threads, threads  # never the daemon's event loop thread
