@@ -19,6 +19,7 @@ from aiohttp import web
 
 from bridge_server.cli.common import EXIT_CODES_HELP, Subparsers
 from bridge_server.config import ServerConfig, is_loopback_host
+from bridge_server.engine.tiers import TIER_NAMES
 from bridge_server.jobs.gate import Gate
 from bridge_server.server.app import BridgeRunner, create_app
 from bridge_server.server.lock import AlreadyRunning, DaemonLock
@@ -50,7 +51,7 @@ def engine_factory_for(args: argparse.Namespace, data: Path):
         # timer is for standalone use, so it is off here rather than a second timer doing the same work.
         return AcePlusEngine(root, memory_mode=args.memory_mode, idle_unload_s=None,
                              max_tokens_limit=args.max_tokens, optimizations=speed_options(args),
-                             quantize=getattr(args, "quantize", None))
+                             quantize=getattr(args, "quantize", None), tier=getattr(args, "tier", "auto"))
 
     return factory, root
 
@@ -290,6 +291,9 @@ def register(sub: Subparsers) -> None:
     group.add_argument("--demo", action="store_true", help="run the tiny random-weight model (no download)")
     serve.add_argument("--idle-unload", type=float, default=600.0, help="seconds idle before the model is unloaded")
     serve.add_argument("--memory-mode", default="auto", choices=["auto", "gpu", "model-offload", "sequential-offload"])
+    serve.add_argument("--tier", default="auto", choices=["auto", *TIER_NAMES],
+                       help="memory tier (default auto: the fastest that fits free VRAM and host RAM; "
+                            "`ace-bridge status` shows the choice and why)")
     serve.add_argument("--max-tokens", type=int, default=16384, help="largest per-job image-token budget")
     serve.add_argument("--panel", action="store_true", help="open the control panel window at start")
     serve.add_argument("--tls-cert", help="certificate for remote mode (PEM)")

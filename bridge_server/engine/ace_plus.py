@@ -60,11 +60,12 @@ class AcePlusEngine:
         optimizations: dict[str, Any] | None = None,
         quantize: str | None = None,
         preview_every: int = 4,
+        tier: str = "auto",
     ) -> None:
         self.layout = ModelLayout(Path(model_root))
         self.manager = ModelManager(
             self.layout, device=device, dtype=dtype, memory_mode=memory_mode, t5_max_length=t5_max_length,
-            optimizations=optimizations, quantize=quantize, preview_every=preview_every,
+            optimizations=optimizations, quantize=quantize, preview_every=preview_every, tier=tier,
         )
         self.idle_unload_s = idle_unload_s
         self.max_tokens_limit = max_tokens_limit
@@ -155,8 +156,17 @@ class AcePlusEngine:
             "vram": vram(),
             "tasks": self.available_tasks(),
         }
+        out |= m.tier_state()
+        problems = m.preflight()  # e.g. a full-size model and no GPU: say so before the first job fails
+        if problems:
+            out["warnings"] = problems
+            out["state"] = "error"
+            out.setdefault("error", problems[0].split(": ", 1)[-1])
+            out.setdefault("error_kind", problems[0].split(": ", 1)[0])
         if m.optimized:
             out["optimizations"] = dict(m.optimized)
+        if m.error_kind:
+            out["error_kind"] = m.error_kind
         if download:
             out["download"] = download
         if m.error:

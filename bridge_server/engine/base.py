@@ -46,6 +46,21 @@ class EngineError(ProtocolError):
     """A job failure with a protocol error code (out_of_memory, model_missing, bad_request, internal)."""
 
 
+class EngineSetupError(EngineError):
+    """A failure the user fixes outside the job, typed so the CLI, status and the panel can say what to do.
+
+    kind: no_gpu (no CUDA/MPS device for a full-size model) | unsupported_gpu | too_little_ram (host RAM below
+    what the tier needs) | too_little_vram (no tier fits) | wrong_file (a file is not what its name or folder says)
+    | model_missing (a file the tier needs is not there)."""
+
+    def __init__(self, kind: str, code: ErrorCode | str, message: str) -> None:
+        super().__init__(code, message)
+        self.kind = kind
+
+    def __reduce__(self):  # picklable across threads/processes, like ProtocolError
+        return (type(self), (self.kind, self.code, self.message))
+
+
 StepCallback = Callable[[int, int], None]  # (steps done, total steps)
 # (steps done, uint8 RGB HxWx3): a small look at where the image is heading, at most ~256 px on the long side.
 PreviewCallback = Callable[[int, np.ndarray], None]

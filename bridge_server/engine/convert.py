@@ -250,7 +250,8 @@ def bfl_to_diffusers(state_dict: dict[str, torch.Tensor], *, name: str = "transf
         for bfl, diff in _SINGLE_NORMS:
             out[d + diff] = take(b + bfl)
         weight = take(f"{b}linear1.weight")
-        width = weight.shape[1]  # linear1: hidden width -> q|k|v|mlp
+        # linear1: hidden width -> q|k|v|mlp (a GGUF-quantized weight holds bytes per row: take its logical shape)
+        width = (getattr(weight, "quant_shape", None) or weight.shape)[1]
         rows = [width, width, width, weight.shape[0] - 3 * width]
         for kind, tensor in (("weight", weight), ("bias", take(f"{b}linear1.bias"))):
             for part, chunk in zip(_SINGLE_LINEAR1, torch.split(tensor, rows, dim=0)):

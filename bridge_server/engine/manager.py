@@ -17,20 +17,23 @@ Both bake the weights: a LoRA must be fused first, and switching adapters then m
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import importlib.util
 import json
 import logging
+import os
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from ace_protocol.errors import ErrorCode
 
 from bridge_server.engine import diffusers_adapter as dx
-from bridge_server.engine import recipes
-from bridge_server.engine.base import EngineError
+from bridge_server.engine import recipes, tiers
+from bridge_server.engine.base import EngineError, EngineSetupError
 from bridge_server.engine.pipeline import Components
 from bridge_server.models.layout import ModelLayout
 
@@ -43,7 +46,10 @@ MODEL_OFFLOAD_MIN_FREE_GIB = 26.0
 CPU_MAX_TRANSFORMER_PARAMS = 4e9
 IMAGE_TOKEN = "{image}"
 # Modes where the VAE stays resident; with offload a preview decode would swap the transformer out and back.
-PREVIEW_MODES = ("gpu", "cpu")
+PREVIEW_MODES = ("gpu", "cpu", "group-offload")
+PROMPT_CACHE_SIZE = 32  # prompt embeddings kept (on the CPU); a repeated prompt is not encoded again
+TIER_ERROR_CODES = {"no_gpu": ErrorCode.MODEL_MISSING, "model_missing": ErrorCode.MODEL_MISSING,
+                    "too_little_ram": ErrorCode.OUT_OF_MEMORY, "too_little_memory": ErrorCode.OUT_OF_MEMORY}
 
 
 def estimate_transformer_params(config: dict[str, Any]) -> float:
@@ -66,7 +72,10 @@ class ModelManager:
         optimizations: dict[str, Any] | None = None,
         quantize: str | None = None,
         preview_every: int = 4,
+        tier: str = "auto",
     ) -> None:
+        if tier != "auto":
+            tiers.tier(tier)  # ValueError now, at start, for an unknown name
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"memory_mode must be one of {', '.join(MEMORY_MODES)}, got {memory_mode!r}")
         if quantize not in (None, "nf4"):
@@ -85,6 +94,7 @@ class ModelManager:
         self.preview_every = max(0, int(preview_every))  # 0: never; a preview every N steps, never on the last
         self.state = "unloaded"
         self.error: str | None = None
+        self.error_kind: str | None = None  # EngineSetupError.kind of the last load failure
         self.pipe: Any = None
         self.fft: Any = None
         self.fft_tokenizer: Any = None  # T5 tokenizer + the FFT model's 14 identifiers (fft_text.py)
@@ -93,6 +103,13 @@ class ModelManager:
         self.memory_mode: str | None = None
         self.dtype: Any = None
         self.optimized: dict[str, str] = {}
+        self.tier_request = tier
+        self.choice: tiers.Choice | None = None
+        self.text_device: str | None = None  # where the text encoders run (None: with the pipeline)
+        self.prompt_cache: collections.OrderedDict[tuple[str, bool, int], tuple[Any, Any, Any]] = (
+            collections.OrderedDict())
+        self.prompt_cache_hits = 0
+        self.prompt_cache_misses = 0
 
     # ------------------------------------------------------------------------------------------------------------
     # Where and how
@@ -141,8 +158,9 @@ class ModelManager:
         config_path = self.layout.base / "transformer" / "config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
         params = estimate_transformer_params(config)
-        if not device.startswith("cuda") and params > CPU_MAX_TRANSFORMER_PARAMS:
-            raise EngineError(
+        if not device.startswith(("cuda", "mps")) and params > CPU_MAX_TRANSFORMER_PARAMS:
+            raise EngineSetupError(
+                "no_gpu",
                 ErrorCode.MODEL_MISSING,
                 f"no CUDA GPU found, and this model ({params / 1e9:.1f} B transformer parameters, about 34 GB of "
                 "bf16 weights with the text encoders) cannot run on the CPU in any useful time or memory. Run the "
@@ -162,9 +180,13 @@ class ModelManager:
                 ErrorCode.MODEL_MISSING, f"the base model is not installed at {self.layout.base}; {missing_hint}"
             )
         device = self.resolve_device()
-        self.check_size(device)
+        try:
+            self.check_size(device)
+        except EngineSetupError as exc:
+            self.state, self.error, self.error_kind = "error", exc.message, exc.kind
+            raise
         self.state = "loading"
-        self.error = None
+        self.error = self.error_kind = None
         dx.check_version()
         try:
             self.load(device)
@@ -172,6 +194,7 @@ class ModelManager:
         except EngineError as exc:
             self.release()
             self.state, self.error = "error", exc.message
+            self.error_kind = getattr(exc, "kind", None)
             raise
         except Exception as exc:  # noqa: BLE001 - report any load failure as a job error the user can read
             self.release()
@@ -182,15 +205,72 @@ class ModelManager:
                 ) from exc
             raise EngineError(ErrorCode.INTERNAL, f"loading the model failed: {type(exc).__name__}: {exc}") from exc
 
+    # ------------------------------------------------------------------------------------------------------------
+    # Tiers
+
+    def machine(self, device: str) -> tiers.Machine:
+        import torch
+
+        kind = "cuda" if device.startswith("cuda") else "mps" if device.startswith("mps") else "cpu"
+        host = host_ram_gb()
+        free = (vram() or {}).get("free_gib") if kind == "cuda" else (host if kind == "mps" else None)
+        return tiers.Machine(kind, free, host, fp8_ok=hasattr(torch, "float8_e4m3fn"))
+
+    def transformer_files(self) -> dict[str, dict[str, str]]:
+        from bridge_server.models.find import transformer_files
+
+        return transformer_files(self.layout.root)
+
+    def available(self) -> tiers.Available:
+        fill = self.transformer_files()["fill"]
+        gguf = frozenset(k for k in fill if k[:1] in ("Q", "B", "F") and k.upper() == k)
+        return tiers.Available(
+            bf16=self.layout.has_base() or any(k in fill for k in ("bf16", "fp16", "fp32")),
+            fp8="fp8" in fill, gguf=gguf, tiny=(self.layout.root / "TINY_MODEL.json").is_file(),
+        )
+
+    def choose(self, device: str) -> tiers.Choice:
+        try:
+            return tiers.choose_tier(self.machine(device), self.available(), requested=self.tier_request)
+        except tiers.TierError as exc:
+            raise EngineSetupError(exc.kind, TIER_ERROR_CODES.get(exc.kind, ErrorCode.MODEL_MISSING),
+                                   exc.message) from exc
+
+    def preflight(self) -> list[str]:
+        """Problems visible before any job (status and the panel show them): a full-size model without a GPU."""
+        if not self.layout.has_base() or self.pipe is not None:
+            return []
+        try:
+            self.check_size(self.resolve_device())
+        except EngineSetupError as exc:
+            return [f"{exc.kind}: {exc.message}"]
+        except Exception:  # noqa: BLE001 - state() must never fail
+            return []
+        return []
+
+    def tier_state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"tier_requested": self.tier_request}
+        if self.choice is not None:
+            out |= self.choice.as_state()
+        out["prompt_cache"] = {"entries": len(self.prompt_cache), "hits": self.prompt_cache_hits,
+                               "misses": self.prompt_cache_misses}
+        return out
+
     def load(self, device: str) -> None:
         from diffusers import FluxFillPipeline
 
         from bridge_server.engine.convert import check_lora_shapes, kohya_to_diffusers, load_safetensors
 
         dtype = self.resolve_dtype(device)
+        self.choice = choice = self.choose(device)
+        tier = choice.tier
         extra: dict[str, Any] = {}
         if self.quantize == "nf4":
             extra["transformer"] = self._load_nf4_transformer(device, dtype)
+        else:
+            transformer = self.load_transformer("fill", choice.weights, dtype)
+            if transformer is not None:
+                extra["transformer"] = transformer
         pipe = FluxFillPipeline.from_pretrained(str(self.layout.base), dtype=dtype, local_files_only=True,
                                                 use_safetensors=True, **extra)
         for component in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
@@ -214,19 +294,84 @@ class ModelManager:
                 warnings.filterwarnings("ignore", message="Already found a `peft_config`")
                 pipe.load_lora_weights(converted, adapter_name=name)
             self.adapters.append(name)
-        mode = self.resolve_memory_mode(device)
-        if mode == "gpu":
-            pipe.to(device)
-        elif mode == "model-offload":
+        if choice.weights == "fp8" and not any(p.dtype == _fp8() for p in transformer.parameters()):
+            from bridge_server.engine.weights import cast_fp8
+
+            cast_fp8(transformer, dtype)  # fp8 weight-only from the bf16 weights (LoRA layers stay unfused)
+        mode = self.place(pipe, device, tier)
+        self.pipe, self.device, self.memory_mode, self.dtype = pipe, device, mode, dtype
+        self.apply_optimizations()
+        log.info("ACE++ loaded from %s on %s (tier %s: %s; %s, %s), adapters %s", self.layout.root, device,
+                 tier.name, choice.reason, mode, dtype, self.adapters)
+
+    def load_transformer(self, which: str, weights: str, dtype: Any) -> Any:
+        """The transformer for `which` ("fill" or "fft") in the tier's weights, from a single file or GGUF; None
+        for the Fill transformer of the base folder (the pipeline loads it)."""
+        from bridge_server.engine import weights as files
+
+        in_channels = 448 if which == "fft" else 384
+        found = self.transformer_files()[which]
+        what = "ACE++ FFT model" if which == "fft" else "FLUX.1-Fill transformer"
+        if weights not in ("bf16", "fp8") and which == "fft" and weights not in found:
+            # the FFT in the same family as the Fill file, else its smallest GGUF
+            family = next((f for f, types in tiers.GGUF_FAMILIES.items() if weights in types), None)
+            same = [t for t in tiers.GGUF_FAMILIES.get(family or "", ()) if t in found]
+            others = sorted((t for t in found if t in tiers.TRANSFORMER_GB and t.upper() == t),
+                            key=lambda t: tiers.TRANSFORMER_GB[t])
+            weights = (same or others or ["bf16"])[0]
+        if weights in found and weights not in ("bf16", "fp16", "fp32", "fp8"):
+            return files.load_gguf_transformer(Path(found[weights]), self.layout.base, dtype=dtype,
+                                               in_channels=in_channels, what=what)
+        if weights == "fp8" and "fp8" in found:
+            return files.load_single_file_transformer(Path(found["fp8"]), self.layout.base, dtype=dtype,
+                                                      in_channels=in_channels, keep_fp8=True, what=what)
+        if which == "fft":
+            path = self.layout.fft if self.layout.has_fft() else next(
+                (Path(found[k]) for k in ("bf16", "fp16", "fp32", "fp8") if k in found), self.layout.fft)
+            model = files.load_single_file_transformer(path, self.layout.base, dtype=dtype, in_channels=448,
+                                                       what=what)
+            if weights == "fp8":
+                files.cast_fp8(model, dtype)
+            return model
+        if not self.layout.has_base():
+            single = next((found[k] for k in ("bf16", "fp16", "fp32") if k in found), None)
+            if single:
+                return files.load_single_file_transformer(Path(single), self.layout.base, dtype=dtype,
+                                                          in_channels=384, what=what)
+        return None
+
+    def place(self, pipe: Any, device: str, tier: tiers.Tier) -> str:
+        """Put the pipeline where the tier (or an explicit --memory-mode) says; returns the memory mode."""
+        import torch
+
+        legacy = self.memory_request != "auto" or self.auto_floor is not None or not device.startswith("cuda")
+        mode = self.resolve_memory_mode(device) if legacy else tier.placement
+        if tier.placement in ("group-offload", "sequential-offload") and not device.startswith("cuda"):
+            mode = tier.placement  # a forced offload tier on the CPU: the same hooks, the CPU executes (tests)
+        self.text_device = None
+        if tier.vae_tiling:
+            pipe.vae.enable_tiling()
+        if mode == "model-offload":
             pipe.enable_model_cpu_offload(device=device)
         elif mode == "sequential-offload":
             pipe.enable_sequential_cpu_offload(device=device)
+        elif mode == "group-offload":
+            cuda = device.startswith("cuda")
+            pipe.transformer.enable_group_offload(
+                onload_device=torch.device(device), offload_device=torch.device("cpu"), offload_type="block_level",
+                num_blocks_per_group=1, use_stream=cuda, record_stream=cuda, low_cpu_mem_usage=False,
+            )
+            pipe.vae.to(device)
+            self.text_device = "cpu"
+        elif tier.text_encoders == "cpu" and mode == "gpu":
+            pipe.transformer.to(device)
+            pipe.vae.to(device)
+            self.text_device = "cpu"  # T5-XXL and CLIP run on the CPU; embeddings move to the card (and are cached)
         else:
             pipe.to(device)
-        self.pipe, self.device, self.memory_mode, self.dtype = pipe, device, mode, dtype
-        self.apply_optimizations()
-        log.info("ACE++ loaded from %s on %s (%s, %s), adapters %s", self.layout.root, device, mode, dtype,
-                 self.adapters)
+        if mode == "cpu" and tier.text_encoders == "cpu" and tier.name != "cpu":
+            self.text_device = "cpu"
+        return mode
 
     def _load_nf4_transformer(self, device: str, dtype: Any) -> Any:
         """The Fill transformer in 4-bit NF4 (bitsandbytes): ~7 GB instead of 23.8, slower matmuls, the largest
@@ -248,8 +393,12 @@ class ModelManager:
             return
         optimize = importlib.import_module(f"{__package__}.optimize")
         apply = getattr(optimize, "apply_optimizations", None)
+        options = dict(self.optimizations)
+        if dx.is_gguf_model(self.pipe.transformer) or self.memory_mode == "group-offload":
+            # quantized or streamed weights: LoRAs stay unfused, no QKV concat, no second quantisation
+            options.update(fuse_lora=False, fuse_qkv=False, fp8=False)
         if apply is not None:
-            self.optimized = dict(apply(self.pipe, self.optimizations) or {})
+            self.optimized = dict(apply(self.pipe, options) or {})
 
     def fused_adapters(self) -> bool:
         return str(self.optimized.get("fuse_lora", "")).startswith("applied")
@@ -258,35 +407,19 @@ class ModelManager:
         if self.fft is not None:
             return self.fft
         import torch
-        from accelerate import init_empty_weights
-        from diffusers import FluxTransformer2DModel
 
-        from bridge_server.engine.convert import bfl_to_diffusers, load_safetensors
-
-        config = dict(FluxTransformer2DModel.load_config(str(self.layout.base / "transformer")))
-        config["in_channels"] = 448  # 64 noise + 64 edit + 64 change + 256 mask; not inferred from the file
-        state = bfl_to_diffusers(load_safetensors(self.layout.fft, what="ACE++ FFT model"), name="ACE++ FFT model")
-        width = state.get("x_embedder.weight")
-        if width is None or width.shape[1] != 448:
-            got = None if width is None else width.shape[1]
-            raise EngineError(
-                ErrorCode.MODEL_MISSING,
-                f"{self.layout.fft} takes {got} input channels, not 448; it is not the ACE++ FFT model",
-            )
-        with init_empty_weights():
-            fft = FluxTransformer2DModel.from_config(config)
-        state = {k: v.to(self.dtype) for k, v in state.items()}
-        try:
-            fft.load_state_dict(state, strict=True, assign=True)
-        except RuntimeError as exc:
-            raise EngineError(
-                ErrorCode.MODEL_MISSING, f"{self.layout.fft} does not fit the installed base model ({str(exc)[:300]})"
-            ) from exc
-        fft.eval()
+        weights = self.choice.weights if self.choice is not None else "bf16"
+        fft = self.load_transformer("fft", weights, self.dtype)
         if self.memory_mode == "sequential-offload":
             from accelerate import cpu_offload
 
             cpu_offload(fft, execution_device=torch.device(self.device))
+        elif self.memory_mode == "group-offload":
+            cuda = str(self.device).startswith("cuda")
+            fft.enable_group_offload(
+                onload_device=torch.device(self.device), offload_device=torch.device("cpu"),
+                offload_type="block_level", num_blocks_per_group=1, use_stream=cuda, record_stream=cuda,
+            )
         self.fft = fft
         return fft
 
@@ -333,17 +466,39 @@ class ModelManager:
             pipe.set_adapters([adapter], adapter_weights=[1.0])
 
     def encode_prompt(self, prompt: str, fft: bool) -> tuple[Any, Any, Any]:
-        """CLIP pooled + T5 sequence on the execution device. The FFT model reads the prompt as its authors'
-        scepter embedder gives it: cleaned, T5 with their 14 identifiers."""
+        """CLIP pooled + T5 sequence on the execution device; a repeated prompt comes from the cache. The FFT model
+        reads the prompt as its authors' scepter embedder gives it: cleaned, T5 with their 14 identifiers."""
+        key = (prompt, fft, self.t5_max_length)
+        cached = self.prompt_cache.get(key)
+        device = self.execution_device()
+        if cached is not None:
+            self.prompt_cache.move_to_end(key)
+            self.prompt_cache_hits += 1
+            return tuple(t.to(device) for t in cached)  # type: ignore[return-value]
+        self.prompt_cache_misses += 1
         pipe = self.pipe
-        device = dx.execution_device(pipe)
+        where = self.text_device or device
         if fft:
             from bridge_server.engine import fft_text
 
             with swapped_t5_tokenizer(pipe, self.fft_text_tokenizer()):
-                return pipe.encode_prompt(prompt=fft_text.clean_prompt(prompt), prompt_2=None, device=device,
-                                          max_sequence_length=self.t5_max_length)
-        return pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device, max_sequence_length=self.t5_max_length)
+                out = pipe.encode_prompt(prompt=fft_text.clean_prompt(prompt), prompt_2=None, device=where,
+                                         max_sequence_length=self.t5_max_length)
+        else:
+            out = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=where,
+                                     max_sequence_length=self.t5_max_length)
+        self.prompt_cache[key] = tuple(t.detach().to("cpu") for t in out)
+        while len(self.prompt_cache) > PROMPT_CACHE_SIZE:
+            self.prompt_cache.popitem(last=False)
+        return tuple(t.to(device) for t in out)  # type: ignore[return-value]
+
+    def execution_device(self) -> Any:
+        """Where the denoising runs: the offload hooks' device, else the device the pipeline was placed on."""
+        import torch
+
+        if self.memory_mode in ("model-offload", "sequential-offload") or self.device is None:
+            return dx.execution_device(self.pipe)
+        return torch.device(self.device)
 
     @contextlib.contextmanager
     def components(self, plan: recipes.Plan) -> Iterator[Components]:
@@ -354,7 +509,7 @@ class ModelManager:
         fft = plan.transformer == "fft"
         transformer = self.load_fft() if fft else pipe.transformer
         self.select_adapter(None if fft else plan.adapter)
-        device = dx.execution_device(pipe)
+        device = self.execution_device()
         moved = False
         try:
             if fft and self.memory_mode in ("gpu", "model-offload"):
@@ -388,6 +543,7 @@ class ModelManager:
     # Unloading
 
     def release(self) -> None:
+        self.prompt_cache.clear()
         self.pipe = None
         self.fft = None
         self.adapters = []
@@ -431,6 +587,27 @@ def add_image_token(pipe: Any) -> None:
             ErrorCode.INTERNAL,
             f"could not add the {IMAGE_TOKEN} token to the T5 tokenizer (id {token_id}, {rows} embedding rows)",
         )
+
+
+def _fp8() -> Any:
+    import torch
+
+    return getattr(torch, "float8_e4m3fn", None)
+
+
+def host_ram_gb() -> float:
+    """Available host RAM in GB (MemAvailable on Linux; total physical memory elsewhere)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 1e9
+    except (ValueError, OSError, AttributeError):
+        return 0.0
 
 
 def vram() -> dict[str, float] | None:

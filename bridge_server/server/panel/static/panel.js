@@ -89,6 +89,8 @@ function renderEngine(engine) {
     ["FFT (instruct)", engine.fft ? (engine.fft_loaded ? "loaded" : "available") : "not installed"],
     ["Device", engine.device || "not chosen yet"],
     ["Memory mode", engine.memory_mode || ""],
+    ["Tier", engine.tier ? `${engine.tier} (${engine.weights || ""}): ${engine.tier_reason || ""}`
+      : `${engine.tier_requested || "auto"} (chosen when the model loads)`],
     ["VRAM", engine.vram ? `${engine.vram.free_gib} GiB free of ${engine.vram.total_gib} GiB` : "no GPU"],
     ["Tasks", (engine.tasks || []).join(", ")],
   ];
