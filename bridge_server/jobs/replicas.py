@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 os.environ.setdefault("RAY_ENABLE_AUTO_CONNECT", "0")  # a call while disconnected must not start a stray cluster
 
@@ -249,7 +249,7 @@ class RayReplicas:
             actor: dict[str, Any] = {"num_cpus": 1}
             if gpus:
                 actor["num_gpus"] = 1
-            deployment = EngineReplica.options(num_replicas=self.target, ray_actor_options=actor)
+            deployment = cast(Any, EngineReplica).options(num_replicas=self.target, ray_actor_options=actor)
             started = time.monotonic()
             serve.run(deployment.bind(self.spec), name=self.app, route_prefix=None)
             log.info("deployed %d engine replica(s) in %.1f s", self.target, time.monotonic() - started)
@@ -268,7 +268,7 @@ class RayReplicas:
         deployment = app.deployments.get(DEPLOYMENT)
         if deployment is None:
             return None
-        running = int(deployment.replica_states.get("RUNNING", 0))
+        running = _running(deployment)
         try:
             described = serve.get_app_handle(self.app).describe.remote().result(timeout_s=60)
         except Exception:
@@ -300,20 +300,29 @@ class RayReplicas:
             entry["lost"] = int(entry.get("lost", 0)) + 1
         self.live = max(0, self.live - 1)
 
-    def _refresh(self) -> None:
-        """Blocking: how many replicas Serve has running, and which of the ones we know are gone."""
+    def _read_status(self) -> tuple[int, set[str]] | None:
+        """Blocking (off the event loop): how many replicas Serve has running, and the ids of those alive."""
         try:
             app = serve.status().applications.get(self.app)
             deployment = app.deployments.get(DEPLOYMENT) if app is not None else None
-            # A dead replica can stay RUNNING in the controller's view for a health-check period while its
-            # replacement already runs: never count more than the target.
-            running = int(deployment.replica_states.get("RUNNING", 0)) if deployment is not None else 0
-            live = min(running, self.target)
+            running = _running(deployment) if deployment is not None else 0
             names = {a["name"].rsplit("#", 1)[-1] for a in ray.util.list_named_actors(all_namespaces=True)
                      if a["name"].startswith(f"SERVE_REPLICA::{self.app}#{DEPLOYMENT}#")}
         except RayError as exc:
             log.warning("cannot read the Serve status: %s", exc)
-            return
+            return None
+        # A dead replica can stay RUNNING in the controller's view for a health-check period while its replacement
+        # already runs: never count more than the target.
+        return min(running, self.target), names
+
+    def _refresh(self) -> None:
+        """Blocking; for `connect` (the watcher reads off the loop and applies on it)."""
+        status = self._read_status()
+        if status is not None:
+            self._apply_status(*status)
+
+    def _apply_status(self, live: int, names: set[str]) -> None:
+        """On the event loop: the board follows who is alive; `on_change` when the capacity changed."""
         for replica, entry in self.board.items():
             if replica not in names and entry["state"] != "gone":
                 entry["state"] = "gone" if entry["state"] != "taken out" else "taken out"
@@ -330,7 +339,9 @@ class RayReplicas:
         self.on_change = on_change
         while not self._closed:
             await asyncio.sleep(REFRESH_S)
-            await asyncio.to_thread(self._refresh)
+            status = await asyncio.to_thread(self._read_status)
+            if status is not None:
+                self._apply_status(*status)
 
     # -------------------------------------------------------------- ReplicaPool
 
@@ -383,9 +394,9 @@ class RayReplicas:
                 raise EngineError(ErrorCode.INTERNAL, f"the replica failed: {_short(exc)}") from exc
             raise ReplicaLost(replica, _short(exc)) from exc
         finally:
-            entry = self.board.get(replica)
-            if entry is not None:
-                entry["busy"] = False
+            held = self.board.get(replica)
+            if held is not None:
+                held["busy"] = False
 
     # -------------------------------------------------------------- Engine (for the rest of the daemon)
 
@@ -417,6 +428,12 @@ class RayReplicas:
                 serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def _running(deployment: Any) -> int:
+    """RUNNING replicas of a deployment in `serve.status()` (keys are ReplicaState members)."""
+    return sum(int(n) for state, n in deployment.replica_states.items()
+               if str(getattr(state, "value", state)) == "RUNNING")
 
 
 def _short(exc: BaseException) -> str:
