@@ -48,6 +48,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"daemon {welcome.server_version} at {client.url}")
         print(f"engine: {status.engine.get('state')} {status.engine.get('model', '')}")
+        for line in engine_lines(status.engine):
+            print(line)
         for warning in status.engine.get("warnings", []):
             print(f"warning: {warning}")
         print(f"tasks: {', '.join(report['tasks']) or '(none: models missing)'}")
@@ -58,6 +60,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {job['state']:8} {job['task']:14} {who:12} {job['prompt'][:50]}{where}")
         print_replicas(status.engine)
     return EXIT_OK
+
+
+def engine_lines(engine: dict) -> list[str]:
+    """The memory tier and why, and a load error with its kind (no_gpu, too_little_ram, wrong_file, ...)."""
+    lines = []
+    if engine.get("tier"):
+        lines.append(f"tier: {engine['tier']} ({engine.get('weights', '')}) - {engine.get('tier_reason', '')}")
+    elif engine.get("tier_requested"):
+        lines.append(f"tier: {engine['tier_requested']} (chosen when the model loads)")
+    if engine.get("tier_hint"):
+        lines.append(f"hint: {engine['tier_hint']}")
+    if engine.get("error"):
+        kind = f" [{engine['error_kind']}]" if engine.get("error_kind") else ""
+        lines.append(f"error{kind}: {engine['error']}")
+    return lines
 
 
 def print_replicas(engine: dict) -> None:

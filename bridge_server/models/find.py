@@ -148,8 +148,9 @@ def classify(tensors: dict[str, tuple[tuple[int, ...], str]], name: str = "") ->
     if any(k.startswith("encoder.block.") for k in keys) or "shared.weight" in keys:
         width = keys.get("shared.weight", ((0, 0), ""))[0][-1]
         return {"kind": "t5", "model": "t5-xxl" if width == 4096 else f"t5-{width}", "dtype": _main_dtype(keys)}
-    if any(k.startswith("text_model.encoder.layers.") for k in keys):
-        emb = keys.get("text_model.embeddings.token_embedding.weight", ((0, 0), ""))[0]
+    clip = {k.removeprefix("text_model."): v for k, v in keys.items()}  # ComfyUI files keep the prefix
+    if any(k.startswith("encoder.layers.") for k in clip) and "embeddings.token_embedding.weight" in clip:
+        emb = clip["embeddings.token_embedding.weight"][0]
         return {"kind": "clip", "model": "clip-l" if emb[-1] == 768 else f"clip-{emb[-1]}", "dtype": _main_dtype(keys)}
     for key in ("decoder.conv_in.weight", "first_stage_model.decoder.conv_in.weight"):
         if key in tensors:
