@@ -21,8 +21,6 @@ from ace_protocol.errors import ErrorCode, ProtocolError, bad_request
 from ace_protocol.messages import Message, ModelPull, ModelPullCancel, ModelState, ModelStatusRequest
 
 from bridge_server.models.layout import (
-    BASE_DIR,
-    BASE_REPO,
     DOWNLOAD_GB_WITH_FFT,
     DOWNLOAD_GB_WITHOUT_FFT,
     LICENCE_NOTICE,
@@ -85,8 +83,8 @@ class ModelService:
             tiny=bool(engine.get("tiny")),
             missing=missing,
             download_bytes=download_bytes,
-            licence=(f"{BASE_DIR} ({BASE_REPO}): {LICENCE_NOTICE} With the optional FFT model (for Edit with "
-                     f"Instruction) it is about {DOWNLOAD_GB_WITH_FFT} GB.") if missing else "",
+            licence=(f"{LICENCE_NOTICE} With the optional FFT model (for Edit with Instruction) the download is "
+                     f"about {DOWNLOAD_GB_WITH_FFT} GB.") if missing else "",
             can_pull=layout is not None and person == "",
             pull=pull,
             gpu=self.gpu(engine),

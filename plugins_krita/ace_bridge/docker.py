@@ -12,7 +12,8 @@ from typing import Any
 
 from . import document as kdoc
 from . import layers
-from .bundled import forms, geometry, history, jobs, messages, naming, provenance
+from .bundled import daemon, forms, geometry, history, jobs, messages, naming, provenance
+from .firstrun import FirstRun, FirstRunPanel
 from .model import JobRecord, Settings, Source, docker_fields, option_fields
 from .qt_compat import (
     ALIGN_CENTER,
@@ -239,6 +240,14 @@ class AceBridgeDocker(kdoc.DockWidget):
         form = W.QVBoxLayout(root)
         self.connection = W.QLabel("Connecting…")
         form.addWidget(self.connection)
+        # First run: "Start ACE Bridge", the model's status and its download (firstrun.py).
+        self.first_run = FirstRun(self.controller.worker, lambda: self.url_edit.text().strip())
+        self.first_run_panel = FirstRunPanel(self.first_run)
+        self.first_run_panel.model_ready.connect(self._reconnect)
+        form.addWidget(self.first_run_panel)
+        self.remote_toggle = W.QCheckBox("Daemon on another computer")
+        self.remote_toggle.toggled.connect(self._show_connection_box)
+        form.addWidget(self.remote_toggle)
 
         self.settings_box = W.QGroupBox("Daemon (empty fields: found automatically)")
         sf = W.QFormLayout(self.settings_box)
@@ -253,6 +262,7 @@ class AceBridgeDocker(kdoc.DockWidget):
         sf.addRow("Token", self.token_edit)
         sf.addRow(reconnect)
         form.addWidget(self.settings_box)
+        self._show_connection_box()
 
         grid = W.QFormLayout()
         self.task_box = W.QComboBox()
@@ -423,8 +433,15 @@ class AceBridgeDocker(kdoc.DockWidget):
         s = self.collect_settings()
         self.controller.worker.reconfigure(s.url, s.token)
 
+    def _show_connection_box(self, *_: Any) -> None:
+        """The URL/token box only for a daemon on another machine (or when asked for one)."""
+        remote = daemon.is_remote(self.url_edit.text().strip() or daemon.endpoint_url())
+        self.remote_toggle.setChecked(self.remote_toggle.isChecked() or remote)
+        self.settings_box.setVisible(self.remote_toggle.isChecked())
+
     # ------------------------------------------------------------------ controller signals
     def _on_connection(self, state: str, message: str) -> None:
+        self.first_run_panel.on_connection(state, message)
         text = {"connected": "● Connected", "connecting": "○ Connecting…", "reconnecting": "◐ Reconnecting…",
                 "disconnected": "○ Daemon not reachable", "error": "✕ Refused"}.get(state, state)
         self.connection.setText(text + (f" — {message}" if message else ""))

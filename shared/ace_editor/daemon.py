@@ -328,3 +328,21 @@ def advice(model_state: Mapping[str, Any]) -> Advice:
     title = "The ACE++ model is not installed."
     return Advice("failed" if pull_state == "failed" else "missing", title, detail,
                   can_download=bool(model_state.get("can_pull", True)), warning=warning)
+
+
+# ------------------------------------------------------------------ where, for the editors
+
+
+def endpoint_url(explicit: str = "") -> str:
+    """The daemon URL the plug-in talks to: its own setting, else discovery (ACE_BRIDGE_URL, runtime.json,
+    default) -- the URL that "Start ACE Bridge" starts a daemon for."""
+    from .protocol import client
+
+    return str(client.resolve(explicit or None).url)
+
+
+def default_log_path() -> Path:
+    """Where a daemon started from an editor writes its output: `serve.log` in the daemon's config folder."""
+    from .protocol import ace_protocol
+
+    return Path(ace_protocol.discovery.find_config_dir()) / LOG_FILE
