@@ -17,7 +17,7 @@ from typing import Any
 from ace_protocol.errors import ErrorCode
 
 from bridge_server.engine import diffusers_adapter as dx
-from bridge_server.engine.base import EngineError
+from bridge_server.engine.base import EngineSetupError
 
 BFL_MARKERS = ("img_in.weight", "double_blocks.0.img_attn.qkv.weight")
 
@@ -27,7 +27,14 @@ def is_bfl(keys: Any) -> bool:
     return any(k.endswith(m) for k in keys for m in BFL_MARKERS)
 
 
-def _input_channels(state: dict[str, Any], dequantized: bool = False) -> int | None:
+def _wrong_channels(path: Path, got: int | None, want: int | None, what: str) -> EngineSetupError:
+    return EngineSetupError(
+        "wrong_file", ErrorCode.MODEL_MISSING,
+        f"{path} takes {got} input channels, not {want}: it is not the {what} (384: FLUX.1-Fill, 448: ACE++ FFT, "
+        "64: FLUX.1-dev). Run `ace-bridge models find` to see what each file really is.")
+
+
+def _input_channels(state: dict[str, Any]) -> int | None:
     weight = state.get("x_embedder.weight")
     if weight is None:
         return None
@@ -45,15 +52,16 @@ def load_gguf_transformer(path: Path, config_dir: Path, *, dtype: Any, in_channe
     try:
         checkpoint = dx.read_gguf(str(path))
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a model problem the user can fix
-        raise EngineError(ErrorCode.MODEL_MISSING, f"{what} {path} is not a readable GGUF file ({exc})") from exc
+        raise EngineSetupError("wrong_file", ErrorCode.MODEL_MISSING,
+                               f"{what} {path} is not a readable GGUF file ({exc})") from exc
     if is_bfl(checkpoint):
         checkpoint = bfl_to_diffusers(checkpoint, name=str(path))
     got = _input_channels(checkpoint)
     if got is None:
-        raise EngineError(ErrorCode.MODEL_MISSING, f"{path} is not a FLUX transformer (no img_in / x_embedder)")
+        raise EngineSetupError("wrong_file", ErrorCode.MODEL_MISSING,
+                               f"{path} is not a FLUX transformer (no img_in / x_embedder)")
     if in_channels is not None and got != in_channels:
-        raise EngineError(ErrorCode.MODEL_MISSING, f"{path} takes {got} input channels, not {in_channels}; it is not "
-                          f"the {what} (384: FLUX.1-Fill, 448: ACE++ FFT, 64: FLUX.1-dev)")
+        raise _wrong_channels(path, got, in_channels, what)
     return FluxTransformer2DModel.from_single_file(
         checkpoint, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), config=str(config_dir),
         subfolder="transformer", in_channels=got, torch_dtype=dtype, local_files_only=True,
@@ -75,8 +83,7 @@ def load_single_file_transformer(path: Path, config_dir: Path, *, dtype: Any, in
         state = bfl_to_diffusers(state, name=what)
     got = _input_channels(state)
     if got is None or (in_channels is not None and got != in_channels):
-        raise EngineError(ErrorCode.MODEL_MISSING, f"{path} takes {got} input channels, not {in_channels}; it is "
-                          f"not the {what} (384: FLUX.1-Fill, 448: ACE++ FFT, 64: FLUX.1-dev)")
+        raise _wrong_channels(path, got, in_channels, what)
     config = dict(FluxTransformer2DModel.load_config(str(Path(config_dir) / "transformer")))
     config["in_channels"] = got
     fp8 = keep_fp8 and any(v.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) for v in state.values())
@@ -91,7 +98,8 @@ def load_single_file_transformer(path: Path, config_dir: Path, *, dtype: Any, in
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
-        raise EngineError(ErrorCode.MODEL_MISSING, f"{path} does not fit the model config ({str(exc)[:300]})") from exc
+        raise EngineSetupError("wrong_file", ErrorCode.MODEL_MISSING,
+                               f"{path} does not fit the model config ({str(exc)[:300]})") from exc
     if fp8:
         model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=dtype)
     return model.eval()

@@ -172,3 +172,22 @@ def test_no_gpu_shows_in_the_state_before_any_job(tiny_root: Path, tmp_path: Pat
 def test_unknown_tier_is_refused_at_start(tiny_root: Path):
     with pytest.raises(ValueError, match="unknown tier"):
         AcePlusEngine(tiny_root, tier="q2")
+
+
+def test_a_file_that_is_not_what_its_name_says_is_a_typed_error(tiny_root: Path, tmp_path: Path):
+    """An "FFT" file that is really a Fill transformer (384 input channels): wrong_file, with what to run."""
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    from bridge_server.engine.convert import diffusers_to_bfl
+
+    shutil.copytree(tiny_root, tmp_path, dirs_exist_ok=True)
+    engine = AcePlusEngine(tmp_path, t5_max_length=T5_LEN, idle_unload_s=None)
+    fill = FluxTransformer2DModel.from_pretrained(str(engine.layout.base), subfolder="transformer")
+    save_file({k: v.contiguous() for k, v in diffusers_to_bfl(fill.state_dict()).items()}, str(engine.layout.fft))
+    try:
+        with pytest.raises(EngineSetupError) as err:
+            run(engine, make_job("instruct"))
+        assert err.value.kind == "wrong_file" and "384" in err.value.message and "models find" in err.value.message
+    finally:
+        engine.close()
