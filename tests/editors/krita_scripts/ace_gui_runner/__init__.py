@@ -6,6 +6,7 @@ signals arrive), writes name -> [ok, detail] checks to the config's result file,
 
 import json
 import os
+import sys
 import traceback
 
 CONFIG = os.environ.get("ACE_GUI_TEST")
@@ -23,7 +24,9 @@ def _run():
     state = {"finished": {}}
 
     def check(name, ok, detail=""):
-        checks[name] = [bool(ok), str(detail)[:400]]
+        checks[name] = [bool(ok), str(detail)[:2000]]
+        # Also on stderr as it happens: a run that times out still shows how far it got.
+        print(f"ACE-GUI-CHECK {name} {'ok' if ok else 'FAILED'} {str(detail)[:2000]}", file=sys.stderr, flush=True)
 
     def finish():
         for d in app.documents():
@@ -87,10 +90,26 @@ def _run():
         docker.steps_spin.setValue(2)
         doc = new_doc("gui-a")
         yield
+        # Until the new view is the active one and the action is enabled (up to 5 s): Krita 6 under load took
+        # longer than one turn, and a disabled action's trigger() does nothing.
+        for _ in range(100):
+            active = app.activeDocument()
+            if active is not None and active.name() == "gui-a" and app.action("ace_bridge_generate").isEnabled():
+                break
+            yield
         before = [node_id(n) for n in doc.rootNode().childNodes()]
         app.action("ace_bridge_generate").trigger()  # the action behind Ctrl+Enter
         lid = docker.current
-        check("generate_started", lid is not None, docker.status.text())
+        why = docker.status.text()
+        if lid is None:  # say why: the same call as the action's, outside Qt's slot machinery
+            act = app.action("ace_bridge_generate")
+            try:
+                why = (f"action did nothing (enabled {act.isEnabled()}, visible {act.isVisible()}, "
+                       f"windows {len(app.windows())}); on_generate() -> "
+                       f"{docker.on_generate()!r}, status {docker.status.text()!r}")
+            except Exception:
+                why = "action did nothing; on_generate() raised " + traceback.format_exc()[-1500:]
+        check("generate_started", lid is not None, why)
         for _ in range(int(deadline_s * 20)):
             if lid in state["finished"]:
                 break
