@@ -135,6 +135,9 @@ class Hello(Message):
     shm: bool = spec("bool", False)  # offer shared memory for pixels if this client is on the daemon's machine
     #: The secret `welcome.client_secret` gave the first holder of this client_id; needed to resume it.
     client_secret: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
+    #: Protocol 2 (ace_protocol.auth): the client's nonce and which token it holds; the token itself is not sent.
+    nonce: str | None = spec("str?", None, max_len=64)
+    token_id: str | None = spec("str?", None, max_len=64)
 
 
 @dataclass
@@ -175,6 +178,14 @@ class Ack(Message):
     TYPE: ClassVar[str] = "ack"
     job_ids: list[str] = spec("list[str]")
     id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
+
+
+@dataclass
+class Prove(Message):
+    """Protocol 2: the client's proof that it holds the token, sent only after the daemon proved it (`challenge`)."""
+
+    TYPE: ClassVar[str] = "prove"
+    proof: str = spec("str", max_len=128)
 
 
 @dataclass
@@ -321,6 +332,15 @@ class StatusReply(Message):
 
 
 @dataclass
+class Challenge(Message):
+    """Protocol 2: the daemon's nonce and its proof that it holds the token the hello named (ace_protocol.auth)."""
+
+    TYPE: ClassVar[str] = "challenge"
+    nonce: str = spec("str", max_len=64)
+    proof: str = spec("str", max_len=128)
+
+
+@dataclass
 class Error(Message):
     """A request-level error not tied to a job (bad frame, refused hello). The connection may be closed after it."""
 
@@ -384,12 +404,12 @@ class ModelState(Message):
 
 
 CLIENT_MESSAGES: dict[str, type[Message]] = {
-    m.TYPE: m for m in (Hello, Submit, Cancel, Ack, StatusRequest, ShmReady, Alloc, Release, ModelStatusRequest,
+    m.TYPE: m for m in (Hello, Prove, Submit, Cancel, Ack, StatusRequest, ShmReady, Alloc, Release, ModelStatusRequest,
                          ModelPull, ModelPullCancel)
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
     m.TYPE: m
-    for m in (Welcome, Accepted, Allocated, Queued, Started, Progress, Result, Done, Failed, Cancelled, StatusReply,
+    for m in (Welcome, Challenge, Accepted, Allocated, Queued, Started, Progress, Result, Done, Failed, Cancelled, StatusReply,
               Error, ModelState)
 }
 TERMINAL_EVENTS = ("done", "failed", "cancelled")

@@ -153,6 +153,24 @@ def test_a_replica_killed_mid_job_costs_a_restart_not_the_job(ray_daemon, cluste
     assert any(r["replica"] == replica and r["state"] in ("died", "gone") for r in engine["replicas"])
 
 
+def test_cancel_reaches_the_replica_at_the_next_step(ray_daemon):
+    daemon = ray_daemon["daemon"]
+    with connect(daemon, client_id=new_client_id("canceller")) as client:
+        handle = inpaint(client, 51, **LONG)
+        events = []
+        for event in handle.events(timeout=120):
+            events.append(event)
+            if event.TYPE == "progress":
+                break
+        client.cancel(handle.id)
+        events += finish(handle)
+        assert events[-1].TYPE == "cancelled" and not results(events)
+        assert max(e.step for e in events if e.TYPE == "progress") < LONG["steps"]
+        # The replica is free again at once: a short job goes through.
+        assert finish(inpaint(client, 52))[-1].TYPE == "done"
+    assert not any(r.get("busy") for r in status(daemon)["engine"]["replicas"])
+
+
 def test_revoking_a_token_closes_the_session_and_cancels_the_queued_job(ray_daemon):
     daemon = ray_daemon["daemon"]
     alice_token = ace(daemon, "token", "add", "alice").stdout.strip()
@@ -187,7 +205,7 @@ def test_revoking_a_token_closes_the_session_and_cancels_the_queued_job(ray_daem
 def test_a_restarted_daemon_reattaches_to_the_running_replicas(ray_daemon, cluster, daemon_home, tiny_model_root):
     daemon = ray_daemon["daemon"]
     before = {r["pid"] for r in status(daemon)["engine"]["replicas"] if r["state"] == "ready" and r.get("pid")}
-    assert daemon.stop() == 0
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL  # killed, not shut down: the Serve app stays up
     again = start_process_daemon(daemon_home, "--ray", cluster.address, "--replicas", "2",
                                  tiny_root=tiny_model_root, timeout=240)
     ray_daemon["daemon"] = again
