@@ -13,13 +13,13 @@ import os
 VENDOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_vendor")
 
 if os.path.isdir(VENDOR_DIR):
-    from _vendor.ace_editor import forms, history, jobs, naming, provenance, settings
+    from _vendor.ace_editor import daemon, forms, history, jobs, naming, provenance, settings
     from _vendor.ace_editor.protocol import VERSION
     from _vendor.ace_protocol import client, geometry, images, messages, tasks
 else:  # pragma: no cover - exercised by every unit test; the branch above by the editor tests
-    from ace_editor import forms, history, jobs, naming, provenance, settings  # type: ignore[no-redef]
+    from ace_editor import daemon, forms, history, jobs, naming, provenance, settings  # type: ignore[no-redef]
     from ace_editor.protocol import VERSION  # type: ignore[no-redef]
     from ace_protocol import client, geometry, images, messages, tasks  # type: ignore[no-redef]
 
-__all__ = ["VERSION", "client", "forms", "geometry", "history", "images", "jobs", "messages", "naming",
+__all__ = ["VERSION", "client", "daemon", "forms", "geometry", "history", "images", "jobs", "messages", "naming",
            "provenance", "settings", "tasks"]

@@ -328,7 +328,8 @@ def _log_unexpected(exc: BaseException) -> None:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
-def _run_dialog(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, title: str) -> bool:
+def _run_dialog(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, title: str,
+                connection_fields: bool = True) -> bool:
     gi.require_version("GimpUi", "3.0")
     from gi.repository import GimpUi
 
@@ -339,10 +340,12 @@ def _run_dialog(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, title: 
     gi.require_version("Gtk", "3.0")
     from gi.repository import Gtk
 
-    for arg in logic.procedure_arguments(logic.ACTIONS_BY_PROCEDURE[procedure.get_name()]):
+    arguments = logic.procedure_arguments(logic.ACTIONS_BY_PROCEDURE[procedure.get_name()])
+    for arg in arguments:
         if arg.kind == "choice":
             dialog.get_widget(arg.name, Gtk.ComboBox.__gtype__)
-    dialog.fill(None)
+    # The URL and token fields only for a daemon on another computer (acegimp_setup decides).
+    dialog.fill([arg.name for arg in arguments] + (["url", "token"] if connection_fields else []))
     try:
         return bool(dialog.run())
     finally:
@@ -352,8 +355,16 @@ def _run_dialog(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, title: 
 def run_action(procedure, run_mode, image, drawables, config, data):
     action = logic.ACTIONS_BY_PROCEDURE[procedure.get_name()]
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
-    if interactive and not _run_dialog(procedure, config, f"ACE++ {action.label.rstrip('…')}"):
-        return _return(procedure, Gimp.PDBStatusType.CANCEL)
+    if interactive:
+        # First run: no daemon on this computer, or no usable model -> the setup window (acegimp_setup.py).
+        import acegimp_setup
+        from acegimp_bundled import daemon
+
+        first = _settings_from_config(config, action)
+        go_on, remote = acegimp_setup.run_setup(daemon.endpoint_url(first.url),
+                                                lambda: _client(first, _state(), resume=False))
+        if not go_on or not _run_dialog(procedure, config, f"ACE++ {action.label.rstrip('…')}", remote):
+            return _return(procedure, Gimp.PDBStatusType.CANCEL)
     settings = _settings_from_config(config, action)
     ui = None
     client = None

@@ -163,7 +163,7 @@ def serve_arguments(url: str) -> list[str]:
     return ["serve", "--port", str(port)] if port else ["serve"]
 
 
-def check_health(url: str, timeout: float = 2.0) -> dict[str, Any] | None:
+def check_health(url: str, timeout: float = 10.0) -> dict[str, Any] | None:
     """The daemon's `/v1/health` JSON, or None when nothing answers there. No proxy: it is our own daemon."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
