@@ -268,7 +268,8 @@ class RayReplicas:
         deployment = app.deployments.get(DEPLOYMENT)
         if deployment is None:
             return None
-        running = _running(deployment)
+        # Replicas being replaced (STARTING, RECOVERING) count: the app is ours to reattach to, not to redeploy.
+        running = _running(deployment, ("RUNNING", "STARTING", "RECOVERING", "UPDATING"))
         try:
             described = serve.get_app_handle(self.app).describe.remote().result(timeout_s=60)
         except Exception:
@@ -430,10 +431,10 @@ class RayReplicas:
             ray.shutdown()
 
 
-def _running(deployment: Any) -> int:
-    """RUNNING replicas of a deployment in `serve.status()` (keys are ReplicaState members)."""
+def _running(deployment: Any, states: tuple[str, ...] = ("RUNNING",)) -> int:
+    """Replicas of a deployment in `serve.status()` in one of `states` (keys are ReplicaState members)."""
     return sum(int(n) for state, n in deployment.replica_states.items()
-               if str(getattr(state, "value", state)) == "RUNNING")
+               if str(getattr(state, "value", state)) in states)
 
 
 def _short(exc: BaseException) -> str:
