@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ace_protocol.errors import ErrorCode
+from ace_protocol.tasks import MEMORY_MODES as TABLE_MEMORY_MODES
 
 from bridge_server.engine import diffusers_adapter as dx
 from bridge_server.engine import recipes, tiers
@@ -39,7 +40,7 @@ from bridge_server.models.layout import ModelLayout
 
 log = logging.getLogger(__name__)
 
-MEMORY_MODES = ("auto", "gpu", "model-offload", "sequential-offload")
+MEMORY_MODES = tuple(TABLE_MEMORY_MODES)  # declared once, with what each does, in the task table
 GPU_MODE_MIN_FREE_GIB = 40.0
 MODEL_OFFLOAD_MIN_FREE_GIB = 26.0
 # Without CUDA, refuse transformers above this many parameters (FLUX.1 has 11.9 B; the 1+1-block test model 0.55 B).
@@ -353,8 +354,15 @@ class ModelManager:
             pipe.vae.enable_tiling()
         if mode == "model-offload":
             pipe.enable_model_cpu_offload(device=device)
-        elif mode == "sequential-offload":
+        elif mode == "sequential-offload" and device.startswith("cuda"):
             pipe.enable_sequential_cpu_offload(device=device)
+        elif mode == "sequential-offload":
+            # a forced sequential tier on the CPU (tests): the same accelerate hooks, the CPU executes
+            from accelerate import cpu_offload
+
+            for component in (pipe.transformer, pipe.vae):
+                cpu_offload(component, execution_device=torch.device(device))
+            self.text_device = "cpu"
         elif mode == "group-offload":
             cuda = device.startswith("cuda")
             pipe.transformer.enable_group_offload(

@@ -17,7 +17,7 @@ bench/gpu/tier_table.py where a GPU is lent.
 | fp8            | fp8 weight-only (layerwise cast)  | CPU, cached            | tiled | 14.6      | 17.9 + 23.8   |
 | gguf-q8 .. q3  | GGUF, dequantized per layer       | CPU, cached            | tiled | file+2.7  | 17.9          |
 | group-offload  | smallest file, block groups streamed | CPU, cached         | tiled | 4.4       | 17.9 + 2 file |
-| sequential     | layer by layer from host RAM      | CPU, cached            | tiled | 2.5       | 17.9 + file   |
+| sequential     | layer by layer (fp8/bf16 file)    | CPU, cached            | tiled | 2.5       | 17.9 + file   |
 Apple MPS (untested): unified memory, so VRAM and host needs are added and compared with the free memory.
 | cpu            | tiny test models only             |                        |       |           |               |
 """
@@ -129,8 +129,10 @@ def _weights_for(t: Tier, files: Available) -> str | None:
         return "fp8" if (files.fp8 or files.bf16) else None
     if t.weights == "gguf":
         return best_gguf(t.name, files.gguf)
-    # offload tiers: the smallest file there is (less to stream, less host RAM)
-    candidates = [g for g in files.gguf if g in TRANSFORMER_GB] + (["fp8"] if files.fp8 else [])
+    # offload tiers: the smallest file there is (less to stream, less host RAM). accelerate's sequential offload
+    # cannot move GGUF parameters (diffusers' GGUFParameter refuses the meta device), so that tier takes fp8/bf16.
+    gguf = [g for g in files.gguf if g in TRANSFORMER_GB] if t.placement != "sequential-offload" else []
+    candidates = gguf + (["fp8"] if files.fp8 else [])
     candidates += ["bf16"] if files.bf16 else []
     return min(candidates, key=lambda w: TRANSFORMER_GB[w]) if candidates else None
 
