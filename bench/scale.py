@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -132,6 +133,7 @@ def main() -> int:
                   f"steps, {args.size}px, in {elapsed:.1f} s)  latency p50 {median * 1000:.0f} ms/job", flush=True)
     finally:
         cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
     plain, single, one, two = rows
     print(f"\n2 replicas / 1 replica: {two[1] / one[1]:.2f}x jobs per minute (2 cores: 2x is the ceiling)")
     print(f"2 replicas / no ray:     {two[1] / plain[1]:.2f}x (all cores), {two[1] / single[1]:.2f}x (1 thread)")
