@@ -165,7 +165,8 @@ def queued_text(position: int | None) -> str:
 def status_text(event: Any) -> str | None:
     """The status line for one job event (None: nothing to say)."""
     if isinstance(event, (messages.Accepted, messages.Queued)):
-        return queued_text(event.position)
+        note = getattr(event, "note", None)  # e.g. "restarted on another GPU (...)" when its engine replica died
+        return f"{note[:120]}; {queued_text(event.position).lower()}" if note else queued_text(event.position)
     if isinstance(event, messages.Started):
         return "Started"
     if isinstance(event, messages.Progress):
