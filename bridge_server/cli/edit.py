@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from ace_protocol.images import ImagePayload
-from ace_protocol.tasks import CONTROL, TASKS, param_help
+from ace_protocol.tasks import CONTROL, TASKS, ParamSpec, param_help
 from PIL import Image
 
 from bridge_server.cli.common import (
@@ -39,17 +39,40 @@ def _load(path: str, what: str, mode: str) -> np.ndarray:
         raise UsageError(f"cannot read {what} '{path}': {exc}") from None
 
 
+def table_params() -> dict[str, ParamSpec]:
+    """Every parameter of the task table by name, in table order (the first task's spec where tasks share one)."""
+    found: dict[str, ParamSpec] = {}
+    for task in TASKS.values():
+        for spec in task.params:
+            found.setdefault(spec.name, spec)
+    return found
+
+
+def add_param_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per task parameter, its type, choices and help from the task table. A flag not given leaves the
+    parameter out of the job, so the daemon's default applies (e.g. the control panel's default steps)."""
+    group = parser.add_argument_group("task parameters (from the task table; not given: the daemon's default)")
+    for name, spec in table_params().items():
+        flag = "--" + name.replace("_", "-")
+        help_text = param_help(name).replace("%", "%%")
+        if spec.kind == "bool":  # a switch that says the opposite of the default
+            flag = flag if not spec.default else "--no-" + name.replace("_", "-")
+            help_text = help_text if not spec.default else "turns this off: " + help_text
+            group.add_argument(flag, dest=name, action="store_const", const=not spec.default, default=None,
+                               help=help_text)
+        elif spec.kind == "enum":
+            group.add_argument(flag, dest=name, choices=spec.choices, default=None, help=help_text)
+        else:
+            group.add_argument(flag, dest=name, type={"int": int, "float": float}.get(spec.kind, str), default=None,
+                               help=help_text)
+
+
 def collect_params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    for name in ("seed", "steps", "count", "guidance", "max_tokens", "feather", "width", "height", "mode",
-                 "repainting_scale", "annotator", "keep_pixels_rate"):
+    for name in table_params():
         value = getattr(args, name, None)
         if value is not None:
             params[name] = value
-    if args.face:
-        params["face"] = True
-    if getattr(args, "no_keep_pixels", False):
-        params["keep_pixels"] = False
     for item in args.param:
         name, sep, raw = item.partition("=")
         if not sep:
@@ -156,6 +179,7 @@ class ProgressBar:
 
 def _submit(args: argparse.Namespace, task: str, image, mask, refs, params: dict[str, Any]) -> int:
     from ace_protocol.client import BridgeClient, ClientError, DaemonNotRunning, JobError, Unauthorized
+    from ace_protocol.messages import Cancelled, Done, Failed, Progress, Queued, Result, Started
 
     from bridge_server.imaging.compositing import composite_over
 
@@ -193,28 +217,27 @@ def _submit(args: argparse.Namespace, task: str, image, mask, refs, params: dict
         bar.show(f"accepted: job {job.id[:8]}, seed {job.seed}, {job.position} ahead")
         try:
             for event in job.events():
-                kind = event.TYPE
-                if kind == "queued":
+                if isinstance(event, Queued):
                     bar.show(f"queued: {event.position} job(s) ahead")
-                elif kind == "started":
+                elif isinstance(event, Started):
                     bar.show("started")
-                elif kind == "progress":
+                elif isinstance(event, Progress):
                     bar.bar(event.step, event.total, event.eta_s, event.image_index, params.get("count", 1))
-                elif kind == "result":
+                elif isinstance(event, Result):
                     written.append(_write_result(args, event, image, composite_over))
-                elif kind == "done":
+                elif isinstance(event, Done):
                     client.ack(job.id)
                     bar.done()
                     for path in written:
                         print(path)
                     print(f"done in {time.monotonic() - started:.2f}s", file=sys.stderr)
                     return EXIT_OK
-                elif kind == "cancelled":
+                elif isinstance(event, Cancelled):
                     bar.done()
                     print("ace-bridge edit: cancelled", file=sys.stderr)
                     client.ack(job.id)
                     return EXIT_CANCELLED
-                elif kind == "failed":
+                elif isinstance(event, Failed):
                     bar.done()
                     print(f"ace-bridge edit: job failed ({event.code}): {event.message}", file=sys.stderr)
                     client.ack(job.id)
@@ -253,21 +276,7 @@ def register(sub: Subparsers) -> None:
                       help="reference image (repeatable: several are placed side by side in the order given)")
     edit.add_argument("--control", help="control image (depth, contour, sketch) for local_edit --mode no_preprocess "
                       "and fft_control, used inside the mask as given")
-    edit.add_argument("--width", type=int)
-    edit.add_argument("--height", type=int)
-    edit.add_argument("--seed", type=int)
-    edit.add_argument("--steps", type=int)
-    edit.add_argument("--count", type=int)
-    edit.add_argument("--guidance", type=float)
-    edit.add_argument("--max-tokens", type=int)
-    edit.add_argument("--feather", type=int)
-    edit.add_argument("--mode", help=param_help("mode"))
-    edit.add_argument("--repainting-scale", type=float, help=param_help("repainting_scale"))
-    edit.add_argument("--annotator", help=param_help("annotator"))
-    edit.add_argument("--keep-pixels-rate", type=float, help=param_help("keep_pixels_rate"))
-    edit.add_argument("--no-keep-pixels", action="store_true",
-                      help="fft_reference/fft_reference_edit: align references to the edit height instead")
-    edit.add_argument("--face", action="store_true", help="reference_edit: the reference is a face")
+    add_param_flags(edit)
     edit.add_argument("--param", action="append", default=[], metavar="NAME=JSON", help="any other task parameter")
     edit.add_argument("--patch-only", action="store_true", help="write only the result patch (RGBA)")
     edit.add_argument("--dry-run", metavar="DIR", help="run only the recipe locally and write canvas/mask/plan")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ace_protocol import __version__
 from ace_protocol.discovery import DEFAULT_PORT, RUNTIME_FILE, config_dir, read_runtime, url_for_port
+from ace_protocol.tasks import MEMORY_MODES
 from aiohttp import web
 
 from bridge_server.cli.common import EXIT_CODES_HELP, Subparsers
@@ -290,7 +291,8 @@ def register(sub: Subparsers) -> None:
     group.add_argument("--model", help="model root folder (default: `ace-bridge models path`)")
     group.add_argument("--demo", action="store_true", help="run the tiny random-weight model (no download)")
     serve.add_argument("--idle-unload", type=float, default=600.0, help="seconds idle before the model is unloaded")
-    serve.add_argument("--memory-mode", default="auto", choices=["auto", "gpu", "model-offload", "sequential-offload"])
+    serve.add_argument("--memory-mode", default="auto", choices=list(MEMORY_MODES),
+                       help="; ".join(f"{mode}: {what}" for mode, what in MEMORY_MODES.items()))
     serve.add_argument("--tier", default="auto", choices=["auto", *TIER_NAMES],
                        help="memory tier (default auto: the fastest that fits free VRAM and host RAM; "
                             "`ace-bridge status` shows the choice and why)")

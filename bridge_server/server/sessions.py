@@ -47,6 +47,7 @@ from bridge_server.server.hub import BridgeWebSocket, ClientSession, Connection
 from bridge_server.server.model_service import MODEL_MESSAGES
 from bridge_server.server.shared_memory import ConnectionSegments
 from bridge_server.server.state import STATE, AppState
+from bridge_server.server.tokens import bearer_token
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 15.0
@@ -130,7 +131,7 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         await _refuse(connection, ErrorCode.BAD_REQUEST, f"send 'hello' first, not '{hello.TYPE}'",
                       WSCloseCode.POLICY_VIOLATION)
         return None
-    token = hello.token or _bearer(request)
+    token = hello.token or bearer_token(request.headers.get("Authorization"))
     transport = request.transport
     key = state.throttle.key_for(connection.peer, transport.get_extra_info("peername") if transport else None,
                                  transport.get_extra_info("sockname") if transport else None)
@@ -251,12 +252,6 @@ def _visible_to(entry: dict, client_id: str) -> dict:
     if entry.get("client_id") == client_id:
         return entry
     return {**entry, **{k: "" for k in ("job_id", "client_id", "editor", "prompt", "label", "person") if k in entry}}
-
-
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() in ("bearer", "token") and value else None
 
 
 async def _receive_loop(state: AppState, session: ClientSession, connection: Connection) -> None:

@@ -8,7 +8,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
-from ace_protocol.tasks import TASKS
+from ace_protocol.tasks import STEPS, TASKS
 from aiohttp import web
 
 from bridge_server.config import ServerConfig
@@ -42,7 +42,7 @@ class AppState:
     sockets: weakref.WeakSet[web.WebSocketResponse] = field(default_factory=weakref.WeakSet)
     #: Changed live from the panel; `default_steps` is what the task table announces and what a submit without
     #: `steps` gets.
-    settings: dict[str, Any] = field(default_factory=lambda: {"default_steps": 28})
+    settings: dict[str, Any] = field(default_factory=lambda: {"default_steps": STEPS.default})
     _token: str = ""
     _people: PeopleBook | None = None
 

@@ -54,5 +54,13 @@ def rotate_token(config_dir: Path) -> str:
     return token
 
 
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (scheme case-insensitive; `Token` is accepted as
+    well), or None. The one parser for the WebSocket handshake and the panel."""
+    scheme, _, value = (header or "").strip().partition(" ")
+    value = value.strip()
+    return value if scheme.lower() in ("bearer", "token") and value else None
+
+
 def tokens_equal(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())

@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ace_protocol.errors import ProtocolError
+from ace_protocol.messages import Result
+from ace_protocol.tasks import MEMORY_MODES as TABLE_MEMORY_MODES
+from ace_protocol.tasks import STEPS
 from aiohttp import ChainMapProxy, WSCloseCode, WSMsgType, web
 
 from bridge_server.config import ServerConfig
 from bridge_server.server.people import usage
 from bridge_server.server.state import STATE, AppState
-from bridge_server.server.tokens import rotate_token, tokens_equal
+from bridge_server.server.tokens import bearer_token, rotate_token, tokens_equal
 from bridge_server.store.history import ENTRY_RE, HistoryUnavailable
 
 log = logging.getLogger(__name__)
@@ -136,12 +140,13 @@ def engine_view(state: Any) -> dict[str, Any]:
     return view
 
 
-MEMORY_MODES = ("auto", "gpu", "model-offload", "sequential-offload")
+MEMORY_MODES = tuple(TABLE_MEMORY_MODES)  # the task table's; the engine and `serve --memory-mode` use the same
 
 
 def settings_view(state: Any) -> dict[str, Any]:
     engine = state.engine_state()
     return {"default_steps": state.settings["default_steps"],
+            "steps_range": [STEPS.minimum, STEPS.maximum],
             "memory_mode": engine.get("memory_mode_requested") or engine.get("memory_mode") or "auto",
             "memory_modes": list(MEMORY_MODES)}
 
@@ -193,8 +198,7 @@ def history_page(state: Any, offset: int, limit: int) -> dict[str, Any]:
 async def get_code(request: web.Request) -> web.Response:
     """A one-time code for whoever can read the token file (the `ace-bridge panel` command)."""
     state = _app_state(request)
-    header = request.headers.get("Authorization", "")
-    given = header[7:].strip() if header.lower().startswith("bearer ") else None
+    given = bearer_token(request.headers.get("Authorization"))
     transport = request.transport
     key = state.throttle.key_for(request.remote or "?", transport.get_extra_info("peername") if transport else None,
                                  transport.get_extra_info("sockname") if transport else None)
@@ -349,12 +353,17 @@ async def api_delete(request: web.Request, body: dict[str, Any]) -> web.Response
 
 @_json_action
 async def api_settings(request: web.Request, body: dict[str, Any]) -> web.Response:
-    """Live settings: `default_steps` (1-100) for jobs that do not say, `memory_mode` (reloads at the next job)."""
+    """Live settings: `default_steps` (the table's steps range) for jobs that do not say, `memory_mode` (reloads
+    at the next job)."""
     state = _app_state(request)
     steps = body.get("default_steps")
     mode = body.get("memory_mode")
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= 100):
-        return web.json_response({"error": "bad_request", "message": "default_steps must be 1-100"}, status=400)
+    if steps is not None:
+        try:
+            steps = STEPS.validate(steps)
+        except ProtocolError as exc:
+            return web.json_response({"error": "bad_request", "message": f"default_steps: {exc.message}"},
+                                     status=400)
     setter = getattr(state.engine, "set_memory_mode", None)
     if mode is not None and (mode not in MEMORY_MODES or setter is None):
         return web.json_response({"error": "bad_request", "message": f"memory_mode must be one of "
@@ -505,7 +514,7 @@ def setup_panel(app: web.Application, config: ServerConfig) -> None:
         state = app[STATE]
 
         def on_job(job: Any, message: Any) -> None:
-            if getattr(message, "TYPE", "") == "result":
+            if isinstance(message, Result):
                 panel.history_version += 1
                 panel.mark("queue", "history")
             else:

@@ -125,6 +125,7 @@ function renderSettings(settings) {
   if (!settings) return;
   const steps = $("default-steps");
   const mode = $("memory-mode");
+  if (settings.steps_range) [steps.min, steps.max] = settings.steps_range;  // the task table's range
   if (document.activeElement !== steps) steps.value = settings.default_steps;
   if (mode.options.length !== settings.memory_modes.length) {
     mode.replaceChildren(...settings.memory_modes.map((m) => new Option(m, m)));
