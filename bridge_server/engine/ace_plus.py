@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ace_protocol.errors import ErrorCode
-from ace_protocol.tasks import TASKS
+from ace_protocol.tasks import STEPS, TASKS
 
 from bridge_server.engine import pipeline, recipes
 from bridge_server.engine.base import EngineError, EngineJob, EngineResult, JobCancelled, PreviewCallback, StepCallback
@@ -207,7 +207,7 @@ class AcePlusEngine:
         self.manager.ensure_loaded(PULL_HINT)
         params = job.params or {}
         seed = int(job.seed) if job.seed is not None and int(job.seed) >= 0 else random.randint(0, 2**32 - 1)
-        steps = int(params.get("steps", _task_default(job.task, "steps", 28)))
+        steps = int(params.get("steps", _task_default(job.task, "steps", STEPS.default)))
         guidance = float(params.get("guidance", _task_default(job.task, "guidance", 50.0)))
         if plan.adapter is not None and plan.adapter not in self.manager.adapters:
             raise EngineError(ErrorCode.MODEL_MISSING, self._missing_message(job.task))
