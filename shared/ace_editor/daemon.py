@@ -336,13 +336,13 @@ def advice(model_state: Mapping[str, Any]) -> Advice:
 def endpoint_url(explicit: str = "") -> str:
     """The daemon URL the plug-in talks to: its own setting, else discovery (ACE_BRIDGE_URL, runtime.json,
     default) -- the URL that "Start ACE Bridge" starts a daemon for."""
-    from .protocol import client
+    from .protocol import discovery
 
-    return str(client.resolve(explicit or None).url)
+    return discovery.resolve(explicit or None).url
 
 
 def default_log_path() -> Path:
     """Where a daemon started from an editor writes its output: `serve.log` in the daemon's config folder."""
-    from .protocol import ace_protocol
+    from .protocol import discovery
 
-    return Path(ace_protocol.discovery.find_config_dir()) / LOG_FILE
+    return discovery.find_config_dir() / LOG_FILE
