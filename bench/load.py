@@ -101,13 +101,15 @@ class LoadClient:
         self.by_request: dict[str, JobRecord] = {}
         self.problems: list[str] = []
         self.session_id: str | None = None
+        self.client_secret: str | None = None  # welcome.client_secret of this client_id: needed to resume it
         self.reconnects = 0
         self.cancels = 0
 
     async def _connect(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         ws = await http.ws_connect(self.url, max_msg_size=0, compress=0, autoping=True)
         hello = Hello(client_id=self.client_id, client_name="bench-load", client_version="0",
-                      protocol_versions=[PROTOCOL_VERSION], token=self.token, session=self.session_id)
+                      protocol_versions=[PROTOCOL_VERSION], token=self.token, session=self.session_id,
+                      client_secret=self.client_secret)
         await ws.send_bytes(encode(hello))
         welcome = decode_server_message(await ws.receive_bytes(timeout=60))
         if welcome.TYPE != "welcome":
@@ -115,6 +117,7 @@ class LoadClient:
         if self.session_id is not None and welcome.session != self.session_id:
             self.problems.append(f"client {self.index}: session not resumed")
         self.session_id = welcome.session
+        self.client_secret = welcome.client_secret or self.client_secret
         return ws
 
     def _open(self) -> int:

@@ -18,6 +18,8 @@ from typing import Any
 
 import msgpack
 from ace_protocol import PROTOCOL_VERSION, __version__
+from ace_protocol.auth import AUTH_VERSION, new_nonce, proof_matches
+from ace_protocol.auth import proof as auth_proof
 from ace_protocol.codec import decode_client_message, decode_map
 from ace_protocol.errors import ErrorCode, ProtocolError, bad_request
 from ace_protocol.messages import (
@@ -26,10 +28,12 @@ from ace_protocol.messages import (
     Alloc,
     Allocated,
     Cancel,
+    Challenge,
     Error,
     Failed,
     Hello,
     Message,
+    Prove,
     Release,
     ShmReady,
     StatusReply,
@@ -131,7 +135,13 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         await _refuse(connection, ErrorCode.BAD_REQUEST, f"send 'hello' first, not '{hello.TYPE}'",
                       WSCloseCode.POLICY_VIOLATION)
         return None
-    token = hello.token or bearer_token(request.headers.get("Authorization"))
+    mutual = AUTH_VERSION in hello.protocol_versions and hello.nonce is not None
+    if not mutual and not state.config.token_in_hello:
+        await _refuse(connection, ErrorCode.UNSUPPORTED_VERSION,
+                      f"update the plugin: this daemon needs protocol {AUTH_VERSION}, where the token is proved, "
+                      f"never sent (the client offered {hello.protocol_versions})", WSCloseCode.POLICY_VIOLATION)
+        return None
+    token = None if mutual else (hello.token or bearer_token(request.headers.get("Authorization")))
     transport = request.transport
     key = state.throttle.key_for(connection.peer, transport.get_extra_info("peername") if transport else None,
                                  transport.get_extra_info("sockname") if transport else None)
@@ -144,7 +154,14 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
                       "too many wrong tokens from this user or address; wait a minute, then read the token with "
                       "`ace-bridge token`", WSCloseCode.POLICY_VIOLATION)
         return None
-    person = state.person_for(token)
+    if mutual:
+        proved = await _mutual_proof(state, connection, hello)
+        if proved is False:  # the client hung up or sent no proof: it did not accept ours, or has no token
+            state.throttle.failed(key)
+            return None
+        person = proved
+    else:
+        person = state.person_for(token)
     if person is None:
         delay = state.throttle.failed(key)
         if delay:
@@ -156,7 +173,7 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
     state.throttle.succeeded(key)
     state.guard.settled(request.protocol)
     ws.raise_frame_limit(request, state.config.max_frame_bytes)
-    if PROTOCOL_VERSION not in hello.protocol_versions:
+    if PROTOCOL_VERSION not in hello.protocol_versions and not mutual:
         await _refuse(connection, ErrorCode.UNSUPPORTED_VERSION,
                       f"this daemon speaks protocol {PROTOCOL_VERSION}; the client offered {hello.protocol_versions}. "
                       "Update the plugin or the daemon so both match.", WSCloseCode.POLICY_VIOLATION)
@@ -191,7 +208,7 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
     pending = [j.id for j in jobs if j.state.finished]
     welcome = Welcome(
         server_version=__version__,
-        protocol_version=PROTOCOL_VERSION,
+        protocol_version=AUTH_VERSION if mutual else PROTOCOL_VERSION,
         session=session.session_id,
         limits=state.limits(),
         engine=state.engine_state(),
@@ -212,6 +229,28 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         connection.replay = asyncio.get_running_loop().create_task(_stream_replay(state, connection, stored))
     state.hub.changed()
     return session
+
+
+async def _mutual_proof(state: AppState, connection: Connection, hello: Hello) -> str | None | bool:
+    """Protocol 2 (ace_protocol.auth): prove to the client that this daemon holds the token its hello names, then
+    check the client's proof. The person ("" for the daemon's own token), None for a wrong proof, False when no
+    proof came. An unknown token id gets a challenge made with a random key, indistinguishable from a real one."""
+    found = state.token_for_id(hello.token_id)
+    key_token = found[0] if found else secrets.token_urlsafe(32)
+    client_nonce, server_nonce = str(hello.nonce), new_nonce()
+    connection.send(Challenge(nonce=server_nonce, proof=auth_proof(key_token, "server", client_nonce, server_nonce)))
+    try:
+        frame = await connection.ws.receive(timeout=HELLO_TIMEOUT_S)
+        if frame.type != WSMsgType.BINARY:
+            return False
+        reply = decode_client_message(frame.data, max_frame_bytes=PREAUTH_FRAME_BYTES)
+    except (asyncio.TimeoutError, ProtocolError):
+        return False
+    if not isinstance(reply, Prove):
+        return False
+    if found is None or not proof_matches(reply.proof, key_token, "client", client_nonce, server_nonce):
+        return None
+    return found[1]
 
 
 async def _stream_replay(state: AppState, connection: Connection, jobs: list[Job]) -> None:

@@ -3,6 +3,7 @@ under `STATE` (never a module global), read by the sessions, the health route an
 
 from __future__ import annotations
 
+import hmac
 import logging
 import weakref
 from dataclasses import dataclass, field
@@ -60,6 +61,20 @@ class AppState:
         if tokens_equal(token, self.current_token()):
             return ""
         return self.people.person_for(token)
+
+    def token_for_id(self, tid: str | None) -> tuple[str, str] | None:
+        """Protocol 2: (token, person) of the token a hello names by `token_id`; None when none matches."""
+        from ace_protocol.auth import token_id
+
+        if not tid:
+            return None
+        own = self.current_token()
+        found = (own, "") if hmac.compare_digest(token_id(own), tid) else None
+        self.people.refresh()
+        for name, entry in self.people.people.items():  # every entry compared, in constant time each
+            if found is None and hmac.compare_digest(token_id(entry["token"]), tid):
+                found = (entry["token"], name)
+        return found
 
     def current_token(self) -> str:
         """The token file is re-read on every handshake, so `ace-bridge token --rotate` takes effect at once."""

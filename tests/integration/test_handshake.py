@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from ace_protocol import PROTOCOL_VERSION
+from ace_protocol.auth import AUTH_VERSION
 from ace_protocol.client import BridgeClient, DaemonNotRunning, Unauthorized, VersionMismatch
 from ace_protocol.codec import decode_server_message, encode
 from ace_protocol.messages import Error, Hello, StatusRequest
@@ -16,7 +16,7 @@ def test_welcome_carries_limits_engine_state_and_the_task_table(thread_daemon_fa
     client = connect(daemon)
     try:
         welcome = client.welcome
-        assert welcome.protocol_version == PROTOCOL_VERSION
+        assert welcome.protocol_version == AUTH_VERSION  # the shared client speaks protocol 2 (mutual proof)
         assert welcome.limits["max_frame_bytes"] == daemon.config.max_frame_bytes
         assert welcome.engine["state"] in ("loaded", "unloaded", "loading")
         names = [t["name"] for t in welcome.tasks]
@@ -79,7 +79,7 @@ def test_version_mismatch_raises_in_the_client(thread_daemon_factory, monkeypatc
     import ace_protocol.client as client_module
 
     daemon = thread_daemon_factory()
-    monkeypatch.setattr(client_module, "PROTOCOL_VERSION", 99)
+    monkeypatch.setattr(client_module, "AUTH_VERSION", 99)
     with pytest.raises(VersionMismatch):
         BridgeClient(daemon.url, daemon.token, client_id="future", reconnect_timeout=0).connect()
 

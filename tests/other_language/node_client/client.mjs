@@ -283,7 +283,8 @@ async function runJob() {
 
   // Reconnect with the same client_id and session: resumed, and the acked job is not redelivered (§4, §7).
   const again = await connect(token);
-  hello(again, clientId, token, { session: welcome.session });
+  // §4 step 6: the first holder of a client_id got a client_secret; resuming that id needs it.
+  hello(again, clientId, token, { session: welcome.session, client_secret: welcome.client_secret });
   const welcome2 = await again.next(30000, "second welcome");
   check(welcome2.type === "welcome", `expected welcome, got ${JSON.stringify(welcome2)}`);
   check(welcome2.session === welcome.session, "session changed across connections");
