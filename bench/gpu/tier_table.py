@@ -245,6 +245,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps run (toy: 4; full: 3, x28/3)")
     parser.add_argument("--t5-len", type=int, default=None)
     parser.add_argument("--worker-timeout", type=float, default=900)
+    parser.add_argument("--cold-starts", type=int, default=2, help="cold-start measurements at the end (0: none)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--tier", help=argparse.SUPPRESS)
@@ -270,7 +271,7 @@ def main() -> int:
     rows = [run_worker(args, tier, None) for tier in args.tiers.split(",") if tier]
     for cap in [float(c) for c in args.caps.split(",") if c] if torch.cuda.is_available() else []:
         rows.append(run_worker(args, "auto", cap))
-    cold = [run_worker(args, "auto", None) for _ in range(2)]
+    cold = [run_worker(args, "auto", None) for _ in range(args.cold_starts)]
     text = [f"# Tier table ({args.size}, {device})", "",
             f"torch {torch.__version__}; model built in {build_s:.1f} s; GGUF written in {quant_s or 'cache'} s; "
             f"{args.steps} steps per job" + (" (x28 extrapolated)" if args.size == "full" else ""), "",

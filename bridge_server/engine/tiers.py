@@ -146,7 +146,7 @@ def needs(t: Tier, weights: str) -> tuple[float, float]:
     if t.placement == "gpu":
         # fp8 from a bf16 source reads the bf16 weights first (memory-mapped, cast a layer at a time)
         return size + SMALL_GB + ACTIVATIONS_GB + HEADROOM_GB, BASE_HOST_GB + host_text + (
-            size if weights == "fp8" else 0.0)
+            TRANSFORMER_GB["bf16"] if weights == "fp8" else 0.0)
     if t.placement == "group-offload":
         return GROUP_OFFLOAD_VRAM_GB + SMALL_GB + ACTIVATIONS_GB, BASE_HOST_GB + host_text + 2 * size
     if t.placement == "sequential-offload":
