@@ -106,6 +106,23 @@ def flux_timesteps(scheduler: Any, steps: int, image_tokens: int, device: Any) -
     return timesteps, int(total)
 
 
+def strength_timesteps(pipe: Any, steps: int, strength: float, device: Any) -> tuple[Any, int]:
+    """Image-to-image: the tail of the scheduler's timesteps that `strength` keeps, as FluxFillPipeline's
+    `get_timesteps` cuts it (also sets the scheduler's begin index). Call after `flux_timesteps`."""
+    timesteps, count = pipe.get_timesteps(steps, strength, device)
+    return timesteps, int(count)
+
+
+def image_latents(pipe: Any, image: Any, generator: Any) -> Any:
+    """(1, 3, H, W) image in [-1, 1] -> unpacked, scaled and shifted VAE latents (FluxFillPipeline's own encode)."""
+    return pipe._encode_vae_image(image=image.to(pipe.vae.dtype), generator=generator)
+
+
+def noised_latents(scheduler: Any, latents: Any, timestep: Any, noise: Any) -> Any:
+    """The image latents noised to `timestep` (flow matching: sigma * noise + (1 - sigma) * latents)."""
+    return scheduler.scale_noise(latents, timestep, noise)
+
+
 def step_sigma(scheduler: Any) -> Any:
     """The sigma the step just taken started from (for the x0 preview)."""
     return scheduler.sigmas[scheduler.step_index - 1]

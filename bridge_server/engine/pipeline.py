@@ -99,6 +99,15 @@ def generate(
         # 4. Timesteps: FLUX dynamic shift on the canvas's token count.
         sched = pipe.scheduler
         timesteps, total = dx.flux_timesteps(sched, steps, (lh // 2) * (lw // 2), device)
+        strength = float(plan.strength)
+        if strength < 1.0 and plan.source is not None:
+            # 4b. Image-to-image (FluxFillPipeline's `strength`): keep the last steps*strength timesteps and start
+            #     from the source canvas's latents noised to the first of them. The VAE draws from the same
+            #     generator AFTER the noise, so strength 1.0 (this block skipped) stays bit for bit as before.
+            timesteps, total = dx.strength_timesteps(pipe, steps, strength, device)
+            init = dx.image_latents(pipe, to_nchw(plan.source, device, dtype), generator).to(dtype)
+            init = dx.pack_latents(pipe, init.to(device))
+            latents = dx.noised_latents(sched, init, timesteps[:1], latents)
         guidance_t = (
             torch.full([1], guidance, device=device, dtype=torch.float32)
             if transformer.config.guidance_embeds

@@ -41,6 +41,7 @@ Canvas convention: `Plan.canvas` is float32 HxWx3 in [-1, 1] (0 = mid-grey), `Pl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -97,6 +98,10 @@ class Plan:
     # For inputs beyond 4:1: the flattened region (uint8 RGB) and where the model's part sits inside it.
     region_rgb: np.ndarray | None = field(default=None, repr=False)
     region_box: Box | None = None
+    #: Image-to-image strength (1.0: generate from noise); below 1 the pipeline starts from `source`.
+    strength: float = 1.0
+    #: The canvas before the repainting scale greyed the mask (references included), float32 HxWx3 in [-1, 1].
+    source: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def width(self) -> int:
@@ -127,6 +132,7 @@ class Plan:
             "references": [list(span) for span in self.reference_spans],
             "keep_pixels_rate": self.keep_pixels_rate,
             "control": self.control,
+            "strength": self.strength,
             "crop": {"x": x, "y": y, "width": w, "height": h},
             "output": {"width": self.output[0], "height": self.output[1]},
         }
@@ -392,6 +398,7 @@ def _build(inp: _Inputs) -> Plan:
         mask = np.ones((h, w), np.float32)
         output = (w, h)
 
+    source = edit
     edit = edit * (1.0 - mask[..., None] * inp.scale)
     eh = edit.shape[0]
     placed = [place_reference(r, eh, inp.keep_pixels_rate) for r in inp.references]
@@ -399,6 +406,7 @@ def _build(inp: _Inputs) -> Plan:
     slice_w = sum(widths)
     if placed:
         edit = np.concatenate([*placed, edit], axis=1)
+        source = np.concatenate([*placed, source], axis=1)
         mask = np.concatenate([np.zeros((eh, slice_w), np.float32), mask], axis=1)
 
     full_h, full_w = edit.shape[:2]
@@ -441,6 +449,7 @@ def _build(inp: _Inputs) -> Plan:
         control=inp.control is not None and inp.image is not None,
         region_rgb=region_rgb,
         region_box=region_box,
+        source=resize_nearest_exact(source, rw_, rh_).astype(np.float32),
     )
 
 
@@ -817,6 +826,18 @@ REFERENCE_TASKS = ("subject", "portrait", "reference_edit", "fft_reference", "ff
 
 def plan_for_job(job: EngineJob, *, max_tokens_limit: int = 16384) -> Plan:
     """The single entry used by the engine and by `--dry-run`: EngineJob -> Plan (raises bad_request/unknown_task)."""
+    plan = _plan_for_job(job, max_tokens_limit=max_tokens_limit)
+    strength = float((job.params or {}).get("strength", 1.0))
+    if not 0.0 < strength <= 1.0:
+        raise _bad(f"strength must be above 0 and at most 1, got {strength}")
+    if strength < 1.0:
+        if job.image is None:
+            raise _bad(f"strength below 1 refines an image inside its mask; task '{job.task}' got no image")
+        plan = dataclasses.replace(plan, strength=strength)
+    return plan
+
+
+def _plan_for_job(job: EngineJob, *, max_tokens_limit: int) -> Plan:
     params = job.params or {}
     max_tokens = int(params.get("max_tokens", DEFAULT_MAX_TOKENS))
     if max_tokens > max_tokens_limit:
@@ -897,6 +918,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "references": [list(span) for span in plan.reference_spans],
         "keep_pixels_rate": plan.keep_pixels_rate,
         "control": plan.control,
+        "strength": plan.strength,
         "crop": {"x": x, "y": y, "width": w, "height": h},
         "output": {"width": plan.output[0], "height": plan.output[1]},
     }

@@ -139,15 +139,26 @@ KEEP_PIXELS = ParamSpec(
 KEEP_PIXELS_RATE = ParamSpec(
     "keep_pixels_rate", "float", 0.8, 0.5, 1.0, description="the largest reference height, as a share of the edit height"
 )
+#: The masked tasks: image-to-image on the masked region (FluxFill's `strength`); 1.0 generates from noise.
+STRENGTH = ParamSpec(
+    "strength",
+    "float",
+    1.0,
+    0.05,
+    1.0,
+    description="how much of the masked area is redrawn: low keeps the painted structure and colours and only "
+    "cleans up (fewer steps run), 1 generates it anew",
+    label="Strength",
+)
 #: `TaskSpec.reference_kind`: what a task's `references` are.
 REFERENCE = "reference"  # pictures of a subject, face, logo, ... placed left of the edit
 CONTROL = "control"  # at most one structure image (edges, depth, a sketch) used inside the mask, not shown beside it
 
 COMMON_PARAMS: tuple[ParamSpec, ...] = (SEED, STEPS, GUIDANCE, COUNT, MAX_TOKENS, FEATHER)
-#: The same parameters with the plain-Fill guidance default.
-FILL_PARAMS: tuple[ParamSpec, ...] = tuple(FILL_GUIDANCE if p is GUIDANCE else p for p in COMMON_PARAMS)
 #: `TaskSpec.model` of tasks that run on FLUX.1-Fill alone, without an ACE++ LoRA or the FFT transformer.
 BASE_MODEL = "base"
+#: The same parameters with the plain-Fill guidance default.
+FILL_PARAMS: tuple[ParamSpec, ...] = tuple(FILL_GUIDANCE if p is GUIDANCE else p for p in COMMON_PARAMS)
 
 
 @dataclass(frozen=True)
@@ -234,7 +245,7 @@ TASKS: dict[str, TaskSpec] = {
             1,
             "local",
             "Remove the apple in {image} mask.",
-            COMMON_PARAMS + (MODE, REPAINTING_SCALE),
+            COMMON_PARAMS + (MODE, REPAINTING_SCALE, STRENGTH),
             CONTROL,
         ),
         TaskSpec(
@@ -247,7 +258,7 @@ TASKS: dict[str, TaskSpec] = {
             MAX_REFERENCES,
             "subject",
             "The logo is printed on the headphones in {image}.",
-            COMMON_PARAMS + (FACE, CROP_OFFSET),
+            COMMON_PARAMS + (FACE, CROP_OFFSET, STRENGTH),
         ),
         TaskSpec(
             "subject",
@@ -295,7 +306,7 @@ TASKS: dict[str, TaskSpec] = {
             0,
             "base",
             "A vase of sunflowers.",
-            FILL_PARAMS,
+            FILL_PARAMS + (STRENGTH,),
         ),
         # The FFT model's other edit types, as the authors run them (config/ace_plus_fft.yaml, examples.py).
         TaskSpec(
@@ -308,7 +319,7 @@ TASKS: dict[str, TaskSpec] = {
             0,
             "fft",
             "Mechanical hands like a robot.",
-            COMMON_PARAMS + (FFT_REPAINT_SCALE,),
+            COMMON_PARAMS + (FFT_REPAINT_SCALE, STRENGTH),
         ),
         TaskSpec(
             "fft_super_resolution",
@@ -320,7 +331,7 @@ TASKS: dict[str, TaskSpec] = {
             0,
             "fft",
             "{image} features a close-up of a young, furry tiger cub on a rock.",
-            COMMON_PARAMS + (FFT_KEEP_SCALE,),
+            COMMON_PARAMS + (FFT_KEEP_SCALE, STRENGTH),
         ),
         TaskSpec(
             "fft_colorize",
@@ -332,7 +343,7 @@ TASKS: dict[str, TaskSpec] = {
             0,
             "fft",
             "{image} Beautiful female portrait, natural lighting, highly detailed.",
-            COMMON_PARAMS + (FFT_KEEP_SCALE,),
+            COMMON_PARAMS + (FFT_KEEP_SCALE, STRENGTH),
         ),
         TaskSpec(
             "fft_control",
@@ -344,7 +355,7 @@ TASKS: dict[str, TaskSpec] = {
             1,
             "fft",
             "{image} Beautiful female portrait, robot with a smooth white transparent carbon shell.",
-            COMMON_PARAMS + (ANNOTATOR, FFT_KEEP_SCALE),
+            COMMON_PARAMS + (ANNOTATOR, FFT_KEEP_SCALE, STRENGTH),
             CONTROL,
         ),
         TaskSpec(
@@ -369,7 +380,7 @@ TASKS: dict[str, TaskSpec] = {
             MAX_REFERENCES,
             "fft",
             "The logo is printed on the headphones.",
-            COMMON_PARAMS + (FFT_REPAINT_SCALE, KEEP_PIXELS, KEEP_PIXELS_RATE, CROP_OFFSET),
+            COMMON_PARAMS + (FFT_REPAINT_SCALE, KEEP_PIXELS, KEEP_PIXELS_RATE, CROP_OFFSET, STRENGTH),
         ),
     )
 }

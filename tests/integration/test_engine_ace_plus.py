@@ -276,3 +276,38 @@ def test_bad_request_from_recipe(engine):
     with pytest.raises(EngineError) as err:
         run(engine, make_job("generate", max_tokens=99999))
     assert err.value.code == ErrorCode.BAD_REQUEST
+
+
+# ---------------------------------------------------------------------------------------------------- strength
+def _inside_mask_difference(job: EngineJob, rgb: np.ndarray) -> float:
+    inside = job.mask > 128
+    source = job.image[..., :3].astype(np.float64)
+    return float(np.abs(rgb.astype(np.float64) - source)[inside].mean())
+
+
+def test_strength_one_is_todays_result_bit_for_bit(engine):
+    before, steps_before = run(engine, make_job("inpaint", seed=5, steps=4))
+    explicit, steps_explicit = run(engine, make_job("inpaint", seed=5, steps=4, strength=1.0))
+    assert np.array_equal(before.rgb, explicit.rgb)
+    assert steps_before == steps_explicit == [(i + 1, 4) for i in range(4)]
+    assert explicit.info["strength"] == 1.0
+
+
+@pytest.mark.parametrize("task", ["inpaint", "local_edit", "fft_repaint"])
+def test_lower_strength_runs_fewer_steps_and_stays_closer_to_the_input(engine, task):
+    full_job = make_job(task, seed=3, steps=8)
+    full, full_steps = run(engine, full_job)
+    low_job = make_job(task, seed=3, steps=8, strength=0.25)
+    low, low_steps = run(engine, low_job)
+    # FluxFillPipeline's rule: int(8 - 8 * 0.25) = 6 timesteps skipped, 2 run; progress counts the ones that run.
+    assert full_steps[-1] == (8, 8) and low_steps == [(1, 2), (2, 2)]
+    assert low.info["strength"] == 0.25
+    assert _inside_mask_difference(low_job, low.rgb) < _inside_mask_difference(full_job, full.rgb)
+    again, _ = run(engine, make_job(task, seed=3, steps=8, strength=0.25))
+    assert np.array_equal(low.rgb, again.rgb)
+
+
+def test_strength_below_one_needs_an_image(engine):
+    with pytest.raises(EngineError) as err:
+        run(engine, make_job("generate", strength=0.5))
+    assert err.value.code == ErrorCode.BAD_REQUEST and "strength" in str(err.value)
