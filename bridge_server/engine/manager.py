@@ -126,18 +126,24 @@ class ModelManager:
 
         if self.device_request != "auto":
             return self.device_request
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        # Apple Silicon: written to diffusers' MPS support (bf16 where the OS/chip has it), never run by us
+        return "mps" if mps is not None and mps.is_available() else "cpu"
 
     def resolve_dtype(self, device: str) -> Any:
         import torch
 
         if self.dtype_request is None:
-            return torch.bfloat16 if device.startswith("cuda") else torch.float32
+            return torch.bfloat16 if device.startswith(("cuda", "mps")) else torch.float32
         if isinstance(self.dtype_request, str):
             return getattr(torch, self.dtype_request)
         return self.dtype_request
 
     def resolve_memory_mode(self, device: str) -> str:
+        if device.startswith("mps"):
+            return "gpu"  # unified memory: no offload modes (accelerate's hooks are CUDA-oriented)
         if not device.startswith("cuda"):
             return "cpu"
         if self.memory_request != "auto":

@@ -107,3 +107,15 @@ def test_the_table_is_ordered_fastest_first_and_shrinks_vram():
                    {"fp8": "fp8", "gguf": "Q8_0"}[tier(n).weights])[0] for n in TIER_NAMES if n != "cpu"]
     assert vrams[0] > vrams[1] > vrams[2]  # full > bf16 > fp8
     assert vrams[-2] < 8 and vrams[-1] < 4  # the offload tiers fit 8 GB and less
+
+
+def test_serve_tier_flag_reaches_the_engine_state(tmp_path):
+    from bridge_server.cli.main import build_parser
+    from bridge_server.cli.serve import engine_factory_for
+
+    args = build_parser().parse_args(["serve", "--model", str(tmp_path), "--tier", "gguf-q4"])
+    factory, _root = engine_factory_for(args, tmp_path)
+    state = factory().state()
+    assert state["tier_requested"] == "gguf-q4" and state["state"] == "missing"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--tier", "q2"])
