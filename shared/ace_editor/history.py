@@ -72,3 +72,41 @@ class History:
 
     def __getitem__(self, index: int) -> JobRecord:
         return self.records[index]
+
+
+class RecentPrompts:
+    """The prompts a painter used, most recent first, without duplicates (compared ignoring case and spacing),
+    at most `limit`; stored as a plain list of strings (`to_list` / `from_list`) in the plug-in's settings."""
+
+    def __init__(self, prompts: Sequence[str] = (), limit: int = 20) -> None:
+        self.limit = max(1, int(limit))
+        self.prompts: list[str] = []
+        for prompt in reversed(list(prompts)):
+            self.add(prompt)
+
+    @staticmethod
+    def _key(prompt: str) -> str:
+        return " ".join(prompt.split()).casefold()
+
+    def add(self, prompt: str) -> None:
+        text = " ".join(str(prompt).split())
+        if not text:
+            return
+        key = self._key(text)
+        self.prompts = [text] + [p for p in self.prompts if self._key(p) != key]
+        del self.prompts[self.limit:]
+
+    def to_list(self) -> list[str]:
+        return list(self.prompts)
+
+    @classmethod
+    def from_list(cls, stored: object, limit: int = 20) -> RecentPrompts:
+        """From stored settings (anything that is not a list of strings counts as empty)."""
+        items = [p for p in stored if isinstance(p, str)] if isinstance(stored, list) else []
+        return cls(items, limit)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
