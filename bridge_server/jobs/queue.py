@@ -328,25 +328,6 @@ class JobQueue:
         wants = self.wants_previews is not None and self.wants_previews(job.client_id)
         return make_one_image(self.config, self.engine, self.history, job, index, emit, wants)
 
-    def _is_stopping(self) -> bool:
-        return self._stopping
-
-    async def on_engine_thread(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` on the engine thread, after any job that is running now (the executor has one worker)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-
-    # ------------------------------------------------------------------ idle unload
-
-    def _schedule_idle_unload(self, loop: asyncio.AbstractEventLoop) -> None:
-        delay = self.config.idle_unload_s
-        if delay is None or self._waiting:
-            return
-        self._idle_handle = loop.call_later(delay, self._idle_unload, loop)
-
-    def _cancel_idle_unload(self) -> None:
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
     async def _make_one_remote(self, pool: ReplicaPool, job: Job, index: int) -> tuple[StoredResult, Any]:
         """One image on a replica. A replica that dies under it costs the image a restart on another replica (the
         journal marks it, the client sees `queued` with the note), never the job; results already sent stay sent."""
@@ -384,6 +365,25 @@ class JobQueue:
             return await asyncio.to_thread(store_image, self.config, self.history, job, index, image.rgb,
                                            image.info, image.model, started, {"replica": replica})
 
+    def _is_stopping(self) -> bool:
+        return self._stopping
+
+    async def on_engine_thread(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the engine thread, after any job that is running now (the executor has one worker)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # ------------------------------------------------------------------ idle unload
+
+    def _schedule_idle_unload(self, loop: asyncio.AbstractEventLoop) -> None:
+        delay = self.config.idle_unload_s
+        if delay is None or self._waiting:
+            return
+        self._idle_handle = loop.call_later(delay, self._idle_unload, loop)
+
+    def _cancel_idle_unload(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
 
     def _idle_unload(self, loop: asyncio.AbstractEventLoop) -> None:
         if self.running is None and not self._waiting and not self._stopping:
