@@ -8,7 +8,8 @@ dequantizes every K type in torch, on CPU too). Like ComfyUI-GGUF's converter, o
 quantized; biases, norms and any matrix whose row length is not a multiple of the type's block stay F32.
 
 The keys are written as they are in the source (a diffusers folder stays diffusers-keyed, the FFT's single file
-keeps the authors' BFL layout), architecture "flux". Resumable: each quantized tensor is kept in `OUT.parts/` until
+keeps the authors' BFL layout), architecture "flux". Resumable: each quantized tensor is kept in `OUT.parts/` (.npy,
+memory-mapped when the file is assembled, so host RAM stays at one tensor) until
 the file is assembled, and a rerun with the same source and type skips the finished ones. Verified by reading the
 file back: every tensor present with its shape, and its dequantized values within the type's error bound.
 """
@@ -142,26 +143,29 @@ def quantize(
     resumed = newly = quantized = 0
     bytes_in = 0
     handles = {f: safe_open(str(f), framework="pt") for f in files}
+    kinds: list[Any] = []
     try:
         for index, (f, name) in enumerate(keys):
-            part = parts / f"{index:05d}.npz"
+            part = parts / f"{index:05d}.npy"
             tensor = handles[f].get_tensor(name)
             bytes_in += tensor.numel() * tensor.element_size()
             shape = tuple(tensor.shape)
             if _quantizable(name, shape, qtype):
                 quantized += 1
+                kinds.append(gguf.GGMLQuantizationType[qtype])
+            else:
+                kinds.append(gguf.GGMLQuantizationType.F32)
             if part.is_file():
                 resumed += 1
             else:
                 array = tensor.to(torch.float32).numpy()
-                if _quantizable(name, shape, qtype):
-                    kind = gguf.GGMLQuantizationType[qtype]
-                    data = array.astype(np.float16) if qtype == "F16" else gguf.quants.quantize(array, kind)
+                if kinds[-1] == gguf.GGMLQuantizationType.F32:
+                    data = array
                 else:
-                    kind, data = gguf.GGMLQuantizationType.F32, array
-                tmp = part.with_suffix(".tmp.npz")
-                np.savez(tmp, data=data, kind=np.array(int(kind)), name=np.array(name))
-                os.replace(tmp, part)
+                    data = array.astype(np.float16) if qtype == "F16" else gguf.quants.quantize(array, kinds[-1])
+                tmp = part.with_name(part.stem + ".tmp.npy")
+                np.save(tmp, data)
+                os.replace(tmp, part)  # a part is there whole or not at all: safe to resume after a kill
                 newly += 1
             if bar is not None:
                 bar.update(1)
@@ -175,13 +179,9 @@ def quantize(
     writer = gguf.GGUFWriter(str(tmp_out), arch="flux")
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_file_type(_file_type(qtype))
-    for index, (_f, name) in enumerate(keys):
-        with np.load(parts / f"{index:05d}.npz") as part:
-            kind = gguf.GGMLQuantizationType(int(part["kind"]))
-            data = part["data"]
-        if kind == gguf.GGMLQuantizationType.F32:
-            writer.add_tensor(name, data)
-        elif kind == gguf.GGMLQuantizationType.F16:
+    for index, ((_f, name), kind) in enumerate(zip(keys, kinds)):
+        data = np.load(parts / f"{index:05d}.npy", mmap_mode="r")  # memory-mapped: the writer streams them out
+        if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
             writer.add_tensor(name, data)
         else:
             writer.add_tensor(name, data, raw_dtype=kind)
