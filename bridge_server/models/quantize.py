@@ -8,9 +8,9 @@ dequantizes every K type in torch, on CPU too). Like ComfyUI-GGUF's converter, o
 quantized; biases, norms and any matrix whose row length is not a multiple of the type's block stay F32.
 
 The keys are written as they are in the source (a diffusers folder stays diffusers-keyed, the FFT's single file
-keeps the authors' BFL layout), architecture "flux". Resumable: each quantized tensor is kept in `OUT.parts/` (.npy,
-memory-mapped when the file is assembled, so host RAM stays at one tensor) until
-the file is assembled, and a rerun with the same source and type skips the finished ones. Verified by reading the
+keeps the authors' BFL layout), architecture "flux". Resumable: each quantized tensor is kept in `OUT.parts/` as
+.npy until the file is assembled (memory-mapped then, so host RAM holds about one tensor), and a rerun with the same
+source and type skips the finished ones. Verified by reading the
 file back: every tensor present with its shape, and its dequantized values within the type's error bound.
 """
 

@@ -119,3 +119,13 @@ def test_serve_tier_flag_reaches_the_engine_state(tmp_path):
     assert state["tier_requested"] == "gguf-q4" and state["state"] == "missing"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--tier", "q2"])
+
+
+def test_status_prints_the_tier_its_reason_and_a_typed_error():
+    from bridge_server.cli.admin import engine_lines
+
+    state = choose_tier(cuda(7.5), ALL_GGUF).as_state() | {"error": "no CUDA GPU found", "error_kind": "no_gpu"}
+    lines = engine_lines(state)
+    assert lines[0].startswith("tier: gguf-q3 (Q3_K) - fastest tier that fits")
+    assert lines[-1] == "error [no_gpu]: no CUDA GPU found"
+    assert engine_lines({"tier_requested": "auto"}) == ["tier: auto (chosen when the model loads)"]
