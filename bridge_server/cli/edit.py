@@ -103,6 +103,8 @@ def run_edit(args: argparse.Namespace) -> int:
         if mask is not None and image is not None and mask.shape != image.shape[:2]:
             raise UsageError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
                              f"{image.shape[1]}x{image.shape[0]}")
+        if args.expand:
+            image, mask = _expand(spec, args.expand, image, mask)
         params = collect_params(args)
         if args.dry_run:
             return _dry_run(args, spec.name, image, mask, refs, params)
@@ -112,6 +114,33 @@ def run_edit(args: argparse.Namespace) -> int:
         print(f"ace-bridge edit: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return _submit(args, spec.name, image, mask, refs, params)
+
+
+def _expand(spec, text: str, image: np.ndarray | None, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Outpainting: the image grown by the margins (edges repeated), the new area as the mask with a feathered
+    seam (ace_protocol.geometry, the same helper the plugins use), merged with the user's own mask."""
+    from ace_protocol.geometry import Extent, Margins, expand_mask, expand_pixels, expanded_extent
+
+    if not spec.can_expand:
+        raise UsageError(f"task '{spec.name}' cannot expand; tasks that can: "
+                         + ", ".join(t.name for t in TASKS.values() if t.can_expand))
+    if image is None:
+        raise UsageError("--expand grows an image: give it with --image")
+    try:
+        margins = Margins.parse(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    canvas = Extent(image.shape[1], image.shape[0])
+    grown = expanded_extent(canvas, margins)
+    rgba = np.ascontiguousarray(image, np.uint8)
+    big = np.frombuffer(expand_pixels(rgba.tobytes(), canvas, margins, 4), np.uint8).reshape(grown.height,
+                                                                                             grown.width, 4)
+    new_mask = np.frombuffer(expand_mask(canvas, margins), np.uint8).reshape(grown.height, grown.width).copy()
+    if mask is not None:
+        x, y = margins.left, margins.top
+        region = new_mask[y : y + canvas.height, x : x + canvas.width]
+        np.maximum(region, mask, out=region)
+    return big.copy(), new_mask
 
 
 def _dry_run(args: argparse.Namespace, task: str, image, mask, refs, params: dict[str, Any]) -> int:
@@ -134,7 +163,13 @@ def _dry_run(args: argparse.Namespace, task: str, image, mask, refs, params: dic
     except ProtocolError as exc:
         print(f"ace-bridge edit: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    for path in write_dry_run(Path(args.dry_run), plan):
+    written = write_dry_run(Path(args.dry_run), plan)
+    if args.expand and image is not None:
+        plan_file = next(p for p in written if p.name == "plan.json")
+        data = json.loads(plan_file.read_text(encoding="utf-8"))
+        data["expand"] = {"margins": args.expand, "canvas": {"width": image.shape[1], "height": image.shape[0]}}
+        plan_file.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    for path in written:
         print(path)
     return EXIT_OK
 
@@ -276,6 +311,9 @@ def register(sub: Subparsers) -> None:
                       help="reference image (repeatable: several are placed side by side in the order given)")
     edit.add_argument("--control", help="control image (depth, contour, sketch) for local_edit --mode no_preprocess "
                       "and fft_control, used inside the mask as given")
+    edit.add_argument("--expand", metavar="L,T,R,B",
+                      help="outpaint: grow the canvas by these pixels (left, top, right, bottom; one number for all "
+                      "sides); the new area is generated to fit and -o is the grown picture")
     add_param_flags(edit)
     edit.add_argument("--param", action="append", default=[], metavar="NAME=JSON", help="any other task parameter")
     edit.add_argument("--patch-only", action="store_true", help="write only the result patch (RGBA)")

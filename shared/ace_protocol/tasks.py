@@ -175,6 +175,9 @@ class TaskSpec:
     params: tuple[ParamSpec, ...] = field(default=COMMON_PARAMS)
     #: REFERENCE (images shown to the model beside the edit) or CONTROL (a structure image for the mask).
     reference_kind: str = REFERENCE
+    #: The task can outpaint: an editor grows the canvas (ace_protocol.geometry: expand_pixels, expand_mask with
+    #: its feathered seam) and sends the grown image with the new area as the mask; the result is the grown size.
+    can_expand: bool = False
 
     def param(self, name: str) -> ParamSpec | None:
         return next((p for p in self.params if p.name == name), None)
@@ -192,7 +195,7 @@ class TaskSpec:
                    int(wire.get("min_references") or 0), int(wire.get("max_references") or 0),
                    str(wire.get("model") or BASE_MODEL), str(wire.get("prompt_template") or ""),
                    tuple(ParamSpec.from_wire(p) for p in wire.get("params") or () if isinstance(p, dict)),
-                   str(wire.get("reference_kind") or REFERENCE))
+                   str(wire.get("reference_kind") or REFERENCE), bool(wire.get("can_expand")))
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -207,6 +210,7 @@ class TaskSpec:
             "prompt_template": self.prompt_template,
             "params": [p.to_wire() for p in self.params],
             "reference_kind": self.reference_kind,
+            "can_expand": self.can_expand,
         }
 
     def validate_params(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -247,6 +251,7 @@ TASKS: dict[str, TaskSpec] = {
             "Remove the apple in {image} mask.",
             COMMON_PARAMS + (MODE, REPAINTING_SCALE, STRENGTH),
             CONTROL,
+            can_expand=True,
         ),
         TaskSpec(
             "reference_edit",
@@ -307,6 +312,7 @@ TASKS: dict[str, TaskSpec] = {
             "base",
             "A vase of sunflowers.",
             FILL_PARAMS + (STRENGTH,),
+            can_expand=True,
         ),
         # The FFT model's other edit types, as the authors run them (config/ace_plus_fft.yaml, examples.py).
         TaskSpec(
@@ -320,6 +326,7 @@ TASKS: dict[str, TaskSpec] = {
             "fft",
             "Mechanical hands like a robot.",
             COMMON_PARAMS + (FFT_REPAINT_SCALE, STRENGTH),
+            can_expand=True,
         ),
         TaskSpec(
             "fft_super_resolution",
