@@ -94,10 +94,33 @@ def _open(ref: SegmentRef, *, writable: bool) -> int:
             raise SharedMemoryUnavailable(f"{path} is not the daemon's segment (descriptor reused or other process)")
         if ref.offset + ref.length > info.st_size:
             raise SharedMemoryUnavailable(f"{path} holds {info.st_size} bytes, fewer than the reference needs")
+        _check_sealed_memory(fd, path, info)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _check_sealed_memory(fd: int, path: str, info: os.stat_result) -> None:
+    """The daemon's segments are memfds: no name in any folder (no links) and sealed against shrinking and growing.
+    An ordinary file passes neither check, so a program posing as the daemon cannot have this client (perhaps run
+    as root) read or write a file of its choosing through /proc."""
+    if info.st_nlink != 0:
+        raise SharedMemoryUnavailable(f"{path} is a file with a name, not a daemon memory segment")
+    try:
+        import fcntl
+
+        get_seals = getattr(fcntl, "F_GET_SEALS", None)
+        if get_seals is None:
+            return
+        seals = fcntl.fcntl(fd, get_seals)
+    except ImportError:
+        return
+    except OSError:
+        raise SharedMemoryUnavailable(f"{path} is not a sealed memory segment") from None
+    needed = getattr(fcntl, "F_SEAL_SHRINK", 2) | getattr(fcntl, "F_SEAL_GROW", 4)
+    if seals & needed != needed:
+        raise SharedMemoryUnavailable(f"{path} is not sealed against resizing; not the daemon's segment")
 
 
 # pread/pwrite rather than a mapping: one kernel copy into pages the daemon already has, with no page tables to set

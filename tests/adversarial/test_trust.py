@@ -706,3 +706,22 @@ def test_a_protocol_1_client_gets_one_clear_update_the_plugin_answer(thread_daem
         ws.send(encode(hello(daemon.token, client_id="old-plugin")))  # protocol 1: the token in the hello
         reply = decode_server_message(ws.recv(timeout=30))
     assert (reply.TYPE, reply.code) == ("error", "unsupported_version") and "update the plugin" in reply.message
+
+
+def test_the_client_never_writes_into_an_ordinary_file_a_fake_daemon_names(tmp_path):
+    """What a fake daemon once did: answer `alloc` with the pid/fd/inode of an ordinary file it opened; the client
+    (as root) opened it through /proc and wrote pixels into it. Now only sealed, nameless memfds are used."""
+    from ace_protocol.shm import SegmentRef, SharedMemoryUnavailable, read_segment, write_segment
+
+    victim = tmp_path / "root-owned.txt"
+    victim.write_bytes(b"precious contents" * 64)
+    fd = os.open(victim, os.O_RDONLY)  # what the impostor holds open
+    try:
+        ref = SegmentRef("fake", 0, 64, pid=os.getpid(), fd=fd, ino=os.fstat(fd).st_ino)
+        with pytest.raises(SharedMemoryUnavailable):
+            write_segment(ref, [(0, b"\xff" * 64)])
+        with pytest.raises(SharedMemoryUnavailable):
+            read_segment(ref)
+    finally:
+        os.close(fd)
+    assert victim.read_bytes() == b"precious contents" * 64
