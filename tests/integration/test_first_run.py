@@ -75,3 +75,23 @@ def test_missing_model_then_download_cancel_resume(tmp_path: Path, tiny_model_ro
         assert any(t["name"] == "local_edit" for t in client.welcome.tasks)
     finally:
         client.close()
+
+
+def test_only_the_daemons_own_token_downloads(tmp_path: Path, thread_daemon_factory):
+    """A named token (someone the owner let in) sees the model state but may not start or stop a download."""
+    from bridge_server.server.people import add_person
+
+    daemon = thread_daemon_factory(engine_factory=tiny_engine_factory(tmp_path / "models"))
+    guest_token = add_person(daemon.config.config_dir, "guest")
+    guest = BridgeClient(daemon.url, guest_token, client_id="guest-editor")
+    guest.connect()
+    try:
+        state = guest.model_status()
+        assert not state.installed and not state.can_pull
+        with pytest.raises(JobError, match="own token"):
+            guest.pull_model(confirm=True)
+        with pytest.raises(JobError, match="own token"):
+            guest.cancel_pull()
+        assert guest.model_status().pull["state"] == "idle"
+    finally:
+        guest.close()
