@@ -103,17 +103,54 @@ def run_edit(args: argparse.Namespace) -> int:
         if mask is not None and image is not None and mask.shape != image.shape[:2]:
             raise UsageError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
                              f"{image.shape[1]}x{image.shape[0]}")
+        if mask is not None and not mask.any():
+            raise UsageError(f"the mask '{args.mask}' is all black, so nothing would change: paint white where the "
+                             "picture should change")
+        if spec.needs_image and image is None:
+            raise UsageError(f"task '{spec.name}' needs an image: give it with --image")
         if args.expand:
             image, mask = _expand(spec, args.expand, image, mask)
         params = collect_params(args)
+        _check_params(spec, params)
         if args.dry_run:
+            _check_writable(args.dry_run, "the dry-run folder", folder=True)
             return _dry_run(args, spec.name, image, mask, refs, params)
         if not args.output:
             raise UsageError("give -o OUT.png (or --dry-run DIR)")
+        _check_writable(args.output, "the output")
     except UsageError as exc:
         print(f"ace-bridge edit: {exc}", file=sys.stderr)
         return EXIT_USAGE
     return _submit(args, spec.name, image, mask, refs, params)
+
+
+def _check_params(spec, params: dict[str, Any]) -> None:
+    """The task table's own check, here, so a mistake is one line before any job is sent."""
+    from ace_protocol.errors import ProtocolError
+
+    try:
+        spec.validate_params(params)
+    except ProtocolError as exc:
+        raise UsageError(exc.message) from None
+
+
+def _check_writable(path: str, what: str, *, folder: bool = False) -> None:
+    """Refuse an output that cannot be written (a folder where a file goes, a file in the way of a folder, no
+    permission) before the job runs, not after."""
+    import os
+
+    target = Path(path).absolute()
+    if not folder and target.is_dir():
+        raise UsageError(f"{what} '{path}' is a folder; give a file name such as {Path(path) / 'out.png'}")
+    if folder and target.exists() and not target.is_dir():
+        raise UsageError(f"{what} '{path}' is a file, not a folder")
+    existing = target if folder and target.is_dir() else target.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"cannot write {what} '{path}': '{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK) or (target.is_file() and not os.access(target, os.W_OK)):
+        raise UsageError(f"cannot write {what} '{path}': permission denied")
 
 
 def _expand(spec, text: str, image: np.ndarray | None, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -301,10 +338,14 @@ def _write_result(args: argparse.Namespace, event, image, composite_over) -> str
 
 
 def register(sub: Subparsers) -> None:
-    edit = sub.add_parser("edit", help="run one job and write the result", epilog=EXIT_CODES_HELP,
+    tasks = "\n".join(f"  {t.name:22} {t.label.rstrip('…')}{' (needs a selection: --mask)' if t.needs_selection else ''}"
+                      for t in TASKS.values())
+    edit = sub.add_parser("edit", help="run one job and write the result",
+                          description="Run one ACE++ job on files and write the result.",
+                          epilog=f"tasks:\n{tasks}\n\n{EXIT_CODES_HELP}",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    edit.add_argument("--task", required=True)
-    edit.add_argument("--prompt", default="")
+    edit.add_argument("--task", required=True, metavar="TASK", help="what to do: one of the tasks listed below")
+    edit.add_argument("--prompt", default="", help="what to make, in words; ACE++ prompts use {image} for the input")
     edit.add_argument("--image", help="input image (PNG/WebP/JPEG)")
     edit.add_argument("--mask", help="mask image: white = change, soft values kept")
     edit.add_argument("--ref", action="append", default=[],

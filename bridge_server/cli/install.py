@@ -7,10 +7,20 @@ from pathlib import Path
 
 from ace_protocol import __version__
 
-from bridge_server.cli.common import EXIT_OK, Subparsers
+from bridge_server.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Subparsers, err
 
 
 def cmd_install(args: argparse.Namespace) -> int:
+    try:
+        return _install(args)
+    except OSError as exc:
+        where = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
+        err(f"cannot install the {args.editor} plugin: cannot write{where}: {exc.strerror or exc}; "
+            "give a --profile-dir you can write to")
+        return EXIT_USAGE
+
+
+def _install(args: argparse.Namespace) -> int:
     profile = Path(args.profile_dir) if args.profile_dir else None
     if args.editor == "krita":
         from bridge_server.install.krita import install_krita, install_krita_everywhere
@@ -31,15 +41,28 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
     profile = Path(args.profile_dir) if args.profile_dir else None
-    if args.editor == "krita":
-        from bridge_server.install.krita import uninstall_krita
+    try:
+        if args.editor == "krita":
+            from bridge_server.install import krita
 
-        uninstall_krita(profile)
-    else:
-        from bridge_server.install import gimp
+            root = profile if profile is not None else krita.default_profile_dir()
+            if not (root / "pykrita" / krita.PLUGIN_NAME).exists():
+                print(f"the krita plugin is not installed in {root}; nothing to remove")
+                return EXIT_OK
+            krita.uninstall_krita(profile)
+            print(f"removed the krita plugin from {root}")
+        else:
+            from bridge_server.install import gimp
 
-        gimp.uninstall_gimp(profile)
-    print(f"removed the {args.editor} plugin")
+            removed = gimp.uninstall_gimp(profile)
+            if not removed:
+                print(f"the gimp plugin is not installed{f' in {profile}' if profile else ''}; nothing to remove")
+                return EXIT_OK
+            for path in removed:
+                print(f"removed the gimp plugin from {path}")
+    except OSError as exc:
+        err(f"cannot remove the {args.editor} plugin: {exc}")
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -44,6 +44,10 @@ def cmd_models(args: argparse.Namespace) -> int:
         except RuntimeError as exc:
             err(str(exc))
             return EXIT_FAILED
+        except Exception as exc:  # noqa: BLE001 - offline, DNS, proxy, disk: one line, no traceback
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            err(f"models pull failed: {first[:300]}. Check the network (or copy the files and use --from DIR)")
+            return EXIT_FAILED
     elif args.models_cmd == "find":
         return cmd_find(args, root)
     elif args.models_cmd == "quantize":

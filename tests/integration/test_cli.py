@@ -61,7 +61,7 @@ def test_status_token_and_exit_codes(demo_daemon, tmp_path):
     assert ace(env, *base, "--token", "wrong", "-o", str(tmp_path / "o.png")).returncode == 4
     assert ace(env, *base, "--port", str(free_port()), "-o", str(tmp_path / "o.png")).returncode == 3
     failed = ace(env, *base, "--steps", "0", "-o", str(tmp_path / "o.png"))
-    assert failed.returncode == 5 and "steps" in failed.stderr
+    assert failed.returncode == 2 and "steps" in failed.stderr  # a usage mistake, caught before a job is sent
 
     rotated = ace(env, "token", "--rotate").stdout.strip()
     assert rotated and rotated != demo_daemon.token
