@@ -438,6 +438,8 @@ def param_help(name: str) -> str:
 
 
 def _number(value: Any) -> str:
+    if value is None:  # no fixed default: the daemon decides per job (e.g. repainting_scale follows the mode)
+        return "unset"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).lower() if isinstance(value, bool) else str(value)
