@@ -114,7 +114,9 @@ def _known(name: str) -> bool:
 
 
 def plain_number(value: Any) -> str:
-    """`28` for 28.0: how a default reads in a label or a help text."""
+    """`28` for 28.0: how a default reads in a label or a help text (`unset`: the daemon decides per job)."""
+    if value is None:
+        return "unset"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
