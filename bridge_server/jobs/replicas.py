@@ -87,6 +87,21 @@ class EngineReplica:
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.node = ray.util.get_node_ip_address()
         self.gpu = _gpu_name()
+        if spec.get("load_at_start", True):
+            self._load()
+
+    def _load(self) -> None:
+        """Load the model before Serve counts this replica as running: one one-step 64x64 `generate`. A replacement
+        replica then takes its first job warm instead of loading inside it; a missing model shows in `status`."""
+        from ace_protocol.tasks import TASKS
+
+        try:
+            params = TASKS["generate"].validate_params({"steps": 1, "width": 64, "height": 64, "seed": 0})
+            self.engine.run(EngineJob(task="generate", prompt="", seed=0, params=params, width=64, height=64),
+                            lambda step, total: None, lambda: False)
+        except Exception as exc:  # the first real job reports it properly
+            self.last_error = f"not loaded at start: {getattr(exc, 'message', exc)}"[:200]
+            log.warning("replica %s: %s", self.replica_id, self.last_error)
 
     @serve.multiplexed(max_num_models_per_replica=8)
     async def hold(self, piece: str) -> str:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -171,8 +172,17 @@ def test_cancel_reaches_the_replica_at_the_next_step(ray_daemon):
     assert not any(r.get("busy") for r in status(daemon)["engine"]["replicas"])
 
 
+def wait_for_live_replicas(daemon, count: int, timeout: float = 90) -> None:
+    """After a kill Serve needs some seconds for the replacement; the daemon's capacity follows it."""
+    deadline = time.monotonic() + timeout
+    while status(daemon)["engine"]["ray"]["live"] < count:
+        assert time.monotonic() < deadline, status(daemon)["engine"]
+        time.sleep(0.5)  # polling the daemon's view of the cluster, not a test sleep
+
+
 def test_revoking_a_token_closes_the_session_and_cancels_the_queued_job(ray_daemon):
     daemon = ray_daemon["daemon"]
+    wait_for_live_replicas(daemon, 2)  # both replicas busy with Bob's jobs, so Alice's surely waits
     alice_token = ace(daemon, "token", "add", "alice").stdout.strip()
     bob_token = ace(daemon, "token", "add", "bob").stdout.strip()
     assert "alice" in ace(daemon, "token", "list").stdout
@@ -186,7 +196,8 @@ def test_revoking_a_token_closes_the_session_and_cancels_the_queued_job(ray_daem
         for handle in bobs:
             next(e for e in handle.events(timeout=120) if e.TYPE in ("progress", "done"))
         queued = inpaint(alice, 33)
-        assert [j["state"] for j in status(daemon, alice)["queue"] if j["job_id"] == queued.id] == ["queued"]
+        assert [j["state"] for j in status(daemon, alice)["queue"] if j["job_id"] == queued.id] == ["queued"], \
+            json.dumps(status(daemon, bob))
         closed = threading.Event()
         alice.on_connection_change = lambda state: closed.set() if state != "connected" else None
         assert ace(daemon, "token", "revoke", "alice").returncode == 0
