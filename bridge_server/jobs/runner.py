@@ -137,7 +137,7 @@ def store_image(
     }
     entry = f"{job.id}-{index}"
     kept = history.save(entry, rgba, {"provenance": provenance, "finished": finished, "label": job.label,
-                                      "client_id": job.client_id})
+                                      "client_id": job.client_id}, before=job.inputs.image)
     # Without a history file the pixels must stay in memory until acknowledged, or the result is lost.
     stored = StoredResult(index, seed, entry, provenance, finished, rgba=None if kept else rgba)
     return stored, rgba

@@ -37,6 +37,9 @@ from bridge_server.store.private import private_dir, write_private_bytes
 log = logging.getLogger(__name__)
 ENTRY_RE = re.compile(r"^[0-9a-f]{32}-\d{1,3}$")
 SCHEMA = 1
+#: The input a result was made from, kept small beside it (`<entry>.before.png`) for the panel's before/after.
+BEFORE_SUFFIX = ".before.png"
+BEFORE_MAX_SIDE = 512
 
 
 class HistoryUnavailable(Exception):
@@ -86,8 +89,9 @@ class History:
             raise KeyError(entry)
         return path
 
-    def save(self, entry: str, rgba: np.ndarray, meta: dict[str, Any]) -> bool:
-        """Write image then metadata (the JSON marks a complete entry). False when the disk refused."""
+    def save(self, entry: str, rgba: np.ndarray, meta: dict[str, Any], before: np.ndarray | None = None) -> bool:
+        """Write image then metadata (the JSON marks a complete entry). False when the disk refused. `before`, the
+        input region the result was made from, is kept as a small PNG (at most BEFORE_MAX_SIDE px) beside it."""
         meta = {**meta, "entry": entry, "schema": SCHEMA, "width": int(rgba.shape[1]), "height": int(rgba.shape[0])}
         try:
             png = self.path_for(entry, ".png")
@@ -95,6 +99,10 @@ class History:
                 _write_atomic(png, encode_png_stored(rgba), sync=False)
             else:
                 _write_atomic(png, encode_png(rgba))
+            if before is not None:
+                _write_atomic(self.path_for(entry, BEFORE_SUFFIX), encode_png(_small(before), compress_level=1, parallel=False),
+                              sync=False)
+                meta["before"] = True
             _write_atomic(self.path_for(entry, ".json"), json.dumps(meta, indent=1).encode())
         except (OSError, KeyError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
@@ -165,13 +173,30 @@ class History:
         with self._lock:  # a recompression in flight must not bring the file back
             if entry not in self._index:
                 return False
-            for suffix in (".png", ".json"):
+            for suffix in (".png", BEFORE_SUFFIX, ".json"):
                 try:
                     self.path_for(entry, suffix).unlink(missing_ok=True)
                 except (OSError, KeyError):
                     return False
             del self._index[entry]
         return True
+
+
+def _small(image: np.ndarray) -> np.ndarray:
+    """The input as RGBA uint8, shrunk to at most BEFORE_MAX_SIDE px on its longer side."""
+    from PIL import Image
+
+    array = np.ascontiguousarray(image, np.uint8)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.shape[2] == 3:
+        array = np.concatenate([array, np.full(array.shape[:2] + (1,), 255, np.uint8)], axis=2)
+    height, width = array.shape[:2]
+    scale = BEFORE_MAX_SIDE / max(height, width)
+    if scale >= 1:
+        return array
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(array, "RGBA").resize(size, Image.Resampling.BILINEAR))
 
 
 _BACKGROUND: ThreadPoolExecutor | None = None

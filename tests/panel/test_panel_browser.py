@@ -174,9 +174,11 @@ def test_the_panel_shows_queue_progress_and_history_and_cancels_a_queued_job(thr
         copied = json.loads(page.locator("body").get_attribute("data-copied"))
         assert copied["prompt"] == "a brass lantern on the table" and copied["seed"] == 5 and copied["steps"] == 4
         item.locator("button.open").click()
-        page.wait_for_function("() => { const i = document.getElementById('viewer-img');"
+        # The result opens over its input (a before/after slider, tests/panel/test_panel_companion.py).
+        page.wait_for_function("() => { const i = document.getElementById('compare-after');"
                                " return i.complete && i.naturalWidth === 96; }")
-        page.click("#viewer")
+        page.click("#viewer", position={"x": 5, "y": 5})  # outside the picture closes the viewer
+        page.wait_for_selector("#viewer", state="hidden")
         item.locator("button.delete").click()
         item.locator("button.delete:has-text('Really delete?')").click()
         page.wait_for_selector(f".item[data-entry='{entry}']", state="detached")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ace_protocol.errors import ProtocolError
-from ace_protocol.messages import Result
+from ace_protocol.messages import Failed, Result
 from ace_protocol.tasks import MEMORY_MODES as TABLE_MEMORY_MODES
 from ace_protocol.tasks import STEPS
 from aiohttp import ChainMapProxy, WSCloseCode, WSMsgType, web
@@ -31,7 +31,7 @@ from bridge_server.config import ServerConfig
 from bridge_server.server.people import usage
 from bridge_server.server.state import STATE, AppState
 from bridge_server.server.tokens import bearer_token, rotate_token, tokens_equal
-from bridge_server.store.history import ENTRY_RE, HistoryUnavailable
+from bridge_server.store.history import BEFORE_SUFFIX, ENTRY_RE, HistoryUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,33 @@ PAGE_MAX = 200
 PUSH_INTERVAL_S = 0.1  # coalesced pushes: at most ~10 per second, whatever the queue emits
 ENGINE_POLL_S = 1.0
 MISSING_COMMAND = "ace-bridge models pull --yes"
+FAILURES_KEPT = 20
+#: What a person does about a failed job, by its error code.
+FAILURE_ADVICE = {
+    "out_of_memory": "The GPU ran out of memory: select a smaller area, lower max tokens, or pick an offload "
+    "memory mode under Settings, then send the job again.",
+    "model_missing": f"Model files are missing: run `{MISSING_COMMAND}` (add --fft for instruct), then send it again.",
+    "bad_request": "The job's inputs or parameters were refused (the message says which): fix them in the editor "
+    "and send it again.",
+    "too_large": "The image is larger than this daemon accepts: select a smaller area or scale the image down.",
+    "interrupted": "The daemon stopped while the job ran: send it again.",
+    "queue_full": "The queue is full: wait for it to drain, then send the job again.",
+    "rate_limited": "Too many jobs at once from this editor: wait a moment and send it again.",
+    "unknown_task": "This daemon does not offer that task (its model files may be missing): see the Engine card.",
+    "internal": "Something went wrong inside the daemon: send the job again; if it fails again, the daemon's log "
+    "(ace-bridge serve) has the details.",
+}
+#: What to do when the engine cannot run the model here (EngineSetupError kinds and preflight problems).
+ENGINE_ADVICE = {
+    "no_gpu": "This machine has no GPU that can run the real ACE++ model (it needs about 34 GB of GPU memory): run "
+    "the daemon on a machine with a suitable NVIDIA GPU, or a smaller tier (fp8 / nf4, see docs/gpu.md).",
+    "unsupported_gpu": "This GPU cannot run the model's kernels: use a supported NVIDIA GPU (see docs/gpu.md).",
+    "too_little_ram": "The computer has too little memory for this tier: close other programs or choose a smaller "
+    "tier (serve --tier).",
+    "too_little_vram": "No tier fits this GPU's free memory: close other GPU programs, or pick a quantised tier "
+    "(serve --tier) or an offload memory mode under Settings.",
+    "wrong_file": "A model file is not what its name says: run `ace-bridge models verify` and pull it again.",
+}
 
 
 @dataclass
@@ -56,6 +83,7 @@ class PanelState:
     pushes: int = 0  # frames sent, for tests and the bench
     push_times: deque[float] = field(default_factory=lambda: deque(maxlen=200))  # monotonic, for the rate test
     thumbs: dict[str, bytes] = field(default_factory=dict)
+    failures: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=FAILURES_KEPT))  # newest last
     last_engine: str = ""
     panels: list[dict[str, Any]] = field(default_factory=list)  # what connected panel pages said in `hello`
     agents_seen: list[str] = field(default_factory=list)  # every page that said hello (bounded; for tests)
@@ -134,6 +162,11 @@ def engine_view(state: Any) -> dict[str, Any]:
     view["paused"] = state.config.gate.paused
     if engine.get("state") == "missing":
         view["command"] = MISSING_COMMAND
+    if engine.get("state") == "error" or engine.get("error"):
+        # Not healthy: say so, and what a person can do about it.
+        kind = str(engine.get("error_kind") or "")
+        view["usable"] = False
+        view["advice"] = ENGINE_ADVICE.get(kind, "The model cannot run here: see the error above and the daemon's log.")
     view["token_fixed"] = bool(state.config.token)
     view["settings"] = settings_view(state)
     view["people"] = usage(state)  # per person (named tokens): queued, running, finished and not yet collected
@@ -180,7 +213,15 @@ def entry_view(meta: dict[str, Any]) -> dict[str, Any]:
         "editor": prov.get("editor", ""),
         "label": meta.get("label", ""),
         "params": params,
+        "before": bool(meta.get("before")),
     }
+
+
+def failure_view(job: Any, message: Failed) -> dict[str, Any]:
+    return {"job_id": message.job_id or getattr(job, "id", ""), "task": getattr(job, "task", ""),
+            "prompt": str(getattr(job, "prompt", ""))[:200], "editor": getattr(job, "editor", ""),
+            "code": message.code, "message": message.message, "at": time.time(),
+            "advice": FAILURE_ADVICE.get(message.code, FAILURE_ADVICE["internal"])}
 
 
 def history_total(state: Any) -> int:
@@ -298,6 +339,21 @@ async def api_image(request: web.Request) -> web.StreamResponse:
     entry = _entry(request)
     try:
         path = _app_state(request).history.path_for(entry, ".png")
+    except KeyError:
+        raise web.HTTPNotFound() from None
+    if not path.is_file():
+        raise web.HTTPNotFound()
+    response = web.FileResponse(path)
+    response.headers["Cache-Control"] = "private, max-age=86400"
+    return response
+
+
+@_need_session
+async def api_before(request: web.Request) -> web.StreamResponse:
+    """The input the result was made from (small), for the before/after slider."""
+    entry = _entry(request)
+    try:
+        path = _app_state(request).history.path_for(entry, BEFORE_SUFFIX)
     except KeyError:
         raise web.HTTPNotFound() from None
     if not path.is_file():
@@ -426,6 +482,7 @@ def _snapshot(app: ChainMapProxy | web.Application, offset: int | None, limit: i
     else:
         snap["history"] = {"total": history_total(state)}
     snap["history"]["version"] = panel.history_version
+    snap["failures"] = list(reversed(panel.failures))
     return snap
 
 
@@ -452,6 +509,8 @@ async def _pusher(app: web.Application) -> None:
             frame["queue"] = queue_view(state)
         if "history" in parts:
             frame["history"] = {"total": history_total(state), "version": panel.history_version}
+        if "failures" in parts:
+            frame["failures"] = list(reversed(panel.failures))
         text = json.dumps(frame)
         for ws in list(panel.sockets):
             if ws.closed:
@@ -500,6 +559,7 @@ def setup_panel(app: web.Application, config: ServerConfig) -> None:
     panel_app.router.add_get("/api/thumb/{entry}", api_thumb)
     panel_app.router.add_get("/api/image/{entry}", api_image)
     panel_app.router.add_get("/api/meta/{entry}", api_meta)
+    panel_app.router.add_get("/api/before/{entry}", api_before)
     panel_app.router.add_post("/api/cancel", api_cancel)
     panel_app.router.add_post("/api/pause", api_pause)
     panel_app.router.add_post("/api/history/delete", api_delete)
@@ -517,6 +577,9 @@ def setup_panel(app: web.Application, config: ServerConfig) -> None:
             if isinstance(message, Result):
                 panel.history_version += 1
                 panel.mark("queue", "history")
+            elif isinstance(message, Failed):
+                panel.failures.append(failure_view(job, message))
+                panel.mark("queue", "failures")
             else:
                 panel.mark("queue")
 

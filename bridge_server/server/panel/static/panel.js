@@ -78,8 +78,16 @@ function renderEngine(engine) {
   view.engine = engine;
   const state = engine.state || "unknown";
   const badge = $("engine-badge");
-  badge.textContent = state;
+  badge.textContent = engine.usable === false ? "cannot run" : state;
   badge.className = `badge ${state}`;
+  // A machine where the model cannot run is shown as such, with what to do, not as a healthy idle engine.
+  const problem = $("engine-problem");
+  problem.hidden = engine.usable !== false;
+  problem.replaceChildren(...(engine.usable === false ? [
+    el("strong", {}, "The model cannot run on this machine"),
+    el("div", { class: "error" }, engine.error || ""),
+    el("div", { class: "advice" }, engine.advice || ""),
+  ] : []));
   const info = $("engine-info");
   info.replaceChildren();
   const rows = [
@@ -252,9 +260,42 @@ function historyItem(entry) {
 }
 
 function openViewer(entry) {
-  $("viewer-img").src = `/panel/api/image/${entry.entry}`;
+  // With the input kept beside the result: a before/after slider (left of the line the input, right the result
+  // over it); without it, the result alone.
+  const compare = Boolean(entry.before);
+  $("viewer-img").hidden = compare;
+  $("compare").hidden = !compare;
+  $("compare-controls").hidden = !compare;
+  if (compare) {
+    $("compare-before").src = `/panel/api/before/${entry.entry}`;
+    $("compare-after").src = `/panel/api/image/${entry.entry}`;
+    $("compare-slider").value = "50";
+    setCompare(50);
+  } else {
+    $("viewer-img").src = `/panel/api/image/${entry.entry}`;
+  }
   $("viewer-caption").textContent = `${entry.task} · seed ${entry.seed} · ${entry.prompt}`;
+  $("viewer").dataset.entry = entry.entry;
   $("viewer").hidden = false;
+}
+
+function setCompare(percent) {
+  $("compare-after").style.clipPath = `inset(0 0 0 ${percent}%)`;  // CSSOM: the CSP allows no inline styles
+  $("compare-line").style.left = `${percent}%`;
+  $("compare").dataset.split = String(percent);
+}
+
+// ------------------------------------------------------------------------------------------------ failures
+
+function renderFailures(failures) {
+  $("failures-card").hidden = !failures.length;
+  $("failures-count").textContent = `(${failures.length})`;
+  $("failures").replaceChildren(...failures.map((f) => el("li", { dataset: { job: f.job_id, code: f.code } },
+    el("div", {}, el("strong", {}, f.task || "job"), " ", el("span", { class: "code" }, f.code), " ",
+      el("span", { class: "dim" }, `${fmtTime(f.at)}${f.editor ? " · " + f.editor : ""}`)),
+    el("div", { class: "message" }, f.message),
+    el("div", { class: "advice" }, `What to do: ${f.advice}`),
+    f.prompt ? el("div", { class: "dim p" }, f.prompt) : null)));
 }
 
 async function copyParameters(entry) {
@@ -278,6 +319,7 @@ function apply(message) {
   if (message.engine) renderEngine(message.engine);
   if (message.clients) renderClients(message.clients);
   if (message.queue) renderQueue(message.queue);
+  if (message.failures) renderFailures(message.failures);
   if (message.history && message.history.version !== view.version) {
     loadHistory().catch((err) => toast(err.message));
   }
@@ -336,12 +378,17 @@ async function start() {
   });
   $("prev-page").addEventListener("click", () => { view.offset = Math.max(0, view.offset - PAGE); loadHistory(); });
   $("next-page").addEventListener("click", () => { view.offset += PAGE; loadHistory(); });
-  $("viewer").addEventListener("click", () => { $("viewer").hidden = true; });
+  $("viewer").addEventListener("click", (event) => {
+    if (!event.target.closest("#compare, #compare-controls")) $("viewer").hidden = true;
+  });
+  $("compare-slider").addEventListener("input", (event) => setCompare(Number(event.target.value)));
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape") $("viewer").hidden = true; });
   const state = await api("/panel/api/state");
   renderEngine(state.engine);
   renderClients(state.clients);
   renderQueue(state.queue);
   renderHistory(state.history);
+  renderFailures(state.failures || []);
   connect();
 }
 
