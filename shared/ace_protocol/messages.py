@@ -262,12 +262,12 @@ class Queued(Message):
     TYPE: ClassVar[str] = "queued"
     job_id: str = spec("str")
     position: int = spec("int")
+    #: Why the job is queued again, for the editor to show (e.g. "restarted on another GPU" after a replica died).
+    note: str | None = spec("str?", None)
 
 
 @dataclass
 class Started(Message):
-    #: Why the job is queued again, for the editor to show (e.g. "restarted on another GPU" after a replica died).
-    note: str | None = spec("str?", None)
     TYPE: ClassVar[str] = "started"
     job_id: str = spec("str")
 
