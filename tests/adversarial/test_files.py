@@ -59,13 +59,21 @@ def test_no_endpoint_takes_a_path_from_a_client(thread_daemon_factory, tmp_path)
     secret = tmp_path / "secret.txt"
     secret.write_text("do not serve me")
     dynamic = []
-    for resource in daemon.app.router.resources():
-        info = resource.get_info()
-        if "formatter" in info:
-            dynamic.append(info["formatter"])
+
+    def collect(app):
+        # The panel is a sub-app: walk into it (its resources already carry the /panel prefix).
+        for resource in app.router.resources():
+            info = resource.get_info()
+            if "formatter" in info:
+                dynamic.append(info["formatter"])
+            elif "app" in info:
+                collect(info["app"])
+
+    collect(daemon.app)
     # Every dynamic route names a fixed kind of thing (a static asset, a history entry), never a file path.
     assert sorted(dynamic) == sorted(
-        ["/panel/static/{name}", "/panel/api/thumb/{entry}", "/panel/api/image/{entry}", "/panel/api/meta/{entry}"]
+        ["/panel/static/{name}", "/panel/api/thumb/{entry}", "/panel/api/image/{entry}", "/panel/api/meta/{entry}",
+         "/panel/api/before/{entry}"]
     )
     base = f"http://127.0.0.1:{daemon.port}"
     for template in dynamic:
