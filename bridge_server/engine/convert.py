@@ -94,7 +94,7 @@ def kohya_to_diffusers(
         if match:
             table = _DOUBLE_TARGETS if match["kind"] == "double_blocks" else _SINGLE_TARGETS
             targets = table.get(match["module"])
-        if targets is None:
+        if match is None or targets is None:
             raise _bad_lora(name, f"unexpected key {key!r:.80} (not an ACE++ kohya FLUX LoRA)")
         modules.setdefault((match["kind"], int(match["index"]), match["module"]), {})[match["part"]] = tensor
     if not modules:

@@ -101,7 +101,7 @@ def flux_timesteps(scheduler: Any, steps: int, image_tokens: int, device: Any) -
         config.get("base_shift", 0.5),
         config.get("max_shift", 1.15),
     )
-    sigmas = np.linspace(1.0, 1 / steps, steps)
+    sigmas = np.linspace(1.0, 1 / steps, steps).tolist()
     timesteps, total = retrieve_timesteps(scheduler, steps, device, sigmas=sigmas, mu=mu)
     return timesteps, int(total)
 

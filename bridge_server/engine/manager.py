@@ -424,14 +424,15 @@ class ModelManager:
 
         weights = self.choice.weights if self.choice is not None else "bf16"
         fft = self.load_transformer("fft", weights, self.dtype)
+        device = torch.device(self.device or "cpu")
         if self.memory_mode == "sequential-offload":
             from accelerate import cpu_offload
 
-            cpu_offload(fft, execution_device=torch.device(self.device))
+            cpu_offload(fft, execution_device=device)
         elif self.memory_mode == "group-offload":
             cuda = str(self.device).startswith("cuda")
             fft.enable_group_offload(
-                onload_device=torch.device(self.device), offload_device=torch.device("cpu"),
+                onload_device=device, offload_device=torch.device("cpu"),
                 offload_type="block_level", num_blocks_per_group=1, use_stream=cuda, record_stream=cuda,
             )
         self.fft = fft

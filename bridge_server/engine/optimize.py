@@ -127,15 +127,17 @@ def _backend_usable(name: str) -> str | None:
 
 
 def _time_backend(name: str, shape: tuple[int, int, int, int], device, dtype, iters: int = 5) -> float:
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
+    from diffusers.models.attention_dispatch import AttentionBackendName, dispatch_attention_fn
+
+    backend = AttentionBackendName(name)
 
     q, k, v = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
     for _ in range(2):
-        dispatch_attention_fn(q, k, v, backend=name)
+        dispatch_attention_fn(q, k, v, backend=backend)
     torch.cuda.synchronize(device)
     t = time.perf_counter()
     for _ in range(iters):
-        dispatch_attention_fn(q, k, v, backend=name)
+        dispatch_attention_fn(q, k, v, backend=backend)
     torch.cuda.synchronize(device)
     return (time.perf_counter() - t) / iters
 
@@ -160,7 +162,7 @@ def pick_attention_backend(transformer, seq_len: int = 4608) -> tuple[str, str]:
             notes.append(f"{name}: {type(exc).__name__}: {str(exc)[:80]}")
     if not times:
         return "native", "; ".join(notes)
-    best = min(times, key=times.get)
+    best = min(times, key=lambda name: times[name])
     timing = ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in sorted(times.items(), key=lambda kv: kv[1]))
     return best, f"timed at L={seq_len}: {timing}" + (f"; unavailable: {'; '.join(notes)}" if notes else "")
 
@@ -198,6 +200,9 @@ def fp8_supported(device: torch.device | None = None) -> str | None:
 
 class Fp8Linear(torch.nn.Module):
     """nn.Linear replacement: e4m3 weight with per-output-row scales, activations quantised per token on the fly."""
+
+    weight_fp8: torch.Tensor  # registered buffers, declared for the type checker
+    weight_scale: torch.Tensor
 
     def __init__(self, linear: torch.nn.Linear):
         super().__init__()

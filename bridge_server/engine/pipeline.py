@@ -86,7 +86,7 @@ def generate(
         )
         if fft:
             _, change_packed = dx.mask_latents(
-                pipe, mask, to_nchw(plan.change, device, dtype), height, width, dtype, device, generator
+                pipe, mask, to_nchw(_present(plan.change, "change image"), device, dtype), height, width, dtype, device, generator
             )
             cond = torch.cat([edit_packed, change_packed, mask_packed], dim=-1)  # 64 + 64 + 256
         else:
@@ -171,6 +171,12 @@ def preview(pipe: Any, plan: recipes.Plan, latents: Any, velocity: Any, sigma: A
     y0c, y1c = round(y * ph / height), round((y + h) * ph / height)
     part = rgb[y0c : max(y1c, y0c + 1), x0c : max(x1c, x0c + 1)]
     return np.ascontiguousarray(part)
+
+
+def _present(array: np.ndarray | None, what: str) -> np.ndarray:
+    if array is None:  # the FFT recipes always make one; a plan without it is a bug in recipes.py
+        raise AssertionError(f"the FFT plan has no {what}")
+    return array
 
 
 def to_nchw(array: np.ndarray, device: Any, dtype: Any) -> Any:

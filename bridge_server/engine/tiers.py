@@ -200,9 +200,9 @@ def choose_tier(m: Machine, files: Available, *, requested: str = "auto") -> Cho
                             f"{t.name}, faster than the tier chosen now")
             rejected.append((t.name, why))
             continue
-        why = _fits(t, weights, m)
-        if why:
-            rejected.append((t.name, why))
+        misfit = _fits(t, weights, m)
+        if misfit:
+            rejected.append((t.name, misfit))
             continue
         vram, host = needs(t, weights)
         free = f"{m.free_vram_gb:.1f} GB free VRAM" if m.free_vram_gb is not None else "unified memory"
@@ -218,11 +218,12 @@ def _forced(m: Machine, files: Available, t: Tier) -> Choice:
     if t.placement in ("group-offload", "sequential-offload") and m.device_kind == "cpu":
         weights = _weights_for(t, files) or "bf16"
         return Choice(t, "requested (on the CPU: offload hooks run with the CPU as the execution device)", weights)
-    weights = _weights_for(t, files)
-    if weights is None:
+    found = _weights_for(t, files)
+    if found is None:
         raise TierError("model_missing", f"tier {t.name} needs a transformer file it can load ("
                         + ("a " + "/".join(GGUF_FAMILIES[t.name]) + " GGUF" if t.weights == "gguf" else t.weights)
                         + "); `ace-bridge models quantize` writes GGUF files, `models find` finds existing ones")
+    weights = found
     if t.placement != "cpu" and m.device_kind == "cpu" and not files.tiny:
         raise TierError("no_gpu", f"tier {t.name} needs a GPU and none was found")
     why = _fits(t, weights, m) if not files.tiny else None

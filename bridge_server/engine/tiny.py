@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import torch
 from safetensors.torch import save_file
@@ -260,7 +261,8 @@ def build_tiny_model(out_dir: Path, *, full: bool = True) -> Path:
         save_file(ace_lora_state_dict(width, rank, generator=gen), str(path))
     with torch.random.fork_rng(devices=[]):
         _seeded("fft")
-        fft = FluxTransformer2DModel(**tiny_transformer_config(448)).eval()
+        # diffusers' model classes are not typed as nn.Module for the checker; they are one.
+        fft = cast(torch.nn.Module, FluxTransformer2DModel(**tiny_transformer_config(448))).eval()
     bfl = {k: v.contiguous().to(torch.bfloat16) for k, v in diffusers_to_bfl(fft.state_dict()).items()}
     layout.fft.parent.mkdir(parents=True, exist_ok=True)
     save_file(bfl, str(layout.fft))
