@@ -19,7 +19,6 @@ from bridge_server.server.shared_memory import ConnectionSegments, SegmentPool
 
 log = logging.getLogger(__name__)
 
-
 class BridgeWebSocket(web.WebSocketResponse):
     """aiohttp closes an oversized frame with 1009 but no reason; name it with our error code."""
 
@@ -34,10 +33,10 @@ class BridgeWebSocket(web.WebSocketResponse):
         a new one with the larger limit replaces it between two frames (right after the hello frame)."""
         from aiohttp._websocket.reader import WebSocketReader
 
-        parser = WebSocketReader(self._reader, max_msg_size, compress=False, decode_text=self._decode_text)
         protocol = request.protocol
-        if protocol is None or getattr(self, "_parser", None) is None:
+        if protocol is None or self._reader is None or getattr(self, "_parser", None) is None:
             return
+        parser = WebSocketReader(self._reader, max_msg_size, compress=False, decode_text=self._decode_text)
         protocol._payload_parser = parser
         self._parser = parser
 
@@ -97,10 +96,10 @@ class ClientSession:
     client_name: str = ""
     client_version: str = ""
     editor: str = ""
+    person: str = ""  # whose named token the current connection proved ("" for the daemon's own token)
     previews: bool = False  # what the current connection's hello asked for
     connected_since: float = 0.0
     connection: Connection | None = None
-    person: str = ""  # whose named token the current connection proved ("" for the daemon's own token)
     segment_pool: SegmentPool = field(default_factory=SegmentPool)  # warm shared-memory segments, across connections
 
     def summary(self) -> dict[str, Any]:
@@ -109,10 +108,10 @@ class ClientSession:
             "client_name": self.client_name,
             "client_version": self.client_version,
             "editor": self.editor,
+            "person": self.person,
             "connected": self.connection is not None,
             "since": self.connected_since,
             # How this client's pixels travel, so a slow hand-over can be told apart at a glance.
-            "person": self.person,
             "pixels": "shared memory" if self.connection is not None and self.connection.segments.ready else "frames",
         }
 

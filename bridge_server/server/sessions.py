@@ -156,7 +156,7 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         return None
     if mutual:
         proved = await _mutual_proof(state, connection, hello)
-        if proved is False:  # the client hung up or sent no proof: it did not accept ours, or has no token
+        if proved is False or proved is True:  # hung up or sent no proof: it did not accept ours, or has no token
             state.throttle.failed(key)
             return None
         person = proved
@@ -172,7 +172,8 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         return None
     state.throttle.succeeded(key)
     state.guard.settled(request.protocol)
-    ws.raise_frame_limit(request, state.config.max_frame_bytes)
+    if isinstance(ws, BridgeWebSocket):
+        ws.raise_frame_limit(request, state.config.max_frame_bytes)
     if PROTOCOL_VERSION not in hello.protocol_versions and not mutual:
         await _refuse(connection, ErrorCode.UNSUPPORTED_VERSION,
                       f"this daemon speaks protocol {PROTOCOL_VERSION}; the client offered {hello.protocol_versions}. "

@@ -223,7 +223,8 @@ def _lower_priority() -> None:
 
 
 def _write_file(path: Path, data: bytes | np.ndarray, *, sync: bool) -> None:
-    write_private_bytes(path, data, sync=sync)  # 0600 whatever the umask: results belong to one user
+    # 0600 whatever the umask: results belong to one user. A view of an array is written without a copy.
+    write_private_bytes(path, memoryview(data) if isinstance(data, np.ndarray) else data, sync=sync)
 
 
 def _write_atomic(path: Path, data: bytes | np.ndarray, *, sync: bool = True) -> None:

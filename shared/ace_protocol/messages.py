@@ -61,7 +61,7 @@ class Message:
             kind = f.metadata["kind"]
             where = f"{cls.TYPE}.{f.name}"
             if f.name not in wire or wire[f.name] is None:
-                if f.default is MISSING and f.default_factory is MISSING:  # type: ignore[misc]
+                if f.default is MISSING and f.default_factory is MISSING:
                     raise bad_request(f"'{cls.TYPE}' needs the field '{f.name}'")
                 continue
             values[f.name] = _check(kind, wire[f.name], where, f.metadata.get("max_len"), max_pixels)
