@@ -379,10 +379,11 @@ def run_action(procedure, run_mode, image, drawables, config, data):
         references = []
         if action.takes_reference:
             ref = config.get_property("reference")
-            if ref is None:
+            if ref is None and action.reference_required:
                 raise logic.UserError(f"{action.label.rstrip('…')} needs a reference layer: choose one in the "
                                       "dialog (or pass the 'reference' argument).")
-            references.append(read_reference(ref))
+            if ref is not None:
+                references.append(read_reference(ref))
         image_payload = mask = None
         if plan.read_image:
             if plan.placement == "above-active":

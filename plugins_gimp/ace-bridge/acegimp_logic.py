@@ -54,6 +54,10 @@ class Action:
     takes_reference: bool
     param_names: tuple[str, ...]
     guidance: float = 50.0  # the task's default from the table: 50 for ACE++ tasks, 30 for plain Fill
+    #: The task cannot run without the layer (subject, reference edit); Local Edit's control layer is optional.
+    reference_required: bool = False
+    #: The layer is a structure guide used inside the selection (a sketch, line art), not a picture beside it.
+    reference_is_control: bool = False
 
     @property
     def spec(self) -> tasks.TaskSpec:
@@ -67,7 +71,8 @@ def _guidance_default(task) -> float:
 
 ACTIONS: tuple[Action, ...] = tuple(
     Action(t.name, t.gimp_procedure, t.label, t.needs_image, t.needs_selection, t.max_references > 0,
-           tuple(p.name for p in t.params), _guidance_default(t))
+           tuple(p.name for p in t.params), _guidance_default(t), reference_required=t.min_references > 0,
+           reference_is_control=t.reference_kind == tasks.CONTROL)
     for t in TASKS.values()
 )
 ACTIONS_BY_PROCEDURE = {a.procedure: a for a in ACTIONS}
@@ -111,7 +116,11 @@ def procedure_arguments(action: Action) -> list[Argument]:
     fields = {f.name: f for f in forms.fields_for(action.spec, ARGUMENT_PARAMS)}
     args = [Argument("string", "prompt", "_Prompt", "What to do ({image} marks the input in the template)", "")]
     if action.takes_reference:
-        args.append(Argument("layer", "reference", "Reference la_yer", "Layer used as the reference image"))
+        if action.reference_is_control:
+            args.append(Argument("layer", "reference", "Control la_yer", "Layer used as the structure guide inside "
+                                 "the selection (a sketch, line art); optional"))
+        else:
+            args.append(Argument("layer", "reference", "Reference la_yer", "Layer used as the reference image"))
     if action.needs_image:
         args.append(Argument("choice", "source", "Re_ad", "What the model sees", "visible", choices=(
             ("visible", "Visible image", "The composite of all visible layers; result on top"),

@@ -317,3 +317,15 @@ def test_every_dialog_label_has_its_own_mnemonic(action):
     taken = [k for k in keys.values() if k in logic.DIALOG_BUTTON_MNEMONICS]
     assert not taken, {n: labels[n] for n, k in keys.items() if k in taken}
     assert len(set(keys.values())) == len(keys), sorted(keys.items(), key=lambda item: item[1])
+
+
+def test_local_edit_takes_an_optional_control_layer_and_subject_requires_its_reference():
+    """A GIMP user runs Local Edit without picking a layer; a control layer is offered, never demanded."""
+    local = logic.ACTIONS_BY_PROCEDURE[logic.TASKS["local_edit"].gimp_procedure]
+    subject = logic.ACTIONS_BY_PROCEDURE[logic.TASKS["subject"].gimp_procedure]
+    assert local.takes_reference and not local.reference_required and local.reference_is_control
+    assert subject.takes_reference and subject.reference_required and not subject.reference_is_control
+    labels = {a.name: a.label for a in logic.procedure_arguments(local)}
+    assert labels["reference"] == "Control la_yer"
+    labels = {a.name: a.label for a in logic.procedure_arguments(subject)}
+    assert labels["reference"] == "Reference la_yer"
