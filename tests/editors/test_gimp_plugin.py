@@ -87,7 +87,12 @@ def gimp_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
                  "errors"]
         if "inpaint" in offered:
             client_id = ProfileState(profile / STATE_FILE).client_id
-            fetch_job = _leave_unacknowledged_result(daemon.url, daemon.token, client_id)
+            # As the plug-in's own earlier run would: the daemon gives a client_id's first holder a resume secret,
+            # which must land where the plug-in looks for it (its config folder inside the GIMP profile's XDG
+            # config), or every later call of the plug-in with that client_id is refused.
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("ACE_BRIDGE_CONFIG_DIR", str(profile / "xdg-config" / "ace-bridge"))
+                fetch_job = _leave_unacknowledged_result(daemon.url, daemon.token, client_id)
             steps.append("fetch_results")
         geometry = "python-fu-ace-bridge-inpaint" if "inpaint" in offered else next(
             t["gimp_procedure"] for t in tasks if t["needs_image"] and t["needs_selection"])
