@@ -250,8 +250,8 @@ async def _serve(config: ServerConfig, context: ssl.SSLContext | None, args: arg
         await runner.cleanup()
         print(f"ace-bridge: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
         return 2
-    server = site._server  # the bound socket tells the real port when --port 0 was asked
-    port = server.sockets[0].getsockname()[1] if server and server.sockets else config.port
+    addresses = runner.addresses  # the bound socket tells the real port when --port 0 was asked
+    port = addresses[0][1] if addresses else config.port
     host = config.host if config.host not in ("0.0.0.0", "::") else "127.0.0.1"
     url = url_for_port(port, host, tls=context is not None)
     runtime_path = config.config_dir / RUNTIME_FILE

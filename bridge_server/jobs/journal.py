@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from bridge_server.store.private import open_private, private_dir
 
@@ -22,7 +22,7 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.warning: str | None = None
-        self._file = None
+        self._file: TextIO | None = None
         self._pending = b""  # events the disk refused, oldest first
         self._pending_lock = threading.Lock()  # the retry runs on a worker thread
 
