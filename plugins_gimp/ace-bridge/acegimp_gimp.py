@@ -20,6 +20,7 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 import acegimp_logic as logic  # noqa: E402
 from acegimp_bundled import client as protocol_client  # noqa: E402
+from acegimp_bundled import forms  # noqa: E402
 from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
 
 Bounds, Extent, ImagePayload = logic.Bounds, logic.Extent, logic.ImagePayload
@@ -391,7 +392,7 @@ def run_action(procedure, run_mode, image, drawables, config, data):
             else:
                 image_payload = read_visible(image, plan.region)
             mask = read_selection_mask(image, plan.region) if plan.selection else logic.full_mask(plan.region)
-        params = logic.build_params(action, settings, plan)
+        params = forms.with_control_mode(action.spec, logic.build_params(action, settings, plan), bool(references))
 
         ui = GimpProgressUi(f"ACE++ {action.label.rstrip('…')}", interactive)
         ui.progress(None, "ACE++: connecting…")

@@ -102,10 +102,7 @@ class Controller(QObject):
         values = s.param_values(jobs.pick_seed(s.seed_mode, s.seed))
         values.update(overrides or {})
         params = forms.params_from(spec_table, values)  # boxes left at "default" are left out: the daemon decides
-        if spec_table.get("reference_kind") == "control" and read.references and "mode" not in params:
-            # A control layer picked with the mode left at its default means "use my layer as it is" (ACE++'s
-            # no_preprocess); a mode picked by hand is sent as chosen, and the daemon says if the two disagree.
-            params["mode"] = "no_preprocess"
+        params = forms.with_control_mode(spec_table, params, bool(read.references))
         prompt = naming.apply_template(spec_table.get("prompt_template", ""), instruction)
         local_id = f"k{next(self._ids)}"
         region = tuple(read.region)

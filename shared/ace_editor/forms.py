@@ -94,6 +94,22 @@ def params_from(task: tasks.TaskSpec | dict[str, Any], values: dict[str, Any]) -
     return out
 
 
+#: ACE++'s "use my own structure image as it is" mode (local_edit's no_preprocess).
+OWN_CONTROL_MODE = "no_preprocess"
+
+
+def with_control_mode(task: tasks.TaskSpec | dict[str, Any], params: dict[str, Any], has_control: bool) -> dict[str, Any]:
+    """A control layer picked while the mode is left at its default means the user's own guide, used as it is:
+    the params with `mode` set to no_preprocess. A mode chosen by hand is kept (the daemon says if they clash)."""
+    spec = task if isinstance(task, tasks.TaskSpec) else tasks.TaskSpec.from_wire(task)
+    mode = spec.param("mode")
+    if not has_control or spec.reference_kind != tasks.CONTROL or mode is None:
+        return params
+    if OWN_CONTROL_MODE not in mode.choices or params.get("mode", mode.default) != mode.default:
+        return params
+    return {**params, "mode": OWN_CONTROL_MODE}
+
+
 def _unset(spec: tasks.ParamSpec) -> Any:
     if spec.kind in ("int", "float") and spec.minimum is not None:
         if spec.default == spec.minimum and spec.default < 0:  # the table's own "no choice" (seed -1: random)

@@ -50,3 +50,17 @@ def test_a_job_with_steps_left_out_gets_the_daemons_default():
     params = forms.params_from(TASKS["inpaint"], {"steps": forms.common_field("steps").unset, "seed": 5})
     assert "steps" not in params
     assert TASKS["inpaint"].validate_params({"steps": 40, **params})["steps"] == 40  # as sessions.py fills it
+
+
+def test_a_control_layer_with_the_mode_left_at_default_means_the_painters_own_guide():
+    """A painter picks a sketch layer for Local Edit and leaves the mode alone: the sketch guides as it is."""
+    from ace_editor import forms
+    from ace_protocol.tasks import TASKS
+
+    local = TASKS["local_edit"]
+    assert forms.with_control_mode(local, {}, True) == {"mode": "no_preprocess"}
+    assert forms.with_control_mode(local, {"mode": "repaint"}, True) == {"mode": "no_preprocess"}
+    assert forms.with_control_mode(local, {"mode": "canny"}, True) == {"mode": "canny"}  # chosen by hand: kept
+    assert forms.with_control_mode(local, {}, False) == {}
+    assert forms.with_control_mode(TASKS["reference_edit"], {}, True) == {}  # a reference, not a control
+    assert forms.with_control_mode(local.to_wire(), {}, True) == {"mode": "no_preprocess"}  # from `welcome`
