@@ -91,8 +91,17 @@ def _payloads(rng: random.Random) -> tuple[str, dict[str, Any]]:
 
 
 class LoadClient:
-    def __init__(self, url: str, token: str, index: int, jobs: int, rng: random.Random, cancel_p: float,
-                 disconnect_p: float, window: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        index: int,
+        jobs: int,
+        rng: random.Random,
+        cancel_p: float,
+        disconnect_p: float,
+        window: int,
+    ) -> None:
         self.url, self.token, self.index = url, token, index
         self.client_id = f"load-client-{index:02d}"
         self.jobs, self.rng, self.cancel_p, self.disconnect_p, self.window = jobs, rng, cancel_p, disconnect_p, window
@@ -107,9 +116,15 @@ class LoadClient:
 
     async def _connect(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         ws = await http.ws_connect(self.url, max_msg_size=0, compress=0, autoping=True)
-        hello = Hello(client_id=self.client_id, client_name="bench-load", client_version="0",
-                      protocol_versions=[PROTOCOL_VERSION], token=self.token, session=self.session_id,
-                      client_secret=self.client_secret)
+        hello = Hello(
+            client_id=self.client_id,
+            client_name="bench-load",
+            client_version="0",
+            protocol_versions=[PROTOCOL_VERSION],
+            token=self.token,
+            session=self.session_id,
+            client_secret=self.client_secret,
+        )
         await ws.send_bytes(encode(hello))
         welcome = decode_server_message(await ws.receive_bytes(timeout=60))
         if welcome.TYPE != "welcome":
@@ -164,7 +179,9 @@ class LoadClient:
             if request_id in self.by_request:
                 self.by_request[request_id].refused = f"{message.code}: {message.message}"
                 self.problems.append(f"client {self.index}: submit refused: {message.code}: {message.message}")
-            elif not (kind == "error" and message.code == "bad_request" and "no queued or running job" in message.message):
+            elif not (
+                kind == "error" and message.code == "bad_request" and "no queued or running job" in message.message
+            ):
                 self.problems.append(f"client {self.index}: unexpected {message}")  # late cancels are fine
             return False
         job_id = getattr(message, "job_id", None)
@@ -187,16 +204,29 @@ class LoadClient:
                 self.problems.append(f"client {self.index}: job {record.index} done without a result")
             record.outcomes.append({"done": "result"}.get(kind, kind))
             if kind == "failed":
-                self.problems.append(f"client {self.index}: job {record.index} failed: {message.code}: {message.message}")
+                self.problems.append(
+                    f"client {self.index}: job {record.index} failed: {message.code}: {message.message}"
+                )
             await ws.send_bytes(encode(Ack(job_ids=[job_id])))
         return False
 
 
-async def run_load(url: str, token: str, *, clients: int, jobs: int, seed: int, cancel_p: float = 0.1,
-                   disconnect_p: float = 0.1, window: int = 4) -> LoadReport:
+async def run_load(
+    url: str,
+    token: str,
+    *,
+    clients: int,
+    jobs: int,
+    seed: int,
+    cancel_p: float = 0.1,
+    disconnect_p: float = 0.1,
+    window: int = 4,
+) -> LoadReport:
     master = random.Random(seed)
-    workers = [LoadClient(url, token, i, jobs, random.Random(master.randrange(2**62)), cancel_p, disconnect_p, window)
-               for i in range(clients)]
+    workers = [
+        LoadClient(url, token, i, jobs, random.Random(master.randrange(2**62)), cancel_p, disconnect_p, window)
+        for i in range(clients)
+    ]
     started = time.monotonic()
     async with aiohttp.ClientSession() as http:
         outcomes = await asyncio.gather(*(w.run(http) for w in workers), return_exceptions=True)
@@ -270,15 +300,26 @@ def rss_mb(pid: int) -> float:
 
 def start_daemon(home: Path) -> tuple[subprocess.Popen, str, str, Path]:
     env = dict(os.environ)
-    env.update(HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_DATA_HOME=str(home / ".local/share"),
-               ACE_BRIDGE_CONFIG_DIR=str(home / "config"), ACE_BRIDGE_DATA_DIR=str(home / "data"),
-               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_DATA_HOME=str(home / ".local/share"),
+        ACE_BRIDGE_CONFIG_DIR=str(home / "config"),
+        ACE_BRIDGE_DATA_DIR=str(home / "data"),
+        HF_HUB_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("ACE_BRIDGE_URL", None)
     env.pop("ACE_BRIDGE_TOKEN", None)
     log = open(home / "daemon.log", "ab")  # noqa: SIM115 - lives with the process
     process = subprocess.Popen(
         [sys.executable, "-m", "bridge_server.cli", "serve", "--demo", "--port", "0", "--idle-unload", "3600"],
-        env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=log, text=True)
+        env=env,
+        cwd=str(REPO),
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
     assert process.stdout is not None
     for line in process.stdout:  # blocks until the daemon prints where it listens
         if "listening on" in line:
@@ -309,8 +350,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             asyncio.run(warm_up(url, token))
             rss_before = rss_mb(process.pid)
-            report = asyncio.run(run_load(url, token, clients=args.clients, jobs=args.jobs, seed=args.seed,
-                                          cancel_p=args.cancel, disconnect_p=args.disconnect, window=args.window))
+            report = asyncio.run(
+                run_load(
+                    url,
+                    token,
+                    clients=args.clients,
+                    jobs=args.jobs,
+                    seed=args.seed,
+                    cancel_p=args.cancel,
+                    disconnect_p=args.disconnect,
+                    window=args.window,
+                )
+            )
             rss_after = rss_mb(process.pid)
             problems = report.problems + check_fairness(journal)
         finally:
@@ -319,13 +370,19 @@ def main(argv: list[str] | None = None) -> int:
     counts = report.outcome_counts()
     latencies = report.first_progress_latencies()
     finished = sum(counts.values())
-    print(f"clients {args.clients} x jobs {args.jobs}, seed {args.seed}: {finished} jobs in {report.elapsed_s:.1f} s "
-          f"= {finished / report.elapsed_s:.2f} jobs/s")
+    print(
+        f"clients {args.clients} x jobs {args.jobs}, seed {args.seed}: {finished} jobs in {report.elapsed_s:.1f} s "
+        f"= {finished / report.elapsed_s:.2f} jobs/s"
+    )
     print(f"outcomes: {dict(counts)}; cancels sent {report.cancels_sent}; reconnects {report.reconnects}")
-    print(f"submit -> first progress: p50 {percentile(latencies, 50) * 1000:.0f} ms, "
-          f"p99 {percentile(latencies, 99) * 1000:.0f} ms (n={len(latencies)})")
-    print(f"daemon RSS: before {rss_before:.1f} MB, after {rss_after:.1f} MB, delta {rss_after - rss_before:+.1f} MB "
-          f"(goal within 50 MB)")
+    print(
+        f"submit -> first progress: p50 {percentile(latencies, 50) * 1000:.0f} ms, "
+        f"p99 {percentile(latencies, 99) * 1000:.0f} ms (n={len(latencies)})"
+    )
+    print(
+        f"daemon RSS: before {rss_before:.1f} MB, after {rss_after:.1f} MB, delta {rss_after - rss_before:+.1f} MB "
+        f"(goal within 50 MB)"
+    )
     if problems:
         print(f"FAILED: {len(problems)} problems", file=sys.stderr)
         for problem in problems[:50]:

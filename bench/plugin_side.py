@@ -50,17 +50,30 @@ from daemon_fixture import start_process_daemon  # noqa: E402
 
 from bridge_server.engine.tiny import build_tiny_model  # noqa: E402
 
-PHASES = ("read_image_s", "read_mask_s", "payloads_s", "encode_s", "connect_s", "send_s", "submit_s", "total_s",
-          "left_s")
+PHASES = (
+    "read_image_s",
+    "read_mask_s",
+    "payloads_s",
+    "encode_s",
+    "connect_s",
+    "send_s",
+    "submit_s",
+    "total_s",
+    "left_s",
+)
 
 
-def run_krita(install: krita_runner.KritaInstall, work: Path, daemon, size: int, repeats: int,
-              timeout: float) -> dict:
+def run_krita(install: krita_runner.KritaInstall, work: Path, daemon, size: int, repeats: int, timeout: float) -> dict:
     home = work / f"krita-{install.name}"
     home.mkdir()
     pykrita = krita_runner.install_plugin(home)
-    config = {"paths": [install.path(pykrita), install.path(pykrita / "ace_bridge" / "_vendor")],
-              "url": daemon.url, "token": daemon.token, "size": size, "repeats": repeats}
+    config = {
+        "paths": [install.path(pykrita), install.path(pykrita / "ace_bridge" / "_vendor")],
+        "url": daemon.url,
+        "token": daemon.token,
+        "size": size,
+        "repeats": repeats,
+    }
     krita_runner.SCRIPTS = SCRIPTS  # run_script puts this folder on the editor's PYTHONPATH
     result = krita_runner.run_script(install, home, "krita_plugin_side", config, timeout=timeout)
     result["name"] = install.name
@@ -74,11 +87,23 @@ def run_gimp(work: Path, daemon, size: int, repeats: int, timeout: float) -> dic
     profile = work / "gimp-profile"
     plugin_dir = install_gimp(profile)
     out = work / "gimp-result.json"
-    config = {"url": daemon.url, "token": daemon.token, "size": size, "repeats": repeats, "out": str(out),
-              "plugin_dir": str(plugin_dir), "scripts_dir": chroot.inside_path(SCRIPTS)}
+    config = {
+        "url": daemon.url,
+        "token": daemon.token,
+        "size": size,
+        "repeats": repeats,
+        "out": str(out),
+        "plugin_dir": str(plugin_dir),
+        "scripts_dir": chroot.inside_path(SCRIPTS),
+    }
     (work / "gimp-config.json").write_text(json.dumps(config))
-    rc, output = gimp_runner.run_gimp_batch(SCRIPTS / "gimp_plugin_side.py", profile, timeout,
-                                            env={"ACE_BENCH_CONFIG": str(work / "gimp-config.json")}, binds=[work])
+    rc, output = gimp_runner.run_gimp_batch(
+        SCRIPTS / "gimp_plugin_side.py",
+        profile,
+        timeout,
+        env={"ACE_BENCH_CONFIG": str(work / "gimp-config.json")},
+        binds=[work],
+    )
     if not out.is_file():
         raise RuntimeError(f"GIMP wrote no result (rc {rc}):\n{output[-4000:]}")
     result = json.loads(out.read_text())
@@ -97,8 +122,10 @@ TRANSPORTS = (("shm", "shared memory"), ("frames", "frames"))
 
 
 def table(results: list[dict]) -> str:
-    head = ("| editor | read | pixels in | region | read image | read mask | payloads | encode* | connect "
-            "| send | **Generate → frame left** | submit → accepted | Generate → accepted | request |")
+    head = (
+        "| editor | read | pixels in | region | read image | read mask | payloads | encode* | connect "
+        "| send | **Generate → frame left** | submit → accepted | Generate → accepted | request |"
+    )
     lines = [head, "|" + "---|" * 14]
     ms = lambda v: "–" if v is None else f"{v * 1000:.0f} ms"  # noqa: E731
     for res in results:
@@ -112,7 +139,8 @@ def table(results: list[dict]) -> str:
                     f"| {res['editor']} | {label} | {how} | {region[2]}×{region[3]} | {ms(m['read_image_s'])} | "
                     f"{ms(m['read_mask_s'])} | {ms(m['payloads_s'])} | {ms(m['encode_s'])} | "
                     f"{ms(m.get('connect_s'))} | {ms(m['send_s'])} | **{ms(m['left_s'])}** | {ms(m['submit_s'])} | "
-                    f"{ms(m['total_s'])} | {m['frame_bytes'] / 1e6:.1f} MB |")
+                    f"{ms(m['total_s'])} | {m['frame_bytes'] / 1e6:.1f} MB |"
+                )
     return "\n".join(lines)
 
 
@@ -138,8 +166,10 @@ def main(argv: list[str] | None = None) -> int:
                 installs = krita_runner.krita_installs()
                 if not installs:
                     problems.append("no Krita found (.ci/steps/15_krita_host.sh, 20_trixie_chroot.sh)")
-                runners += [(i.name, lambda i=i: run_krita(i, work, daemon, args.size, args.repeats, args.timeout))
-                            for i in installs]
+                runners += [
+                    (i.name, lambda i=i: run_krita(i, work, daemon, args.size, args.repeats, args.timeout))
+                    for i in installs
+                ]
             if "gimp" in wanted:
                 if gimp_runner.gimp_available():
                     runners.append(("gimp", lambda: run_gimp(work, daemon, args.size, args.repeats, args.timeout)))
@@ -155,14 +185,19 @@ def main(argv: list[str] | None = None) -> int:
                 if res.get("error") or not res.get("runs"):
                     problems.append(f"{name}: {res.get('error') or 'no runs'}\n{res.get('output', '')[-3000:]}")
                     continue
-                print(f"{res['editor']}: {len(res['runs'])} runs in {time.monotonic() - t0:.0f} s "
-                      f"(document set-up {res.get('setup_s', 0):.1f} s, WebSocket masking by {res.get('apply_mask')}, "
-                      f"shared memory {res.get('shared_memory')})", file=sys.stderr)
+                print(
+                    f"{res['editor']}: {len(res['runs'])} runs in {time.monotonic() - t0:.0f} s "
+                    f"(document set-up {res.get('setup_s', 0):.1f} s, WebSocket masking by {res.get('apply_mask')}, "
+                    f"shared memory {res.get('shared_memory')})",
+                    file=sys.stderr,
+                )
                 results.append(res)
         finally:
             daemon.stop()
-    print(f"\nPlugin side, {args.size}x{args.size} RGBA u8 document, medians of {args.repeats} "
-          "(* encode measured alone; the client's send encodes again, so it is inside `send`, not added)\n")
+    print(
+        f"\nPlugin side, {args.size}x{args.size} RGBA u8 document, medians of {args.repeats} "
+        "(* encode measured alone; the client's send encodes again, so it is inside `send`, not added)\n"
+    )
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps([{k: v for k, v in r.items() if k != "output"} for r in results], indent=1))

@@ -39,15 +39,21 @@ from ray_cluster import new_cluster  # noqa: E402
 def run_jobs(daemon, jobs: int, steps: int, size: int, clients: int = 2) -> float:
     """Seconds from the first submit to the last `done`, `jobs` spread over `clients` clients."""
     image, mask = rgba_payload(gradient_image(size, size)), gray_payload(ellipse_mask(size, size))
-    connections = [BridgeClient(daemon.url, daemon.token, client_id=new_client_id("bench"), reconnect_timeout=0)
-                   for _ in range(clients)]
+    connections = [
+        BridgeClient(daemon.url, daemon.token, client_id=new_client_id("bench"), reconnect_timeout=0)
+        for _ in range(clients)
+    ]
     for client in connections:
         client.connect()
     errors: list[str] = []
     try:
         started = time.monotonic()
-        handles = [connections[n % clients].submit("inpaint", "a red hat", image=image, mask=mask,
-                                                   params={"seed": n, "steps": steps}) for n in range(jobs)]
+        handles = [
+            connections[n % clients].submit(
+                "inpaint", "a red hat", image=image, mask=mask, params={"seed": n, "steps": steps}
+            )
+            for n in range(jobs)
+        ]
 
         def follow(handle) -> None:
             last = list(handle.events(timeout=600))[-1]
@@ -75,8 +81,9 @@ def latency(daemon, jobs: int) -> float:
     with BridgeClient(daemon.url, daemon.token, client_id=new_client_id("bench-latency"), reconnect_timeout=0) as c:
         for n in range(jobs + 1):
             started = time.monotonic()
-            events = list(c.submit("inpaint", "x", image=image, mask=mask, params={"seed": n, "steps": 1})
-                          .events(timeout=300))
+            events = list(
+                c.submit("inpaint", "x", image=image, mask=mask, params={"seed": n, "steps": 1}).events(timeout=300)
+            )
             assert events[-1].TYPE == "done", events[-1]
             if n:  # the first loads the model
                 times.append(time.monotonic() - started)
@@ -101,11 +108,14 @@ def main() -> int:
         began = time.monotonic()
         cluster.start(free_port(), head_cpus=2, worker_cpus=0)  # one node: both replicas on this machine's 2 cores
         print(f"local Ray head up in {time.monotonic() - began:.1f} s", flush=True)
-        for n, (label, extra, threads) in enumerate((
+        for n, (label, extra, threads) in enumerate(
+            (
                 ("no ray, all cores", (), None),
                 ("no ray, 1 torch thread", (), "1"),
                 ("ray, 1 replica", ("--ray", cluster.address, "--replicas", "1"), None),
-                ("ray, 2 replicas", ("--ray", cluster.address, "--replicas", "2"), None))):
+                ("ray, 2 replicas", ("--ray", cluster.address, "--replicas", "2"), None),
+            )
+        ):
             home = work / f"daemon-{n}"
             home.mkdir()
             cluster.give_token_to(home)
@@ -129,17 +139,22 @@ def main() -> int:
                 daemon.stop()
             per_minute = args.jobs / elapsed * 60
             rows.append((label, per_minute, median))
-            print(f"{label:24} ready {ready:5.1f} s  {per_minute:6.1f} jobs/min  ({args.jobs} jobs, {args.steps} "
-                  f"steps, {args.size}px, in {elapsed:.1f} s)  latency p50 {median * 1000:.0f} ms/job", flush=True)
+            print(
+                f"{label:24} ready {ready:5.1f} s  {per_minute:6.1f} jobs/min  ({args.jobs} jobs, {args.steps} "
+                f"steps, {args.size}px, in {elapsed:.1f} s)  latency p50 {median * 1000:.0f} ms/job",
+                flush=True,
+            )
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
     plain, single, one, two = rows
     print(f"\n2 replicas / 1 replica: {two[1] / one[1]:.2f}x jobs per minute (2 cores: 2x is the ceiling)")
     print(f"2 replicas / no ray:     {two[1] / plain[1]:.2f}x (all cores), {two[1] / single[1]:.2f}x (1 thread)")
-    print(f"added latency per job with Ray: {(one[2] - single[2]) * 1000:+.0f} ms against the 1-thread daemon "
-          f"({single[2] * 1000:.0f} ms without Ray), {(one[2] - plain[2]) * 1000:+.0f} ms against all cores "
-          "(1-step 32x32 job, median)")
+    print(
+        f"added latency per job with Ray: {(one[2] - single[2]) * 1000:+.0f} ms against the 1-thread daemon "
+        f"({single[2] * 1000:.0f} ms without Ray), {(one[2] - plain[2]) * 1000:+.0f} ms against all cores "
+        "(1-step 32x32 job, median)"
+    )
     return 0
 
 

@@ -104,7 +104,7 @@ def make_inputs(side: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.nd
     image[..., :3] = np.clip(image[..., :3].astype(np.int16) + rng.integers(-3, 4, (side, side, 3)), 0, 255)
     image[..., 3] = 255
     mask = np.zeros((side, side), np.uint8)
-    mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 255
+    mask[side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = 255
     ref = np.ascontiguousarray(make_ref(seed))
     return image, mask, ref
 
@@ -250,8 +250,11 @@ class Paths:
 
     def __init__(self, history) -> None:
         self.history = history
-        self.new = (ace_protocol.client.encode_fragments, bridge_server.server.sessions.encode,
-                    bridge_server.jobs.runner.make_result)
+        self.new = (
+            ace_protocol.client.encode_fragments,
+            bridge_server.server.sessions.encode,
+            bridge_server.jobs.runner.make_result,
+        )
 
     def use(self, before: bool) -> None:
         encode_client, encode_daemon, make = self.new
@@ -272,12 +275,14 @@ def _payload(array: np.ndarray, fmt: str, before: bool) -> ImagePayload:
     return ImagePayload(width, height, fmt, data)
 
 
-def time_bridge(client: BridgeClient, image: np.ndarray, mask: np.ndarray, ref: np.ndarray,
-                before: bool = False) -> float:
+def time_bridge(
+    client: BridgeClient, image: np.ndarray, mask: np.ndarray, ref: np.ndarray, before: bool = False
+) -> float:
     side = image.shape[0]
     started = time.perf_counter()
     handle = client.submit(
-        "reference_edit", "identity",
+        "reference_edit",
+        "identity",
         image=_payload(image, "rgba8", before),
         mask=_payload(mask, "gray8", before),
         references=[_payload(ref, "rgba8", before)],
@@ -348,23 +353,37 @@ def breakdown(image: np.ndarray, mask: np.ndarray, ref: np.ndarray, history_dir:
         granted = timed("daemon: alloc (a warm segment from the pool)", lambda: segments.allocate(total))
         ref_all = describe(granted.describe())
         offsets = [0, views[0].nbytes, views[0].nbytes + views[1].nbytes]
-        timed("client: copy the pixels into the segment",
-              lambda: write_segment(ref_all, [(o, v.data) for o, v in zip(offsets, views)]))
-        shared = [ImagePayload(v.width, v.height, v.format, b"", shm=SegmentRef(granted.id, o, v.nbytes))
-                  for o, v in zip(offsets, views)]
-        submit = Submit(id="r1", task="reference_edit", prompt="identity", image=shared[0], mask=shared[1],
-                        references=[shared[2]], params={"steps": 1, "feather": 0})
+        timed(
+            "client: copy the pixels into the segment",
+            lambda: write_segment(ref_all, [(o, v.data) for o, v in zip(offsets, views)]),
+        )
+        shared = [
+            ImagePayload(v.width, v.height, v.format, b"", shm=SegmentRef(granted.id, o, v.nbytes))
+            for o, v in zip(offsets, views)
+        ]
+        submit = Submit(
+            id="r1",
+            task="reference_edit",
+            prompt="identity",
+            image=shared[0],
+            mask=shared[1],
+            references=[shared[2]],
+            params={"steps": 1, "feather": 0},
+        )
         frame = timed("client: encode the submit (no pixels)", lambda: encode(submit))
-        message = timed("daemon: decode + validate + views of the segment",
-                        lambda: segments.resolve(decode_client_message(frame, max_pixels=2**26)))
+        message = timed(
+            "daemon: decode + validate + views of the segment",
+            lambda: segments.resolve(decode_client_message(frame, max_pixels=2**26)),
+        )
         arr = timed("daemon: wire -> numpy (views)", lambda: to_array(message.image, max_pixels=2**26))
         m = to_array(message.mask, max_pixels=2**26, gray=True)
         rgba = timed("daemon: result RGBA (make_result)", lambda: make_result(arr[..., :3], m, 0))
         png = timed("daemon: history PNG, stored (level 0)", lambda: encode_png_stored(rgba))
         timed("daemon: history PNG write (no fsync)", lambda: write(png, False))
         timed("daemon: history JSON write + fsync", lambda: write(b"{}" * 200, True))
-        result = Result(job_id="j", index=0, count=1, seed=1, image=ImagePayload(
-            side, side, "rgba8", memoryview(rgba).cast("B")))
+        result = Result(
+            job_id="j", index=0, count=1, seed=1, image=ImagePayload(side, side, "rgba8", memoryview(rgba).cast("B"))
+        )
         exported = timed("daemon: result into a segment", lambda: segments.export(result))
         out = timed("daemon: encode the result (no pixels)", lambda: encode(exported))
         back = decode_server_message(out)
@@ -377,16 +396,25 @@ def breakdown(image: np.ndarray, mask: np.ndarray, ref: np.ndarray, history_dir:
     segments.close()
     segments.pool.close()
 
-    framed = Submit(id="r1", task="reference_edit", prompt="identity", image=views[0], mask=views[1],
-                    references=[views[2]], params={"steps": 1, "feather": 0})
+    framed = Submit(
+        id="r1",
+        task="reference_edit",
+        prompt="identity",
+        image=views[0],
+        mask=views[1],
+        references=[views[2]],
+        params={"steps": 1, "feather": 0},
+    )
     pieces = timed("(frames: client frame pieces, views of the arrays)", lambda: encode_fragments(framed))
     whole = b"".join(pieces)
     timed("(frames: daemon msgpack decode + validate)", lambda: decode_client_message(whole, max_pixels=2**26))
     timed("(frames: daemon encode result, one copy of the pixels)", lambda: encode(result))
     timed("(frames: client msgpack decode result)", lambda: decode_server_message(encode(result)))
     timed("(not done: fsync of the level-0 PNG)", lambda: write(png, True))
-    timed("(background, 1 s later: level-1 PNG encode, one thread)",
-          lambda: encode_png(rgba, compress_level=1, parallel=False))
+    timed(
+        "(background, 1 s later: level-1 PNG encode, one thread)",
+        lambda: encode_png(rgba, compress_level=1, parallel=False),
+    )
     return parts
 
 
@@ -395,17 +423,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="512,2048,4096")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--breakdown-size", type=int, default=2048)
-    parser.add_argument("--before", action="store_true",
-                        help="also time (b) with the previous release's paths (b0), in the same rounds")
+    parser.add_argument(
+        "--before", action="store_true", help="also time (b) with the previous release's paths (b0), in the same rounds"
+    )
     parser.add_argument("--no-png-json", action="store_true", help="skip (c), the slow one")
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="ace-transport-") as tmp:
         loops = LoopThread()
-        config = ServerConfig(config_dir=Path(tmp) / "config", data_dir=Path(tmp) / "data", port=0, token="bench",
-                              engine_factory=IdentityEngine, idle_unload_s=None, max_pixels=max(*sizes, REF_SIDE) ** 2,
-                              max_frame_bytes=FRAME_LIMIT)
+        config = ServerConfig(
+            config_dir=Path(tmp) / "config",
+            data_dir=Path(tmp) / "data",
+            port=0,
+            token="bench",
+            engine_factory=IdentityEngine,
+            idle_unload_s=None,
+            max_pixels=max(*sizes, REF_SIDE) ** 2,
+            max_frame_bytes=FRAME_LIMIT,
+        )
         bridge_app = create_app(config)
         bridge_port = loops.serve(bridge_app)
         history = bridge_app[STATE].history
@@ -416,15 +452,29 @@ def main(argv: list[str] | None = None) -> int:
         raw = socket.create_connection(raw_server.getsockname())
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         url = f"ws://127.0.0.1:{bridge_port}/v1/ws"
-        client = BridgeClient(url, "bench", client_id="bench-transport", reconnect_timeout=0,
-                              max_frame_bytes=FRAME_LIMIT, shared_memory=True)
-        frames_client = BridgeClient(url, "bench", client_id="bench-transport-frames", reconnect_timeout=0,
-                                     max_frame_bytes=FRAME_LIMIT, shared_memory=False)
+        client = BridgeClient(
+            url,
+            "bench",
+            client_id="bench-transport",
+            reconnect_timeout=0,
+            max_frame_bytes=FRAME_LIMIT,
+            shared_memory=True,
+        )
+        frames_client = BridgeClient(
+            url,
+            "bench",
+            client_id="bench-transport-frames",
+            reconnect_timeout=0,
+            max_frame_bytes=FRAME_LIMIT,
+            shared_memory=False,
+        )
         client.connect()
         frames_client.connect()
         if not client.shared_memory_active:
-            print(f"note: shared memory is not available here ({client.shared_memory_problem}); "
-                  "(b) uses frames too", flush=True)
+            print(
+                f"note: shared memory is not available here ({client.shared_memory_problem}); (b) uses frames too",
+                flush=True,
+            )
         try:
             for side in sizes:
                 image, mask, ref = make_inputs(side)
@@ -449,9 +499,12 @@ def main(argv: list[str] | None = None) -> int:
                             times[key].append(value)
                 med = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
                 rows.append((side, med["a"], med["b"], med["bf"], med["b0"], med["c"], len(request)))
-                print(f"{side}x{side}: raw {med['a'] * 1000:.1f} ms, bridge {med['b'] * 1000:.1f} ms, "
-                      f"bridge frames {med['bf'] * 1000:.1f} ms, bridge before {med['b0'] * 1000:.1f} ms, "
-                      f"png/json {med['c'] * 1000:.1f} ms", flush=True)
+                print(
+                    f"{side}x{side}: raw {med['a'] * 1000:.1f} ms, bridge {med['b'] * 1000:.1f} ms, "
+                    f"bridge frames {med['bf'] * 1000:.1f} ms, bridge before {med['b0'] * 1000:.1f} ms, "
+                    f"png/json {med['c'] * 1000:.1f} ms",
+                    flush=True,
+                )
             parts = []
             if args.breakdown_size:
                 image, mask, ref = make_inputs(args.breakdown_size)
@@ -463,17 +516,23 @@ def main(argv: list[str] | None = None) -> int:
             raw_server.close()
             loops.close()
     print()
-    print("| region | request MB | (a) raw TCP ms | (b0) before ms | (bf) frames ms | (b) ACE Bridge ms "
-          "| (c) PNG+base64+JSON ms | b0/a | bf/a | b/a | c/b |")
+    print(
+        "| region | request MB | (a) raw TCP ms | (b0) before ms | (bf) frames ms | (b) ACE Bridge ms "
+        "| (c) PNG+base64+JSON ms | b0/a | bf/a | b/a | c/b |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for side, a, b, bf, b0, c, nbytes in rows:
-        print(f"| {side}² | {nbytes / 2**20:.1f} | {a * 1000:.1f} | {b0 * 1000:.1f} | {bf * 1000:.1f} | {b * 1000:.1f} "
-              f"| {c * 1000:.1f} | {b0 / a:.2f} | {bf / a:.2f} | {b / a:.2f} | {c / b:.1f} |")
+        print(
+            f"| {side}² | {nbytes / 2**20:.1f} | {a * 1000:.1f} | {b0 * 1000:.1f} | {bf * 1000:.1f} | {b * 1000:.1f} "
+            f"| {c * 1000:.1f} | {b0 / a:.2f} | {bf / a:.2f} | {b / a:.2f} | {c / b:.1f} |"
+        )
     if parts:
         total = sum(t for name, t in parts if not name.startswith("("))
         print()
-        print(f"Breakdown of (b), shared memory, at {args.breakdown_size}² (pieces timed alone; sum "
-              f"{total * 1000:.1f} ms):")
+        print(
+            f"Breakdown of (b), shared memory, at {args.breakdown_size}² (pieces timed alone; sum "
+            f"{total * 1000:.1f} ms):"
+        )
         print("| step | ms | share |")
         print("|---|---|---|")
         for name, t in parts:
@@ -481,8 +540,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {t * 1000:.1f} | {share} |")
         b_here = [b for side, _a, b, _bf, _b0, _c, _n in rows if side == args.breakdown_size]
         if b_here:
-            print(f"| rest of (b): the small frames, journal writes, thread hand-offs | "
-                  f"{(b_here[0] - total) * 1000:.1f} | |")
+            print(
+                f"| rest of (b): the small frames, journal writes, thread hand-offs | "
+                f"{(b_here[0] - total) * 1000:.1f} | |"
+            )
     return 0
 
 

@@ -199,7 +199,9 @@ def isolated_env(home: Path) -> dict[str, str]:
     return env
 
 
-def start_process_daemon(home: Path, *extra_args: str, tiny_root: Path | None = None, timeout: float = 90) -> ProcessDaemon:
+def start_process_daemon(
+    home: Path, *extra_args: str, tiny_root: Path | None = None, timeout: float = 90
+) -> ProcessDaemon:
     env = isolated_env(home)
     data_dir = Path(env["ACE_BRIDGE_DATA_DIR"])
     if tiny_root is not None:  # reuse the session's tiny model instead of building one per daemon
@@ -213,9 +215,22 @@ def start_process_daemon(home: Path, *extra_args: str, tiny_root: Path | None = 
     log_path = home / "daemon.log"
     log = open(log_path, "ab")  # noqa: SIM115 - closed with the process
     process = subprocess.Popen(
-        [sys.executable, "-m", "bridge_server.cli", "serve", "--demo", "--port", "0", "--idle-unload", "3600",
-         *extra_args],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
+        [
+            sys.executable,
+            "-m",
+            "bridge_server.cli",
+            "serve",
+            "--demo",
+            "--port",
+            "0",
+            "--idle-unload",
+            "3600",
+            *extra_args,
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=str(REPO),
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

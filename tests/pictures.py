@@ -28,7 +28,7 @@ def ellipse_mask(width: int = 96, height: int = 64, soft: bool = False) -> np.nd
 
 def square_mask(width: int = 32, height: int = 32) -> np.ndarray:
     mask = np.zeros((height, width), np.uint8)
-    mask[height // 4: 3 * height // 4, width // 4: 3 * width // 4] = 255
+    mask[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = 255
     return mask
 
 

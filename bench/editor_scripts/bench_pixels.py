@@ -12,12 +12,12 @@ def gradient_rows(w, h, order="bgra"):
     xs = bytearray(w * 4)
     for x in range(w):
         v = x * 255 // max(1, w - 1)
-        xs[x * 4:x * 4 + 4] = bytes((255 - v, 0, v, 255)) if order == "bgra" else bytes((v, 0, 255 - v, 255))
+        xs[x * 4 : x * 4 + 4] = bytes((255 - v, 0, v, 255)) if order == "bgra" else bytes((v, 0, 255 - v, 255))
     out = bytearray(w * h * 4)
     for y in range(h):
         row = bytearray(xs)
         row[1::4] = bytes((y * 255 // max(1, h - 1),)) * w
-        out[y * w * 4:(y + 1) * w * 4] = row
+        out[y * w * 4 : (y + 1) * w * 4] = row
     return bytes(out)
 
 
@@ -31,7 +31,7 @@ def soft_ellipse(w, h, cx, cy, rx, ry, soft):
         half = rx * math.sqrt(1.0 - dy * dy)
         x0, x1 = max(0, int(cx - half)), min(w, int(math.ceil(cx + half)))
         base = y * w
-        out[base + x0:base + x1] = b"\xff" * (x1 - x0)
+        out[base + x0 : base + x1] = b"\xff" * (x1 - x0)
         for x in range(x0, min(x1, x0 + int(2 * soft) + 2)):  # the soft edge, mirrored to the right side
             d = math.hypot((x + 0.5 - cx) / rx, dy)
             v = max(0, min(255, int(round((1.0 - d) * min(rx, ry) / soft * 255))))
@@ -59,9 +59,11 @@ def time_sends(client, sink):
         finally:
             if message.TYPE == "submit":
                 sink["sent_at"] = T()
+
     client._send = send
 
 
 def mask_impl():
     from websockets.frames import apply_mask  # the C speed-up when it loads, else pure Python
+
     return apply_mask.__module__

@@ -59,8 +59,7 @@ try:
         for source, transport in [(s, t) for s in ("image", "layer") for t in ("shm", "frames")]:
             settings = logic.Settings(seed=1, steps=1, source="layer" if source == "layer" else "visible")
             t_start = T()
-            plan = logic.plan_job(action, settings, Extent(img.get_width(), img.get_height()),
-                                  ag.selection_bounds(img))
+            plan = logic.plan_job(action, settings, Extent(img.get_width(), img.get_height()), ag.selection_bounds(img))
             t_plan = T() - t_start
             t0 = T()
             if plan.placement == "above-active":
@@ -75,41 +74,67 @@ try:
             params = logic.build_params(action, settings, plan)
             t_params = T() - t0
             t0 = T()
-            frame = encode(Submit(id="r0", task=action.task, prompt="bench", image=image_payload, mask=mask,
-                                  references=[], params=dict(params), label="bench"))
+            frame = encode(
+                Submit(
+                    id="r0",
+                    task=action.task,
+                    prompt="bench",
+                    image=image_payload,
+                    mask=mask,
+                    references=[],
+                    params=dict(params),
+                    label="bench",
+                )
+            )
             t_encode = T() - t0
             size = len(frame)
             del frame
             t0 = T()
             # A stable client id per transport, as the plug-in keeps one per GIMP profile.
-            client = BridgeClient(CONFIG["url"], CONFIG["token"], client_name=logic.CLIENT_NAME,
-                                  client_id=f"gimp-bench-{transport}",
-                                  editor=f"gimp {Gimp.version()}", shared_memory=transport == "shm")
+            client = BridgeClient(
+                CONFIG["url"],
+                CONFIG["token"],
+                client_name=logic.CLIENT_NAME,
+                client_id=f"gimp-bench-{transport}",
+                editor=f"gimp {Gimp.version()}",
+                shared_memory=transport == "shm",
+            )
             client.connect()
             t_connect = T() - t0
             if transport == "shm":
-                OUT["shared_memory"] = {"active": client.shared_memory_active,
-                                        "problem": client.shared_memory_problem}
+                OUT["shared_memory"] = {"active": client.shared_memory_active, "problem": client.shared_memory_problem}
             sends = {}
             time_sends(client, sends)
             OUT["apply_mask"] = mask_impl()
             t0 = T()
-            job = client.submit(action.task, "bench", image=image_payload, mask=mask, references=[], params=params,
-                                label="bench")
+            job = client.submit(
+                action.task, "bench", image=image_payload, mask=mask, references=[], params=params, label="bench"
+            )
             t_submit = T() - t0
             t_send = sends["sent_at"] - t0
             job.cancel()
             kinds = [ev.TYPE for ev in job.events(timeout=300)]
             client.ack(job.id)
             client.close()
-            OUT["runs"].append({
-                "rep": rep, "source": source, "transport": transport, "region": list(plan.region), "format": image_payload.format,
-                "read_image_s": t_image, "read_mask_s": t_mask, "payloads_s": t_plan + t_params,
-                "encode_s": t_encode, "connect_s": t_connect, "submit_s": t_submit,
-                "send_s": t_send,
-                "total_s": t_plan + t_image + t_mask + t_params + t_connect + t_submit,
-                "frame_bytes": size, "job_end": kinds[-1] if kinds else None,
-            })
+            OUT["runs"].append(
+                {
+                    "rep": rep,
+                    "source": source,
+                    "transport": transport,
+                    "region": list(plan.region),
+                    "format": image_payload.format,
+                    "read_image_s": t_image,
+                    "read_mask_s": t_mask,
+                    "payloads_s": t_plan + t_params,
+                    "encode_s": t_encode,
+                    "connect_s": t_connect,
+                    "submit_s": t_submit,
+                    "send_s": t_send,
+                    "total_s": t_plan + t_image + t_mask + t_params + t_connect + t_submit,
+                    "frame_bytes": size,
+                    "job_end": kinds[-1] if kinds else None,
+                }
+            )
             del image_payload, mask
     img.delete()
 except Exception:

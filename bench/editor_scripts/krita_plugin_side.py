@@ -34,6 +34,7 @@ class Timed:
             out = attr(*args)
             self._sink[key] = self._sink.get(key, 0.0) + T() - t0
             return out
+
         return timed
 
 
@@ -84,13 +85,20 @@ def main(args):
         clients = {}
         sends = {}
         for transport in ("shm", "frames"):
-            clients[transport] = BridgeClient(config["url"], config["token"], client_name="ace-bench",
-                                              client_id=f"ace-bench-{transport}", editor="krita " + app.version(),
-                                              shared_memory=transport == "shm")
+            clients[transport] = BridgeClient(
+                config["url"],
+                config["token"],
+                client_name="ace-bench",
+                client_id=f"ace-bench-{transport}",
+                editor="krita " + app.version(),
+                shared_memory=transport == "shm",
+            )
             clients[transport].connect()
             time_sends(clients[transport], sends)
-        out["shared_memory"] = {"active": clients["shm"].shared_memory_active,
-                                "problem": clients["shm"].shared_memory_problem}
+        out["shared_memory"] = {
+            "active": clients["shm"].shared_memory_active,
+            "problem": clients["shm"].shared_memory_problem,
+        }
         out["apply_mask"] = mask_impl()
         for rep in range(int(config["repeats"])):
             for source, transport in [(s, t) for s in ("image", "layer") for t in ("shm", "frames")]:
@@ -103,28 +111,52 @@ def main(args):
                 t_read = T() - t0
                 params = {"seed": 1, "steps": 1}
                 t0 = T()
-                frame = encode(Submit(id="r0", task="inpaint", prompt="bench", image=read.image, mask=read.mask,
-                                      references=[], params=dict(params), label="bench"))
+                frame = encode(
+                    Submit(
+                        id="r0",
+                        task="inpaint",
+                        prompt="bench",
+                        image=read.image,
+                        mask=read.mask,
+                        references=[],
+                        params=dict(params),
+                        label="bench",
+                    )
+                )
                 t_encode = T() - t0
                 size = len(frame)
                 del frame
                 sends.clear()
                 t0 = T()
-                job = client.submit("inpaint", "bench", image=read.image, mask=read.mask, references=[],
-                                    params=params, label="bench")
+                job = client.submit(
+                    "inpaint", "bench", image=read.image, mask=read.mask, references=[], params=params, label="bench"
+                )
                 t_submit = T() - t0
                 t_send = sends["sent_at"] - t0
                 job.cancel()
                 kinds = [ev.TYPE for ev in job.events(timeout=300)]
                 client.ack(job.id)
                 image_s = sink.get("image", 0.0) + sink.get("refresh", 0.0)
-                out["runs"].append({
-                    "rep": rep, "source": source, "transport": transport, "region": list(read.region), "format": read.image.format,
-                    "read_image_s": image_s, "refresh_s": sink.get("refresh", 0.0), "read_mask_s": sink.get("mask", 0.0),
-                    "payloads_s": t_read - image_s - sink.get("mask", 0.0), "read_context_s": t_read,
-                    "encode_s": t_encode, "submit_s": t_submit, "send_s": t_send, "total_s": t_read + t_submit,
-                    "frame_bytes": size, "job_end": kinds[-1] if kinds else None,
-                })
+                out["runs"].append(
+                    {
+                        "rep": rep,
+                        "source": source,
+                        "transport": transport,
+                        "region": list(read.region),
+                        "format": read.image.format,
+                        "read_image_s": image_s,
+                        "refresh_s": sink.get("refresh", 0.0),
+                        "read_mask_s": sink.get("mask", 0.0),
+                        "payloads_s": t_read - image_s - sink.get("mask", 0.0),
+                        "read_context_s": t_read,
+                        "encode_s": t_encode,
+                        "submit_s": t_submit,
+                        "send_s": t_send,
+                        "total_s": t_read + t_submit,
+                        "frame_bytes": size,
+                        "job_end": kinds[-1] if kinds else None,
+                    }
+                )
                 del read
         for client in clients.values():
             client.close()

@@ -40,29 +40,88 @@ T5_LEN = 512
 
 SIZES = {
     "full": {
-        "transformer": dict(patch_size=1, in_channels=384, out_channels=64, num_layers=19, num_single_layers=38,
-                            attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
-                            pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
-        "t5": dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-                   relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                   feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False, use_cache=False),
-        "clip": dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                     num_attention_heads=12, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu"),
+        "transformer": dict(
+            patch_size=1,
+            in_channels=384,
+            out_channels=64,
+            num_layers=19,
+            num_single_layers=38,
+            attention_head_dim=128,
+            num_attention_heads=24,
+            joint_attention_dim=4096,
+            pooled_projection_dim=768,
+            guidance_embeds=True,
+            axes_dims_rope=(16, 56, 56),
+        ),
+        "t5": dict(
+            vocab_size=32128,
+            d_model=4096,
+            d_kv=64,
+            d_ff=10240,
+            num_layers=24,
+            num_heads=64,
+            relative_attention_num_buckets=32,
+            relative_attention_max_distance=128,
+            feed_forward_proj="gated-gelu",
+            dropout_rate=0.0,
+            is_encoder_decoder=False,
+            use_cache=False,
+        ),
+        "clip": dict(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+        ),
         "vae": dict(block_out_channels=(128, 256, 512, 512), norm_num_groups=32),
         "workloads": {"edit_1440x720": (720, 1440), "gen_1024": (1024, 1024)},
         "lora_rank": 64,
         "matmul_n": 8192,
     },
     "tiny": {
-        "transformer": dict(patch_size=1, in_channels=384, out_channels=64, num_layers=1, num_single_layers=1,
-                            attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-                            pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6)),
-        "t5": dict(vocab_size=1000, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
-                   relative_attention_num_buckets=8, relative_attention_max_distance=32,
-                   feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False, use_cache=False),
-        "clip": dict(vocab_size=1000, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=2, max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu",
-                     bos_token_id=0, eos_token_id=2),
+        "transformer": dict(
+            patch_size=1,
+            in_channels=384,
+            out_channels=64,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            guidance_embeds=True,
+            axes_dims_rope=(4, 6, 6),
+        ),
+        "t5": dict(
+            vocab_size=1000,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            relative_attention_max_distance=32,
+            feed_forward_proj="gated-gelu",
+            dropout_rate=0.0,
+            is_encoder_decoder=False,
+            use_cache=False,
+        ),
+        "clip": dict(
+            vocab_size=1000,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=32,
+            hidden_act="quick_gelu",
+            bos_token_id=0,
+            eos_token_id=2,
+        ),
         "vae": dict(block_out_channels=(8, 8, 8, 8), norm_num_groups=4),
         "workloads": {"edit_1440x720": (144, 288), "gen_1024": (128, 128)},  # 9x18 and 8x8 tokens
         "lora_rank": 4,
@@ -81,8 +140,12 @@ def check_packages() -> dict[str, str]:
 
     found = {"python": platform.python_version(), "torch": torch.__version__}
     log(f"python {found['python']}, torch {torch.__version__} (cuda {torch.version.cuda})")
-    log("packages needed beyond torch (carry as wheels where missing): " + ", ".join(NEEDED)
-        + "; optional: " + ", ".join(OPTIONAL))
+    log(
+        "packages needed beyond torch (carry as wheels where missing): "
+        + ", ".join(NEEDED)
+        + "; optional: "
+        + ", ".join(OPTIONAL)
+    )
     missing = []
     for name in NEEDED + OPTIONAL:
         try:
@@ -166,26 +229,52 @@ def build_pipeline(size: str, device, dtype):
         with torch.device(device):
             t = time.perf_counter()
             transformer = FluxTransformer2DModel(**spec["transformer"]).eval()
-            log(f"  transformer {sum(p.numel() for p in transformer.parameters()) / 1e9:.2f} B params "
-                f"({time.perf_counter() - t:.1f} s)")
+            log(
+                f"  transformer {sum(p.numel() for p in transformer.parameters()) / 1e9:.2f} B params "
+                f"({time.perf_counter() - t:.1f} s)"
+            )
             t = time.perf_counter()
             t5 = T5EncoderModel(T5Config(**spec["t5"])).eval()
-            log(f"  T5 encoder  {sum(p.numel() for p in t5.parameters()) / 1e9:.2f} B params "
-                f"({time.perf_counter() - t:.1f} s)")
+            log(
+                f"  T5 encoder  {sum(p.numel() for p in t5.parameters()) / 1e9:.2f} B params "
+                f"({time.perf_counter() - t:.1f} s)"
+            )
             clip = CLIPTextModel(CLIPTextConfig(**spec["clip"])).eval()
-            vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
-                                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                                layers_per_block=2, use_quant_conv=False, use_post_quant_conv=False,
-                                shift_factor=0.1159, scaling_factor=0.3611, **spec["vae"]).eval()
+            vae = AutoencoderKL(
+                in_channels=3,
+                out_channels=3,
+                latent_channels=16,
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                layers_per_block=2,
+                use_quant_conv=False,
+                use_post_quant_conv=False,
+                shift_factor=0.1159,
+                scaling_factor=0.3611,
+                **spec["vae"],
+            ).eval()
     finally:
         torch.set_default_dtype(prev)
     for m in (transformer, t5, clip, vae):
         m.to(device=device, dtype=dtype)
         m.requires_grad_(False)
-    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
-                                                base_image_seq_len=256, max_image_seq_len=4096)
-    pipe = FluxFillPipeline(scheduler=scheduler, vae=vae, text_encoder=clip, tokenizer=None, text_encoder_2=t5,
-                            tokenizer_2=None, transformer=transformer)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe = FluxFillPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=None,
+        text_encoder_2=t5,
+        tokenizer_2=None,
+        transformer=transformer,
+    )
     return pipe
 
 
@@ -242,9 +331,16 @@ class Workload:
                 t = torch.full((1,), s, device=x.device, dtype=x.dtype)
                 ctx = tr.cache_context(self.name) if hasattr(tr, "cache_context") else _null()
                 with ctx:
-                    v = tr(hidden_states=torch.cat([x, self.cond], dim=2), timestep=t, guidance=self.guidance,
-                           pooled_projections=self.pooled, encoder_hidden_states=self.seq, txt_ids=self.txt_ids,
-                           img_ids=self.img_ids, return_dict=False)[0]
+                    v = tr(
+                        hidden_states=torch.cat([x, self.cond], dim=2),
+                        timestep=t,
+                        guidance=self.guidance,
+                        pooled_projections=self.pooled,
+                        encoder_hidden_states=self.seq,
+                        txt_ids=self.txt_ids,
+                        img_ids=self.img_ids,
+                        return_dict=False,
+                    )[0]
                 x = x + (s_next - s) * v
         return x
 
@@ -265,8 +361,20 @@ class _null:
 
 # ----------------------------------------------------------------------------------------------------- output
 class Table:
-    COLS = ["mode", "workload", "status", "s_per_step", "s_per_28_image", "speedup_vs_eager", "peak_vram_gb",
-            "tflops", "frac_ceiling", "vae_decode_s", "warmup_s", "note"]
+    COLS = [
+        "mode",
+        "workload",
+        "status",
+        "s_per_step",
+        "s_per_28_image",
+        "speedup_vs_eager",
+        "peak_vram_gb",
+        "tflops",
+        "frac_ceiling",
+        "vae_decode_s",
+        "warmup_s",
+        "note",
+    ]
 
     def __init__(self, out: Path, meta: dict):
         self.out, self.meta, self.rows = out, meta, []
@@ -416,16 +524,22 @@ def time_workload(wl: Workload, pipe, state: dict, args, device) -> dict:
     sync(device)
     vae_s = time.perf_counter() - t
     finite = bool(torch.isfinite(x).all()) and bool(torch.isfinite(img).all())
-    return {"s_per_step": step_s, "vae_decode_s": vae_s, "warmup_s": warm, "peak_vram_gb": peak_gb(device),
-            "finite": finite}
+    return {
+        "s_per_step": step_s,
+        "vae_decode_s": vae_s,
+        "warmup_s": warm,
+        "peak_vram_gb": peak_gb(device),
+        "finite": finite,
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), default="full")
     ap.add_argument("--out", default="bench_out")
-    ap.add_argument("--modes", default=",".join(ALL_MODES), help="comma list, cumulative in this order: "
-                    + ",".join(ALL_MODES))
+    ap.add_argument(
+        "--modes", default=",".join(ALL_MODES), help="comma list, cumulative in this order: " + ",".join(ALL_MODES)
+    )
     ap.add_argument("--workloads", default="edit_1440x720,gen_1024")
     ap.add_argument("--steps-timed", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1, help="warm-up steps per mode and workload (compile happens here)")
@@ -453,11 +567,20 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16
     spec = SIZES[args.size]
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or '?'})"
-    meta = {"size": args.size, "device_name": dev_name, "versions": versions, "steps_timed": args.steps_timed,
-            "extrapolated_to": STEPS, "matmul_n": spec["matmul_n"], "argv": sys.argv[1:]}
+    meta = {
+        "size": args.size,
+        "device_name": dev_name,
+        "versions": versions,
+        "steps_timed": args.steps_timed,
+        "extrapolated_to": STEPS,
+        "matmul_n": spec["matmul_n"],
+        "argv": sys.argv[1:],
+    }
     table = Table(Path(args.out), meta)
-    log(f"device: {dev_name}; size {args.size}; modes are cumulative; {args.steps_timed} timed steps per mode "
-        f"after {args.warmup} warm-up, extrapolated to {STEPS} steps")
+    log(
+        f"device: {dev_name}; size {args.size}; modes are cumulative; {args.steps_timed} timed steps per mode "
+        f"after {args.warmup} warm-up, extrapolated to {STEPS} steps"
+    )
 
     meta["ceiling_tflops"] = matmul_ceiling(device, dtype, spec["matmul_n"])
     log(f"bf16 matmul ceiling ({spec['matmul_n']}^3): {meta['ceiling_tflops']:.1f} TFLOP/s")
@@ -472,8 +595,9 @@ def main(argv=None) -> int:
     cfg = dict(pipe.transformer.config)
     width = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     t = time.perf_counter()
-    kohya = make_kohya_lora(width, cfg["num_layers"], cfg["num_single_layers"], spec["lora_rank"], device=device,
-                            dtype=dtype)
+    kohya = make_kohya_lora(
+        width, cfg["num_layers"], cfg["num_single_layers"], spec["lora_rank"], device=device, dtype=dtype
+    )
     n_lora = sum(v.numel() for k, v in kohya.items() if not k.endswith(".alpha"))
     sd, which = convert(kohya, width)
     del kohya
@@ -489,10 +613,13 @@ def main(argv=None) -> int:
     workloads = [Workload(n, spec["workloads"][n], pipe, seq, pooled, device, dtype) for n in names]
     for wl in workloads:
         wl.flops = flux_flops_per_step(cfg, wl.n_img)
-        log(f"workload {wl.name}: {wl.w}x{wl.h}, {wl.n_img} image + {T5_LEN} text tokens, "
-            f"{wl.flops / 1e12:.4g} TFLOP/step (analytic)")
-    meta["workloads"] = {wl.name: {"w": wl.w, "h": wl.h, "image_tokens": wl.n_img, "tflop_per_step": wl.flops / 1e12}
-                         for wl in workloads}
+        log(
+            f"workload {wl.name}: {wl.w}x{wl.h}, {wl.n_img} image + {T5_LEN} text tokens, "
+            f"{wl.flops / 1e12:.4g} TFLOP/step (analytic)"
+        )
+    meta["workloads"] = {
+        wl.name: {"w": wl.w, "h": wl.h, "image_tokens": wl.n_img, "tflop_per_step": wl.flops / 1e12} for wl in workloads
+    }
     table.flush()
 
     state = {"t0": t0, "rank": spec["lora_rank"], "workloads": workloads}
@@ -514,8 +641,14 @@ def main(argv=None) -> int:
         except Exception as exc:  # noqa: BLE001 - report and go on with the next mode
             traceback.print_exc()
             for wl in workloads:
-                table.add({"mode": mode, "workload": wl.name, "status": "failed",
-                           "note": f"apply: {type(exc).__name__}: {str(exc)[:200]}"})
+                table.add(
+                    {
+                        "mode": mode,
+                        "workload": wl.name,
+                        "status": "failed",
+                        "note": f"apply: {type(exc).__name__}: {str(exc)[:200]}",
+                    }
+                )
             _recover(device)
             continue
         for wl in workloads:
@@ -531,8 +664,11 @@ def main(argv=None) -> int:
                     eager[wl.name] = row["s_per_28_image"]
                 if wl.name in eager:
                     row["speedup_vs_eager"] = eager[wl.name] / row["s_per_28_image"]
-                row["note"] = note + (f" (apply {apply_s:.1f} s)" if apply_s > 1 else "") + (
-                    "" if r["finite"] else "; non-finite output (random weights)")
+                row["note"] = (
+                    note
+                    + (f" (apply {apply_s:.1f} s)" if apply_s > 1 else "")
+                    + ("" if r["finite"] else "; non-finite output (random weights)")
+                )
             except Exception as exc:  # noqa: BLE001
                 traceback.print_exc()
                 row.update({"status": "failed", "note": f"{type(exc).__name__}: {str(exc)[:200]}"})

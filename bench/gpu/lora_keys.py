@@ -33,13 +33,27 @@ def module_shapes(width: int, mlp_ratio: float = 4.0) -> dict[str, tuple[int, in
     """(in, out) of each BFL LoRA target for a FLUX of hidden size `width`."""
     d, m = width, int(width * mlp_ratio)
     return {
-        "attn_qkv": (d, 3 * d), "attn_proj": (d, d), "mlp_0": (d, m), "mlp_2": (m, d), "mod_lin": (d, 6 * d),
-        "linear1": (d, 3 * d + m), "linear2": (d + m, d), "modulation_lin": (d, 3 * d),
+        "attn_qkv": (d, 3 * d),
+        "attn_proj": (d, d),
+        "mlp_0": (d, m),
+        "mlp_2": (m, d),
+        "mod_lin": (d, 6 * d),
+        "linear1": (d, 3 * d + m),
+        "linear2": (d + m, d),
+        "modulation_lin": (d, 3 * d),
     }
 
 
-def make_kohya_lora(width: int, n_double: int, n_single: int, rank: int, device="cpu", dtype=torch.bfloat16,
-                    std: float = 1e-3, seed: int = 0) -> dict[str, torch.Tensor]:
+def make_kohya_lora(
+    width: int,
+    n_double: int,
+    n_single: int,
+    rank: int,
+    device="cpu",
+    dtype=torch.bfloat16,
+    std: float = 1e-3,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """A random LoRA with the full ACE++ key set (alpha = rank), generated directly on `device`."""
     g = torch.Generator(device=device).manual_seed(seed)
     shapes = module_shapes(width)
@@ -73,14 +87,14 @@ def kohya_to_diffusers(sd: dict[str, torch.Tensor], width: int) -> dict[str, tor
         rank = down.shape[0]
         alpha = sd.get(f"{base}.alpha")
         scale = float(alpha) / rank if alpha is not None else 1.0
-        name = base[len("lora_unet_"):]
+        name = base[len("lora_unet_") :]
         if name.startswith("double_blocks_"):
-            rest = name[len("double_blocks_"):]
+            rest = name[len("double_blocks_") :]
             idx, suffix = rest.split("_", 1)
             targets, split = _DOUBLE[suffix]
             prefix = f"transformer.transformer_blocks.{idx}."
         elif name.startswith("single_blocks_"):
-            rest = name[len("single_blocks_"):]
+            rest = name[len("single_blocks_") :]
             idx, suffix = rest.split("_", 1)
             targets, split = _SINGLE[suffix]
             prefix = f"transformer.single_transformer_blocks.{idx}."

@@ -43,18 +43,49 @@ for p in (str(ROOT), str(ROOT / "shared")):
 
 TIERS = ["full", "bf16", "fp8", "gguf-q8", "gguf-q5", "gguf-q4", "group-offload", "sequential-offload"]
 GGUF_TYPES = ("Q8_0", "Q5_0", "Q4_0")
-WORKLOADS = {"full": {"edit_1440x720": (1440, 720), "gen_1024": (1024, 1024)},
-             "toy": {"edit_1440x720": (144, 72), "gen_1024": (96, 96)}}  # toy: the same shapes, 1/10 and ~1/10
+WORKLOADS = {
+    "full": {"edit_1440x720": (1440, 720), "gen_1024": (1024, 1024)},
+    "toy": {"edit_1440x720": (144, 72), "gen_1024": (96, 96)},
+}  # toy: the same shapes, 1/10 and ~1/10
 STEPS = 28
 FULL = {  # FLUX.1-Fill-dev, T5-XXL, CLIP-L, FLUX VAE (bench_flux.py's numbers)
-    "transformer": dict(patch_size=1, in_channels=384, out_channels=64, num_layers=19, num_single_layers=38,
-                        attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
-                        pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
-    "t5": dict(vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-               relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-               dropout_rate=0.0, is_encoder_decoder=False, use_cache=False),
-    "clip": dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                 num_attention_heads=12, max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu"),
+    "transformer": dict(
+        patch_size=1,
+        in_channels=384,
+        out_channels=64,
+        num_layers=19,
+        num_single_layers=38,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        guidance_embeds=True,
+        axes_dims_rope=(16, 56, 56),
+    ),
+    "t5": dict(
+        vocab_size=32128,
+        d_model=4096,
+        d_kv=64,
+        d_ff=10240,
+        num_layers=24,
+        num_heads=64,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        is_encoder_decoder=False,
+        use_cache=False,
+    ),
+    "clip": dict(
+        vocab_size=49408,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=77,
+        projection_dim=768,
+        hidden_act="quick_gelu",
+    ),
 }
 
 
@@ -84,19 +115,34 @@ def build_root(size: str, work: Path) -> Path:
         try:
             pipe.transformer = FluxTransformer2DModel(**FULL["transformer"]).eval()
             clip_tok = pipe.tokenizer
-            pipe.text_encoder = CLIPTextModel(CLIPTextConfig(**FULL["clip"], bos_token_id=clip_tok.bos_token_id,
-                                                             eos_token_id=clip_tok.eos_token_id,
-                                                             pad_token_id=clip_tok.pad_token_id)).eval()
+            pipe.text_encoder = CLIPTextModel(
+                CLIPTextConfig(
+                    **FULL["clip"],
+                    bos_token_id=clip_tok.bos_token_id,
+                    eos_token_id=clip_tok.eos_token_id,
+                    pad_token_id=clip_tok.pad_token_id,
+                )
+            ).eval()
             pipe.text_encoder_2 = T5EncoderModel(T5Config(**FULL["t5"])).eval()
-            pipe.vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                                     up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
-                                     layers_per_block=2, latent_channels=16, norm_num_groups=32,
-                                     use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.1159,
-                                     scaling_factor=0.3611).eval()
+            pipe.vae = AutoencoderKL(
+                in_channels=3,
+                out_channels=3,
+                down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4,
+                block_out_channels=(128, 256, 512, 512),
+                layers_per_block=2,
+                latent_channels=16,
+                norm_num_groups=32,
+                use_quant_conv=False,
+                use_post_quant_conv=False,
+                shift_factor=0.1159,
+                scaling_factor=0.3611,
+            ).eval()
         finally:
             torch.set_default_dtype(torch.float32)
-    pipe.register_modules(transformer=pipe.transformer, text_encoder=pipe.text_encoder,
-                          text_encoder_2=pipe.text_encoder_2, vae=pipe.vae)
+    pipe.register_modules(
+        transformer=pipe.transformer, text_encoder=pipe.text_encoder, text_encoder_2=pipe.text_encoder_2, vae=pipe.vae
+    )
     pipe.to("cpu")
     pipe.save_pretrained(root / "FLUX.1-Fill-dev", safe_serialization=True, max_shard_size="10GB")
     (root / "BENCH_RANDOM_WEIGHTS.json").write_text(_json.dumps({"random": True}))
@@ -140,8 +186,13 @@ def worker(args: argparse.Namespace) -> int:
 
         manager.vram = capped
     started = time.monotonic()
-    engine = AcePlusEngine(Path(args.root), tier=args.tier, t5_max_length=args.t5_len, idle_unload_s=None,
-                           optimizations={"attention": "auto"} if cuda else None)
+    engine = AcePlusEngine(
+        Path(args.root),
+        tier=args.tier,
+        t5_max_length=args.t5_len,
+        idle_unload_s=None,
+        optimizations={"attention": "auto"} if cuda else None,
+    )
     out: dict = {"tier_requested": args.tier, "cap_gb": args.cap, "jobs": {}}
     try:
         for name, (w, h) in WORKLOADS[args.size].items():
@@ -150,16 +201,21 @@ def worker(args: argparse.Namespace) -> int:
             mask = None
             if image is not None:
                 mask = np.zeros(image.shape[:2], np.uint8)
-                mask[h // 4: 3 * h // 4, :] = 255
-            job = EngineJob(task="reference_edit" if edit else "generate", prompt="{image} a red apple", seed=7,
-                            params={"steps": args.steps, "width": w, "height": h, "max_tokens": 16384},
-                            image=image, mask=mask,
-                            references=[np.full((h, w // 2, 4), 90, np.uint8)] if edit else [])
+                mask[h // 4 : 3 * h // 4, :] = 255
+            job = EngineJob(
+                task="reference_edit" if edit else "generate",
+                prompt="{image} a red apple",
+                seed=7,
+                params={"steps": args.steps, "width": w, "height": h, "max_tokens": 16384},
+                image=image,
+                mask=mask,
+                references=[np.full((h, w // 2, 4), 90, np.uint8)] if edit else [],
+            )
             if edit and "subject" not in engine.available_tasks():
                 job.task, job.references = "inpaint", []
                 job.image = np.full((h, w, 4), 128, np.uint8)
                 job.mask = np.zeros((h, w), np.uint8)
-                job.mask[h // 4: 3 * h // 4, :] = 255
+                job.mask[h // 4 : 3 * h // 4, :] = 255
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             t0 = time.monotonic()
@@ -169,11 +225,17 @@ def worker(args: argparse.Namespace) -> int:
                 out["first_result_s"] = round(time.monotonic() - started + args.import_s, 2)
             per_job = seconds if args.size == "toy" else seconds * STEPS / args.steps  # decode counted once: small
             np.save(Path(args.work) / f"{args.tier}-{args.cap}-{name}.npy", result.rgb)
-            out["jobs"][name] = {"s_per_job": round(per_job, 3),
-                                 "vram_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None}
+            out["jobs"][name] = {
+                "s_per_job": round(per_job, 3),
+                "vram_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
+            }
         state = engine.state()
-        out.update(tier=state.get("tier"), weights=state.get("weights"), reason=state.get("tier_reason"),
-                   memory_mode=state.get("memory_mode"))
+        out.update(
+            tier=state.get("tier"),
+            weights=state.get("weights"),
+            reason=state.get("tier_reason"),
+            memory_mode=state.get("memory_mode"),
+        )
     except Exception as exc:  # noqa: BLE001 - a tier that cannot run here is a row with its reason
         out["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     finally:
@@ -184,18 +246,37 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace, tier: str, cap: float | None) -> dict:
-    cmd = [sys.executable, __file__, "--worker", "--size", args.size, "--root", str(args.root), "--tier", tier,
-           "--work", str(args.work), "--steps", str(args.steps), "--t5-len", str(args.t5_len)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        "--size",
+        args.size,
+        "--root",
+        str(args.root),
+        "--tier",
+        tier,
+        "--work",
+        str(args.work),
+        "--steps",
+        str(args.steps),
+        "--t5-len",
+        str(args.t5_len),
+    ]
     if cap:
         cmd += ["--cap", str(cap)]
     started = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.worker_timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=args.worker_timeout,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"},
+    )
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if line is None:
-        return {"tier_requested": tier, "cap_gb": cap, "error": (proc.stderr or proc.stdout)[-300:].strip(),
-                "jobs": {}}
-    out = json.loads(line[len("RESULT "):])
+        return {"tier_requested": tier, "cap_gb": cap, "error": (proc.stderr or proc.stdout)[-300:].strip(), "jobs": {}}
+    out = json.loads(line[len("RESULT ") :])
     out["process_s"] = round(time.monotonic() - started, 2)
     return out
 
@@ -218,7 +299,12 @@ def table(rows: list[dict], work: Path, size: str) -> str:
     head += ["RAM GB", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["tier_requested"], str(r.get("cap_gb") or "-"), str(r.get("tier") or "-"), str(r.get("weights") or "-")]
+        cells = [
+            r["tier_requested"],
+            str(r.get("cap_gb") or "-"),
+            str(r.get("tier") or "-"),
+            str(r.get("weights") or "-"),
+        ]
         for n in names:
             job = r.get("jobs", {}).get(n)
             if not job:
@@ -228,9 +314,12 @@ def table(rows: list[dict], work: Path, size: str) -> str:
             ref = work / f"bf16-None-{n}.npy"  # the bf16 weights with the same tier settings (tiled VAE)
             mine = work / f"{r['tier_requested']}-{r.get('cap_gb')}-{n}.npy"
             quality = psnr(np.load(mine), np.load(ref)) if ref.is_file() and mine.is_file() else None
-            cells += [f"{job['s_per_job']:.3f}", f"{ratio:.2f}x" if ratio else "-",
-                      f"{job['vram_gb']:.2f}" if job.get("vram_gb") is not None else "-",
-                      ("inf" if quality == math.inf else f"{quality:.1f}") if quality is not None else "-"]
+            cells += [
+                f"{job['s_per_job']:.3f}",
+                f"{ratio:.2f}x" if ratio else "-",
+                f"{job['vram_gb']:.2f}" if job.get("vram_gb") is not None else "-",
+                ("inf" if quality == math.inf else f"{quality:.1f}") if quality is not None else "-",
+            ]
         cells += [f"{r.get('ram_gb', 0):.2f}", (r.get("error") or "")[:120]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -272,13 +361,19 @@ def main() -> int:
     for cap in [float(c) for c in args.caps.split(",") if c] if torch.cuda.is_available() else []:
         rows.append(run_worker(args, "auto", cap))
     cold = [run_worker(args, "auto", None) for _ in range(args.cold_starts)]
-    text = [f"# Tier table ({args.size}, {device})", "",
-            f"torch {torch.__version__}; model built in {build_s:.1f} s; GGUF written in {quant_s or 'cache'} s; "
-            f"{args.steps} steps per job" + (" (x28 extrapolated)" if args.size == "full" else ""), "",
-            table(rows, args.work, args.size), "",
-            "Cold start, process start to first result (tier auto): "
-            + ", ".join(f"{c.get('process_s', '-')} s (first result {c.get('first_result_s', '-')} s in process)"
-                        for c in cold)]
+    text = [
+        f"# Tier table ({args.size}, {device})",
+        "",
+        f"torch {torch.__version__}; model built in {build_s:.1f} s; GGUF written in {quant_s or 'cache'} s; "
+        f"{args.steps} steps per job" + (" (x28 extrapolated)" if args.size == "full" else ""),
+        "",
+        table(rows, args.work, args.size),
+        "",
+        "Cold start, process start to first result (tier auto): "
+        + ", ".join(
+            f"{c.get('process_s', '-')} s (first result {c.get('first_result_s', '-')} s in process)" for c in cold
+        ),
+    ]
     (out / "tier_table.md").write_text("\n".join(text) + "\n", encoding="utf-8")
     (out / "tier_table.json").write_text(json.dumps({"device": device, "rows": rows, "cold": cold}, indent=1))
     print("\n".join(text))

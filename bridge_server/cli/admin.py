@@ -22,8 +22,9 @@ from bridge_server.cli.common import (
 def cmd_status(args: argparse.Namespace) -> int:
     from ace_protocol.client import BridgeClient, ClientError, Unauthorized
 
-    client = BridgeClient(args.url, args.token, port=args.port, client_name="ace-bridge-cli", editor="cli",
-                          reconnect_timeout=0)
+    client = BridgeClient(
+        args.url, args.token, port=args.port, client_name="ace-bridge-cli", editor="cli", reconnect_timeout=0
+    )
     try:
         welcome = client.connect()
         status = client.status()
@@ -82,16 +83,20 @@ def print_replicas(engine: dict) -> None:
     ray = engine.get("ray")
     if not isinstance(ray, dict):
         return
-    print(f"ray: {ray.get('live', 0)} of {ray.get('replicas', 0)} replica(s) live at {ray.get('address')}"
-          f"{' (reattached)' if ray.get('reattached') else ''}; {ray.get('restarts', 0)} job restart(s)")
+    print(
+        f"ray: {ray.get('live', 0)} of {ray.get('replicas', 0)} replica(s) live at {ray.get('address')}"
+        f"{' (reattached)' if ray.get('reattached') else ''}; {ray.get('restarts', 0)} job restart(s)"
+    )
     for r in engine.get("replicas", []):
         busy = "busy" if r.get("busy") else "idle"
         state = r.get("state", "?")
         adapters = ",".join(r.get("adapters") or []) or "-"
-        print(f"  replica {r.get('replica')} [{state}, {busy if state == 'ready' else '-'}] pid {r.get('pid', '?')} "
-              f"on {r.get('node', '?')} {r.get('gpu', '?')}, tier {r.get('tier') or '-'}, adapters {adapters}, "
-              f"{r.get('jobs_done', 0)} done, {r.get('failures', 0) + r.get('lost', 0)} failure(s)"
-              + (f": {r['note']}" if r.get("note") else ""))
+        print(
+            f"  replica {r.get('replica')} [{state}, {busy if state == 'ready' else '-'}] pid {r.get('pid', '?')} "
+            f"on {r.get('node', '?')} {r.get('gpu', '?')}, tier {r.get('tier') or '-'}, adapters {adapters}, "
+            f"{r.get('jobs_done', 0)} done, {r.get('failures', 0) + r.get('lost', 0)} failure(s)"
+            + (f": {r['note']}" if r.get("note") else "")
+        )
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -150,8 +155,12 @@ def register(sub: Subparsers) -> None:
 
     token = sub.add_parser("token", help="print (or rotate) the daemon token; add, list or revoke named tokens")
     token.add_argument("--rotate", action="store_true")
-    token.add_argument("action", nargs="?", choices=["add", "list", "revoke"],
-                       help="named tokens, one per person: fairness and usage per person, revocable one by one")
+    token.add_argument(
+        "action",
+        nargs="?",
+        choices=["add", "list", "revoke"],
+        help="named tokens, one per person: fairness and usage per person, revocable one by one",
+    )
     token.add_argument("name", nargs="?", help="the person's name (add, revoke)")
     token.set_defaults(func=cmd_token)
 

@@ -58,13 +58,15 @@ def add_param_flags(parser: argparse.ArgumentParser) -> None:
         if spec.kind == "bool":  # a switch that says the opposite of the default
             flag = flag if not spec.default else "--no-" + name.replace("_", "-")
             help_text = help_text if not spec.default else "turns this off: " + help_text
-            group.add_argument(flag, dest=name, action="store_const", const=not spec.default, default=None,
-                               help=help_text)
+            group.add_argument(
+                flag, dest=name, action="store_const", const=not spec.default, default=None, help=help_text
+            )
         elif spec.kind == "enum":
             group.add_argument(flag, dest=name, choices=spec.choices, default=None, help=help_text)
         else:
-            group.add_argument(flag, dest=name, type={"int": int, "float": float}.get(spec.kind, str), default=None,
-                               help=help_text)
+            group.add_argument(
+                flag, dest=name, type={"int": int, "float": float}.get(spec.kind, str), default=None, help=help_text
+            )
 
 
 def collect_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,14 +100,19 @@ def run_edit(args: argparse.Namespace) -> int:
                 raise UsageError(f"task '{spec.name}' takes a control image: give it with --control, not --ref")
             refs = [_load(args.control, "control image", "RGBA")] if args.control else []
         elif args.control:
-            raise UsageError(f"task '{spec.name}' takes no control image; tasks that do: "
-                             + ", ".join(t.name for t in TASKS.values() if t.reference_kind == CONTROL))
+            raise UsageError(
+                f"task '{spec.name}' takes no control image; tasks that do: "
+                + ", ".join(t.name for t in TASKS.values() if t.reference_kind == CONTROL)
+            )
         if mask is not None and image is not None and mask.shape != image.shape[:2]:
-            raise UsageError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                             f"{image.shape[1]}x{image.shape[0]}")
+            raise UsageError(
+                f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.shape[1]}x{image.shape[0]}"
+            )
         if mask is not None and not mask.any():
-            raise UsageError(f"the mask '{args.mask}' is all black, so nothing would change: paint white where the "
-                             "picture should change")
+            raise UsageError(
+                f"the mask '{args.mask}' is all black, so nothing would change: paint white where the "
+                "picture should change"
+            )
         if spec.needs_image and image is None:
             raise UsageError(f"task '{spec.name}' needs an image: give it with --image")
         if args.expand:
@@ -159,8 +166,10 @@ def _expand(spec, text: str, image: np.ndarray | None, mask: np.ndarray | None) 
     from ace_protocol.geometry import Extent, Margins, expand_mask, expand_pixels, expanded_extent
 
     if not spec.can_expand:
-        raise UsageError(f"task '{spec.name}' cannot expand; tasks that can: "
-                         + ", ".join(t.name for t in TASKS.values() if t.can_expand))
+        raise UsageError(
+            f"task '{spec.name}' cannot expand; tasks that can: "
+            + ", ".join(t.name for t in TASKS.values() if t.can_expand)
+        )
     if image is None:
         raise UsageError("--expand grows an image: give it with --image")
     try:
@@ -170,8 +179,9 @@ def _expand(spec, text: str, image: np.ndarray | None, mask: np.ndarray | None) 
     canvas = Extent(image.shape[1], image.shape[0])
     grown = expanded_extent(canvas, margins)
     rgba = np.ascontiguousarray(image, np.uint8)
-    big = np.frombuffer(expand_pixels(rgba.tobytes(), canvas, margins, 4), np.uint8).reshape(grown.height,
-                                                                                             grown.width, 4)
+    big = np.frombuffer(expand_pixels(rgba.tobytes(), canvas, margins, 4), np.uint8).reshape(
+        grown.height, grown.width, 4
+    )
     new_mask = np.frombuffer(expand_mask(canvas, margins), np.uint8).reshape(grown.height, grown.width).copy()
     if mask is not None:
         x, y = margins.left, margins.top
@@ -193,8 +203,17 @@ def _dry_run(args: argparse.Namespace, task: str, image, mask, refs, params: dic
         print(f"ace-bridge edit: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     seed = full["seed"] if full["seed"] >= 0 else 0
-    job = EngineJob(task=task, prompt=args.prompt, seed=seed, params=full, image=image, mask=mask, references=refs,
-                    width=full.get("width", 1024), height=full.get("height", 1024))
+    job = EngineJob(
+        task=task,
+        prompt=args.prompt,
+        seed=seed,
+        params=full,
+        image=image,
+        mask=mask,
+        references=refs,
+        width=full.get("width", 1024),
+        height=full.get("height", 1024),
+    )
     try:
         plan = plan_for_job(job)
     except ProtocolError as exc:
@@ -255,8 +274,9 @@ def _submit(args: argparse.Namespace, task: str, image, mask, refs, params: dict
 
     from bridge_server.imaging.compositing import composite_over
 
-    client = BridgeClient(args.url, args.token, port=args.port, client_name="ace-bridge-cli", editor="cli",
-                          reconnect_timeout=30)
+    client = BridgeClient(
+        args.url, args.token, port=args.port, client_name="ace-bridge-cli", editor="cli", reconnect_timeout=30
+    )
     remote = not any(h in client.url for h in ("127.0.0.1", "localhost", "[::1]"))
     bar = ProgressBar(args.quiet)
     try:
@@ -338,23 +358,38 @@ def _write_result(args: argparse.Namespace, event, image, composite_over) -> str
 
 
 def register(sub: Subparsers) -> None:
-    tasks = "\n".join(f"  {t.name:22} {t.label.rstrip('…')}{' (needs a selection: --mask)' if t.needs_selection else ''}"
-                      for t in TASKS.values())
-    edit = sub.add_parser("edit", help="run one job and write the result",
-                          description="Run one ACE++ job on files and write the result.",
-                          epilog=f"tasks:\n{tasks}\n\n{EXIT_CODES_HELP}",
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    tasks = "\n".join(
+        f"  {t.name:22} {t.label.rstrip('…')}{' (needs a selection: --mask)' if t.needs_selection else ''}"
+        for t in TASKS.values()
+    )
+    edit = sub.add_parser(
+        "edit",
+        help="run one job and write the result",
+        description="Run one ACE++ job on files and write the result.",
+        epilog=f"tasks:\n{tasks}\n\n{EXIT_CODES_HELP}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     edit.add_argument("--task", required=True, metavar="TASK", help="what to do: one of the tasks listed below")
     edit.add_argument("--prompt", default="", help="what to make, in words; ACE++ prompts use {image} for the input")
     edit.add_argument("--image", help="input image (PNG/WebP/JPEG)")
     edit.add_argument("--mask", help="mask image: white = change, soft values kept")
-    edit.add_argument("--ref", action="append", default=[],
-                      help="reference image (repeatable: several are placed side by side in the order given)")
-    edit.add_argument("--control", help="control image (depth, contour, sketch) for local_edit --mode no_preprocess "
-                      "and fft_control, used inside the mask as given")
-    edit.add_argument("--expand", metavar="L,T,R,B",
-                      help="outpaint: grow the canvas by these pixels (left, top, right, bottom; one number for all "
-                      "sides); the new area is generated to fit and -o is the grown picture")
+    edit.add_argument(
+        "--ref",
+        action="append",
+        default=[],
+        help="reference image (repeatable: several are placed side by side in the order given)",
+    )
+    edit.add_argument(
+        "--control",
+        help="control image (depth, contour, sketch) for local_edit --mode no_preprocess "
+        "and fft_control, used inside the mask as given",
+    )
+    edit.add_argument(
+        "--expand",
+        metavar="L,T,R,B",
+        help="outpaint: grow the canvas by these pixels (left, top, right, bottom; one number for all "
+        "sides); the new area is generated to fit and -o is the grown picture",
+    )
     add_param_flags(edit)
     edit.add_argument("--param", action="append", default=[], metavar="NAME=JSON", help="any other task parameter")
     edit.add_argument("--patch-only", action="store_true", help="write only the result patch (RGBA)")
@@ -363,4 +398,3 @@ def register(sub: Subparsers) -> None:
     edit.add_argument("-o", "--output", help="output PNG (count > 1 adds -1, -2, ...)")
     connection_args(edit)
     edit.set_defaults(func=run_edit)
-

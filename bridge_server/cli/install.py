@@ -15,8 +15,10 @@ def cmd_install(args: argparse.Namespace) -> int:
         return _install(args)
     except OSError as exc:
         where = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
-        err(f"cannot install the {args.editor} plugin: cannot write{where}: {exc.strerror or exc}; "
-            "give a --profile-dir you can write to")
+        err(
+            f"cannot install the {args.editor} plugin: cannot write{where}: {exc.strerror or exc}; "
+            "give a --profile-dir you can write to"
+        )
         return EXIT_USAGE
 
 
@@ -26,7 +28,7 @@ def _install(args: argparse.Namespace) -> int:
         from bridge_server.install.krita import install_krita, install_krita_everywhere
 
         # Without --profile-dir: the native Krita's resource folder and, when installed, Flathub's org.kde.krita.
-        for path in ([install_krita(profile)] if profile else install_krita_everywhere()):
+        for path in [install_krita(profile)] if profile else install_krita_everywhere():
             print(f"installed the krita plugin into {path}; restart Krita to load it")
         return EXIT_OK
     else:
@@ -81,8 +83,10 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def register(sub: Subparsers) -> None:
-    for name, func, text in (("install", cmd_install, "install an editor plugin"),
-                             ("uninstall", cmd_uninstall, "remove an editor plugin")):
+    for name, func, text in (
+        ("install", cmd_install, "install an editor plugin"),
+        ("uninstall", cmd_uninstall, "remove an editor plugin"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("editor", choices=["krita", "gimp"])
         p.add_argument("--profile-dir", help="editor profile folder (default: the editor's standard one)")
@@ -91,4 +95,3 @@ def register(sub: Subparsers) -> None:
     package.add_argument("editor", choices=["krita", "gimp"])
     package.add_argument("-o", "--output")
     package.set_defaults(func=cmd_package)
-

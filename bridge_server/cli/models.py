@@ -142,23 +142,42 @@ def register(sub: Subparsers) -> None:
     pull.add_argument("--root")
     pull.add_argument("--fft", action="store_true", help="also the 23.8 GB FFT model (for the instruct task)")
     pull.add_argument("--yes", action="store_true", help="confirm the download size and licence")
-    pull.add_argument("--from", dest="source", metavar="DIR",
-                      help="copy from another model folder instead of the hub (env ACE_BRIDGE_PULL_FROM)")
-    pull.add_argument("--limit-rate", type=float, default=0.0, metavar="BYTES_PER_S",
-                      help="cap the copy speed of --from (env ACE_BRIDGE_PULL_RATE)")
-    found = models_sub.add_parser("find", help="find the weights you already have (HF cache, ComfyUI, folders) "
-                                  "by their tensors, show what each task lacks, and use them")
+    pull.add_argument(
+        "--from",
+        dest="source",
+        metavar="DIR",
+        help="copy from another model folder instead of the hub (env ACE_BRIDGE_PULL_FROM)",
+    )
+    pull.add_argument(
+        "--limit-rate",
+        type=float,
+        default=0.0,
+        metavar="BYTES_PER_S",
+        help="cap the copy speed of --from (env ACE_BRIDGE_PULL_RATE)",
+    )
+    found = models_sub.add_parser(
+        "find",
+        help="find the weights you already have (HF cache, ComfyUI, folders) "
+        "by their tensors, show what each task lacks, and use them",
+    )
     found.add_argument("dirs", nargs="*", metavar="DIR", help="folders to scan (a ComfyUI install is recognised)")
     found.add_argument("--root", help="model root to record the choice in (default: `ace-bridge models path`)")
     found.add_argument("--no-hf-cache", action="store_true", help="do not scan the Hugging Face cache")
     found.add_argument("--dry-run", action="store_true", help="only print the table")
     quant = models_sub.add_parser("quantize", help="write a GGUF of a transformer (Fill or the FFT) for small GPUs")
-    quant.add_argument("--type", default="Q8_0", type=str.upper, choices=["Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0",
-                                                                          "BF16", "F16"],
-                       help="GGML type (Q8_0 ~12.7 GB, Q5_x ~8.3-8.9 GB, Q4_x ~6.8-7.6 GB for FLUX)")
+    quant.add_argument(
+        "--type",
+        default="Q8_0",
+        type=str.upper,
+        choices=["Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "BF16", "F16"],
+        help="GGML type (Q8_0 ~12.7 GB, Q5_x ~8.3-8.9 GB, Q4_x ~6.8-7.6 GB for FLUX)",
+    )
     quant.add_argument("--fft", action="store_true", help="quantize the ACE++ FFT model (instruct) instead of Fill")
-    quant.add_argument("--source", help="a transformer .safetensors file or diffusers folder (default: the model "
-                       "root's Fill transformer, or its FFT file with --fft)")
+    quant.add_argument(
+        "--source",
+        help="a transformer .safetensors file or diffusers folder (default: the model "
+        "root's Fill transformer, or its FFT file with --fft)",
+    )
     quant.add_argument("--out", help="output .gguf (default: ROOT/gguf/<name>-<TYPE>.gguf, where serve finds it)")
     quant.add_argument("--root", help="model root (default: `ace-bridge models path`)")
     quant.add_argument("--no-load-check", action="store_true", help="skip loading the result back with diffusers")
@@ -166,4 +185,3 @@ def register(sub: Subparsers) -> None:
     tiny.add_argument("dir")
     tiny.add_argument("--root", help=argparse.SUPPRESS)
     models.set_defaults(func=cmd_models)
-

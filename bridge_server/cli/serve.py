@@ -50,9 +50,15 @@ def engine_factory_for(args: argparse.Namespace, data: Path):
             build_tiny_model(root)
         # The queue unloads an idle engine on the engine thread (ServerConfig.idle_unload_s); the engine's own
         # timer is for standalone use, so it is off here rather than a second timer doing the same work.
-        return AcePlusEngine(root, memory_mode=args.memory_mode, idle_unload_s=None,
-                             max_tokens_limit=args.max_tokens, optimizations=speed_options(args),
-                             quantize=getattr(args, "quantize", None), tier=getattr(args, "tier", "auto"))
+        return AcePlusEngine(
+            root,
+            memory_mode=args.memory_mode,
+            idle_unload_s=None,
+            max_tokens_limit=args.max_tokens,
+            optimizations=speed_options(args),
+            quantize=getattr(args, "quantize", None),
+            tier=getattr(args, "tier", "auto"),
+        )
 
     return factory, root
 
@@ -69,8 +75,13 @@ def ray_factory(args: argparse.Namespace, root: Path):
             build_tiny_model(root)  # once, here, so the replicas do not race to build it
         from bridge_server.jobs.replicas import RayReplicas
 
-        spec = {"root": str(root), "memory_mode": args.memory_mode, "max_tokens": args.max_tokens,
-                "optimizations": speed_options(args), "quantize": getattr(args, "quantize", None)}
+        spec = {
+            "root": str(root),
+            "memory_mode": args.memory_mode,
+            "max_tokens": args.max_tokens,
+            "optimizations": speed_options(args),
+            "quantize": getattr(args, "quantize", None),
+        }
         address = None if args.ray == "local" else args.ray
         return RayReplicas(spec, address=address, replicas=args.replicas).connect()
 
@@ -144,12 +155,18 @@ def make_private(folder: Path, data: Path) -> str | None:
         except OSError as exc:
             if path.is_dir():
                 continue  # read-only but there: the lock file below says what is wrong, in one line
-            return (f"ace-bridge: cannot create the folder {path} ({exc.strerror or exc}); "
-                    "set ACE_BRIDGE_CONFIG_DIR / ACE_BRIDGE_DATA_DIR to a writable folder")
+            return (
+                f"ace-bridge: cannot create the folder {path} ({exc.strerror or exc}); "
+                "set ACE_BRIDGE_CONFIG_DIR / ACE_BRIDGE_DATA_DIR to a writable folder"
+            )
     changed = tighten([folder, data], skip=[data / "models", data / "demo-model"])
     if changed:
-        log.info("made %d files and folders under %s and %s private to this user (they were readable by others)",
-                 changed, folder, data)
+        log.info(
+            "made %d files and folders under %s and %s private to this user (they were readable by others)",
+            changed,
+            folder,
+            data,
+        )
     return None
 
 
@@ -184,8 +201,10 @@ def run_server(args: argparse.Namespace) -> int:
         )
         return 2
     if getattr(args, "quantize", None) == "nf4" and importlib.util.find_spec("bitsandbytes") is None:
-        print("ace-bridge: --quantize nf4 needs bitsandbytes: pip install 'ace-bridge[nf4]' (keep your torch)",
-              file=sys.stderr)
+        print(
+            "ace-bridge: --quantize nf4 needs bitsandbytes: pip install 'ace-bridge[nf4]' (keep your torch)",
+            file=sys.stderr,
+        )
         return 2
     if getattr(args, "ray", None) is not None:
         if importlib.util.find_spec("ray") is None:
@@ -202,8 +221,11 @@ def run_server(args: argparse.Namespace) -> int:
     try:
         lock.acquire()
     except OSError as exc:  # a read-only or foreign config folder: one clear line, no traceback
-        print(f"ace-bridge: cannot write the lock file {lock.path} ({exc.strerror or exc}); the config folder "
-              "must be writable, or set ACE_BRIDGE_CONFIG_DIR to a writable folder", file=sys.stderr)
+        print(
+            f"ace-bridge: cannot write the lock file {lock.path} ({exc.strerror or exc}); the config folder "
+            "must be writable, or set ACE_BRIDGE_CONFIG_DIR to a writable folder",
+            file=sys.stderr,
+        )
         return 2
     except AlreadyRunning:
         runtime = read_runtime(folder) or {}
@@ -283,54 +305,97 @@ async def _serve(config: ServerConfig, context: ssl.SSLContext | None, args: arg
 
 
 def register(sub: Subparsers) -> None:
-    serve = sub.add_parser("serve", help="run the daemon", epilog=EXIT_CODES_HELP,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve = sub.add_parser(
+        "serve", help="run the daemon", epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0 = any free)")
     group = serve.add_mutually_exclusive_group()
     group.add_argument("--model", help="model root folder (default: `ace-bridge models path`)")
     group.add_argument("--demo", action="store_true", help="run the tiny random-weight model (no download)")
     serve.add_argument("--idle-unload", type=float, default=600.0, help="seconds idle before the model is unloaded")
-    serve.add_argument("--memory-mode", default="auto", choices=list(MEMORY_MODES),
-                       help="; ".join(f"{mode}: {what}" for mode, what in MEMORY_MODES.items()))
-    serve.add_argument("--tier", default="auto", choices=["auto", *TIER_NAMES],
-                       help="memory tier (default auto: the fastest that fits free VRAM and host RAM; "
-                            "`ace-bridge status` shows the choice and why)")
+    serve.add_argument(
+        "--memory-mode",
+        default="auto",
+        choices=list(MEMORY_MODES),
+        help="; ".join(f"{mode}: {what}" for mode, what in MEMORY_MODES.items()),
+    )
+    serve.add_argument(
+        "--tier",
+        default="auto",
+        choices=["auto", *TIER_NAMES],
+        help="memory tier (default auto: the fastest that fits free VRAM and host RAM; "
+        "`ace-bridge status` shows the choice and why)",
+    )
     serve.add_argument("--max-tokens", type=int, default=16384, help="largest per-job image-token budget")
     serve.add_argument("--panel", action="store_true", help="open the control panel window at start")
     serve.add_argument("--tls-cert", help="certificate for remote mode (PEM)")
     serve.add_argument("--tls-key", help="private key for remote mode (PEM)")
-    serve.add_argument("--tls-self-signed", action="store_true",
-                       help="remote mode: make (once, in the config folder) and use a self-signed certificate; "
-                            "prints its SHA-256 fingerprint")
+    serve.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="remote mode: make (once, in the config folder) and use a self-signed certificate; "
+        "prints its SHA-256 fingerprint",
+    )
     serve.add_argument("--allow-host", action="append", default=[], help="extra Host name allowed in remote mode")
     serve.add_argument("--insecure", action="store_true", help="allow remote mode without TLS (not recommended)")
     serve.add_argument("--paused", action="store_true", help="start with the queue paused")
     scale = serve.add_argument_group("engine replicas on Ray (pip install 'ace-bridge[ray]'; docs/scaling.md)")
-    scale.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                       help="run the engines as Ray Serve replicas in the Ray cluster at ADDRESS (e.g. auto, or "
-                            "10.0.0.5:6379); without ADDRESS, a private Ray on this machine")
-    scale.add_argument("--replicas", default="auto", metavar="N|auto",
-                       help="engine replicas with --ray: N, or auto = one per GPU in the cluster (default)")
-    serve.add_argument("--no-shared-memory", action="store_true",
-                       help="send pixels only in WebSocket frames, never through shared-memory segments (Linux "
-                            "loopback clients use them by default; docs/protocol.md, 'Shared memory')")
+    scale.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the engines as Ray Serve replicas in the Ray cluster at ADDRESS (e.g. auto, or "
+        "10.0.0.5:6379); without ADDRESS, a private Ray on this machine",
+    )
+    scale.add_argument(
+        "--replicas",
+        default="auto",
+        metavar="N|auto",
+        help="engine replicas with --ray: N, or auto = one per GPU in the cluster (default)",
+    )
+    serve.add_argument(
+        "--no-shared-memory",
+        action="store_true",
+        help="send pixels only in WebSocket frames, never through shared-memory segments (Linux "
+        "loopback clients use them by default; docs/protocol.md, 'Shared memory')",
+    )
     speed = serve.add_argument_group("speed options (docs/performance.md has their measured effect)")
-    speed.add_argument("--attention", default="auto",
-                       help="attention kernel: auto (fastest installed, measured at start), sdpa, cudnn, fa2, fa3, off")
-    speed.add_argument("--fuse-lora", action="store_true",
-                       help="fuse the active LoRA into the weights (1.16x on an H200; bf16 drift accumulates when "
-                            "switching tasks, so off by default)")
-    speed.add_argument("--compile", action="store_true",
-                       help="torch.compile the transformer (lossless, 1.5x with --fuse-lora on an H200; tens of "
-                            "seconds of warm-up per new canvas size)")
-    speed.add_argument("--fp8", action="store_true", help="float8 linear layers (lossy; needs sm 8.9+; pays with --compile)")
-    speed.add_argument("--cache", type=float, metavar="THRESHOLD", nargs="?", const=0.08,
-                       help="first-block step cache (lossy); higher threshold = faster and more drift (default 0.08)")
+    speed.add_argument(
+        "--attention",
+        default="auto",
+        help="attention kernel: auto (fastest installed, measured at start), sdpa, cudnn, fa2, fa3, off",
+    )
+    speed.add_argument(
+        "--fuse-lora",
+        action="store_true",
+        help="fuse the active LoRA into the weights (1.16x on an H200; bf16 drift accumulates when "
+        "switching tasks, so off by default)",
+    )
+    speed.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the transformer (lossless, 1.5x with --fuse-lora on an H200; tens of "
+        "seconds of warm-up per new canvas size)",
+    )
+    speed.add_argument(
+        "--fp8", action="store_true", help="float8 linear layers (lossy; needs sm 8.9+; pays with --compile)"
+    )
+    speed.add_argument(
+        "--cache",
+        type=float,
+        metavar="THRESHOLD",
+        nargs="?",
+        const=0.08,
+        help="first-block step cache (lossy); higher threshold = faster and more drift (default 0.08)",
+    )
     speed.add_argument("--quantize", choices=["nf4"], help="4-bit NF4 transformer (bitsandbytes extra; lossy, ~7 GB)")
     speed.add_argument("--no-optimize", action="store_true", help="plain eager pipeline, no speed options at all")
-    speed.add_argument("--warm-up", action="store_true",
-                       help="load the model and run one step per common canvas size at start (on with --compile, "
-                            "so compilation happens before the first job instead of inside it)")
+    speed.add_argument(
+        "--warm-up",
+        action="store_true",
+        help="load the model and run one step per common canvas size at start (on with --compile, "
+        "so compilation happens before the first job instead of inside it)",
+    )
     serve.set_defaults(func=run_server)
-

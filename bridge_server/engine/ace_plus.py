@@ -64,8 +64,15 @@ class AcePlusEngine:
     ) -> None:
         self.layout = ModelLayout(Path(model_root))
         self.manager = ModelManager(
-            self.layout, device=device, dtype=dtype, memory_mode=memory_mode, t5_max_length=t5_max_length,
-            optimizations=optimizations, quantize=quantize, preview_every=preview_every, tier=tier,
+            self.layout,
+            device=device,
+            dtype=dtype,
+            memory_mode=memory_mode,
+            t5_max_length=t5_max_length,
+            optimizations=optimizations,
+            quantize=quantize,
+            preview_every=preview_every,
+            tier=tier,
         )
         self.idle_unload_s = idle_unload_s
         self.max_tokens_limit = max_tokens_limit
@@ -214,8 +221,14 @@ class AcePlusEngine:
         try:
             with self.manager.components(plan) as components:
                 model_rgb = pipeline.generate(
-                    components, plan, seed=seed, steps=steps, guidance=guidance, on_step=on_step,
-                    is_cancelled=is_cancelled, on_preview=on_preview,
+                    components,
+                    plan,
+                    seed=seed,
+                    steps=steps,
+                    guidance=guidance,
+                    on_step=on_step,
+                    is_cancelled=is_cancelled,
+                    on_preview=on_preview,
                 )
         except (JobCancelled, EngineError):
             raise
@@ -279,8 +292,9 @@ class AcePlusEngine:
             try:
                 for width, height in sizes:
                     started = time.monotonic()
-                    job = EngineJob(task="generate", prompt="warm-up", seed=0,
-                                    params={"steps": 1, "width": width, "height": height})
+                    job = EngineJob(
+                        task="generate", prompt="warm-up", seed=0, params={"steps": 1, "width": width, "height": height}
+                    )
                     self._run(job, lambda *_: None, lambda: False, None)
                     timings[f"{width}x{height}"] = round(time.monotonic() - started, 3)
             finally:

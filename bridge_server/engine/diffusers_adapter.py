@@ -75,8 +75,9 @@ def latent_image_ids(pipe: Any, token_rows: int, token_cols: int, device: Any, d
     return pipe._prepare_latent_image_ids(1, token_rows, token_cols, device, dtype)
 
 
-def mask_latents(pipe: Any, mask: Any, image: Any, height: int, width: int, dtype: Any, device: Any,
-                 generator: Any) -> tuple[Any, Any]:
+def mask_latents(
+    pipe: Any, mask: Any, image: Any, height: int, width: int, dtype: Any, device: Any, generator: Any
+) -> tuple[Any, Any]:
     """(packed mask, packed masked-image latents) for one image, through the pipeline's VAE."""
     channels = pipe.vae.config.latent_channels
     return pipe.prepare_mask_latents(mask, image, 1, channels, 1, height, width, dtype, device, generator)

@@ -49,8 +49,12 @@ IMAGE_TOKEN = "{image}"
 # Modes where the VAE stays resident; with offload a preview decode would swap the transformer out and back.
 PREVIEW_MODES = ("gpu", "cpu", "group-offload")
 PROMPT_CACHE_SIZE = 32  # prompt embeddings kept (on the CPU); a repeated prompt is not encoded again
-TIER_ERROR_CODES = {"no_gpu": ErrorCode.MODEL_MISSING, "model_missing": ErrorCode.MODEL_MISSING,
-                    "too_little_ram": ErrorCode.OUT_OF_MEMORY, "too_little_memory": ErrorCode.OUT_OF_MEMORY}
+TIER_ERROR_CODES = {
+    "no_gpu": ErrorCode.MODEL_MISSING,
+    "model_missing": ErrorCode.MODEL_MISSING,
+    "too_little_ram": ErrorCode.OUT_OF_MEMORY,
+    "too_little_memory": ErrorCode.OUT_OF_MEMORY,
+}
 
 
 def estimate_transformer_params(config: dict[str, Any]) -> float:
@@ -108,7 +112,8 @@ class ModelManager:
         self.choice: tiers.Choice | None = None
         self.text_device: str | None = None  # where the text encoders run (None: with the pipeline)
         self.prompt_cache: collections.OrderedDict[tuple[str, bool, int], tuple[Any, Any, Any]] = (
-            collections.OrderedDict())
+            collections.OrderedDict()
+        )
         self.prompt_cache_hits = 0
         self.prompt_cache_misses = 0
 
@@ -233,15 +238,18 @@ class ModelManager:
         gguf = frozenset(k for k in fill if k[:1] in ("Q", "B", "F") and k.upper() == k)
         return tiers.Available(
             bf16=self.layout.has_base() or any(k in fill for k in ("bf16", "fp16", "fp32")),
-            fp8="fp8" in fill, gguf=gguf, tiny=(self.layout.root / "TINY_MODEL.json").is_file(),
+            fp8="fp8" in fill,
+            gguf=gguf,
+            tiny=(self.layout.root / "TINY_MODEL.json").is_file(),
         )
 
     def choose(self, device: str) -> tiers.Choice:
         try:
             return tiers.choose_tier(self.machine(device), self.available(), requested=self.tier_request)
         except tiers.TierError as exc:
-            raise EngineSetupError(exc.kind, TIER_ERROR_CODES.get(exc.kind, ErrorCode.MODEL_MISSING),
-                                   exc.message) from exc
+            raise EngineSetupError(
+                exc.kind, TIER_ERROR_CODES.get(exc.kind, ErrorCode.MODEL_MISSING), exc.message
+            ) from exc
 
     def preflight(self) -> list[str]:
         """Problems visible before any job (status and the panel show them): a full-size model without a GPU."""
@@ -259,8 +267,11 @@ class ModelManager:
         out: dict[str, Any] = {"tier_requested": self.tier_request}
         if self.choice is not None:
             out |= self.choice.as_state()
-        out["prompt_cache"] = {"entries": len(self.prompt_cache), "hits": self.prompt_cache_hits,
-                               "misses": self.prompt_cache_misses}
+        out["prompt_cache"] = {
+            "entries": len(self.prompt_cache),
+            "hits": self.prompt_cache_hits,
+            "misses": self.prompt_cache_misses,
+        }
         return out
 
     def load(self, device: str) -> None:
@@ -278,8 +289,9 @@ class ModelManager:
             transformer = self.load_transformer("fill", choice.weights, dtype)
             if transformer is not None:
                 extra["transformer"] = transformer
-        pipe = FluxFillPipeline.from_pretrained(str(self.layout.base), dtype=dtype, local_files_only=True,
-                                                use_safetensors=True, **extra)
+        pipe = FluxFillPipeline.from_pretrained(
+            str(self.layout.base), dtype=dtype, local_files_only=True, use_safetensors=True, **extra
+        )
         for component in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
             component.eval()  # T5 dropout would make outputs nondeterministic
         add_image_token(pipe)
@@ -308,8 +320,16 @@ class ModelManager:
         mode = self.place(pipe, device, tier)
         self.pipe, self.device, self.memory_mode, self.dtype = pipe, device, mode, dtype
         self.apply_optimizations()
-        log.info("ACE++ loaded from %s on %s (tier %s: %s; %s, %s), adapters %s", self.layout.root, device,
-                 tier.name, choice.reason, mode, dtype, self.adapters)
+        log.info(
+            "ACE++ loaded from %s on %s (tier %s: %s; %s, %s), adapters %s",
+            self.layout.root,
+            device,
+            tier.name,
+            choice.reason,
+            mode,
+            dtype,
+            self.adapters,
+        )
 
     def load_transformer(self, which: str, weights: str, dtype: Any) -> Any:
         """The transformer for `which` ("fill" or "fft") in the tier's weights, from a single file or GGUF; None
@@ -323,28 +343,35 @@ class ModelManager:
             # the FFT in the same family as the Fill file, else its smallest GGUF
             family = next((f for f, types in tiers.GGUF_FAMILIES.items() if weights in types), None)
             same = [t for t in tiers.GGUF_FAMILIES.get(family or "", ()) if t in found]
-            others = sorted((t for t in found if t in tiers.TRANSFORMER_GB and t.upper() == t),
-                            key=lambda t: tiers.TRANSFORMER_GB[t])
+            others = sorted(
+                (t for t in found if t in tiers.TRANSFORMER_GB and t.upper() == t),
+                key=lambda t: tiers.TRANSFORMER_GB[t],
+            )
             weights = (same or others or ["bf16"])[0]
         if weights in found and weights not in ("bf16", "fp16", "fp32", "fp8"):
-            return files.load_gguf_transformer(Path(found[weights]), self.layout.base, dtype=dtype,
-                                               in_channels=in_channels, what=what)
+            return files.load_gguf_transformer(
+                Path(found[weights]), self.layout.base, dtype=dtype, in_channels=in_channels, what=what
+            )
         if weights == "fp8" and "fp8" in found:
-            return files.load_single_file_transformer(Path(found["fp8"]), self.layout.base, dtype=dtype,
-                                                      in_channels=in_channels, keep_fp8=True, what=what)
+            return files.load_single_file_transformer(
+                Path(found["fp8"]), self.layout.base, dtype=dtype, in_channels=in_channels, keep_fp8=True, what=what
+            )
         if which == "fft":
-            path = self.layout.fft if self.layout.has_fft() else next(
-                (Path(found[k]) for k in ("bf16", "fp16", "fp32", "fp8") if k in found), self.layout.fft)
-            model = files.load_single_file_transformer(path, self.layout.base, dtype=dtype, in_channels=448,
-                                                       what=what)
+            path = (
+                self.layout.fft
+                if self.layout.has_fft()
+                else next((Path(found[k]) for k in ("bf16", "fp16", "fp32", "fp8") if k in found), self.layout.fft)
+            )
+            model = files.load_single_file_transformer(path, self.layout.base, dtype=dtype, in_channels=448, what=what)
             if weights == "fp8":
                 files.cast_fp8(model, dtype)
             return model
         if not self.layout.has_base():
             single = next((found[k] for k in ("bf16", "fp16", "fp32") if k in found), None)
             if single:
-                return files.load_single_file_transformer(Path(single), self.layout.base, dtype=dtype,
-                                                          in_channels=384, what=what)
+                return files.load_single_file_transformer(
+                    Path(single), self.layout.base, dtype=dtype, in_channels=384, what=what
+                )
         return None
 
     def place(self, pipe: Any, device: str, tier: tiers.Tier) -> str:
@@ -372,8 +399,13 @@ class ModelManager:
         elif mode == "group-offload":
             cuda = device.startswith("cuda")
             pipe.transformer.enable_group_offload(
-                onload_device=torch.device(device), offload_device=torch.device("cpu"), offload_type="block_level",
-                num_blocks_per_group=1, use_stream=cuda, record_stream=cuda, low_cpu_mem_usage=False,
+                onload_device=torch.device(device),
+                offload_device=torch.device("cpu"),
+                offload_type="block_level",
+                num_blocks_per_group=1,
+                use_stream=cuda,
+                record_stream=cuda,
+                low_cpu_mem_usage=False,
             )
             pipe.vae.to(device)
             self.text_device = "cpu"
@@ -396,8 +428,12 @@ class ModelManager:
 
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
         return FluxTransformer2DModel.from_pretrained(
-            str(self.layout.base), subfolder="transformer", quantization_config=config, dtype=dtype,
-            local_files_only=True, use_safetensors=True,
+            str(self.layout.base),
+            subfolder="transformer",
+            quantization_config=config,
+            dtype=dtype,
+            local_files_only=True,
+            use_safetensors=True,
         )
 
     def apply_optimizations(self) -> None:
@@ -432,8 +468,12 @@ class ModelManager:
         elif self.memory_mode == "group-offload":
             cuda = str(self.device).startswith("cuda")
             fft.enable_group_offload(
-                onload_device=device, offload_device=torch.device("cpu"),
-                offload_type="block_level", num_blocks_per_group=1, use_stream=cuda, record_stream=cuda,
+                onload_device=device,
+                offload_device=torch.device("cpu"),
+                offload_type="block_level",
+                num_blocks_per_group=1,
+                use_stream=cuda,
+                record_stream=cuda,
             )
         self.fft = fft
         return fft
@@ -497,11 +537,14 @@ class ModelManager:
             from bridge_server.engine import fft_text
 
             with swapped_t5_tokenizer(pipe, self.fft_text_tokenizer()):
-                out = pipe.encode_prompt(prompt=fft_text.clean_prompt(prompt), prompt_2=None, device=where,
-                                         max_sequence_length=self.t5_max_length)
+                out = pipe.encode_prompt(
+                    prompt=fft_text.clean_prompt(prompt),
+                    prompt_2=None,
+                    device=where,
+                    max_sequence_length=self.t5_max_length,
+                )
         else:
-            out = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=where,
-                                     max_sequence_length=self.t5_max_length)
+            out = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=where, max_sequence_length=self.t5_max_length)
         self.prompt_cache[key] = tuple(t.detach().to("cpu") for t in out)
         while len(self.prompt_cache) > PROMPT_CACHE_SIZE:
             self.prompt_cache.popitem(last=False)
@@ -532,8 +575,15 @@ class ModelManager:
                     transformer.to(device)
                 moved = True
             every = self.preview_every if self.memory_mode in PREVIEW_MODES else 0
-            yield Components(pipe=pipe, transformer=transformer, device=device, dtype=self.dtype,
-                             encode=self.encode_prompt, fft=fft, preview_every=every)
+            yield Components(
+                pipe=pipe,
+                transformer=transformer,
+                device=device,
+                dtype=self.dtype,
+                encode=self.encode_prompt,
+                fft=fft,
+                preview_every=every,
+            )
         finally:
             if moved:
                 transformer.to("cpu")

@@ -211,7 +211,9 @@ class Fp8Linear(torch.nn.Module):
         self.out_dtype = w.dtype
         fmax = torch.finfo(torch.float8_e4m3fn).max
         scale = w.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / fmax  # [out, 1]
-        self.register_buffer("weight_fp8", (w.float() / scale).to(torch.float8_e4m3fn).t(), persistent=False)  # [in, out]
+        self.register_buffer(
+            "weight_fp8", (w.float() / scale).to(torch.float8_e4m3fn).t(), persistent=False
+        )  # [in, out]
         self.register_buffer("weight_scale", scale.t().contiguous(), persistent=False)  # [1, out]
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
 
@@ -251,8 +253,9 @@ def quantize_fp8(transformer, backend: str = "auto") -> str:
             probe = torch.nn.Sequential(torch.nn.Linear(512, 512, device=p.device, dtype=p.dtype))
             quantize_(probe, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
             probe(torch.randn(32, 512, device=p.device, dtype=p.dtype))  # fail here, not mid-job, if it can't run
-            quantize_(transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()),
-                      filter_fn=_fp8_filter)
+            quantize_(
+                transformer, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=_fp8_filter
+            )
             return "applied: torchao float8 dynamic activation + weight, per-row"
         except Exception as exc:  # noqa: BLE001
             if backend == "torchao":
@@ -295,8 +298,10 @@ def compile_transformer(pipe, mode: str = "default", dynamic: bool | None = None
     else:
         tr.compile(mode=mode, dynamic=dynamic, fullgraph=fullgraph)
         how = "whole transformer"
-    return (f"applied: {how}, mode={mode}, dynamic={dynamic}; compiles lazily at the first call of each new size "
-            "(warm it up with a dummy step at load)")
+    return (
+        f"applied: {how}, mode={mode}, dynamic={dynamic}; compiles lazily at the first call of each new size "
+        "(warm it up with a dummy step at load)"
+    )
 
 
 def uncompile_transformer(pipe) -> None:

@@ -86,7 +86,14 @@ def generate(
         )
         if fft:
             _, change_packed = dx.mask_latents(
-                pipe, mask, to_nchw(_present(plan.change, "change image"), device, dtype), height, width, dtype, device, generator
+                pipe,
+                mask,
+                to_nchw(_present(plan.change, "change image"), device, dtype),
+                height,
+                width,
+                dtype,
+                device,
+                generator,
             )
             cond = torch.cat([edit_packed, change_packed, mask_packed], dim=-1)  # 64 + 64 + 256
         else:

@@ -244,7 +244,9 @@ def resize_bilinear(signed: np.ndarray, width: int, height: int) -> np.ndarray:
         return signed
     channels = [
         np.asarray(
-            Image.fromarray(np.ascontiguousarray(signed[..., c], np.float32)).resize((width, height), Image.Resampling.BILINEAR)
+            Image.fromarray(np.ascontiguousarray(signed[..., c], np.float32)).resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
         )
         for c in range(signed.shape[2])
     ]
@@ -499,9 +501,7 @@ def _keep_rate(keep_pixels: bool, rate: float) -> float | None:
     return rate
 
 
-def subject(
-    prompt: str, reference: References, *, width: int = 1024, height: int = 1024, **common: Any
-) -> Plan:
+def subject(prompt: str, reference: References, *, width: int = 1024, height: int = 1024, **common: Any) -> Plan:
     """Reference(s) -> new scene. Subject LoRA, blank (zero) target of the requested size, full mask, scale 1."""
     return _build(
         _Inputs(
@@ -519,9 +519,7 @@ def subject(
     )
 
 
-def portrait(
-    prompt: str, reference: References, *, width: int = 1024, height: int = 1024, **common: Any
-) -> Plan:
+def portrait(prompt: str, reference: References, *, width: int = 1024, height: int = 1024, **common: Any) -> Plan:
     """Face reference(s) -> new scene keeping the identity. Portrait LoRA, blank target, full mask, scale 1."""
     return _build(
         _Inputs(
@@ -869,9 +867,19 @@ def _plan_for_job(job: EngineJob, *, max_tokens_limit: int) -> Plan:
         return instruct(job.prompt, _need(job.image, "image", task), **common)
     if task == "local_edit":
         mode = str(params.get("mode", "repaint"))
-        return local_edit(job.prompt, _need(job.image, "image", task), job.mask, mode=mode, repainting_scale=scale, control=control, **common)
+        return local_edit(
+            job.prompt,
+            _need(job.image, "image", task),
+            job.mask,
+            mode=mode,
+            repainting_scale=scale,
+            control=control,
+            **common,
+        )
     if task == "reference_edit":
-        return reference_edit(job.prompt, _need(job.image, "image", task), job.mask, refs, face=bool(params.get("face", False)), **common)
+        return reference_edit(
+            job.prompt, _need(job.image, "image", task), job.mask, refs, face=bool(params.get("face", False)), **common
+        )
     if task == "generate":
         return generate(job.prompt, width=width, height=height, **common)
     if task == "inpaint":
@@ -879,20 +887,30 @@ def _plan_for_job(job: EngineJob, *, max_tokens_limit: int) -> Plan:
     if task == "fft_repaint":
         return fft_repaint(job.prompt, _need(job.image, "image", task), job.mask, repainting_scale=scale, **common)
     if task == "fft_super_resolution":
-        return fft_super_resolution(job.prompt, _need(job.image, "image", task), job.mask, repainting_scale=scale, **common)
+        return fft_super_resolution(
+            job.prompt, _need(job.image, "image", task), job.mask, repainting_scale=scale, **common
+        )
     if task == "fft_colorize":
         return fft_colorize(job.prompt, _need(job.image, "image", task), job.mask, repainting_scale=scale, **common)
     if task == "fft_control":
         annotator = str(params.get("annotator", "none"))
         return fft_control(
-            job.prompt, _need(job.image, "image", task), job.mask, control=control, annotator=annotator, repainting_scale=scale, **common
+            job.prompt,
+            _need(job.image, "image", task),
+            job.mask,
+            control=control,
+            annotator=annotator,
+            repainting_scale=scale,
+            **common,
         )
     if task == "fft_reference":
         if job.image is not None:
             raise _bad("task 'fft_reference' makes a new image; send width and height instead of an image")
         return fft_reference(job.prompt, refs, width=width, height=height, **keep, **common)
     # fft_reference_edit
-    return fft_reference_edit(job.prompt, _need(job.image, "image", task), job.mask, refs, repainting_scale=scale, **keep, **common)
+    return fft_reference_edit(
+        job.prompt, _need(job.image, "image", task), job.mask, refs, repainting_scale=scale, **keep, **common
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------

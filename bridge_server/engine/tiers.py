@@ -26,8 +26,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TRANSFORMER_GB = {"bf16": 23.8, "fp8": 11.9, "Q8_0": 12.7, "Q6_K": 9.9, "Q5_K": 8.3, "Q5_1": 8.9, "Q5_0": 8.3,
-                  "Q4_K": 6.8, "Q4_1": 7.6, "Q4_0": 6.8, "Q3_K": 4.25, "Q2_K": 4.0, "BF16": 23.8, "F16": 23.8}
+TRANSFORMER_GB = {
+    "bf16": 23.8,
+    "fp8": 11.9,
+    "Q8_0": 12.7,
+    "Q6_K": 9.9,
+    "Q5_K": 8.3,
+    "Q5_1": 8.9,
+    "Q5_0": 8.3,
+    "Q4_K": 6.8,
+    "Q4_1": 7.6,
+    "Q4_0": 6.8,
+    "Q3_K": 4.25,
+    "Q2_K": 4.0,
+    "BF16": 23.8,
+    "F16": 23.8,
+}
 TEXT_GB = 9.5  # T5-XXL bf16
 SMALL_GB = 0.4  # CLIP-L + VAE
 ACTIVATIONS_GB = 2.0  # 1440x720 job, tiled VAE decode
@@ -64,10 +78,18 @@ TIERS: tuple[Tier, ...] = (
     Tier("full", "bf16", "gpu", "gpu", False, "everything in bf16 on the card"),
     Tier("bf16", "bf16", "gpu", "cpu", True, "bf16 transformer on the card, text encoders on the CPU"),
     Tier("fp8", "fp8", "gpu", "cpu", True, "fp8 weight-only transformer (upcast per layer), text encoders on the CPU"),
-    *(Tier(name, "gguf", "gpu", "cpu", True, f"GGUF {'/'.join(types)} transformer, text encoders on the CPU")
-      for name, types in GGUF_FAMILIES.items()),
-    Tier("group-offload", "best", "group-offload", "cpu", True,
-         "transformer in host RAM, streamed to the card one block group at a time (CUDA streams)"),
+    *(
+        Tier(name, "gguf", "gpu", "cpu", True, f"GGUF {'/'.join(types)} transformer, text encoders on the CPU")
+        for name, types in GGUF_FAMILIES.items()
+    ),
+    Tier(
+        "group-offload",
+        "best",
+        "group-offload",
+        "cpu",
+        True,
+        "transformer in host RAM, streamed to the card one block group at a time (CUDA streams)",
+    ),
     Tier("sequential-offload", "best", "sequential-offload", "cpu", True, "layer by layer from host RAM (slow)"),
     Tier("cpu", "bf16", "cpu", "cpu", False, "on the CPU (tiny test models only)"),
 )
@@ -108,8 +130,12 @@ class Choice:
     hint: str | None = None  # what would unlock a faster tier
 
     def as_state(self) -> dict[str, object]:
-        out: dict[str, object] = {"tier": self.tier.name, "tier_reason": self.reason, "weights": self.weights,
-                                  "tier_summary": self.tier.summary}
+        out: dict[str, object] = {
+            "tier": self.tier.name,
+            "tier_reason": self.reason,
+            "weights": self.weights,
+            "tier_summary": self.tier.summary,
+        }
         if self.hint:
             out["tier_hint"] = self.hint
         if self.rejected:
@@ -146,7 +172,8 @@ def needs(t: Tier, weights: str) -> tuple[float, float]:
     if t.placement == "gpu":
         # fp8 from a bf16 source reads the bf16 weights first (memory-mapped, cast a layer at a time)
         return size + SMALL_GB + ACTIVATIONS_GB + HEADROOM_GB, BASE_HOST_GB + host_text + (
-            TRANSFORMER_GB["bf16"] if weights == "fp8" else 0.0)
+            TRANSFORMER_GB["bf16"] if weights == "fp8" else 0.0
+        )
     if t.placement == "group-offload":
         return GROUP_OFFLOAD_VRAM_GB + SMALL_GB + ACTIVATIONS_GB, BASE_HOST_GB + host_text + 2 * size
     if t.placement == "sequential-offload":
@@ -174,11 +201,17 @@ def choose_tier(m: Machine, files: Available, *, requested: str = "auto") -> Cho
         return _forced(m, files, tier(requested))
     if files.tiny or m.device_kind == "cpu":
         if not files.tiny and m.device_kind == "cpu":
-            raise TierError("no_gpu", "no CUDA GPU (or Apple MPS) found; FLUX-size models need one. Run the daemon "
-                            "on a machine with an NVIDIA GPU (6 GB or more), or try the plumbing with "
-                            "`ace-bridge serve --demo`.")
-        return Choice(tier("cpu") if m.device_kind == "cpu" else tier("full"),
-                      "tiny test model" + ("" if m.device_kind != "cpu" else " on the CPU"), "bf16")
+            raise TierError(
+                "no_gpu",
+                "no CUDA GPU (or Apple MPS) found; FLUX-size models need one. Run the daemon "
+                "on a machine with an NVIDIA GPU (6 GB or more), or try the plumbing with "
+                "`ace-bridge serve --demo`.",
+            )
+        return Choice(
+            tier("cpu") if m.device_kind == "cpu" else tier("full"),
+            "tiny test model" + ("" if m.device_kind != "cpu" else " on the CPU"),
+            "bf16",
+        )
     rejected: list[tuple[str, str]] = []
     hint = None
     for t in TIERS:
@@ -196,8 +229,10 @@ def choose_tier(m: Machine, files: Available, *, requested: str = "auto") -> Cho
             if t.weights == "gguf" and hint is None and files.bf16:
                 writable = next((w for w in WRITABLE.get(t.name, ()) if _fits(t, w, m) is None), None)
                 if writable:
-                    hint = (f"`ace-bridge models quantize --type {writable.lower()}` writes a file for tier "
-                            f"{t.name}, faster than the tier chosen now")
+                    hint = (
+                        f"`ace-bridge models quantize --type {writable.lower()}` writes a file for tier "
+                        f"{t.name}, faster than the tier chosen now"
+                    )
             rejected.append((t.name, why))
             continue
         misfit = _fits(t, weights, m)
@@ -206,12 +241,18 @@ def choose_tier(m: Machine, files: Available, *, requested: str = "auto") -> Cho
             continue
         vram, host = needs(t, weights)
         free = f"{m.free_vram_gb:.1f} GB free VRAM" if m.free_vram_gb is not None else "unified memory"
-        reason = (f"fastest tier that fits: {free}, {m.host_ram_gb:.1f} GB host RAM; this tier needs about "
-                  f"{vram:.1f} GB VRAM and {host:.1f} GB RAM with {weights} weights")
+        reason = (
+            f"fastest tier that fits: {free}, {m.host_ram_gb:.1f} GB host RAM; this tier needs about "
+            f"{vram:.1f} GB VRAM and {host:.1f} GB RAM with {weights} weights"
+        )
         return Choice(t, reason, weights, rejected, hint)
-    raise TierError("too_little_memory", "no tier fits this machine: " + "; ".join(f"{n}: {w}" for n, w in rejected)
-                    + ". Free VRAM (close other GPU programs) or host RAM, or add a smaller GGUF file "
-                    "(`ace-bridge models find` / `models quantize`).")
+    raise TierError(
+        "too_little_memory",
+        "no tier fits this machine: "
+        + "; ".join(f"{n}: {w}" for n, w in rejected)
+        + ". Free VRAM (close other GPU programs) or host RAM, or add a smaller GGUF file "
+        "(`ace-bridge models find` / `models quantize`).",
+    )
 
 
 def _forced(m: Machine, files: Available, t: Tier) -> Choice:
@@ -220,16 +261,22 @@ def _forced(m: Machine, files: Available, t: Tier) -> Choice:
         return Choice(t, "requested (on the CPU: offload hooks run with the CPU as the execution device)", weights)
     found = _weights_for(t, files)
     if found is None:
-        raise TierError("model_missing", f"tier {t.name} needs a transformer file it can load ("
-                        + ("a " + "/".join(GGUF_FAMILIES[t.name]) + " GGUF" if t.weights == "gguf" else t.weights)
-                        + "); `ace-bridge models quantize` writes GGUF files, `models find` finds existing ones")
+        raise TierError(
+            "model_missing",
+            f"tier {t.name} needs a transformer file it can load ("
+            + ("a " + "/".join(GGUF_FAMILIES[t.name]) + " GGUF" if t.weights == "gguf" else t.weights)
+            + "); `ace-bridge models quantize` writes GGUF files, `models find` finds existing ones",
+        )
     weights = found
     if t.placement != "cpu" and m.device_kind == "cpu" and not files.tiny:
         raise TierError("no_gpu", f"tier {t.name} needs a GPU and none was found")
     why = _fits(t, weights, m) if not files.tiny else None
     if why and "host RAM" in why:
-        raise TierError("too_little_ram", f"tier {t.name} {why}; pick a smaller tier (e.g. gguf-q4 or "
-                        "group-offload with a GGUF file) or close programs")
+        raise TierError(
+            "too_little_ram",
+            f"tier {t.name} {why}; pick a smaller tier (e.g. gguf-q4 or "
+            "group-offload with a GGUF file) or close programs",
+        )
     reason = "requested" + (f" (warning: {why})" if why else "")
     return Choice(t, reason, weights)
 

@@ -29,9 +29,11 @@ def is_bfl(keys: Any) -> bool:
 
 def _wrong_channels(path: Path, got: int | None, want: int | None, what: str) -> EngineSetupError:
     return EngineSetupError(
-        "wrong_file", ErrorCode.MODEL_MISSING,
+        "wrong_file",
+        ErrorCode.MODEL_MISSING,
         f"{path} takes {got} input channels, not {want}: it is not the {what} (384: FLUX.1-Fill, 448: ACE++ FFT, "
-        "64: FLUX.1-dev). Run `ace-bridge models find` to see what each file really is.")
+        "64: FLUX.1-dev). Run `ace-bridge models find` to see what each file really is.",
+    )
 
 
 def _input_channels(state: dict[str, Any]) -> int | None:
@@ -42,8 +44,9 @@ def _input_channels(state: dict[str, Any]) -> int | None:
     return int(shape[1])
 
 
-def load_gguf_transformer(path: Path, config_dir: Path, *, dtype: Any, in_channels: int | None = None,
-                          what: str = "transformer") -> Any:
+def load_gguf_transformer(
+    path: Path, config_dir: Path, *, dtype: Any, in_channels: int | None = None, what: str = "transformer"
+) -> Any:
     """A FluxTransformer2DModel whose Linear weights stay GGUF-quantized (dequantized per layer at each forward)."""
     from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
 
@@ -52,24 +55,38 @@ def load_gguf_transformer(path: Path, config_dir: Path, *, dtype: Any, in_channe
     try:
         checkpoint = dx.read_gguf(str(path))
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a model problem the user can fix
-        raise EngineSetupError("wrong_file", ErrorCode.MODEL_MISSING,
-                               f"{what} {path} is not a readable GGUF file ({exc})") from exc
+        raise EngineSetupError(
+            "wrong_file", ErrorCode.MODEL_MISSING, f"{what} {path} is not a readable GGUF file ({exc})"
+        ) from exc
     if is_bfl(checkpoint):
         checkpoint = bfl_to_diffusers(checkpoint, name=str(path))
     got = _input_channels(checkpoint)
     if got is None:
-        raise EngineSetupError("wrong_file", ErrorCode.MODEL_MISSING,
-                               f"{path} is not a FLUX transformer (no img_in / x_embedder)")
+        raise EngineSetupError(
+            "wrong_file", ErrorCode.MODEL_MISSING, f"{path} is not a FLUX transformer (no img_in / x_embedder)"
+        )
     if in_channels is not None and got != in_channels:
         raise _wrong_channels(path, got, in_channels, what)
     return FluxTransformer2DModel.from_single_file(
-        checkpoint, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype), config=str(config_dir),
-        subfolder="transformer", in_channels=got, torch_dtype=dtype, local_files_only=True,
+        checkpoint,
+        quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+        config=str(config_dir),
+        subfolder="transformer",
+        in_channels=got,
+        torch_dtype=dtype,
+        local_files_only=True,
     ).eval()
 
 
-def load_single_file_transformer(path: Path, config_dir: Path, *, dtype: Any, in_channels: int | None = None,
-                                 keep_fp8: bool = False, what: str = "transformer") -> Any:
+def load_single_file_transformer(
+    path: Path,
+    config_dir: Path,
+    *,
+    dtype: Any,
+    in_channels: int | None = None,
+    keep_fp8: bool = False,
+    what: str = "transformer",
+) -> Any:
     """A FluxTransformer2DModel from one .safetensors file (BFL or diffusers keys). `keep_fp8`: weights stored in
     float8 stay float8 and are upcast per layer at each forward (diffusers layerwise casting)."""
     import torch
@@ -98,8 +115,9 @@ def load_single_file_transformer(path: Path, config_dir: Path, *, dtype: Any, in
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
-        raise EngineSetupError("wrong_file", ErrorCode.MODEL_MISSING,
-                               f"{path} does not fit the model config ({str(exc)[:300]})") from exc
+        raise EngineSetupError(
+            "wrong_file", ErrorCode.MODEL_MISSING, f"{path} does not fit the model config ({str(exc)[:300]})"
+        ) from exc
     if fp8:
         model.enable_layerwise_casting(storage_dtype=storage, compute_dtype=dtype)
     return model.eval()

@@ -145,7 +145,7 @@ def encode_png_stored(rgba: np.ndarray) -> np.ndarray:
     out = np.empty(len(head) + stream + 4 + 12, np.uint8)
     out[: len(head)] = np.frombuffer(head, np.uint8)
     at = len(head)
-    out[at: at + 2] = (0x78, 0x01)
+    out[at : at + 2] = (0x78, 0x01)
     at += 2
     pixels = rgba.reshape(height, width * 4)
     block_data: list[np.ndarray] = []  # each stored block's data, for the Adler-32
@@ -153,7 +153,7 @@ def encode_png_stored(rgba: np.ndarray) -> np.ndarray:
         if not rows:
             continue
         size = count * row
-        blocks = out[at: at + rows * (5 + size)].reshape(rows, 5 + size)
+        blocks = out[at : at + rows * (5 + size)].reshape(rows, 5 + size)
         blocks[:, 0] = 0
         if final:
             blocks[-1, 0] = 1  # BFINAL
@@ -161,7 +161,7 @@ def encode_png_stored(rgba: np.ndarray) -> np.ndarray:
         data = blocks[:, 5:].reshape(rows, count, row)
         data[:, :, 0] = 0  # filter type None
         first = full * per_block if count == rest and rest else 0
-        data[:, :, 1:] = pixels[first: first + rows * count].reshape(rows, count, width * 4)
+        data[:, :, 1:] = pixels[first : first + rows * count].reshape(rows, count, width * 4)
         block_data.extend(blocks[index, 5:] for index in range(rows))
         at += rows * (5 + size)
     # Adler-32 (over the rows) and CRC-32 (over the whole chunk) are independent passes, and zlib lets go of the
@@ -169,13 +169,13 @@ def encode_png_stored(rgba: np.ndarray) -> np.ndarray:
     adler_box: list[int] = []
     adler_thread = threading.Thread(target=lambda: adler_box.append(_adler_all(block_data)), daemon=True)
     adler_thread.start()
-    crc = zlib.crc32(out[len(head) - 4: at])
+    crc = zlib.crc32(out[len(head) - 4 : at])
     adler_thread.join()
-    out[at: at + 4] = np.frombuffer(struct.pack(">I", adler_box[0]), np.uint8)
-    crc = zlib.crc32(out[at: at + 4], crc)
+    out[at : at + 4] = np.frombuffer(struct.pack(">I", adler_box[0]), np.uint8)
+    crc = zlib.crc32(out[at : at + 4], crc)
     at += 4
-    out[at: at + 4] = np.frombuffer(struct.pack(">I", crc), np.uint8)
-    out[at + 4:] = np.frombuffer(_chunk(b"IEND", b""), np.uint8)
+    out[at : at + 4] = np.frombuffer(struct.pack(">I", crc), np.uint8)
+    out[at + 4 :] = np.frombuffer(_chunk(b"IEND", b""), np.uint8)
     return out
 
 
@@ -195,7 +195,7 @@ def _deflate_parallel(data: np.ndarray, level: int) -> bytes:
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ace-png")
     step = -(-len(flat) // workers)
-    slices = [flat[i:i + step] for i in range(0, len(flat), step)]
+    slices = [flat[i : i + step] for i in range(0, len(flat), step)]
 
     def deflate(index: int) -> bytes:
         compressor = zlib.compressobj(level, zlib.DEFLATED, -15)

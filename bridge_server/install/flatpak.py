@@ -26,7 +26,11 @@ def installed(app_id: str) -> bool:
     if not flatpak:
         return False
     try:
-        return subprocess.run([flatpak, "info", app_id], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              timeout=20, check=False).returncode == 0
+        return (
+            subprocess.run(
+                [flatpak, "info", app_id], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=20, check=False
+            ).returncode
+            == 0
+        )
     except (OSError, subprocess.SubprocessError):
         return False

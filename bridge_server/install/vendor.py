@@ -126,8 +126,9 @@ def verify_vendored(target_dir: Path) -> None:
     target_dir = Path(target_dir)
     code = f"import sys; sys.path.insert(0, {str(target_dir.parent)!r})\n" + _VERIFY
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "MSGPACK_PUREPYTHON")}
-    proc = subprocess.run([sys.executable, "-I", "-B", "-c", code, target_dir.name], capture_output=True, text=True,
-                          env=env, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-B", "-c", code, target_dir.name], capture_output=True, text=True, env=env, check=False
+    )
     if proc.returncode != 0:
         raise VendorError(f"the vendored packages in {target_dir} do not import cleanly:\n{proc.stderr.strip()}")
 
@@ -153,11 +154,29 @@ def _download_sdist(dist: str, version: str | None) -> Path | None:
     cache.mkdir(parents=True, exist_ok=True)
     requirement = f"{dist}=={version}" if version else dist
     with tempfile.TemporaryDirectory(prefix="ace-bridge-dl-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-               "--no-binary", dist, "--no-build-isolation", "--dest", tmp, requirement]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-binary",
+            dist,
+            "--no-build-isolation",
+            "--dest",
+            tmp,
+            requirement,
+        ]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False,
-                                  env={**os.environ, "MSGPACK_PUREPYTHON": "1"})
+            proc = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+                env={**os.environ, "MSGPACK_PUREPYTHON": "1"},
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         if proc.returncode != 0:
@@ -215,9 +234,14 @@ def _is_licence_name(name: str) -> bool:
 
 def _sdist_licence(archive: Path) -> bytes | None:
     """The licence text at the top of an sdist (`msgpack-1.1.0/COPYING`, `websockets-15.0/LICENSE`)."""
-    tops = sorted(((path, data) for path, data in _members(archive)
-                   if data is not None and _is_licence_name(path.name) and len(path.parts) <= 2),
-                  key=lambda item: len(item[0].parts))
+    tops = sorted(
+        (
+            (path, data)
+            for path, data in _members(archive)
+            if data is not None and _is_licence_name(path.name) and len(path.parts) <= 2
+        ),
+        key=lambda item: len(item[0].parts),
+    )
     return tops[0][1] if tops else None
 
 

@@ -56,8 +56,13 @@ def replay_messages(history: History, job: Job) -> list[Message]:
             try:
                 messages.append(result_message(history, job, stored))
             except HistoryUnavailable:
-                return [Failed(code=ErrorCode.INTERRUPTED.value, job_id=job.id,
-                               message="the result was lost: the history folder did not keep it")]
+                return [
+                    Failed(
+                        code=ErrorCode.INTERRUPTED.value,
+                        job_id=job.id,
+                        message="the result was lost: the history folder did not keep it",
+                    )
+                ]
     if job.state is JobState.DONE:
         messages.append(Done(job_id=job.id))
     elif job.state is JobState.CANCELLED:

@@ -28,8 +28,12 @@ def save_held_results(history: History, jobs: Iterable[Job]) -> int:
             rgba = stored.rgba
             if rgba is None:
                 continue
-            meta = {"provenance": stored.provenance, "finished": stored.finished, "label": job.label,
-                    "client_id": job.client_id}
+            meta = {
+                "provenance": stored.provenance,
+                "finished": stored.finished,
+                "label": job.label,
+                "client_id": job.client_id,
+            }
             if not history.save(stored.entry, rgba, meta):
                 return written  # still refused: try again later
             stored.rgba = None  # on disk now; replay reads it from there
@@ -46,8 +50,7 @@ def flush(history: History, journal: Journal, jobs: Iterable[Job]) -> None:
 
 
 def holds_unwritten(journal: Journal, jobs: Iterable[Job]) -> bool:
-    return journal.holds_pending() or any(
-        stored.rgba is not None for job in jobs for stored in job.results)
+    return journal.holds_pending() or any(stored.rgba is not None for job in jobs for stored in job.results)
 
 
 async def keep_writing(history: History, journal: Journal, jobs: dict[str, Job], every_s: float = RETRY_S) -> None:

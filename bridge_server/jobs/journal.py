@@ -54,8 +54,11 @@ class Journal:
                     for event in _events_of(record):
                         f.write(json.dumps(event) + "\n")
             os.replace(tmp, self.path)
-            self._file = os.fdopen(open_private(self.path, os.O_WRONLY | os.O_APPEND), "a",  # noqa: SIM115
-                                   encoding="utf-8")  # lives as long as the daemon
+            self._file = os.fdopen(
+                open_private(self.path, os.O_WRONLY | os.O_APPEND),
+                "a",  # noqa: SIM115
+                encoding="utf-8",
+            )  # lives as long as the daemon
         except OSError as exc:
             self.warning = f"job journal {self.path} is not writable ({exc.strerror}); a restart would lose queue state"
             log.warning(self.warning)
@@ -89,7 +92,9 @@ class Journal:
                 self._pending = self._pending[written:]
             os.fsync(fd)
         except OSError as exc:
-            text = f"job journal {self.path} cannot be written ({exc.strerror}); {len(self._pending)} bytes wait in memory"
+            text = (
+                f"job journal {self.path} cannot be written ({exc.strerror}); {len(self._pending)} bytes wait in memory"
+            )
             if self.warning is None or "cannot be written" not in self.warning:
                 log.warning(text)
             self.warning = text

@@ -52,8 +52,16 @@ class ReplicaPool(Protocol):
     def capacity(self) -> int:
         """How many images can run at once now (live replicas); at least 1 while any replica is expected."""
 
-    async def make_image(self, job: EngineJob, *, piece: str, wants_previews: bool, is_cancelled: Callable[[], bool],
-                         on_start: OnStart, on_step: OnStep) -> RemoteImage:
+    async def make_image(
+        self,
+        job: EngineJob,
+        *,
+        piece: str,
+        wants_previews: bool,
+        is_cancelled: Callable[[], bool],
+        on_start: OnStart,
+        on_step: OnStep,
+    ) -> RemoteImage:
         """Run one image on a free replica (preferring one that holds `piece`); raises JobCancelled at the step after
         `is_cancelled()` turns true, ReplicaLost when the replica dies, EngineError for a job failure."""
 

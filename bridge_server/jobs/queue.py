@@ -47,8 +47,10 @@ def job_log_line(job: Job, state: JobState, error: tuple[str, str] | None) -> st
     steps = job.params.get("steps", "?")
     seconds = f"{time.monotonic() - job.started:.1f} s" if job.started is not None else "never started"
     outcome = state.value if error is None else f"{state.value} ({error[0]}: {error[1][:120]})"
-    return (f"job {job.id[:8]} from {who} [{job.client_id[:12]}]: {job.task} {width}x{height}, {steps} steps, "
-            f"{job.count} image(s), {seconds}: {outcome}")
+    return (
+        f"job {job.id[:8]} from {who} [{job.client_id[:12]}]: {job.task} {width}x{height}, {steps} steps, "
+        f"{job.count} image(s), {seconds}: {outcome}"
+    )
 
 
 class JobQueue:
@@ -80,8 +82,9 @@ class JobQueue:
 
     def restore(self) -> None:
         """Replay the journal: unfinished jobs become `interrupted`; unacknowledged results wait for resume."""
-        self.jobs.update(retention.restore_jobs(self.journal, self.history, self.config.clock(),
-                                                self.config.retention_s))
+        self.jobs.update(
+            retention.restore_jobs(self.journal, self.history, self.config.clock(), self.config.retention_s)
+        )
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -160,8 +163,10 @@ class JobQueue:
         total, cap = len(waiting), self.config.max_queued_total
         mine = sum(1 for j in waiting if j.client_id == job.client_id)
         if mine >= self.config.max_queued_per_client:
-            return (f"the queue is full for you ({mine} jobs waiting, at most {self.config.max_queued_per_client} "
-                    "per client); wait for some to finish or cancel them")
+            return (
+                f"the queue is full for you ({mine} jobs waiting, at most {self.config.max_queued_per_client} "
+                "per client); wait for some to finish or cancel them"
+            )
         if total < cap:
             return None
         held: dict[str, int] = {}
@@ -170,8 +175,10 @@ class JobQueue:
         share = max(1, cap // len(held.keys() | {job.principal}))
         if total < 2 * cap and held.get(job.principal, 0) < share:
             return None
-        return (f"the queue is full ({total} jobs waiting; the queue holds {cap}, and {share} per sender once it "
-                f"is full; you have {held.get(job.principal, 0)}); wait for some to finish or cancel them")
+        return (
+            f"the queue is full ({total} jobs waiting; the queue holds {cap}, and {share} per sender once it "
+            f"is full; you have {held.get(job.principal, 0)}); wait for some to finish or cancel them"
+        )
 
     def cancel(self, job_id: str, client_id: str | None = None) -> bool:
         job = self.jobs.get(job_id)
@@ -298,8 +305,16 @@ class JobQueue:
                 else:
                     stored, rgba = await self._make_one_remote(self.pool, job, index)
                 job.results.append(stored)
-                self.journal.write({"ev": "result", "job_id": job.id, "index": index, "seed": stored.seed,
-                                    "entry": stored.entry, "finished": stored.finished})
+                self.journal.write(
+                    {
+                        "ev": "result",
+                        "job_id": job.id,
+                        "index": index,
+                        "seed": stored.seed,
+                        "entry": stored.entry,
+                        "finished": stored.finished,
+                    }
+                )
                 self._emit(job, self.result_message(job, stored, rgba))
         except JobCancelled:
             self._finish(job, JobState.CANCELLED)
@@ -345,25 +360,57 @@ class JobQueue:
                 self._emit(job, clock.step(step, total, preview))
 
             try:
-                image = await pool.make_image(engine_job_for(job, index), piece=piece, wants_previews=wants,
-                                              is_cancelled=job.cancel_event.is_set, on_start=on_start, on_step=on_step)
+                image = await pool.make_image(
+                    engine_job_for(job, index),
+                    piece=piece,
+                    wants_previews=wants,
+                    is_cancelled=job.cancel_event.is_set,
+                    on_start=on_start,
+                    on_step=on_step,
+                )
             except ReplicaLost as lost:
                 pool.replica_lost(lost.replica, lost.reason)
                 job.restarts += 1
-                self.journal.write({"ev": "restarted", "job_id": job.id, "index": index, "replica": lost.replica,
-                                    "reason": lost.reason, "restarts": job.restarts})
+                self.journal.write(
+                    {
+                        "ev": "restarted",
+                        "job_id": job.id,
+                        "index": index,
+                        "replica": lost.replica,
+                        "reason": lost.reason,
+                        "restarts": job.restarts,
+                    }
+                )
                 if job.restarts > MAX_RESTARTS:
-                    raise ProtocolError(ErrorCode.INTERNAL, f"the job lost its engine replica {job.restarts} times "
-                                                            f"(last: {lost.reason}); see `ace-bridge status`") from lost
-                log.warning("job %s: replica %s lost (%s); image %d restarts on another replica", job.id[:8],
-                            lost.replica or "?", lost.reason, index)
+                    raise ProtocolError(
+                        ErrorCode.INTERNAL,
+                        f"the job lost its engine replica {job.restarts} times "
+                        f"(last: {lost.reason}); see `ace-bridge status`",
+                    ) from lost
+                log.warning(
+                    "job %s: replica %s lost (%s); image %d restarts on another replica",
+                    job.id[:8],
+                    lost.replica or "?",
+                    lost.reason,
+                    index,
+                )
                 job.replica = ""
                 job.step = 0
                 self._emit(job, Queued(job_id=job.id, position=0, note=f"{RESTART_NOTE} ({lost.reason})"))
                 continue
             replica = {k: v for k, v in image.replica.items() if v is not None}
-            return await asyncio.to_thread(store_image, self.config, self.history, job, index, image.rgb,
-                                           image.info, image.model, started, {"replica": replica})
+            return await asyncio.to_thread(
+                store_image,
+                self.config,
+                self.history,
+                job,
+                index,
+                image.rgb,
+                image.info,
+                image.model,
+                started,
+                {"replica": replica},
+            )
 
     def _is_stopping(self) -> bool:
         return self._stopping

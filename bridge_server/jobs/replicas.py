@@ -73,10 +73,14 @@ class EngineReplica:
         from bridge_server.engine.ace_plus import AcePlusEngine
 
         self.spec = spec
-        self.engine = AcePlusEngine(Path(spec["root"]), memory_mode=spec.get("memory_mode", "auto"),
-                                    idle_unload_s=spec.get("idle_unload_s"),
-                                    max_tokens_limit=spec.get("max_tokens", 16384),
-                                    optimizations=spec.get("optimizations"), quantize=spec.get("quantize"))
+        self.engine = AcePlusEngine(
+            Path(spec["root"]),
+            memory_mode=spec.get("memory_mode", "auto"),
+            idle_unload_s=spec.get("idle_unload_s"),
+            max_tokens_limit=spec.get("max_tokens", 16384),
+            optimizations=spec.get("optimizations"),
+            quantize=spec.get("quantize"),
+        )
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ace-replica-engine")
         self.lock = threading.Lock()
         self.busy = False
@@ -97,8 +101,11 @@ class EngineReplica:
 
         try:
             params = TASKS["generate"].validate_params({"steps": 1, "width": 64, "height": 64, "seed": 0})
-            self.engine.run(EngineJob(task="generate", prompt="", seed=0, params=params, width=64, height=64),
-                            lambda step, total: None, lambda: False)
+            self.engine.run(
+                EngineJob(task="generate", prompt="", seed=0, params=params, width=64, height=64),
+                lambda step, total: None,
+                lambda: False,
+            )
         except Exception as exc:  # the first real job reports it properly
             self.last_error = f"not loaded at start: {getattr(exc, 'message', exc)}"[:200]
             log.warning("replica %s: %s", self.replica_id, self.last_error)
@@ -222,8 +229,16 @@ class RayReplicas:
 
     name = "ray"
 
-    def __init__(self, spec: dict[str, Any], *, address: str | None, replicas: int | str = "auto",
-                 local_cpus: int | None = None, object_store_bytes: int | None = None, app: str = APP) -> None:
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        *,
+        address: str | None,
+        replicas: int | str = "auto",
+        local_cpus: int | None = None,
+        object_store_bytes: int | None = None,
+        app: str = APP,
+    ) -> None:
         self.spec = spec
         self.address = address
         self.requested = replicas
@@ -251,8 +266,12 @@ class RayReplicas:
             ray.init(address=self.address, **options)
         else:  # a private cluster on this machine, for one box with several GPUs
             self.owns_cluster = True
-            ray.init(num_cpus=self.local_cpus, object_store_memory=self.object_store_bytes,
-                     include_dashboard=False, **options)
+            ray.init(
+                num_cpus=self.local_cpus,
+                object_store_memory=self.object_store_bytes,
+                include_dashboard=False,
+                **options,
+            )
         gpus = int(ray.cluster_resources().get("GPU", 0))
         self.target = replica_count(self.requested, gpus)
         serve.start(proxy_location="Disabled")
@@ -298,8 +317,18 @@ class RayReplicas:
         if not replica:
             return {}
         entry = self.board.setdefault(replica, {"replica": replica, "state": "ready", "lost": 0, "errors": 0})
-        for key in ("pid", "node", "gpu", "tier", "engine", "adapters", "jobs_done", "failures", "failing",
-                    "last_error"):
+        for key in (
+            "pid",
+            "node",
+            "gpu",
+            "tier",
+            "engine",
+            "adapters",
+            "jobs_done",
+            "failures",
+            "failing",
+            "last_error",
+        ):
             if key in info:
                 entry[key] = info[key]
         entry.update(changes)
@@ -322,8 +351,11 @@ class RayReplicas:
             app = serve.status().applications.get(self.app)
             deployment = app.deployments.get(DEPLOYMENT) if app is not None else None
             running = _running(deployment) if deployment is not None else 0
-            names = {a["name"].rsplit("#", 1)[-1] for a in ray.util.list_named_actors(all_namespaces=True)
-                     if a["name"].startswith(f"SERVE_REPLICA::{self.app}#{DEPLOYMENT}#")}
+            names = {
+                a["name"].rsplit("#", 1)[-1]
+                for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["name"].startswith(f"SERVE_REPLICA::{self.app}#{DEPLOYMENT}#")
+            }
         except RayError as exc:
             log.warning("cannot read the Serve status: %s", exc)
             return None
@@ -364,8 +396,16 @@ class RayReplicas:
     def capacity(self) -> int:
         return max(1, self.live or (self.target if not self.board else 0))
 
-    async def make_image(self, job: EngineJob, *, piece: str, wants_previews: bool, is_cancelled: Callable[[], bool],
-                         on_start: OnStart, on_step: OnStep) -> RemoteImage:
+    async def make_image(
+        self,
+        job: EngineJob,
+        *,
+        piece: str,
+        wants_previews: bool,
+        is_cancelled: Callable[[], bool],
+        on_start: OnStart,
+        on_step: OnStep,
+    ) -> RemoteImage:
         handle = self.handle.options(stream=True, multiplexed_model_id=piece or "")
         stream = handle.run.remote(engine_request(job, wants_previews))
         replica = ""
@@ -401,8 +441,12 @@ class RayReplicas:
                     raise EngineError(ErrorCode(event["code"]), event["message"])
                 elif kind == "result":
                     self._note(event, busy=False)
-                    return RemoteImage(event["rgb"], event.get("info") or {}, str(event.get("model") or ""),
-                                       {k: event.get(k) for k in ("replica", "pid", "node", "gpu")})
+                    return RemoteImage(
+                        event["rgb"],
+                        event.get("info") or {},
+                        str(event.get("model") or ""),
+                        {k: event.get(k) for k in ("replica", "pid", "node", "gpu")},
+                    )
         except RayActorError as exc:
             raise ReplicaLost(replica, _short(exc)) from exc
         except RayError as exc:  # node lost, worker crashed, out of memory: the image starts again elsewhere
@@ -425,8 +469,14 @@ class RayReplicas:
             "state": "loaded" if self.live else "starting",
             "model": self.spec.get("root", ""),
             "tasks": self.available_tasks(),
-            "ray": {"address": self.address or "local", "app": self.app, "reattached": self.reattached,
-                    "replicas": self.target, "live": self.live, "restarts": self.restarts},
+            "ray": {
+                "address": self.address or "local",
+                "app": self.app,
+                "reattached": self.reattached,
+                "replicas": self.target,
+                "live": self.live,
+                "restarts": self.restarts,
+            },
             "replicas": [dict(r) for r in replicas],
         }
 
@@ -448,8 +498,9 @@ class RayReplicas:
 
 def _running(deployment: Any, states: tuple[str, ...] = ("RUNNING",)) -> int:
     """Replicas of a deployment in `serve.status()` in one of `states` (keys are ReplicaState members)."""
-    return sum(int(n) for state, n in deployment.replica_states.items()
-               if str(getattr(state, "value", state)) in states)
+    return sum(
+        int(n) for state, n in deployment.replica_states.items() if str(getattr(state, "value", state)) in states
+    )
 
 
 def _short(exc: BaseException) -> str:

@@ -73,4 +73,3 @@ def purge_expired(jobs: dict[str, Job], now: float, retention_s: float) -> None:
     for job_id, job in list(jobs.items()):
         if job.state.finished and job.finished is not None and now - job.finished > retention_s:
             del jobs[job_id]
-

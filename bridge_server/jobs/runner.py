@@ -47,8 +47,9 @@ class StepClock:
         eta = mean * ((total - step) + remaining_images * total)
         job = self.job
         job.step, job.total_steps, job.eta_s = step, total, eta
-        return Progress(job_id=job.id, step=step, total=total, eta_s=round(eta, 2), image_index=self.index,
-                        preview=preview)
+        return Progress(
+            job_id=job.id, step=step, total=total, eta_s=round(eta, 2), image_index=self.index, preview=preview
+        )
 
 
 def engine_job_for(job: Job, index: int) -> EngineJob:
@@ -136,8 +137,12 @@ def store_image(
         **(extra_provenance or {}),
     }
     entry = f"{job.id}-{index}"
-    kept = history.save(entry, rgba, {"provenance": provenance, "finished": finished, "label": job.label,
-                                      "client_id": job.client_id}, before=job.inputs.image)
+    kept = history.save(
+        entry,
+        rgba,
+        {"provenance": provenance, "finished": finished, "label": job.label, "client_id": job.client_id},
+        before=job.inputs.image,
+    )
     # Without a history file the pixels must stay in memory until acknowledged, or the result is lost.
     stored = StoredResult(index, seed, entry, provenance, finished, rgba=None if kept else rgba)
     return stored, rgba

@@ -35,11 +35,31 @@ from bridge_server.models.layout import ACE_DIR, BASE_DIR, FFT_FILE, LORA_FILES,
 SELECTION_FILE = "selection.json"
 GGUF_DIR = "gguf"  # where `models quantize` writes by default, inside the model root
 SUFFIXES = (".safetensors", ".sft", ".gguf")
-COMFY_KINDS = {"diffusion_models": "transformer", "unet": "transformer", "text_encoders": "text", "clip": "text",
-               "vae": "vae", "loras": "lora", "checkpoints": "transformer"}
+COMFY_KINDS = {
+    "diffusion_models": "transformer",
+    "unet": "transformer",
+    "text_encoders": "text",
+    "clip": "text",
+    "vae": "vae",
+    "loras": "lora",
+    "checkpoints": "transformer",
+}
 IN_CHANNELS = {384: "fill", 448: "fft", 64: "dev"}
-ACE_LORA_MODULES = ("img_attn_qkv", "img_attn_proj", "img_mlp_0", "img_mlp_2", "img_mod_lin", "txt_attn_qkv",
-                    "txt_attn_proj", "txt_mlp_0", "txt_mlp_2", "txt_mod_lin", "linear1", "linear2", "modulation_lin")
+ACE_LORA_MODULES = (
+    "img_attn_qkv",
+    "img_attn_proj",
+    "img_mlp_0",
+    "img_mlp_2",
+    "img_mod_lin",
+    "txt_attn_qkv",
+    "txt_attn_proj",
+    "txt_mlp_0",
+    "txt_mlp_2",
+    "txt_mod_lin",
+    "linear1",
+    "linear2",
+    "modulation_lin",
+)
 _DTYPES = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
 
 
@@ -59,8 +79,11 @@ class Found:
     note: str = ""
 
     def label(self) -> str:
-        what = {"transformer": f"FLUX {self.model} transformer", "lora": f"{self.model} LoRA",
-                "diffusers": f"diffusers folder ({self.model})"}.get(self.kind, self.kind)
+        what = {
+            "transformer": f"FLUX {self.model} transformer",
+            "lora": f"{self.model} LoRA",
+            "diffusers": f"diffusers folder ({self.model})",
+        }.get(self.kind, self.kind)
         return what + (f" r{self.rank}" if self.rank else "")
 
 
@@ -90,14 +113,16 @@ def _gguf_header(path: Path) -> dict[str, Any]:
         reader = gguf.GGUFReader(str(path))
     except Exception as exc:  # noqa: BLE001 - any parse failure: not a GGUF file
         raise FindError(f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
-    return {t.name: (tuple(int(x) for x in reversed(t.shape.tolist())),
-                     gguf.GGMLQuantizationType(t.tensor_type).name) for t in reader.tensors}
+    return {
+        t.name: (tuple(int(x) for x in reversed(t.shape.tolist())), gguf.GGMLQuantizationType(t.tensor_type).name)
+        for t in reader.tensors
+    }
 
 
 def _strip(key: str) -> str:
     for prefix in ("model.diffusion_model.", "diffusion_model.", "transformer."):
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
@@ -123,8 +148,13 @@ def classify(tensors: dict[str, tuple[tuple[int, ...], str]], name: str = "") ->
             channels = shape[1] if len(shape) == 2 else None
             model = IN_CHANNELS.get(channels or -1)
             note = "" if model else f"{channels} input channels: not a FLUX.1 Fill/dev or ACE++ FFT transformer"
-            return {"kind": "transformer", "model": model or f"unknown-{channels}", "dtype": _main_dtype(keys),
-                    "layout": "bfl" if key == "img_in.weight" else "diffusers", "note": note}
+            return {
+                "kind": "transformer",
+                "model": model or f"unknown-{channels}",
+                "dtype": _main_dtype(keys),
+                "layout": "bfl" if key == "img_in.weight" else "diffusers",
+                "note": note,
+            }
     downs = [k for k in keys if k.endswith((".lora_down.weight", ".lora_A.weight"))]
     if downs:
         ranks = sorted({keys[k][0][0] for k in downs})
@@ -133,18 +163,36 @@ def classify(tensors: dict[str, tuple[tuple[int, ...], str]], name: str = "") ->
         flux = any("double_blocks" in m or "transformer_blocks" in m for m in modules)
         ace = flux and all(any(m.endswith(s) for m in modules) for s in ACE_LORA_MODULES)
         if not flux:
-            return {"kind": "lora", "model": "other", "rank": rank, "dtype": _main_dtype(keys),
-                    "note": "not a FLUX LoRA"}
+            return {
+                "kind": "lora",
+                "model": "other",
+                "rank": rank,
+                "dtype": _main_dtype(keys),
+                "note": "not a FLUX LoRA",
+            }
         if not ace:
-            return {"kind": "lora", "model": "flux", "rank": rank, "dtype": _main_dtype(keys),
-                    "note": "a FLUX LoRA, not in the ACE++ module set"}
+            return {
+                "kind": "lora",
+                "model": "flux",
+                "rank": rank,
+                "dtype": _main_dtype(keys),
+                "note": "a FLUX LoRA, not in the ACE++ module set",
+            }
         if rank == 64:
             return {"kind": "lora", "model": "portrait", "rank": rank, "dtype": _main_dtype(keys)}
         which = "subject" if "subject" in lower else "local" if "local" in lower else None
-        note = ("ACE++ rank-16 LoRA: subject and local have the same shapes; told apart by the file name"
-                if which else "ACE++ rank-16 LoRA (subject or local: the tensors cannot tell; rename it to say which)")
-        return {"kind": "lora", "model": which or "subject-or-local", "rank": rank, "dtype": _main_dtype(keys),
-                "note": note}
+        note = (
+            "ACE++ rank-16 LoRA: subject and local have the same shapes; told apart by the file name"
+            if which
+            else "ACE++ rank-16 LoRA (subject or local: the tensors cannot tell; rename it to say which)"
+        )
+        return {
+            "kind": "lora",
+            "model": which or "subject-or-local",
+            "rank": rank,
+            "dtype": _main_dtype(keys),
+            "note": note,
+        }
     if any(k.startswith("encoder.block.") for k in keys) or "shared.weight" in keys:
         width = keys.get("shared.weight", ((0, 0), ""))[0][-1]
         return {"kind": "t5", "model": "t5-xxl" if width == 4096 else f"t5-{width}", "dtype": _main_dtype(keys)}
@@ -155,8 +203,11 @@ def classify(tensors: dict[str, tuple[tuple[int, ...], str]], name: str = "") ->
     for key in ("decoder.conv_in.weight", "first_stage_model.decoder.conv_in.weight"):
         if key in tensors:
             latent = tensors[key][0][1]
-            return {"kind": "vae", "model": "flux-ae" if latent == 16 else f"vae-{latent}ch",
-                    "dtype": _main_dtype(keys)}
+            return {
+                "kind": "vae",
+                "model": "flux-ae" if latent == 16 else f"vae-{latent}ch",
+                "dtype": _main_dtype(keys),
+            }
     return {"kind": "unknown", "note": "not a FLUX transformer, LoRA, text encoder or VAE"}
 
 
@@ -171,8 +222,9 @@ def identify(path: Path) -> Found:
         config = path / "transformer" / "config.json"
         channels = json.loads(config.read_text()).get("in_channels") if config.is_file() else None
         model = IN_CHANNELS.get(channels or -1, cls)
-        return Found(str(path), "diffusers", model=model, dtype="bf16", layout="diffusers", size=_tree_size(path),
-                     note=cls)
+        return Found(
+            str(path), "diffusers", model=model, dtype="bf16", layout="diffusers", size=_tree_size(path), note=cls
+        )
     tensors = _gguf_header(path) if path.suffix == ".gguf" else _safetensors_header(path)
     info = classify(tensors, path.name)
     found = Found(str(path), size=path.stat().st_size, **info)
@@ -265,8 +317,15 @@ def scan(dirs: list[Path], *, hf_cache: bool = True) -> Scan:
 
 
 # -------------------------------------------------------------------------------------------- what tasks can run
-TASK_PIECES = {"generate": [], "inpaint": [], "local_edit": ["local"], "reference_edit": ["subject"],
-               "subject": ["subject"], "portrait": ["portrait"], "instruct": ["fft"]}
+TASK_PIECES = {
+    "generate": [],
+    "inpaint": [],
+    "local_edit": ["local"],
+    "reference_edit": ["subject"],
+    "subject": ["subject"],
+    "portrait": ["portrait"],
+    "instruct": ["fft"],
+}
 
 
 def best(found: list[Found]) -> dict[str, Any]:

@@ -54,8 +54,12 @@ def progress_bar_class(root: Path):
             now = time.time()
             if now - ProgressToFile._last_write >= 0.5 or (self.total and self.n >= self.total):
                 ProgressToFile._last_write = now
-                record = {"file": str(self.desc or ""), "done_bytes": int(self.n), "total_bytes": int(self.total or 0),
-                          "updated": now}
+                record = {
+                    "file": str(self.desc or ""),
+                    "done_bytes": int(self.n),
+                    "total_bytes": int(self.total or 0),
+                    "updated": now,
+                }
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     tmp = path.with_name(path.name + ".tmp")
@@ -101,16 +105,26 @@ def _write_progress(root: Path, record: dict[str, Any]) -> None:
         pass  # progress reporting must never break the download
 
 
-def pull_from_folder(source: Path, root: Path, *, with_fft: bool = False, echo: Callable[[str], None] = print,
-                     limit_rate: float = 0.0, chunk: int = 1 << 20) -> ModelLayout:
+def pull_from_folder(
+    source: Path,
+    root: Path,
+    *,
+    with_fft: bool = False,
+    echo: Callable[[str], None] = print,
+    limit_rate: float = 0.0,
+    chunk: int = 1 << 20,
+) -> ModelLayout:
     """`models pull --from DIR`: copy the same files from another model folder (a USB disk, a network share, a
     machine that has them), resumable like a hub pull (an interrupted file continues from its `.partial` part)
     and with the same progress file. `limit_rate` caps bytes per second (0: no cap)."""
     src, layout = ModelLayout(Path(source)), ModelLayout(Path(root))
     files: list[tuple[Path, Path]] = []
     if src.base.is_dir():
-        files += [(f, layout.base / f.relative_to(src.base)) for f in sorted(src.base.rglob("*")) if f.is_file()
-                  and (f.parent == src.base or f.relative_to(src.base).parts[0] in BASE_COMPONENTS)]
+        files += [
+            (f, layout.base / f.relative_to(src.base))
+            for f in sorted(src.base.rglob("*"))
+            if f.is_file() and (f.parent == src.base or f.relative_to(src.base).parts[0] in BASE_COMPONENTS)
+        ]
     files += [(src.lora(name), layout.lora(name)) for name in LORA_FILES]
     if with_fft:
         files.append((src.fft, layout.fft))
@@ -177,8 +191,7 @@ def pull(
         for repo, patterns, filename in pull_plan(with_fft):
             if filename is None:
                 echo(f"Downloading {repo} -> {layout.base}")
-                snapshot_download(repo, allow_patterns=patterns, local_dir=layout.base, token=token,
-                                  tqdm_class=bar)
+                snapshot_download(repo, allow_patterns=patterns, local_dir=layout.base, token=token, tqdm_class=bar)
             else:
                 echo(f"Downloading {repo}/{filename} -> {layout.ace / filename}")
                 hf_hub_download(repo, filename, local_dir=layout.ace, token=token, tqdm_class=bar)

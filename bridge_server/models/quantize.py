@@ -49,9 +49,11 @@ class QuantizeReport:
     max_error: float
 
     def line(self) -> str:
-        return (f"{self.out}: {self.qtype}, {self.quantized}/{self.tensors} tensors quantized "
-                f"({self.resumed} resumed), {self.bytes_in / 2**30:.2f} GiB -> {self.bytes_out / 2**30:.2f} GiB, "
-                f"read back OK (worst relative error {self.max_error:.4f})")
+        return (
+            f"{self.out}: {self.qtype}, {self.quantized}/{self.tensors} tensors quantized "
+            f"({self.resumed} resumed), {self.bytes_in / 2**30:.2f} GiB -> {self.bytes_out / 2**30:.2f} GiB, "
+            f"read back OK (worst relative error {self.max_error:.4f})"
+        )
 
 
 def source_files(source: Path) -> list[Path]:
@@ -63,8 +65,9 @@ def source_files(source: Path) -> list[Path]:
         files = sorted(folder.glob("*.safetensors"))
         if files:
             return files
-    raise QuantizeError(f"{source}: no .safetensors transformer found (give a file, a transformer/ folder, or a "
-                        "diffusers model folder)")
+    raise QuantizeError(
+        f"{source}: no .safetensors transformer found (give a file, a transformer/ folder, or a diffusers model folder)"
+    )
 
 
 def _fingerprint(files: list[Path], qtype: str) -> str:
@@ -118,8 +121,10 @@ def quantize(
 
     qtype = qtype.upper()
     if qtype not in WRITABLE:
-        raise QuantizeError(f"cannot write {qtype}: the gguf package writes {', '.join(WRITABLE)} (K types such "
-                            "as Q4_K are loaded from existing files, not written)")
+        raise QuantizeError(
+            f"cannot write {qtype}: the gguf package writes {', '.join(WRITABLE)} (K types such "
+            "as Q4_K are loaded from existing files, not written)"
+        )
     files = source_files(source)
     keys = _keys(files)
     names = [k for _, k in keys]
@@ -137,8 +142,9 @@ def quantize(
         if manifest.get("fingerprint") != fingerprint:
             shutil.rmtree(parts)  # another source or type: start over
     parts.mkdir(parents=True, exist_ok=True)
-    manifest_path.write_text(json.dumps({"fingerprint": fingerprint, "source": [str(f) for f in files],
-                                         "qtype": qtype}))
+    manifest_path.write_text(
+        json.dumps({"fingerprint": fingerprint, "source": [str(f) for f in files], "qtype": qtype})
+    )
     bar = progress(total=len(keys), desc=f"quantize {qtype}", unit="tensor") if progress else None
     resumed = newly = quantized = 0
     bytes_in = 0
@@ -192,8 +198,16 @@ def quantize(
     worst = verify_gguf(tmp_out, files, qtype)
     os.replace(tmp_out, out)
     shutil.rmtree(parts, ignore_errors=True)
-    return QuantizeReport(out=out, qtype=qtype, tensors=len(keys), quantized=quantized, resumed=resumed,
-                          bytes_in=bytes_in, bytes_out=out.stat().st_size, max_error=worst)
+    return QuantizeReport(
+        out=out,
+        qtype=qtype,
+        tensors=len(keys),
+        quantized=quantized,
+        resumed=resumed,
+        bytes_in=bytes_in,
+        bytes_out=out.stat().st_size,
+        max_error=worst,
+    )
 
 
 def _file_type(qtype: str) -> int:
@@ -236,8 +250,10 @@ def gguf_summary(path: Path) -> dict[str, Any]:
     import gguf
 
     reader = gguf.GGUFReader(str(path))
-    tensors = {t.name: (tuple(int(x) for x in reversed(t.shape.tolist())), gguf.GGMLQuantizationType(t.tensor_type).name)
-               for t in reader.tensors}
+    tensors = {
+        t.name: (tuple(int(x) for x in reversed(t.shape.tolist())), gguf.GGMLQuantizationType(t.tensor_type).name)
+        for t in reader.tensors
+    }
     arch = None
     field = reader.fields.get("general.architecture")
     if field is not None:

@@ -38,8 +38,6 @@ class BridgeRunner(web.AppRunner):
         return server
 
 
-
-
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE]
     engine = state.engine_state()
@@ -85,7 +83,10 @@ def create_app(config: ServerConfig) -> web.Application:
         queue.start()
         trimmer = asyncio.get_running_loop().create_task(state.hub.trim_segment_pools())
         writer = asyncio.get_running_loop().create_task(
-            durability.keep_writing(history, journal, queue.jobs, config.extra.get("retry_writes_s", durability.RETRY_S)))
+            durability.keep_writing(
+                history, journal, queue.jobs, config.extra.get("retry_writes_s", durability.RETRY_S)
+            )
+        )
         revocations = asyncio.get_running_loop().create_task(enforce_revocations(state))
         try:
             yield

@@ -19,6 +19,7 @@ from bridge_server.server.shared_memory import ConnectionSegments, SegmentPool
 
 log = logging.getLogger(__name__)
 
+
 class BridgeWebSocket(web.WebSocketResponse):
     """aiohttp closes an oversized frame with 1009 but no reason; name it with our error code."""
 
@@ -65,8 +66,9 @@ class Connection:
 
     def _drop(self, why: str) -> None:
         self.stalled = True
-        log.warning("closed a connection from %s that stopped reading (%s); its results wait for it to resume",
-                    self.peer, why)
+        log.warning(
+            "closed a connection from %s that stopped reading (%s); its results wait for it to resume", self.peer, why
+        )
         if self.transport is not None:
             self.transport.abort()
 

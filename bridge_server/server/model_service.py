@@ -83,8 +83,12 @@ class ModelService:
             tiny=bool(engine.get("tiny")),
             missing=missing,
             download_bytes=download_bytes,
-            licence=(f"{LICENCE_NOTICE} With the optional FFT model (for Edit with Instruction) the download is "
-                     f"about {DOWNLOAD_GB_WITH_FFT} GB.") if missing else "",
+            licence=(
+                f"{LICENCE_NOTICE} With the optional FFT model (for Edit with Instruction) the download is "
+                f"about {DOWNLOAD_GB_WITH_FFT} GB."
+            )
+            if missing
+            else "",
             can_pull=layout is not None and person == "",
             pull=pull,
             gpu=self.gpu(engine),
@@ -103,8 +107,11 @@ class ModelService:
                 name = torch.cuda.get_device_name(0) if usable else ""
             except Exception as exc:  # noqa: BLE001 - a broken CUDA install is "no usable GPU"
                 usable, name = False, f"{type(exc).__name__}: {exc}"
-            self._gpu = {"usable": usable, "name": name,
-                         "message": "" if usable else "no CUDA GPU is visible to the daemon"}
+            self._gpu = {
+                "usable": usable,
+                "name": name,
+                "message": "" if usable else "no CUDA GPU is visible to the daemon",
+            }
         return dict(self._gpu)
 
     # ------------------------------------------------------------------ the pull
@@ -127,8 +134,12 @@ class ModelService:
         log_path = layout.root / PULL_LOG
         with open(log_path, "ab") as out:
             self.process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                start_new_session=os.name == "posix")
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=os.name == "posix",
+            )
         self.cancelling = False
         self.last = {"state": "running", "done_bytes": 0, "total_bytes": 0, "file": ""}
         log.info("model download started (pid %s): %s", self.process.pid, " ".join(argv[3:]))

@@ -47,8 +47,11 @@ def load_people(config_dir: Path) -> dict[str, dict[str, Any]]:
     people = data.get("people") if isinstance(data, dict) else None
     if not isinstance(people, dict):
         return {}
-    return {name: entry for name, entry in people.items()
-            if isinstance(entry, dict) and isinstance(entry.get("token"), str) and entry["token"]}
+    return {
+        name: entry
+        for name, entry in people.items()
+        if isinstance(entry, dict) and isinstance(entry.get("token"), str) and entry["token"]
+    }
 
 
 def _save(config_dir: Path, people: dict[str, dict[str, Any]]) -> None:
@@ -123,11 +126,15 @@ def revoke_sessions(state: AppState, names: set[str]) -> int:
                 state.queue.cancel(job.id)
         connection = session.connection
         if connection is not None:
-            connection.send(Error(code=ErrorCode.UNAUTHORIZED.value,
-                                  message=f"the token of {person} was revoked; ask for a new one"))
+            connection.send(
+                Error(
+                    code=ErrorCode.UNAUTHORIZED.value, message=f"the token of {person} was revoked; ask for a new one"
+                )
+            )
             connection.outbox.put_nowait(None)
             asyncio.get_running_loop().create_task(
-                connection.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"token revoked"))
+                connection.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"token revoked")
+            )
             session.connection = None
         del state.hub.sessions[client_id]
         closed += 1
@@ -154,7 +161,9 @@ def usage(state: AppState) -> list[dict[str, Any]]:
     """Per person: jobs waiting, running, done (still held for delivery), for the panel and `status`."""
     rows: dict[str, dict[str, Any]] = {}
     for job in state.queue.jobs.values():
-        row = rows.setdefault(job.person or "(owner)", {"person": job.person or "(owner)", "queued": 0,
-                                                        "running": 0, "done": 0, "failed": 0, "cancelled": 0})
+        row = rows.setdefault(
+            job.person or "(owner)",
+            {"person": job.person or "(owner)", "queued": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0},
+        )
         row[job.state.value] = row.get(job.state.value, 0) + 1
     return sorted(rows.values(), key=lambda r: r["person"])

@@ -120,8 +120,15 @@ class FailureThrottle:
       in that minute is refused unchecked until the minute has passed; keys with no failure are unaffected.
     """
 
-    def __init__(self, base_s: float = 0.05, cap_s: float = 2.0, window_s: float = 60.0, backlog: int = 10,
-                 global_budget: int = 60, exempt_uids: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self,
+        base_s: float = 0.05,
+        cap_s: float = 2.0,
+        window_s: float = 60.0,
+        backlog: int = 10,
+        global_budget: int = 60,
+        exempt_uids: tuple[int, ...] | None = None,
+    ) -> None:
         self.base_s, self.cap_s, self.window_s = base_s, cap_s, window_s
         self.backlog, self.global_budget = backlog, global_budget
         self.exempt_uids = (os.geteuid(),) if exempt_uids is None and hasattr(os, "geteuid") else (exempt_uids or ())
@@ -235,7 +242,7 @@ def loopback_peer_uid(peername: Any, sockname: Any) -> int | None:
 def _proc_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int) -> str:
     """How /proc/net/tcp prints an address: 32-bit words in host byte order, then the port, in hex."""
     packed = ip.packed
-    words = "".join(f"{struct.unpack('=I', packed[i:i + 4])[0]:08X}" for i in range(0, len(packed), 4))
+    words = "".join(f"{struct.unpack('=I', packed[i : i + 4])[0]:08X}" for i in range(0, len(packed), 4))
     return f"{words}:{port:04X}"
 
 
@@ -276,8 +283,9 @@ class ConnectionGuard:
         server.connection_made, server.connection_lost = connection_made, connection_lost
 
     def opened(self, handler: Any, transport: Any) -> None:
-        if self.early_refusal is not None and self.early_refusal(transport.get_extra_info("peername"),
-                                                                 transport.get_extra_info("sockname")):
+        if self.early_refusal is not None and self.early_refusal(
+            transport.get_extra_info("peername"), transport.get_extra_info("sockname")
+        ):
             self.refused_early += 1
             # After aiohttp has finished setting the connection up (aborting inside connection_made leaves its
             # request task without a server and logs a traceback per connection).
@@ -290,14 +298,19 @@ class ConnectionGuard:
             timer.cancel()
             self.dropped_overflow += 1
             _abort(oldest)
-            limited_log(log, logging.WARNING, "too many connections without a token (%d); closed the oldest",
-                        self.max_pending)
+            limited_log(
+                log, logging.WARNING, "too many connections without a token (%d); closed the oldest", self.max_pending
+            )
 
     def _expire(self, handler: Any, transport: Any) -> None:
         if self._pending.pop(handler, None) is not None:
             self.dropped_deadline += 1
-            limited_log(log, logging.INFO, "closed a connection that did not finish its request and hello within %g s",
-                        self.deadline_s)
+            limited_log(
+                log,
+                logging.INFO,
+                "closed a connection that did not finish its request and hello within %g s",
+                self.deadline_s,
+            )
             transport.abort()
 
     def settled(self, handler: Any) -> None:

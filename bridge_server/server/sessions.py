@@ -64,14 +64,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     config = state.config
     # Before the token check a frame may be only PREAUTH_FRAME_BYTES: nothing big is read or decoded for a peer
     # that has proved nothing (raised to max_frame_bytes once hello succeeds).
-    ws = BridgeWebSocket(max_msg_size=min(PREAUTH_FRAME_BYTES, config.max_frame_bytes), heartbeat=30.0,
-                         compress=False)
+    ws = BridgeWebSocket(max_msg_size=min(PREAUTH_FRAME_BYTES, config.max_frame_bytes), heartbeat=30.0, compress=False)
     await ws.prepare(request)
     peer = request.remote or "?"
     state.sockets.add(ws)
-    segments = ConnectionSegments(enabled=config.shared_memory and _is_loopback(peer),
-                                  max_bytes=config.shared_memory_max_bytes,
-                                  max_segment_bytes=config.max_frame_bytes)
+    segments = ConnectionSegments(
+        enabled=config.shared_memory and _is_loopback(peer),
+        max_bytes=config.shared_memory_max_bytes,
+        max_segment_bytes=config.max_frame_bytes,
+    )
     segments.daemon_room = lambda size: state.memory_refusal(size, "this segment")  # type: ignore[attr-defined]
     state.segment_tables.add(segments)
     connection = Connection(ws, peer, segments, transport=request.transport, stall_s=config.send_stall_s)
@@ -124,7 +125,9 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         return None
     if first.type != WSMsgType.BINARY:
         if first.type in (WSMsgType.TEXT,):
-            await _refuse(connection, ErrorCode.BAD_REQUEST, "frames must be binary msgpack", WSCloseCode.UNSUPPORTED_DATA)
+            await _refuse(
+                connection, ErrorCode.BAD_REQUEST, "frames must be binary msgpack", WSCloseCode.UNSUPPORTED_DATA
+            )
         return None
     try:
         hello = decode_client_message(first.data, max_frame_bytes=state.config.max_frame_bytes)
@@ -132,27 +135,39 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         await _refuse(connection, exc.code, exc.message, WSCloseCode.POLICY_VIOLATION)
         return None
     if not isinstance(hello, Hello):
-        await _refuse(connection, ErrorCode.BAD_REQUEST, f"send 'hello' first, not '{hello.TYPE}'",
-                      WSCloseCode.POLICY_VIOLATION)
+        await _refuse(
+            connection, ErrorCode.BAD_REQUEST, f"send 'hello' first, not '{hello.TYPE}'", WSCloseCode.POLICY_VIOLATION
+        )
         return None
     mutual = AUTH_VERSION in hello.protocol_versions and hello.nonce is not None
     if not mutual and not state.config.token_in_hello:
-        await _refuse(connection, ErrorCode.UNSUPPORTED_VERSION,
-                      f"update the plugin: this daemon needs protocol {AUTH_VERSION}, where the token is proved, "
-                      f"never sent (the client offered {hello.protocol_versions})", WSCloseCode.POLICY_VIOLATION)
+        await _refuse(
+            connection,
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"update the plugin: this daemon needs protocol {AUTH_VERSION}, where the token is proved, "
+            f"never sent (the client offered {hello.protocol_versions})",
+            WSCloseCode.POLICY_VIOLATION,
+        )
         return None
     token = None if mutual else (hello.token or bearer_token(request.headers.get("Authorization")))
     transport = request.transport
-    key = state.throttle.key_for(connection.peer, transport.get_extra_info("peername") if transport else None,
-                                 transport.get_extra_info("sockname") if transport else None)
+    key = state.throttle.key_for(
+        connection.peer,
+        transport.get_extra_info("peername") if transport else None,
+        transport.get_extra_info("sockname") if transport else None,
+    )
     if key == "gone":  # the peer closed its socket before its hello was read: nobody is left to answer
         return None
     # Admission is decided before the token is looked at, so a throttled guesser learns nothing from the answer;
     # the right token of anyone not throttled is checked at once and never waits for others' failures.
     if not state.throttle.admit(key):
-        await _refuse(connection, ErrorCode.RATE_LIMITED,
-                      "too many wrong tokens from this user or address; wait a minute, then read the token with "
-                      "`ace-bridge token`", WSCloseCode.POLICY_VIOLATION)
+        await _refuse(
+            connection,
+            ErrorCode.RATE_LIMITED,
+            "too many wrong tokens from this user or address; wait a minute, then read the token with "
+            "`ace-bridge token`",
+            WSCloseCode.POLICY_VIOLATION,
+        )
         return None
     if mutual:
         proved = await _mutual_proof(state, connection, hello)
@@ -166,25 +181,36 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         delay = state.throttle.failed(key)
         if delay:
             await asyncio.sleep(delay)  # answered at this key's next slot: guesses queue up per principal
-        await _refuse(connection, ErrorCode.UNAUTHORIZED,
-                      "wrong or missing token; read it with `ace-bridge token` on the daemon's machine",
-                      WSCloseCode.POLICY_VIOLATION)
+        await _refuse(
+            connection,
+            ErrorCode.UNAUTHORIZED,
+            "wrong or missing token; read it with `ace-bridge token` on the daemon's machine",
+            WSCloseCode.POLICY_VIOLATION,
+        )
         return None
     state.throttle.succeeded(key)
     state.guard.settled(request.protocol)
     if isinstance(ws, BridgeWebSocket):
         ws.raise_frame_limit(request, state.config.max_frame_bytes)
     if PROTOCOL_VERSION not in hello.protocol_versions and not mutual:
-        await _refuse(connection, ErrorCode.UNSUPPORTED_VERSION,
-                      f"this daemon speaks protocol {PROTOCOL_VERSION}; the client offered {hello.protocol_versions}. "
-                      "Update the plugin or the daemon so both match.", WSCloseCode.POLICY_VIOLATION)
+        await _refuse(
+            connection,
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"this daemon speaks protocol {PROTOCOL_VERSION}; the client offered {hello.protocol_versions}. "
+            "Update the plugin or the daemon so both match.",
+            WSCloseCode.POLICY_VIOLATION,
+        )
         return None
     claimed, new_secret = _claim_client_id(state, hello)
     if not claimed:
-        await _refuse(connection, ErrorCode.UNAUTHORIZED,
-                      f"client_id {hello.client_id!r:.60} belongs to another client: resuming it needs the "
-                      "client_secret its first holder received in welcome. Use a new client_id, or update the "
-                      "plugin so it keeps that secret", WSCloseCode.POLICY_VIOLATION)
+        await _refuse(
+            connection,
+            ErrorCode.UNAUTHORIZED,
+            f"client_id {hello.client_id!r:.60} belongs to another client: resuming it needs the "
+            "client_secret its first holder received in welcome. Use a new client_id, or update the "
+            "plugin so it keeps that secret",
+            WSCloseCode.POLICY_VIOLATION,
+        )
         return None
     session = state.hub.sessions.get(hello.client_id)
     resumed = session is not None and hello.session == session.session_id
@@ -193,16 +219,23 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         state.hub.sessions[hello.client_id] = session
     previous = session.connection
     if previous is not None:
-        previous.send(Error(code=ErrorCode.SUPERSEDED.value,
-                            message="another connection resumed this session; this one is closed"))
+        previous.send(
+            Error(
+                code=ErrorCode.SUPERSEDED.value, message="another connection resumed this session; this one is closed"
+            )
+        )
         previous.outbox.put_nowait(None)
-        asyncio.get_running_loop().create_task(previous.ws.close(code=WSCloseCode.POLICY_VIOLATION,
-                                                                 message=b"superseded"))
+        asyncio.get_running_loop().create_task(
+            previous.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"superseded")
+        )
     session.connection = connection
     session.person = person
     connection.segments.pool = session.segment_pool
     session.client_name, session.client_version, session.editor = (
-        hello.client_name, hello.client_version, hello.editor)
+        hello.client_name,
+        hello.client_version,
+        hello.editor,
+    )
     session.previews = bool(hello.previews)
     session.connected_since = time.time()
     jobs = state.queue.deliverable(hello.client_id)
@@ -277,7 +310,8 @@ def _claim_client_id(state: AppState, hello: Hello) -> tuple[bool, str | None]:
     The owner survives restarts through the journal (`Job.owner`)."""
     owners = state.hub.owners
     owner = owners.get(hello.client_id) or next(
-        (j.owner for j in state.queue.jobs.values() if j.client_id == hello.client_id and j.owner), None)
+        (j.owner for j in state.queue.jobs.values() if j.client_id == hello.client_id and j.owner), None
+    )
     if owner:
         owners[hello.client_id] = owner
         given = hello.client_secret
@@ -303,8 +337,9 @@ async def _receive_loop(state: AppState, session: ClientSession, connection: Con
         if frame.type != WSMsgType.BINARY:
             continue
         try:
-            message = decode_client_message(frame.data, max_frame_bytes=state.config.max_frame_bytes,
-                                            max_pixels=state.config.max_pixels)
+            message = decode_client_message(
+                frame.data, max_frame_bytes=state.config.max_frame_bytes, max_pixels=state.config.max_pixels
+            )
         except ProtocolError as exc:
             connection.send(_decode_failure_reply(frame.data, exc, state.config.max_frame_bytes))
             continue
@@ -318,8 +353,13 @@ async def _receive_loop(state: AppState, session: ClientSession, connection: Con
                 connection.send(Error(code=exc.code.value, message=exc.message, id=request_id))
         except Exception as exc:  # the daemon must survive anything a client sends
             log.exception("error handling %s", message.TYPE)
-            connection.send(Error(code=ErrorCode.INTERNAL.value, message=f"internal error: {type(exc).__name__}",
-                                  id=getattr(message, "id", None)))
+            connection.send(
+                Error(
+                    code=ErrorCode.INTERNAL.value,
+                    message=f"internal error: {type(exc).__name__}",
+                    id=getattr(message, "id", None),
+                )
+            )
 
 
 def _decode_failure_reply(data: bytes, exc: ProtocolError, max_frame_bytes: int) -> Message:
@@ -339,8 +379,15 @@ def _peek_id_and_type(data: bytes) -> dict[str, Any]:
     top-level map is walked key by key, skipping values unread, so the refusal still names the request."""
     found: dict[str, Any] = {}
     try:
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1), max_str_len=1 << 20,
-                                    max_bin_len=len(data), max_array_len=10_000, max_map_len=10_000, max_ext_len=0)
+        unpacker = msgpack.Unpacker(
+            raw=False,
+            max_buffer_size=max(len(data), 1),
+            max_str_len=1 << 20,
+            max_bin_len=len(data),
+            max_array_len=10_000,
+            max_map_len=10_000,
+            max_ext_len=0,
+        )
         unpacker.feed(data)
         for _ in range(min(unpacker.read_map_header(), 10_000)):
             key = unpacker.unpack()
@@ -377,8 +424,9 @@ async def _dispatch(state: AppState, session: ClientSession, connection: Connect
         state.hub.changed()
     elif isinstance(message, StatusRequest):
         queue = [_visible_to(entry, session.client_id) for entry in state.queue_summary()]
-        connection.send(StatusReply(engine=state.engine_state(), queue=queue,
-                                    paused=state.config.gate.paused, id=message.id))
+        connection.send(
+            StatusReply(engine=state.engine_state(), queue=queue, paused=state.config.gate.paused, id=message.id)
+        )
     elif isinstance(message, MODEL_MESSAGES):  # the editors' first-run box (model_service.py)
         connection.send(await state.models.handle(state, getattr(session, "person", ""), message))
     elif isinstance(message, Hello):
@@ -389,8 +437,9 @@ async def build_job(state: AppState, session: ClientSession, message: Submit) ->
     """Validate a submit against the task table and decode its images; every problem is a typed error."""
     spec = TASKS.get(message.task)
     if spec is None:
-        raise ProtocolError(ErrorCode.UNKNOWN_TASK,
-                            f"unknown task {message.task!r:.40}; known tasks: {', '.join(TASKS)}")
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TASK, f"unknown task {message.task!r:.40}; known tasks: {', '.join(TASKS)}"
+        )
     available = state.available_tasks()
     if message.task not in available:
         raise ProtocolError(ErrorCode.MODEL_MISSING, state.missing_message(message.task))
@@ -402,20 +451,33 @@ async def build_job(state: AppState, session: ClientSession, message: Submit) ->
     if not spec.needs_image and message.image is not None and spec.name in ("subject", "portrait", "generate"):
         raise bad_request(f"task '{spec.name}' makes a new image; send width and height instead of an image")
     if not spec.min_references <= len(message.references) <= spec.max_references:
-        need = (f"exactly {spec.min_references}" if spec.min_references == spec.max_references
-                else f"{spec.min_references} to {spec.max_references}")
+        need = (
+            f"exactly {spec.min_references}"
+            if spec.min_references == spec.max_references
+            else f"{spec.min_references} to {spec.max_references}"
+        )
         raise bad_request(f"task '{spec.name}' takes {need} reference image(s); got {len(message.references)}")
     if message.mask is not None and message.image is None:
         raise bad_request("a mask needs an image")
-    if message.mask is not None and message.image is not None and (
-        (message.mask.width, message.mask.height) != (message.image.width, message.image.height)
+    if (
+        message.mask is not None
+        and message.image is not None
+        and ((message.mask.width, message.mask.height) != (message.image.width, message.image.height))
     ):
-        raise bad_request(f"the mask is {message.mask.width}x{message.mask.height} but the image is "
-                          f"{message.image.width}x{message.image.height}; they must match")
+        raise bad_request(
+            f"the mask is {message.mask.width}x{message.mask.height} but the image is "
+            f"{message.image.width}x{message.image.height}; they must match"
+        )
     max_pixels = state.config.max_pixels
-    named = [(what, p) for what, p in (("image", message.image), ("mask", message.mask),
-                                       *((f"references[{i}]", r) for i, r in enumerate(message.references)))
-             if p is not None]
+    named = [
+        (what, p)
+        for what, p in (
+            ("image", message.image),
+            ("mask", message.mask),
+            *((f"references[{i}]", r) for i, r in enumerate(message.references)),
+        )
+        if p is not None
+    ]
     held = sum(len(p.data) for _, p in named if p.data is not None)
     refusal = state.memory_refusal(held)
     if refusal:
@@ -456,8 +518,13 @@ async def build_job(state: AppState, session: ClientSession, message: Submit) ->
         editor=session.editor or session.client_name,
         label=message.label,
         person=session.person,
-        principal=(f"person:{session.person}" if getattr(session, "person", "")
-                   else session.connection.principal if session.connection is not None else session.client_id),
+        principal=(
+            f"person:{session.person}"
+            if getattr(session, "person", "")
+            else session.connection.principal
+            if session.connection is not None
+            else session.client_id
+        ),
         owner=state.hub.owners.get(session.client_id, ""),
         inputs=inputs,
     )

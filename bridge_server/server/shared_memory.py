@@ -49,8 +49,12 @@ except ImportError:  # Windows: no fcntl, and no shared memory offered
     fcntl = None  # type: ignore[assignment]
 
 #: memfd and file seals are Linux-only; elsewhere clients get frames.
-AVAILABLE = (sys.platform.startswith("linux") and hasattr(os, "memfd_create") and fcntl is not None
-             and hasattr(fcntl, "F_ADD_SEALS"))
+AVAILABLE = (
+    sys.platform.startswith("linux")
+    and hasattr(os, "memfd_create")
+    and fcntl is not None
+    and hasattr(fcntl, "F_ADD_SEALS")
+)
 #: Below this, a frame is cheaper than the extra round trip of `alloc`.
 MIN_SHARED_BYTES = 256 * 1024
 #: Free segments kept per client, and how long an unused one is kept.
@@ -169,8 +173,9 @@ class ConnectionSegments:
     """The segments of one WebSocket connection: the probe, those allocated for submits, and result segments.
     Freed ones go to the client's `SegmentPool`."""
 
-    def __init__(self, *, enabled: bool, max_bytes: int, max_segment_bytes: int,
-                 pool: SegmentPool | None = None) -> None:
+    def __init__(
+        self, *, enabled: bool, max_bytes: int, max_segment_bytes: int, pool: SegmentPool | None = None
+    ) -> None:
         self.enabled = enabled and AVAILABLE
         self.ready = False
         self.max_bytes = max_bytes
@@ -243,8 +248,9 @@ class ConnectionSegments:
         if size < 1:  # docs/protocol.md §5: size is 1 .. max_frame_bytes; 0 or negative is a malformed request
             raise bad_request(f"alloc size must be at least 1 byte, not {size}")
         if size > self.max_segment_bytes:
-            raise ProtocolError(ErrorCode.TOO_LARGE,
-                                f"a segment of {size} bytes is refused; the limit is {self.max_segment_bytes}")
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE, f"a segment of {size} bytes is refused; the limit is {self.max_segment_bytes}"
+            )
         room = getattr(self, "daemon_room", None)  # the daemon-wide memory budget (server/state.py)
         refusal = room(size) if room is not None else None
         if refusal:
@@ -252,9 +258,11 @@ class ConnectionSegments:
         if self.held_bytes + size > self.max_bytes:
             self.trim(0.0)  # the warm pool gives way first
         if self.held_bytes + size > self.max_bytes:
-            raise ProtocolError(ErrorCode.TOO_LARGE,
-                                f"this connection already holds {self.held_bytes} bytes of shared memory; the limit "
-                                f"is {self.max_bytes}. Submit or release segments first.")
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"this connection already holds {self.held_bytes} bytes of shared memory; the limit "
+                f"is {self.max_bytes}. Submit or release segments first.",
+            )
         try:
             segment = self.pool.take(size)
         except OSError as exc:
@@ -280,8 +288,10 @@ class ConnectionSegments:
                 weakref.finalize(arrays[name], self._job_let_go, segment)
         unknown = sorted(name for name, seg in segments.items() if seg is None)
         if unknown:
-            raise bad_request(f"shared-memory segment {unknown[0]!r:.40} is not open on this connection "
-                              "(allocate one with 'alloc'; each serves one submit)")
+            raise bad_request(
+                f"shared-memory segment {unknown[0]!r:.40} is not open on this connection "
+                "(allocate one with 'alloc'; each serves one submit)"
+            )
 
         def resolved(payload: ImagePayload, where: str) -> ImagePayload:
             if payload.shm is None:
@@ -343,4 +353,3 @@ class ConnectionSegments:
             self.ready = False
         for segment in segments:
             segment.close()
-

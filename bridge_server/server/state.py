@@ -135,9 +135,11 @@ class AppState:
         if used + more <= budget:
             return None
         mib = 1024 * 1024
-        return (f"the daemon's memory budget ({budget / mib:.0f} MiB for waiting jobs' inputs and shared memory "
-                f"together) is spent: {used / mib:.1f} MiB in use and {what} need {more / mib:.1f} MiB; wait for "
-                "jobs to finish and try again")
+        return (
+            f"the daemon's memory budget ({budget / mib:.0f} MiB for waiting jobs' inputs and shared memory "
+            f"together) is spent: {used / mib:.1f} MiB in use and {what} need {more / mib:.1f} MiB; wait for "
+            "jobs to finish and try again"
+        )
 
     def limits(self) -> dict[str, Any]:
         return {

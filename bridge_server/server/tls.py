@@ -71,30 +71,59 @@ def _with_cryptography(cert: Path, key: Path, names: Sequence[str]) -> None:
     alt = [x509.IPAddress(ipaddress.ip_address(n)) if _is_ip(n) else x509.DNSName(n) for n in names]
     now = datetime.datetime.now(datetime.timezone.utc)
     certificate = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(private.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(private.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=825))
         .add_extension(x509.SubjectAlternativeName(alt), critical=False)
         .sign(private, hashes.SHA256())
     )
     fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
-        f.write(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
+        f.write(
+            private.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
     cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
 
 
 def _with_openssl(cert: Path, key: Path, names: Sequence[str]) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
-        raise TlsError("cannot make a self-signed certificate: install the 'cryptography' package "
-                       "(pip install cryptography) or the openssl command line tool, or give --tls-cert/--tls-key")
+        raise TlsError(
+            "cannot make a self-signed certificate: install the 'cryptography' package "
+            "(pip install cryptography) or the openssl command line tool, or give --tls-cert/--tls-key"
+        )
     alt = ",".join(f"IP:{n}" if _is_ip(n) else f"DNS:{n}" for n in names)
     common = names[-1] if names else "ace-bridge"
     result = subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "825",
-         "-subj", f"/CN={common}", "-addext", f"subjectAltName={alt}", "-keyout", str(key), "-out", str(cert)],
-        capture_output=True, text=True, check=False,
+        [
+            openssl,
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "825",
+            "-subj",
+            f"/CN={common}",
+            "-addext",
+            f"subjectAltName={alt}",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise TlsError(f"openssl could not make a certificate: {result.stderr.strip()[-500:]}")
@@ -104,4 +133,4 @@ def fingerprint_sha256(cert: Path) -> str:
     """'AB:CD:…' of the DER certificate, as browsers and `openssl x509 -fingerprint -sha256` show it."""
     der = ssl.PEM_cert_to_DER_cert(cert.read_text(encoding="ascii"))
     digest = hashlib.sha256(der).hexdigest().upper()
-    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))

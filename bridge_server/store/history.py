@@ -63,7 +63,9 @@ class History:
         try:
             private_dir(self.root)
         except OSError as exc:
-            self._set_warning(f"history folder {self.root} cannot be created ({exc.strerror}); results are kept in memory only")
+            self._set_warning(
+                f"history folder {self.root} cannot be created ({exc.strerror}); results are kept in memory only"
+            )
             return
         for meta_path in sorted(self.root.glob("*.json")):
             try:
@@ -100,13 +102,18 @@ class History:
             else:
                 _write_atomic(png, encode_png(rgba))
             if before is not None:
-                _write_atomic(self.path_for(entry, BEFORE_SUFFIX), encode_png(_small(before), compress_level=1, parallel=False),
-                              sync=False)
+                _write_atomic(
+                    self.path_for(entry, BEFORE_SUFFIX),
+                    encode_png(_small(before), compress_level=1, parallel=False),
+                    sync=False,
+                )
                 meta["before"] = True
             _write_atomic(self.path_for(entry, ".json"), json.dumps(meta, indent=1).encode())
         except (OSError, KeyError) as exc:
             reason = getattr(exc, "strerror", None) or str(exc)
-            self._set_warning(f"cannot write to the history folder {self.root} ({reason}); results are kept in memory only")
+            self._set_warning(
+                f"cannot write to the history folder {self.root} ({reason}); results are kept in memory only"
+            )
             return False
         with self._lock:
             self._index[entry] = meta
@@ -208,8 +215,9 @@ def _background() -> ThreadPoolExecutor:
     global _BACKGROUND
     with _BACKGROUND_LOCK:
         if _BACKGROUND is None:
-            _BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ace-history",
-                                             initializer=_lower_priority)
+            _BACKGROUND = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="ace-history", initializer=_lower_priority
+            )
         return _BACKGROUND
 
 

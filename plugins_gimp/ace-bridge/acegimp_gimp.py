@@ -128,8 +128,9 @@ def insert_results(image: Gimp.Image, results: list[Any], meta: dict[str, Any], 
     try:
         target_parent, target_pos = parent, position
         if len(results) > 1:
-            group = Gimp.GroupLayer.new(image, logic.group_name(meta["task"], meta.get("prompt", ""), None,
-                                                                len(results)))
+            group = Gimp.GroupLayer.new(
+                image, logic.group_name(meta["task"], meta.get("prompt", ""), None, len(results))
+            )
             image.insert_layer(group, parent, position)
             _attach_provenance(group, logic.provenance_bytes(results[0], meta))
             target_parent, target_pos = group, 0
@@ -140,8 +141,12 @@ def insert_results(image: Gimp.Image, results: list[Any], meta: dict[str, Any], 
             image.insert_layer(layer, target_parent, target_pos)
             target_pos += 1 if len(results) > 1 else 0
             want_w, want_h = int(region[2]), int(region[3])
-            if meta.get("fit_to_region") and want_w > 0 and want_h > 0 and (
-                    layer.get_width(), layer.get_height()) != (want_w, want_h):
+            if (
+                meta.get("fit_to_region")
+                and want_w > 0
+                and want_h > 0
+                and (layer.get_width(), layer.get_height()) != (want_w, want_h)
+            ):
                 # Tasks without an input image generate at >= 64 px: fit the output to the selection's box.
                 layer.scale(want_w, want_h, True)
             layer.set_offsets(int(rx), int(ry))
@@ -272,8 +277,22 @@ def _client(settings: logic.Settings, state: logic.ProfileState, *, resume: bool
 
 def _settings_from_config(config: Gimp.ProcedureConfig, action: logic.Action | None) -> logic.Settings:
     s = logic.Settings()
-    for name in ("prompt", "seed", "steps", "count", "guidance", "padding", "feather", "source", "mode", "face",
-                 "width", "height", "url", "token"):
+    for name in (
+        "prompt",
+        "seed",
+        "steps",
+        "count",
+        "guidance",
+        "padding",
+        "feather",
+        "source",
+        "mode",
+        "face",
+        "width",
+        "height",
+        "url",
+        "token",
+    ):
         if config.find_property(name) is not None:
             value = config.get_property(name)
             setattr(s, name, value if value is not None else getattr(s, name))
@@ -295,20 +314,24 @@ def _add_common_args(proc: Gimp.Procedure, action: logic.Action) -> None:
         elif arg.kind == "boolean":
             proc.add_boolean_argument(arg.name, arg.label, arg.help, arg.default, RW)
         elif arg.kind == "int":
-            proc.add_int_argument(arg.name, arg.label, arg.help, int(arg.minimum), int(arg.maximum), int(arg.default),
-                                  RW)
+            proc.add_int_argument(
+                arg.name, arg.label, arg.help, int(arg.minimum), int(arg.maximum), int(arg.default), RW
+            )
         elif arg.kind == "double":
-            proc.add_double_argument(arg.name, arg.label, arg.help, float(arg.minimum), float(arg.maximum),
-                                     float(arg.default), RW)
+            proc.add_double_argument(
+                arg.name, arg.label, arg.help, float(arg.minimum), float(arg.maximum), float(arg.default), RW
+            )
         else:
             raise ValueError(f"unknown argument kind {arg.kind!r}")
 
 
 def _add_connection_args(proc: Gimp.Procedure) -> None:
-    proc.add_string_argument("url", logic.CONNECTION_LABELS["url"],
-                             "Empty: discovery (ACE_BRIDGE_URL, runtime.json, default)", "", RW)
-    proc.add_string_argument("token", logic.CONNECTION_LABELS["token"],
-                             "Empty: ACE_BRIDGE_TOKEN or the daemon's token file", "", RW)
+    proc.add_string_argument(
+        "url", logic.CONNECTION_LABELS["url"], "Empty: discovery (ACE_BRIDGE_URL, runtime.json, default)", "", RW
+    )
+    proc.add_string_argument(
+        "token", logic.CONNECTION_LABELS["token"], "Empty: ACE_BRIDGE_TOKEN or the daemon's token file", "", RW
+    )
     proc.add_int_return_value("layers", "Layers", "Number of result layers inserted", 0, 1000, 0, RW)
 
 
@@ -329,8 +352,9 @@ def _log_unexpected(exc: BaseException) -> None:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
-def _run_dialog(procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, title: str,
-                connection_fields: bool = True) -> bool:
+def _run_dialog(
+    procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, title: str, connection_fields: bool = True
+) -> bool:
     gi.require_version("GimpUi", "3.0")
     from gi.repository import GimpUi
 
@@ -362,8 +386,9 @@ def run_action(procedure, run_mode, image, drawables, config, data):
         from acegimp_bundled import daemon
 
         first = _settings_from_config(config, action)
-        go_on, remote = acegimp_setup.run_setup(daemon.endpoint_url(first.url),
-                                                lambda: _client(first, _state(), resume=False))
+        go_on, remote = acegimp_setup.run_setup(
+            daemon.endpoint_url(first.url), lambda: _client(first, _state(), resume=False)
+        )
         if not go_on or not _run_dialog(procedure, config, f"ACE++ {action.label.rstrip('…')}", remote):
             return _return(procedure, Gimp.PDBStatusType.CANCEL)
     settings = _settings_from_config(config, action)
@@ -381,8 +406,10 @@ def run_action(procedure, run_mode, image, drawables, config, data):
         if action.takes_reference:
             ref = config.get_property("reference")
             if ref is None and action.reference_required:
-                raise logic.UserError(f"{action.label.rstrip('…')} needs a reference layer: choose one in the "
-                                      "dialog (or pass the 'reference' argument).")
+                raise logic.UserError(
+                    f"{action.label.rstrip('…')} needs a reference layer: choose one in the "
+                    "dialog (or pass the 'reference' argument)."
+                )
             if ref is not None:
                 references.append(read_reference(ref))
         image_payload = mask = None
@@ -401,14 +428,28 @@ def run_action(procedure, run_mode, image, drawables, config, data):
         state.session = welcome.session
         logic.check_offered(action, welcome.tasks, welcome.engine)
         ui.progress(None, "ACE++: sending…")
-        job = client.submit(action.task, settings.prompt, image=image_payload, mask=mask, references=references,
-                            params=params, label=f"GIMP: {image.get_name() or 'image'}")
+        job = client.submit(
+            action.task,
+            settings.prompt,
+            image=image_payload,
+            mask=mask,
+            references=references,
+            params=params,
+            label=f"GIMP: {image.get_name() or 'image'}",
+        )
         ui.progress(None, logic.queued_text(job.position))  # until `started` or a new position arrives
-        meta = {"task": action.task, "prompt": settings.prompt, "params": params, "placement": plan.placement,
-                "source": settings.source,
-                "region": list(plan.region), "image_id": image.get_id(),
-                # Results of image tasks carry the feathered selection as alpha; generated ones get a mask.
-                "fit_to_region": not plan.read_image, "clip_to_selection": not plan.read_image and bool(plan.selection)}
+        meta = {
+            "task": action.task,
+            "prompt": settings.prompt,
+            "params": params,
+            "placement": plan.placement,
+            "source": settings.source,
+            "region": list(plan.region),
+            "image_id": image.get_id(),
+            # Results of image tasks carry the feathered selection as alpha; generated ones get a mask.
+            "fit_to_region": not plan.read_image,
+            "clip_to_selection": not plan.read_image and bool(plan.selection),
+        }
         state.add_pending(job.id, meta)
         outcome = logic.wait_for_job(job, ui)
         layers = insert_results(image, outcome.results, meta, active)
@@ -436,8 +477,7 @@ def _forget_cancelled(client, state: logic.ProfileState, job_id: str) -> None:
     try:
         client.ack(job_id)
     except Exception as exc:  # the connection is gone: fetching later acknowledges it
-        print(f"ace-bridge: could not acknowledge cancelled job {job_id}: {logic.describe_error(exc)}",
-              file=sys.stderr)
+        print(f"ace-bridge: could not acknowledge cancelled job {job_id}: {logic.describe_error(exc)}", file=sys.stderr)
         return
     state.remove_pending(job_id)
 
@@ -496,21 +536,27 @@ class AceBridgePlugIn(Gimp.PlugIn):
         if name == logic.FETCH_PROCEDURE:
             proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_fetch, None)
             proc.set_menu_label(logic.FETCH_LABEL)
-            proc.set_documentation("Bring back finished ACE++ results",
-                                   "Inserts results of this GIMP profile that finished after the plug-in ended.",
-                                   name)
+            proc.set_documentation(
+                "Bring back finished ACE++ results",
+                "Inserts results of this GIMP profile that finished after the plug-in ended.",
+                name,
+            )
         else:
             action = logic.ACTIONS_BY_PROCEDURE[name]
             proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_action, None)
             proc.set_menu_label(action.label)
-            proc.set_documentation(f"ACE++ {action.label.rstrip('…')}",
-                                   f"Runs the ACE++ task '{action.task}' in the ACE Bridge daemon and adds the "
-                                   "result as a new layer.", name)
+            proc.set_documentation(
+                f"ACE++ {action.label.rstrip('…')}",
+                f"Runs the ACE++ task '{action.task}' in the ACE Bridge daemon and adds the result as a new layer.",
+                name,
+            )
             _add_common_args(proc, action)
         proc.set_image_types("*")
-        proc.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE
-                                  | Gimp.ProcedureSensitivityMask.DRAWABLES
-                                  | Gimp.ProcedureSensitivityMask.NO_DRAWABLES)
+        proc.set_sensitivity_mask(
+            Gimp.ProcedureSensitivityMask.DRAWABLE
+            | Gimp.ProcedureSensitivityMask.DRAWABLES
+            | Gimp.ProcedureSensitivityMask.NO_DRAWABLES
+        )
         proc.add_menu_path(logic.MENU_PATH)
         proc.set_attribution("ACE Bridge", "ACE Bridge contributors", "2026")
         _add_connection_args(proc)

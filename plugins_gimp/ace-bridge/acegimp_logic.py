@@ -70,9 +70,18 @@ def _guidance_default(task) -> float:
 
 
 ACTIONS: tuple[Action, ...] = tuple(
-    Action(t.name, t.gimp_procedure, t.label, t.needs_image, t.needs_selection, t.max_references > 0,
-           tuple(p.name for p in t.params), _guidance_default(t), reference_required=t.min_references > 0,
-           reference_is_control=t.reference_kind == tasks.CONTROL)
+    Action(
+        t.name,
+        t.gimp_procedure,
+        t.label,
+        t.needs_image,
+        t.needs_selection,
+        t.max_references > 0,
+        tuple(p.name for p in t.params),
+        _guidance_default(t),
+        reference_required=t.min_references > 0,
+        reference_is_control=t.reference_kind == tasks.CONTROL,
+    )
     for t in TASKS.values()
 )
 ACTIONS_BY_PROCEDURE = {a.procedure: a for a in ACTIONS}
@@ -95,8 +104,14 @@ class Argument:
 def _param_argument(field: forms.Field) -> Argument:
     label = _MNEMONIC.get(field.name, "_" + field.label)
     if field.kind == "enum":
-        return Argument("choice", field.name, label, field.help, field.default,
-                        choices=tuple((c, c.capitalize(), "") for c in field.choices))
+        return Argument(
+            "choice",
+            field.name,
+            label,
+            field.help,
+            field.default,
+            choices=tuple((c, c.capitalize(), "") for c in field.choices),
+        )
     if field.kind == "bool":
         return Argument("boolean", field.name, label, field.help, bool(field.default))
     help_text = field.help
@@ -104,10 +119,19 @@ def _param_argument(field: forms.Field) -> Argument:
     if field.name == "seed":
         maximum = min(SEED_ARG_MAX, maximum or SEED_ARG_MAX)
     elif field.unset != field.default:
-        help_text = f"{field.help}. {forms.plain_number(field.unset)}: leave it to the daemon (its default, which the " \
-                    "control panel can change)"
-    return Argument("int" if field.kind == "int" else "double", field.name, label, help_text, field.unset,
-                    field.widget_minimum, maximum)
+        help_text = (
+            f"{field.help}. {forms.plain_number(field.unset)}: leave it to the daemon (its default, which the "
+            "control panel can change)"
+        )
+    return Argument(
+        "int" if field.kind == "int" else "double",
+        field.name,
+        label,
+        help_text,
+        field.unset,
+        field.widget_minimum,
+        maximum,
+    )
 
 
 def procedure_arguments(action: Action) -> list[Argument]:
@@ -117,18 +141,43 @@ def procedure_arguments(action: Action) -> list[Argument]:
     args = [Argument("string", "prompt", "_Prompt", "What to do ({image} marks the input in the template)", "")]
     if action.takes_reference:
         if action.reference_is_control:
-            args.append(Argument("layer", "reference", "Control la_yer", "Layer used as the structure guide inside "
-                                 "the selection (a sketch, line art); optional"))
+            args.append(
+                Argument(
+                    "layer",
+                    "reference",
+                    "Control la_yer",
+                    "Layer used as the structure guide inside the selection (a sketch, line art); optional",
+                )
+            )
         else:
             args.append(Argument("layer", "reference", "Reference la_yer", "Layer used as the reference image"))
     if action.needs_image:
-        args.append(Argument("choice", "source", "Re_ad", "What the model sees", "visible", choices=(
-            ("visible", "Visible image", "The composite of all visible layers; result on top"),
-            ("layer", "Active layer", "Only the active layer; result directly above it"))))
+        args.append(
+            Argument(
+                "choice",
+                "source",
+                "Re_ad",
+                "What the model sees",
+                "visible",
+                choices=(
+                    ("visible", "Visible image", "The composite of all visible layers; result on top"),
+                    ("layer", "Active layer", "Only the active layer; result directly above it"),
+                ),
+            )
+        )
     args += [_param_argument(fields[name]) for name in ARGUMENT_PARAMS if name in fields and name != "feather"]
     if action.needs_image:
-        args.append(Argument("int", "padding", "Conte_xt padding", "Pixels around the selection sent as context "
-                             "(-1: automatic)", -1, -1, 4096))
+        args.append(
+            Argument(
+                "int",
+                "padding",
+                "Conte_xt padding",
+                "Pixels around the selection sent as context (-1: automatic)",
+                -1,
+                -1,
+                4096,
+            )
+        )
     args.append(_param_argument(fields["feather"]))
     if "width" in action.param_names:
         args.append(Argument("int", "width", "_Width", "Output width (0: selection or canvas)", 0, 0, 4096))
@@ -172,8 +221,10 @@ class JobPlan:
 
 
 def selection_needed_message(action: Action) -> str:
-    return (f"{action.label.rstrip('…')} changes only the selected area: make a selection first "
-            "(for example with the Rectangle or Free Select tool), then run it again.")
+    return (
+        f"{action.label.rstrip('…')} changes only the selected area: make a selection first "
+        "(for example with the Rectangle or Free Select tool), then run it again."
+    )
 
 
 def plan_job(action: Action, settings: Settings, canvas: Extent, selection: Bounds | None) -> JobPlan:
@@ -225,10 +276,17 @@ layer_name, group_name = naming.layer_name, naming.group_name
 def provenance_bytes(result: Any, request: dict[str, Any]) -> bytes:
     """The layer parasite: one provenance record (ace_editor's) of a result event and the request it answers."""
     record = provenance.provenance_record(
-        request.get("task", "result"), request.get("prompt", ""), getattr(result, "seed", None),
-        request.get("params") or {}, request.get("region") or (), request.get("source", ""),
-        getattr(result, "job_id", "") or "", getattr(result, "provenance", None) or {},
-        getattr(result, "index", 0), getattr(result, "count", 1))
+        request.get("task", "result"),
+        request.get("prompt", ""),
+        getattr(result, "seed", None),
+        request.get("params") or {},
+        request.get("region") or (),
+        request.get("source", ""),
+        getattr(result, "job_id", "") or "",
+        getattr(result, "provenance", None) or {},
+        getattr(result, "index", 0),
+        getattr(result, "count", 1),
+    )
     return provenance.record_bytes(record)
 
 

@@ -24,9 +24,17 @@ from acegimp_bundled import daemon  # noqa: E402
 from gi.repository import GLib, Gtk  # noqa: E402
 
 PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__))
-TITLES = {"not_running": "not running", "starting": "starting", "failed_start": "could not start",
-          "connecting": "connecting", "missing": "model missing", "failed": "model missing",
-          "downloading": "downloading", "no_gpu": "no usable GPU", "ready": "ready"}
+TITLES = {
+    "not_running": "not running",
+    "starting": "starting",
+    "failed_start": "could not start",
+    "connecting": "connecting",
+    "missing": "model missing",
+    "failed": "model missing",
+    "downloading": "downloading",
+    "no_gpu": "no usable GPU",
+    "ready": "ready",
+}
 
 
 def needs_setup(url: str, client_factory: Any) -> bool:
@@ -99,16 +107,23 @@ class SetupWindow:
         row.pack_start(self.download_button, True, True, 0)
         row.pack_start(self.cancel_download, False, False, 0)
         box.pack_start(row, False, False, 0)
-        self.remote = Gtk.CheckButton.new_with_mnemonic("Use a daemon on another _computer (enter its URL and token "
-                                                        "in the next dialog)")
+        self.remote = Gtk.CheckButton.new_with_mnemonic(
+            "Use a daemon on another _computer (enter its URL and token in the next dialog)"
+        )
         self.remote.connect("toggled", lambda *_: self._show())
         box.pack_start(self.remote, False, False, 0)
         win.connect("response", self._on_response)
         win.connect("delete-event", lambda *_: self._on_response(win, Gtk.ResponseType.CANCEL) or True)
         win.set_default_size(520, -1)
         win.show_all()
-        for widget in (self.start_button, self.log_scroll, self.download_button, self.cancel_download, self.bar,
-                       self.warning):
+        for widget in (
+            self.start_button,
+            self.log_scroll,
+            self.download_button,
+            self.cancel_download,
+            self.bar,
+            self.warning,
+        ):
             widget.hide()
         self.window = win
 
@@ -200,8 +215,10 @@ class SetupWindow:
             advice = daemon.advice(state)
             key = advice.state
             self.message.set_text("ACE Bridge is running.")
-            self.model.set_markup(f"<b>{GLib.markup_escape_text(advice.title)}</b>\n"
-                                  + GLib.markup_escape_text(advice.detail if advice.state != "no_gpu" else ""))
+            self.model.set_markup(
+                f"<b>{GLib.markup_escape_text(advice.title)}</b>\n"
+                + GLib.markup_escape_text(advice.detail if advice.state != "no_gpu" else "")
+            )
             warning = advice.warning or (advice.detail if advice.state == "no_gpu" else "")
             self.warning.set_markup(f"<span foreground='#c0392b'>{GLib.markup_escape_text(warning)}</span>")
             self.warning.set_visible(bool(warning))

@@ -21,5 +21,18 @@ else:  # pragma: no cover - exercised by every unit test; the branch above by th
     from ace_editor.protocol import VERSION  # type: ignore[no-redef]
     from ace_protocol import client, geometry, images, messages, tasks  # type: ignore[no-redef]
 
-__all__ = ["VERSION", "client", "daemon", "forms", "geometry", "history", "images", "jobs", "messages", "naming",
-           "provenance", "settings", "tasks"]
+__all__ = [
+    "VERSION",
+    "client",
+    "daemon",
+    "forms",
+    "geometry",
+    "history",
+    "images",
+    "jobs",
+    "messages",
+    "naming",
+    "provenance",
+    "settings",
+    "tasks",
+]

@@ -58,8 +58,9 @@ class Controller(QObject):
     def __init__(self, settings: Settings, worker: BridgeWorker | None = None) -> None:
         super().__init__()
         self.settings = settings
-        self.worker = worker or BridgeWorker(settings.url, settings.token, settings.client_id,
-                                             editor=f"krita {kdoc.krita_version()}")
+        self.worker = worker or BridgeWorker(
+            settings.url, settings.token, settings.client_id, editor=f"krita {kdoc.krita_version()}"
+        )
         self.tasks: dict[str, dict] = {}
         self.pending: dict[str, Pending] = {}
         self.history = history.History()
@@ -76,8 +77,14 @@ class Controller(QObject):
         self.worker.stop()
 
     # ------------------------------------------------------------------ flow
-    def generate(self, doc=None, instruction: str = "", task: str | None = None, reference_ids: tuple = (),
-                 overrides: dict | None = None) -> str | None:
+    def generate(
+        self,
+        doc=None,
+        instruction: str = "",
+        task: str | None = None,
+        reference_ids: tuple = (),
+        overrides: dict | None = None,
+    ) -> str | None:
         """Read the document, submit a job; returns its local id (None if nothing could be sent)."""
         doc = doc or kdoc.active_document()
         if doc is None:
@@ -87,8 +94,11 @@ class Controller(QObject):
         task = task or s.task
         spec_table = self.tasks.get(task)
         if spec_table is None:
-            self.status_changed.emit(f"The daemon does not offer the task '{task}'." if self.tasks else
-                                     "Not connected to the ACE Bridge daemon.")
+            self.status_changed.emit(
+                f"The daemon does not offer the task '{task}'."
+                if self.tasks
+                else "Not connected to the ACE Bridge daemon."
+            )
             return None
         source = Source(s.source)
         padding = None if s.padding < 0 else s.padding
@@ -107,8 +117,16 @@ class Controller(QObject):
         local_id = f"k{next(self._ids)}"
         region = tuple(read.region)
         record = JobRecord(local_id, read.doc_key, task, prompt, params, region, source.value, read.anchor_node)
-        spec = jobs.JobRequest(local_id, task, prompt, read.image if spec_table.get("needs_image", True) else None,
-                       read.mask, read.references, params, label=doc.name() or "krita")
+        spec = jobs.JobRequest(
+            local_id,
+            task,
+            prompt,
+            read.image if spec_table.get("needs_image", True) else None,
+            read.mask,
+            read.references,
+            params,
+            label=doc.name() or "krita",
+        )
         self.pending[local_id] = Pending(record, spec, doc)
         self.history.add(record)
         self.status_changed.emit("Sending…")
@@ -131,11 +149,31 @@ class Controller(QObject):
         if target is None or not record.results:
             return []
         seed = record.results[0].seed
-        records = [provenance.provenance_record(record.task, record.prompt, r.seed, record.params, record.region,
-                                     record.source, record.job_id, r.provenance, r.index, r.count)
-                   for r in sorted(record.results, key=lambda r: r.index)]
-        ids = layers.insert_results(target, record.results, geometry.Bounds(*record.region), Source(record.source),
-                                    record.anchor_node, record.task, record.prompt, records)
+        records = [
+            provenance.provenance_record(
+                record.task,
+                record.prompt,
+                r.seed,
+                record.params,
+                record.region,
+                record.source,
+                record.job_id,
+                r.provenance,
+                r.index,
+                r.count,
+            )
+            for r in sorted(record.results, key=lambda r: r.index)
+        ]
+        ids = layers.insert_results(
+            target,
+            record.results,
+            geometry.Bounds(*record.region),
+            Source(record.source),
+            record.anchor_node,
+            record.task,
+            record.prompt,
+            records,
+        )
         record.layer_ids = ids
         self.status_changed.emit(f"Inserted {len(record.results)} result(s), seed {seed}.")
         return ids
@@ -406,8 +444,9 @@ class AceBridgeDocker(kdoc.DockWidget):
     def on_generate(self) -> str | None:
         self.collect_settings()
         ref = self.reference_box.currentData()
-        local_id = self.controller.generate(instruction=self.prompt.toPlainText(), reference_ids=(ref,) if ref else (),
-                                            overrides=self.option_values())
+        local_id = self.controller.generate(
+            instruction=self.prompt.toPlainText(), reference_ids=(ref,) if ref else (), overrides=self.option_values()
+        )
         if local_id:
             self.current = local_id
             self.cancel_button.setEnabled(True)
@@ -443,8 +482,13 @@ class AceBridgeDocker(kdoc.DockWidget):
     # ------------------------------------------------------------------ controller signals
     def _on_connection(self, state: str, message: str) -> None:
         self.first_run_panel.on_connection(state, message)
-        text = {"connected": "● Connected", "connecting": "○ Connecting…", "reconnecting": "◐ Reconnecting…",
-                "disconnected": "○ Daemon not reachable", "error": "✕ Refused"}.get(state, state)
+        text = {
+            "connected": "● Connected",
+            "connecting": "○ Connecting…",
+            "reconnecting": "◐ Reconnecting…",
+            "disconnected": "○ Daemon not reachable",
+            "error": "✕ Refused",
+        }.get(state, state)
         self.connection.setText(text + (f" — {message}" if message else ""))
         self.connection.setToolTip(message)
         self.generate_button.setEnabled(state == "connected")
@@ -487,8 +531,10 @@ class AceBridgeDocker(kdoc.DockWidget):
         self.options_box.setVisible(bool(fields))
 
     def option_values(self) -> dict[str, Any]:
-        return {name: (w.isChecked() if isinstance(w, QtWidgets.QCheckBox) else w.currentData())
-                for name, w in self.option_widgets.items()}
+        return {
+            name: (w.isChecked() if isinstance(w, QtWidgets.QCheckBox) else w.currentData())
+            for name, w in self.option_widgets.items()
+        }
 
     def _on_progress(self, step: int, total: int) -> None:
         self.progress.setRange(0, total)

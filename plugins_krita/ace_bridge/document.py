@@ -96,6 +96,7 @@ def find_node(doc, unique_id: str | None):
 
 def node_path(doc, node) -> list[int] | None:
     """Child indices from the root to `node`: survives `Document.clone()`, which may not keep uniqueIds."""
+
     def search(parent, prefix):
         for i, child in enumerate(parent.childNodes()):
             if node_id(child) == node_id(node):
@@ -136,8 +137,13 @@ def selection_bounds(doc) -> tuple[Bounds | None, object]:
     return bounds, sel
 
 
-def read_context(doc, source: Source = Source.IMAGE, padding: int | None = None,
-                 reference_ids: list[str] | tuple[str, ...] = (), active=None) -> ContextRead:
+def read_context(
+    doc,
+    source: Source = Source.IMAGE,
+    padding: int | None = None,
+    reference_ids: list[str] | tuple[str, ...] = (),
+    active=None,
+) -> ContextRead:
     """Read the context region around the selection as BGRA (converting a copy if the document is not RGBA/U8),
     the selection over that region as an 8-bit soft mask, and the reference layers' pixels.
 

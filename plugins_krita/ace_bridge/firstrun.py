@@ -193,8 +193,11 @@ class FirstRunPanel(QtWidgets.QGroupBox):
         advice = self.advice = daemon.advice(state)
         self.warning.setText(advice.warning if advice.state != "no_gpu" else advice.detail)
         self.warning.setVisible(bool(self.warning.text()))
-        self.model_text.setText(f"<b>{advice.title}</b><br>{advice.detail}".replace("\n", "<br>")
-                                if advice.state not in ("ready", "no_gpu") else advice.title)
+        self.model_text.setText(
+            f"<b>{advice.title}</b><br>{advice.detail}".replace("\n", "<br>")
+            if advice.state not in ("ready", "no_gpu")
+            else advice.title
+        )
         self.download_button.setVisible(advice.can_download)
         self.download_button.setEnabled(advice.can_download)
         self.cancel_button.setVisible(advice.can_cancel)

@@ -29,8 +29,16 @@ def _paint_layer(doc, name: str, result: ResultImage, region: Bounds):
     return layer
 
 
-def insert_results(doc, results: Sequence[ResultImage], region: Bounds, source: Source, anchor_id: str | None,
-                   task: str, prompt: str, records: Sequence[dict]) -> list[str]:
+def insert_results(
+    doc,
+    results: Sequence[ResultImage],
+    region: Bounds,
+    source: Source,
+    anchor_id: str | None,
+    task: str,
+    prompt: str,
+    records: Sequence[dict],
+) -> list[str]:
     """Insert a job's results: one layer, or a group (first visible, the others hidden) for several.
 
     Visible-image jobs go to the top of the stack; active-layer jobs directly above that layer (top of the stack if

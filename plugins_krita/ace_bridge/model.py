@@ -107,4 +107,3 @@ def _migrate(raw: dict[str, Any]) -> None:
 def mask_is_full(mask: bytes) -> bool:
     """A selection that is fully opaque everywhere counts as "no selection" (Krita's select-all)."""
     return bool(mask) and mask.count(255) == len(mask)
-

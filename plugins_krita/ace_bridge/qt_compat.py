@@ -57,10 +57,18 @@ def enum(path: str) -> Any:
     PyQt6 only knows the scoped form; PyQt5 knows the short form (``Qt.AlignCenter``) and, for most enums, the
     scoped one too. Try scoped first, then drop the enum's class name."""
     parts = path.split(".")
-    roots = {"Qt": Qt, "QImage": QImage, "QSizePolicy": QtWidgets.QSizePolicy, "QFrame": QtWidgets.QFrame,
-             "QAbstractItemView": QtWidgets.QAbstractItemView, "QListView": QtWidgets.QListView,
-             "QDialogButtonBox": QtWidgets.QDialogButtonBox, "QLineEdit": QtWidgets.QLineEdit,
-             "QMessageBox": QtWidgets.QMessageBox, "QPlainTextEdit": QtWidgets.QPlainTextEdit}
+    roots = {
+        "Qt": Qt,
+        "QImage": QImage,
+        "QSizePolicy": QtWidgets.QSizePolicy,
+        "QFrame": QtWidgets.QFrame,
+        "QAbstractItemView": QtWidgets.QAbstractItemView,
+        "QListView": QtWidgets.QListView,
+        "QDialogButtonBox": QtWidgets.QDialogButtonBox,
+        "QLineEdit": QtWidgets.QLineEdit,
+        "QMessageBox": QtWidgets.QMessageBox,
+        "QPlainTextEdit": QtWidgets.QPlainTextEdit,
+    }
     root = roots.get(parts[0])
     if root is None:
         raise KeyError(f"qt_compat.enum: unknown root {parts[0]!r}")

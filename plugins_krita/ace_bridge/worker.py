@@ -35,7 +35,7 @@ def decode_result(image: images.ImagePayload) -> tuple[int, int, bytes]:
     data = qimage_bytes(qimg)
     stride, w, h = qimg.bytesPerLine(), qimg.width(), qimg.height()
     if stride != w * 4:
-        data = b"".join(data[y * stride: y * stride + w * 4] for y in range(h))
+        data = b"".join(data[y * stride : y * stride + w * 4] for y in range(h))
     return w, h, data
 
 
@@ -55,8 +55,15 @@ class BridgeWorker(QObject):
     job_event = Signal(str, object)  # local id, a typed job event (protocol message or jobs.JobEnded)
     redelivered = Signal(object)  # list of (job_id, results) that finished while Krita was away
 
-    def __init__(self, url: str = "", token: str = "", client_id: str = "", editor: str = "krita",
-                 client_factory: Callable[..., Any] | None = None, retry_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        url: str = "",
+        token: str = "",
+        client_id: str = "",
+        editor: str = "krita",
+        client_factory: Callable[..., Any] | None = None,
+        retry_s: float = 2.0,
+    ) -> None:
         super().__init__()
         self.url, self.token, self.client_id, self.editor = url, token, client_id, editor
         self._factory = client_factory or protocol_client.BridgeClient
@@ -91,9 +98,15 @@ class BridgeWorker(QObject):
         while not self._stop.is_set():
             self._set_state("connecting", "")
             try:
-                client = self._factory(self.url or None, self.token or None, client_id=self.client_id or None,
-                                       client_name=CLIENT_NAME, client_version=PLUGIN_VERSION,
-                                       editor=self.editor, previews=True)
+                client = self._factory(
+                    self.url or None,
+                    self.token or None,
+                    client_id=self.client_id or None,
+                    client_name=CLIENT_NAME,
+                    client_version=PLUGIN_VERSION,
+                    editor=self.editor,
+                    previews=True,
+                )
                 client.on_connection_change = self._on_client_state
                 welcome = client.connect()
             except (protocol_client.Unauthorized, protocol_client.VersionMismatch) as exc:
@@ -108,8 +121,14 @@ class BridgeWorker(QObject):
             self._collect_redelivered(client, set(getattr(welcome, "pending", None) or ()))
             self.client = client
             self._set_state("connected", f"ace-bridge {welcome.server_version}")
-            self.welcome_received.emit({"tasks": list(welcome.tasks), "engine": dict(welcome.engine),
-                                        "limits": dict(welcome.limits), "server_version": welcome.server_version})
+            self.welcome_received.emit(
+                {
+                    "tasks": list(welcome.tasks),
+                    "engine": dict(welcome.engine),
+                    "limits": dict(welcome.limits),
+                    "server_version": welcome.server_version,
+                }
+            )
             return
 
     def _collect_redelivered(self, client: Any, pending: set[str]) -> None:
@@ -159,8 +178,10 @@ class BridgeWorker(QObject):
     def submit(self, spec: jobs.JobRequest) -> None:
         client = self.client
         if client is None:
-            self.job_event.emit(spec.local_id, jobs.JobEnded(None, "failed", code="connection",
-                                                             message="Not connected to the ACE Bridge daemon."))
+            self.job_event.emit(
+                spec.local_id,
+                jobs.JobEnded(None, "failed", code="connection", message="Not connected to the ACE Bridge daemon."),
+            )
             return
         self._jobs[spec.local_id] = spec
 
@@ -169,8 +190,9 @@ class BridgeWorker(QObject):
                 self._jobs.pop(lid, None)
             self.job_event.emit(lid, event)
 
-        threading.Thread(target=run_job, args=(client, spec, emit), name=f"ace-bridge-{spec.local_id}",
-                         daemon=True).start()
+        threading.Thread(
+            target=run_job, args=(client, spec, emit), name=f"ace-bridge-{spec.local_id}", daemon=True
+        ).start()
 
     def cancel(self, local_id: str) -> None:
         spec = self._jobs.get(local_id)

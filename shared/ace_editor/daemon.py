@@ -47,8 +47,9 @@ def write_launcher_record(folder: str | os.PathLike[str], command: Sequence[str]
     [python, "-m", "bridge_server.cli"]). Written by the installer; read by `find_command`."""
     path = Path(folder) / LAUNCHER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"command": [str(c) for c in command], "version": version}, indent=1) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps({"command": [str(c) for c in command], "version": version}, indent=1) + "\n", encoding="utf-8"
+    )
     return path
 
 
@@ -72,8 +73,9 @@ def in_flatpak(env: Mapping[str, str] | None = None) -> bool:
     return bool(env.get("FLATPAK_ID")) or os.path.exists(FLATPAK_INFO)
 
 
-def script_folders(platform: str | None = None, env: Mapping[str, str] | None = None,
-                   home: Path | None = None) -> list[Path]:
+def script_folders(
+    platform: str | None = None, env: Mapping[str, str] | None = None, home: Path | None = None
+) -> list[Path]:
     """Per-user folders where `pip install --user` / pipx put the `ace-bridge` script, most likely first."""
     platform = platform or sys.platform
     env = os.environ if env is None else env
@@ -98,9 +100,14 @@ def script_folders(platform: str | None = None, env: Mapping[str, str] | None = 
     return found
 
 
-def find_command(plugin_dir: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None,
-                 which: Callable[[str], str | None] = shutil.which, platform: str | None = None,
-                 home: Path | None = None) -> list[str] | None:
+def find_command(
+    plugin_dir: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    which: Callable[[str], str | None] = shutil.which,
+    platform: str | None = None,
+    home: Path | None = None,
+) -> list[str] | None:
     """How to run `ace-bridge` from this editor, first match wins: the installer's record beside the plug-in, env
     ACE_BRIDGE_COMMAND (a path), `ace-bridge` on PATH, the per-user script folders. None when nowhere."""
     env = os.environ if env is None else env
@@ -190,20 +197,31 @@ def log_tail(path: str | os.PathLike[str], lines: int = 25, max_bytes: int = 64 
     return "\n".join(text.splitlines()[-lines:])
 
 
-def start_daemon(command: Sequence[str], log_path: str | os.PathLike[str], arguments: Sequence[str] = ("serve",),
-                 *, env: Mapping[str, str] | None = None,
-                 popen: Callable[..., Any] = subprocess.Popen) -> Any:
+def start_daemon(
+    command: Sequence[str],
+    log_path: str | os.PathLike[str],
+    arguments: Sequence[str] = ("serve",),
+    *,
+    env: Mapping[str, str] | None = None,
+    popen: Callable[..., Any] = subprocess.Popen,
+) -> Any:
     """Start `command + arguments` detached from the editor (its own session / process group, no console), its
     stdout and stderr appended to `log_path`. Returns the Popen object."""
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     argv = host_command([*command, *arguments], env)
-    kwargs: dict[str, Any] = {"stdin": subprocess.DEVNULL, "stderr": subprocess.STDOUT, "close_fds": True,
-                              "env": dict(os.environ if env is None else env)}
+    kwargs: dict[str, Any] = {
+        "stdin": subprocess.DEVNULL,
+        "stderr": subprocess.STDOUT,
+        "close_fds": True,
+        "env": dict(os.environ if env is None else env),
+    }
     if sys.platform == "win32":
-        kwargs["creationflags"] = (getattr(subprocess, "DETACHED_PROCESS", 0x8)
-                                   | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)
-                                   | getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000))
+        kwargs["creationflags"] = (
+            getattr(subprocess, "DETACHED_PROCESS", 0x8)
+            | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0x200)
+            | getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
+        )
     else:
         kwargs["start_new_session"] = True
     with open(log_path, "ab") as log:
@@ -220,34 +238,52 @@ class StartResult:
     health: dict[str, Any] = field(default_factory=dict)
 
 
-def wait_for_health(url: str, process: Any = None, *, timeout: float = DEFAULT_START_TIMEOUT_S,
-                    log_path: str | os.PathLike[str] | None = None, interval: float = 0.5,
-                    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                    probe: Callable[[str], dict[str, Any] | None] = check_health,
-                    should_stop: Callable[[], bool] = lambda: False) -> StartResult:
+def wait_for_health(
+    url: str,
+    process: Any = None,
+    *,
+    timeout: float = DEFAULT_START_TIMEOUT_S,
+    log_path: str | os.PathLike[str] | None = None,
+    interval: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    probe: Callable[[str], dict[str, Any] | None] = check_health,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> StartResult:
     """Poll the health route until it answers (ok), the started process exits, time runs out or `should_stop`."""
     deadline = clock() + timeout
     while True:
         health = probe(url)
         if health is not None:
-            return StartResult(True, f"ACE Bridge {health.get('version', '')} is running.".replace("  ", " "),
-                               health=health)
+            return StartResult(
+                True, f"ACE Bridge {health.get('version', '')} is running.".replace("  ", " "), health=health
+            )
         code = process.poll() if process is not None else None
         if code is not None:
-            return StartResult(False, f"ace-bridge serve stopped (exit code {code}) before it answered.",
-                               log_tail(log_path) if log_path else "")
+            return StartResult(
+                False,
+                f"ace-bridge serve stopped (exit code {code}) before it answered.",
+                log_tail(log_path) if log_path else "",
+            )
         if should_stop():
             return StartResult(False, "Stopped waiting for ACE Bridge.", log_tail(log_path) if log_path else "")
         if clock() >= deadline:
-            return StartResult(False, f"ACE Bridge did not answer within {timeout:.0f} s.",
-                               log_tail(log_path) if log_path else "")
+            return StartResult(
+                False, f"ACE Bridge did not answer within {timeout:.0f} s.", log_tail(log_path) if log_path else ""
+            )
         sleep(interval)
 
 
-def start_and_wait(url: str, plugin_dir: str | os.PathLike[str] | None, log_path: str | os.PathLike[str], *,
-                   timeout: float = DEFAULT_START_TIMEOUT_S, should_stop: Callable[[], bool] = lambda: False,
-                   popen: Callable[..., Any] = subprocess.Popen,
-                   find: Callable[..., list[str] | None] = find_command) -> StartResult:
+def start_and_wait(
+    url: str,
+    plugin_dir: str | os.PathLike[str] | None,
+    log_path: str | os.PathLike[str],
+    *,
+    timeout: float = DEFAULT_START_TIMEOUT_S,
+    should_stop: Callable[[], bool] = lambda: False,
+    popen: Callable[..., Any] = subprocess.Popen,
+    find: Callable[..., list[str] | None] = find_command,
+) -> StartResult:
     """The "Start ACE Bridge" button: find the command, start `serve` for `url` (loopback), wait for health."""
     if is_remote(url):
         return StartResult(False, f"{url} is on another machine: start ACE Bridge there.")
@@ -308,8 +344,14 @@ def advice(model_state: Mapping[str, Any]) -> Advice:
         fraction = min(1.0, done / total) if total else None
         where = f" {pull.get('file')}" if pull.get("file") else ""
         amount = f"{_gb(done)} of {_gb(total)}" if total else "starting"
-        return Advice("downloading", "Downloading the model…", f"{amount}{where}", can_cancel=True,
-                      fraction=fraction, warning=warning)
+        return Advice(
+            "downloading",
+            "Downloading the model…",
+            f"{amount}{where}",
+            can_cancel=True,
+            fraction=fraction,
+            warning=warning,
+        )
     if model_state.get("installed"):
         if warning:
             return Advice("no_gpu", "No usable GPU", warning, warning=warning)
@@ -326,8 +368,13 @@ def advice(model_state: Mapping[str, Any]) -> Advice:
         reason = str(pull.get("message") or pull_state)
         detail = f"The last download {pull_state}: {reason}\nDownload again to resume it.\n\n" + detail
     title = "The ACE++ model is not installed."
-    return Advice("failed" if pull_state == "failed" else "missing", title, detail,
-                  can_download=bool(model_state.get("can_pull", True)), warning=warning)
+    return Advice(
+        "failed" if pull_state == "failed" else "missing",
+        title,
+        detail,
+        can_download=bool(model_state.get("can_pull", True)),
+        warning=warning,
+    )
 
 
 # ------------------------------------------------------------------ where, for the editors

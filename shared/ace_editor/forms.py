@@ -64,8 +64,17 @@ class Field:
 
 def field_for(spec: tasks.ParamSpec) -> Field:
     """The form field of one parameter spec (from the table, or from a `welcome` via `ParamSpec.from_wire`)."""
-    return Field(spec.name, spec.kind, _label(spec), tasks.param_help(spec.name) if _known(spec.name)
-                 else spec.description, spec.default, spec.minimum, spec.maximum, spec.choices, _unset(spec))
+    return Field(
+        spec.name,
+        spec.kind,
+        _label(spec),
+        tasks.param_help(spec.name) if _known(spec.name) else spec.description,
+        spec.default,
+        spec.minimum,
+        spec.maximum,
+        spec.choices,
+        _unset(spec),
+    )
 
 
 def fields_for(task: tasks.TaskSpec | dict[str, Any], names: Iterable[str] | None = None) -> list[Field]:
@@ -98,7 +107,9 @@ def params_from(task: tasks.TaskSpec | dict[str, Any], values: dict[str, Any]) -
 OWN_CONTROL_MODE = "no_preprocess"
 
 
-def with_control_mode(task: tasks.TaskSpec | dict[str, Any], params: dict[str, Any], has_control: bool) -> dict[str, Any]:
+def with_control_mode(
+    task: tasks.TaskSpec | dict[str, Any], params: dict[str, Any], has_control: bool
+) -> dict[str, Any]:
     """A control layer picked while the mode is left at its default means the user's own guide, used as it is:
     the params with `mode` set to no_preprocess. A mode chosen by hand is kept (the daemon says if they clash)."""
     spec = task if isinstance(task, tasks.TaskSpec) else tasks.TaskSpec.from_wire(task)

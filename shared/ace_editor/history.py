@@ -37,9 +37,18 @@ class JobRecord:
 def redelivered_record(job_id: str, results: Sequence[ResultImage]) -> JobRecord:
     """A job that finished while the editor was away: only its results (and their provenance) are known."""
     first = results[0].provenance if results else {}
-    return JobRecord(job_id, "", str(first.get("task", "?")), str(first.get("prompt", "(finished while away)")),
-                     dict(first.get("params") or {}), (0, 0, 0, 0), "image", None, results=list(results),
-                     state="done")
+    return JobRecord(
+        job_id,
+        "",
+        str(first.get("task", "?")),
+        str(first.get("prompt", "(finished while away)")),
+        dict(first.get("params") or {}),
+        (0, 0, 0, 0),
+        "image",
+        None,
+        results=list(results),
+        state="done",
+    )
 
 
 class History:
@@ -51,7 +60,7 @@ class History:
 
     def add(self, record: JobRecord) -> None:
         self.records.insert(0, record)
-        del self.records[self.limit:]
+        del self.records[self.limit :]
 
     def find(self, job_id: str) -> JobRecord | None:
         return next((r for r in self.records if r.job_id == job_id), None)
@@ -94,7 +103,7 @@ class RecentPrompts:
             return
         key = self._key(text)
         self.prompts = [text] + [p for p in self.prompts if self._key(p) != key]
-        del self.prompts[self.limit:]
+        del self.prompts[self.limit :]
 
     def to_list(self) -> list[str]:
         return list(self.prompts)

@@ -96,8 +96,15 @@ def run_job(client: Any, request: JobRequest, emit: Emit, decode: Decode = decod
     """Submit one job and report its events until it ends. Never raises: a failure becomes `JobEnded(failed)`."""
     lid = request.local_id
     try:
-        handle = client.submit(request.task, request.prompt, image=request.image, mask=request.mask,
-                               references=request.references, params=request.params, label=request.label)
+        handle = client.submit(
+            request.task,
+            request.prompt,
+            image=request.image,
+            mask=request.mask,
+            references=request.references,
+            params=request.params,
+            label=request.label,
+        )
     except (protocol_client.ClientError, TimeoutError) as exc:
         emit(lid, JobEnded(None, "failed", code=str(getattr(exc, "code", "") or "connection"), message=str(exc)))
         return
@@ -234,8 +241,9 @@ class JobOutcome:
     results: list[messages.Result] = field(default_factory=list)
 
 
-def wait_for_job(job: Any, ui: Ui, *, poll_s: float = 0.05, event_timeout_s: float | None = None,
-                 prefix: str = "") -> JobOutcome:
+def wait_for_job(
+    job: Any, ui: Ui, *, poll_s: float = 0.05, event_timeout_s: float | None = None, prefix: str = ""
+) -> JobOutcome:
     """Follow a job's events until it ends, keeping the UI alive and cancelling when the UI asks.
 
     Returns the results (in index order) after `done`; raises JobCancelled, or UserError when the job failed.
@@ -314,8 +322,10 @@ def check_offered(task: str, offered_tasks: list[Any], engine: dict[str, Any] | 
         return
     model = (engine or {}).get("model") or "the loaded model"
     offered = ", ".join(sorted(str(n) for n in names if n)) or "none"
-    raise UserError(f"{task_title(task)} is not available: {model} does not offer the task '{task}' (it offers: "
-                    f"{offered}). Load a model with it in the daemon (see `ace-bridge models`), then try again.")
+    raise UserError(
+        f"{task_title(task)} is not available: {model} does not offer the task '{task}' (it offers: "
+        f"{offered}). Load a model with it in the daemon (see `ace-bridge models`), then try again."
+    )
 
 
 def is_expected_error(exc: BaseException) -> bool:

@@ -25,8 +25,9 @@ def _sentence(text: str) -> str:
     return (text[:1].upper() + text[1:] + ".") if text else ""
 
 
-def painter_prompt(task: str, text: str, *, advanced: bool = False, mode: str | None = None,
-                   template: str | None = None) -> str:
+def painter_prompt(
+    task: str, text: str, *, advanced: bool = False, mode: str | None = None, template: str | None = None
+) -> str:
     """The ACE++ prompt for `task` from what the painter typed.
 
     - `advanced`, or a text containing `{image}`: the text as typed (stripped), untouched;
@@ -43,8 +44,10 @@ def painter_prompt(task: str, text: str, *, advanced: bool = False, mode: str | 
         return f"{IMAGE_TOKEN} {' '.join(raw.split())}"
     if task == "local_edit":
         if mode in _STRUCTURE_MODES:
-            return ("By referencing the mask, restore a partial image from the doodle {image} that aligns with the "
-                    f'textual explanation: "{" ".join(raw.split()).rstrip(" .")}".')
+            return (
+                "By referencing the mask, restore a partial image from the doodle {image} that aligns with the "
+                f'textual explanation: "{" ".join(raw.split()).rstrip(" .")}".'
+            )
         return _sentence(raw)[:-1] + f" in {IMAGE_TOKEN} mask."
     if task == "reference_edit":
         return _sentence(raw)[:-1] + f" in {IMAGE_TOKEN}."

@@ -20,9 +20,18 @@ RECORD_VERSION = 1
 STORE_VERSION = 1
 
 
-def provenance_record(task: str, prompt: str, seed: int | None, params: dict[str, Any],
-                      region: Sequence[int], source: str, job_id: str, server: dict[str, Any] | None = None,
-                      index: int = 0, count: int = 1) -> dict[str, Any]:
+def provenance_record(
+    task: str,
+    prompt: str,
+    seed: int | None,
+    params: dict[str, Any],
+    region: Sequence[int],
+    source: str,
+    job_id: str,
+    server: dict[str, Any] | None = None,
+    index: int = 0,
+    count: int = 1,
+) -> dict[str, Any]:
     """The record of one generated layer."""
     server = dict(server or {})
     record: dict[str, Any] = {

@@ -37,5 +37,6 @@ def proof(token: str, role: str, client_nonce: str, server_nonce: str) -> str:
 
 
 def proof_matches(given: str | None, token: str, role: str, client_nonce: str, server_nonce: str) -> bool:
-    return isinstance(given, str) and hmac.compare_digest(given.encode(), proof(token, role, client_nonce,
-                                                                                  server_nonce).encode())
+    return isinstance(given, str) and hmac.compare_digest(
+        given.encode(), proof(token, role, client_nonce, server_nonce).encode()
+    )

@@ -312,24 +312,30 @@ class BridgeClient:
             if isinstance(reply, Challenge):
                 # The daemon proves it holds our token before anything else goes to it: a program that took the
                 # port while the daemon was down gets no token, no image and no shared-memory request.
-                if not self.token or not proof_matches(reply.proof, self.token, "server", str(hello.nonce),
-                                                       reply.nonce):
+                if not self.token or not proof_matches(
+                    reply.proof, self.token, "server", str(hello.nonce), reply.nonce
+                ):
                     ws.close()
                     raise Unauthorized(
                         f"the program answering at {self.url} did not prove it holds your token: the token is wrong "
                         "or missing (`ace-bridge token` prints it), or another program took the daemon's port. "
-                        "Nothing was sent to it.")
+                        "Nothing was sent to it."
+                    )
                 ws.send(encode(Prove(proof=auth_proof(self.token, "client", str(hello.nonce), reply.nonce))))
                 reply = decode_server_message(ws.recv(timeout=self.connect_timeout + 25))
             elif isinstance(reply, Welcome):  # a welcome without the daemon's proof: not our daemon
                 ws.close()
-                raise Unauthorized(f"the program answering at {self.url} did not prove it holds your token (it "
-                                   "skipped the challenge); another program may have taken the daemon's port. "
-                                   "Nothing was sent to it.")
+                raise Unauthorized(
+                    f"the program answering at {self.url} did not prove it holds your token (it "
+                    "skipped the challenge); another program may have taken the daemon's port. "
+                    "Nothing was sent to it."
+                )
             elif isinstance(reply, Error) and reply.code == ErrorCode.UNAUTHORIZED.value:
                 ws.close()  # an older daemon asks for the token itself; it is not sent to it
-                raise VersionMismatch(f"the daemon at {self.url} is older than this client (it wants the token sent, "
-                                      "not proved): update ACE Bridge on the daemon's machine")
+                raise VersionMismatch(
+                    f"the daemon at {self.url} is older than this client (it wants the token sent, "
+                    "not proved): update ACE Bridge on the daemon's machine"
+                )
         except (ConnectionClosed, TimeoutError, OSError) as exc:
             ws.close()
             raise DaemonNotRunning(self.url, f"handshake failed: {type(exc).__name__}") from None
@@ -566,8 +572,12 @@ class BridgeClient:
         )
         shared = self._into_shared_memory(message, timeout) if self.shared_memory_active else message
         reply = self._request(shared, timeout=timeout)
-        if (shared is not message and isinstance(reply, (Failed, Error))
-                and reply.code == ErrorCode.BAD_REQUEST.value and "segment" in reply.message):
+        if (
+            shared is not message
+            and isinstance(reply, (Failed, Error))
+            and reply.code == ErrorCode.BAD_REQUEST.value
+            and "segment" in reply.message
+        ):
             reply = self._request(message, timeout=timeout)  # e.g. reconnected between alloc and submit: frames
         if isinstance(reply, (Failed, Error)):
             raise JobError(ProtocolError(reply.code, reply.message))
@@ -644,8 +654,11 @@ class BridgeClient:
     def _model_request(self, message: Message, timeout: float) -> ModelState:
         reply = self._request(message, timeout=timeout)
         if isinstance(reply, Error):
-            raise JobError(ProtocolError(reply.code, reply.message) if reply.code in ErrorCode._value2member_map_
-                           else ProtocolError(ErrorCode.INTERNAL, reply.message))
+            raise JobError(
+                ProtocolError(reply.code, reply.message)
+                if reply.code in ErrorCode._value2member_map_
+                else ProtocolError(ErrorCode.INTERNAL, reply.message)
+            )
         if not isinstance(reply, ModelState):
             raise ClientError(getattr(reply, "message", f"unexpected reply '{reply.TYPE}'"))
         return reply

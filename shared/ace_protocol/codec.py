@@ -77,15 +77,17 @@ def _pack_into(value: Any, parts: list[Any]) -> None:
         parts.append(view)
     elif isinstance(value, dict):
         n = len(value)
-        parts.append(bytes((0x80 | n,)) if n < 16 else struct.pack(">BH", 0xDE, n) if n < 65536
-                     else struct.pack(">BI", 0xDF, n))
+        parts.append(
+            bytes((0x80 | n,)) if n < 16 else struct.pack(">BH", 0xDE, n) if n < 65536 else struct.pack(">BI", 0xDF, n)
+        )
         for key, item in value.items():
             parts.append(msgpack.packb(key, use_bin_type=True))
             _pack_into(item, parts)
     elif isinstance(value, list):
         n = len(value)
-        parts.append(bytes((0x90 | n,)) if n < 16 else struct.pack(">BH", 0xDC, n) if n < 65536
-                     else struct.pack(">BI", 0xDD, n))
+        parts.append(
+            bytes((0x90 | n,)) if n < 16 else struct.pack(">BH", 0xDC, n) if n < 65536 else struct.pack(">BI", 0xDD, n)
+        )
         for item in value:
             _pack_into(item, parts)
     else:

@@ -130,8 +130,12 @@ def original_bounds(canvas: Extent, margins: Margins) -> Bounds:
 def margins_for(area: Bounds, canvas: Extent) -> Margins:
     """The margins that grow `canvas` to hold `area` (a selection reaching past the canvas, in canvas coordinates);
     all zero when the area lies inside."""
-    return Margins(max(0, -area.x), max(0, -area.y), max(0, area.x + area.width - canvas.width),
-                   max(0, area.y + area.height - canvas.height))
+    return Margins(
+        max(0, -area.x),
+        max(0, -area.y),
+        max(0, area.x + area.width - canvas.width),
+        max(0, area.y + area.height - canvas.height),
+    )
 
 
 def _ramp(distance: int, seam: int) -> int:

@@ -162,8 +162,12 @@ class Submit(Message):
         def changed(payload: ImagePayload | None, where: str) -> ImagePayload | None:
             return None if payload is None else change(payload, where)
 
-        return replace(self, image=changed(self.image, "submit.image"), mask=changed(self.mask, "submit.mask"),
-                       references=[change(r, f"submit.references[{i}]") for i, r in enumerate(self.references)])
+        return replace(
+            self,
+            image=changed(self.image, "submit.image"),
+            mask=changed(self.mask, "submit.mask"),
+            references=[change(r, f"submit.references[{i}]") for i, r in enumerate(self.references)],
+        )
 
 
 @dataclass
@@ -404,12 +408,39 @@ class ModelState(Message):
 
 
 CLIENT_MESSAGES: dict[str, type[Message]] = {
-    m.TYPE: m for m in (Hello, Prove, Submit, Cancel, Ack, StatusRequest, ShmReady, Alloc, Release, ModelStatusRequest,
-                         ModelPull, ModelPullCancel)
+    m.TYPE: m
+    for m in (
+        Hello,
+        Prove,
+        Submit,
+        Cancel,
+        Ack,
+        StatusRequest,
+        ShmReady,
+        Alloc,
+        Release,
+        ModelStatusRequest,
+        ModelPull,
+        ModelPullCancel,
+    )
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
     m.TYPE: m
-    for m in (Welcome, Challenge, Accepted, Allocated, Queued, Started, Progress, Result, Done, Failed, Cancelled, StatusReply,
-              Error, ModelState)
+    for m in (
+        Welcome,
+        Challenge,
+        Accepted,
+        Allocated,
+        Queued,
+        Started,
+        Progress,
+        Result,
+        Done,
+        Failed,
+        Cancelled,
+        StatusReply,
+        Error,
+        ModelState,
+    )
 }
 TERMINAL_EVENTS = ("done", "failed", "cancelled")

@@ -60,8 +60,9 @@ class SegmentRef:
             if isinstance(number, bool) or not isinstance(number, int) or number < 0:
                 raise bad_request(f"{what}.shm.{name} must be a non-negative integer")
             numbers[name] = number
-        return cls(segment, numbers["offset"] or 0, numbers["length"] or 0,
-                   numbers["pid"], numbers["fd"], numbers["ino"])
+        return cls(
+            segment, numbers["offset"] or 0, numbers["length"] or 0, numbers["pid"], numbers["fd"], numbers["ino"]
+        )
 
 
 def describe(value: Any) -> SegmentRef:

@@ -40,8 +40,15 @@ class ParamSpec:
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> ParamSpec:
         """The spec a `welcome` announced (its defaults are the daemon's, e.g. the panel's default steps)."""
-        return cls(str(wire["name"]), str(wire["kind"]), wire.get("default"), wire.get("minimum"),
-                   wire.get("maximum"), tuple(wire.get("choices") or ()), str(wire.get("description") or ""))
+        return cls(
+            str(wire["name"]),
+            str(wire["kind"]),
+            wire.get("default"),
+            wire.get("minimum"),
+            wire.get("maximum"),
+            tuple(wire.get("choices") or ()),
+            str(wire.get("description") or ""),
+        )
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"name": self.name, "kind": self.kind, "default": self.default}
@@ -133,11 +140,19 @@ ANNOTATOR = ParamSpec(
     description="none: the control image (or the image itself) as given; mosaic: a 64 px mosaic of the image",
 )
 KEEP_PIXELS = ParamSpec(
-    "keep_pixels", "bool", True, description="references keep their pixels: shrunk to the rate times the edit "
-    "height only when at least that tall, then padded to the edit height (the FFT model's rule)"
+    "keep_pixels",
+    "bool",
+    True,
+    description="references keep their pixels: shrunk to the rate times the edit "
+    "height only when at least that tall, then padded to the edit height (the FFT model's rule)",
 )
 KEEP_PIXELS_RATE = ParamSpec(
-    "keep_pixels_rate", "float", 0.8, 0.5, 1.0, description="the largest reference height, as a share of the edit height"
+    "keep_pixels_rate",
+    "float",
+    0.8,
+    0.5,
+    1.0,
+    description="the largest reference height, as a share of the edit height",
 )
 #: The masked tasks: image-to-image on the masked region (FluxFill's `strength`); 1.0 generates from noise.
 STRENGTH = ParamSpec(
@@ -190,12 +205,20 @@ class TaskSpec:
     @classmethod
     def from_wire(cls, wire: dict[str, Any]) -> TaskSpec:
         """A task as a `welcome` announced it, with the daemon's defaults."""
-        return cls(str(wire["name"]), str(wire.get("label") or wire["name"]), str(wire.get("gimp_procedure") or ""),
-                   bool(wire.get("needs_image")), bool(wire.get("needs_selection")),
-                   int(wire.get("min_references") or 0), int(wire.get("max_references") or 0),
-                   str(wire.get("model") or BASE_MODEL), str(wire.get("prompt_template") or ""),
-                   tuple(ParamSpec.from_wire(p) for p in wire.get("params") or () if isinstance(p, dict)),
-                   str(wire.get("reference_kind") or REFERENCE), bool(wire.get("can_expand")))
+        return cls(
+            str(wire["name"]),
+            str(wire.get("label") or wire["name"]),
+            str(wire.get("gimp_procedure") or ""),
+            bool(wire.get("needs_image")),
+            bool(wire.get("needs_selection")),
+            int(wire.get("min_references") or 0),
+            int(wire.get("max_references") or 0),
+            str(wire.get("model") or BASE_MODEL),
+            str(wire.get("prompt_template") or ""),
+            tuple(ParamSpec.from_wire(p) for p in wire.get("params") or () if isinstance(p, dict)),
+            str(wire.get("reference_kind") or REFERENCE),
+            bool(wire.get("can_expand")),
+        )
 
     def to_wire(self) -> dict[str, Any]:
         return {

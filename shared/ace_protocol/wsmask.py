@@ -44,11 +44,15 @@ def mask_into(out: bytearray, offset: int, data: Any, mask: bytes | bytearray) -
     key_int = from_bytes(mask * (_CHUNK // 4), order)
     full = n - n % _CHUNK
     for i in range(0, full, _CHUNK):
-        out[offset + i:offset + i + _CHUNK] = (from_bytes(view[i:i + _CHUNK], order) ^ key_int).to_bytes(_CHUNK, order)
+        out[offset + i : offset + i + _CHUNK] = (from_bytes(view[i : i + _CHUNK], order) ^ key_int).to_bytes(
+            _CHUNK, order
+        )
     if full < n:
         rest = n - full
         key = mask * (rest // 4) + mask[: rest % 4]
-        out[offset + full:offset + n] = (from_bytes(view[full:], order) ^ from_bytes(key, order)).to_bytes(rest, order)
+        out[offset + full : offset + n] = (from_bytes(view[full:], order) ^ from_bytes(key, order)).to_bytes(
+            rest, order
+        )
 
 
 def masked_frame_bytes(frame: Any, extensions: Any = ()) -> bytearray:
@@ -56,8 +60,13 @@ def masked_frame_bytes(frame: Any, extensions: Any = ()) -> bytearray:
     frame.check()
     for extension in extensions or ():
         frame = extension.encode(frame)
-    head1 = ((0x80 if frame.fin else 0) | (0x40 if frame.rsv1 else 0) | (0x20 if frame.rsv2 else 0)
-             | (0x10 if frame.rsv3 else 0) | int(frame.opcode))
+    head1 = (
+        (0x80 if frame.fin else 0)
+        | (0x40 if frame.rsv1 else 0)
+        | (0x20 if frame.rsv2 else 0)
+        | (0x10 if frame.rsv3 else 0)
+        | int(frame.opcode)
+    )
     data = frame.data
     length = len(data)
     if length < 126:

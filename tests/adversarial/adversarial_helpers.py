@@ -28,15 +28,20 @@ WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 # ------------------------------------------------------------------ raw HTTP
 
 
-def raw_upgrade(port: int, host: str | None, headers: dict[str, str] | None = None, path: str = "/v1/ws",
-                upgrade: bool = True) -> tuple[int, bytes]:
+def raw_upgrade(
+    port: int, host: str | None, headers: dict[str, str] | None = None, path: str = "/v1/ws", upgrade: bool = True
+) -> tuple[int, bytes]:
     """Send one hand-written HTTP/1.1 request (any Host, even none) and return (status, head+body read)."""
     lines = [f"GET {path} HTTP/1.1"]
     if host is not None:
         lines.append(f"Host: {host}")
     if upgrade:
-        lines += ["Upgrade: websocket", "Connection: Upgrade", f"Sec-WebSocket-Key: {WS_KEY}",
-                  "Sec-WebSocket-Version: 13"]
+        lines += [
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {WS_KEY}",
+            "Sec-WebSocket-Version: 13",
+        ]
     else:
         lines.append("Connection: close")
     for name, value in (headers or {}).items():
@@ -68,8 +73,14 @@ def raw_ws(daemon, max_size: int | None = 2**30):
 
 
 def hello(token: str, client_id: str = "adversary", **extra: Any) -> Hello:
-    return Hello(client_id=client_id, client_name="adversary", client_version="0",
-                 protocol_versions=[PROTOCOL_VERSION], token=token, **extra)
+    return Hello(
+        client_id=client_id,
+        client_name="adversary",
+        client_version="0",
+        protocol_versions=[PROTOCOL_VERSION],
+        token=token,
+        **extra,
+    )
 
 
 def welcomed_ws(daemon, client_id: str = "adversary"):
@@ -88,8 +99,15 @@ def next_reply(ws, timeout: float = 60, skip: tuple[str, ...] = ("queued",)) -> 
 
 
 def client_for(daemon, client_id: str, **kwargs: Any) -> BridgeClient:
-    client = BridgeClient(daemon.url, daemon.token, client_id=client_id, client_name="adversary", editor="pytest",
-                          reconnect_timeout=kwargs.pop("reconnect_timeout", 0), **kwargs)
+    client = BridgeClient(
+        daemon.url,
+        daemon.token,
+        client_id=client_id,
+        client_name="adversary",
+        editor="pytest",
+        reconnect_timeout=kwargs.pop("reconnect_timeout", 0),
+        **kwargs,
+    )
     client.connect()
     return client
 
@@ -102,8 +120,11 @@ def gradient(width: int = 32, height: int = 32) -> np.ndarray:
 
 
 def inpaint_kwargs(size: int = 32, steps: int = 1) -> dict[str, Any]:
-    return {"image": rgba_payload(gradient(size, size)), "mask": gray_payload(square_mask(size, size)),
-            "params": {"steps": steps, "seed": 7}}
+    return {
+        "image": rgba_payload(gradient(size, size)),
+        "mask": gray_payload(square_mask(size, size)),
+        "params": {"steps": steps, "seed": 7},
+    }
 
 
 # ------------------------------------------------------------------ daemon events as waits
@@ -127,7 +148,9 @@ class EventTap:
 
         with self._cond:
             if not self._cond.wait_for(lambda: found() is not None, timeout):
-                raise TimeoutError(f"no matching daemon event within {timeout} s; saw {[m.TYPE for *_, m in self.events]}")
+                raise TimeoutError(
+                    f"no matching daemon event within {timeout} s; saw {[m.TYPE for *_, m in self.events]}"
+                )
             return found()
 
     def wait_type(self, job_id: str, type_: str, timeout: float = 120) -> Message:

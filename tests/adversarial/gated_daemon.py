@@ -39,9 +39,14 @@ def main() -> None:
 
         return AcePlusEngine(Path(args.model), idle_unload_s=None, t5_max_length=32)
 
-    config = ServerConfig(config_dir=Path(args.config), data_dir=Path(args.data), port=0,
-                          engine_factory=engine_factory, idle_unload_s=None,
-                          gate=Gate(step_budget=args.step_budget))
+    config = ServerConfig(
+        config_dir=Path(args.config),
+        data_dir=Path(args.data),
+        port=0,
+        engine_factory=engine_factory,
+        idle_unload_s=None,
+        gate=Gate(step_budget=args.step_budget),
+    )
 
     async def serve() -> None:
         runner = BridgeRunner(create_app(config), handle_signals=False, access_log=None)

@@ -21,8 +21,10 @@ import sys
 import threading
 import time
 
-UPGRADE = ("GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-           "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+UPGRADE = (
+    "GET /v1/ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
 
 
 def ws_frame(payload: bytes, opcode: int = 0x2) -> bytes:
@@ -94,8 +96,11 @@ def guess(args: dict) -> dict:
 
     def worker() -> None:
         while time.monotonic() < deadline:
-            source = (f"127.{random.randint(0, 255)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
-                      if args.get("rotate") else None)
+            source = (
+                f"127.{random.randint(0, 255)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+                if args.get("rotate")
+                else None
+            )
             outcome = "errors"
             try:
                 sock = open_ws(port, source)
@@ -104,8 +109,9 @@ def guess(args: dict) -> dict:
                     sock.settimeout(args.get("abort_after", 5.0))
                     try:
                         _, payload = read_frame(sock)
-                        outcome = next((k for k in ("unauthorized", "rate_limited", "welcome")
-                                        if k.encode() in payload), "errors")
+                        outcome = next(
+                            (k for k in ("unauthorized", "rate_limited", "welcome") if k.encode() in payload), "errors"
+                        )
                     except TimeoutError:
                         outcome = "no_answer"
                 finally:
@@ -151,11 +157,19 @@ def squat(args: dict) -> dict:
                 break
             head += chunk
         received.append(head.hex())
-        key = next((line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                    if line.lower().startswith(b"sec-websocket-key:")), b"")
+        key = next(
+            (
+                line.split(b":", 1)[1].strip()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key:")
+            ),
+            b"",
+        )
         accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
-        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
         replied = False
         try:
             for _ in range(10):
@@ -177,8 +191,11 @@ def squat(args: dict) -> dict:
                 received.append(bytes(b ^ mask[i % 4] for i, b in enumerate(data)).hex())
                 if not replied:
                     reply = bytes.fromhex(args["reply_hex"])
-                    conn.sendall(bytes([0x82, 126]) + struct.pack("!H", len(reply)) + reply if len(reply) >= 126
-                                 else bytes([0x82, len(reply)]) + reply)
+                    conn.sendall(
+                        bytes([0x82, 126]) + struct.pack("!H", len(reply)) + reply
+                        if len(reply) >= 126
+                        else bytes([0x82, len(reply)]) + reply
+                    )
                     replied = True
         except OSError:
             pass

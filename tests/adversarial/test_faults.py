@@ -68,8 +68,11 @@ def faulty(thread_daemon_factory, tiny_model_root):
     ("fault", "code", "words"),
     [
         (RuntimeError("simulated engine bug"), "internal", "simulated engine bug"),
-        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"), "out_of_memory",
-         "out of memory"),
+        (
+            torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+            "out_of_memory",
+            "out of memory",
+        ),
         (EngineError(ErrorCode.OUT_OF_MEMORY, "out of memory at the VAE decode"), "out_of_memory", "VAE"),
     ],
     ids=["raises", "torch-oom", "engine-oom"],
@@ -158,8 +161,16 @@ def test_results_past_retention_are_not_redelivered_but_stay_in_history(thread_d
 
 
 def _gated_process(home: Path, model: Path, budget: int | None) -> tuple[subprocess.Popen, int]:
-    args = [sys.executable, str(HERE / "gated_daemon.py"), "--config", str(home / "config"), "--data",
-            str(home / "data"), "--model", str(model)]
+    args = [
+        sys.executable,
+        str(HERE / "gated_daemon.py"),
+        "--config",
+        str(home / "config"),
+        "--data",
+        str(home / "data"),
+        "--model",
+        str(model),
+    ]
     if budget is not None:
         args += ["--step-budget", str(budget)]
     log = open(home / "daemon.log", "ab")  # noqa: SIM115 - closed with the process

@@ -72,14 +72,23 @@ def test_no_endpoint_takes_a_path_from_a_client(thread_daemon_factory, tmp_path)
     collect(daemon.app)
     # Every dynamic route names a fixed kind of thing (a static asset, a history entry), never a file path.
     assert sorted(dynamic) == sorted(
-        ["/panel/static/{name}", "/panel/api/thumb/{entry}", "/panel/api/image/{entry}", "/panel/api/meta/{entry}",
-         "/panel/api/before/{entry}"]
+        [
+            "/panel/static/{name}",
+            "/panel/api/thumb/{entry}",
+            "/panel/api/image/{entry}",
+            "/panel/api/meta/{entry}",
+            "/panel/api/before/{entry}",
+        ]
     )
     base = f"http://127.0.0.1:{daemon.port}"
     for template in dynamic:
         key = template[template.index("{") + 1 : template.index("}")]
-        for hostile in ("..%2F..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd", str(secret).replace("/", "%2F"),
-                        "..%2Fconfig%2Ftoken"):
+        for hostile in (
+            "..%2F..%2F..%2Fetc%2Fpasswd",
+            "%2Fetc%2Fpasswd",
+            str(secret).replace("/", "%2F"),
+            "..%2Fconfig%2Ftoken",
+        ):
             url = base + template.replace("{" + key + "}", hostile)
             try:
                 with urllib.request.urlopen(url, timeout=10) as response:

@@ -61,8 +61,12 @@ def image_wire(array: np.ndarray, fmt: str = "rgba8") -> dict[str, Any]:
 
 def submit_wire(**overrides: Any) -> dict[str, Any]:
     wire: dict[str, Any] = {
-        "type": "submit", "id": "req-1", "task": "inpaint", "prompt": "a red square",
-        "image": image_wire(gradient(SIZE, SIZE)), "mask": image_wire(square_mask(SIZE, SIZE), "gray8"),
+        "type": "submit",
+        "id": "req-1",
+        "task": "inpaint",
+        "prompt": "a red square",
+        "image": image_wire(gradient(SIZE, SIZE)),
+        "mask": image_wire(square_mask(SIZE, SIZE), "gray8"),
         "params": {"steps": 1, "seed": 1},
     }
     wire.update(overrides)
@@ -157,8 +161,15 @@ def test_an_oversized_frame_before_hello_is_closed_too(thread_daemon_factory):
 def test_deeply_nested_msgpack_is_bad_request(ws):
     depth = 200_000
     nested = b"\x91" * depth + b"\x01"  # [[[[...1...]]]]
-    frame = (b"\x83" + msgpack.packb("type") + msgpack.packb("status") + msgpack.packb("id") + msgpack.packb("n")
-             + msgpack.packb("deep") + nested)
+    frame = (
+        b"\x83"
+        + msgpack.packb("type")
+        + msgpack.packb("status")
+        + msgpack.packb("id")
+        + msgpack.packb("n")
+        + msgpack.packb("deep")
+        + nested
+    )
     assert_typed(send_raw(ws, frame), "bad_request", request_id=None)
     still_serving(ws)
 
@@ -181,8 +192,15 @@ def test_huge_containers_and_strings_are_bad_request(ws, value):
 
 @pytest.mark.parametrize(
     "frame",
-    [b"", b"\xc1", b"\x93\x01\x02\x03", b"\x81\xa4type\x2a", b"\x81\x01\xa4type", b"\xd9\x05\xff\xfe\xfd\xfc\xfb",
-     b"\xc7\x01\x05\x00"],
+    [
+        b"",
+        b"\xc1",
+        b"\x93\x01\x02\x03",
+        b"\x81\xa4type\x2a",
+        b"\x81\x01\xa4type",
+        b"\xd9\x05\xff\xfe\xfd\xfc\xfb",
+        b"\xc7\x01\x05\x00",
+    ],
     ids=["empty", "never-used-byte", "array-not-map", "type-not-string", "int-key", "invalid-utf8", "ext-type"],
 )
 def test_malformed_frames_are_bad_request(ws, frame):
@@ -232,8 +250,17 @@ def test_the_client_library_gets_the_refusal_instead_of_waiting(process_daemon):
         ({"w": SIZE, "h": SIZE, "format": "rgba8", "data": "text"}, "bad_request", "binary"),
         ("not an image", "bad_request", "map"),
     ],
-    ids=["zero-width", "negative-height", "100000-wide", "100000-square-png", "u64-width", "float-width", "tiff",
-         "data-not-bytes", "not-a-map"],
+    ids=[
+        "zero-width",
+        "negative-height",
+        "100000-wide",
+        "100000-square-png",
+        "u64-width",
+        "float-width",
+        "tiff",
+        "data-not-bytes",
+        "not-a-map",
+    ],
 )
 def test_impossible_image_sizes_and_shapes_are_typed_errors(ws, image, code, word):
     assert_typed(send_wire(ws, submit_wire(image=image, mask=None, task="instruct")), code, word)
@@ -311,10 +338,25 @@ def test_too_many_references_are_bad_request(ws):
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("guidance", math.nan), ("guidance", math.inf), ("guidance", -math.inf), ("guidance", -1.0),
-        ("guidance", 1e308), ("steps", -1), ("steps", 0), ("steps", 10**9), ("steps", 2**63), ("steps", 2.5),
-        ("steps", True), ("steps", "28"), ("seed", -2), ("seed", 2**40), ("count", 0), ("count", 1000),
-        ("feather", -1), ("max_tokens", -4096), ("max_tokens", 10**12),
+        ("guidance", math.nan),
+        ("guidance", math.inf),
+        ("guidance", -math.inf),
+        ("guidance", -1.0),
+        ("guidance", 1e308),
+        ("steps", -1),
+        ("steps", 0),
+        ("steps", 10**9),
+        ("steps", 2**63),
+        ("steps", 2.5),
+        ("steps", True),
+        ("steps", "28"),
+        ("seed", -2),
+        ("seed", 2**40),
+        ("count", 0),
+        ("count", 1000),
+        ("feather", -1),
+        ("max_tokens", -4096),
+        ("max_tokens", 10**12),
     ],
 )
 def test_nan_inf_negative_and_absurd_parameters_are_bad_request_naming_the_parameter(ws, name, value):
@@ -357,8 +399,9 @@ def test_unknown_task_and_wrong_types_are_typed(ws):
     assert_typed(send_wire(ws, submit_wire(params=[1, 2])), "bad_request", "params")
     assert_typed(send_wire(ws, submit_wire(prompt=12)), "bad_request", "prompt")
     assert_typed(send_wire(ws, {"type": "cancel", "job_id": "nope", "id": "req-1"}), "bad_request")
-    assert_typed(send_wire(ws, {"type": "shutdown", "id": "req-1"}), "bad_request", "unknown message type",
-                 request_id=None)
+    assert_typed(
+        send_wire(ws, {"type": "shutdown", "id": "req-1"}), "bad_request", "unknown message type", request_id=None
+    )
 
 
 # ------------------------------------------------------------------ memory

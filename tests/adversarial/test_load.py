@@ -30,8 +30,9 @@ def test_load_every_job_ends_exactly_once_and_round_robin_holds(thread_daemon_fa
     load = _load_module()
     daemon = thread_daemon_factory()
     # Heavier than the defaults on purpose: more cancels and reconnects in a short run.
-    report = asyncio.run(load.run_load(daemon.url, daemon.token, clients=6, jobs=8, seed=seed, cancel_p=0.2,
-                                       disconnect_p=0.2, window=3))
+    report = asyncio.run(
+        load.run_load(daemon.url, daemon.token, clients=6, jobs=8, seed=seed, cancel_p=0.2, disconnect_p=0.2, window=3)
+    )
     assert report.problems == [], f"seed {seed}: {report.problems}"
     counts = report.outcome_counts()
     assert sum(counts.values()) == 6 * 8 and "bad" not in counts
@@ -48,8 +49,14 @@ def test_the_fairness_check_catches_a_client_that_jumps_the_queue(tmp_path):
     def accepted(job, client):
         return {"ev": "accepted", "job_id": job, "job": {"client_id": client}}
 
-    events = [accepted("a1", "A"), accepted("a2", "A"), accepted("b1", "B"),
-              {"ev": "started", "job_id": "a1"}, {"ev": "started", "job_id": "a2"}, {"ev": "started", "job_id": "b1"}]
+    events = [
+        accepted("a1", "A"),
+        accepted("a2", "A"),
+        accepted("b1", "B"),
+        {"ev": "started", "job_id": "a1"},
+        {"ev": "started", "job_id": "a2"},
+        {"ev": "started", "job_id": "b1"},
+    ]
     journal = tmp_path / "journal.jsonl"
     journal.write_text("\n".join(json.dumps(e) for e in events))
     assert any("B waited while A started 2" in p for p in load.check_fairness(journal))

@@ -19,7 +19,11 @@ from daemon_fixture import REPO, isolated_env, start_process_daemon
 def test_remote_mode_without_tls_refuses_to_start(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "bridge_server.cli", "serve", "--demo", "--host", "0.0.0.0", "--port", "0"],
-        env=isolated_env(tmp_path), cwd=str(REPO), capture_output=True, text=True, timeout=120,
+        env=isolated_env(tmp_path),
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0 without TLS" in result.stderr
@@ -27,8 +31,9 @@ def test_remote_mode_without_tls_refuses_to_start(tmp_path):
 
 
 def test_insecure_remote_mode_allows_configured_host_names_only(tmp_path, tiny_model_root):
-    daemon = start_process_daemon(tmp_path / "home", "--host", "0.0.0.0", "--insecure", "--allow-host",
-                                  "studio.lan", tiny_root=tiny_model_root)
+    daemon = start_process_daemon(
+        tmp_path / "home", "--host", "0.0.0.0", "--insecure", "--allow-host", "studio.lan", tiny_root=tiny_model_root
+    )
     try:
         assert raw_upgrade(daemon.port, f"studio.lan:{daemon.port}")[0] == 101
         assert raw_upgrade(daemon.port, f"127.0.0.1:{daemon.port}")[0] == 101
@@ -48,15 +53,16 @@ def _served_fingerprint(port: int) -> str:
             der = tls.getpeercert(binary_form=True)
     assert der is not None
     digest = hashlib.sha256(der).hexdigest().upper()
-    return ":".join(digest[i:i + 2] for i in range(0, len(digest), 2))
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
 
 
 def test_self_signed_remote_mode_prints_the_fingerprint_it_serves(tmp_path, tiny_model_root):
     from websockets.sync.client import connect as ws_connect
 
     home = tmp_path / "home"
-    daemon = start_process_daemon(home, "--host", "0.0.0.0", "--tls-self-signed", "--allow-host", "studio.lan",
-                                  tiny_root=tiny_model_root)
+    daemon = start_process_daemon(
+        home, "--host", "0.0.0.0", "--tls-self-signed", "--allow-host", "studio.lan", tiny_root=tiny_model_root
+    )
     try:
         assert daemon.url.startswith("wss://")
         printed = re.search(r"SHA-256 fingerprint: ([0-9A-F:]{95})", daemon.log())

@@ -47,11 +47,18 @@ def nobody_python() -> str:
     """A Python that `nobody` may run (the test's own may live under /root)."""
     if os.geteuid() != 0:
         pytest.skip("attacks from another user need root to become `nobody` (CI runs as root and does not skip)")
-    for candidate in (os.path.realpath(sys.executable), "/usr/bin/python3", "/usr/local/bin/python3",
-                      shutil.which("python3") or ""):
+    for candidate in (
+        os.path.realpath(sys.executable),
+        "/usr/bin/python3",
+        "/usr/local/bin/python3",
+        shutil.which("python3") or "",
+    ):
         try:
-            if candidate and subprocess.run([candidate, "-c", "pass"], user="nobody", cwd="/",
-                                            capture_output=True).returncode == 0:
+            if (
+                candidate
+                and subprocess.run([candidate, "-c", "pass"], user="nobody", cwd="/", capture_output=True).returncode
+                == 0
+            ):
                 return candidate
         except OSError:
             continue
@@ -59,13 +66,27 @@ def nobody_python() -> str:
 
 
 def as_nobody(source: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([nobody_python(), "-c", source, *args], user="nobody", group="nogroup", cwd="/",
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [nobody_python(), "-c", source, *args],
+        user="nobody",
+        group="nogroup",
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def nobody_guesser(request: dict) -> subprocess.Popen:
-    return subprocess.Popen([nobody_python(), "-c", HOSTILE, json.dumps(request)], user="nobody", group="nogroup",
-                            cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [nobody_python(), "-c", HOSTILE, json.dumps(request)],
+        user="nobody",
+        group="nogroup",
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 READ_EACH = """
@@ -119,8 +140,12 @@ def test_results_journal_token_and_runtime_are_private_to_the_user_whatever_the_
         client.close()
     finally:
         daemon.stop()
-    files = [p for root in (daemon.config_dir, daemon.data_dir) for p in [root, *root.rglob("*")]
-             if not p.is_symlink() and "demo-model" not in p.parts]
+    files = [
+        p
+        for root in (daemon.config_dir, daemon.data_dir)
+        for p in [root, *root.rglob("*")]
+        if not p.is_symlink() and "demo-model" not in p.parts
+    ]
     names = {p.name for p in files}
     assert {"token", "daemon.lock", "journal.jsonl", "history", "old.txt"} <= names, names
     assert any(n.endswith(".png") for n in names) and any(n.endswith(".json") and n != "runtime.json" for n in names)
@@ -142,8 +167,14 @@ def test_serve_with_a_read_only_config_folder_says_so_in_one_line(tmp_path):
     env = isolated_env(tmp_path / "home")
     source, config = tmp_path / "config-src", Path(env["ACE_BRIDGE_CONFIG_DIR"])
     with read_only_bind(source, config):
-        run = subprocess.run([sys.executable, "-m", "bridge_server.cli", "serve", "--demo", "--port", "0"],
-                             env=env, cwd=str(REPO), capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-m", "bridge_server.cli", "serve", "--demo", "--port", "0"],
+            env=env,
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert run.returncode != 0
     output = run.stdout + run.stderr
     assert "Traceback" not in output, output
@@ -163,16 +194,27 @@ def test_rotating_loopback_addresses_and_parallel_connections_stay_under_the_doc
     after 0.3 s: the daemon checks at most a burst of 15 and then one guess per 2 s (docs/security.md)."""
     daemon = thread_daemon_factory()
     started = time.monotonic()
-    attack = nobody_guesser({"mode": "guess", "port": daemon.port, "hello_hex": _wrong_hello_hex(),
-                             "seconds": 6, "threads": 100, "rotate": True, "abort_after": 0.3})
+    attack = nobody_guesser(
+        {
+            "mode": "guess",
+            "port": daemon.port,
+            "hello_hex": _wrong_hello_hex(),
+            "seconds": 6,
+            "threads": 100,
+            "rotate": True,
+            "abort_after": 0.3,
+        }
+    )
     out, err = attack.communicate(timeout=120)
     seconds = time.monotonic() - started  # the whole attack, its start-up and stragglers included
     counts = json.loads(out)
     throttle = daemon.state.throttle
     checked = daemon.call(lambda: throttle.checked_failures)
     keys = daemon.call(lambda: sorted(throttle._failures))
-    print(f"attempts {counts['attempts']}, tokens checked {checked} in {seconds:.1f} s "
-          f"({checked / seconds:.2f}/s), refused unchecked {throttle.refused}")
+    print(
+        f"attempts {counts['attempts']}, tokens checked {checked} in {seconds:.1f} s "
+        f"({checked / seconds:.2f}/s), refused unchecked {throttle.refused}"
+    )
     assert counts["uid"] == 65534 and counts["attempts"] > 100, (counts, err)
     assert keys == ["uid:65534"]  # one principal, whatever the source address
     assert checked <= 15 + seconds / 2 + 1
@@ -194,8 +236,17 @@ def test_a_flood_of_wrong_tokens_does_not_delay_the_right_one(thread_daemon_fact
     """Before: the wait ran before the check, so a flood held the right token 20 s. Now it is checked first."""
     daemon = thread_daemon_factory()
     quiet = _right_hellos(daemon)  # the same machine, same load, no flood
-    attack = nobody_guesser({"mode": "guess", "port": daemon.port, "hello_hex": _wrong_hello_hex(),
-                             "seconds": 8, "threads": 60, "rotate": False, "abort_after": 5})
+    attack = nobody_guesser(
+        {
+            "mode": "guess",
+            "port": daemon.port,
+            "hello_hex": _wrong_hello_hex(),
+            "seconds": 8,
+            "threads": 60,
+            "rotate": False,
+            "abort_after": 5,
+        }
+    )
     try:
         deadline = time.monotonic() + 30
         while daemon.call(lambda: daemon.state.throttle.refused) < 20 and time.monotonic() < deadline:
@@ -203,8 +254,10 @@ def test_a_flood_of_wrong_tokens_does_not_delay_the_right_one(thread_daemon_fact
         waits = _right_hellos(daemon)
     finally:
         out, _ = attack.communicate(timeout=120)
-    print(f"editor hello->welcome: max {max(quiet) * 1000:.0f} ms quiet, {max(waits) * 1000:.0f} ms during the "
-          f"flood; flood {out.strip()}")
+    print(
+        f"editor hello->welcome: max {max(quiet) * 1000:.0f} ms quiet, {max(waits) * 1000:.0f} ms during the "
+        f"flood; flood {out.strip()}"
+    )
     # A small bound, relative to this machine's own pace (CI shares its cores): never the throttle's seconds.
     assert max(waits) < max(4.0, 4 * max(quiet))  # before: 20 s
 
@@ -440,7 +493,8 @@ def _held_in_memory(daemon) -> int:
 
 
 def test_results_held_while_the_disk_was_full_are_written_once_it_allows_and_at_shutdown(
-        thread_daemon_factory, tmp_path):
+    thread_daemon_factory, tmp_path
+):
     """The data folder is a real 256 KiB tmpfs, filled to ENOSPC. Jobs finish and are delivered from memory; once
     space returns, the daemon writes them (a retry while it runs, and at shutdown); after a restart every result
     comes back, none `interrupted`."""
@@ -613,16 +667,29 @@ def test_a_squatter_on_the_daemons_port_never_receives_the_token(answer, tmp_pat
     token = "ace_" + "s3cret" * 7
     reply = {
         "fake-challenge": Challenge(nonce="00" * 16, proof="ab" * 32),
-        "fake-welcome": Welcome(server_version="0.1.0", protocol_version=2, session="x", limits={}, engine={},
-                                tasks=[]),
+        "fake-welcome": Welcome(
+            server_version="0.1.0", protocol_version=2, session="x", limits={}, engine={}, tasks=[]
+        ),
         "old-daemon-error": Error(code="unauthorized", message="wrong or missing token"),
     }[answer]
-    squatter = subprocess.Popen([nobody_python(), "-c", HOSTILE, json.dumps(
-        {"mode": "squat", "port": port, "reply_hex": encode(reply).hex(), "seconds": 60})],
-        user="nobody", group="nogroup", cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    squatter = subprocess.Popen(
+        [
+            nobody_python(),
+            "-c",
+            HOSTILE,
+            json.dumps({"mode": "squat", "port": port, "reply_hex": encode(reply).hex(), "seconds": 60}),
+        ],
+        user="nobody",
+        group="nogroup",
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert json.loads(squatter.stdout.readline())["listening"]
-    client = BridgeClient(f"ws://127.0.0.1:{port}/v1/ws", token, client_id="victim", reconnect_timeout=0,
-                          connect_timeout=5)
+    client = BridgeClient(
+        f"ws://127.0.0.1:{port}/v1/ws", token, client_id="victim", reconnect_timeout=0, connect_timeout=5
+    )
     with pytest.raises(ClientError) as refused:
         client.connect()
     out, err = squatter.communicate(timeout=60)
@@ -670,8 +737,13 @@ def test_the_token_never_travels_to_the_real_daemon_either(thread_daemon_factory
     thread.start()
     from ace_protocol.client import BridgeClient
 
-    client = BridgeClient(f"ws://127.0.0.1:{listener.getsockname()[1]}/v1/ws", daemon.token,
-                          client_id="proxied", reconnect_timeout=0, shared_memory=False)
+    client = BridgeClient(
+        f"ws://127.0.0.1:{listener.getsockname()[1]}/v1/ws",
+        daemon.token,
+        client_id="proxied",
+        reconnect_timeout=0,
+        shared_memory=False,
+    )
     welcome = client.connect()
     assert welcome.protocol_version == 2
     client.close()
@@ -691,11 +763,11 @@ def _unmask_client_frames(data: bytes) -> bytes:
     while i + 2 <= len(data):
         n, i = data[i + 1] & 0x7F, i + 2
         if n == 126:
-            n, i = struct.unpack("!H", data[i:i + 2])[0], i + 2
+            n, i = struct.unpack("!H", data[i : i + 2])[0], i + 2
         elif n == 127:
-            n, i = struct.unpack("!Q", data[i:i + 8])[0], i + 8
-        mask, i = data[i:i + 4], i + 4
-        out += bytes(b ^ mask[k % 4] for k, b in enumerate(data[i:i + n]))
+            n, i = struct.unpack("!Q", data[i : i + 8])[0], i + 8
+        mask, i = data[i : i + 4], i + 4
+        out += bytes(b ^ mask[k % 4] for k, b in enumerate(data[i : i + n]))
         i += n
     return bytes(out)
 

@@ -72,8 +72,19 @@ def test_the_daemons_own_page_origin_is_accepted(daemon):
         "[::1:{port}",
         None,  # no Host header at all
     ],
-    ids=["attacker", "attacker-no-port", "empty", "empty-name", "trailing-dot", "ip-trailing-dot", "userinfo",
-         "two-ports", "hex-ip", "broken-ipv6", "absent"],
+    ids=[
+        "attacker",
+        "attacker-no-port",
+        "empty",
+        "empty-name",
+        "trailing-dot",
+        "ip-trailing-dot",
+        "userinfo",
+        "two-ports",
+        "hex-ip",
+        "broken-ipv6",
+        "absent",
+    ],
 )
 def test_dns_rebinding_hosts_are_refused_before_upgrade(daemon, host):
     header = None if host is None else host.format(port=daemon.port)
@@ -99,8 +110,9 @@ def test_loopback_names_and_ip_literals_are_accepted(daemon, host):
 def test_health_endpoint_has_the_same_guards(daemon):
     status, _ = raw_upgrade(daemon.port, "rebind.attacker.example", path="/v1/health", upgrade=False)
     assert status == 403
-    status, _ = raw_upgrade(daemon.port, f"127.0.0.1:{daemon.port}", {"Origin": "null"}, path="/v1/health",
-                            upgrade=False)
+    status, _ = raw_upgrade(
+        daemon.port, f"127.0.0.1:{daemon.port}", {"Origin": "null"}, path="/v1/health", upgrade=False
+    )
     assert status == 403
 
 

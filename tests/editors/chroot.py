@@ -162,8 +162,21 @@ def run_in(
             if not Path(b).is_dir():
                 raise ValueError(f"bind {b} is not an existing folder")
         cmd = [
-            *guard, "unshare", "-m", "--propagation", "private", "sh", "-c", _NAMESPACE_SCRIPT, "sh",
-            str(chroot_path(name)), workdir, str(len(bind_list)), *bind_list, *env_args, *argv,
+            *guard,
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            _NAMESPACE_SCRIPT,
+            "sh",
+            str(chroot_path(name)),
+            workdir,
+            str(len(bind_list)),
+            *bind_list,
+            *env_args,
+            *argv,
         ]
         host_env = {"PATH": DEFAULT_PATH, "REPO": str(REPO_ROOT)}
     try:

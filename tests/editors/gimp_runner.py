@@ -106,8 +106,9 @@ def require(install: GimpInstall | str | None) -> GimpInstall:
         return install
     version = install.split(":", 1)[1] if isinstance(install, str) else None
     step = STEP_FOR_VERSION.get(version or "", "20_trixie_chroot.sh and 21_sid_chroot.sh")
-    prerequisites.missing(f"GIMP {version or '3'} is not available (host '{chroot.host_codename()}'): "
-                          f"run .ci/steps/{step} as root")
+    prerequisites.missing(
+        f"GIMP {version or '3'} is not available (host '{chroot.host_codename()}'): run .ci/steps/{step} as root"
+    )
 
 
 def warning_lines(output: str) -> list[str]:

@@ -30,8 +30,12 @@ SCRIPTS = Path(__file__).resolve().parent / "krita_scripts"
 KILL_AFTER_S = 10
 EXPECTED_VERSIONS = tuple((os.environ.get("ACE_EXPECT_KRITA") or "5.1 5.2 5.3 6.0").split())
 #: The CI step that provides each Krita version (for the message when one is missing).
-STEP_FOR_VERSION = {"5.1": "15_krita_host.sh (bookworm host) or 23_bookworm_chroot.sh",
-                    "5.2": "20_trixie_chroot.sh", "5.3": "21_sid_chroot.sh", "6.0": "22_sid_experimental_chroot.sh"}
+STEP_FOR_VERSION = {
+    "5.1": "15_krita_host.sh (bookworm host) or 23_bookworm_chroot.sh",
+    "5.2": "20_trixie_chroot.sh",
+    "5.3": "21_sid_chroot.sh",
+    "6.0": "22_sid_experimental_chroot.sh",
+}
 
 
 @dataclass(frozen=True)
@@ -51,14 +55,22 @@ class KritaInstall:
             return str(Path(p).resolve())
         return chroot.inside_path(p, self.where)
 
-    def run(self, argv: Sequence[str], env: Mapping[str, str], timeout: float,
-            binds: Sequence[Path] = ()) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: Sequence[str], env: Mapping[str, str], timeout: float, binds: Sequence[Path] = ()
+    ) -> subprocess.CompletedProcess[str]:
         if self.where != "host":
             return chroot.run_in(self.where, list(argv), env=dict(env), timeout=timeout, binds=list(binds))
         base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         cmd = ["timeout", "-k", str(KILL_AFTER_S), str(int(timeout)), *argv]
-        return subprocess.run(cmd, env={**base, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, check=False, cwd=str(REPO))
+        return subprocess.run(
+            cmd,
+            env={**base, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+            cwd=str(REPO),
+        )
 
 
 def krita_installs() -> list[KritaInstall]:
@@ -96,8 +108,10 @@ def install_params() -> list:
 def require(install: KritaInstall | str | None) -> KritaInstall:
     if isinstance(install, str) and install.startswith("missing:"):
         version = install.split(":", 1)[1]
-        pytest.fail(f"CI=true but Krita {version} is not installed: run .ci/steps/"
-                    f"{STEP_FOR_VERSION.get(version, '*_chroot.sh')} as root")
+        pytest.fail(
+            f"CI=true but Krita {version} is not installed: run .ci/steps/"
+            f"{STEP_FOR_VERSION.get(version, '*_chroot.sh')} as root"
+        )
     if not isinstance(install, KritaInstall):
         pytest.fail("CI=true but no Krita is installed: run .ci/steps/15_krita_host.sh and the chroot steps")
     return install
@@ -135,8 +149,9 @@ def run_script(install: KritaInstall, home: Path, module: str, config: dict, tim
     config = {**config, "result": install.path(result_path), "tmp": install.path(home)}
     config_path.write_text(json.dumps(config))
     env = {**profile_env(home), "QT_QPA_PLATFORM": "offscreen", "PYTHONPATH": install.path(SCRIPTS)}
-    proc = install.run(["kritarunner", "-s", module, "-f", "main", "--", install.path(config_path)], env, timeout,
-                       binds=[home])
+    proc = install.run(
+        ["kritarunner", "-s", module, "-f", "main", "--", install.path(config_path)], env, timeout, binds=[home]
+    )
     if not result_path.is_file():
         raise AssertionError(f"{module} wrote no result (rc {proc.returncode}); output:\n{proc.stdout[-6000:]}")
     result = json.loads(result_path.read_text())

@@ -79,18 +79,33 @@ def test_start_download_and_first_job_from_gimp(install, tmp_path: Path, tiny_mo
     models.mkdir()
     port = _free_port()
     action = ACTIONS_BY_PROCEDURE[PROCEDURE]
-    config = {"work_dir": install.path(work), "batch": install.path(HERE / "gimp_scripts" / "gimp_first_run_batch.py"),
-              "gimp": install.gui, "procedure": PROCEDURE, "selection": [20, 12, 40, 30], "startup_s": 60,
-              "start_s": 240, "dialog_title": f"ACE++ {action.label.rstrip('…')}", "deadline_s": RUN_TIMEOUT_S - 20}
+    config = {
+        "work_dir": install.path(work),
+        "batch": install.path(HERE / "gimp_scripts" / "gimp_first_run_batch.py"),
+        "gimp": install.gui,
+        "procedure": PROCEDURE,
+        "selection": [20, 12, 40, 30],
+        "startup_s": 60,
+        "start_s": 240,
+        "dialog_title": f"ACE++ {action.label.rstrip('…')}",
+        "deadline_s": RUN_TIMEOUT_S - 20,
+    }
     (work / "config.json").write_text(json.dumps(config))
     home = profile
     env = {
-        "HOME": install.path(home), "GIMP3_DIRECTORY": install.path(profile),
-        "XDG_CONFIG_HOME": install.path(home / "xdg-config"), "XDG_CACHE_HOME": install.path(home / "xdg-cache"),
-        "XDG_DATA_HOME": install.path(home / "xdg-data"), "PYTHONDONTWRITEBYTECODE": "1", "NO_AT_BRIDGE": "1",
-        "ACE_GIMP_UI_CONFIG": install.path(work / "config.json"), "PYTHONWARNINGS": "default",
-        "ACE_BRIDGE_URL": f"ws://127.0.0.1:{port}/v1/ws", "ACE_BRIDGE_MODELS": install.path(models),
-        "ACE_BRIDGE_PULL_FROM": install.path(tiny_model_root), "ACE_BRIDGE_PULL_RATE": "250000",
+        "HOME": install.path(home),
+        "GIMP3_DIRECTORY": install.path(profile),
+        "XDG_CONFIG_HOME": install.path(home / "xdg-config"),
+        "XDG_CACHE_HOME": install.path(home / "xdg-cache"),
+        "XDG_DATA_HOME": install.path(home / "xdg-data"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "NO_AT_BRIDGE": "1",
+        "ACE_GIMP_UI_CONFIG": install.path(work / "config.json"),
+        "PYTHONWARNINGS": "default",
+        "ACE_BRIDGE_URL": f"ws://127.0.0.1:{port}/v1/ws",
+        "ACE_BRIDGE_MODELS": install.path(models),
+        "ACE_BRIDGE_PULL_FROM": install.path(tiny_model_root),
+        "ACE_BRIDGE_PULL_RATE": "250000",
         "HF_HUB_OFFLINE": "1",
     }
     binds = [work, models, tiny_model_root, REPO, Path(sys.base_prefix)]
@@ -98,8 +113,13 @@ def test_start_download_and_first_job_from_gimp(install, tmp_path: Path, tiny_mo
         binds.append(Path(sys.prefix))
     driver = install.path(HERE / "gimp_scripts" / "gimp_first_run_driver.py")
     try:
-        proc = install.run(["python3", driver, install.path(work / "config.json")], env=env, timeout=RUN_TIMEOUT_S,
-                           binds=binds, cwd=install.path(work))
+        proc = install.run(
+            ["python3", driver, install.path(work / "config.json")],
+            env=env,
+            timeout=RUN_TIMEOUT_S,
+            binds=binds,
+            cwd=install.path(work),
+        )
     finally:
         _stop_daemon(home / "xdg-config" / "ace-bridge")
     artifacts = REPO / "artifacts" / f"gimp-{install.series}"
@@ -111,9 +131,11 @@ def test_start_download_and_first_job_from_gimp(install, tmp_path: Path, tiny_mo
     gimp_log = (work / "gimp.log").read_text(errors="replace") if (work / "gimp.log").is_file() else ""
     report = json.loads((work / "driver.json").read_text()) if (work / "driver.json").is_file() else {}
     serve_log = home / "xdg-config" / "ace-bridge" / "serve.log"
-    context = (f"rc {proc.returncode}\n--- driver ---\n{json.dumps(report, indent=1)[-3000:]}\n--- output ---\n"
-               f"{proc.stdout[-2000:]}\n--- GIMP log ---\n{gimp_log[-4000:]}\n--- serve.log ---\n"
-               f"{serve_log.read_text(errors='replace')[-2000:] if serve_log.is_file() else '(none)'}")
+    context = (
+        f"rc {proc.returncode}\n--- driver ---\n{json.dumps(report, indent=1)[-3000:]}\n--- output ---\n"
+        f"{proc.stdout[-2000:]}\n--- GIMP log ---\n{gimp_log[-4000:]}\n--- serve.log ---\n"
+        f"{serve_log.read_text(errors='replace')[-2000:] if serve_log.is_file() else '(none)'}"
+    )
     assert report and report.get("error") is None, context
     result = json.loads((work / "first_run_result.json").read_text())
     assert not result["errors"] and result["status"] == "success", f"{result}\n{context}"

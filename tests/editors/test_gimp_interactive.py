@@ -51,8 +51,10 @@ RUN_TIMEOUT_S = 100
 def require_gui_tools(install: gimp_runner.GimpInstall) -> None:
     missing = [t for t in (install.gui, *TOOLS) if not install.has(t)]
     if missing:
-        prerequisites.missing(f"the GIMP {install.series} GUI test needs {', '.join(missing)} in {install.where}: "
-                              f"run .ci/steps/{gimp_runner.STEP_FOR_VERSION.get(install.series, '*_chroot.sh')}")
+        prerequisites.missing(
+            f"the GIMP {install.series} GUI test needs {', '.join(missing)} in {install.where}: "
+            f"run .ci/steps/{gimp_runner.STEP_FOR_VERSION.get(install.series, '*_chroot.sh')}"
+        )
 
 
 @pytest.mark.parametrize("install", gimp_runner.install_params())
@@ -77,30 +79,47 @@ def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, d
         {"name": "first", "props": FIRST, "dialog": "ok", "shot": "dialog-first.png"},
         {"name": "remembered", "props": {}, "dialog": "ok", "shot": "dialog-remembered.png"},
         {"name": "dialog_cancel", "props": {}, "dialog": "cancel"},
-        {"name": "progress_cancel", "props": {}, "dialog": "ok", "progress": "cancel",
-         "progress_shot": "progress.png"},
+        {"name": "progress_cancel", "props": {}, "dialog": "ok", "progress": "cancel", "progress_shot": "progress.png"},
     ]
     config = {
-        "work_dir": install.path(work), "batch": install.path(HERE / "gimp_scripts" / "gimp_ui_batch.py"),
-        "gimp": install.gui, "procedure": PROCEDURE, "parasite": PARASITE_NAME, "selection": SELECTION, "runs": runs,
-        "dialog_title": f"ACE++ {action.label.rstrip('…')}", "token": demo_daemon.token,
-        "panel_base": f"http://127.0.0.1:{demo_daemon.port}", "startup_s": 40, "shot_x": 830, "deadline_s": RUN_TIMEOUT_S - 10,
+        "work_dir": install.path(work),
+        "batch": install.path(HERE / "gimp_scripts" / "gimp_ui_batch.py"),
+        "gimp": install.gui,
+        "procedure": PROCEDURE,
+        "parasite": PARASITE_NAME,
+        "selection": SELECTION,
+        "runs": runs,
+        "dialog_title": f"ACE++ {action.label.rstrip('…')}",
+        "token": demo_daemon.token,
+        "panel_base": f"http://127.0.0.1:{demo_daemon.port}",
+        "startup_s": 40,
+        "shot_x": 830,
+        "deadline_s": RUN_TIMEOUT_S - 10,
     }
     (work / "config.json").write_text(json.dumps(config))
     env = {
-        "HOME": install.path(profile), "GIMP3_DIRECTORY": install.path(profile),
+        "HOME": install.path(profile),
+        "GIMP3_DIRECTORY": install.path(profile),
         "XDG_CONFIG_HOME": install.path(profile / "xdg-config"),
         "XDG_CACHE_HOME": install.path(profile / "xdg-cache"),
-        "XDG_DATA_HOME": install.path(profile / "xdg-data"), "PYTHONDONTWRITEBYTECODE": "1",
-        "ACE_BRIDGE_URL": demo_daemon.url, "ACE_BRIDGE_TOKEN": demo_daemon.token,
-        "ACE_GIMP_UI_CONFIG": install.path(work / "config.json"), "NO_AT_BRIDGE": "1",
+        "XDG_DATA_HOME": install.path(profile / "xdg-data"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "ACE_BRIDGE_URL": demo_daemon.url,
+        "ACE_BRIDGE_TOKEN": demo_daemon.token,
+        "ACE_GIMP_UI_CONFIG": install.path(work / "config.json"),
+        "NO_AT_BRIDGE": "1",
         "ACE_BRIDGE_DEBUG": "1",  # the plug-in then logs each preview it put in its progress window
         "PYTHONWARNINGS": "default",  # show every DeprecationWarning the plug-in triggers
     }
     driver = install.path(HERE / "gimp_scripts" / "gimp_ui_driver.py")
     start = time.monotonic()
-    proc = install.run(["python3", driver, install.path(work / "config.json")], env=env,
-                                timeout=RUN_TIMEOUT_S, binds=[work], cwd=install.path(work))
+    proc = install.run(
+        ["python3", driver, install.path(work / "config.json")],
+        env=env,
+        timeout=RUN_TIMEOUT_S,
+        binds=[work],
+        cwd=install.path(work),
+    )
     elapsed = time.monotonic() - start
 
     # artifacts/gimp/ for the oldest GIMP (as before), artifacts/gimp-3.2/ etc. for the others.
@@ -112,8 +131,10 @@ def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, d
     gimp_log = (work / "gimp.log").read_text(errors="replace") if (work / "gimp.log").is_file() else ""
     (artifacts / "interactive-gimp.log").write_text(gimp_log)
     report = json.loads((work / "driver.json").read_text()) if (work / "driver.json").is_file() else {}
-    context = (f"rc {proc.returncode}, {elapsed:.1f} s\n--- driver ---\n{json.dumps(report, indent=1)[-4000:]}\n"
-               f"--- run output ---\n{proc.stdout[-2000:]}\n--- GIMP log ---\n{gimp_log[-4000:]}")
+    context = (
+        f"rc {proc.returncode}, {elapsed:.1f} s\n--- driver ---\n{json.dumps(report, indent=1)[-4000:]}\n"
+        f"--- run output ---\n{proc.stdout[-2000:]}\n--- GIMP log ---\n{gimp_log[-4000:]}"
+    )
     assert proc.returncode == 0 and report, context
     assert report.get("error") is None, context
     results = json.loads((work / "ui_results.json").read_text())
@@ -142,7 +163,8 @@ def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, d
     assert again["new"][0]["offsets"] == layer["offsets"], again
     saved = sorted(profile.glob(f"plug-in-settings/*{PROCEDURE}.last"))
     assert saved and FIRST["prompt"] in saved[0].read_text(errors="replace"), sorted(
-        str(p.relative_to(profile)) for p in profile.rglob("*") if p.is_file())[:60]
+        str(p.relative_to(profile)) for p in profile.rglob("*") if p.is_file()
+    )[:60]
 
     # 3. Both finished jobs showed where the picture was heading in their progress windows (steps 4 and 8 of 9).
     shown = [line for line in gimp_log.splitlines() if "ace-bridge: preview shown" in line]

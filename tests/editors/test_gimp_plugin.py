@@ -83,8 +83,7 @@ def gimp_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
         tasks = [t for t in welcome.tasks if isinstance(t, dict)]
         offered = {t["name"] for t in tasks}
         fetch_job = None
-        steps = ["tasks", "offset_layer_soft_selection", "sixteen_bit", "other_precisions", "several_results",
-                 "errors"]
+        steps = ["tasks", "offset_layer_soft_selection", "sixteen_bit", "other_precisions", "several_results", "errors"]
         if "inpaint" in offered:
             client_id = ProfileState(profile / STATE_FILE).client_id
             # As the plug-in's own earlier run would: the daemon gives a client_id's first holder a resume secret,
@@ -94,19 +93,34 @@ def gimp_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
                 mp.setenv("ACE_BRIDGE_CONFIG_DIR", str(profile / "xdg-config" / "ace-bridge"))
                 fetch_job = _leave_unacknowledged_result(daemon.url, daemon.token, client_id)
             steps.append("fetch_results")
-        geometry = "python-fu-ace-bridge-inpaint" if "inpaint" in offered else next(
-            t["gimp_procedure"] for t in tasks if t["needs_image"] and t["needs_selection"])
+        geometry = (
+            "python-fu-ace-bridge-inpaint"
+            if "inpaint" in offered
+            else next(t["gimp_procedure"] for t in tasks if t["needs_image"] and t["needs_selection"])
+        )
         config = {
-            "url": daemon.url, "token": daemon.token, "tasks": tasks, "plugin_dir": str(plugin_dir),
-            "work_dir": str(work), "out": str(work / "checks.json"), "dead_url": _closed_port_url(),
-            "geometry_procedure": geometry, "selection_procedure": geometry, "xcf_task": "inpaint",
-            "fetch_expected": 1, "fetch_job_id": fetch_job, "steps": steps,
+            "url": daemon.url,
+            "token": daemon.token,
+            "tasks": tasks,
+            "plugin_dir": str(plugin_dir),
+            "work_dir": str(work),
+            "out": str(work / "checks.json"),
+            "dead_url": _closed_port_url(),
+            "geometry_procedure": geometry,
+            "selection_procedure": geometry,
+            "xcf_task": "inpaint",
+            "fetch_expected": 1,
+            "fetch_job_id": fetch_job,
+            "steps": steps,
         }
         (work / "config.json").write_text(json.dumps(config))
         start = time.monotonic()
         rc, output = gimp_runner.run_gimp_batch(
-            HERE / "gimp_scripts" / "gimp_checks.py", profile, GIMP_TIMEOUT_S,
-            env={"ACE_GIMP_CHECKS_CONFIG": str(work / "config.json"), "PYTHONWARNINGS": "default"}, binds=[work],
+            HERE / "gimp_scripts" / "gimp_checks.py",
+            profile,
+            GIMP_TIMEOUT_S,
+            env={"ACE_GIMP_CHECKS_CONFIG": str(work / "config.json"), "PYTHONWARNINGS": "default"},
+            binds=[work],
             install=install,
         )
         elapsed = time.monotonic() - start
@@ -116,8 +130,15 @@ def gimp_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
         checks = json.loads((work / "checks.json").read_text())
     except (OSError, ValueError):
         checks = {}
-    return {"rc": rc, "output": output, "checks": checks, "tasks": tasks, "elapsed": elapsed, "daemon_log": daemon,
-            "install": install}
+    return {
+        "rc": rc,
+        "output": output,
+        "checks": checks,
+        "tasks": tasks,
+        "elapsed": elapsed,
+        "daemon_log": daemon,
+        "install": install,
+    }
 
 
 def _assert_prefixed(run: dict, *prefixes: str, minimum: int = 1) -> None:
@@ -126,7 +147,9 @@ def _assert_prefixed(run: dict, *prefixes: str, minimum: int = 1) -> None:
         f"expected checks {prefixes}, got {sorted(run['checks'])}\n--- GIMP output ---\n{run['output'][-4000:]}"
     )
     failed = {k: v[1] for k, v in selected.items() if not v[0]}
-    assert not failed, f"failed inside GIMP: {json.dumps(failed, indent=1)}\n--- GIMP output ---\n" + run["output"][-3000:]
+    assert not failed, (
+        f"failed inside GIMP: {json.dumps(failed, indent=1)}\n--- GIMP output ---\n" + run["output"][-3000:]
+    )
 
 
 def test_gimp_batch_ran(gimp_run):

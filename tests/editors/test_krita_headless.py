@@ -53,8 +53,10 @@ def test_adapters_with_real_daemon(install, krita_home, demo_daemon):
     install = require(install)
     daemon = demo_daemon
     home, pykrita = krita_home(install)
-    config = {"paths": [install.path(pykrita), install.path(pykrita / "ace_bridge" / "_vendor")],
-              "daemon": {"url": daemon.url, "token": daemon.token}}
+    config = {
+        "paths": [install.path(pykrita), install.path(pykrita / "ace_bridge" / "_vendor")],
+        "daemon": {"url": daemon.url, "token": daemon.token},
+    }
     result = run_script(install, home, "krita_headless_checks", config, timeout=240)
     _assert_checks(result)
     for name in ("daemon_tasks", "daemon_events", "result_alpha_zero_outside_selection"):

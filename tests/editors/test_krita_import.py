@@ -119,8 +119,11 @@ def _import_params() -> list:
         series = value.series if hasattr(value, "series") else str(value).split(":", 1)[-1]
         if value is None or series in IMPORT_SERIES:
             keep.append(param)
-    return keep or [pytest.param(None, id="no-krita-5.3-or-6.0",
-                                 marks=pytest.mark.skipif(True, reason="no Krita 5.3 or 6.0 installed"))]
+    return keep or [
+        pytest.param(
+            None, id="no-krita-5.3-or-6.0", marks=pytest.mark.skipif(True, reason="no Krita 5.3 or 6.0 installed")
+        )
+    ]
 
 
 @pytest.mark.parametrize("install", _import_params())
@@ -131,9 +134,14 @@ def test_zip_import_from_web_and_file_then_first_run(install, tmp_path, tiny_mod
     # The zip, made the way a user makes it.
     dist = tmp_path / "dist"
     wheel_cache = os.environ.get("ACE_BRIDGE_WHEEL_CACHE") or str(REPO / ".cache" / "wheels")
-    out = subprocess.run([sys.executable, "-m", "bridge_server.cli", "package", "krita", "-o",
-                          str(dist / "ace_bridge.zip")], capture_output=True, text=True, cwd=REPO, timeout=300,
-                         env={**os.environ, "ACE_BRIDGE_WHEEL_CACHE": wheel_cache})
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge_server.cli", "package", "krita", "-o", str(dist / "ace_bridge.zip")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        env={**os.environ, "ACE_BRIDGE_WHEEL_CACHE": wheel_cache},
+    )
     assert out.returncode == 0, out.stderr
     zip_path = dist / "ace_bridge.zip"
     # The profile has only Krita's own importer and the test runner enabled; no ace_bridge yet.
@@ -145,9 +153,14 @@ def test_zip_import_from_web_and_file_then_first_run(install, tmp_path, tiny_mod
     kritarc.write_text("[python]\nenable_ace_import_runner=true\nenable_plugin_importer=true\n")
 
     with ZipServer(dist) as server:
-        data = _run_krita(install, home, env, {"phase": "import", "zip": install.path(zip_path),
-                                               "url": f"http://127.0.0.1:{server.port}/ace_bridge.zip"},
-                          [home, dist], timeout=240)
+        data = _run_krita(
+            install,
+            home,
+            env,
+            {"phase": "import", "zip": install.path(zip_path), "url": f"http://127.0.0.1:{server.port}/ace_bridge.zip"},
+            [home, dist],
+            timeout=240,
+        )
     _assert_checks(data, ("web_import_files", "web_import_enabled", "file_import_overwrite_then_activate"))
     assert "enable_ace_bridge=true" in kritarc.read_text(), kritarc.read_text()
     assert (pykrita / "ace_bridge" / "_vendor" / "websockets").is_dir()
@@ -158,16 +171,28 @@ def test_zip_import_from_web_and_file_then_first_run(install, tmp_path, tiny_mod
     port = _free_port()
     models = tmp_path / "models"
     models.mkdir()
-    env.update({"ACE_BRIDGE_URL": f"ws://127.0.0.1:{port}/v1/ws", "ACE_BRIDGE_MODELS": install.path(models),
-                "ACE_BRIDGE_PULL_FROM": install.path(tiny_model_root), "ACE_BRIDGE_PULL_RATE": "250000",
-                "HF_HUB_OFFLINE": "1"})
+    env.update(
+        {
+            "ACE_BRIDGE_URL": f"ws://127.0.0.1:{port}/v1/ws",
+            "ACE_BRIDGE_MODELS": install.path(models),
+            "ACE_BRIDGE_PULL_FROM": install.path(tiny_model_root),
+            "ACE_BRIDGE_PULL_RATE": "250000",
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
     # The venv the zip's launcher record points at, seen at the same paths inside the chroot.
     binds = [home, models, tiny_model_root, shots]
     if install.where != "host":
         binds += [REPO, Path(sys.base_prefix)] + ([Path(sys.prefix)] if REPO not in Path(sys.prefix).parents else [])
     try:
-        data = _run_krita(install, home, env, {"phase": "first_run", "screenshots": install.path(shots),
-                                               "timeout_s": 240}, binds, timeout=420)
+        data = _run_krita(
+            install,
+            home,
+            env,
+            {"phase": "first_run", "screenshots": install.path(shots), "timeout_s": 240},
+            binds,
+            timeout=420,
+        )
     finally:
         _stop_daemon(home / ".config" / "ace-bridge")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -178,6 +203,17 @@ def test_zip_import_from_web_and_file_then_first_run(install, tmp_path, tiny_mod
             if (shots / f"{name}.png").is_file():
                 shutil.copyfile(shots / f"{name}.png", DOCS / doc)
     (ARTIFACTS / f"krita-{install.name}-first-run.json").write_text(json.dumps(data["checks"], indent=1))
-    _assert_checks(data, ("plugin_loaded_from_import", "docker_registered", "offers_start",
-                          "connection_box_hidden_for_local_daemon", "started_and_connected", "model_missing_shown",
-                          "no_gpu_said_plainly", "download_progress_shown", "tasks_after_download"))
+    _assert_checks(
+        data,
+        (
+            "plugin_loaded_from_import",
+            "docker_registered",
+            "offers_start",
+            "connection_box_hidden_for_local_daemon",
+            "started_and_connected",
+            "model_missing_shown",
+            "no_gpu_said_plainly",
+            "download_progress_shown",
+            "tasks_after_download",
+        ),
+    )

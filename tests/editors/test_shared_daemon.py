@@ -57,8 +57,11 @@ PROCEDURE = "python-fu-ace-bridge-inpaint"
 def _gimp_for(krita: krita_runner.KritaInstall, gimps: list[gimp_runner.GimpInstall]):
     """The GIMP of the Krita's generation: the one in its own environment, sid's for sid and sid-experimental,
     trixie's for the others; the newest one found when that one is missing."""
-    wanted = krita.where if krita.where in gimp_runner.GIMP_ENVIRONMENTS else (
-        "sid" if krita.where.startswith("sid") else "trixie")
+    wanted = (
+        krita.where
+        if krita.where in gimp_runner.GIMP_ENVIRONMENTS
+        else ("sid" if krita.where.startswith("sid") else "trixie")
+    )
     same = [g for g in gimps if g.where == wanted]
     return same[0] if same else gimps[-1]
 
@@ -79,8 +82,10 @@ def editor_pairs() -> list:
 
 def _require_editors(krita, gimp) -> tuple[krita_runner.KritaInstall, gimp_runner.GimpInstall]:
     if not isinstance(gimp, gimp_runner.GimpInstall):
-        prerequisites.missing(f"the shared-daemon test needs GIMP 3 (host '{chroot.host_codename()}'): run "
-                              ".ci/steps/20_trixie_chroot.sh and 21_sid_chroot.sh as root")
+        prerequisites.missing(
+            f"the shared-daemon test needs GIMP 3 (host '{chroot.host_codename()}'): run "
+            ".ci/steps/20_trixie_chroot.sh and 21_sid_chroot.sh as root"
+        )
     return krita_runner.require(krita), gimp
 
 
@@ -90,8 +95,12 @@ class Panel:
     def __init__(self, port: int, token: str) -> None:
         self.base = f"http://127.0.0.1:{port}"
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-        req = urllib.request.Request(self.base + "/panel/api/code", data=b"{}", method="POST", headers={
-            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + "/panel/api/code",
+            data=b"{}",
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         code = json.load(self.opener.open(req, timeout=10))["code"]
         self.opener.open(f"{self.base}/panel/?code={code}", timeout=10).read()
 
@@ -99,13 +108,21 @@ class Panel:
         return json.load(self.opener.open(self.base + path, timeout=10))
 
     def settings(self, **values) -> dict:
-        req = urllib.request.Request(self.base + "/panel/api/settings", data=json.dumps(values).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + "/panel/api/settings",
+            data=json.dumps(values).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         return json.load(self.opener.open(req, timeout=10))
 
     def pause(self, paused: bool) -> dict:
-        req = urllib.request.Request(self.base + "/panel/api/pause", data=json.dumps({"paused": paused}).encode(),
-                                     method="POST", headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + "/panel/api/pause",
+            data=json.dumps({"paused": paused}).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         return json.load(self.opener.open(req, timeout=10))
 
 
@@ -156,34 +173,66 @@ def test_krita_and_gimp_share_one_daemon(krita, gimp, tmp_path: Path, tiny_model
         assert panel.get("/panel/api/state")["engine"]["paused"] is True
         panel.settings(default_steps=PANEL_STEPS)
 
-        krita_config = {"paths": [install.path(pykrita), install.path(pykrita / "ace_bridge" / "_vendor")],
-                        "url": daemon.url, "token": daemon.token, "client_id": krita_client, "task": "inpaint",
-                        "jobs": JOBS, "deadline_s": EDITOR_TIMEOUT_S - 5}
+        krita_config = {
+            "paths": [install.path(pykrita), install.path(pykrita / "ace_bridge" / "_vendor")],
+            "url": daemon.url,
+            "token": daemon.token,
+            "client_id": krita_client,
+            "task": "inpaint",
+            "jobs": JOBS,
+            "deadline_s": EDITOR_TIMEOUT_S - 5,
+        }
         go_file = work / "go"
-        gimp_config = {"url": daemon.url, "token": daemon.token, "procedure": PROCEDURE, "jobs": JOBS,
-                       "go_file": str(go_file), "out": str(work / "shared.json"), "deadline_s": EDITOR_TIMEOUT_S - 5,
-                       "plugin_dir": str(plugin_dir)}
+        gimp_config = {
+            "url": daemon.url,
+            "token": daemon.token,
+            "procedure": PROCEDURE,
+            "jobs": JOBS,
+            "go_file": str(go_file),
+            "out": str(work / "shared.json"),
+            "deadline_s": EDITOR_TIMEOUT_S - 5,
+            "plugin_dir": str(plugin_dir),
+        }
         (work / "config.json").write_text(json.dumps(gimp_config))
-        krita_fut = pool.submit(krita_runner.run_script, install, krita_home, "krita_shared_daemon", krita_config,
-                                EDITOR_TIMEOUT_S + KRITA_START_S)
-        gimp_fut = pool.submit(gimp_runner.run_gimp_batch, HERE / "gimp_scripts" / "gimp_shared_daemon.py", profile,
-                               EDITOR_TIMEOUT_S, env={"ACE_GIMP_SHARED_CONFIG": str(work / "config.json")},
-                               binds=[work], install=gimp)
+        krita_fut = pool.submit(
+            krita_runner.run_script,
+            install,
+            krita_home,
+            "krita_shared_daemon",
+            krita_config,
+            EDITOR_TIMEOUT_S + KRITA_START_S,
+        )
+        gimp_fut = pool.submit(
+            gimp_runner.run_gimp_batch,
+            HERE / "gimp_scripts" / "gimp_shared_daemon.py",
+            profile,
+            EDITOR_TIMEOUT_S,
+            env={"ACE_GIMP_SHARED_CONFIG": str(work / "config.json")},
+            binds=[work],
+            install=gimp,
+        )
         deadline = time.monotonic() + EDITOR_TIMEOUT_S
 
         def queued_by(state: dict) -> list[str]:
             return [row["client_id"] for row in state["queue"] if row["state"] == "queued"]
 
         # Krita's two jobs wait in the paused queue; then GIMP may send its first.
-        _poll("Krita's two queued jobs", lambda: queued_by(panel.get("/panel/api/state")).count(krita_client) == JOBS,
-              deadline, krita_fut, gimp_fut)
+        _poll(
+            "Krita's two queued jobs",
+            lambda: queued_by(panel.get("/panel/api/state")).count(krita_client) == JOBS,
+            deadline,
+            krita_fut,
+            gimp_fut,
+        )
         go_file.write_text("go")
 
         def both_waiting():
             state = panel.get("/panel/api/state")
             connected = {c["client_id"]: c for c in state["clients"] if c.get("connected")}
-            ready = (queued_by(state) == [krita_client, gimp_client, krita_client]
-                     and {krita_client, gimp_client} <= set(connected))
+            ready = queued_by(state) == [krita_client, gimp_client, krita_client] and {
+                krita_client,
+                gimp_client,
+            } <= set(connected)
             return state if ready else None
 
         snapshot = _poll("both editors connected with three queued jobs", both_waiting, deadline, krita_fut, gimp_fut)

@@ -5,8 +5,16 @@ from __future__ import annotations
 from ace_protocol.client import BridgeClient
 from pictures import ellipse_mask, gradient_image, gray_payload, result_array, rgba_payload
 
-__all__ = ["collect", "connect", "ellipse_mask", "gradient_image", "gray_payload", "result_array", "rgba_payload",
-           "types"]
+__all__ = [
+    "collect",
+    "connect",
+    "ellipse_mask",
+    "gradient_image",
+    "gray_payload",
+    "result_array",
+    "rgba_payload",
+    "types",
+]
 
 
 def connect(daemon, client_id: str = "test-client", **kwargs) -> BridgeClient:

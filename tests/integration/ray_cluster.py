@@ -19,8 +19,13 @@ OBJECT_STORE_BYTES = 80 * 1024 * 1024
 
 def ray_env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(HOME=str(home), RAY_ENABLE_AUTO_CONNECT="0", RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1",
-               RAY_DEDUP_LOGS="0")
+    env.update(
+        HOME=str(home),
+        RAY_ENABLE_AUTO_CONNECT="0",
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+        RAY_DEDUP_LOGS="0",
+    )
     return env
 
 
@@ -37,18 +42,45 @@ class RayCluster:
         self.address = f"127.0.0.1:{port}"
         common = ["--block", "--num-gpus=0", f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats"]
         log = open(self.home / "ray-head.log", "ab")  # noqa: SIM115 - closed with the process
-        self.processes.append(subprocess.Popen(
-            [ray, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", f"--num-cpus={head_cpus}",
-             f"--temp-dir={self.temp}", "--include-dashboard=false", *common],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        self.processes.append(
+            subprocess.Popen(
+                [
+                    ray,
+                    "start",
+                    "--head",
+                    f"--port={port}",
+                    "--node-ip-address=127.0.0.1",
+                    f"--num-cpus={head_cpus}",
+                    f"--temp-dir={self.temp}",
+                    "--include-dashboard=false",
+                    *common,
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         self._wait_for_start(self.home / "ray-head.log")
         if not worker_cpus:  # a head alone (the bench)
             return self
         log = open(self.home / "ray-worker.log", "ab")  # noqa: SIM115
-        self.processes.append(subprocess.Popen(
-            [ray, "start", f"--address={self.address}", "--node-ip-address=127.0.0.1",
-             f"--num-cpus={worker_cpus}", *common],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        self.processes.append(
+            subprocess.Popen(
+                [
+                    ray,
+                    "start",
+                    f"--address={self.address}",
+                    "--node-ip-address=127.0.0.1",
+                    f"--num-cpus={worker_cpus}",
+                    *common,
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         self._wait_for_start(self.home / "ray-worker.log")
         return self
 

@@ -14,8 +14,9 @@ from PIL import Image
 
 
 def ace(env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bridge_server.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bridge_server.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def write_inputs(folder: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
@@ -29,8 +30,24 @@ def write_inputs(folder: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
 def test_edit_writes_the_input_with_only_the_selection_changed(demo_daemon, tmp_path):
     image_path, mask_path, image, mask = write_inputs(tmp_path)
     out = tmp_path / "out.png"
-    run = ace(demo_daemon.env, "edit", "--task", "inpaint", "--prompt", "a red hat", "--image", str(image_path),
-              "--mask", str(mask_path), "--steps", "2", "--seed", "9", "-o", str(out))
+    run = ace(
+        demo_daemon.env,
+        "edit",
+        "--task",
+        "inpaint",
+        "--prompt",
+        "a red hat",
+        "--image",
+        str(image_path),
+        "--mask",
+        str(mask_path),
+        "--steps",
+        "2",
+        "--seed",
+        "9",
+        "-o",
+        str(out),
+    )
     assert run.returncode == 0, run.stderr
     assert "2/2" in run.stderr and str(out) in run.stdout
     result = np.asarray(Image.open(out).convert("RGBA"))
@@ -39,8 +56,27 @@ def test_edit_writes_the_input_with_only_the_selection_changed(demo_daemon, tmp_
     assert (result[mask == 255] != image[mask == 255]).any()
 
     patch = tmp_path / "patch.png"
-    run = ace(demo_daemon.env, "edit", "--task", "inpaint", "--prompt", "a red hat", "--image", str(image_path),
-              "--mask", str(mask_path), "--steps", "2", "--seed", "9", "--count", "2", "--patch-only", "-o", str(patch))
+    run = ace(
+        demo_daemon.env,
+        "edit",
+        "--task",
+        "inpaint",
+        "--prompt",
+        "a red hat",
+        "--image",
+        str(image_path),
+        "--mask",
+        str(mask_path),
+        "--steps",
+        "2",
+        "--seed",
+        "9",
+        "--count",
+        "2",
+        "--patch-only",
+        "-o",
+        str(patch),
+    )
     assert run.returncode == 0, run.stderr
     first = np.asarray(Image.open(tmp_path / "patch-1.png"))
     assert (tmp_path / "patch-2.png").exists() and first.shape == (64, 96, 4)
@@ -74,8 +110,20 @@ def test_dry_run_writes_the_recipe_without_a_daemon(tmp_path, isolated_home):
 
     image_path, mask_path, _, _ = write_inputs(tmp_path)
     out = tmp_path / "plan"
-    run = ace(dict(os.environ), "edit", "--task", "local_edit", "--prompt", "x", "--image", str(image_path),
-              "--mask", str(mask_path), "--dry-run", str(out))
+    run = ace(
+        dict(os.environ),
+        "edit",
+        "--task",
+        "local_edit",
+        "--prompt",
+        "x",
+        "--image",
+        str(image_path),
+        "--mask",
+        str(mask_path),
+        "--dry-run",
+        str(out),
+    )
     assert run.returncode == 0, run.stderr
     plan = json.loads((out / "plan.json").read_text())
     assert plan["task"] == "local_edit" and plan["canvas"] == {"width": 96, "height": 64}
@@ -93,8 +141,13 @@ def test_serve_without_weights_explains_how_to_get_them(tmp_path):
 
     env = isolated_env(tmp_path)
     env["ACE_BRIDGE_MODELS"] = str(tmp_path / "no-models")
-    proc = subprocess.Popen([sys.executable, "-m", "bridge_server.cli", "serve", "--port", "0"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge_server.cli", "serve", "--port", "0"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         lines = []
         for line in proc.stdout:
@@ -144,30 +197,80 @@ def test_dry_run_of_the_fft_tasks_and_the_new_options(tmp_path, isolated_home):
         assert run.returncode == 0, run.stderr
         return json.loads((out / "plan.json").read_text())
 
-    local = plan("--task", "local_edit", "--image", str(image_path), "--mask", str(mask_path), "--mode",
-                 "no_preprocess", "--control", str(control_path), "--repainting-scale", "0.3")
+    local = plan(
+        "--task",
+        "local_edit",
+        "--image",
+        str(image_path),
+        "--mask",
+        str(mask_path),
+        "--mode",
+        "no_preprocess",
+        "--control",
+        str(control_path),
+        "--repainting-scale",
+        "0.3",
+    )
     assert (local["mode"], local["control"], local["repainting_scale"], local["adapter"]) == (
-        "no_preprocess", True, 0.3, "local")
-    control = plan("--task", "fft_control", "--image", str(image_path), "--mask", str(mask_path), "--control",
-                   str(control_path))
+        "no_preprocess",
+        True,
+        0.3,
+        "local",
+    )
+    control = plan(
+        "--task", "fft_control", "--image", str(image_path), "--mask", str(mask_path), "--control", str(control_path)
+    )
     assert (control["transformer"], control["repainting_scale"], control["control"]) == ("fft", 0.0, True)
     # 64-row target: a 64-row reference >= 0.6 * 64 shrinks to int(38.4) = 38 rows (28 columns); 40 rows >= 38.4 too
     # (32 columns -> int(32 * 38 / 40) = 30): 28 + 30 + 96 = 154 columns, floored to 144 by the nearest-exact fit.
-    refs = plan("--task", "fft_reference", "--ref", str(ref_a), "--ref", str(ref_b), "--width", "96", "--height",
-                "64", "--keep-pixels-rate", "0.6")
+    refs = plan(
+        "--task",
+        "fft_reference",
+        "--ref",
+        str(ref_a),
+        "--ref",
+        str(ref_b),
+        "--width",
+        "96",
+        "--height",
+        "64",
+        "--keep-pixels-rate",
+        "0.6",
+    )
     assert refs["keep_pixels_rate"] == 0.6 and refs["canvas"] == {"width": 144, "height": 64}
     assert len(refs["references"]) == 2 and refs["references"][1][1] == refs["edit_columns"][0]
-    aligned = plan("--task", "fft_reference", "--ref", str(ref_a), "--width", "96", "--height", "64",
-                   "--no-keep-pixels")
+    aligned = plan(
+        "--task", "fft_reference", "--ref", str(ref_a), "--width", "96", "--height", "64", "--no-keep-pixels"
+    )
     assert aligned["keep_pixels_rate"] is None and aligned["references"] == [[0, 48]]
     for name in ("fft_repaint", "fft_super_resolution", "fft_colorize"):
         assert plan("--task", name, "--image", str(image_path), "--mask", str(mask_path))["transformer"] == "fft"
 
-    wrong = ace(env, "edit", "--task", "inpaint", "--image", str(image_path), "--control", str(control_path),
-                "--dry-run", str(tmp_path / "x"))
+    wrong = ace(
+        env,
+        "edit",
+        "--task",
+        "inpaint",
+        "--image",
+        str(image_path),
+        "--control",
+        str(control_path),
+        "--dry-run",
+        str(tmp_path / "x"),
+    )
     assert wrong.returncode == 2 and "local_edit, fft_control" in wrong.stderr
-    wrong = ace(env, "edit", "--task", "local_edit", "--image", str(image_path), "--ref", str(ref_a),
-                "--dry-run", str(tmp_path / "x"))
+    wrong = ace(
+        env,
+        "edit",
+        "--task",
+        "local_edit",
+        "--image",
+        str(image_path),
+        "--ref",
+        str(ref_a),
+        "--dry-run",
+        str(tmp_path / "x"),
+    )
     assert wrong.returncode == 2 and "--control" in wrong.stderr
 
 
@@ -178,14 +281,47 @@ def test_edit_runs_an_fft_task_with_a_control_image_and_a_job_with_two_reference
     Image.fromarray(gradient_image(48, 64)).save(ref_a)
     Image.fromarray(gradient_image(32, 40)).save(ref_b)
     out = tmp_path / "out.png"
-    run = ace(demo_daemon.env, "edit", "--task", "fft_control", "--prompt", "{image} a robot", "--image",
-              str(image_path), "--mask", str(mask_path), "--control", str(control_path), "--steps", "2", "-o",
-              str(out))
+    run = ace(
+        demo_daemon.env,
+        "edit",
+        "--task",
+        "fft_control",
+        "--prompt",
+        "{image} a robot",
+        "--image",
+        str(image_path),
+        "--mask",
+        str(mask_path),
+        "--control",
+        str(control_path),
+        "--steps",
+        "2",
+        "-o",
+        str(out),
+    )
     assert run.returncode == 0, run.stderr
     result = np.asarray(Image.open(out).convert("RGBA"))
     assert result.shape == image.shape and (result[mask == 0] == image[mask == 0]).all()
-    run = ace(demo_daemon.env, "edit", "--task", "reference_edit", "--prompt", "the logo on {image}", "--image",
-              str(image_path), "--mask", str(mask_path), "--ref", str(ref_a), "--ref", str(ref_b), "--steps", "1",
-              "--patch-only", "-o", str(tmp_path / "two.png"))
+    run = ace(
+        demo_daemon.env,
+        "edit",
+        "--task",
+        "reference_edit",
+        "--prompt",
+        "the logo on {image}",
+        "--image",
+        str(image_path),
+        "--mask",
+        str(mask_path),
+        "--ref",
+        str(ref_a),
+        "--ref",
+        str(ref_b),
+        "--steps",
+        "1",
+        "--patch-only",
+        "-o",
+        str(tmp_path / "two.png"),
+    )
     assert run.returncode == 0, run.stderr
     assert np.asarray(Image.open(tmp_path / "two.png")).shape == (64, 96, 4)

@@ -15,8 +15,9 @@ from PIL import Image
 
 
 def ace(env, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bridge_server.cli", *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "bridge_server.cli", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def write_inputs(folder: Path) -> tuple[Path, Path]:
@@ -43,8 +44,20 @@ def test_dry_run_plan_shows_the_strength(tmp_path, isolated_home):
 def test_dry_run_plan_shows_the_grown_canvas(tmp_path):
     image_path, _ = write_inputs(tmp_path)  # 96x64
     out = tmp_path / "plan"
-    run = ace(dict(os.environ), "edit", "--task", "inpaint", "--prompt", "more sky", "--image", str(image_path),
-              "--expand", "0,16,32,0", "--dry-run", str(out))
+    run = ace(
+        dict(os.environ),
+        "edit",
+        "--task",
+        "inpaint",
+        "--prompt",
+        "more sky",
+        "--image",
+        str(image_path),
+        "--expand",
+        "0,16,32,0",
+        "--dry-run",
+        str(out),
+    )
     assert run.returncode == 0, run.stderr
     plan = json.loads((out / "plan.json").read_text())
     assert plan["output"] == {"width": 128, "height": 80} and plan["canvas"] == {"width": 128, "height": 80}
@@ -52,11 +65,31 @@ def test_dry_run_plan_shows_the_grown_canvas(tmp_path):
     mask = np.asarray(Image.open(out / "mask.png"))
     assert mask.shape == (80, 128)
     assert mask[:16].all() and mask[:, 96:].all() and not mask[40:, :60].any()
-    bad = ace(dict(os.environ), "edit", "--task", "instruct", "--image", str(image_path), "--expand", "8",
-              "--dry-run", str(out))
+    bad = ace(
+        dict(os.environ),
+        "edit",
+        "--task",
+        "instruct",
+        "--image",
+        str(image_path),
+        "--expand",
+        "8",
+        "--dry-run",
+        str(out),
+    )
     assert bad.returncode == 2 and "cannot expand" in bad.stderr
-    bad = ace(dict(os.environ), "edit", "--task", "inpaint", "--image", str(image_path), "--expand", "8,8",
-              "--dry-run", str(out))
+    bad = ace(
+        dict(os.environ),
+        "edit",
+        "--task",
+        "inpaint",
+        "--image",
+        str(image_path),
+        "--expand",
+        "8,8",
+        "--dry-run",
+        str(out),
+    )
     assert bad.returncode == 2 and "L,T,R,B" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -64,8 +97,24 @@ def test_expand_writes_the_grown_picture_with_the_old_canvas_kept(demo_daemon, t
     image_path, _ = write_inputs(tmp_path)
     image = np.asarray(Image.open(image_path).convert("RGBA"))
     out = tmp_path / "grown.png"
-    run = ace(demo_daemon.env, "edit", "--task", "inpaint", "--prompt", "more sky", "--image", str(image_path),
-              "--expand", "0,0,32,16", "--steps", "2", "--seed", "3", "-o", str(out))
+    run = ace(
+        demo_daemon.env,
+        "edit",
+        "--task",
+        "inpaint",
+        "--prompt",
+        "more sky",
+        "--image",
+        str(image_path),
+        "--expand",
+        "0,0,32,16",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "-o",
+        str(out),
+    )
     assert run.returncode == 0, run.stderr
     grown = np.asarray(Image.open(out).convert("RGBA"))
     assert grown.shape == (80, 128, 4)
@@ -90,18 +139,34 @@ def test_usage_mistakes_exit_2_with_one_line_before_any_job_is_sent(tmp_path):
     _one_line_usage_error(ace(env, *base, "--task", "inpaint", "--steps", "0"), "steps", "at least 1")
     _one_line_usage_error(ace(env, *base, "--task", "inpaint", "--param", "stepz=3"), "stepz")
     _one_line_usage_error(ace(env, *base, "--task", "inpaint", "--mode", "canny"), "mode")
-    _one_line_usage_error(ace(env, "edit", "--task", "inpaint", "--image", str(tmp_path / "missing.png"),
-                              "--mask", str(mask_path), "-o", out), "cannot read", "missing.png")
+    _one_line_usage_error(
+        ace(
+            env,
+            "edit",
+            "--task",
+            "inpaint",
+            "--image",
+            str(tmp_path / "missing.png"),
+            "--mask",
+            str(mask_path),
+            "-o",
+            out,
+        ),
+        "cannot read",
+        "missing.png",
+    )
     _one_line_usage_error(ace(env, "edit", "--task", "nope", "-o", out), "unknown task")
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    _one_line_usage_error(ace(env, *base[:-2], "--task", "inpaint", "-o", str(blocker / "out.png")),
-                          "cannot write", "not a folder")
+    _one_line_usage_error(
+        ace(env, *base[:-2], "--task", "inpaint", "-o", str(blocker / "out.png")), "cannot write", "not a folder"
+    )
     _one_line_usage_error(ace(env, *base[:-2], "--task", "inpaint", "-o", str(tmp_path)), "is a folder")
     black = tmp_path / "black.png"
     Image.fromarray(np.zeros((64, 96), np.uint8)).save(black)
-    _one_line_usage_error(ace(env, "edit", "--task", "inpaint", "--image", str(image_path), "--mask", str(black),
-                              "-o", out), "all black")
+    _one_line_usage_error(
+        ace(env, "edit", "--task", "inpaint", "--image", str(image_path), "--mask", str(black), "-o", out), "all black"
+    )
     _one_line_usage_error(ace(env, "edit", "--task", "inpaint", "-o", out), "needs an image")
 
 
@@ -120,8 +185,14 @@ def test_edit_help_lists_the_tasks_and_every_option_has_help(tmp_path):
 
 
 def test_no_traceback_reaches_a_user(tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9", HOME=str(tmp_path),
-               XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_DATA_HOME=str(tmp_path / "data"))
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        HF_ENDPOINT="http://127.0.0.1:9",
+        HOME=str(tmp_path),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        XDG_DATA_HOME=str(tmp_path / "data"),
+    )
     pull = ace(env, "models", "pull", "--yes", "--root", str(tmp_path / "models"), timeout=180)
     assert pull.returncode != 0 and "Traceback" not in pull.stderr and pull.stderr.strip(), pull.stderr
     blocker = tmp_path / "a-file"

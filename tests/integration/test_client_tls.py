@@ -11,14 +11,16 @@ from daemon_fixture import start_process_daemon
 
 
 def test_pinned_fingerprint_admits_the_daemon_and_refuses_any_other(tmp_path, tiny_model_root):
-    daemon = start_process_daemon(tmp_path / "home", "--host", "0.0.0.0", "--tls-self-signed",
-                                  tiny_root=tiny_model_root)
+    daemon = start_process_daemon(
+        tmp_path / "home", "--host", "0.0.0.0", "--tls-self-signed", tiny_root=tiny_model_root
+    )
     try:
         printed = re.search(r"fingerprint: ([0-9A-F:]{95})", daemon.log())
         assert printed, daemon.log()
         url = f"wss://127.0.0.1:{daemon.port}/v1/ws"
-        client = BridgeClient(url, daemon.token, client_id="remote-1", fingerprint=printed.group(1).lower(),
-                              reconnect_timeout=0)
+        client = BridgeClient(
+            url, daemon.token, client_id="remote-1", fingerprint=printed.group(1).lower(), reconnect_timeout=0
+        )
         welcome = client.connect()
         assert welcome.tasks
         client.close()

@@ -167,7 +167,9 @@ def test_fft_tasks_feed_448_channels_without_a_lora(engine, task):
     assert seen[0].shape[-1] == 448 and len(seen) == STEPS
     assert result.info["transformer"] == "fft" and result.info["adapter"] is None
     scale = TASKS[task].param("repainting_scale")  # the authors' scale of the edit type (fft_reference: 1)
-    assert result.info["guidance"] == 50.0 and result.info["repainting_scale"] == (1.0 if scale is None else scale.default)
+    assert result.info["guidance"] == 50.0 and result.info["repainting_scale"] == (
+        1.0 if scale is None else scale.default
+    )
 
 
 def test_fft_control_image_goes_into_the_change_channels(engine):

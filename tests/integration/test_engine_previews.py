@@ -29,8 +29,9 @@ def inpaint_job(steps: int, seed: int = 5) -> EngineJob:
     image[..., 3] = 255
     mask = np.zeros((48, 80), np.uint8)
     mask[8:40, 16:64] = 255
-    return EngineJob(task="inpaint", prompt="a red apple on a table", seed=seed, params={"steps": steps},
-                     image=image, mask=mask)
+    return EngineJob(
+        task="inpaint", prompt="a red apple on a table", seed=seed, params={"steps": steps}, image=image, mask=mask
+    )
 
 
 @contextmanager
@@ -100,8 +101,9 @@ def test_reference_columns_are_not_in_the_preview(engine):
     rng = np.random.default_rng(4)
     reference = rng.integers(0, 256, (48, 48, 4), dtype=np.uint8)
     reference[..., 3] = 255
-    job = EngineJob(task="subject", prompt="{image} a mug", seed=2, params={"steps": 3},
-                    references=[reference], width=96, height=48)
+    job = EngineJob(
+        task="subject", prompt="{image} a mug", seed=2, params={"steps": 3}, references=[reference], width=96, height=48
+    )
     with previews_every(engine, 1):
         result, events = run(engine, job, previews=True)
     previews = [e[2] for e in events if e[0] == "preview"]

@@ -29,8 +29,12 @@ def make_job(task: str, prompt: str = "{image} a red apple on a table", seed: in
     mask = np.zeros((48, 80), np.uint8)
     mask[8:40, 16:64] = 255
     return EngineJob(
-        task=task, prompt=prompt, seed=seed, params={"steps": 2, "width": 64, "height": 48},
-        image=fx.rgba(80, 48) if has_image else None, mask=mask if has_image else None,
+        task=task,
+        prompt=prompt,
+        seed=seed,
+        params={"steps": 2, "width": 64, "height": 48},
+        image=fx.rgba(80, 48) if has_image else None,
+        mask=mask if has_image else None,
         references=[fx.rgba(48, 48, 2)] if task in WITH_REFERENCE else [],
     )
 

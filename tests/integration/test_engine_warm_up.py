@@ -14,8 +14,9 @@ from bridge_server.engine.base import EngineJob
 
 def job() -> EngineJob:
     image = gradient_image(64, 48)
-    return EngineJob(task="inpaint", prompt="a hat", seed=3, params={"steps": 2}, image=image,
-                     mask=ellipse_mask(64, 48))
+    return EngineJob(
+        task="inpaint", prompt="a hat", seed=3, params={"steps": 2}, image=image, mask=ellipse_mask(64, 48)
+    )
 
 
 def test_warm_up_loads_runs_each_size_and_changes_no_result(tiny_model_root):
@@ -40,12 +41,20 @@ def test_the_daemon_warms_up_before_the_first_job(thread_daemon_factory, tiny_mo
     monkeypatch.setattr(AcePlusEngine, "warm_up", recorded_warm_up)
     daemon = thread_daemon_factory(extra={"warm_up": True})
     seen = threading.Event()
-    daemon.call(lambda: daemon.state.queue.listeners.append(
-        lambda job, message: (order.append(message.TYPE), seen.set()) if message.TYPE == "started" else None))
+    daemon.call(
+        lambda: daemon.state.queue.listeners.append(
+            lambda job, message: (order.append(message.TYPE), seen.set()) if message.TYPE == "started" else None
+        )
+    )
     client = connect(daemon)
     try:
-        handle = client.submit("inpaint", "x", image=rgba_payload(gradient_image(32, 32)),
-                               mask=gray_payload(ellipse_mask(32, 32)), params={"steps": 1})
+        handle = client.submit(
+            "inpaint",
+            "x",
+            image=rgba_payload(gradient_image(32, 32)),
+            mask=gray_payload(ellipse_mask(32, 32)),
+            params={"steps": 1},
+        )
         assert types(collect(handle))[-1] == "done"
         assert order[:2] == ["warm-up", "started"]
         entries = daemon.state.history.entries()[0]

@@ -33,8 +33,9 @@ def _wait(client: BridgeClient, until, timeout: float = 120.0):
     raise AssertionError(f"no such model state within {timeout} s; pull states seen {seen[-5:]}")
 
 
-def test_missing_model_then_download_cancel_resume(tmp_path: Path, tiny_model_root: Path, thread_daemon_factory,
-                                                   monkeypatch):
+def test_missing_model_then_download_cancel_resume(
+    tmp_path: Path, tiny_model_root: Path, thread_daemon_factory, monkeypatch
+):
     from ace_editor import daemon as first_run
 
     empty = tmp_path / "models"

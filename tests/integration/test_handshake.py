@@ -20,9 +20,21 @@ def test_welcome_carries_limits_engine_state_and_the_task_table(thread_daemon_fa
         assert welcome.limits["max_frame_bytes"] == daemon.config.max_frame_bytes
         assert welcome.engine["state"] in ("loaded", "unloaded", "loading")
         names = [t["name"] for t in welcome.tasks]
-        assert names == ["instruct", "local_edit", "reference_edit", "subject", "portrait", "generate", "inpaint",
-                         "fft_repaint", "fft_super_resolution", "fft_colorize", "fft_control", "fft_reference",
-                         "fft_reference_edit"]
+        assert names == [
+            "instruct",
+            "local_edit",
+            "reference_edit",
+            "subject",
+            "portrait",
+            "generate",
+            "inpaint",
+            "fft_repaint",
+            "fft_super_resolution",
+            "fft_colorize",
+            "fft_control",
+            "fft_reference",
+            "fft_reference_edit",
+        ]
         control = next(t for t in welcome.tasks if t["name"] == "local_edit")
         assert control["reference_kind"] == "control" and control["max_references"] == 1
         inpaint = next(t for t in welcome.tasks if t["name"] == "inpaint")

@@ -19,8 +19,13 @@ from bridge_server.jobs.gate import Gate
 
 def inpaint(client, *, seed=7, steps=3, count=1, soft=False, **params):
     image, mask = gradient_image(), ellipse_mask(soft=soft)
-    handle = client.submit("inpaint", "a red hat", image=rgba_payload(image), mask=gray_payload(mask),
-                           params={"seed": seed, "steps": steps, "count": count, **params})
+    handle = client.submit(
+        "inpaint",
+        "a red hat",
+        image=rgba_payload(image),
+        mask=gray_payload(mask),
+        params={"seed": seed, "steps": steps, "count": count, **params},
+    )
     return handle, image, mask
 
 
@@ -126,8 +131,7 @@ def test_two_editors_are_served_alternately(thread_daemon_factory):
     krita, gimp = connect(daemon, "krita-1"), connect(daemon, "gimp-1")
     order: list[str] = []
     try:
-        handles = [(name, inpaint(c, steps=1)[0]) for name, c in (("krita", krita), ("gimp", gimp))
-                   for _ in range(5)]
+        handles = [(name, inpaint(c, steps=1)[0]) for name, c in (("krita", krita), ("gimp", gimp)) for _ in range(5)]
         # While paused: positions follow the round-robin order krita, gimp, krita, gimp, ...
         positions = {h.id: h.position for _, h in handles}
         status = krita.status()

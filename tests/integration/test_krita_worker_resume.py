@@ -56,7 +56,11 @@ def test_worker_survives_daemon_restart(tmp_path, tiny_model_root):
         assert _pump(app, lambda: any(k in ("progress", "failed", "done") for _, k, _ in events)), events
         daemon.stop()
         restarted = start_process_daemon(home, "--port", str(daemon.port), tiny_root=tiny_model_root)
-        assert _pump(app, lambda: any(lid == "long" and k in ("failed", "done") for lid, k, _ in events), 120), (states, events[-3:], (restarted or daemon).log()[-3000:])
+        assert _pump(app, lambda: any(lid == "long" and k in ("failed", "done") for lid, k, _ in events), 120), (
+            states,
+            events[-3:],
+            (restarted or daemon).log()[-3000:],
+        )
         final = [(k, e) for lid, k, e in events if lid == "long"][-1]
         assert final[0] == "done" or final[1].code == "interrupted", final
         assert _pump(app, lambda: worker.state == "connected" and worker.client is not None, 60), states

@@ -89,7 +89,10 @@ def test_find_recognises_each_file_by_its_tensors(trees, monkeypatch):
     assert loras == {"portrait": 64, "subject": 16, "local": 16}
     assert "file name" in got["comfyui_subject_lora16.safetensors"].note  # honest: shapes cannot tell
     assert {got["t5xxl_fp16.safetensors"].kind, got["clip_l.safetensors"].kind, got["ae.safetensors"].kind} == {
-        "t5", "clip", "vae"}
+        "t5",
+        "clip",
+        "vae",
+    }
     hf = got["0123abcd"]
     assert (hf.kind, hf.model) == ("diffusers", "fill")
     text = find.table(result)
@@ -117,8 +120,9 @@ def test_a_recorded_choice_is_what_the_engine_uses(trees, monkeypatch, tmp_path)
         mask = np.zeros((48, 64), np.uint8)
         mask[8:40, 16:48] = 255
         for task in ("local_edit", "instruct"):
-            job = EngineJob(task=task, prompt="{image} a hat", seed=1, params={"steps": 2}, image=fx.rgba(64, 48),
-                            mask=mask)
+            job = EngineJob(
+                task=task, prompt="{image} a hat", seed=1, params={"steps": 2}, image=fx.rgba(64, 48), mask=mask
+            )
             assert engine.run(job, lambda *_: None, lambda: False).rgb.shape == (48, 64, 3)
         state = engine.state()
         assert (state["tier"], state["weights"]) == ("gguf-q4", "Q4_0")
@@ -153,12 +157,22 @@ def test_models_quantize_and_find_commands(tiny_root: Path, tmp_path: Path):
     shutil.copytree(tiny_root, root)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "bridge_server.cli", "models"]
-    done = subprocess.run([*cmd, "quantize", "--root", str(root), "--fft", "--type", "q4_1"], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*cmd, "quantize", "--root", str(root), "--fft", "--type", "q4_1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert "loaded back through the daemon's GGUF path: OK" in done.stdout
     assert (root / "gguf" / "ace_plus_fft-Q4_1.gguf").is_file()
-    table = subprocess.run([*cmd, "find", "--no-hf-cache", "--dry-run", str(root / "gguf")], env=env,
-                           capture_output=True, text=True, timeout=300)
+    table = subprocess.run(
+        [*cmd, "find", "--no-hf-cache", "--dry-run", str(root / "gguf")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert table.returncode == 0, table.stderr
     assert "FLUX fft transformer" in table.stdout and "Q4_1" in table.stdout

@@ -32,12 +32,20 @@ def set_default_steps(daemon, steps: int) -> dict:
     """As a person does it: `ace-bridge panel` (token -> one-time code -> session cookie), then the setting."""
     base = f"http://127.0.0.1:{daemon.port}"
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-    req = urllib.request.Request(base + "/panel/api/code", data=b"{}", method="POST", headers={
-        "Authorization": f"Bearer {daemon.token}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        base + "/panel/api/code",
+        data=b"{}",
+        method="POST",
+        headers={"Authorization": f"Bearer {daemon.token}", "Content-Type": "application/json"},
+    )
     code = json.load(opener.open(req, timeout=10))["code"]
     opener.open(f"{base}/panel/?code={code}", timeout=10).read()
-    req = urllib.request.Request(base + "/panel/api/settings", data=json.dumps({"default_steps": steps}).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        base + "/panel/api/settings",
+        data=json.dumps({"default_steps": steps}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     return json.load(opener.open(req, timeout=10))
 
 
@@ -71,8 +79,9 @@ def test_the_panels_default_steps_reach_krita_and_gimp_jobs(thread_daemon_factor
         # GIMP: a procedure run with its arguments' defaults.
         action = gimp.ACTIONS_BY_PROCEDURE["python-fu-ace-bridge-inpaint"]
         defaults = {a.name: a.default for a in gimp.procedure_arguments(action)}
-        settings = gimp.Settings(**{k: v for k, v in defaults.items() if k in ("seed", "steps", "count", "guidance",
-                                                                             "feather", "padding")})
+        settings = gimp.Settings(
+            **{k: v for k, v in defaults.items() if k in ("seed", "steps", "count", "guidance", "feather", "padding")}
+        )
         plan = gimp.plan_job(action, settings, Extent(W, H), Bounds(0, 0, W, H))
         params = gimp.build_params(action, settings, plan)
         assert "steps" not in params

@@ -9,8 +9,13 @@ from PIL import Image
 
 
 def inpaint(client, steps: int):
-    return client.submit("inpaint", "a red hat", image=rgba_payload(gradient_image()),
-                         mask=gray_payload(ellipse_mask()), params={"seed": 3, "steps": steps})
+    return client.submit(
+        "inpaint",
+        "a red hat",
+        image=rgba_payload(gradient_image()),
+        mask=gray_payload(ellipse_mask()),
+        params={"seed": 3, "steps": steps},
+    )
 
 
 def test_previews_only_for_the_client_that_asked(thread_daemon_factory):

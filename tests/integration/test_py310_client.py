@@ -45,7 +45,12 @@ def test_the_client_runs_a_job_from_a_clean_python_310(demo_daemon):
     python = ENV / "bin/python"
     if not python.exists():
         prerequisites.missing(f"clean Python 3.10 env {python} not built: run .ci/steps/12_py310_clean.sh")
-    run = subprocess.run([str(python), "-I", "-c", SCRIPT, str(REPO / "shared"), demo_daemon.url, demo_daemon.token],
-                         capture_output=True, text=True, timeout=120, cwd="/")
+    run = subprocess.run(
+        [str(python), "-I", "-c", SCRIPT, str(REPO / "shared"), demo_daemon.url, demo_daemon.token],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+    )
     assert run.returncode == 0, run.stderr
     assert "(3, 10)" in run.stdout

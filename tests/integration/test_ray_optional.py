@@ -35,8 +35,13 @@ def test_serve_without_ray_never_imports_ray(tmp_path, tiny_model_root):
     report = tmp_path / "modules.json"
     runtime = home / ".config/ace-bridge/runtime.json"
     log = open(tmp_path / "daemon.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen([sys.executable, "-c", WRAPPER, str(report), "serve", "--demo", "--port", "0"],
-                               env=env, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-c", WRAPPER, str(report), "serve", "--demo", "--port", "0"],
+        env=env,
+        cwd=str(REPO),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 90
         while not runtime.exists():
@@ -45,11 +50,19 @@ def test_serve_without_ray_never_imports_ray(tmp_path, tiny_model_root):
             time.sleep(0.05)  # polling a file the daemon writes once; not a test sleep
         info = json.loads(runtime.read_text())
         token = (home / ".config/ace-bridge/token").read_text().strip()
-        daemon = ProcessDaemon(process, info["url"], info["port"], token, runtime.parent, data, env,
-                               tmp_path / "daemon.log")
+        daemon = ProcessDaemon(
+            process, info["url"], info["port"], token, runtime.parent, data, env, tmp_path / "daemon.log"
+        )
         with connect(daemon, client_id="no-ray") as client:
-            events = collect(client.submit("inpaint", "x", image=rgba_payload(gradient_image(32, 32)),
-                                           mask=gray_payload(ellipse_mask(32, 32)), params={"steps": 2}))
+            events = collect(
+                client.submit(
+                    "inpaint",
+                    "x",
+                    image=rgba_payload(gradient_image(32, 32)),
+                    mask=gray_payload(ellipse_mask(32, 32)),
+                    params={"steps": 2},
+                )
+            )
             assert events[-1].TYPE == "done"
             assert "ray" not in client.status().engine
     finally:

@@ -27,8 +27,9 @@ pytestmark = pytest.mark.slow
 if importlib.util.find_spec("ray") is None:
     if in_ci():
         raise RuntimeError("CI installs the ray extra (.ci/steps/10_python.sh); ray is missing")
-    pytest.skip("needs the ray extra: pip install -c .ci/constraints.txt torch==2.13.0 -e '.[ray]'",
-                allow_module_level=True)
+    pytest.skip(
+        "needs the ray extra: pip install -c .ci/constraints.txt torch==2.13.0 -e '.[ray]'", allow_module_level=True
+    )
 
 IMAGE = gradient_image(64, 48)
 MASK = ellipse_mask(64, 48)
@@ -38,8 +39,13 @@ LONG = {"steps": 100, "size": (384, 384)}
 
 def inpaint(client: BridgeClient, seed: int, steps: int = 4, prompt: str = "a red hat", size=None, count: int = 1):
     image, mask = (IMAGE, MASK) if size is None else (gradient_image(*size), ellipse_mask(*size))
-    return client.submit("inpaint", prompt, image=rgba_payload(image), mask=gray_payload(mask),
-                         params={"seed": seed, "steps": steps, "count": count})
+    return client.submit(
+        "inpaint",
+        prompt,
+        image=rgba_payload(image),
+        mask=gray_payload(mask),
+        params={"seed": seed, "steps": steps, "count": count},
+    )
 
 
 def finish(handle, timeout: float = 120) -> list:
@@ -66,8 +72,9 @@ def journal(daemon) -> list[dict]:
 
 
 def ace(daemon, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bridge_server.cli", *args], env=daemon.env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "bridge_server.cli", *args], env=daemon.env, capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.fixture(scope="module")
@@ -89,15 +96,17 @@ def daemon_home(tmp_path_factory, cluster):
 
 @pytest.fixture(scope="module")
 def ray_daemon(cluster, daemon_home, tiny_model_root):
-    daemon = start_process_daemon(daemon_home, "--ray", cluster.address, "--replicas", "2",
-                                  tiny_root=tiny_model_root, timeout=240)
+    daemon = start_process_daemon(
+        daemon_home, "--ray", cluster.address, "--replicas", "2", tiny_root=tiny_model_root, timeout=240
+    )
     holder = {"daemon": daemon}
     yield holder
     holder["daemon"].stop()
 
 
 def test_jobs_from_three_clients_spread_over_both_replicas_and_equal_single_engine_results(
-        ray_daemon, tmp_path, tiny_model_root):
+    ray_daemon, tmp_path, tiny_model_root
+):
     daemon = ray_daemon["daemon"]
     engine = status(daemon)["engine"]
     assert engine["ray"]["replicas"] == 2 and "inpaint" in engine["tasks"]
@@ -196,8 +205,9 @@ def test_revoking_a_token_closes_the_session_and_cancels_the_queued_job(ray_daem
         for handle in bobs:
             next(e for e in handle.events(timeout=120) if e.TYPE in ("progress", "done"))
         queued = inpaint(alice, 33)
-        assert [j["state"] for j in status(daemon, alice)["queue"] if j["job_id"] == queued.id] == ["queued"], \
+        assert [j["state"] for j in status(daemon, alice)["queue"] if j["job_id"] == queued.id] == ["queued"], (
             json.dumps(status(daemon, bob))
+        )
         closed = threading.Event()
         alice.on_connection_change = lambda state: closed.set() if state != "connected" else None
         assert ace(daemon, "token", "revoke", "alice").returncode == 0
@@ -217,8 +227,9 @@ def test_a_restarted_daemon_reattaches_to_the_running_replicas(ray_daemon, clust
     daemon = ray_daemon["daemon"]
     before = {r["pid"] for r in status(daemon)["engine"]["replicas"] if r["state"] == "ready" and r.get("pid")}
     assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL  # killed, not shut down: the Serve app stays up
-    again = start_process_daemon(daemon_home, "--ray", cluster.address, "--replicas", "2",
-                                 tiny_root=tiny_model_root, timeout=240)
+    again = start_process_daemon(
+        daemon_home, "--ray", cluster.address, "--replicas", "2", tiny_root=tiny_model_root, timeout=240
+    )
     ray_daemon["daemon"] = again
     engine = status(again)["engine"]
     assert engine["ray"]["reattached"], again.log()

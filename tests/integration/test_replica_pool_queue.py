@@ -52,8 +52,9 @@ class ThreadPool:
 
             def run():
                 with self.lock:
-                    return self.engine.run(job, lambda s, t: loop.call_soon_threadsafe(on_step, s, t, None),
-                                           is_cancelled)
+                    return self.engine.run(
+                        job, lambda s, t: loop.call_soon_threadsafe(on_step, s, t, None), is_cancelled
+                    )
 
             result = await loop.run_in_executor(None, run)
             if is_cancelled():
@@ -82,8 +83,13 @@ class ThreadPool:
 
 
 def submit(client, seed: int):
-    return client.submit("inpaint", "x", image=rgba_payload(gradient_image(32, 32)),
-                         mask=gray_payload(ellipse_mask(32, 32)), params={"seed": seed, "steps": 2})
+    return client.submit(
+        "inpaint",
+        "x",
+        image=rgba_payload(gradient_image(32, 32)),
+        mask=gray_payload(ellipse_mask(32, 32)),
+        params={"seed": seed, "steps": 2},
+    )
 
 
 def test_two_replicas_run_two_jobs_at_once_and_positions_count_rounds(thread_daemon_factory, tiny_model_root):

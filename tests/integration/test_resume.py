@@ -14,8 +14,13 @@ from bridge_server.jobs.gate import Gate
 
 
 def submit_inpaint(client, steps=3, seed=5):
-    return client.submit("inpaint", "a red hat", image=rgba_payload(gradient_image()),
-                         mask=gray_payload(ellipse_mask()), params={"seed": seed, "steps": steps})
+    return client.submit(
+        "inpaint",
+        "a red hat",
+        image=rgba_payload(gradient_image()),
+        mask=gray_payload(ellipse_mask()),
+        params={"seed": seed, "steps": steps},
+    )
 
 
 def test_a_client_that_disconnects_mid_job_gets_the_result_when_it_comes_back(thread_daemon_factory):
@@ -29,8 +34,11 @@ def test_a_client_that_disconnects_mid_job_gets_the_result_when_it_comes_back(th
     session = client.session
     client.close()  # the editor went away mid-job
     finished = threading.Event()
-    daemon.call(lambda: daemon.state.queue.listeners.append(
-        lambda job, message: finished.set() if message.TYPE == "done" else None))
+    daemon.call(
+        lambda: daemon.state.queue.listeners.append(
+            lambda job, message: finished.set() if message.TYPE == "done" else None
+        )
+    )
     gate.run_freely()
     assert finished.wait(60)  # the job finished with nobody listening
     back = BridgeClient(daemon.url, daemon.token, client_id="krita-doc-1", session=session, reconnect_timeout=5)

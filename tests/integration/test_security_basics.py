@@ -50,8 +50,13 @@ def test_an_oversized_frame_closes_that_connection_with_1009_and_others_keep_wor
                 ws.recv(timeout=10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
         assert closed.value.rcvd.reason == "too_large"
-        handle = bystander.submit("inpaint", "x", image=rgba_payload(gradient_image(32, 32)),
-                                  mask=gray_payload(ellipse_mask(32, 32)), params={"steps": 1})
+        handle = bystander.submit(
+            "inpaint",
+            "x",
+            image=rgba_payload(gradient_image(32, 32)),
+            mask=gray_payload(ellipse_mask(32, 32)),
+            params={"steps": 1},
+        )
         assert types(collect(handle))[-1] == "done"
     finally:
         bystander.close()

@@ -25,8 +25,13 @@ WIDTH, HEIGHT = 512, 384
 
 def big_inpaint(client, seed: int = 5):
     image, mask = gradient_image(WIDTH, HEIGHT), ellipse_mask(WIDTH, HEIGHT)
-    return client.submit("inpaint", "a red hat", image=ImagePayload(WIDTH, HEIGHT, "rgba8", image.tobytes()),
-                         mask=gray_payload(mask), params={"seed": seed, "steps": 1})
+    return client.submit(
+        "inpaint",
+        "a red hat",
+        image=ImagePayload(WIDTH, HEIGHT, "rgba8", image.tobytes()),
+        mask=gray_payload(mask),
+        params={"seed": seed, "steps": 1},
+    )
 
 
 def result_of(handle) -> np.ndarray:

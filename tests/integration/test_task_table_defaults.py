@@ -53,8 +53,12 @@ def help_text(*argv: str) -> str:
 def panel_state(daemon) -> dict:
     base = f"http://127.0.0.1:{daemon.port}"
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-    req = urllib.request.Request(base + "/panel/api/code", data=b"{}", method="POST", headers={
-        "Authorization": f"Bearer {daemon.token}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        base + "/panel/api/code",
+        data=b"{}",
+        method="POST",
+        headers={"Authorization": f"Bearer {daemon.token}", "Content-Type": "application/json"},
+    )
     code = json.load(opener.open(req, timeout=10))["code"]
     opener.open(f"{base}/panel/?code={code}", timeout=10).read()
     return json.load(opener.open(base + "/panel/api/state", timeout=10))

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.slow
 
 
 def _copy_source(dest: Path) -> Path:
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                            text=True, check=True).stdout.splitlines()
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     for rel in listed:
         src = REPO / rel
         if src.is_file():
@@ -46,18 +47,21 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     src = _copy_source(tmp_path_factory.mktemp("src"))
     dist = tmp_path_factory.mktemp("dist")
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(src)])
-    _run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(dist)!r})"],
-         cwd=src)
+    _run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(dist)!r})"], cwd=src)
     return {"wheel": next(dist.glob("ace_bridge-*.whl")), "sdist": next(dist.glob("ace_bridge-*.tar.gz"))}
 
 
 def test_the_wheel_and_the_sdist_carry_both_plugins_the_editor_core_and_the_licence(built):
     names = zipfile.ZipFile(built["wheel"]).namelist()
-    for expected in ("bridge_server/install/plugin_krita/ace_bridge/__init__.py",
-                     "bridge_server/install/plugin_krita/ace_bridge.desktop",
-                     "bridge_server/install/plugin_krita/ace_bridge.action",
-                     "bridge_server/install/plugin_gimp/ace-bridge/ace-bridge.py",
-                     "ace_editor/jobs.py", "ace_protocol/client.py", "bridge_server/server/panel/static/index.html"):
+    for expected in (
+        "bridge_server/install/plugin_krita/ace_bridge/__init__.py",
+        "bridge_server/install/plugin_krita/ace_bridge.desktop",
+        "bridge_server/install/plugin_krita/ace_bridge.action",
+        "bridge_server/install/plugin_gimp/ace-bridge/ace-bridge.py",
+        "ace_editor/jobs.py",
+        "ace_protocol/client.py",
+        "bridge_server/server/panel/static/index.html",
+    ):
         assert expected in names, expected
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert not any("/_vendor/" in n for n in names), "vendored copies are made at install time, not shipped"
@@ -83,16 +87,34 @@ def test_a_fresh_venv_with_only_the_wheel_installs_both_plugins(built, tmp_path:
     assert "installed the krita plugin" in out.stdout
     pkg = krita / "pykrita" / "ace_bridge"
     assert (krita / "pykrita" / "ace_bridge.desktop").is_file() and (krita / "actions" / "ace_bridge.action").is_file()
-    for rel in ("__init__.py", "docker.py", "_vendor/ace_protocol/client.py", "_vendor/ace_editor/jobs.py",
-                "_vendor/msgpack/__init__.py", "_vendor/websockets/__init__.py",
-                "_vendor/msgpack/LICENSE", "_vendor/websockets/LICENSE"):
+    for rel in (
+        "__init__.py",
+        "docker.py",
+        "_vendor/ace_protocol/client.py",
+        "_vendor/ace_editor/jobs.py",
+        "_vendor/msgpack/__init__.py",
+        "_vendor/websockets/__init__.py",
+        "_vendor/msgpack/LICENSE",
+        "_vendor/websockets/LICENSE",
+    ):
         assert (pkg / rel).is_file(), rel
     gimp = tmp_path / "gimp-profile"
     _run([str(ace), "install", "gimp", "--profile-dir", str(gimp)], cwd=away, env=env)
     plugin = next(gimp.rglob("ace-bridge.py")).parent
-    for rel in ("acegimp_gimp.py", "acegimp_logic.py", "_vendor/ace_protocol/client.py", "_vendor/ace_editor/forms.py",
-                "_vendor/msgpack/LICENSE", "_vendor/websockets/LICENSE"):
+    for rel in (
+        "acegimp_gimp.py",
+        "acegimp_logic.py",
+        "_vendor/ace_protocol/client.py",
+        "_vendor/ace_editor/forms.py",
+        "_vendor/msgpack/LICENSE",
+        "_vendor/websockets/LICENSE",
+    ):
         assert (plugin / rel).is_file(), rel
-    installed = subprocess.run([str(py), "-c", "import bridge_server, sys; print(bridge_server.__file__)"],
-                               capture_output=True, text=True, cwd=away, env=env).stdout
+    installed = subprocess.run(
+        [str(py), "-c", "import bridge_server, sys; print(bridge_server.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=away,
+        env=env,
+    ).stdout
     assert str(venv) in installed, "the command must run from the wheel, not from the checkout"

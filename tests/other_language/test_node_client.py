@@ -28,16 +28,18 @@ def node() -> str:
     node = _tool("node")
     npm = _tool("npm")
     if not all((CLIENT_DIR / "node_modules" / dep / "package.json").is_file() for dep in DEPENDENCIES):
-        proc = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=CLIENT_DIR, capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=CLIENT_DIR, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, f"npm ci failed:\n{proc.stdout}\n{proc.stderr}"
     return node
 
 
 def run_client(node: str, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NODE_")}
-    return subprocess.run([node, "client.mjs", *args], cwd=CLIENT_DIR, capture_output=True, text=True,
-                          timeout=150, env=env)
+    return subprocess.run(
+        [node, "client.mjs", *args], cwd=CLIENT_DIR, capture_output=True, text=True, timeout=150, env=env
+    )
 
 
 def test_node_client_runs_an_inpaint_job(node: str, demo_daemon) -> None:
@@ -47,9 +49,18 @@ def test_node_client_runs_an_inpaint_job(node: str, demo_daemon) -> None:
     lines = proc.stdout.splitlines()
     tasks = next(line for line in lines if line.startswith("tasks: ")).split()[1:]
     assert "inpaint" in tasks, output
-    expected = ["accepted job_id=", "started", "progress 1/2 ", "progress 2/2 ", "done",
-                "result 64x48 rgba8 seed=1234: alpha 0 outside the mask", "acked", "closed 1000",
-                "resumed without redelivery", "OK"]
+    expected = [
+        "accepted job_id=",
+        "started",
+        "progress 1/2 ",
+        "progress 2/2 ",
+        "done",
+        "result 64x48 rgba8 seed=1234: alpha 0 outside the mask",
+        "acked",
+        "closed 1000",
+        "resumed without redelivery",
+        "OK",
+    ]
     found = [next((i for i, line in enumerate(lines) if line.startswith(prefix)), None) for prefix in expected]
     assert None not in found and found == sorted(found), output
     assert proc.stderr == "", output

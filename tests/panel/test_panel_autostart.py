@@ -40,8 +40,14 @@ def test_panel_starts_the_daemon_when_none_is_running(tmp_path: Path):
     env["BROWSER"] = f"{sys.executable} {browser} %s"
     runtime = Path(env["ACE_BRIDGE_CONFIG_DIR"]) / "runtime.json"
     try:
-        run = subprocess.run([sys.executable, "-m", "bridge_server.cli", "panel", "--browser"], env=env, cwd=str(REPO),
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, "-m", "bridge_server.cli", "panel", "--browser"],
+            env=env,
+            cwd=str(REPO),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 0, run.stderr
         assert "starting it" in run.stderr
         url = opened.read_text()

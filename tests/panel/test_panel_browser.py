@@ -35,9 +35,16 @@ pytestmark = pytest.mark.panel
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "panel"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 WAIT_MS = 60_000
+
 
 def unavailable(what: str) -> None:
     """Skip on a developer machine without the tool; fail in CI (CI=true), where .ci/steps/30_panel.sh installs it."""
@@ -88,15 +95,26 @@ def open_panel(page, daemon) -> float:
 
 
 def client_for(daemon, client_id: str, editor: str) -> BridgeClient:
-    client = BridgeClient(daemon.url, daemon.token, client_id=client_id, client_name=f"{editor}-plugin",
-                          editor=editor, reconnect_timeout=20)
+    client = BridgeClient(
+        daemon.url,
+        daemon.token,
+        client_id=client_id,
+        client_name=f"{editor}-plugin",
+        editor=editor,
+        reconnect_timeout=20,
+    )
     client.connect()
     return client
 
 
 def inpaint(client: BridgeClient, prompt: str, *, seed: int = 1, steps: int = 2):
-    return client.submit("inpaint", prompt, image=rgba_payload(gradient_image()), mask=gray_payload(ellipse_mask()),
-                         params={"seed": seed, "steps": steps})
+    return client.submit(
+        "inpaint",
+        prompt,
+        image=rgba_payload(gradient_image()),
+        mask=gray_payload(ellipse_mask()),
+        params={"seed": seed, "steps": steps},
+    )
 
 
 def finish(handle) -> list[str]:
@@ -106,7 +124,9 @@ def finish(handle) -> list[str]:
 def wait_thumbnail(page, entry: str) -> None:
     page.wait_for_function(
         "entry => { const img = document.querySelector(`.item[data-entry='${entry}'] img`);"
-        " return img !== null && img.complete && img.naturalWidth > 0; }", arg=entry)
+        " return img !== null && img.complete && img.naturalWidth > 0; }",
+        arg=entry,
+    )
 
 
 def test_the_panel_shows_queue_progress_and_history_and_cancels_a_queued_job(thread_daemon_factory, page):
@@ -119,8 +139,10 @@ def test_the_panel_shows_queue_progress_and_history_and_cancels_a_queued_job(thr
         page.wait_for_selector("#clients li[data-client='gimp-artist']")
         assert page.locator("#engine-badge").text_content() in ("unloaded", "loaded")
         if gimp.shared_memory_active:  # both on this machine: the panel says the pixels skip the WebSocket
-            page.wait_for_function("() => document.querySelector(\"#clients li[data-client='gimp-artist']\")"
-                                   ".textContent.includes('pixels via shared memory')")
+            page.wait_for_function(
+                "() => document.querySelector(\"#clients li[data-client='gimp-artist']\")"
+                ".textContent.includes('pixels via shared memory')"
+            )
 
         # Two finished jobs: they land in the gallery with their thumbnails, pushed without a reload.
         done = []
@@ -175,8 +197,9 @@ def test_the_panel_shows_queue_progress_and_history_and_cancels_a_queued_job(thr
         assert copied["prompt"] == "a brass lantern on the table" and copied["seed"] == 5 and copied["steps"] == 4
         item.locator("button.open").click()
         # The result opens over its input (a before/after slider, tests/panel/test_panel_companion.py).
-        page.wait_for_function("() => { const i = document.getElementById('compare-after');"
-                               " return i.complete && i.naturalWidth === 96; }")
+        page.wait_for_function(
+            "() => { const i = document.getElementById('compare-after'); return i.complete && i.naturalWidth === 96; }"
+        )
         page.click("#viewer", position={"x": 5, "y": 5})  # outside the picture closes the viewer
         page.wait_for_selector("#viewer", state="hidden")
         item.locator("button.delete").click()
@@ -282,8 +305,12 @@ def test_a_page_from_another_origin_cannot_use_the_panel(thread_daemon_factory, 
 
         # The same requests without Origin but also without the cookie are refused by the panel itself.
         for path, body in (("/panel/api/cancel", {"job_id": job.id}), ("/panel/api/pause", {"paused": False})):
-            request = urllib.request.Request(base_url(daemon) + path, data=json.dumps(body).encode(), method="POST",
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                base_url(daemon) + path,
+                data=json.dumps(body).encode(),
+                method="POST",
+                headers={"Content-Type": "application/json"},
+            )
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(request, timeout=10)
             assert refused.value.code == 401
@@ -321,15 +348,23 @@ def test_the_one_time_code_works_once_and_the_cookie_is_httponly_and_strict(thre
         with pytest.raises(urllib.error.HTTPError) as anonymous:
             urllib.request.urlopen(base_url(daemon) + path, timeout=10)
         assert anonymous.value.code == 401
-    form = urllib.request.Request(base_url(daemon) + "/panel/api/pause", data=b'{"paused": true}', method="POST",
-                                  headers={"Cookie": session, "Content-Type": "text/plain"})
+    form = urllib.request.Request(
+        base_url(daemon) + "/panel/api/pause",
+        data=b'{"paused": true}',
+        method="POST",
+        headers={"Cookie": session, "Content-Type": "text/plain"},
+    )
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(form, timeout=10)
     assert refused.value.code == 415 and not daemon.config.gate.paused
 
     # Token rotation from the panel: the old token no longer gets a code, the new one from the file does.
-    rotate = urllib.request.Request(base_url(daemon) + "/panel/api/token/rotate", data=b"{}", method="POST",
-                                    headers={"Cookie": session, "Content-Type": "application/json"})
+    rotate = urllib.request.Request(
+        base_url(daemon) + "/panel/api/token/rotate",
+        data=b"{}",
+        method="POST",
+        headers={"Cookie": session, "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(rotate, timeout=10) as reply:
         assert json.loads(reply.read())["ok"] is True
     new_token = (daemon.config.config_dir / "token").read_text().strip()
@@ -394,10 +429,32 @@ def test_the_pywebview_window_opens_the_panel_under_xvfb(thread_daemon_factory, 
         unavailable("xvfb-run")
     daemon = thread_daemon_factory()
     report = tmp_path / "loaded.json"
-    env = dict(os.environ, QTWEBENGINE_DISABLE_SANDBOX="1", PYWEBVIEW_GUI="qt", QT_QPA_PLATFORM="xcb",
-               ACE_BRIDGE_PANEL_SELFTEST=str(report), QTWEBENGINE_CHROMIUM_FLAGS="--disable-gpu")
-    command = ["timeout", "-k", "10", "90", "xvfb-run", "-a", "-s", "-screen 0 1280x900x24 -nolisten tcp",
-               sys.executable, "-m", "bridge_server.cli", "panel", "--url", daemon.url, "--token", daemon.token]
+    env = dict(
+        os.environ,
+        QTWEBENGINE_DISABLE_SANDBOX="1",
+        PYWEBVIEW_GUI="qt",
+        QT_QPA_PLATFORM="xcb",
+        ACE_BRIDGE_PANEL_SELFTEST=str(report),
+        QTWEBENGINE_CHROMIUM_FLAGS="--disable-gpu",
+    )
+    command = [
+        "timeout",
+        "-k",
+        "10",
+        "90",
+        "xvfb-run",
+        "-a",
+        "-s",
+        "-screen 0 1280x900x24 -nolisten tcp",
+        sys.executable,
+        "-m",
+        "bridge_server.cli",
+        "panel",
+        "--url",
+        daemon.url,
+        "--token",
+        daemon.token,
+    ]
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=str(REPO))
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
@@ -451,17 +508,41 @@ def test_serve_with_panel_opens_the_window_at_start(tmp_path, tiny_model_root):
     home = tmp_path / "home"
     env = isolated_env(home)
     report = tmp_path / "loaded.json"
-    env.update(QTWEBENGINE_DISABLE_SANDBOX="1", PYWEBVIEW_GUI="qt", QT_QPA_PLATFORM="xcb",
-               ACE_BRIDGE_PANEL_SELFTEST=str(report), QTWEBENGINE_CHROMIUM_FLAGS="--disable-gpu")
+    env.update(
+        QTWEBENGINE_DISABLE_SANDBOX="1",
+        PYWEBVIEW_GUI="qt",
+        QT_QPA_PLATFORM="xcb",
+        ACE_BRIDGE_PANEL_SELFTEST=str(report),
+        QTWEBENGINE_CHROMIUM_FLAGS="--disable-gpu",
+    )
     data_dir = Path(env["ACE_BRIDGE_DATA_DIR"])
     data_dir.mkdir(parents=True)
     (data_dir / "demo-model").symlink_to(tiny_model_root, target_is_directory=True)
     log_path = tmp_path / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            ["xvfb-run", "-a", "-s", "-screen 0 1280x900x24 -nolisten tcp", sys.executable, "-m", "bridge_server.cli",
-             "serve", "--demo", "--port", "0", "--idle-unload", "3600", "--panel"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), start_new_session=True)
+            [
+                "xvfb-run",
+                "-a",
+                "-s",
+                "-screen 0 1280x900x24 -nolisten tcp",
+                sys.executable,
+                "-m",
+                "bridge_server.cli",
+                "serve",
+                "--demo",
+                "--port",
+                "0",
+                "--idle-unload",
+                "3600",
+                "--panel",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(REPO),
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 90
         while not report.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -497,8 +578,12 @@ def test_missing_weights_show_the_command_that_fetches_them(tmp_path, thread_dae
     # `ace-bridge models pull` runs in another process; its progress bar writes where the daemon can see it.
     from bridge_server.models.pull import progress_bar_class
 
-    bar = progress_bar_class(empty)(total=34_000_000_000, desc="transformer/diffusion_pytorch_model.safetensors",
-                                    disable=False, file=open(os.devnull, "w"))  # noqa: SIM115
+    bar = progress_bar_class(empty)(
+        total=34_000_000_000,
+        desc="transformer/diffusion_pytorch_model.safetensors",
+        disable=False,
+        file=open(os.devnull, "w"),
+    )  # noqa: SIM115
     bar.update(8_500_000_000)
     bar.close()
     page.wait_for_selector("#engine-badge.downloading")  # pushed within the panel's engine poll, no reload
@@ -522,8 +607,9 @@ def test_default_steps_and_memory_mode_change_live_from_the_panel(thread_daemon_
         table = {t["name"]: t for t in client.welcome.tasks}
         steps = next(p for p in table["inpaint"]["params"] if p["name"] == "steps")
         assert steps["default"] == 3  # plugins fill their forms from this
-        handle = client.submit("inpaint", "x", image=rgba_payload(gradient_image()),
-                               mask=gray_payload(ellipse_mask()), params={"seed": 1})
+        handle = client.submit(
+            "inpaint", "x", image=rgba_payload(gradient_image()), mask=gray_payload(ellipse_mask()), params={"seed": 1}
+        )
         events = list(handle.events(timeout=120))
         assert [e.step for e in events if e.TYPE == "progress"] == [1, 2, 3]
         assert events[-1].TYPE == "done"

@@ -47,9 +47,11 @@ def test_a_result_opens_with_a_before_and_after_slider(thread_daemon_factory, pa
         wait_thumbnail(page, entry)
         page.click(f".item[data-entry='{entry}'] button.open")
         page.wait_for_selector("#compare:not([hidden])")
-        page.wait_for_function("() => ['compare-before', 'compare-after'].every(id => {"
-                               " const img = document.getElementById(id);"
-                               " return img.complete && img.naturalWidth > 0; })")
+        page.wait_for_function(
+            "() => ['compare-before', 'compare-after'].every(id => {"
+            " const img = document.getElementById(id);"
+            " return img.complete && img.naturalWidth > 0; })"
+        )
         compare = page.locator("#compare")
         slider = page.locator("#compare-slider")
         slider.fill("100")  # all before: the input as it was
@@ -79,22 +81,25 @@ def test_a_result_opens_with_a_before_and_after_slider(thread_daemon_factory, pa
         client.close()
 
 
-def test_a_failed_job_and_a_machine_that_cannot_run_the_model(tmp_path, thread_daemon_factory, tiny_model_root,
-                                                                  page):  # noqa: F811
+def test_a_failed_job_and_a_machine_that_cannot_run_the_model(tmp_path, thread_daemon_factory, tiny_model_root, page):  # noqa: F811
     from bridge_server.engine.ace_plus import AcePlusEngine
 
     class NoGpuEngine(AcePlusEngine):
         """The tiny engine as a machine without a usable GPU reports itself; its jobs run out of memory."""
 
         def state(self):
-            return super().state() | {"state": "error", "error_kind": "no_gpu",
-                                      "error": "no CUDA GPU found; the full-size model needs about 34 GB"}
+            return super().state() | {
+                "state": "error",
+                "error_kind": "no_gpu",
+                "error": "no CUDA GPU found; the full-size model needs about 34 GB",
+            }
 
         def run(self, job, on_step, is_cancelled, **kwargs):
             raise EngineError(ErrorCode.OUT_OF_MEMORY, "CUDA out of memory while denoising (tried to allocate 2 GiB)")
 
-    daemon = thread_daemon_factory(engine_factory=lambda: NoGpuEngine(tiny_model_root, idle_unload_s=None,
-                                                                      t5_max_length=32))
+    daemon = thread_daemon_factory(
+        engine_factory=lambda: NoGpuEngine(tiny_model_root, idle_unload_s=None, t5_max_length=32)
+    )
     client = client_for(daemon, "gimp-artist", "gimp")
     try:
         open_panel(page, daemon)

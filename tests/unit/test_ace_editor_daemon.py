@@ -52,11 +52,14 @@ def test_find_command_order(tmp_path, monkeypatch):
     assert find(plugin_dir=None) is None
 
 
-@pytest.mark.parametrize(("platform", "expected"), [
-    ("win32", ["appdata/Python/Python313/Scripts", "localappdata/pipx/pipx/venvs/ace-bridge/Scripts"]),
-    ("darwin", ["home/Library/Python/3.12/bin", "home/.local/bin"]),
-    ("linux", ["home/.local/bin", "home/.local/pipx/venvs/ace-bridge/bin"]),
-])
+@pytest.mark.parametrize(
+    ("platform", "expected"),
+    [
+        ("win32", ["appdata/Python/Python313/Scripts", "localappdata/pipx/pipx/venvs/ace-bridge/Scripts"]),
+        ("darwin", ["home/Library/Python/3.12/bin", "home/.local/bin"]),
+        ("linux", ["home/.local/bin", "home/.local/pipx/venvs/ace-bridge/bin"]),
+    ],
+)
 def test_script_folders_per_platform(tmp_path, platform, expected):
     env = {"APPDATA": str(tmp_path / "appdata"), "LOCALAPPDATA": str(tmp_path / "localappdata")}
     (tmp_path / "appdata/Python/Python313").mkdir(parents=True)
@@ -68,21 +71,32 @@ def test_script_folders_per_platform(tmp_path, platform, expected):
     target = tmp_path / expected[0] / name
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("")
-    assert daemon.find_command(None, env=env, which=lambda n: None, platform=platform,
-                               home=tmp_path / "home") == [str(target)]
+    assert daemon.find_command(None, env=env, which=lambda n: None, platform=platform, home=tmp_path / "home") == [
+        str(target)
+    ]
 
 
 def test_flatpak_runs_the_host_command(monkeypatch):
     assert daemon.host_command(["ace-bridge", "serve"], {"FLATPAK_ID": "org.kde.krita"}) == [
-        "flatpak-spawn", "--host", "ace-bridge", "serve"]
+        "flatpak-spawn",
+        "--host",
+        "ace-bridge",
+        "serve",
+    ]
     monkeypatch.setattr(daemon, "FLATPAK_INFO", "/nonexistent/.flatpak-info")
     assert daemon.host_command(["ace-bridge"], {}) == ["ace-bridge"]
 
 
-@pytest.mark.parametrize(("url", "remote"), [
-    ("ws://127.0.0.1:8717/v1/ws", False), ("ws://localhost:9/v1/ws", False), ("ws://[::1]:8717/v1/ws", False),
-    ("wss://192.168.1.20:8717/v1/ws", True), ("wss://gpu-box.lan:8717/v1/ws", True),
-])
+@pytest.mark.parametrize(
+    ("url", "remote"),
+    [
+        ("ws://127.0.0.1:8717/v1/ws", False),
+        ("ws://localhost:9/v1/ws", False),
+        ("ws://[::1]:8717/v1/ws", False),
+        ("wss://192.168.1.20:8717/v1/ws", True),
+        ("wss://gpu-box.lan:8717/v1/ws", True),
+    ],
+)
 def test_connection_box_only_for_a_remote_daemon(url, remote):
     assert daemon.is_remote(url) is remote
 
@@ -102,8 +116,9 @@ def test_start_daemon_detaches_and_logs(tmp_path, monkeypatch):
         calls.append((argv, kwargs))
         return object()
 
-    daemon.start_daemon(["/x/ace-bridge"], tmp_path / "logs" / "serve.log", ["serve", "--port", "1"],
-                        env={"HOME": "/h"}, popen=popen)
+    daemon.start_daemon(
+        ["/x/ace-bridge"], tmp_path / "logs" / "serve.log", ["serve", "--port", "1"], env={"HOME": "/h"}, popen=popen
+    )
     argv, kwargs = calls[0]
     assert argv == ["/x/ace-bridge", "serve", "--port", "1"]
     assert kwargs["start_new_session"] is True and kwargs["stdin"] == subprocess.DEVNULL
@@ -130,15 +145,24 @@ def test_wait_for_health_ok_exit_and_timeout(tmp_path):
         now[0] += s
 
     answers = iter([None, None, {"ok": True, "version": "9.9"}])
-    ok = daemon.wait_for_health("ws://127.0.0.1:1/v1/ws", _FakeProcess(), probe=lambda u: next(answers),
-                                clock=clock, sleep=sleep)
+    ok = daemon.wait_for_health(
+        "ws://127.0.0.1:1/v1/ws", _FakeProcess(), probe=lambda u: next(answers), clock=clock, sleep=sleep
+    )
     assert ok.ok and "9.9" in ok.message
-    gone = daemon.wait_for_health("ws://127.0.0.1:1/v1/ws", _FakeProcess(2), probe=lambda u: None, log_path=log,
-                                  clock=clock, sleep=sleep)
+    gone = daemon.wait_for_health(
+        "ws://127.0.0.1:1/v1/ws", _FakeProcess(2), probe=lambda u: None, log_path=log, clock=clock, sleep=sleep
+    )
     assert not gone.ok and "exit code 2" in gone.message and gone.log.endswith("error: port in use")
     assert "line 10" not in gone.log  # only the tail
-    late = daemon.wait_for_health("ws://127.0.0.1:1/v1/ws", _FakeProcess(), probe=lambda u: None, log_path=log,
-                                  timeout=5, clock=clock, sleep=sleep)
+    late = daemon.wait_for_health(
+        "ws://127.0.0.1:1/v1/ws",
+        _FakeProcess(),
+        probe=lambda u: None,
+        log_path=log,
+        timeout=5,
+        clock=clock,
+        sleep=sleep,
+    )
     assert not late.ok and "5 s" in late.message and "port in use" in late.log
 
 
@@ -147,7 +171,9 @@ def test_start_and_wait_runs_a_real_detached_process(tmp_path, monkeypatch):
     started in its own session, and answers; the editor could exit and it would keep running."""
     monkeypatch.setattr(daemon, "FLATPAK_INFO", "/nonexistent/.flatpak-info")
     script = tmp_path / "fake-ace-bridge"
-    script.write_text(f"#!{sys.executable}\n" + textwrap.dedent("""
+    script.write_text(
+        f"#!{sys.executable}\n"
+        + textwrap.dedent("""
         import http.server, json, os, sys
         port = int(sys.argv[sys.argv.index("--port") + 1])
         class H(http.server.BaseHTTPRequestHandler):
@@ -157,7 +183,8 @@ def test_start_and_wait_runs_a_real_detached_process(tmp_path, monkeypatch):
             def log_message(self, *a): pass
         print("fake daemon on", port, flush=True)
         http.server.HTTPServer(("127.0.0.1", port), H).handle_request()
-    """))
+    """)
+    )
     script.chmod(0o755)
     plugin = tmp_path / "plugin"
     daemon.write_launcher_record(plugin, [str(script)])
@@ -173,8 +200,9 @@ def test_start_and_wait_runs_a_real_detached_process(tmp_path, monkeypatch):
         started.append(proc)
         return proc
 
-    result = daemon.start_and_wait(f"ws://127.0.0.1:{port}/v1/ws", plugin, tmp_path / "serve.log", timeout=30,
-                                   popen=popen)
+    result = daemon.start_and_wait(
+        f"ws://127.0.0.1:{port}/v1/ws", plugin, tmp_path / "serve.log", timeout=30, popen=popen
+    )
     try:
         assert result.ok, (result.message, result.log)
         assert result.health["sid"] != os.getsid(0)  # its own session: it outlives the editor
@@ -193,11 +221,20 @@ def test_start_and_wait_without_a_command_or_for_a_remote_url(tmp_path):
 
 
 def _state(**kw):
-    base = {"installed": False, "tiny": False, "missing": [
-        {"name": "FLUX.1-Fill-dev (base model)", "required": True, "bytes": 35 * 10**9},
-        {"name": "ACE_Plus/ace_plus_fft.safetensors (optional, for instruct)", "required": False, "bytes": 0}],
-        "download_bytes": 35 * 10**9, "licence": "FLUX.1 [dev] Non-Commercial License: accept it first.",
-        "can_pull": True, "pull": {"state": "idle"}, "gpu": {"usable": True}, "tasks": []}
+    base = {
+        "installed": False,
+        "tiny": False,
+        "missing": [
+            {"name": "FLUX.1-Fill-dev (base model)", "required": True, "bytes": 35 * 10**9},
+            {"name": "ACE_Plus/ace_plus_fft.safetensors (optional, for instruct)", "required": False, "bytes": 0},
+        ],
+        "download_bytes": 35 * 10**9,
+        "licence": "FLUX.1 [dev] Non-Commercial License: accept it first.",
+        "can_pull": True,
+        "pull": {"state": "idle"},
+        "gpu": {"usable": True},
+        "tasks": [],
+    }
     base.update(kw)
     return base
 
@@ -206,8 +243,16 @@ def test_advice_for_each_model_state():
     missing = daemon.advice(_state())
     assert missing.state == "missing" and missing.can_download and not missing.warning
     assert "35.0 GB" in missing.detail and "Non-Commercial" in missing.detail and "optional" not in missing.detail
-    running = daemon.advice(_state(pull={"state": "running", "done_bytes": 7 * 10**9, "total_bytes": 35 * 10**9,
-                                         "file": "transformer.safetensors"}))
+    running = daemon.advice(
+        _state(
+            pull={
+                "state": "running",
+                "done_bytes": 7 * 10**9,
+                "total_bytes": 35 * 10**9,
+                "file": "transformer.safetensors",
+            }
+        )
+    )
     assert running.state == "downloading" and running.can_cancel and running.fraction == pytest.approx(0.2)
     assert "7.0 GB of 35.0 GB" in running.detail
     failed = daemon.advice(_state(pull={"state": "failed", "message": "gated: accept the licence"}))

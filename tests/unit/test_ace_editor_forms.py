@@ -25,8 +25,9 @@ def test_fields_from_a_welcome_entry_carry_the_daemons_defaults():
     assert steps.label == "Steps" and forms.common_field("count").label == "Images"
 
 
-@pytest.mark.parametrize(("name", "unset"), [("steps", 0), ("count", 0), ("feather", -1), ("guidance", -1.0),
-                                             ("seed", -1), ("face", False)])
+@pytest.mark.parametrize(
+    ("name", "unset"), [("steps", 0), ("count", 0), ("feather", -1), ("guidance", -1.0), ("seed", -1), ("face", False)]
+)
 def test_unset_values_sit_below_the_range_or_at_the_meaning_of_no_choice(name, unset):
     field = forms.common_field(name)
     assert field.unset == unset
@@ -38,8 +39,10 @@ def test_unset_values_sit_below_the_range_or_at_the_meaning_of_no_choice(name, u
 def test_params_leave_out_what_is_not_set_and_clamp_the_rest():
     unset = {name: forms.common_field(name).unset for name in ("seed", "steps", "count", "guidance", "feather")}
     assert forms.params_from(TASKS["inpaint"], unset) == {}
-    params = forms.params_from(TASKS["local_edit"].to_wire(), {"seed": 3, "steps": 500, "count": 1, "feather": 8,
-                                                                 "width": 512, "mode": "canny", "guidance": None})
+    params = forms.params_from(
+        TASKS["local_edit"].to_wire(),
+        {"seed": 3, "steps": 500, "count": 1, "feather": 8, "width": 512, "mode": "canny", "guidance": None},
+    )
     assert params == {"seed": 3, "steps": 100, "count": 1, "feather": 8, "mode": "canny"}
     TASKS["local_edit"].validate_params(params)  # what a plug-in sends passes the daemon's validation
     assert forms.params_from(TASKS["generate"], {"width": 10, "height": 5000}) == {"width": 64, "height": 4096}

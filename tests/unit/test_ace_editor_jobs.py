@@ -16,8 +16,9 @@ PIXEL = ImagePayload(1, 1, "rgba8", b"\x01\x02\x03\xff")
 
 
 def result(index: int, count: int = 2, seed: int = 5) -> Result:
-    return Result(job_id="job-1", index=index, count=count, seed=seed + index, image=PIXEL,
-                  provenance={"model": "tiny"})
+    return Result(
+        job_id="job-1", index=index, count=count, seed=seed + index, image=PIXEL, provenance={"model": "tiny"}
+    )
 
 
 class FakeHandle:
@@ -56,8 +57,16 @@ def request(**params) -> jobs.JobRequest:
 
 
 def test_run_job_reports_typed_events_and_ends_with_the_decoded_results():
-    handle = FakeHandle([Queued(job_id="job-1", position=1), Started(job_id="job-1"),
-                         Progress(job_id="job-1", step=1, total=2), result(1), result(0), Done(job_id="job-1")])
+    handle = FakeHandle(
+        [
+            Queued(job_id="job-1", position=1),
+            Started(job_id="job-1"),
+            Progress(job_id="job-1", step=1, total=2),
+            result(1),
+            result(0),
+            Done(job_id="job-1"),
+        ]
+    )
     client, seen = FakeClient(handle), []
     jobs.run_job(client, request(steps=2), lambda lid, ev: seen.append((lid, ev)))
     kinds = [type(ev).__name__ for _, ev in seen]
@@ -74,8 +83,11 @@ def test_run_job_turns_failures_into_a_failed_end():
     jobs.run_job(FakeClient(error=DaemonNotRunning("ws://x")), request(), lambda lid, ev: seen.append(ev))
     assert seen[-1].state == "failed" and seen[-1].code == "connection"
     seen.clear()
-    jobs.run_job(FakeClient(FakeHandle([Failed(code="out_of_memory", message="smaller", job_id="job-1")])),
-                 request(), lambda lid, ev: seen.append(ev))
+    jobs.run_job(
+        FakeClient(FakeHandle([Failed(code="out_of_memory", message="smaller", job_id="job-1")])),
+        request(),
+        lambda lid, ev: seen.append(ev),
+    )
     assert (seen[-1].state, seen[-1].code, seen[-1].message) == ("failed", "out_of_memory", "smaller")
     seen.clear()
     png = Result(job_id="job-1", index=0, count=1, seed=1, image=ImagePayload(1, 1, "png", b"\x89PNG"))
@@ -120,9 +132,16 @@ class RecordingUi(jobs.HeadlessUi):
 
 def test_wait_for_job_collects_results_in_order_and_shows_previews():
     shot = ImagePayload(8, 8, "jpeg", b"\xff\xd8")
-    job = FakeHandle([Queued(job_id="job-1", position=1), Started(job_id="job-1"),
-                      Progress(job_id="job-1", step=1, total=2, preview=shot), result(1), result(0),
-                      Done(job_id="job-1")])
+    job = FakeHandle(
+        [
+            Queued(job_id="job-1", position=1),
+            Started(job_id="job-1"),
+            Progress(job_id="job-1", step=1, total=2, preview=shot),
+            result(1),
+            result(0),
+            Done(job_id="job-1"),
+        ]
+    )
     ui = RecordingUi()
     outcome = jobs.wait_for_job(job, ui, prefix="ACE++: ")
     assert [r.index for r in outcome.results] == [0, 1]
@@ -132,8 +151,7 @@ def test_wait_for_job_collects_results_in_order_and_shows_previews():
 
 def test_wait_for_job_reports_failure_and_cancel():
     with pytest.raises(jobs.UserError, match=r"failed \(out_of_memory\): smaller"):
-        jobs.wait_for_job(FakeHandle([Failed(code="out_of_memory", message="smaller", job_id="job-1")]),
-                          RecordingUi())
+        jobs.wait_for_job(FakeHandle([Failed(code="out_of_memory", message="smaller", job_id="job-1")]), RecordingUi())
     job = FakeHandle([Started(job_id="job-1")], block_after=True)
     with pytest.raises(jobs.JobCancelled):
         jobs.wait_for_job(job, RecordingUi(cancel=True))
@@ -151,7 +169,9 @@ def test_task_not_offered_by_the_loaded_model_is_named():
     jobs.check_offered("inpaint", offered, {"model": "tiny"})
     with pytest.raises(jobs.UserError) as err:
         jobs.check_offered("instruct", offered, {"model": "tiny"})
-    assert "Edit with Instruction" in str(err.value) and "tiny" in str(err.value) and "generate, inpaint" in str(err.value)
+    assert (
+        "Edit with Instruction" in str(err.value) and "tiny" in str(err.value) and "generate, inpaint" in str(err.value)
+    )
 
 
 def test_describe_error_never_only_a_traceback():

@@ -39,8 +39,18 @@ def test_apply_template(template, text, expected):
 
 
 def test_record_keeps_the_request_and_the_daemons_provenance():
-    rec = provenance.provenance_record("inpaint", "a vase", 5, {"steps": 2}, (1, 2, 3, 4), "image", "j1",
-                                       {"model": "tiny", "editor": "gimp 3.0", "task": "ignored"}, 1, 2)
+    rec = provenance.provenance_record(
+        "inpaint",
+        "a vase",
+        5,
+        {"steps": 2},
+        (1, 2, 3, 4),
+        "image",
+        "j1",
+        {"model": "tiny", "editor": "gimp 3.0", "task": "ignored"},
+        1,
+        2,
+    )
     assert rec["format"] == provenance.FORMAT and rec["plugin_version"] == __version__
     assert (rec["task"], rec["seed"], rec["index"], rec["count"], rec["region"]) == ("inpaint", 5, 1, 2, [1, 2, 3, 4])
     assert rec["model"] == "tiny" and rec["editor"] == "gimp 3.0" and rec["server"]["task"] == "ignored"
@@ -51,8 +61,9 @@ def test_record_keeps_the_request_and_the_daemons_provenance():
 
 def test_provenance_store_round_trip_and_migration():
     store = provenance.ProvenanceStore()
-    rec = provenance.provenance_record("inpaint", "a vase", 5, {"steps": 2}, (1, 2, 3, 4), "image", "j1",
-                                       {"model": "tiny"})
+    rec = provenance.provenance_record(
+        "inpaint", "a vase", 5, {"steps": 2}, (1, 2, 3, 4), "image", "j1", {"model": "tiny"}
+    )
     store.add("{uid}", rec)
     again = provenance.ProvenanceStore.from_bytes(store.to_bytes())
     assert again.get("{uid}")["model"] == "tiny" and again.get("{uid}")["params"] == {"steps": 2}

@@ -14,8 +14,12 @@ from ace_protocol.tasks import TASKS
         ("instruct", None, "{image} make the hat red."),
         ("local_edit", None, "Make the hat red in {image} mask."),
         ("local_edit", "repaint", "Make the hat red in {image} mask."),
-        ("local_edit", "canny", 'By referencing the mask, restore a partial image from the doodle {image} that '
-         'aligns with the textual explanation: "make the hat red".'),
+        (
+            "local_edit",
+            "canny",
+            "By referencing the mask, restore a partial image from the doodle {image} that "
+            'aligns with the textual explanation: "make the hat red".',
+        ),
         ("reference_edit", None, "Make the hat red in {image}."),
         ("inpaint", None, "Make the hat red."),
         ("generate", None, "Make the hat red."),

@@ -152,7 +152,9 @@ def test_mosaic_of_a_very_wide_strip_is_made_from_the_whole_strip():
     plan = recipes.local_edit("p", img, np.full((64, 320), 255, np.uint8), mode="mosaic")
     assert plan.region_box == (32, 0, 256, 64)
     rgb = img[..., :3]
-    full = cv2.resize(cv2.resize(rgb, (5, 1), interpolation=cv2.INTER_CUBIC), (320, 64), interpolation=cv2.INTER_NEAREST)
+    full = cv2.resize(
+        cv2.resize(rgb, (5, 1), interpolation=cv2.INTER_CUBIC), (320, 64), interpolation=cv2.INTER_NEAREST
+    )
     assert np.array_equal(plan.canvas, recipes.to_signed(full[:, 32:288]) * 0.5)
 
 

@@ -16,8 +16,13 @@ SCRIPT = ROOT / "bench" / "gpu" / "bench_flux.py"
 @pytest.mark.slow
 def test_bench_flux_tiny_runs_and_writes_rows(tmp_path):
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--size", "tiny", "--out", str(out), "--steps-timed", "2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=90)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--size", "tiny", "--out", str(out), "--steps-timed", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "packages needed beyond torch" in proc.stdout
     assert "extrapolated to 28" in proc.stdout
@@ -26,8 +31,17 @@ def test_bench_flux_tiny_runs_and_writes_rows(tmp_path):
     assert data["meta"]["ceiling_tflops"] > 0
     rows = data["rows"]
     modes = {r["mode"] for r in rows}
-    assert {"eager", "fuse_lora", "fuse_qkv", "attention", "vae_channels_last", "compile", "fp8", "cache",
-            "offload"} <= modes
+    assert {
+        "eager",
+        "fuse_lora",
+        "fuse_qkv",
+        "attention",
+        "vae_channels_last",
+        "compile",
+        "fp8",
+        "cache",
+        "offload",
+    } <= modes
     by = {(r["mode"], r["workload"]): r for r in rows}
     for wl in ("edit_1440x720", "gen_1024"):
         for mode in ("eager", "fuse_lora", "fuse_qkv", "vae_channels_last", "cache"):

@@ -16,9 +16,26 @@ SCRIPT = ROOT / "bench" / "gpu" / "tier_table.py"
 @pytest.mark.slow
 def test_tier_table_runs_at_toy_size(tmp_path):
     out = tmp_path / "tiers"
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--size", "toy", "--out", str(out), "--tiers",
-                           "full,bf16,gguf-q8", "--cold-starts", "1", "--steps", "2"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--size",
+            "toy",
+            "--out",
+            str(out),
+            "--tiers",
+            "full,bf16,gguf-q8",
+            "--cold-starts",
+            "1",
+            "--steps",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     data = json.loads((out / "tier_table.json").read_text())
     rows = {r["tier_requested"]: r for r in data["rows"]}

@@ -52,8 +52,14 @@ def test_no_engine_module_but_the_adapter_touches_private_diffusers_members():
 
 
 _DIFFUSERS_PRIVATE = {
-    "_execution_device", "_pack_latents", "_unpack_latents", "_prepare_latent_image_ids", "_repeated_blocks",
-    "_interrupt", "_check_attention_backend_requirements", "_compiled_call_impl",
+    "_execution_device",
+    "_pack_latents",
+    "_unpack_latents",
+    "_prepare_latent_image_ids",
+    "_repeated_blocks",
+    "_interrupt",
+    "_check_attention_backend_requirements",
+    "_compiled_call_impl",
 }
 
 

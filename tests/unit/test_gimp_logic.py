@@ -57,9 +57,7 @@ def test_no_selection_means_the_whole_image_where_allowed():
     assert logic.full_mask(plan.region).data == b"\xff" * (96 * 64)
 
 
-@pytest.mark.parametrize(
-    ("source", "placement"), [("visible", "top"), ("layer", "above-active")]
-)
+@pytest.mark.parametrize(("source", "placement"), [("visible", "top"), ("layer", "above-active")])
 def test_region_padding_and_placement(source, placement):
     settings = logic.Settings(padding=4, source=source)
     plan = logic.plan_job(action("local_edit"), settings, CANVAS, Bounds(20, 10, 30, 20))
@@ -100,8 +98,9 @@ def test_arguments_left_at_their_defaults_leave_the_job_to_the_daemon():
     plan = logic.plan_job(action("inpaint"), logic.Settings(), CANVAS, Bounds(1, 1, 5, 5))
     assert logic.build_params(action("inpaint"), logic.Settings(), plan) == {}
     defaults = {a.name: a.default for a in logic.procedure_arguments(action("inpaint"))}
-    settings = logic.Settings(**{k: v for k, v in defaults.items() if k in ("seed", "steps", "count", "guidance",
-                                                                             "feather", "padding")})
+    settings = logic.Settings(
+        **{k: v for k, v in defaults.items() if k in ("seed", "steps", "count", "guidance", "feather", "padding")}
+    )
     assert logic.build_params(action("inpaint"), settings, plan) == {}
 
 
@@ -153,10 +152,18 @@ def test_wait_for_job_prefixes_its_status_lines():
 
 
 def test_provenance_parasite_is_one_record():
-    result = Result(job_id="j", index=0, count=1, seed=7, image=ImagePayload(1, 1, "rgba8", b"\0" * 4),
-                    provenance={"model": "tiny", "task": "inpaint", "editor": "gimp 3.0"})
-    data = logic.provenance_bytes(result, {"task": "inpaint", "prompt": "a vase", "params": {"steps": 2},
-                                           "region": [1, 2, 3, 4], "source": "visible"})
+    result = Result(
+        job_id="j",
+        index=0,
+        count=1,
+        seed=7,
+        image=ImagePayload(1, 1, "rgba8", b"\0" * 4),
+        provenance={"model": "tiny", "task": "inpaint", "editor": "gimp 3.0"},
+    )
+    data = logic.provenance_bytes(
+        result,
+        {"task": "inpaint", "prompt": "a vase", "params": {"steps": 2}, "region": [1, 2, 3, 4], "source": "visible"},
+    )
     value = logic.parse_provenance(data)
     assert value["seed"] == 7 and value["model"] == "tiny" and value["prompt"] == "a vase"
     assert value["params"] == {"steps": 2} and value["job_id"] == "j" and value["editor"] == "gimp 3.0"
@@ -170,20 +177,33 @@ def test_install_gimp_into_a_profile(tmp_path, wheel_cache):
     assert folder == tmp_path / "GIMP" / "3.0" / "plug-ins" / "ace-bridge"
     entry = folder / "ace-bridge.py"
     assert entry.stat().st_mode & stat.S_IXUSR
-    for rel in ("acegimp_logic.py", "acegimp_gimp.py", "acegimp_bundled.py", "_vendor/__init__.py",
-                "_vendor/ace_protocol/client.py", "_vendor/ace_editor/jobs.py", "_vendor/msgpack/fallback.py",
-                "_vendor/websockets/sync/client.py"):
+    for rel in (
+        "acegimp_logic.py",
+        "acegimp_gimp.py",
+        "acegimp_bundled.py",
+        "_vendor/__init__.py",
+        "_vendor/ace_protocol/client.py",
+        "_vendor/ace_editor/jobs.py",
+        "_vendor/msgpack/fallback.py",
+        "_vendor/websockets/sync/client.py",
+    ):
         assert (folder / rel).is_file(), rel
     assert not list((folder / "_vendor").rglob("*.so")) and not list((folder / "_vendor").rglob("*.pyd"))
     # The plug-in's own import setup works with nothing but the folder (no site-packages), as GIMP runs it (its
     # folder on sys.path), and the vendored packages stay private: no global msgpack, websockets or ace_protocol.
-    code = ("import sys; sys.path[:0] = [sys.argv[1]]; import acegimp_logic, _vendor.msgpack as m; "
-            "assert m.Packer.__module__ == '_vendor.msgpack.fallback'; "
-            "assert acegimp_logic.jobs.messages.__name__ == '_vendor.ace_protocol.messages'; "
-            "leaked = [n for n in ('msgpack', 'websockets', 'ace_protocol', 'ace_editor') if n in sys.modules]; "
-            "assert not leaked, leaked; print(acegimp_logic.__file__)")
-    out = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", code, str(folder)],
-                         capture_output=True, text=True, env={"PATH": os.environ["PATH"]})
+    code = (
+        "import sys; sys.path[:0] = [sys.argv[1]]; import acegimp_logic, _vendor.msgpack as m; "
+        "assert m.Packer.__module__ == '_vendor.msgpack.fallback'; "
+        "assert acegimp_logic.jobs.messages.__name__ == '_vendor.ace_protocol.messages'; "
+        "leaked = [n for n in ('msgpack', 'websockets', 'ace_protocol', 'ace_editor') if n in sys.modules]; "
+        "assert not leaked, leaked; print(acegimp_logic.__file__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-B", "-c", code, str(folder)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"]},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith(str(folder))
     # Reinstalling replaces the folder (stale files go).
@@ -243,8 +263,12 @@ def _linux_home(tmp_path, monkeypatch, programs=()):
 
 @pytest.mark.parametrize(
     ("programs", "expected"),
-    [((), ["3.2"]), (("gimp-3.0",), ["3.0"]), (("gimp-console-3.2",), ["3.2"]),
-     (("gimp-3.0", "gimp-3.2"), ["3.2", "3.0"])],
+    [
+        ((), ["3.2"]),
+        (("gimp-3.0",), ["3.0"]),
+        (("gimp-console-3.2",), ["3.2"]),
+        (("gimp-3.0", "gimp-3.2"), ["3.2", "3.0"]),
+    ],
 )
 def test_before_the_first_start_the_installed_gimps_profiles(tmp_path, monkeypatch, programs, expected):
     """No profile yet: the profile of each GIMP 3 whose programs are on PATH, else the newest known (3.2)."""
@@ -263,23 +287,46 @@ def test_every_existing_3x_profile_newest_first_flatpak_too(tmp_path, monkeypatc
 
 def test_cli_install_gimp_before_the_first_start_lands_where_gimp_32_looks(tmp_path, wheel_cache):
     """`ace-bridge install gimp` with no GIMP profile yet: the plug-in is in GIMP/3.2/plug-ins."""
-    env = {**os.environ, "ACE_BRIDGE_WHEEL_CACHE": str(wheel_cache), "HOME": str(tmp_path),
-           "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "PATH": "/nonexistent"}
-    out = subprocess.run([sys.executable, "-m", "bridge_server.cli", "install", "gimp"],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    env = {
+        **os.environ,
+        "ACE_BRIDGE_WHEEL_CACHE": str(wheel_cache),
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+        "PATH": "/nonexistent",
+    }
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge_server.cli", "install", "gimp"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "xdg/GIMP/3.2/plug-ins/ace-bridge/ace-bridge.py").is_file(), out.stdout
     assert sorted(p.name for p in (tmp_path / "xdg/GIMP").iterdir()) == ["3.2"]
     # With a 3.0 profile as well (an older GIMP started once), both get the plug-in.
     (tmp_path / "xdg/GIMP/3.0").mkdir()
-    out = subprocess.run([sys.executable, "-m", "bridge_server.cli", "install", "gimp"],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge_server.cli", "install", "gimp"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     for version in ("3.2", "3.0"):
         assert (tmp_path / f"xdg/GIMP/{version}/plug-ins/ace-bridge/ace-bridge.py").is_file(), out.stdout
     assert out.stdout.count("installed the gimp plugin into") == 2, out.stdout
-    out = subprocess.run([sys.executable, "-m", "bridge_server.cli", "uninstall", "gimp"],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge_server.cli", "uninstall", "gimp"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert not list((tmp_path / "xdg/GIMP").glob("*/plug-ins/ace-bridge")), out.stdout
 
@@ -292,12 +339,24 @@ def test_state_file_is_json(tmp_path):
 def test_cli_install_and_uninstall_gimp(tmp_path, wheel_cache):
     env = {**os.environ, "ACE_BRIDGE_WHEEL_CACHE": str(wheel_cache)}
     profile = tmp_path / "GIMP" / "3.2"
-    out = subprocess.run([sys.executable, "-m", "bridge_server.cli", "install", "gimp", "--profile-dir", str(profile)],
-                         capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge_server.cli", "install", "gimp", "--profile-dir", str(profile)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert (profile / "plug-ins" / "ace-bridge" / "ace-bridge.py").stat().st_mode & stat.S_IXUSR
-    out = subprocess.run([sys.executable, "-m", "bridge_server.cli", "uninstall", "gimp", "--profile-dir",
-                          str(profile)], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge_server.cli", "uninstall", "gimp", "--profile-dir", str(profile)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert not (profile / "plug-ins" / "ace-bridge").exists()
 

@@ -27,6 +27,7 @@ def plugin_module(folder: str, name: str):
         sys.path.insert(0, path)
     return importlib.import_module(name)
 
+
 EXPECTED = {
     "instruct": 50.0,
     "local_edit": 50.0,

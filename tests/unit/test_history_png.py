@@ -45,7 +45,9 @@ def test_large_images_use_the_sliced_parallel_deflate_and_still_round_trip():
     assert len(encode_png(rgba)) < rgba.nbytes // 4
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (33, 17), (64, 64), (300, 300), (9, 2000), (2, 16383), (2, 16384)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (1, 7), (5, 1), (33, 17), (64, 64), (300, 300), (9, 2000), (2, 16383), (2, 16384)]
+)
 def test_stored_png_built_in_place_round_trips_and_is_standard(shape):
     from bridge_server.imaging.codecs import encode_png_stored
 

@@ -29,11 +29,14 @@ def home(tmp_path, monkeypatch):
     return home
 
 
-@pytest.mark.parametrize(("platform", "resources", "kritarc"), [
-    ("win32", "AppData/Roaming/krita", "AppData/Local/kritarc"),
-    ("darwin", "Library/Application Support/krita", "Library/Preferences/kritarc"),
-    ("linux", ".local/share/krita", ".config/kritarc"),
-])
+@pytest.mark.parametrize(
+    ("platform", "resources", "kritarc"),
+    [
+        ("win32", "AppData/Roaming/krita", "AppData/Local/kritarc"),
+        ("darwin", "Library/Application Support/krita", "Library/Preferences/kritarc"),
+        ("linux", ".local/share/krita", ".config/kritarc"),
+    ],
+)
 def test_krita_profile_per_platform(home, monkeypatch, platform, resources, kritarc):
     from bridge_server.install import krita
 
@@ -48,9 +51,13 @@ def test_krita_profile_per_platform(home, monkeypatch, platform, resources, krit
         assert krita.kritarc_path() == home / "local" / "kritarc"
 
 
-@pytest.mark.parametrize(("platform", "profile"), [
-    ("win32", "AppData/Roaming/GIMP/3.2"), ("darwin", "Library/Application Support/GIMP/3.2"),
-])
+@pytest.mark.parametrize(
+    ("platform", "profile"),
+    [
+        ("win32", "AppData/Roaming/GIMP/3.2"),
+        ("darwin", "Library/Application Support/GIMP/3.2"),
+    ],
+)
 def test_gimp_profile_on_windows_and_macos(home, monkeypatch, platform, profile):
     from bridge_server.install import gimp
 
@@ -66,12 +73,15 @@ def test_flatpak_krita_is_detected_and_gets_its_own_profile(home, monkeypatch):
     monkeypatch.setattr(krita.sys, "platform", "linux")
     (home / ".var/app/org.kde.krita").mkdir(parents=True)
     # Only the Flatpak: only its sandboxed profile.
-    assert krita.default_targets() == [(home / ".var/app/org.kde.krita/data/krita",
-                                        home / ".var/app/org.kde.krita/config/kritarc")]
+    assert krita.default_targets() == [
+        (home / ".var/app/org.kde.krita/data/krita", home / ".var/app/org.kde.krita/config/kritarc")
+    ]
     # A native Krita as well (its resource folder exists): both.
     (home / ".local/share/krita").mkdir(parents=True)
-    assert [t[0] for t in krita.default_targets()] == [home / ".local/share/krita",
-                                                       home / ".var/app/org.kde.krita/data/krita"]
+    assert [t[0] for t in krita.default_targets()] == [
+        home / ".local/share/krita",
+        home / ".var/app/org.kde.krita/data/krita",
+    ]
 
 
 def test_flatpak_detected_through_flatpak_info(home, monkeypatch):
@@ -147,12 +157,20 @@ def test_cli_install_krita_into_native_and_flatpak(tmp_path):
     env = {**os.environ, "ACE_BRIDGE_WHEEL_CACHE": str(wheel_cache), "HOME": str(home), "PATH": "/nonexistent"}
     for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME"):
         env.pop(var, None)
-    out = subprocess.run([sys.executable, "-m", "bridge_server.cli", "install", "krita"], capture_output=True,
-                         text=True, env=env, timeout=180, cwd=Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-m", "bridge_server.cli", "install", "krita"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("installed the krita plugin into") == 2, out.stdout
-    for base, rc in ((home / ".local/share/krita", home / ".config/kritarc"),
-                     (home / ".var/app/org.kde.krita/data/krita", home / ".var/app/org.kde.krita/config/kritarc")):
+    for base, rc in (
+        (home / ".local/share/krita", home / ".config/kritarc"),
+        (home / ".var/app/org.kde.krita/data/krita", home / ".var/app/org.kde.krita/config/kritarc"),
+    ):
         assert (base / "pykrita/ace_bridge/__init__.py").is_file() and (base / "pykrita/ace_bridge.desktop").is_file()
         assert "enable_ace_bridge=true" in rc.read_text()
 
@@ -160,8 +178,12 @@ def test_cli_install_krita_into_native_and_flatpak(tmp_path):
 def _kritas_importer() -> Path | None:
     """plugin_importer.py as a Krita install ships it (host or an editor-test chroot)."""
     rel = "usr/share/krita/pykrita/plugin_importer/plugin_importer.py"
-    for base in ("/", "/var/cache/ace-bridge/sid", "/var/cache/ace-bridge/sid-experimental",
-                 "/var/cache/ace-bridge/trixie"):
+    for base in (
+        "/",
+        "/var/cache/ace-bridge/sid",
+        "/var/cache/ace-bridge/sid-experimental",
+        "/var/cache/ace-bridge/trixie",
+    ):
         if (Path(base) / rel).is_file():
             return Path(base) / rel
     return None

@@ -50,7 +50,9 @@ def test_docker_fields_come_from_the_table_or_the_daemons_welcome():
 
 
 def test_task_options_are_the_tasks_choices_and_switches():
-    names = {t: [f.name for f in option_fields(TASKS[t].to_wire())] for t in ("local_edit", "reference_edit", "inpaint")}
+    names = {
+        t: [f.name for f in option_fields(TASKS[t].to_wire())] for t in ("local_edit", "reference_edit", "inpaint")
+    }
     assert "mode" in names["local_edit"] and "face" in names["reference_edit"] and names["inpaint"] == []
     mode = next(f for f in option_fields(TASKS["local_edit"].to_wire()) if f.name == "mode")
     assert mode.choices[0] == "repaint" and forms.params_from(TASKS["local_edit"], {"mode": "repaint"}) == {}
@@ -125,15 +127,24 @@ def test_installed_plugin_imports_its_packages_privately(tmp_path, monkeypatch):
     from bridge_server.install.krita import install_krita
 
     repo = Path(__file__).resolve().parents[2]
-    monkeypatch.setenv("ACE_BRIDGE_WHEEL_CACHE", os.environ.get("ACE_BRIDGE_WHEEL_CACHE") or str(repo / ".cache/wheels"))
+    monkeypatch.setenv(
+        "ACE_BRIDGE_WHEEL_CACHE", os.environ.get("ACE_BRIDGE_WHEEL_CACHE") or str(repo / ".cache/wheels")
+    )
     pkg = install_krita(tmp_path / "krita", tmp_path / "kritarc")
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); before = list(sys.path)\n"
-            "import ace_bridge.model, ace_bridge.bundled as b\n"
-            "assert b.jobs.__name__ == 'ace_bridge._vendor.ace_editor.jobs', b.jobs.__name__\n"
-            "assert b.client.ClientConnection.__module__ == 'ace_bridge._vendor.websockets.sync.client'\n"
-            "leaked = [n for n in ('msgpack', 'websockets', 'ace_protocol', 'ace_editor') if n in sys.modules]\n"
-            "assert not leaked, leaked\n"
-            "assert sys.path == before, sys.path")
-    out = subprocess.run([sys.executable, "-I", "-S", "-B", "-c", code, str(pkg.parent)], capture_output=True,
-                         text=True, env={"PATH": os.environ["PATH"], "ACE_BRIDGE_NO_REGISTER": "1"}, timeout=120)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); before = list(sys.path)\n"
+        "import ace_bridge.model, ace_bridge.bundled as b\n"
+        "assert b.jobs.__name__ == 'ace_bridge._vendor.ace_editor.jobs', b.jobs.__name__\n"
+        "assert b.client.ClientConnection.__module__ == 'ace_bridge._vendor.websockets.sync.client'\n"
+        "leaked = [n for n in ('msgpack', 'websockets', 'ace_protocol', 'ace_editor') if n in sys.modules]\n"
+        "assert not leaked, leaked\n"
+        "assert sys.path == before, sys.path"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-B", "-c", code, str(pkg.parent)],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "ACE_BRIDGE_NO_REGISTER": "1"},
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr

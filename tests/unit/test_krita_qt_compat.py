@@ -86,17 +86,32 @@ class _Client:
     def __init__(self, *args, **kw):
         self.acked = []
         self.on_connection_change = None
-        self.handle = _Handle([
-            Queued(job_id="job-1", position=1), Started(job_id="job-1"),
-            Progress(job_id="job-1", step=1, total=2, eta_s=1.0),
-            Result(job_id="job-1", index=0, count=1, seed=5, image=ImagePayload(2, 1, "rgba8", b"\x01\x02\x03\x04" * 2),
-                   provenance={"model": "tiny"}),
-            Done(job_id="job-1"),
-        ])
+        self.handle = _Handle(
+            [
+                Queued(job_id="job-1", position=1),
+                Started(job_id="job-1"),
+                Progress(job_id="job-1", step=1, total=2, eta_s=1.0),
+                Result(
+                    job_id="job-1",
+                    index=0,
+                    count=1,
+                    seed=5,
+                    image=ImagePayload(2, 1, "rgba8", b"\x01\x02\x03\x04" * 2),
+                    provenance={"model": "tiny"},
+                ),
+                Done(job_id="job-1"),
+            ]
+        )
 
     def connect(self):
-        return Welcome(server_version="0.1.0", protocol_version=1, session="s", limits={}, engine={},
-                       tasks=[{"name": "inpaint", "params": []}])
+        return Welcome(
+            server_version="0.1.0",
+            protocol_version=1,
+            session="s",
+            limits={},
+            engine={},
+            tasks=[{"name": "inpaint", "params": []}],
+        )
 
     def fetch_unacknowledged(self, wait=1.0):
         return []
@@ -166,8 +181,9 @@ def test_submit_refused_becomes_failed_event(qt):
             raise DaemonNotRunning("ws://127.0.0.1:1/v1/ws")
 
     seen = []
-    worker_mod.run_job(Refusing(), worker_mod.JobSpec("k3", "inpaint", "", None, None, [], {}),
-                       lambda lid, event: seen.append(event))
+    worker_mod.run_job(
+        Refusing(), worker_mod.JobSpec("k3", "inpaint", "", None, None, [], {}), lambda lid, event: seen.append(event)
+    )
     assert seen[0].state == "failed" and "not running" in seen[0].message
 
 
@@ -199,9 +215,12 @@ def test_progress_preview_reaches_the_ui_event(qt):
     client = _Client()
     client.handle._events = [
         Progress(job_id="job-1", step=4, total=8, eta_s=1.0, preview=ImagePayload(32, 16, "jpeg", jpeg)),
-        Progress(job_id="job-1", step=5, total=8, eta_s=0.5), Cancelled(job_id="job-1")]
+        Progress(job_id="job-1", step=5, total=8, eta_s=0.5),
+        Cancelled(job_id="job-1"),
+    ]
     seen = []
-    worker_mod.run_job(client, worker_mod.JobSpec("k4", "inpaint", "", None, None, [], {}),
-                       lambda lid, event: seen.append(event))
+    worker_mod.run_job(
+        client, worker_mod.JobSpec("k4", "inpaint", "", None, None, [], {}), lambda lid, event: seen.append(event)
+    )
     progress = [e for e in seen if isinstance(e, Progress)]
     assert bytes(progress[0].preview.data) == jpeg and progress[1].preview is None

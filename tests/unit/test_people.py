@@ -15,8 +15,18 @@ from bridge_server.server.people import PeopleBook, PeopleError, add_person, loa
 
 
 def job(n: int, client: str, person: str = "") -> Job:
-    return Job(id=f"j{n}", client_id=client, task="inpaint", prompt="", params={}, seed=0, created=0.0, width=8,
-               height=8, person=person)
+    return Job(
+        id=f"j{n}",
+        client_id=client,
+        task="inpaint",
+        prompt="",
+        params={},
+        seed=0,
+        created=0.0,
+        width=8,
+        height=8,
+        person=person,
+    )
 
 
 def test_add_list_revoke_and_lookup(tmp_path):
@@ -59,15 +69,34 @@ def test_fairness_is_per_person_not_per_editor():
 
 
 def test_status_prints_one_line_per_replica(capsys):
-    print_replicas({
-        "ray": {"address": "10.0.0.5:6379", "replicas": 2, "live": 1, "reattached": True, "restarts": 1},
-        "replicas": [
-            {"replica": "abc", "state": "ready", "busy": True, "pid": 7, "node": "10.0.0.6", "gpu": "NVIDIA H100",
-             "tier": "gpu", "adapters": ["local", "fft"], "jobs_done": 3, "failures": 0, "lost": 0},
-            {"replica": "def", "state": "taken out", "busy": False, "failures": 3, "lost": 0,
-             "note": "taken out after 3 failures in a row: oom"},
-        ],
-    })
+    print_replicas(
+        {
+            "ray": {"address": "10.0.0.5:6379", "replicas": 2, "live": 1, "reattached": True, "restarts": 1},
+            "replicas": [
+                {
+                    "replica": "abc",
+                    "state": "ready",
+                    "busy": True,
+                    "pid": 7,
+                    "node": "10.0.0.6",
+                    "gpu": "NVIDIA H100",
+                    "tier": "gpu",
+                    "adapters": ["local", "fft"],
+                    "jobs_done": 3,
+                    "failures": 0,
+                    "lost": 0,
+                },
+                {
+                    "replica": "def",
+                    "state": "taken out",
+                    "busy": False,
+                    "failures": 3,
+                    "lost": 0,
+                    "note": "taken out after 3 failures in a row: oom",
+                },
+            ],
+        }
+    )
     out = capsys.readouterr().out
     assert "1 of 2 replica(s) live at 10.0.0.5:6379 (reattached); 1 job restart(s)" in out
     assert "replica abc [ready, busy] pid 7 on 10.0.0.6 NVIDIA H100, tier gpu, adapters local,fft, 3 done" in out

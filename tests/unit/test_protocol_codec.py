@@ -33,17 +33,41 @@ PIXEL = ImagePayload(2, 1, "rgba8", bytes(range(8)))
 MASK = ImagePayload(2, 1, "gray8", b"\x00\xff")
 
 CLIENT = [
-    Hello(client_id="krita-1", client_name="ace-bridge-krita", client_version="0.1", protocol_versions=[1],
-          editor="krita 5.2", token="t", session="s"),
-    Submit(id="r1", task="inpaint", prompt="a red hat", image=PIXEL, mask=MASK, references=[PIXEL],
-           params={"seed": 3, "steps": 4}, label="doc"),
+    Hello(
+        client_id="krita-1",
+        client_name="ace-bridge-krita",
+        client_version="0.1",
+        protocol_versions=[1],
+        editor="krita 5.2",
+        token="t",
+        session="s",
+    ),
+    Submit(
+        id="r1",
+        task="inpaint",
+        prompt="a red hat",
+        image=PIXEL,
+        mask=MASK,
+        references=[PIXEL],
+        params={"seed": 3, "steps": 4},
+        label="doc",
+    ),
     Cancel(job_id="j", id="r2"),
     Ack(job_ids=["a", "b"]),
     StatusRequest(id="r3"),
 ]
 SERVER = [
-    Welcome(server_version="0.1", protocol_version=1, session="s", limits={"max_pixels": 4}, engine={"state": "x"},
-            tasks=[{"name": "inpaint"}], resumed=True, pending=["j"], id="h"),
+    Welcome(
+        server_version="0.1",
+        protocol_version=1,
+        session="s",
+        limits={"max_pixels": 4},
+        engine={"state": "x"},
+        tasks=[{"name": "inpaint"}],
+        resumed=True,
+        pending=["j"],
+        id="h",
+    ),
     Accepted(id="r1", job_id="j", position=2, seed=9),
     Queued(job_id="j", position=1),
     Started(job_id="j"),
@@ -70,11 +94,15 @@ def test_server_messages_round_trip(message):
 def test_the_wire_form_is_pinned():
     wire = msgpack.unpackb(encode(CLIENT[1]), raw=False)
     assert wire == {
-        "type": "submit", "id": "r1", "task": "inpaint", "prompt": "a red hat",
+        "type": "submit",
+        "id": "r1",
+        "task": "inpaint",
+        "prompt": "a red hat",
         "image": {"w": 2, "h": 1, "format": "rgba8", "data": bytes(range(8))},
         "mask": {"w": 2, "h": 1, "format": "gray8", "data": b"\x00\xff"},
         "references": [{"w": 2, "h": 1, "format": "rgba8", "data": bytes(range(8))}],
-        "params": {"seed": 3, "steps": 4}, "label": "doc",
+        "params": {"seed": 3, "steps": 4},
+        "label": "doc",
     }
     assert isinstance(wire["image"]["data"], bytes)  # bin, not str: no base64 anywhere
 
@@ -84,13 +112,19 @@ def test_the_wire_form_is_pinned():
     [
         ({"type": "submit", "id": "1"}, "task"),
         ({"type": "submit", "id": "1", "task": 3}, "must be a string"),
-        ({"type": "submit", "id": "1", "task": "x", "image": {"w": 2, "h": 2, "format": "rgba8", "data": b"123"}},
-         "carries 3"),
-        ({"type": "submit", "id": "1", "task": "x", "image": {"w": 0, "h": 2, "format": "rgba8", "data": b""}},
-         "at least 1"),
+        (
+            {"type": "submit", "id": "1", "task": "x", "image": {"w": 2, "h": 2, "format": "rgba8", "data": b"123"}},
+            "carries 3",
+        ),
+        (
+            {"type": "submit", "id": "1", "task": "x", "image": {"w": 0, "h": 2, "format": "rgba8", "data": b""}},
+            "at least 1",
+        ),
         ({"type": "submit", "id": "1", "task": "x", "prompt": "x" * 5000}, "limit is 4000"),
-        ({"type": "submit", "id": "1", "task": "x", "image": {"w": 100000, "h": 1, "format": "png", "data": b"x"}},
-         "limit"),
+        (
+            {"type": "submit", "id": "1", "task": "x", "image": {"w": 100000, "h": 1, "format": "png", "data": b"x"}},
+            "limit",
+        ),
         ({"type": "cancel"}, "job_id"),
         ({"type": "launch-missiles"}, "unknown message type"),
         ({"kind": "hello"}, "'type'"),
@@ -125,20 +159,59 @@ def test_arbitrary_bytes_only_ever_raise_protocol_errors(data):
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
     | st.binary(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=20,
 )
-message_types = st.sampled_from(["hello", "submit", "cancel", "ack", "status", "welcome", "result", "progress",
-                                 "failed", "accepted", "bogus"])
+message_types = st.sampled_from(
+    ["hello", "submit", "cancel", "ack", "status", "welcome", "result", "progress", "failed", "accepted", "bogus"]
+)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(message_types, st.dictionaries(st.sampled_from(
-    ["id", "task", "prompt", "image", "mask", "references", "params", "client_id", "client_name", "client_version",
-     "protocol_versions", "token", "job_id", "job_ids", "code", "message", "step", "total", "index", "count", "seed",
-     "provenance", "session", "limits", "engine", "tasks", "position"]), msgpack_values, max_size=10))
+@given(
+    message_types,
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "id",
+                "task",
+                "prompt",
+                "image",
+                "mask",
+                "references",
+                "params",
+                "client_id",
+                "client_name",
+                "client_version",
+                "protocol_versions",
+                "token",
+                "job_id",
+                "job_ids",
+                "code",
+                "message",
+                "step",
+                "total",
+                "index",
+                "count",
+                "seed",
+                "provenance",
+                "session",
+                "limits",
+                "engine",
+                "tasks",
+                "position",
+            ]
+        ),
+        msgpack_values,
+        max_size=10,
+    ),
+)
 def test_arbitrary_maps_only_ever_raise_protocol_errors(kind, fields):
     data = msgpack.packb({"type": kind, **fields}, use_bin_type=True)
     for decode in (decode_client_message, decode_server_message):

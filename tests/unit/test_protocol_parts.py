@@ -57,8 +57,14 @@ def test_task_parameters_are_validated_with_names_and_defaults():
     spec = TASKS["local_edit"]
     params = spec.validate_params({"mode": "canny", "steps": 10})
     assert params["mode"] == "canny" and params["steps"] == 10 and params["guidance"] == 50.0
-    for bad in ({"mode": "sketch"}, {"steps": 101}, {"seed": -2}, {"guidance": float("inf")}, {"count": True},
-                {"face": True}):
+    for bad in (
+        {"mode": "sketch"},
+        {"steps": 101},
+        {"seed": -2},
+        {"guidance": float("inf")},
+        {"count": True},
+        {"face": True},
+    ):
         with pytest.raises(ProtocolError) as error:
             spec.validate_params(bad)
         assert next(iter(bad)) in error.value.message
@@ -77,6 +83,10 @@ def test_the_protocol_package_imports_nothing_heavy():
         "heavy = [m for m in ('numpy', 'torch', 'aiohttp', 'PIL', 'PyQt5', 'PyQt6', 'gi', 'krita') if m in sys.modules]\n"
         "assert not heavy, heavy"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"PYTHONPATH": str(REPO / "shared"), "PATH": "/usr/bin:/bin"})
+    run = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO / "shared"), "PATH": "/usr/bin:/bin"},
+    )
     assert run.returncode == 0, run.stderr

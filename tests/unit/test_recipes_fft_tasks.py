@@ -52,8 +52,20 @@ def _resize(t, h: int, w: int, mode: str):
     return F.interpolate(t[None], size=(h, w), mode=mode, **kwargs)[0]
 
 
-def authors_preprocess(references, edit_rgb, edit_mask, *, height=1024, width=1024, repainting_scale=1.0,
-                       keep_pixels=False, keep_pixels_rate=0.8, use_change=False, max_seq_len=4096, d=16):
+def authors_preprocess(
+    references,
+    edit_rgb,
+    edit_mask,
+    *,
+    height=1024,
+    width=1024,
+    repainting_scale=1.0,
+    keep_pixels=False,
+    keep_pixels_rate=0.8,
+    use_change=False,
+    max_seq_len=4096,
+    d=16,
+):
     refs = [_tensor(r) for r in references]
     if edit_rgb is None:
         edit = torch.zeros([3, height, width])
@@ -98,8 +110,9 @@ def authors_preprocess(references, edit_rgb, edit_mask, *, height=1024, width=10
 
 def authors_edit_preprocess(structure_rgb: np.ndarray, image_rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """inference/utils.py::edit_preprocess: `Image.composite(annotated, image, mask)` with the 'L' mask."""
-    return np.asarray(Image.composite(Image.fromarray(structure_rgb), Image.fromarray(image_rgb),
-                                      Image.fromarray(mask, "L")))
+    return np.asarray(
+        Image.composite(Image.fromarray(structure_rgb), Image.fromarray(image_rgb), Image.fromarray(mask, "L"))
+    )
 
 
 def assert_same_inputs(plan, canvas, mask, change):
@@ -130,29 +143,36 @@ def test_fft_reference_keeps_pixels_and_pads_as_the_authors():
     assert np.all(plan.canvas[:74, :604] == 0) and np.all(plan.canvas[-75:, :604] == 0)
     assert np.abs(plan.canvas[100:600, :604]).max() > 0.5  # the reference itself, unchanged in the edit input
     assert np.all(plan.change == 0)  # scale 1 and a blank target: nothing in the change channels
-    canvas, mask, change = authors_preprocess([rgba(1024, 1024, 1)[..., :3]], None, None, keep_pixels=True,
-                                              use_change=True)
+    canvas, mask, change = authors_preprocess(
+        [rgba(1024, 1024, 1)[..., :3]], None, None, keep_pixels=True, use_change=True
+    )
     assert_same_inputs(plan, canvas, mask, change)
 
 
 def test_a_short_reference_is_not_resized_only_padded():
     # 300 rows < 0.8 * 512: kept at 208x300, padded by 212 rows (106 + 106) to the 512-row edit; 720x512 fits.
-    plan = recipes.fft_reference_edit("p", rgba(512, 512), box_mask(512, 512, 100, 100, 400, 400),
-                                      rgba(208, 300, 4), max_tokens=4096)
+    plan = recipes.fft_reference_edit(
+        "p", rgba(512, 512), box_mask(512, 512, 100, 100, 400, 400), rgba(208, 300, 4), max_tokens=4096
+    )
     assert (plan.width, plan.height) == (720, 512) and plan.reference_spans == ((0, 208),)
     assert np.all(plan.canvas[:106, :208] == 0) and np.all(plan.canvas[-106:, :208] == 0)
     assert np.array_equal(plan.canvas[106:406, :208], recipes.to_signed(rgba(208, 300, 4)[..., :3]))
-    canvas, mask, change = authors_preprocess([rgba(208, 300, 4)[..., :3]], rgba(512, 512)[..., :3],
-                                              box_mask(512, 512, 100, 100, 400, 400), keep_pixels=True,
-                                              use_change=True)
+    canvas, mask, change = authors_preprocess(
+        [rgba(208, 300, 4)[..., :3]],
+        rgba(512, 512)[..., :3],
+        box_mask(512, 512, 100, 100, 400, 400),
+        keep_pixels=True,
+        use_change=True,
+    )
     assert_same_inputs(plan, canvas, mask, change)
 
 
 @pytest.mark.parametrize("keep", [True, False])
 def test_two_references_side_by_side_in_order(keep):
     refs = [rgba(1024, 1024, 1), rgba(300, 600, 2)]
-    plan = recipes.plan_for_job(EngineJob("fft_reference", "p", 1, {"width": 1024, "height": 768,
-                                                                     "keep_pixels": keep}, references=refs))
+    plan = recipes.plan_for_job(
+        EngineJob("fft_reference", "p", 1, {"width": 1024, "height": 768, "keep_pixels": keep}, references=refs)
+    )
     if keep:
         # 1024 >= 614.4: -> 614x614; 600 < 614.4: kept 300x600. 914 + 1024 = 1938 x 768 -> 1616x640.
         assert plan.reference_spans == ((0, 512), (512, 762)) and plan.keep_pixels_rate == 0.8
@@ -160,8 +180,9 @@ def test_two_references_side_by_side_in_order(keep):
         # aligned to 768 rows: 768 + int(300 * 768 / 600) = 384 columns.
         assert plan.keep_pixels_rate is None and len(plan.reference_spans) == 2
     assert plan.reference_columns == (0, plan.reference_spans[-1][1]) == (0, plan.edit_columns[0])
-    canvas, mask, change = authors_preprocess([r[..., :3] for r in refs], None, None, height=768, width=1024,
-                                              keep_pixels=keep, use_change=True)
+    canvas, mask, change = authors_preprocess(
+        [r[..., :3] for r in refs], None, None, height=768, width=1024, keep_pixels=keep, use_change=True
+    )
     assert_same_inputs(plan, canvas, mask, change)
 
 
@@ -240,8 +261,11 @@ def test_fft_control_mosaic_annotator():
     assert plan.mode == "mosaic"
     assert_same_inputs(plan, *authors_preprocess([], mosaic, mask, repainting_scale=0.0, use_change=True))
     with pytest.raises(EngineError):
-        recipes.plan_for_job(EngineJob("fft_control", "p", 1, {"annotator": "mosaic"}, image=img, mask=mask,
-                                       references=[rgba(200, 130, 1)]))
+        recipes.plan_for_job(
+            EngineJob(
+                "fft_control", "p", 1, {"annotator": "mosaic"}, image=img, mask=mask, references=[rgba(200, 130, 1)]
+            )
+        )
 
 
 def test_a_control_image_of_another_size_is_resized_to_the_region():
@@ -257,8 +281,14 @@ def test_a_control_image_of_another_size_is_resized_to_the_region():
 
 @pytest.mark.parametrize(
     ("mode", "given", "scale"),
-    [("repaint", None, 1.0), ("canny", None, 0.5), ("no_preprocess", None, 0.5), ("repaint", 0.25, 0.25),
-     ("recolor", 0.0, 0.0), ("mosaic", 1.0, 1.0)],
+    [
+        ("repaint", None, 1.0),
+        ("canny", None, 0.5),
+        ("no_preprocess", None, 0.5),
+        ("repaint", 0.25, 0.25),
+        ("recolor", 0.0, 0.0),
+        ("mosaic", 1.0, 1.0),
+    ],
 )
 def test_local_edit_repainting_scale(mode, given, scale):
     img, mask = rgba(96, 64), box_mask(96, 64, 20, 10, 70, 50)
@@ -302,8 +332,14 @@ def test_local_edit_no_preprocess_with_a_control_image():
 )
 def test_bad_combinations_are_bad_request(task, params, refs, words):
     has_image = task != "fft_reference"
-    job = EngineJob(task, "p", 1, {"width": 64, "height": 64, **params}, image=rgba(64, 64) if has_image else None,
-                    references=[rgba(64, 64, i) for i in range(refs)])
+    job = EngineJob(
+        task,
+        "p",
+        1,
+        {"width": 64, "height": 64, **params},
+        image=rgba(64, 64) if has_image else None,
+        references=[rgba(64, 64, i) for i in range(refs)],
+    )
     with pytest.raises(EngineError) as err:
         recipes.plan_for_job(job)
     assert err.value.code == ErrorCode.BAD_REQUEST and words in err.value.message
@@ -319,8 +355,14 @@ def test_fft_reference_refuses_an_image():
 # The task table and the dry run
 
 
-NEW_TASKS = ["fft_repaint", "fft_super_resolution", "fft_colorize", "fft_control", "fft_reference",
-             "fft_reference_edit"]
+NEW_TASKS = [
+    "fft_repaint",
+    "fft_super_resolution",
+    "fft_colorize",
+    "fft_control",
+    "fft_reference",
+    "fft_reference_edit",
+]
 
 
 def test_every_table_task_has_a_recipe_and_the_fft_tasks_need_the_fft_model():
@@ -339,9 +381,17 @@ def test_every_table_task_has_a_recipe_and_the_fft_tasks_need_the_fft_model():
 def test_dry_run_of_each_new_task(task, tmp_path):
     spec = TASKS[task]
     params = spec.validate_params({"width": 96, "height": 64} if spec.param("width") else {})
-    job = EngineJob(task, "{image} p", 1, params, image=rgba(80, 48) if spec.needs_image else None,
-                    mask=box_mask(80, 48, 10, 8, 60, 40) if spec.needs_image else None,
-                    references=[rgba(40, 48, 2)] * spec.min_references, width=96, height=64)
+    job = EngineJob(
+        task,
+        "{image} p",
+        1,
+        params,
+        image=rgba(80, 48) if spec.needs_image else None,
+        mask=box_mask(80, 48, 10, 8, 60, 40) if spec.needs_image else None,
+        references=[rgba(40, 48, 2)] * spec.min_references,
+        width=96,
+        height=64,
+    )
     plan = recipes.plan_for_job(job)
     paths = recipes.write_dry_run(tmp_path, plan)
     data = json.loads((tmp_path / "plan.json").read_text())

@@ -33,8 +33,14 @@ def test_a_replica_that_keeps_failing_is_taken_out_and_says_why():
     assert pool.board["a"]["state"] == "taken out" and pool.board["b"]["state"] == "ready"
     assert pool.live == 1 and changes == [1]
     state = pool.state()
-    assert state["ray"] == {"address": "10.0.0.5:6379", "app": "ace-bridge", "reattached": False, "replicas": 2,
-                            "live": 1, "restarts": 0}
+    assert state["ray"] == {
+        "address": "10.0.0.5:6379",
+        "app": "ace-bridge",
+        "reattached": False,
+        "replicas": 2,
+        "live": 1,
+        "restarts": 0,
+    }
     assert [r["replica"] for r in state["replicas"]] == ["b", "a"]  # ready ones first
 
 

@@ -12,9 +12,9 @@ from ace_protocol.codec import decode_client_message, decode_server_message, enc
 from ace_protocol.images import ImagePayload
 from ace_protocol.messages import Result, Submit
 
-from bridge_server.store import history as history_module
 from bridge_server.imaging.codecs import decode_png
 from bridge_server.imaging.compositing import _rgba_backing, make_result
+from bridge_server.store import history as history_module
 from bridge_server.store.history import History, HistoryUnavailable
 
 ENTRY = "0" * 32 + "-0"
@@ -112,13 +112,23 @@ def test_make_result_copies_an_rgba_backing_in_one_piece_and_matches_the_general
 def test_frames_with_big_pixel_buffers_are_byte_for_byte_msgpack():
     rgba = _image(200)
     mask = np.ascontiguousarray(rgba[..., 0])
-    submit = Submit(id="r1", task="reference_edit", prompt="p",
-                    image=ImagePayload(200, 200, "rgba8", memoryview(rgba).cast("B")),
-                    mask=ImagePayload(200, 200, "gray8", memoryview(mask).cast("B")),
-                    references=[ImagePayload(200, 200, "rgba8", rgba.tobytes()), ImagePayload(1, 1, "gray8", b"x")],
-                    params={"steps": 1, "names": [str(i) for i in range(20)], "nested": {"a": [1, 2.5, None]}})
-    result = Result(job_id="j", index=0, count=1, seed=3, image=ImagePayload(200, 200, "rgba8", rgba.tobytes()),
-                    provenance={"k": {str(i): i for i in range(20)}})
+    submit = Submit(
+        id="r1",
+        task="reference_edit",
+        prompt="p",
+        image=ImagePayload(200, 200, "rgba8", memoryview(rgba).cast("B")),
+        mask=ImagePayload(200, 200, "gray8", memoryview(mask).cast("B")),
+        references=[ImagePayload(200, 200, "rgba8", rgba.tobytes()), ImagePayload(1, 1, "gray8", b"x")],
+        params={"steps": 1, "names": [str(i) for i in range(20)], "nested": {"a": [1, 2.5, None]}},
+    )
+    result = Result(
+        job_id="j",
+        index=0,
+        count=1,
+        seed=3,
+        image=ImagePayload(200, 200, "rgba8", rgba.tobytes()),
+        provenance={"k": {str(i): i for i in range(20)}},
+    )
     for message in (submit, result):
         frame = encode(message)
         assert frame == msgpack.packb(message.to_wire(), use_bin_type=True)
@@ -131,16 +141,26 @@ def test_fragments_concatenate_to_the_frame_and_reference_the_pixels():
 
     rgba = _image(200)
     view = memoryview(rgba).cast("B")
-    submit = Submit(id="r1", task="edit", prompt="p", image=ImagePayload(200, 200, "rgba8", view),
-                    references=[ImagePayload(200, 200, "rgba8", rgba.tobytes())], params={"steps": 1})
+    submit = Submit(
+        id="r1",
+        task="edit",
+        prompt="p",
+        image=ImagePayload(200, 200, "rgba8", view),
+        references=[ImagePayload(200, 200, "rgba8", rgba.tobytes())],
+        params={"steps": 1},
+    )
     pieces = encode_fragments(submit)
     assert b"".join(pieces) == encode(submit)
     assert len(pieces) == 5  # head, pixels, the bytes between, reference pixels, tail
     assert any(isinstance(p, memoryview) and p.obj is rgba for p in pieces)  # not copied
-    assert encode_fragments(Result(job_id="j", index=0, count=1, seed=1,
-                                   image=ImagePayload(1, 1, "rgba8", b"1234"))) == [
-        msgpack.packb(Result(job_id="j", index=0, count=1, seed=1,
-                             image=ImagePayload(1, 1, "rgba8", b"1234")).to_wire(), use_bin_type=True)]
+    assert encode_fragments(
+        Result(job_id="j", index=0, count=1, seed=1, image=ImagePayload(1, 1, "rgba8", b"1234"))
+    ) == [
+        msgpack.packb(
+            Result(job_id="j", index=0, count=1, seed=1, image=ImagePayload(1, 1, "rgba8", b"1234")).to_wire(),
+            use_bin_type=True,
+        )
+    ]
 
 
 def test_recompression_waits_while_the_result_is_delivered_unless_someone_waits_for_it(tmp_path):

@@ -21,8 +21,11 @@ linux_only = pytest.mark.skipif(not shared_memory.AVAILABLE, reason="memfd segme
 
 
 def ready_segments(**kwargs) -> shared_memory.ConnectionSegments:
-    segments = shared_memory.ConnectionSegments(enabled=True, max_bytes=kwargs.get("max_bytes", 64 << 20),
-                                                max_segment_bytes=kwargs.get("max_segment_bytes", 32 << 20))
+    segments = shared_memory.ConnectionSegments(
+        enabled=True,
+        max_bytes=kwargs.get("max_bytes", 64 << 20),
+        max_segment_bytes=kwargs.get("max_segment_bytes", 32 << 20),
+    )
     offer = segments.offer()
     assert offer is not None
     segments.confirm(read_segment(describe(offer)).decode())
@@ -33,12 +36,14 @@ def test_a_segment_reference_round_trips_and_bad_ones_are_named():
     ref = SegmentRef("abc", 16, 4096, pid=12, fd=7, ino=99)
     assert SegmentRef.from_wire(ref.to_wire(), what="image") == ref
     assert SegmentRef.from_wire({"segment": "abc", "offset": 0, "length": 5}, what="image").pid is None
-    for bad, needle in (({"segment": "abc", "offset": -1, "length": 5}, "offset"),
-                        ({"segment": "abc", "offset": True, "length": 5}, "offset"),
-                        ({"segment": "", "offset": 0, "length": 5}, "segment"),
-                        ({"segment": "x" * 65, "offset": 0, "length": 5}, "segment"),
-                        ({"segment": "abc", "offset": 0, "length": "5"}, "length"),
-                        ("abc", "map")):
+    for bad, needle in (
+        ({"segment": "abc", "offset": -1, "length": 5}, "offset"),
+        ({"segment": "abc", "offset": True, "length": 5}, "offset"),
+        ({"segment": "", "offset": 0, "length": 5}, "segment"),
+        ({"segment": "x" * 65, "offset": 0, "length": 5}, "segment"),
+        ({"segment": "abc", "offset": 0, "length": "5"}, "length"),
+        ("abc", "map"),
+    ):
         with pytest.raises(ProtocolError, match=needle) as err:
             SegmentRef.from_wire(bad, what="submit.image")
         assert err.value.code.value == "bad_request"
@@ -58,17 +63,26 @@ def test_an_image_in_a_segment_must_say_exactly_as_many_bytes_as_its_size_needs(
 def test_the_shared_memory_messages_survive_the_codec():
     ref = SegmentRef("seg", 0, 64 * 64 * 4)
     image = ImagePayload(64, 64, "rgba8", b"", shm=ref)
-    for message in (Hello(client_id="c", client_name="n", client_version="1", protocol_versions=[1], shm=True),
-                    ShmReady(nonce="ab" * 16), Alloc(id="r1", size=1 << 20), Release(segments=["a", "b"]),
-                    Submit(id="r2", task="inpaint", image=image)):
+    for message in (
+        Hello(client_id="c", client_name="n", client_version="1", protocol_versions=[1], shm=True),
+        ShmReady(nonce="ab" * 16),
+        Alloc(id="r1", size=1 << 20),
+        Release(segments=["a", "b"]),
+        Submit(id="r2", task="inpaint", image=image),
+    ):
         assert decode_client_message(encode(message)) == message
     offer = {"segment": "p", "pid": 1, "fd": 3, "ino": 4, "size": 32}
-    for message in (Welcome(server_version="1", protocol_version=1, session="s", limits={}, engine={}, tasks=[],
-                            shm=offer),
-                    Allocated(id="r1", segment=offer),
-                    Result(job_id="j", index=0, count=1, seed=1, image=ImagePayload(64, 64, "rgba8", b"",
-                                                                                     shm=SegmentRef("s", 0, 16384, 1, 3,
-                                                                                                    4)))):
+    for message in (
+        Welcome(server_version="1", protocol_version=1, session="s", limits={}, engine={}, tasks=[], shm=offer),
+        Allocated(id="r1", segment=offer),
+        Result(
+            job_id="j",
+            index=0,
+            count=1,
+            seed=1,
+            image=ImagePayload(64, 64, "rgba8", b"", shm=SegmentRef("s", 0, 16384, 1, 3, 4)),
+        ),
+    ):
         assert decode_server_message(encode(message)) == message
 
 
@@ -132,8 +146,9 @@ def test_a_submit_reads_its_pixels_in_place_and_the_segment_returns_to_the_pool_
     first_id = granted.id
     pixels = np.arange(64 * 64 * 4, dtype=np.uint32).astype(np.uint8)
     write_segment(describe(granted.describe()), [(0, pixels)])
-    submit = Submit(id="r", task="inpaint", image=ImagePayload(64, 64, "rgba8", b"",
-                                                               shm=SegmentRef(granted.id, 0, pixels.size)))
+    submit = Submit(
+        id="r", task="inpaint", image=ImagePayload(64, 64, "rgba8", b"", shm=SegmentRef(granted.id, 0, pixels.size))
+    )
     resolved = segments.resolve(submit)
     assert resolved.image is not None and resolved.image.shm is None
     assert np.array_equal(np.frombuffer(resolved.image.data, np.uint8), pixels)
@@ -150,8 +165,13 @@ def test_the_pool_keeps_the_segments_in_use_and_frees_idle_ones():
     segments = ready_segments()
     made = [segments.allocate(1 << 16) for _ in range(shared_memory.POOL_SIZE + 2)]
     for segment in made:
-        segments.resolve(Submit(id="r", task="inpaint", image=ImagePayload(128, 128, "rgba8", b"",
-                                                                           shm=SegmentRef(segment.id, 0, 1 << 16))))
+        segments.resolve(
+            Submit(
+                id="r",
+                task="inpaint",
+                image=ImagePayload(128, 128, "rgba8", b"", shm=SegmentRef(segment.id, 0, 1 << 16)),
+            )
+        )
     assert segments.held_count == shared_memory.POOL_SIZE, "the oldest ones were closed"
     assert all(s.fd is None for s in made[:2]) and all(s.fd is not None for s in made[2:])
     segments.trim(max_idle_s=60)
@@ -166,8 +186,9 @@ def test_the_pool_keeps_the_segments_in_use_and_frees_idle_ones():
 def test_big_results_go_into_segments_until_released_and_small_ones_stay_in_the_frame():
     segments = ready_segments()
     big = np.full((512, 512, 4), 7, np.uint8)
-    message = Result(job_id="j", index=0, count=1, seed=1,
-                     image=ImagePayload(512, 512, "rgba8", memoryview(big).cast("B")))
+    message = Result(
+        job_id="j", index=0, count=1, seed=1, image=ImagePayload(512, 512, "rgba8", memoryview(big).cast("B"))
+    )
     shared = segments.export(message)
     assert shared.image.shm is not None and shared.image.data == b""
     assert read_segment(shared.image.shm) == big.tobytes()
@@ -191,8 +212,11 @@ def test_a_connection_cap_counts_what_the_client_holds_and_the_warm_pool_gives_w
     first = segments.allocate(2 << 20)
     with pytest.raises(ProtocolError, match="already holds"):
         segments.allocate(2 << 20)
-    segments.resolve(Submit(id="r", task="inpaint", image=ImagePayload(1024, 512, "rgba8", b"",
-                                                                       shm=SegmentRef(first.id, 0, 2 << 20))))
+    segments.resolve(
+        Submit(
+            id="r", task="inpaint", image=ImagePayload(1024, 512, "rgba8", b"", shm=SegmentRef(first.id, 0, 2 << 20))
+        )
+    )
     assert segments.held_count == 1  # pooled
     assert segments.allocate(2 << 20) is not first, "the idle pool is freed to make room"
     assert first.fd is None
@@ -205,11 +229,14 @@ def test_without_fcntl_as_on_windows_the_daemon_starts_and_offers_no_shared_memo
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[2]
-    code = ("import sys; sys.modules['fcntl'] = None; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
-            "from bridge_server.server import shared_memory as m\n"
-            "assert not m.AVAILABLE\n"
-            "assert m.ConnectionSegments(enabled=True, max_bytes=1, max_segment_bytes=1).offer() is None\n"
-            "from bridge_server.server.app import create_app\n")
-    run = subprocess.run([sys.executable, "-c", code, str(repo), str(repo / "shared")], capture_output=True,
-                         text=True, timeout=120)
+    code = (
+        "import sys; sys.modules['fcntl'] = None; sys.path[:0] = [sys.argv[1], sys.argv[2]]\n"
+        "from bridge_server.server import shared_memory as m\n"
+        "assert not m.AVAILABLE\n"
+        "assert m.ConnectionSegments(enabled=True, max_bytes=1, max_segment_bytes=1).offer() is None\n"
+        "from bridge_server.server.app import create_app\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(repo), str(repo / "shared")], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr

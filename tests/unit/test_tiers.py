@@ -103,8 +103,13 @@ def test_a_requested_tier_without_its_file_or_ram_is_refused():
 
 
 def test_the_table_is_ordered_fastest_first_and_shrinks_vram():
-    vrams = [needs(tier(n), "bf16" if tier(n).weights in ("bf16", "best") else
-                   {"fp8": "fp8", "gguf": "Q8_0"}[tier(n).weights])[0] for n in TIER_NAMES if n != "cpu"]
+    vrams = [
+        needs(
+            tier(n), "bf16" if tier(n).weights in ("bf16", "best") else {"fp8": "fp8", "gguf": "Q8_0"}[tier(n).weights]
+        )[0]
+        for n in TIER_NAMES
+        if n != "cpu"
+    ]
     assert vrams[0] > vrams[1] > vrams[2]  # full > bf16 > fp8
     assert vrams[-2] < 8 and vrams[-1] < 4  # the offload tiers fit 8 GB and less
 

@@ -35,7 +35,7 @@ def test_a_masked_frame_reads_back_on_the_server_side(size):
     wire = bytes(wsmask.masked_frame_bytes(Frame(Opcode.BINARY, data)))
     header = 2 + (0 if size < 126 else 2 if size < 65536 else 8)
     assert len(wire) == header + 4 + size and wire[1] & 0x80  # the mask bit, then the 4-byte key
-    assert apply_mask(wire[header + 4:], wire[header:header + 4]) == data
+    assert apply_mask(wire[header + 4 :], wire[header : header + 4]) == data
 
 
 def test_only_the_connections_it_is_given_to_mask_in_slices():

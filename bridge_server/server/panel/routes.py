@@ -129,8 +129,9 @@ def _app_state(request: web.Request) -> AppState:
 def _need_session(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         if not request.config_dict[PANEL].valid_session(request.cookies.get(COOKIE)):
-            return web.json_response({"error": "unauthorized", "message": "open the panel with `ace-bridge panel`"},
-                                     status=401)
+            return web.json_response(
+                {"error": "unauthorized", "message": "open the panel with `ace-bridge panel`"}, status=401
+            )
         return await handler(request)
 
     return wrapped
@@ -178,10 +179,12 @@ MEMORY_MODES = tuple(TABLE_MEMORY_MODES)  # the task table's; the engine and `se
 
 def settings_view(state: Any) -> dict[str, Any]:
     engine = state.engine_state()
-    return {"default_steps": state.settings["default_steps"],
-            "steps_range": [STEPS.minimum, STEPS.maximum],
-            "memory_mode": engine.get("memory_mode_requested") or engine.get("memory_mode") or "auto",
-            "memory_modes": list(MEMORY_MODES)}
+    return {
+        "default_steps": state.settings["default_steps"],
+        "steps_range": [STEPS.minimum, STEPS.maximum],
+        "memory_mode": engine.get("memory_mode_requested") or engine.get("memory_mode") or "auto",
+        "memory_modes": list(MEMORY_MODES),
+    }
 
 
 def clients_view(state: Any) -> list[dict[str, Any]]:
@@ -218,10 +221,16 @@ def entry_view(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def failure_view(job: Any, message: Failed) -> dict[str, Any]:
-    return {"job_id": message.job_id or getattr(job, "id", ""), "task": getattr(job, "task", ""),
-            "prompt": str(getattr(job, "prompt", ""))[:200], "editor": getattr(job, "editor", ""),
-            "code": message.code, "message": message.message, "at": time.time(),
-            "advice": FAILURE_ADVICE.get(message.code, FAILURE_ADVICE["internal"])}
+    return {
+        "job_id": message.job_id or getattr(job, "id", ""),
+        "task": getattr(job, "task", ""),
+        "prompt": str(getattr(job, "prompt", ""))[:200],
+        "editor": getattr(job, "editor", ""),
+        "code": message.code,
+        "message": message.message,
+        "at": time.time(),
+        "advice": FAILURE_ADVICE.get(message.code, FAILURE_ADVICE["internal"]),
+    }
 
 
 def history_total(state: Any) -> int:
@@ -241,11 +250,15 @@ async def get_code(request: web.Request) -> web.Response:
     state = _app_state(request)
     given = bearer_token(request.headers.get("Authorization"))
     transport = request.transport
-    key = state.throttle.key_for(request.remote or "?", transport.get_extra_info("peername") if transport else None,
-                                 transport.get_extra_info("sockname") if transport else None)
+    key = state.throttle.key_for(
+        request.remote or "?",
+        transport.get_extra_info("peername") if transport else None,
+        transport.get_extra_info("sockname") if transport else None,
+    )
     if not state.throttle.admit(key):  # decided before the token is looked at (server/security.py)
-        return web.json_response({"error": "rate_limited", "message": "too many wrong tokens; wait a minute"},
-                                 status=429)
+        return web.json_response(
+            {"error": "rate_limited", "message": "too many wrong tokens; wait a minute"}, status=429
+        )
     if not tokens_equal(given, state.current_token()):
         await asyncio.sleep(state.throttle.failed(key))
         return web.json_response({"error": "unauthorized", "message": "wrong or missing token"}, status=401)
@@ -261,17 +274,28 @@ async def index(request: web.Request) -> web.StreamResponse:
     if code is not None:
         session = panel.redeem(code)
         if session is None:
-            return web.Response(status=403, content_type="text/html", text=_NO_ACCESS.format(
-                why="This panel link was already used or has expired."))
+            return web.Response(
+                status=403,
+                content_type="text/html",
+                text=_NO_ACCESS.format(why="This panel link was already used or has expired."),
+            )
         response = web.HTTPSeeOther("/panel/")
-        response.set_cookie(COOKIE, session, path="/panel", httponly=True, samesite="Strict",
-                            secure=request.secure, max_age=int(SESSION_TTL_S))
+        response.set_cookie(
+            COOKIE,
+            session,
+            path="/panel",
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+            max_age=int(SESSION_TTL_S),
+        )
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "no-referrer"
         raise response
     if not panel.valid_session(request.cookies.get(COOKIE)):
-        return web.Response(status=401, content_type="text/html", text=_NO_ACCESS.format(
-            why="This browser has no panel session."))
+        return web.Response(
+            status=401, content_type="text/html", text=_NO_ACCESS.format(why="This browser has no panel session.")
+        )
     return _static_file("index.html")
 
 
@@ -418,12 +442,12 @@ async def api_settings(request: web.Request, body: dict[str, Any]) -> web.Respon
         try:
             steps = STEPS.validate(steps)
         except ProtocolError as exc:
-            return web.json_response({"error": "bad_request", "message": f"default_steps: {exc.message}"},
-                                     status=400)
+            return web.json_response({"error": "bad_request", "message": f"default_steps: {exc.message}"}, status=400)
     setter = getattr(state.engine, "set_memory_mode", None)
     if mode is not None and (mode not in MEMORY_MODES or setter is None):
-        return web.json_response({"error": "bad_request", "message": f"memory_mode must be one of "
-                                  f"{', '.join(MEMORY_MODES)}"}, status=400)
+        return web.json_response(
+            {"error": "bad_request", "message": f"memory_mode must be one of {', '.join(MEMORY_MODES)}"}, status=400
+        )
     if steps is not None:
         state.settings["default_steps"] = steps
     if mode is not None and setter is not None:
@@ -437,11 +461,18 @@ async def api_settings(request: web.Request, body: dict[str, Any]) -> web.Respon
 async def api_rotate(request: web.Request, body: dict[str, Any]) -> web.Response:
     state = _app_state(request)
     if state.config.token:
-        return web.json_response({"ok": False, "message": "the daemon was started with a fixed token; restart it "
-                                  "without one to rotate"}, status=409)
+        return web.json_response(
+            {"ok": False, "message": "the daemon was started with a fixed token; restart it without one to rotate"},
+            status=409,
+        )
     await asyncio.to_thread(rotate_token, state.config.config_dir)
-    return web.json_response({"ok": True, "message": "token rotated: connected editors stay connected; new "
-                              "connections need the new token (plugins read it from the token file)"})
+    return web.json_response(
+        {
+            "ok": True,
+            "message": "token rotated: connected editors stay connected; new "
+            "connections need the new token (plugins read it from the token file)",
+        }
+    )
 
 
 async def panel_ws(request: web.Request) -> web.StreamResponse:
@@ -588,8 +619,10 @@ def setup_panel(app: web.Application, config: ServerConfig) -> None:
 
         state.queue.listeners.append(on_job)
         state.hub.on_change.append(on_clients)
-        tasks = [asyncio.create_task(_pusher(app), name="panel-pusher"),
-                 asyncio.create_task(_engine_watch(app), name="panel-engine-watch")]
+        tasks = [
+            asyncio.create_task(_pusher(app), name="panel-pusher"),
+            asyncio.create_task(_engine_watch(app), name="panel-engine-watch"),
+        ]
         try:
             yield
         finally:

@@ -120,8 +120,11 @@ def open_panel(args: argparse.Namespace) -> int:
     try:
         import webview  # noqa: F401
     except ImportError:
-        print("ace-bridge panel: pywebview is not installed, so the panel opens in your web browser instead.\n"
-              "  For a separate window: pip install 'pywebview[qt]'", file=sys.stderr)
+        print(
+            "ace-bridge panel: pywebview is not installed, so the panel opens in your web browser instead.\n"
+            "  For a separate window: pip install 'pywebview[qt]'",
+            file=sys.stderr,
+        )
         return open_in_browser(url)
     return open_window(url)
 
@@ -153,7 +156,8 @@ def open_window(url: str) -> int:
             ready = window.run_js(
                 "document.body && document.body.dataset.ready === '1' && document.getElementById('conn').className"
                 " === 'conn live' ? JSON.stringify({badge: document.getElementById('engine-badge').textContent,"
-                " conn: document.getElementById('conn').textContent, title: document.title}) : ''")
+                " conn: document.getElementById('conn').textContent, title: document.title}) : ''"
+            )
             if not ready:
                 time.sleep(0.1)  # polling the page from pywebview's worker thread
         if ready:
@@ -175,7 +179,6 @@ def open_window(url: str) -> int:
 def open_panel_for_running(url: str) -> None:
     """`serve --panel`: open the panel of the daemon that just started, in a child process (GUI main thread)."""
     try:
-        subprocess.Popen([sys.executable, "-m", "bridge_server.cli", "panel", "--url", url],
-                         stdin=subprocess.DEVNULL)
+        subprocess.Popen([sys.executable, "-m", "bridge_server.cli", "panel", "--url", url], stdin=subprocess.DEVNULL)
     except OSError as exc:
         print(f"ace-bridge: cannot open the panel: {exc}", file=sys.stderr)

@@ -32,8 +32,11 @@ def rect(x, y, w, h):
 
 
 def read(drawable, fmt=RGBA):
-    return bytes(drawable.get_buffer().get(rect(0, 0, drawable.get_width(), drawable.get_height()), 1.0, fmt,
-                                           Gegl.AbyssPolicy.NONE))
+    return bytes(
+        drawable.get_buffer().get(
+            rect(0, 0, drawable.get_width(), drawable.get_height()), 1.0, fmt, Gegl.AbyssPolicy.NONE
+        )
+    )
 
 
 def visible(img):
@@ -53,8 +56,14 @@ def gradient(w, h, seed=0):
     for y in range(h):
         for x in range(w):
             i = (y * w + x) * 4
-            out[i:i + 4] = bytes(((x * 255 // max(1, w - 1) + seed) % 256, (y * 255 // max(1, h - 1)) % 256,
-                                  (seed * 7 + x + y) % 256, 255))
+            out[i : i + 4] = bytes(
+                (
+                    (x * 255 // max(1, w - 1) + seed) % 256,
+                    (y * 255 // max(1, h - 1)) % 256,
+                    (seed * 7 + x + y) % 256,
+                    255,
+                )
+            )
     return bytes(out)
 
 
@@ -105,7 +114,7 @@ def provenance(item):
 
 
 def outside_unchanged(before, after, mask):
-    bad = [i for i, m in enumerate(mask) if m == 0 and before[4 * i:4 * i + 4] != after[4 * i:4 * i + 4]]
+    bad = [i for i, m in enumerate(mask) if m == 0 and before[4 * i : 4 * i + 4] != after[4 * i : 4 * i + 4]]
     return not bad, f"{len(bad)} pixels changed outside the selection, first {bad[:5]}"
 
 
@@ -140,8 +149,11 @@ def task_scenario(task):
     check(f"{t}:status", status == "success", f"{status}: {value}")
     layers = img.get_layers()
     new = [layer for layer in layers if layer.get_id() not in before_ids]
-    check(f"{t}:one_new_layer_on_top", len(new) == 1 and layers[0].get_id() == new[0].get_id() and value == 1,
-          [x.get_name() for x in layers])
+    check(
+        f"{t}:one_new_layer_on_top",
+        len(new) == 1 and layers[0].get_id() == new[0].get_id() and value == 1,
+        [x.get_name() for x in layers],
+    )
     if len(new) != 1:
         img.delete()
         return
@@ -154,8 +166,15 @@ def task_scenario(task):
     got = (*offs(layer), layer.get_width(), layer.get_height())
     check(f"{t}:at_region", got == tuple(region), f"layer {got} region {tuple(region)}")
     prov = provenance(layer)
-    check(f"{t}:parasite", prov is not None and prov[0].get("task") == t and prov[0].get("seed") == 5
-          and prov[0].get("prompt") == f"test {t}" and prov[1] & Gimp.PARASITE_PERSISTENT, prov)
+    check(
+        f"{t}:parasite",
+        prov is not None
+        and prov[0].get("task") == t
+        and prov[0].get("seed") == 5
+        and prov[0].get("prompt") == f"test {t}"
+        and prov[1] & Gimp.PARASITE_PERSISTENT,
+        prov,
+    )
     check(f"{t}:source_untouched", read(bg) == before_bg and len(img.get_layers()) == len(before_ids) + 1)
     if use_selection:
         after = visible(img)
@@ -164,7 +183,7 @@ def task_scenario(task):
         else:  # generated into the selection's bounds
             box = bytearray(W * H)
             for y in range(sel.y, sel.y + sel.height):
-                box[y * W + sel.x:y * W + sel.x + sel.width] = b"\xff" * sel.width
+                box[y * W + sel.x : y * W + sel.x + sel.width] = b"\xff" * sel.width
             ok, detail = outside_unchanged(before_vis, after, bytes(box))
         check(f"{t}:outside_selection_unchanged", ok, detail)
     if t == CONFIG.get("xcf_task"):
@@ -190,13 +209,17 @@ def offset_layer_soft_selection():
     check("soft:selection_is_soft", soft > 20, soft)
     before = {n.get_name(): read(n) for n in (bg, src, cover)}
     before_vis = visible(img)
-    status, value = run_proc(CONFIG["geometry_procedure"], img, [src], prompt="soft", seed=5, steps=2, padding=6,
-                             source="layer")
+    status, value = run_proc(
+        CONFIG["geometry_procedure"], img, [src], prompt="soft", seed=5, steps=2, padding=6, source="layer"
+    )
     check("soft:status", status == "success", f"{status}: {value}")
     layers = img.get_layers()
     names = [x.get_name() for x in layers]
-    check("soft:directly_above_active", len(layers) == 4 and layers[1].get_name().startswith("[ACE++]")
-          and names[2] == "offset", names)
+    check(
+        "soft:directly_above_active",
+        len(layers) == 4 and layers[1].get_name().startswith("[ACE++]") and names[2] == "offset",
+        names,
+    )
     if len(layers) != 4:
         img.delete()
         return
@@ -206,11 +229,17 @@ def offset_layer_soft_selection():
     check("soft:at_region", got == tuple(region), f"layer {got} region {tuple(region)}")
     alpha = read(result)[3::4]
     rx, ry = offs(result)
-    outside_alpha = [alpha[(y - ry) * result.get_width() + (x - rx)]
-                     for y in range(ry, ry + result.get_height()) for x in range(rx, rx + result.get_width())
-                     if mask[y * W + x] == 0]
-    check("soft:alpha_zero_outside_selection", outside_alpha and max(outside_alpha) == 0,
-          f"max {max(outside_alpha or [0])}")
+    outside_alpha = [
+        alpha[(y - ry) * result.get_width() + (x - rx)]
+        for y in range(ry, ry + result.get_height())
+        for x in range(rx, rx + result.get_width())
+        if mask[y * W + x] == 0
+    ]
+    check(
+        "soft:alpha_zero_outside_selection",
+        outside_alpha and max(outside_alpha) == 0,
+        f"max {max(outside_alpha or [0])}",
+    )
     check("soft:alpha_soft_inside", any(0 < a < 255 for a in alpha), sorted(set(alpha))[:10])
     check("soft:sources_untouched", all(read(n) == before[n.get_name()] for n in (bg, src, cover)))
     ok, detail = outside_unchanged(before_vis, visible(img), mask)
@@ -226,8 +255,11 @@ def sixteen_bit():
     status, value = run_proc(CONFIG["geometry_procedure"], img, [bg], prompt="deep", seed=5, steps=2, padding=4)
     check("16bit:status", status == "success", f"{status}: {value}")
     layers = img.get_layers()
-    check("16bit:new_layer", len(layers) == 2 and layers[0].get_name().startswith("[ACE++]"),
-          [x.get_name() for x in layers])
+    check(
+        "16bit:new_layer",
+        len(layers) == 2 and layers[0].get_name().startswith("[ACE++]"),
+        [x.get_name() for x in layers],
+    )
     check("16bit:precision_kept", img.get_precision() == Gimp.Precision.U16_NON_LINEAR, img.get_precision())
     check("16bit:source_untouched", read(bg, "R'G'B'A u16") == before16)
     ok, detail = outside_unchanged(before_vis, visible(img), mask)
@@ -255,9 +287,15 @@ def stand_in_result(plug, img, region, colour):
     mask = plug.read_selection_mask(img, region).data
     rgba = bytearray(region.width * region.height * 4)
     for i, m in enumerate(mask):
-        rgba[i * 4:i * 4 + 4] = bytes((*colour, m))
-    result = SimpleNamespace(image=ImagePayload(region.width, region.height, "rgba8", bytes(rgba)), seed=3,
-                             index=0, job_id="stand-in", provenance={}, region=None)
+        rgba[i * 4 : i * 4 + 4] = bytes((*colour, m))
+    result = SimpleNamespace(
+        image=ImagePayload(region.width, region.height, "rgba8", bytes(rgba)),
+        seed=3,
+        index=0,
+        job_id="stand-in",
+        provenance={},
+        region=None,
+    )
     meta = {"task": "inpaint", "prompt": "stand-in", "region": list(region), "placement": "top"}
     layers = plug.insert_results(img, [result], meta, None)
     return layers[0] if len(layers) == 1 else None, mask
@@ -285,13 +323,21 @@ def other_precisions():
     want = [round(255 * srgb_encode(v)) for v in lin[:3]] + [255]
     for name, payload in (("layer", plug.read_drawable(bg, region)), ("visible", plug.read_visible(img, region))):
         worst = worst_diff(payload.data, want)
-        check(f"float:read_{name}_srgb_u8", payload.format == "rgba8" and len(payload.data) == 40 * 30 * 4
-              and worst <= 2, f"{payload.format} first {list(payload.data[:4])} want {want} worst {worst}")
+        check(
+            f"float:read_{name}_srgb_u8",
+            payload.format == "rgba8" and len(payload.data) == 40 * 30 * 4 and worst <= 2,
+            f"{payload.format} first {list(payload.data[:4])} want {want} worst {worst}",
+        )
     before_bg, before_vis = read(bg, "RGBA float"), visible(img)
     layer, mask = stand_in_result(plug, img, region, colour)
-    check("float:result_layer", layer is not None and img.get_layers()[0].get_id() == layer.get_id()
-          and (*offs(layer), layer.get_width(), layer.get_height()) == tuple(region)
-          and img.get_precision() == Gimp.Precision.FLOAT_LINEAR, img.get_precision())
+    check(
+        "float:result_layer",
+        layer is not None
+        and img.get_layers()[0].get_id() == layer.get_id()
+        and (*offs(layer), layer.get_width(), layer.get_height()) == tuple(region)
+        and img.get_precision() == Gimp.Precision.FLOAT_LINEAR,
+        img.get_precision(),
+    )
     if layer is not None:
         got8 = read(layer)
         inside = [i for i, m in enumerate(mask) if m == 255]
@@ -313,9 +359,15 @@ def other_precisions():
     before_f, before_vis, full_mask = read(bg, "RGBA float"), visible(img), sel_mask(img)
     status, value = run_proc(CONFIG["geometry_procedure"], img, [bg], prompt="float", seed=5, steps=2, padding=4)
     layers = img.get_layers()
-    check("float:procedure", status == "success" and value == 1 and len(layers) == 2
-          and img.get_precision() == Gimp.Precision.FLOAT_LINEAR and read(bg, "RGBA float") == before_f,
-          f"{status}: {value} {[x.get_name() for x in layers]}")
+    check(
+        "float:procedure",
+        status == "success"
+        and value == 1
+        and len(layers) == 2
+        and img.get_precision() == Gimp.Precision.FLOAT_LINEAR
+        and read(bg, "RGBA float") == before_f,
+        f"{status}: {value} {[x.get_name() for x in layers]}",
+    )
     ok, detail = outside_unchanged(before_vis, visible(img), full_mask)
     check("float:procedure_outside_unchanged", ok, detail)
     img.delete()
@@ -338,9 +390,11 @@ def other_precisions():
         y = srgb_encode(sum(w * srgb_decode(c / 255) for w, c in zip((0.2126, 0.7152, 0.0722), colour)))
         inside = [i for i, m in enumerate(mask) if m == 255]
         worst = max(abs(got[i * 2] - round(255 * y)) for i in inside)
-        check("gray:result_gray_layer", layer.is_gray() and worst <= 3
-              and (*offs(layer), layer.get_width(), layer.get_height()) == tuple(region),
-              f"gray={layer.is_gray()} first {list(got[inside[0] * 2:inside[0] * 2 + 2])} want {round(255 * y)}")
+        check(
+            "gray:result_gray_layer",
+            layer.is_gray() and worst <= 3 and (*offs(layer), layer.get_width(), layer.get_height()) == tuple(region),
+            f"gray={layer.is_gray()} first {list(got[inside[0] * 2 : inside[0] * 2 + 2])} want {round(255 * y)}",
+        )
     else:
         check("gray:result_gray_layer", False, [x.get_name() for x in img.get_layers()])
     check("gray:source_untouched", read(bg, "Y'A u8") == before_bg)
@@ -351,8 +405,15 @@ def other_precisions():
     before_vis = visible(img)
     status, value = run_proc(CONFIG["geometry_procedure"], img, [bg], prompt="gray", seed=5, steps=2, padding=4)
     layers = img.get_layers()
-    check("gray:procedure", status == "success" and value == 1 and len(layers) == 2 and layers[0].is_gray()
-          and read(bg, "Y'A u8") == before_bg, f"{status}: {value} {[x.get_name() for x in layers]}")
+    check(
+        "gray:procedure",
+        status == "success"
+        and value == 1
+        and len(layers) == 2
+        and layers[0].is_gray()
+        and read(bg, "Y'A u8") == before_bg,
+        f"{status}: {value} {[x.get_name() for x in layers]}",
+    )
     ok, detail = outside_unchanged(before_vis, visible(img), sel_mask(img))
     check("gray:procedure_outside_unchanged", ok, detail)
     img.delete()
@@ -367,8 +428,11 @@ def several_results():
     is_group = top.is_group()
     children = top.get_children() if is_group else []
     seeds = sorted(provenance(c)[0].get("seed") for c in children if provenance(c))
-    check("group:layer_group_of_two", is_group and len(children) == 2 and seeds == [5, 6] and value == 2,
-          f"group={is_group} children={len(children)} seeds={seeds} value={value}")
+    check(
+        "group:layer_group_of_two",
+        is_group and len(children) == 2 and seeds == [5, 6] and value == 2,
+        f"group={is_group} children={len(children)} seeds={seeds} value={value}",
+    )
     img.delete()
 
 
@@ -376,15 +440,24 @@ def errors():
     img, bg = new_image()
     proc = CONFIG["selection_procedure"]
     status, message = run_proc(proc, img, [bg], prompt="x", steps=2)
-    check("no_selection:message", status == "execution-error" and "make a selection first" in (message or ""),
-          f"{status}: {message}")
+    check(
+        "no_selection:message",
+        status == "execution-error" and "make a selection first" in (message or ""),
+        f"{status}: {message}",
+    )
     img.select_rectangle(Gimp.ChannelOps.REPLACE, 10, 10, 20, 20)
     status, message = run_proc(proc, img, [bg], prompt="x", steps=2, url=CONFIG["dead_url"])
-    check("no_daemon:message", status == "execution-error" and "ace-bridge serve" in (message or "")
-          and "not running" in (message or ""), f"{status}: {message}")
+    check(
+        "no_daemon:message",
+        status == "execution-error" and "ace-bridge serve" in (message or "") and "not running" in (message or ""),
+        f"{status}: {message}",
+    )
     status, message = run_proc(proc, img, [bg], prompt="x", steps=2, token="not-the-token")
-    check("bad_token:message", status == "execution-error" and "token" in (message or "").lower()
-          and "Traceback" not in (message or ""), f"{status}: {message}")
+    check(
+        "bad_token:message",
+        status == "execution-error" and "token" in (message or "").lower() and "Traceback" not in (message or ""),
+        f"{status}: {message}",
+    )
     check("errors:no_layer_added", len(img.get_layers()) == 1)
     img.delete()
 
@@ -394,9 +467,15 @@ def fetch_results():
     status, value = run_proc("python-fu-ace-bridge-fetch-results", img, [bg])
     layers = img.get_layers()
     prov = provenance(layers[0]) if layers else None
-    check("fetch:inserted", status == "success" and value == CONFIG["fetch_expected"] and len(layers) == 2
-          and prov is not None and prov[0].get("job_id") == CONFIG.get("fetch_job_id"),
-          f"{status} value={value} layers={[x.get_name() for x in layers]} prov={prov}")
+    check(
+        "fetch:inserted",
+        status == "success"
+        and value == CONFIG["fetch_expected"]
+        and len(layers) == 2
+        and prov is not None
+        and prov[0].get("job_id") == CONFIG.get("fetch_job_id"),
+        f"{status} value={value} layers={[x.get_name() for x in layers]} prov={prov}",
+    )
     status, value = run_proc("python-fu-ace-bridge-fetch-results", img, [bg])
     check("fetch:acknowledged", status == "success" and value == 0, f"{status} value={value}")
     img.delete()

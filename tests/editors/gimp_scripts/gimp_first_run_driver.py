@@ -113,9 +113,13 @@ def main():
     xvfb = gimp = None
     try:
         read_fd, write_fd = os.pipe()
-        xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1400x900x24", "-nolisten",
-                                 "tcp", "-noreset"], pass_fds=[write_fd], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True)
+        xvfb = subprocess.Popen(
+            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1400x900x24", "-nolisten", "tcp", "-noreset"],
+            pass_fds=[write_fd],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         os.close(write_fd)
         display = b""
         while not display.endswith(b"\n"):
@@ -126,10 +130,21 @@ def main():
         os.close(read_fd)
         os.environ["DISPLAY"] = ":" + display.decode().strip()
         batch = f"__file__ = {CONFIG['batch']!r}; exec(compile(open(__file__).read(), __file__, 'exec'))"
-        gimp = subprocess.Popen([CONFIG["gimp"], "--no-splash", "--no-data", "--no-fonts",
-                                 "--batch-interpreter=python-fu-eval", "-b", batch, "--quit"],
-                                stdout=open(os.path.join(WORK, "gimp.log"), "w"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        gimp = subprocess.Popen(
+            [
+                CONFIG["gimp"],
+                "--no-splash",
+                "--no-data",
+                "--no-fonts",
+                "--batch-interpreter=python-fu-eval",
+                "-b",
+                batch,
+                "--quit",
+            ],
+            stdout=open(os.path.join(WORK, "gimp.log"), "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         drive()
         REPORT["gimp_rc"] = poll("GIMP to quit", lambda: gimp.poll() is not None and [gimp.returncode], 30)[0]
     except Exception:

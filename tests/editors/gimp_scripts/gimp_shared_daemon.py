@@ -36,8 +36,14 @@ def run_proc(img, bg, prompt):
     cfg.set_property("image", img)
     cfg.set_core_object_array("drawables", [bg])
     # No steps: the procedure's "unset" default leaves them to the daemon (the panel's default steps).
-    for key, value in {"url": CONFIG["url"], "token": CONFIG["token"], "prompt": prompt, "seed": 21,
-                       "count": 1, "padding": 4}.items():
+    for key, value in {
+        "url": CONFIG["url"],
+        "token": CONFIG["token"],
+        "prompt": prompt,
+        "seed": 21,
+        "count": 1,
+        "padding": 4,
+    }.items():
         cfg.set_property(key, value)
     res = proc.run(cfg)
     return res.index(0).value_nick, (res.index(1) if res.length() > 1 else None)
@@ -58,9 +64,15 @@ def main():
         parasite = layer.get_parasite(PARASITE)
         prov = json.loads(bytes(parasite.get_data()).decode("utf-8")) if parasite is not None else None
         server = (prov or {}).get("server") or {}
-        layers.append({"name": layer.get_name(), "job_id": (prov or {}).get("job_id"),
-                       "editor": (prov or {}).get("editor"), "provenance": prov is not None,
-                       "steps": (server.get("params") or {}).get("steps")})
+        layers.append(
+            {
+                "name": layer.get_name(),
+                "job_id": (prov or {}).get("job_id"),
+                "editor": (prov or {}).get("editor"),
+                "provenance": prov is not None,
+                "steps": (server.get("params") or {}).get("steps"),
+            }
+        )
     OUT["layers"] = layers
     OUT["version"] = Gimp.version()
     img.delete()

@@ -34,7 +34,7 @@ def new_image():
     for y in range(H):
         for x in range(W):
             i = (y * W + x) * 4
-            pixels[i:i + 4] = bytes((x * 255 // (W - 1), y * 255 // (H - 1), 128, 255))
+            pixels[i : i + 4] = bytes((x * 255 // (W - 1), y * 255 // (H - 1), 128, 255))
     buf = layer.get_buffer()
     buf.set(Gegl.Rectangle.new(0, 0, W, H), RGBA, bytes(pixels))
     buf.flush()
@@ -72,9 +72,15 @@ def run_interactive(name, props):
             info["value"] = res.index(1)
         for layer in new:
             offsets = layer.get_offsets()
-            info["new"].append({"name": layer.get_name(), "offsets": [int(offsets[-2]), int(offsets[-1])],
-                                "size": [layer.get_width(), layer.get_height()],
-                                "on_top": layers[0].get_id() == layer.get_id(), "provenance": provenance(layer)})
+            info["new"].append(
+                {
+                    "name": layer.get_name(),
+                    "offsets": [int(offsets[-2]), int(offsets[-1])],
+                    "size": [layer.get_width(), layer.get_height()],
+                    "on_top": layers[0].get_id() == layer.get_id(),
+                    "provenance": provenance(layer),
+                }
+            )
         RESULTS["runs"][name] = info
     finally:
         display.delete()  # the image goes with its last display

@@ -126,12 +126,20 @@ def set_queue_paused(paused):
     base = CONFIG["panel_base"]
     if _opener is None:
         _opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-        req = urllib.request.Request(base + "/panel/api/code", data=b"{}", method="POST", headers={
-            "Authorization": "Bearer " + CONFIG["token"], "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            base + "/panel/api/code",
+            data=b"{}",
+            method="POST",
+            headers={"Authorization": "Bearer " + CONFIG["token"], "Content-Type": "application/json"},
+        )
         code = json.load(_opener.open(req, timeout=10))["code"]
         _opener.open(base + "/panel/?code=" + code, timeout=10).read()
-    req = urllib.request.Request(base + "/panel/api/pause", data=json.dumps({"paused": paused}).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        base + "/panel/api/pause",
+        data=json.dumps({"paused": paused}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     answer = json.load(_opener.open(req, timeout=10))
     if answer.get("paused") is not paused:
         raise RuntimeError(f"pause {paused}: {answer}")
@@ -180,9 +188,13 @@ def main():
     xvfb = gimp = None
     try:
         read_fd, write_fd = os.pipe()
-        xvfb = subprocess.Popen(["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x800x24", "-nolisten",
-                                 "tcp", "-noreset"], pass_fds=[write_fd], stdout=subprocess.DEVNULL,
-                                stderr=open(os.path.join(WORK, "xvfb.log"), "w"), start_new_session=True)
+        xvfb = subprocess.Popen(
+            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x800x24", "-nolisten", "tcp", "-noreset"],
+            pass_fds=[write_fd],
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(WORK, "xvfb.log"), "w"),
+            start_new_session=True,
+        )
         os.close(write_fd)
         display = b""
         while not display.endswith(b"\n"):
@@ -194,10 +206,21 @@ def main():
         os.environ["DISPLAY"] = ":" + display.decode().strip()
         note(f"Xvfb ready on {os.environ['DISPLAY']}")
         batch = f"__file__ = {CONFIG['batch']!r}; exec(compile(open(__file__).read(), __file__, 'exec'))"
-        gimp = subprocess.Popen([CONFIG["gimp"], "--no-splash", "--no-data", "--no-fonts",
-                                 "--batch-interpreter=python-fu-eval", "-b", batch, "--quit"],
-                                stdout=open(os.path.join(WORK, "gimp.log"), "w"), stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        gimp = subprocess.Popen(
+            [
+                CONFIG["gimp"],
+                "--no-splash",
+                "--no-data",
+                "--no-fonts",
+                "--batch-interpreter=python-fu-eval",
+                "-b",
+                batch,
+                "--quit",
+            ],
+            stdout=open(os.path.join(WORK, "gimp.log"), "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         drive()
         poll("the batch to finish", lambda: read_phase() == "done", 20)
         rc = poll("GIMP to quit", lambda: gimp.poll() is not None and [gimp.returncode], 20)[0]

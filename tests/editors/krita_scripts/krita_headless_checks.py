@@ -34,7 +34,7 @@ def gradient_bgra(w, h):
     for y in range(h):
         for x in range(w):
             i = (y * w + x) * 4
-            out[i:i + 4] = bytes((x * 2 % 256, y * 3 % 256, (x + y) % 256, 255))
+            out[i : i + 4] = bytes((x * 2 % 256, y * 3 % 256, (x + y) % 256, 255))
     return bytes(out)
 
 
@@ -43,18 +43,25 @@ def pattern_bgra(w, h):
     for y in range(h):
         for x in range(w):
             i = (y * w + x) * 4
-            out[i:i + 4] = bytes(((x * 7) % 256, 40, (y * 11) % 256, 200 if (x + y) % 2 else 255))
+            out[i : i + 4] = bytes(((x * 7) % 256, 40, (y * 11) % 256, 200 if (x + y) % 2 else 255))
     return bytes(out)
 
 
 # ---- other colour spaces: channel layout per depth (Krita stores integer RGB as BGRA, float RGB as RGBA)
-PACK = {"U8": ("B", 1, 255.0, True), "U16": ("H", 2, 65535.0, True), "F16": ("e", 2, 1.0, False),
-        "F32": ("f", 4, 1.0, False)}
+PACK = {
+    "U8": ("B", 1, 255.0, True),
+    "U16": ("H", 2, 65535.0, True),
+    "F16": ("e", 2, 1.0, False),
+    "F32": ("f", 4, 1.0, False),
+}
 # Adobe-RGB-like "ClayRGB" (gamma 563/256) to XYZ, and XYZ to linear sRGB (both D65; Krita's elle profiles are
 # both Bradford-adapted to D50, which cancels out within the tolerance)
 CLAY_TO_XYZ = ((0.5767309, 0.1855540, 0.1881852), (0.2973769, 0.6273491, 0.0752741), (0.0270343, 0.0706872, 0.9911085))
-XYZ_TO_SRGB = ((3.2404542, -1.5371385, -0.4985314), (-0.9692660, 1.8760108, 0.0415560),
-               (0.0556434, -0.2040259, 1.0572252))
+XYZ_TO_SRGB = (
+    (3.2404542, -1.5371385, -0.4985314),
+    (-0.9692660, 1.8760108, 0.0415560),
+    (0.0556434, -0.2040259, 1.0572252),
+)
 
 
 def srgb_encode(v):
@@ -82,7 +89,7 @@ def unpack_rgba(data, depth):
     vals = struct.unpack(f"<{len(data) // size}{code}", data)
     out = []
     for i in range(0, len(vals), 4):
-        px = vals[i:i + 4]
+        px = vals[i : i + 4]
         if bgr:
             px = (px[2], px[1], px[0], px[3])
         out.append(tuple(v / scale for v in px))
@@ -97,7 +104,7 @@ def pack_rgba(rgba, depth):
 
 
 def crop(data, full_w, bpp, x, y, w, h):
-    return b"".join(data[((y + j) * full_w + x) * bpp:((y + j) * full_w + x + w) * bpp] for j in range(h))
+    return b"".join(data[((y + j) * full_w + x) * bpp : ((y + j) * full_w + x + w) * bpp] for j in range(h))
 
 
 def other_space_checks(app, check, tag, depth, profile, colour, expected_srgb8):
@@ -130,9 +137,11 @@ def other_space_checks(app, check, tag, depth, profile, colour, expected_srgb8):
             n = read.region.width * read.region.height
             px = read.image.data
             worst = max((abs(px[i] - want[i % 4]) for i in range(len(px))), default=999)
-            check(f"{tag}_read_{source.value}_as_srgb8", read.converted and read.image.format == "bgra8"
-                  and len(px) == n * 4 and worst <= 3,
-                  f"converted={read.converted} got {px[:4].hex()} want {want.hex()} worst {worst}")
+            check(
+                f"{tag}_read_{source.value}_as_srgb8",
+                read.converted and read.image.format == "bgra8" and len(px) == n * 4 and worst <= 3,
+                f"converted={read.converted} got {px[:4].hex()} want {want.hex()} worst {worst}",
+            )
 
         region = read.region
         rw, rh = region.width, region.height
@@ -140,9 +149,10 @@ def other_space_checks(app, check, tag, depth, profile, colour, expected_srgb8):
         rgba = bytearray(rw * rh * 4)
         inside = [(10 <= region.x + i % rw < 22 and 8 <= region.y + i // rw < 18) for i in range(rw * rh)]
         for i, ins in enumerate(inside):
-            rgba[i * 4:i * 4 + 4] = bytes((*colour8, 255)) if ins else b"\0\0\0\0"
-        ids = layers.insert_results(doc, [ResultImage(0, 1, 3, rw, rh, bytes(rgba), {})], region, Source.IMAGE,
-                                    None, "inpaint", tag, [{}])
+            rgba[i * 4 : i * 4 + 4] = bytes((*colour8, 255)) if ins else b"\0\0\0\0"
+        ids = layers.insert_results(
+            doc, [ResultImage(0, 1, 3, rw, rh, bytes(rgba), {})], region, Source.IMAGE, None, "inpaint", tag, [{}]
+        )
         doc.waitForDone()
         new = root.childNodes()[-1]
         space = (new.colorModel(), new.colorDepth(), new.colorProfile())
@@ -155,17 +165,28 @@ def other_space_checks(app, check, tag, depth, profile, colour, expected_srgb8):
             check(f"{tag}_result_linear_values", not bad, f"{len(bad)} off, e.g. {raw[bad[0]] if bad else ''} vs {lin}")
         clear = all(raw[i][3] == 0 for i, ins in enumerate(inside) if not ins)
         back = read_context(doc, Source.LAYER, 4, active=new)
-        worst = max(abs(back.image.data[i * 4 + c] - (colour8[2 - c] if c < 3 else 255))
-                    for i, ins in enumerate(inside) if ins for c in range(4))
-        check(f"{tag}_result_round_trip", clear and tuple(back.region) == tuple(region) and worst <= 3,
-              f"clear={clear} worst={worst}")
+        worst = max(
+            abs(back.image.data[i * 4 + c] - (colour8[2 - c] if c < 3 else 255))
+            for i, ins in enumerate(inside)
+            if ins
+            for c in range(4)
+        )
+        check(
+            f"{tag}_result_round_trip",
+            clear and tuple(back.region) == tuple(region) and worst <= 3,
+            f"clear={clear} worst={worst}",
+        )
         check(f"{tag}_source_layer_unchanged", bytes(bg.pixelData(0, 0, w, h)) == bg_before)
         doc.refreshProjection()
         doc.waitForDone()
         proj_after = unpack_rgba(bytes(doc.pixelData(0, 0, w, h)), depth)
         tol = 1.5 / PACK[depth][2] if PACK[depth][3] else 1e-3
-        changed = [i for i in range(w * h) if not (10 <= i % w < 22 and 8 <= i // w < 18)
-                   and max(abs(a - b) for a, b in zip(proj_before[i], proj_after[i])) > tol]
+        changed = [
+            i
+            for i in range(w * h)
+            if not (10 <= i % w < 22 and 8 <= i // w < 18)
+            and max(abs(a - b) for a, b in zip(proj_before[i], proj_after[i])) > tol
+        ]
         check(f"{tag}_projection_unchanged_outside_selection", not changed, f"{len(changed)} px changed")
     finally:
         doc.setModified(False)
@@ -221,27 +242,40 @@ def main(args):
         padding = 6
         expected_region = context_region(sel_bounds, Extent(W, H), padding)
         read = read_context(doc, Source.LAYER, padding, active=src)
-        check("region_matches_geometry", tuple(read.region) == tuple(expected_region),
-              f"{tuple(read.region)} vs {tuple(expected_region)} (selection {tuple(sel_bounds)})")
+        check(
+            "region_matches_geometry",
+            tuple(read.region) == tuple(expected_region),
+            f"{tuple(read.region)} vs {tuple(expected_region)} (selection {tuple(sel_bounds)})",
+        )
         rx, ry, rw, rh = read.region
         check("region_not_at_origin", rx > 0 and ry > 0, tuple(read.region))
         layer_full = bytearray(W * H * 4)
         for j in range(lh):
-            layer_full[((ly + j) * W + lx) * 4:((ly + j) * W + lx + lw) * 4] = src_pixels[j * lw * 4:(j + 1) * lw * 4]
+            layer_full[((ly + j) * W + lx) * 4 : ((ly + j) * W + lx + lw) * 4] = src_pixels[
+                j * lw * 4 : (j + 1) * lw * 4
+            ]
         expected_layer = crop(bytes(layer_full), W, 4, rx, ry, rw, rh)
-        check("layer_pixels_bgra", read.image.format == "bgra8" and read.image.data == expected_layer,
-              f"{read.image.format} {len(read.image.data)} vs {len(expected_layer)}")
+        check(
+            "layer_pixels_bgra",
+            read.image.format == "bgra8" and read.image.data == expected_layer,
+            f"{read.image.format} {len(read.image.data)} vs {len(expected_layer)}",
+        )
         check("srgb8_not_converted", not read.converted, (read.converted, doc.colorProfile()))
         expected_mask = crop(mask_full, W, 1, rx, ry, rw, rh)
-        check("mask_soft_values", read.mask is not None and read.mask.data == expected_mask
-              and len(set(read.mask.data) - {0, 255}) > 5,
-              f"levels {len(set(read.mask.data)) if read.mask else None}")
+        check(
+            "mask_soft_values",
+            read.mask is not None and read.mask.data == expected_mask and len(set(read.mask.data) - {0, 255}) > 5,
+            f"levels {len(set(read.mask.data)) if read.mask else None}",
+        )
         check("anchor_is_active_layer", read.anchor_node == node_id(src), read.anchor_node)
         read_img = read_context(doc, Source.IMAGE, padding, [node_id(src)])
         check("image_pixels_projection", read_img.image.data == crop(proj_before, W, 4, rx, ry, rw, rh))
         refs = read_img.references
-        check("reference_layer_pixels", len(refs) == 1 and (refs[0].width, refs[0].height) == (lw, lh)
-              and refs[0].data == src_pixels, [(r.width, r.height) for r in refs])
+        check(
+            "reference_layer_pixels",
+            len(refs) == 1 and (refs[0].width, refs[0].height) == (lw, lh) and refs[0].data == src_pixels,
+            [(r.width, r.height) for r in refs],
+        )
 
         # ---- the result: from the daemon when one is configured, else a stand-in with the protocol's shape
         daemon = config.get("daemon")
@@ -251,13 +285,19 @@ def main(args):
             from ace_bridge.bundled import jobs
             from ace_bridge.worker import JobSpec, run_job
 
-            client = plugin_client.BridgeClient(daemon["url"], daemon["token"], client_id="krita-test",
-                                                client_name="krita-test", editor="krita " + app.version())
+            client = plugin_client.BridgeClient(
+                daemon["url"],
+                daemon["token"],
+                client_id="krita-test",
+                client_name="krita-test",
+                editor="krita " + app.version(),
+            )
             welcome = client.connect()
             check("daemon_tasks", "local_edit" in [t["name"] for t in welcome.tasks])
             events = []
-            spec = JobSpec("t1", "local_edit", "make it green {image}", read.image, read.mask, [],
-                           {"seed": 7, "steps": 2})
+            spec = JobSpec(
+                "t1", "local_edit", "make it green {image}", read.image, read.mask, [], {"seed": 7, "steps": 2}
+            )
             run_job(client, spec, lambda lid, event: events.append(event))
             kinds = [e.state if isinstance(e, jobs.JobEnded) else e.TYPE for e in events]
             check("daemon_events", kinds[0] == "accepted" and kinds[-1] == "done" and "progress" in kinds, kinds)
@@ -277,51 +317,74 @@ def main(args):
         check("result_alpha_zero_outside_selection", outside_clear)
 
         # ---- insert above the active layer
-        rec = provenance_record("local_edit", "make it green {image}", result.seed, {"steps": 2}, tuple(read.region),
-                                "layer", "job-1", prov)
-        ids = layers.insert_results(doc, [result], read.region, Source.LAYER, read.anchor_node, "local_edit",
-                                    "make it green {image}", [rec])
+        rec = provenance_record(
+            "local_edit", "make it green {image}", result.seed, {"steps": 2}, tuple(read.region), "layer", "job-1", prov
+        )
+        ids = layers.insert_results(
+            doc, [result], read.region, Source.LAYER, read.anchor_node, "local_edit", "make it green {image}", [rec]
+        )
         doc.waitForDone()
         names = [n.name() for n in root.childNodes()]
         new = next(n for n in root.childNodes() if node_id(n) == ids[0])
         idx_src = [node_id(n) for n in root.childNodes()].index(node_id(src))
         idx_new = [node_id(n) for n in root.childNodes()].index(ids[0])
         check("inserted_directly_above_active", idx_new == idx_src + 1, names)
-        check("layer_name_task_prompt_seed", "local_edit" in new.name() and "make it green" in new.name()
-              and f"seed {result.seed}" in new.name(), new.name())
+        check(
+            "layer_name_task_prompt_seed",
+            "local_edit" in new.name() and "make it green" in new.name() and f"seed {result.seed}" in new.name(),
+            new.name(),
+        )
         got = bytes(new.pixelData(rx, ry, rw, rh))
         check("result_at_region_offset", got == swap_red_blue(result.rgba))
         b = new.bounds()
-        check("result_bounds_inside_region", Bounds(*read.region).contains(Bounds(b.x(), b.y(), b.width(), b.height())),
-              (b.x(), b.y(), b.width(), b.height()))
+        check(
+            "result_bounds_inside_region",
+            Bounds(*read.region).contains(Bounds(b.x(), b.y(), b.width(), b.height())),
+            (b.x(), b.y(), b.width(), b.height()),
+        )
         doc.refreshProjection()
         doc.waitForDone()
         proj_after = bytes(doc.pixelData(0, 0, W, H))
-        changed_outside = sum(1 for i in range(W * H) if mask_full[i] == 0 and
-                              proj_after[i * 4:i * 4 + 4] != proj_before[i * 4:i * 4 + 4])
+        changed_outside = sum(
+            1
+            for i in range(W * H)
+            if mask_full[i] == 0 and proj_after[i * 4 : i * 4 + 4] != proj_before[i * 4 : i * 4 + 4]
+        )
         check("projection_unchanged_outside_selection", changed_outside == 0, f"{changed_outside} px changed")
-        check("source_layer_untouched", bytes(src.pixelData(0, 0, W, H)) == src_before
-              and bytes(bg.pixelData(0, 0, W, H)) == bg_before)
+        check(
+            "source_layer_untouched",
+            bytes(src.pixelData(0, 0, W, H)) == src_before and bytes(bg.pixelData(0, 0, W, H)) == bg_before,
+        )
 
         # ---- visible-image placement (top of the stack) and a group for count > 1
         second = ResultImage(1, 2, result.seed + 1, rw, rh, bytes(result.rgba), dict(result.provenance))
         first = ResultImage(0, 2, result.seed, rw, rh, bytes(result.rgba), dict(result.provenance))
-        recs = [provenance_record("inpaint", "a vase", r.seed, {}, tuple(read.region), "image", "job-2", {}, r.index, 2)
-                for r in (first, second)]
+        recs = [
+            provenance_record("inpaint", "a vase", r.seed, {}, tuple(read.region), "image", "job-2", {}, r.index, 2)
+            for r in (first, second)
+        ]
         gids = layers.insert_results(doc, [second, first], read.region, Source.IMAGE, None, "inpaint", "a vase", recs)
         top = root.childNodes()[-1]
-        check("group_on_top", node_id(top) == gids[0] and top.type() == "grouplayer",
-              [n.name() for n in root.childNodes()])
+        check(
+            "group_on_top",
+            node_id(top) == gids[0] and top.type() == "grouplayer",
+            [n.name() for n in root.childNodes()],
+        )
         kids = top.childNodes()
         vis = [(k.name(), k.visible()) for k in reversed(kids)]  # top child first
-        check("group_first_visible_others_hidden", len(kids) == 2 and vis[0][1] and not vis[1][1]
-              and "#1/2" in vis[0][0], vis)
+        check(
+            "group_first_visible_others_hidden",
+            len(kids) == 2 and vis[0][1] and not vis[1][1] and "#1/2" in vis[0][0],
+            vis,
+        )
 
         # ---- provenance survives save and reload; the document id routes results
         key = document_key(doc)
         other = app.createDocument(32, 32, "other", "RGBA", "U8", "", 72.0)
-        check("find_document_by_key", find_document(key) is not None and document_key(other) != key
-              and document_key(find_document(key)) == key)
+        check(
+            "find_document_by_key",
+            find_document(key) is not None and document_key(other) != key and document_key(find_document(key)) == key,
+        )
         other.setModified(False)
         other.close()
         path = os.path.join(config["tmp"], "saved.kra")
@@ -331,9 +394,16 @@ def main(args):
         doc2 = app.openDocument(path)
         store = json.loads(bytes(doc2.annotation(PROVENANCE_ANNOTATION)).decode())
         layer_rec = store["layers"].get(ids[0], {})
-        check("provenance_survives_reload", saved and layer_rec.get("seed") == result.seed
-              and layer_rec.get("task") == "local_edit" and "params" in layer_rec and "model" in layer_rec
-              and any(node_id(n) == ids[0] for n in doc2.rootNode().childNodes()), layer_rec)
+        check(
+            "provenance_survives_reload",
+            saved
+            and layer_rec.get("seed") == result.seed
+            and layer_rec.get("task") == "local_edit"
+            and "params" in layer_rec
+            and "model" in layer_rec
+            and any(node_id(n) == ids[0] for n in doc2.rootNode().childNodes()),
+            layer_rec,
+        )
         check("provenance_group_children", all(i in store["layers"] for i in gids))
         doc2.setModified(False)
         doc2.close()
@@ -349,17 +419,30 @@ def main(args):
         d16.refreshProjection()
         d16.waitForDone()
         r16 = read_context(d16, Source.IMAGE, 4)
-        check("u16_read_converted", r16.converted and r16.image.format == "bgra8"
-              and len(r16.image.data) == r16.region.width * r16.region.height * 4 and d16.colorDepth() == "U16",
-              (r16.converted, tuple(r16.region), d16.colorDepth()))
+        check(
+            "u16_read_converted",
+            r16.converted
+            and r16.image.format == "bgra8"
+            and len(r16.image.data) == r16.region.width * r16.region.height * 4
+            and d16.colorDepth() == "U16",
+            (r16.converted, tuple(r16.region), d16.colorDepth()),
+        )
         w16, h16 = r16.region.width, r16.region.height
         red = bytes((255, 0, 0, 255)) * (w16 * h16)
-        ids16 = layers.insert_results(d16, [ResultImage(0, 1, 1, w16, h16, red, {})], r16.region, Source.IMAGE,
-                                      None, "inpaint", "red", [{}])
+        ids16 = layers.insert_results(
+            d16, [ResultImage(0, 1, 1, w16, h16, red, {})], r16.region, Source.IMAGE, None, "inpaint", "red", [{}]
+        )
         n16 = d16root.childNodes()[-1]
         px = bytes(n16.pixelData(r16.region.x, r16.region.y, 1, 1))
-        check("u16_result_in_document_space", node_id(n16) == ids16[0] and n16.colorDepth() == "U16" and len(px) == 8
-              and px[4:6] == b"\xff\xff" and px[6:8] == b"\xff\xff", (n16.colorDepth(), px.hex()))
+        check(
+            "u16_result_in_document_space",
+            node_id(n16) == ids16[0]
+            and n16.colorDepth() == "U16"
+            and len(px) == 8
+            and px[4:6] == b"\xff\xff"
+            and px[6:8] == b"\xff\xff",
+            (n16.colorDepth(), px.hex()),
+        )
         d16.setModified(False)
         d16.close()
 

@@ -29,6 +29,7 @@ def main(args):
         from ace_bridge.model import Settings
         from ace_bridge.qt_compat import QtCore  # PyQt5 on Krita 5, PyQt6 on Krita 6
         from krita import Krita, Selection
+
         QCoreApplication = QtCore.QCoreApplication
 
         app = Krita.instance()
@@ -46,9 +47,18 @@ def main(args):
         app.setActiveDocument(doc)
         before = [node_id(n) for n in root.childNodes()]
 
-        settings = Settings(client_id=config["client_id"], url=config["url"], token=config["token"],
-                            task=config["task"], source="image", seed_mode="fixed", seed=11, count=1,
-                            padding=4, feather=0)  # steps left at "default": the panel's setting applies
+        settings = Settings(
+            client_id=config["client_id"],
+            url=config["url"],
+            token=config["token"],
+            task=config["task"],
+            source="image",
+            seed_mode="fixed",
+            seed=11,
+            count=1,
+            padding=4,
+            feather=0,
+        )  # steps left at "default": the panel's setting applies
         controller = Controller(settings)
         finished = {}
         controller.job_finished.connect(lambda lid, state: finished.__setitem__(lid, state))
@@ -67,8 +77,10 @@ def main(args):
         out["local_ids"] = local_ids
         pump_until("both jobs to end", lambda: all(lid in finished for lid in local_ids))
         out["finished"] = finished
-        out["records"] = [{"job_id": r.job_id, "state": r.state, "message": r.message,
-                           "layer_ids": list(r.layer_ids or [])} for r in controller.history]
+        out["records"] = [
+            {"job_id": r.job_id, "state": r.state, "message": r.message, "layer_ids": list(r.layer_ids or [])}
+            for r in controller.history
+        ]
         doc.waitForDone()
         store = read_provenance(doc)
         layers = []
@@ -78,8 +90,15 @@ def main(args):
                 continue
             rec = store.layers.get(nid, {}) if hasattr(store, "layers") else {}
             server = rec.get("server") or {}
-            layers.append({"id": nid, "name": n.name(), "job_id": rec.get("job_id"), "editor": server.get("editor"),
-                           "steps": (server.get("params") or {}).get("steps")})
+            layers.append(
+                {
+                    "id": nid,
+                    "name": n.name(),
+                    "job_id": rec.get("job_id"),
+                    "editor": server.get("editor"),
+                    "steps": (server.get("params") or {}).get("steps"),
+                }
+            )
         out["new_layers"] = layers
         out["all_layers"] = [n.name() for n in root.childNodes()]
         controller.stop()

@@ -67,9 +67,11 @@ def _run():
         if docker is None:
             return
         gen_action = app.action("ace_bridge_generate")
-        check("generate_shortcut_ctrl_enter", gen_action is not None
-              and gen_action.shortcut().toString() in ("Ctrl+Return", "Ctrl+Enter"),
-              gen_action.shortcut().toString() if gen_action else None)
+        check(
+            "generate_shortcut_ctrl_enter",
+            gen_action is not None and gen_action.shortcut().toString() in ("Ctrl+Return", "Ctrl+Enter"),
+            gen_action.shortcut().toString() if gen_action else None,
+        )
         docker.show()
         docker.setVisible(True)
         ctl = docker.controller
@@ -81,8 +83,11 @@ def _run():
             if ctl.tasks:
                 break
             yield
-        check("connected_tasks_listed", docker.task_box.count() >= 1 and "local_edit" in ctl.tasks,
-              docker.connection.text())
+        check(
+            "connected_tasks_listed",
+            docker.task_box.count() >= 1 and "local_edit" in ctl.tasks,
+            docker.connection.text(),
+        )
         docker.task_box.setCurrentIndex(docker.task_box.findData("local_edit"))
         docker.prompt.setPlainText("make it green")
         docker.seed_random.setChecked(False)
@@ -104,9 +109,11 @@ def _run():
         if lid is None:  # say why: the same call as the action's, outside Qt's slot machinery
             act = app.action("ace_bridge_generate")
             try:
-                why = (f"action did nothing (enabled {act.isEnabled()}, visible {act.isVisible()}, "
-                       f"windows {len(app.windows())}); on_generate() -> "
-                       f"{docker.on_generate()!r}, status {docker.status.text()!r}")
+                why = (
+                    f"action did nothing (enabled {act.isEnabled()}, visible {act.isVisible()}, "
+                    f"windows {len(app.windows())}); on_generate() -> "
+                    f"{docker.on_generate()!r}, status {docker.status.text()!r}"
+                )
             except Exception:
                 why = "action did nothing; on_generate() raised " + traceback.format_exc()[-1500:]
         check("generate_started", lid is not None, why)
@@ -117,8 +124,14 @@ def _run():
         check("generate_done", state["finished"].get(lid) == "done", (state["finished"], docker.status.text()))
         kids = doc.rootNode().childNodes()
         new = [n for n in kids if node_id(n) not in before]
-        check("generate_new_layer_on_top", len(new) == 1 and node_id(kids[-1]) == node_id(new[0])
-              and "local_edit" in new[0].name() and "seed 5" in new[0].name(), [n.name() for n in kids])
+        check(
+            "generate_new_layer_on_top",
+            len(new) == 1
+            and node_id(kids[-1]) == node_id(new[0])
+            and "local_edit" in new[0].name()
+            and "seed 5" in new[0].name(),
+            [n.name() for n in kids],
+        )
         QTimer.singleShot(0, lambda: None)
         yield
         shot = cfg.get("screenshot")
@@ -137,8 +150,11 @@ def _run():
             if new and node_id(new[0]) not in ids_now:
                 break
         gone = bool(new) and node_id(new[0]) not in [node_id(n) for n in doc.rootNode().childNodes()]
-        check("undo_removes_layer", gone, f"undo steps {undo_steps}, layers {n_before_undo} -> "
-              f"{len(doc.rootNode().childNodes())}")
+        check(
+            "undo_removes_layer",
+            gone,
+            f"undo steps {undo_steps}, layers {n_before_undo} -> {len(doc.rootNode().childNodes())}",
+        )
         checks["undo_steps"] = [True, str(undo_steps if gone else -1)]
         for _ in range(5):
             yield
@@ -154,9 +170,14 @@ def _run():
             yield
         added_a = [n for n in doc.rootNode().childNodes() if node_id(n) not in before_a]
         added_b = [n for n in other.rootNode().childNodes() if node_id(n) not in before_b]
-        check("result_lands_in_origin_document", state["finished"].get(lid2) == "done" and len(added_a) == 1
-              and not added_b and app.activeDocument().name() == "gui-b",
-              (state["finished"].get(lid2), len(added_a), len(added_b)))
+        check(
+            "result_lands_in_origin_document",
+            state["finished"].get(lid2) == "done"
+            and len(added_a) == 1
+            and not added_b
+            and app.activeDocument().name() == "gui-b",
+            (state["finished"].get(lid2), len(added_a), len(added_b)),
+        )
 
         # Several images arrive as one group (first visible, others hidden), removed by one undo.
         docker.count_spin.setValue(2)
@@ -169,12 +190,21 @@ def _run():
         docker.count_spin.setValue(1)
         top = other.rootNode().childNodes()[-1]
         kids = list(reversed(top.childNodes()))  # top child first
-        check("count2_group_first_visible", state["finished"].get(lid4) == "done" and top.type() == "grouplayer"
-              and len(kids) == 2 and kids[0].visible() and not kids[1].visible(),
-              (state["finished"].get(lid4), top.type(), [(k.name(), k.visible()) for k in kids]))
+        check(
+            "count2_group_first_visible",
+            state["finished"].get(lid4) == "done"
+            and top.type() == "grouplayer"
+            and len(kids) == 2
+            and kids[0].visible()
+            and not kids[1].visible(),
+            (state["finished"].get(lid4), top.type(), [(k.name(), k.visible()) for k in kids]),
+        )
         yield from undo_once(app, other)
-        check("count2_group_one_undo", [node_id(n) for n in other.rootNode().childNodes()] == before_g,
-              [n.name() for n in other.rootNode().childNodes()])
+        check(
+            "count2_group_one_undo",
+            [node_id(n) for n in other.rootNode().childNodes()] == before_g,
+            [n.name() for n in other.rootNode().childNodes()],
+        )
 
         # Cancel during a job leaves no layer.
         docker.steps_spin.setValue(100)
@@ -190,8 +220,11 @@ def _run():
                 break
             yield
         after_c = [node_id(n) for n in other.rootNode().childNodes()]
-        check("cancel_leaves_no_layer", state["finished"].get(lid3) == "cancelled" and after_c == before_c,
-              (state["finished"].get(lid3), docker.status.text()))
+        check(
+            "cancel_leaves_no_layer",
+            state["finished"].get(lid3) == "cancelled" and after_c == before_c,
+            (state["finished"].get(lid3), docker.status.text()),
+        )
         check("history_has_thumbnails", docker.history.count() >= 2, docker.history.count())
         ctl.stop()
 

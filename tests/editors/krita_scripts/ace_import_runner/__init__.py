@@ -57,23 +57,32 @@ def _import_phase(cfg, check, finish):
     check("not_installed_before", not os.path.exists(os.path.join(pykrita, "ace_bridge")), pykrita)
 
     app.action("plugin_importer_web").trigger()
-    files = [os.path.join(pykrita, "ace_bridge", "__init__.py"), os.path.join(pykrita, "ace_bridge.desktop"),
-             os.path.join(resources, "actions", "ace_bridge.action"),
-             os.path.join(pykrita, "ace_bridge", "_vendor", "ace_protocol", "client.py"),
-             os.path.join(pykrita, "ace_bridge", "ace-bridge-launcher.json")]
+    files = [
+        os.path.join(pykrita, "ace_bridge", "__init__.py"),
+        os.path.join(pykrita, "ace_bridge.desktop"),
+        os.path.join(resources, "actions", "ace_bridge.action"),
+        os.path.join(pykrita, "ace_bridge", "_vendor", "ace_protocol", "client.py"),
+        os.path.join(pykrita, "ace_bridge", "ace-bridge-launcher.json"),
+    ]
     check("web_import_no_error", not warnings, warnings)
     check("web_import_files", all(os.path.isfile(f) for f in files), [f for f in files if not os.path.isfile(f)])
     check("web_import_asked_to_activate", asked == ["Activate Plugins?"], asked)
-    check("web_import_enabled", app.readSetting("python", "enable_ace_bridge", "") == "true",
-          app.readSetting("python", "enable_ace_bridge", ""))
+    check(
+        "web_import_enabled",
+        app.readSetting("python", "enable_ace_bridge", "") == "true",
+        app.readSetting("python", "enable_ace_bridge", ""),
+    )
     asked.clear()
     os.remove(files[0].replace("__init__.py", "model.py"))  # the file import must bring it back
 
     app.action("plugin_importer_file").trigger()
     check("file_import_no_error", not warnings, warnings)
     check("file_import_overwrite_then_activate", asked == ["Overwrite Plugin", "Activate Plugins?"], asked)
-    check("file_import_files", all(os.path.isfile(f) for f in files)
-          and os.path.isfile(files[0].replace("__init__.py", "model.py")), files[0])
+    check(
+        "file_import_files",
+        all(os.path.isfile(f) for f in files) and os.path.isfile(files[0].replace("__init__.py", "model.py")),
+        files[0],
+    )
     finish(quit_action=True)
 
 
@@ -85,8 +94,11 @@ def _first_run_phase(cfg, check, finish, shoot):
     app = Krita.instance()
     deadline = cfg.get("timeout_s", 240)
     pykrita = os.path.join(app.getAppDataLocation(), "pykrita")
-    check("plugin_loaded_from_import", os.path.dirname(os.path.dirname(ace_bridge.__file__)) == pykrita,
-          ace_bridge.__file__)
+    check(
+        "plugin_loaded_from_import",
+        os.path.dirname(os.path.dirname(ace_bridge.__file__)) == pykrita,
+        ace_bridge.__file__,
+    )
     docker = AceBridgeDocker.instances[-1] if AceBridgeDocker.instances else None
     check("docker_registered", docker is not None, len(AceBridgeDocker.instances))
     if docker is None:
@@ -98,24 +110,40 @@ def _first_run_phase(cfg, check, finish, shoot):
         if panel.start_button.isVisible():
             break
         yield
-    check("offers_start", panel.start_button.isVisible() and worker.state != "connected",
-          (worker.state, panel.message.text()))
-    check("connection_box_hidden_for_local_daemon", not docker.settings_box.isVisible(),
-          docker.settings_box.isVisible())
+    check(
+        "offers_start",
+        panel.start_button.isVisible() and worker.state != "connected",
+        (worker.state, panel.message.text()),
+    )
+    check(
+        "connection_box_hidden_for_local_daemon", not docker.settings_box.isVisible(), docker.settings_box.isVisible()
+    )
     shoot("not-running")
     panel.start_button.click()
     for _ in range(int(deadline * 20)):
         if worker.state == "connected" and panel.advice is not None:
             break
         yield
-    check("started_and_connected", worker.state == "connected",
-          (worker.state, panel.message.text(), panel.log.toPlainText()[-800:]))
+    check(
+        "started_and_connected",
+        worker.state == "connected",
+        (worker.state, panel.message.text(), panel.log.toPlainText()[-800:]),
+    )
     advice = panel.advice
-    check("model_missing_shown", advice is not None and advice.state == "missing" and panel.download_button.isVisible()
-          and "GB" in panel.model_text.text() and "Non-Commercial" in panel.model_text.text(),
-          panel.model_text.text()[:300])
-    check("no_gpu_said_plainly", "no usable NVIDIA GPU" in panel.warning.text() and "--demo" in panel.warning.text(),
-          panel.warning.text())
+    check(
+        "model_missing_shown",
+        advice is not None
+        and advice.state == "missing"
+        and panel.download_button.isVisible()
+        and "GB" in panel.model_text.text()
+        and "Non-Commercial" in panel.model_text.text(),
+        panel.model_text.text()[:300],
+    )
+    check(
+        "no_gpu_said_plainly",
+        "no usable NVIDIA GPU" in panel.warning.text() and "--demo" in panel.warning.text(),
+        panel.warning.text(),
+    )
     check("no_tasks_before_download", docker.task_box.count() == 0, docker.task_box.count())
     for _ in range(40):
         yield
@@ -134,8 +162,11 @@ def _first_run_phase(cfg, check, finish, shoot):
             break
         yield
     check("download_progress_shown", saw_progress, panel.advice.state if panel.advice else None)
-    check("tasks_after_download", docker.task_box.count() > 0 and "local_edit" in docker.controller.tasks,
-          (docker.task_box.count(), panel.model_text.text()[:200]))
+    check(
+        "tasks_after_download",
+        docker.task_box.count() > 0 and "local_edit" in docker.controller.tasks,
+        (docker.task_box.count(), panel.model_text.text()[:200]),
+    )
     for _ in range(20):
         yield
     check("box_hidden_when_ready", not panel.isVisible(), panel.model_text.text()[:200])
