@@ -41,6 +41,12 @@ def check_encoded(payload: ImagePayload, *, max_pixels: int, what: str = "image"
     """What `to_array` would refuse about an encoded (PNG/WebP/JPEG) payload, found without decoding its pixels:
     the format, the size in its header against the cap and the payload's w x h, and (PNG) every chunk's CRC. A
     queued job keeps its compressed bytes and is decoded when it runs (docs/security.md, memory)."""
+    _open_checked(payload, max_pixels=max_pixels, what=what, decode=False)
+
+
+def _open_checked(payload: ImagePayload, *, max_pixels: int, what: str, decode: bool) -> Image.Image:
+    """Open an encoded payload with the size caps checked from its header, then decode its pixels (`decode`) or
+    only verify the file; every failure is a typed protocol error naming `what`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -52,13 +58,17 @@ def check_encoded(payload: ImagePayload, *, max_pixels: int, what: str = "image"
                 )
             if (width, height) != (payload.width, payload.height):
                 raise bad_request(f"{what} says {payload.width}x{payload.height} but the file is {width}x{height}")
-            img.verify()
+            if decode:
+                img.load()
+            else:
+                img.verify()
     except ProtocolError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ProtocolError(ErrorCode.TOO_LARGE, f"{what} is a decompression bomb") from None
     except Exception as exc:  # truncated or corrupt files raise many kinds of errors
         raise bad_request(f"{what} is not a readable {payload.format} file ({type(exc).__name__})") from None
+    return img
 
 
 def _gray_from_rgba(arr: np.ndarray) -> np.ndarray:
@@ -67,24 +77,7 @@ def _gray_from_rgba(arr: np.ndarray) -> np.ndarray:
 
 
 def _decode_encoded(payload: ImagePayload, *, max_pixels: int, what: str, gray: bool) -> np.ndarray:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(payload.data), formats=_PIL_FORMATS[payload.format])
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ProtocolError(
-                    ErrorCode.TOO_LARGE, f"{what} decodes to {width}x{height}; the limit is {max_pixels} pixels"
-                )
-            if (width, height) != (payload.width, payload.height):
-                raise bad_request(f"{what} says {payload.width}x{payload.height} but the file is {width}x{height}")
-            img.load()
-    except ProtocolError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ProtocolError(ErrorCode.TOO_LARGE, f"{what} is a decompression bomb") from None
-    except Exception as exc:  # truncated or corrupt files raise many kinds of errors
-        raise bad_request(f"{what} is not a readable {payload.format} file ({type(exc).__name__})") from None
+    img = _open_checked(payload, max_pixels=max_pixels, what=what, decode=True)
     if gray:
         return np.asarray(img.convert("L"))
     return np.asarray(img.convert("RGBA"))
