@@ -19,7 +19,12 @@ def test_pinned_fingerprint_admits_the_daemon_and_refuses_any_other(tmp_path, ti
         assert printed, daemon.log()
         url = f"wss://127.0.0.1:{daemon.port}/v1/ws"
         client = BridgeClient(
-            url, daemon.token, client_id="remote-1", fingerprint=printed.group(1).lower(), reconnect_timeout=0
+            url,
+            daemon.token,
+            client_id="remote-1",
+            fingerprint=printed.group(1).lower(),
+            reconnect_timeout=0,
+            connect_timeout=30,  # TLS plus the proof handshake on a shared 2-core CI machine
         )
         welcome = client.connect()
         assert welcome.tasks
@@ -27,8 +32,10 @@ def test_pinned_fingerprint_admits_the_daemon_and_refuses_any_other(tmp_path, ti
 
         wrong = "AA:" * 31 + "AA"
         with pytest.raises(ClientError, match="refusing to send the token"):
-            BridgeClient(url, daemon.token, client_id="remote-2", fingerprint=wrong, reconnect_timeout=0).connect()
+            BridgeClient(
+                url, daemon.token, client_id="remote-2", fingerprint=wrong, reconnect_timeout=0, connect_timeout=30
+            ).connect()
         with pytest.raises(ClientError, match="could not be verified"):
-            BridgeClient(url, daemon.token, client_id="remote-3", reconnect_timeout=0).connect()
+            BridgeClient(url, daemon.token, client_id="remote-3", reconnect_timeout=0, connect_timeout=30).connect()
     finally:
         daemon.stop()
