@@ -1,8 +1,16 @@
-"""The jobs a plug-in sent, newest first: where each came from and what it brought back (to apply it again)."""
+"""The jobs a plug-in sent, newest first: where each came from and what it brought back (to apply it again).
+
+`history_to_bytes` / `history_from_bytes` store finished jobs with their result pixels in a document (Krita: an
+annotation in the .kra), so the history comes back with the document after the editor restarts.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import base64
+import binascii
+import json
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,10 +36,17 @@ class JobRecord:
     state: str = "submitted"
     message: str = ""
     layer_ids: list[str] = field(default_factory=list)
+    #: What the painter typed (the prompt above is what the daemon got: painter_prompt's ACE++ form).
+    instruction: str = ""
 
     @property
     def finished(self) -> bool:
         return self.state in ("done", "failed", "cancelled")
+
+    @property
+    def typed(self) -> str:
+        """The text to put back in the prompt box: as typed, or the sent prompt for jobs that did not keep it."""
+        return self.instruction or self.prompt
 
 
 def redelivered_record(job_id: str, results: Sequence[ResultImage]) -> JobRecord:
@@ -64,6 +79,17 @@ class History:
 
     def find(self, job_id: str) -> JobRecord | None:
         return next((r for r in self.records if r.job_id == job_id), None)
+
+    def merge(self, records: Iterable[JobRecord]) -> int:
+        """Add stored records (a reopened document's) whose job is not listed yet, keeping newest first by their
+        stored order after the ones already here; returns how many were added."""
+        added = [r for r in records if self.find(r.job_id) is None]
+        self.records.extend(added)
+        del self.records[self.limit :]
+        return len(added)
+
+    def of_document(self, doc_key: str) -> list[JobRecord]:
+        return [r for r in self.records if r.doc_key == doc_key]
 
     def with_results(self) -> list[JobRecord]:
         return [r for r in self.records if r.results]
@@ -119,3 +145,138 @@ class RecentPrompts:
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+
+# ------------------------------------------------------------------ stored with the document
+
+HISTORY_FORMAT = "ace-bridge-history"
+HISTORY_VERSION = 1
+#: Result pixels kept per document (raw RGBA before compression): the newest jobs that fit are stored.
+MAX_STORED_PIXEL_BYTES = 64 * 1024 * 1024
+
+
+class HistoryFormatError(ValueError):
+    """Stored history that cannot be read: not ours, from a newer version, or damaged."""
+
+
+def _result_to_json(r: ResultImage) -> dict[str, Any]:
+    return {
+        "index": r.index,
+        "count": r.count,
+        "seed": r.seed,
+        "width": r.width,
+        "height": r.height,
+        "provenance": r.provenance,
+        "rgba_zlib_b64": base64.b64encode(zlib.compress(bytes(r.rgba), 6)).decode("ascii"),
+    }
+
+
+def _record_to_json(r: JobRecord) -> dict[str, Any]:
+    return {
+        "job_id": r.job_id,
+        "doc_key": r.doc_key,
+        "task": r.task,
+        "prompt": r.prompt,
+        "instruction": r.instruction,
+        "params": r.params,
+        "region": list(r.region),
+        "source": r.source,
+        "anchor_node": r.anchor_node,
+        "state": r.state,
+        "message": r.message,
+        "layer_ids": list(r.layer_ids),
+        "results": [_result_to_json(x) for x in sorted(r.results, key=lambda x: x.index)],
+    }
+
+
+def history_to_bytes(records: Iterable[JobRecord], max_pixel_bytes: int = MAX_STORED_PIXEL_BYTES) -> bytes:
+    """Finished jobs with results, newest first, as UTF-8 JSON (pixels zlib-compressed, base64). Jobs are taken
+    in order while their raw pixels fit in `max_pixel_bytes`; older ones are left out (their layers stay)."""
+    stored: list[dict[str, Any]] = []
+    budget = max_pixel_bytes
+    for record in records:
+        if record.state != "done" or not record.results:
+            continue
+        size = sum(len(r.rgba) for r in record.results)
+        if size > budget:
+            break
+        budget -= size
+        stored.append(_record_to_json(record))
+    doc = {"format": HISTORY_FORMAT, "version": HISTORY_VERSION, "records": stored}
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def _want(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = obj.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise HistoryFormatError(f"{where}: '{key}' is missing or not a {getattr(kind, '__name__', kind)}")
+    return value
+
+
+def _result_from_json(obj: Any, where: str) -> ResultImage:
+    if not isinstance(obj, dict):
+        raise HistoryFormatError(f"{where}: not an object")
+    width, height = _want(obj, "width", int, where), _want(obj, "height", int, where)
+    try:
+        rgba = zlib.decompress(base64.b64decode(_want(obj, "rgba_zlib_b64", str, where), validate=True))
+    except (binascii.Error, zlib.error) as exc:
+        raise HistoryFormatError(f"{where}: damaged pixels ({exc})") from exc
+    if width <= 0 or height <= 0 or len(rgba) != width * height * 4:
+        raise HistoryFormatError(f"{where}: {len(rgba)} bytes of pixels for {width}x{height} RGBA")
+    provenance = obj.get("provenance")
+    return ResultImage(
+        _want(obj, "index", int, where),
+        _want(obj, "count", int, where),
+        _want(obj, "seed", int, where),
+        width,
+        height,
+        rgba,
+        dict(provenance) if isinstance(provenance, dict) else {},
+    )
+
+
+def _record_from_json(obj: Any, where: str) -> JobRecord:
+    if not isinstance(obj, dict):
+        raise HistoryFormatError(f"{where}: not an object")
+    region = _want(obj, "region", list, where)
+    if len(region) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in region):
+        raise HistoryFormatError(f"{where}: 'region' is not four integers")
+    anchor = obj.get("anchor_node")
+    results = [_result_from_json(x, f"{where}, result {i}") for i, x in enumerate(_want(obj, "results", list, where))]
+    return JobRecord(
+        _want(obj, "job_id", str, where),
+        _want(obj, "doc_key", str, where),
+        _want(obj, "task", str, where),
+        _want(obj, "prompt", str, where),
+        dict(_want(obj, "params", dict, where)),
+        (region[0], region[1], region[2], region[3]),
+        _want(obj, "source", str, where),
+        anchor if isinstance(anchor, str) else None,
+        results=results,
+        state=_want(obj, "state", str, where),
+        message=str(obj.get("message") or ""),
+        layer_ids=[x for x in obj.get("layer_ids") or [] if isinstance(x, str)],
+        instruction=str(obj.get("instruction") or ""),
+    )
+
+
+def history_from_bytes(data: bytes | bytearray | memoryview | None) -> list[JobRecord]:
+    """The records `history_to_bytes` stored, newest first; empty data is an empty history.
+    Raises HistoryFormatError for anything else than this format at a version this code reads."""
+    if not data:
+        return []
+    try:
+        doc = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise HistoryFormatError(f"stored history is not JSON: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != HISTORY_FORMAT:
+        raise HistoryFormatError(f"stored history is not in the {HISTORY_FORMAT} format")
+    version = doc.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > HISTORY_VERSION:
+        raise HistoryFormatError(
+            f"stored history has version {version!r}; this plug-in reads up to {HISTORY_VERSION} (update it)"
+        )
+    records = doc.get("records")
+    if not isinstance(records, list):
+        raise HistoryFormatError("stored history has no list of records")
+    return [_record_from_json(r, f"history entry {i}") for i, r in enumerate(records)]
