@@ -129,6 +129,13 @@ class AcePlusEngine:
             self.manager.set_memory_mode(mode)
         self.unload()
 
+    def set_tier(self, name: str) -> None:
+        """Override the memory tier ("auto": chosen at load); the model is unloaded now and loads on that tier at the
+        next job. An unknown name raises ValueError and changes nothing."""
+        with self._lock:
+            self.manager.set_tier(name)
+        self.unload()
+
     def available_tasks(self) -> list[str]:
         if not self.layout.has_base():
             return []

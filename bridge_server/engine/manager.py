@@ -126,6 +126,12 @@ class ModelManager:
         self.memory_request = mode
         self.auto_floor = None
 
+    def set_tier(self, name: str) -> None:
+        if name != "auto":
+            tiers.tier(name)  # ValueError for an unknown name, before anything changes
+        self.tier_request = name
+        self.choice = None
+
     def resolve_device(self) -> str:
         import torch
 

@@ -28,6 +28,7 @@ from ace_protocol.tasks import STEPS
 from aiohttp import ChainMapProxy, WSCloseCode, WSMsgType, web
 
 from bridge_server.config import ServerConfig
+from bridge_server.engine.tiers import TIER_NAMES
 from bridge_server.server.people import usage
 from bridge_server.server.state import STATE, AppState
 from bridge_server.server.tokens import bearer_token, rotate_token, tokens_equal
@@ -184,6 +185,8 @@ def settings_view(state: Any) -> dict[str, Any]:
         "steps_range": [STEPS.minimum, STEPS.maximum],
         "memory_mode": engine.get("memory_mode_requested") or engine.get("memory_mode") or "auto",
         "memory_modes": list(MEMORY_MODES),
+        "tier": engine.get("tier_requested") or "auto",  # the override; the tier running is engine["tier"]
+        "tiers": ["auto", *TIER_NAMES] if hasattr(state.engine, "set_tier") else [],
     }
 
 
@@ -433,11 +436,17 @@ async def api_delete(request: web.Request, body: dict[str, Any]) -> web.Response
 
 @_json_action
 async def api_settings(request: web.Request, body: dict[str, Any]) -> web.Response:
-    """Live settings: `default_steps` (the table's steps range) for jobs that do not say, `memory_mode` (reloads
-    at the next job)."""
+    """Live settings: `default_steps` (the table's steps range) for jobs that do not say, `memory_mode` and
+    `tier` (the memory tier override, "auto" to let the daemon choose; both reload at the next job)."""
     state = _app_state(request)
     steps = body.get("default_steps")
     mode = body.get("memory_mode")
+    tier = body.get("tier")
+    set_tier = getattr(state.engine, "set_tier", None)
+    if tier is not None and (tier not in ("auto", *TIER_NAMES) or set_tier is None):
+        return web.json_response(
+            {"error": "bad_request", "message": f"tier must be one of auto, {', '.join(TIER_NAMES)}"}, status=400
+        )
     if steps is not None:
         try:
             steps = STEPS.validate(steps)
@@ -453,6 +462,10 @@ async def api_settings(request: web.Request, body: dict[str, Any]) -> web.Respon
     if mode is not None and setter is not None:
         set_mode = setter
         await state.queue.on_engine_thread(lambda: set_mode(mode))
+    current = state.engine_state().get("tier_requested")
+    if tier is not None and set_tier is not None and tier != current:
+        apply_tier = set_tier
+        await state.queue.on_engine_thread(lambda: apply_tier(tier))
     request.config_dict[PANEL].mark("engine")
     return web.json_response({"ok": True, "settings": settings_view(state)})
 

@@ -139,6 +139,12 @@ function renderSettings(settings) {
     mode.replaceChildren(...settings.memory_modes.map((m) => new Option(m, m)));
   }
   if (document.activeElement !== mode) mode.value = settings.memory_mode;
+  const tier = $("tier");
+  tier.parentElement.hidden = !(settings.tiers || []).length;  // an engine without tiers (demo, remote replicas)
+  if (tier.options.length !== (settings.tiers || []).length) {
+    tier.replaceChildren(...settings.tiers.map((t) => new Option(t, t)));
+  }
+  if (document.activeElement !== tier && settings.tier) tier.value = settings.tier;
 }
 
 function setPaused(paused) {
@@ -371,7 +377,8 @@ async function start() {
     event.preventDefault();
     try {
       const reply = await api("/panel/api/settings", {
-        default_steps: Number($("default-steps").value), memory_mode: $("memory-mode").value });
+        default_steps: Number($("default-steps").value), memory_mode: $("memory-mode").value,
+        ...($("tier").options.length ? { tier: $("tier").value } : {}) });
       renderSettings(reply.settings);
       $("settings-msg").textContent = "Settings applied.";
     } catch (err) { $("settings-msg").textContent = err.message; }
