@@ -9,9 +9,8 @@ task's wording. A text that already contains `{image}` is a raw ACE++ prompt and
 
 from __future__ import annotations
 
-from ace_protocol.tasks import TASKS
-
 from .naming import apply_template
+from .protocol import tasks
 
 IMAGE_TOKEN = "{image}"
 
@@ -51,7 +50,7 @@ def painter_prompt(
         return _sentence(raw)[:-1] + f" in {IMAGE_TOKEN} mask."
     if task == "reference_edit":
         return _sentence(raw)[:-1] + f" in {IMAGE_TOKEN}."
-    spec = TASKS.get(task)
+    spec = tasks.TASKS.get(task)
     known_template = spec.prompt_template if spec is not None else template
     if known_template is None or IMAGE_TOKEN not in known_template:
         return _sentence(raw) if spec is not None else raw
