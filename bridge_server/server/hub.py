@@ -15,6 +15,7 @@ from ace_protocol.messages import Message, Progress, Result
 from aiohttp import WSCloseCode, web
 
 from bridge_server.jobs.job import Job
+from bridge_server.server.offers import OfferBox
 from bridge_server.server.shared_memory import ConnectionSegments, SegmentPool
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,8 @@ class ClientSession:
     connected_since: float = 0.0
     connection: Connection | None = None
     segment_pool: SegmentPool = field(default_factory=SegmentPool)  # warm shared-memory segments, across connections
+    offers: str = ""  # how the current plug-in takes results sent from the panel (server/offers.py)
+    documents: list[Any] = field(default_factory=list)  # its open documents, as its last `documents` said
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -126,6 +129,7 @@ class Hub:
         #: client_id -> SHA-256 of the resume secret its first holder got (or sent); resuming needs the secret.
         self.owners: dict[str, str] = {}
         self.on_change: list[Any] = []
+        self.offers = OfferBox()  # results sent from the panel, until their editor answers (server/offers.py)
 
     def deliver(self, job: Job, message: Message) -> None:
         session = self.sessions.get(job.client_id)

@@ -29,10 +29,12 @@ from ace_protocol.messages import (
     Allocated,
     Cancel,
     Challenge,
+    Documents,
     Error,
     Failed,
     Hello,
     Message,
+    OfferDone,
     Prove,
     Release,
     ShmReady,
@@ -49,6 +51,7 @@ from bridge_server.jobs.job import Job, JobInputs
 from bridge_server.jobs.queue import new_job_id
 from bridge_server.server.hub import BridgeWebSocket, ClientSession, Connection
 from bridge_server.server.model_service import MODEL_MESSAGES
+from bridge_server.server.offers import OFFER_MODES, offer_message
 from bridge_server.server.shared_memory import ConnectionSegments
 from bridge_server.server.state import STATE, AppState
 from bridge_server.server.tokens import bearer_token
@@ -237,6 +240,7 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         hello.editor,
     )
     session.previews = bool(hello.previews)
+    session.offers, session.documents = hello.offers, []
     session.connected_since = time.time()
     jobs = state.queue.deliverable(hello.client_id)
     pending = [j.id for j in jobs if j.state.finished]
@@ -252,6 +256,9 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         id=hello.id,
         shm=connection.segments.offer() if hello.shm else None,
         client_secret=new_secret,
+        offers=[r.offer_id for r in state.hub.offers.for_client(hello.client_id)]
+        if hello.offers in OFFER_MODES
+        else [],
     )
     connection.send(welcome)
     stored = [job for job in jobs if job.results and job.state.finished]
@@ -261,8 +268,35 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
                 connection.send(message)
     if stored:
         connection.replay = asyncio.get_running_loop().create_task(_stream_replay(state, connection, stored))
+    if welcome.offers:
+        _keep(asyncio.get_running_loop().create_task(send_offers(state, connection, hello.client_id)))
     state.hub.changed()
     return session
+
+
+_TASKS: set[asyncio.Task[None]] = set()
+
+
+def _keep(task: asyncio.Task[None]) -> None:
+    """Hold a fire-and-forget task until it ends (the loop keeps only a weak reference)."""
+    _TASKS.add(task)
+    task.add_done_callback(_TASKS.discard)
+
+
+async def send_offers(state: AppState, connection: Connection, client_id: str, offer_id: str | None = None) -> None:
+    """The results the panel sent this editor (all still waiting, or just `offer_id`), read on a worker thread."""
+    for record in state.hub.offers.for_client(client_id):
+        if offer_id is not None and record.offer_id != offer_id:
+            continue
+        try:
+            message = await asyncio.to_thread(offer_message, state.history, record)
+        except Exception as exc:  # the entry was deleted meanwhile: tell the panel, not the editor
+            state.hub.offers.done(client_id, record.offer_id, False, f"the result is gone from history ({exc})", "")
+            state.hub.changed()
+            continue
+        if connection.ws.closed:
+            return
+        connection.send(message)
 
 
 async def _mutual_proof(state: AppState, connection: Connection, hello: Hello) -> str | None | bool:
@@ -427,6 +461,12 @@ async def _dispatch(state: AppState, session: ClientSession, connection: Connect
         connection.send(
             StatusReply(engine=state.engine_state(), queue=queue, paused=state.config.gate.paused, id=message.id)
         )
+    elif isinstance(message, Documents):
+        session.documents = message.documents
+        state.hub.changed()
+    elif isinstance(message, OfferDone):
+        state.hub.offers.done(session.client_id, message.offer_id, message.ok, message.message, message.document)
+        state.hub.changed()
     elif isinstance(message, MODEL_MESSAGES):  # the editors' first-run box (model_service.py)
         connection.send(await state.models.handle(state, getattr(session, "person", ""), message))
     elif isinstance(message, Hello):

@@ -29,6 +29,7 @@ from .discovery import config_dir, resolve
 from .errors import ErrorCode, ProtocolError
 from .images import ImagePayload
 from .messages import (
+    MAX_DOCUMENTS,
     Accepted,
     Ack,
     Alloc,
@@ -36,6 +37,7 @@ from .messages import (
     Cancel,
     Cancelled,
     Challenge,
+    Documents,
     Done,
     Error,
     Failed,
@@ -45,6 +47,8 @@ from .messages import (
     ModelPullCancel,
     ModelState,
     ModelStatusRequest,
+    Offer,
+    OfferDone,
     Prove,
     Release,
     Result,
@@ -206,6 +210,7 @@ class BridgeClient:
         previews: bool = False,
         shared_memory: bool | None = None,
         client_secret: str | None = None,
+        offers: str = "",
     ) -> None:
         """`cafile` verifies a `wss://` daemon against a CA bundle; `fingerprint` (SHA-256 of the certificate, as
         `ace-bridge serve` prints it; env ACE_BRIDGE_FINGERPRINT) pins a self-signed one instead. `previews` asks the
@@ -247,6 +252,12 @@ class BridgeClient:
         self._reader: threading.Thread | None = None
         self._abandoned: ClientConnection | None = None
         self.on_connection_change: Any = None  # optional callable(str state) for UIs
+        #: How this editor takes results sent from the panel (`hello.offers`: "live", "later" or "" for none);
+        #: each `offer` goes to `on_offer(offer)` (reader thread) if set, else waits for `offers()`.
+        self.offers_mode = offers
+        self.on_offer: Any = None
+        self._offers: queue.Queue[Offer] = queue.Queue()
+        self._documents: list[dict[str, Any]] | None = None
 
     # ------------------------------------------------------------ connection
 
@@ -305,6 +316,7 @@ class BridgeClient:
             client_secret=self.client_secret,
             nonce=new_nonce(),
             token_id=token_id(self.token) if self.token else None,
+            offers=self.offers_mode,
         )
         try:
             ws.send(encode(hello))
@@ -361,6 +373,12 @@ class BridgeClient:
                 self.client_secret = reply.client_secret
                 save_client_secret(self.client_id, reply.client_secret)
             self.shared_memory_active = active
+            documents = self._documents
+        if documents is not None and reply.offers is not None:  # a reconnect: the daemon forgot them
+            try:
+                ws.send(encode(Documents(documents=documents)))
+            except (ConnectionClosed, OSError):
+                pass  # the reader notices the drop and reconnects, sending them again
         self._notify("connected")
         return reply
 
@@ -496,6 +514,9 @@ class BridgeClient:
         if materialised is None:
             return
         message = materialised
+        if isinstance(message, Offer):
+            self._offer_arrived(message)
+            return
         request_id = getattr(message, "id", None)
         job_id = getattr(message, "job_id", None)
         if isinstance(message, Error) and message.code == ErrorCode.SUPERSEDED.value:
@@ -662,6 +683,54 @@ class BridgeClient:
         if not isinstance(reply, ModelState):
             raise ClientError(getattr(reply, "message", f"unexpected reply '{reply.TYPE}'"))
         return reply
+
+    # ------------------------------------------------------------ results sent from the panel
+
+    @property
+    def takes_offers(self) -> bool:
+        """The daemon sends results from its panel (`welcome.offers` set) and this client asked for them."""
+        welcome = self.welcome
+        return bool(self.offers_mode) and welcome is not None and welcome.offers is not None
+
+    def _offer_arrived(self, offer: Offer) -> None:
+        callback = self.on_offer
+        if callable(callback):
+            try:
+                callback(offer)
+                return
+            except Exception:  # a UI callback must not kill the reader; the offer waits in `offers()` instead
+                pass
+        self._offers.put(offer)
+
+    def offers(self, wait: float = 0.0) -> list[Offer]:
+        """Offers received and not handed to `on_offer`; after connecting, waits up to `wait` s for the ones
+        `welcome.offers` announced (a short-lived plug-in takes them this way)."""
+        expected = set(self.welcome.offers or ()) if self.welcome is not None else set()
+        found: list[Offer] = []
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                remaining = deadline - time.monotonic()
+                offer = (
+                    self._offers.get(timeout=max(0.0, remaining))
+                    if expected and remaining > 0
+                    else (self._offers.get_nowait())
+                )
+            except queue.Empty:
+                return found
+            found.append(offer)
+            expected.discard(offer.offer_id)
+
+    def offer_done(self, offer_id: str, ok: bool, message: str = "", document: str = "") -> None:
+        """Tell the daemon (and so the panel) whether the offer was inserted, and where, or why not."""
+        self._send(OfferDone(offer_id=offer_id, ok=ok, message=message[:500], document=document[:256]))
+
+    def set_documents(self, documents: Sequence[dict[str, Any]]) -> None:
+        """The editor's open documents ([{key, name, active}]) for the panel's choice; sent again after a
+        reconnect. Nothing is sent to a daemon that takes no `documents` (older than this client)."""
+        self._documents = [dict(d) for d in documents][:MAX_DOCUMENTS]
+        if self.takes_offers:
+            self._send(Documents(documents=self._documents))
 
     def fetch_unacknowledged(self, wait: float = 1.0) -> list[JobHandle]:
         """Handles of jobs the daemon redelivered to this client id (finished while it was away)."""

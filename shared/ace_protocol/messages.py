@@ -18,6 +18,7 @@ from .images import DEFAULT_MAX_PIXELS, ImagePayload
 MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 4000
 MAX_REFERENCES = 4
+MAX_DOCUMENTS = 64
 
 
 def _kind(kind: str, **meta: Any) -> dict[str, Any]:
@@ -138,6 +139,9 @@ class Hello(Message):
     #: Protocol 2 (ace_protocol.auth): the client's nonce and which token it holds; the token itself is not sent.
     nonce: str | None = spec("str?", None, max_len=64)
     token_id: str | None = spec("str?", None, max_len=64)
+    #: Results a panel user sends to this editor (`offer`): "live" (inserted while connected, e.g. Krita), "later"
+    #: (a short-lived plug-in that takes them at its next run, e.g. GIMP), "" or anything else: none.
+    offers: str = spec("str", "", max_len=16)
 
 
 @dataclass
@@ -219,6 +223,39 @@ class Release(Message):
 
 
 @dataclass
+class Documents(Message):
+    """The editor's open documents, for the panel's "send to editor" choice (only to a daemon whose `welcome.offers`
+    is set): [{key, name, active}], at most MAX_DOCUMENTS; each new frame replaces the last."""
+
+    TYPE: ClassVar[str] = "documents"
+    documents: list[Any] = spec("list")
+
+    def __post_init__(self) -> None:
+        if len(self.documents) > MAX_DOCUMENTS:
+            raise bad_request(f"documents lists {len(self.documents)} documents; at most {MAX_DOCUMENTS}")
+        for i, doc in enumerate(self.documents):
+            if (
+                not isinstance(doc, dict)
+                or not isinstance(doc.get("key", ""), str)
+                or not isinstance(doc.get("name", ""), str)
+            ):
+                raise bad_request(f"documents[{i}] must be a map with string 'key' and 'name'")
+            if len(doc.get("key", "")) > MAX_ID_CHARS or len(doc.get("name", "")) > 256:
+                raise bad_request(f"documents[{i}]: key is at most {MAX_ID_CHARS} characters, name at most 256")
+
+
+@dataclass
+class OfferDone(Message):
+    """The editor took an `offer`: `ok` with the document it went into, or not, with why (shown in the panel)."""
+
+    TYPE: ClassVar[str] = "offer_done"
+    offer_id: str = spec("str", max_len=MAX_ID_CHARS)
+    ok: bool = spec("bool")
+    message: str = spec("str", "", max_len=500)
+    document: str = spec("str", "", max_len=256)
+
+
+@dataclass
 class StatusRequest(Message):
     TYPE: ClassVar[str] = "status"
     id: str | None = spec("str?", None, max_len=MAX_ID_CHARS)
@@ -243,6 +280,9 @@ class Welcome(Message):
     shm: dict[str, Any] | None = spec("map", None)
     #: Only to the first holder of a client_id: send it in every later hello with that id (resume needs it).
     client_secret: str | None = spec("str?", None)
+    #: Set by a daemon that sends `offer`s and takes `documents` / `offer_done`: the ids of the offers kept for this
+    #: client that follow right after this frame (only when `hello.offers` asked). Absent from older daemons.
+    offers: list[str] | None = spec("list[str]", None)
 
 
 @dataclass
@@ -336,6 +376,22 @@ class StatusReply(Message):
 
 
 @dataclass
+class Offer(Message):
+    """A history result a panel user sends to this editor, to insert as a new layer; answered by `offer_done`.
+
+    `document`: the open document the user picked (a `documents` key, else a name; "" = the one the result came
+    from, else the active one); `label`: the job's own label (the document it was made in); `image`: rgba8."""
+
+    TYPE: ClassVar[str] = "offer"
+    offer_id: str = spec("str", max_len=MAX_ID_CHARS)
+    entry: str = spec("str", max_len=MAX_ID_CHARS)
+    image: ImagePayload = spec("image")
+    document: str = spec("str", "", max_len=256)
+    label: str = spec("str", "", max_len=256)
+    provenance: dict[str, Any] = spec("map", factory=dict)
+
+
+@dataclass
 class Challenge(Message):
     """Protocol 2: the daemon's nonce and its proof that it holds the token the hello named (ace_protocol.auth)."""
 
@@ -422,6 +478,8 @@ CLIENT_MESSAGES: dict[str, type[Message]] = {
         ModelStatusRequest,
         ModelPull,
         ModelPullCancel,
+        Documents,
+        OfferDone,
     )
 }
 SERVER_MESSAGES: dict[str, type[Message]] = {
@@ -441,6 +499,7 @@ SERVER_MESSAGES: dict[str, type[Message]] = {
         StatusReply,
         Error,
         ModelState,
+        Offer,
     )
 }
 TERMINAL_EVENTS = ("done", "failed", "cancelled")

@@ -29,7 +29,9 @@ from aiohttp import ChainMapProxy, WSCloseCode, WSMsgType, web
 
 from bridge_server.config import ServerConfig
 from bridge_server.engine.tiers import TIER_NAMES
+from bridge_server.server.offers import OfferRefused, check_target, editor_title, target_view
 from bridge_server.server.people import usage
+from bridge_server.server.sessions import send_offers
 from bridge_server.server.state import STATE, AppState
 from bridge_server.server.tokens import bearer_token, rotate_token, tokens_equal
 from bridge_server.store.history import BEFORE_SUFFIX, ENTRY_RE, HistoryUnavailable
@@ -192,6 +194,14 @@ def settings_view(state: Any) -> dict[str, Any]:
 
 def clients_view(state: Any) -> list[dict[str, Any]]:
     return [s.summary() for s in state.hub.connected()]
+
+
+def targets_view(state: Any) -> list[dict[str, Any]]:
+    """Editors a result can be sent to: every plug-in that said it takes offers, connected or not (a short-lived
+    one like GIMP's takes it at its next run; for a disconnected Krita the panel says so), and connected older
+    plug-ins (listed so the panel can say why they cannot)."""
+    views = [target_view(s) for s in state.hub.sessions.values()]
+    return [v for v in views if v["connected"] or v["mode"]]
 
 
 def queue_view(state: Any) -> list[dict[str, Any]]:
@@ -471,6 +481,40 @@ async def api_settings(request: web.Request, body: dict[str, Any]) -> web.Respon
 
 
 @_json_action
+async def api_send(request: web.Request, body: dict[str, Any]) -> web.Response:
+    """Send a history result to an editor (`client_id`), into one of its open documents (`document`, optional)."""
+    state = _app_state(request)
+    entry, client_id, document = body.get("entry"), body.get("client_id"), body.get("document", "")
+    if not isinstance(entry, str) or not ENTRY_RE.match(entry) or state.history.meta(entry) is None:
+        return web.json_response({"error": "bad_request", "message": "no such result in history"}, status=404)
+    if not isinstance(client_id, str) or not isinstance(document, str) or len(document) > 256:
+        return web.json_response(
+            {"error": "bad_request", "message": "client_id (and an optional document name) are required"}, status=400
+        )
+    session = state.hub.sessions.get(client_id)
+    if session is None:
+        return web.json_response(
+            {"error": "not_connected", "message": "That editor is not known to the daemon: open it, then try again."},
+            status=409,
+        )
+    try:
+        check_target(session)
+    except OfferRefused as exc:
+        return web.json_response({"error": exc.code, "message": str(exc)}, status=exc.status)
+    connection = session.connection
+    record = state.hub.offers.add(client_id, entry, session.editor, document, connected=connection is not None)
+    if connection is not None:
+        await send_offers(state, connection, client_id, record.offer_id)
+        message = f"Sent to {editor_title(session)}: it inserts it as a new layer."
+    else:
+        message = (
+            f"Kept for {editor_title(session)}: it inserts it at its next run (or from its Recent results action)."
+        )
+    request.config_dict[PANEL].mark("clients")
+    return web.json_response({"ok": True, "offer": record.view(), "message": message})
+
+
+@_json_action
 async def api_rotate(request: web.Request, body: dict[str, Any]) -> web.Response:
     state = _app_state(request)
     if state.config.token:
@@ -521,6 +565,7 @@ def _snapshot(app: ChainMapProxy | web.Application, offset: int | None, limit: i
     state = app[STATE]
     panel = app[PANEL]
     snap: dict[str, Any] = {"engine": engine_view(state), "clients": clients_view(state), "queue": queue_view(state)}
+    snap["targets"], snap["offers"] = targets_view(state), state.hub.offers.views()
     if offset is not None:
         snap["history"] = history_page(state, offset, limit)
     else:
@@ -549,6 +594,7 @@ async def _pusher(app: web.Application) -> None:
             frame["engine"] = engine_view(state)
         if "clients" in parts:
             frame["clients"] = clients_view(state)
+            frame["targets"], frame["offers"] = targets_view(state), state.hub.offers.views()
         if "queue" in parts:
             frame["queue"] = queue_view(state)
         if "history" in parts:
@@ -609,6 +655,7 @@ def setup_panel(app: web.Application, config: ServerConfig) -> None:
     panel_app.router.add_post("/api/history/delete", api_delete)
     panel_app.router.add_post("/api/token/rotate", api_rotate)
     panel_app.router.add_post("/api/settings", api_settings)
+    panel_app.router.add_post("/api/send", api_send)
     panel_app.router.add_get("/ws", panel_ws)
 
     async def lifecycle(_panel_app: web.Application) -> AsyncIterator[None]:
