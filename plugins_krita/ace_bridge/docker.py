@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import document as kdoc
-from . import layers
-from .bundled import daemon, forms, geometry, history, jobs, messages, naming, provenance
+from . import history_store, layers
+from .bundled import daemon, forms, geometry, history, jobs, messages, prompting, provenance
+from .expand import fit_canvas, read_grown, wanted_margins
 from .firstrun import FirstRun, FirstRunPanel
 from .model import JobRecord, Settings, Source, docker_fields, option_fields
+from .previews import PreviewFlow, PreviewStrip, expected_count
+from .prompt_box import PromptBox
 from .qt_compat import (
     ALIGN_CENTER,
     FORMAT_RGBA8888,
@@ -31,6 +34,7 @@ from .qt_compat import (
     preview_pixmap,
     qimage_from_bytes,
 )
+from .sliders import FractionSlider
 from .worker import BridgeWorker
 
 THUMB = 64
@@ -69,6 +73,12 @@ class Controller(QObject):
         self.worker.welcome_received.connect(self._on_welcome)
         self.worker.job_event.connect(self._on_job_event)
         self.worker.redelivered.connect(self._on_redelivered)
+        # Preview, then apply (previews.py): a job's variations wait in the docker's strip, the shown one as a
+        # preview layer; with preview_first off they are inserted at once, as before.
+        self.preview_first = True
+        self.previews = PreviewFlow()
+        self.worker.job_event.connect(self.previews.on_event)
+        self.expand_text = ""  # the docker's "Expand canvas" margins, L,T,R,B (empty: only a selection past the edge)
 
     def start(self) -> None:
         self.worker.start()
@@ -84,8 +94,12 @@ class Controller(QObject):
         task: str | None = None,
         reference_ids: tuple = (),
         overrides: dict | None = None,
+        advanced: bool = False,
     ) -> str | None:
-        """Read the document, submit a job; returns its local id (None if nothing could be sent)."""
+        """Read the document, submit a job; returns its local id (None if nothing could be sent).
+
+        `instruction` is what the painter typed; painter_prompt makes the task's ACE++ prompt of it (`advanced`:
+        sent as typed). A local edit's picked layer is its control image, read over the edit's region."""
         doc = doc or kdoc.active_document()
         if doc is None:
             self.status_changed.emit("Open a document first.")
@@ -102,7 +116,16 @@ class Controller(QObject):
             return None
         source = Source(s.source)
         padding = None if s.padding < 0 else s.padding
-        read = kdoc.read_context(doc, source, padding, list(reference_ids))
+        control = spec_table.get("reference_kind") == "control"
+        read = kdoc.read_context(doc, source, padding, list(reference_ids), control=control)
+        # Expand: a selection past the canvas (or margins typed in the docker) grows it; the new area is the mask.
+        try:
+            grow = wanted_margins(doc, spec_table, self.expand_text)
+        except ValueError as exc:
+            self.status_changed.emit(f"Expand canvas: {exc}")
+            return None
+        if grow is not None:
+            read = read_grown(doc, grow, read)
         if spec_table.get("needs_selection") and read.mask is None:
             self.status_changed.emit("This task needs a selection: select the area to change first.")
             return None
@@ -113,10 +136,13 @@ class Controller(QObject):
         values.update(overrides or {})
         params = forms.params_from(spec_table, values)  # boxes left at "default" are left out: the daemon decides
         params = forms.with_control_mode(spec_table, params, bool(read.references))
-        prompt = naming.apply_template(spec_table.get("prompt_template", ""), instruction)
+        prompt = prompting.painter_prompt(
+            task, instruction, advanced=advanced, mode=params.get("mode"), template=spec_table.get("prompt_template")
+        )
         local_id = f"k{next(self._ids)}"
         region = tuple(read.region)
         record = JobRecord(local_id, read.doc_key, task, prompt, params, region, source.value, read.anchor_node)
+        record.instruction = instruction.strip()
         spec = jobs.JobRequest(
             local_id,
             task,
@@ -127,6 +153,8 @@ class Controller(QObject):
             params,
             label=doc.name() or "krita",
         )
+        if self.preview_first and grow is None:  # an expansion is inserted at once, with the grown canvas
+            self.previews.expect(local_id, record, doc, expected_count(spec_table, params))
         self.pending[local_id] = Pending(record, spec, doc)
         self.history.add(record)
         self.status_changed.emit("Sending…")
@@ -167,7 +195,7 @@ class Controller(QObject):
         ids = layers.insert_results(
             target,
             record.results,
-            geometry.Bounds(*record.region),
+            fit_canvas(target, geometry.Bounds(*record.region)),  # an expansion grows the canvas first
             Source(record.source),
             record.anchor_node,
             record.task,
@@ -215,9 +243,12 @@ class Controller(QObject):
         del self.pending[local_id]
         if ended.state == "done":
             record.results = list(ended.results)
+            in_strip = self.previews.takes(local_id)  # then Apply in the strip inserts the chosen one
             target = kdoc.find_document(record.doc_key, fallback=pending.doc)
             try:
-                self.apply(record, target)
+                if not in_strip:
+                    self.apply(record, target)
+                self.store_history(target)
             except Exception as exc:  # keep the result in history even if the document went away
                 record.message = f"could not insert: {exc}"
                 self.status_changed.emit(record.message)
@@ -228,9 +259,31 @@ class Controller(QObject):
             if ended.state == "cancelled":
                 self.worker.ack(record.job_id)
             self.progress_changed.emit(0, 1)
+        self.previews.ended(local_id, ended.state, list(record.results))
         self.preview_changed.emit(b"")
         self.history_changed.emit()
         self.job_finished.emit(local_id, ended.state)
+
+    # ------------------------------------------------------------------ history kept in the document
+    def store_history(self, doc) -> None:
+        """Write this document's finished jobs into it (an annotation saved in the .kra)."""
+        if doc is not None:
+            history_store.save(doc, self.history.of_document(kdoc.document_key(doc)))
+
+    def load_history(self, doc) -> int:
+        """List the jobs stored in `doc` (reopened after a restart) that are not listed yet; returns how many."""
+        if doc is None:
+            return 0
+        try:
+            added = self.history.merge(history_store.load(doc))
+        except history_store.HistoryFormatError as exc:
+            self.status_changed.emit(
+                f"The ACE++ history stored in {doc.name() or 'this document'} is unreadable: {exc}"
+            )
+            return 0
+        if added:
+            self.history_changed.emit()
+        return added
 
     def _on_redelivered(self, found: list) -> None:
         for job_id, results in found:
@@ -263,6 +316,7 @@ class AceBridgeDocker(kdoc.DockWidget):
         self.current: str | None = None
         self._build()
         self.controller.status_changed.connect(self.status.setText)
+        self.controller.previews.status.connect(self.status.setText)
         self.controller.progress_changed.connect(self._on_progress)
         self.controller.preview_changed.connect(self._on_preview)
         self.controller.connection_changed.connect(self._on_connection)
@@ -307,13 +361,10 @@ class AceBridgeDocker(kdoc.DockWidget):
         self.task_box = W.QComboBox()
         self.task_box.currentIndexChanged.connect(self._on_task_picked)
         grid.addRow("Task", self.task_box)
-        self.template = W.QLabel("")
-        self.template.setWordWrap(True)
-        grid.addRow("Template", self.template)
-        self.prompt = W.QPlainTextEdit()
-        self.prompt.setPlaceholderText("Describe the change…  (Ctrl+Enter generates)")
-        self.prompt.setMaximumHeight(80)
-        grid.addRow(self.prompt)
+        # Plain words in, the ACE++ prompt made from them (prompt_box.py); the raw form behind "Advanced".
+        self.prompt_box = PromptBox(self.settings, self._save_settings)
+        self.prompt, self.template = self.prompt_box.edit, self.prompt_box.template
+        grid.addRow(self.prompt_box)
         self.source_box = W.QComboBox()
         self.source_box.addItem("Visible image", Source.IMAGE.value)
         self.source_box.addItem("Active layer", Source.LAYER.value)
@@ -327,7 +378,8 @@ class AceBridgeDocker(kdoc.DockWidget):
         ref_row = W.QHBoxLayout()
         ref_row.addWidget(self.reference_box, 1)
         ref_row.addWidget(refresh)
-        grid.addRow("Reference", ref_row)
+        self.reference_label = W.QLabel("Reference")
+        grid.addRow(self.reference_label, ref_row)
 
         seed_row = W.QHBoxLayout()
         self.seed_random = W.QCheckBox("random")
@@ -373,6 +425,22 @@ class AceBridgeDocker(kdoc.DockWidget):
         self.preview.setAlignment(ALIGN_CENTER)
         self.preview.hide()
         form.addWidget(self.preview)
+        # The last job's variations: click one to preview it on the canvas, then Apply or Discard (previews.py).
+        self.strip = PreviewStrip(self.controller.previews)
+        form.addWidget(self.strip)
+        self.preview_first_box = W.QCheckBox("Preview results before applying")
+        self.preview_first_box.setChecked(self.controller.preview_first)
+        self.preview_first_box.toggled.connect(lambda on: setattr(self.controller, "preview_first", bool(on)))
+        form.addWidget(self.preview_first_box)
+        self.expand_edit = W.QLineEdit()
+        self.expand_edit.setPlaceholderText("Expand canvas: L,T,R,B px (or select past the edge)")
+        self.expand_edit.setToolTip(
+            "Grow the canvas by these pixels on the left, top, right and bottom; the new "
+            "area is generated to fit (Local Edit, Inpaint). Empty: a selection that reaches "
+            "past the canvas grows it that far."
+        )
+        self.expand_edit.textChanged.connect(lambda text: setattr(self.controller, "expand_text", str(text)))
+        form.addWidget(self.expand_edit)
         self.progress = W.QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -386,9 +454,16 @@ class AceBridgeDocker(kdoc.DockWidget):
         self.history.setIconSize(QPixmap(THUMB, THUMB).size())
         self.history.setMinimumHeight(THUMB + 24)
         form.addWidget(self.history)
+        history_row = W.QHBoxLayout()
         reapply = W.QPushButton("Apply again")
+        reapply.setToolTip("Add the selected result to the document again, where it was made")
         reapply.clicked.connect(self.on_reapply)
-        form.addWidget(reapply)
+        reuse_job = W.QPushButton("Reuse prompt && seed")
+        reuse_job.setToolTip("Put the selected result's prompt and seed back in the form")
+        reuse_job.clicked.connect(self.on_reuse)
+        for button in (reapply, reuse_job):
+            history_row.addWidget(button)
+        form.addLayout(history_row)
         form.addStretch(1)
         self.setWidget(root)
 
@@ -413,12 +488,13 @@ class AceBridgeDocker(kdoc.DockWidget):
     # ------------------------------------------------------------------ Krita hooks
     def canvasChanged(self, canvas) -> None:  # noqa: N802 - Krita's name
         self.refresh_layers()
+        self.controller.load_history(kdoc.active_document())  # a reopened .kra brings its history back
 
     def refresh_layers(self) -> None:
         doc = kdoc.active_document()
         current = self.reference_box.currentData()
         self.reference_box.clear()
-        self.reference_box.addItem("(no reference)", "")
+        self.reference_box.addItem(getattr(self, "_no_reference_text", "(no reference)"), "")
         if doc is not None:
             for uid, name in kdoc.paint_layers(doc):
                 self.reference_box.addItem(name, uid)
@@ -444,10 +520,15 @@ class AceBridgeDocker(kdoc.DockWidget):
     def on_generate(self) -> str | None:
         self.collect_settings()
         ref = self.reference_box.currentData()
+        text = self.prompt_box.text()
         local_id = self.controller.generate(
-            instruction=self.prompt.toPlainText(), reference_ids=(ref,) if ref else (), overrides=self.option_values()
+            instruction=text,
+            reference_ids=(ref,) if ref else (),
+            overrides=self.option_values(),
+            advanced=self.prompt_box.is_advanced(),
         )
         if local_id:
+            self.prompt_box.remember(text)
             self.current = local_id
             self.cancel_button.setEnabled(True)
         return local_id
@@ -463,6 +544,23 @@ class AceBridgeDocker(kdoc.DockWidget):
         if record is not None and record.results:
             self.controller.apply(record, kdoc.active_document())
 
+    def selected_record(self) -> JobRecord | None:
+        item = self.history.currentItem()
+        return item.data(USER_ROLE) if item is not None else None
+
+    def on_reuse(self) -> None:
+        """The selected job's prompt (as typed) and seed back in the form, its task picked."""
+        record = self.selected_record()
+        if record is None:
+            return
+        index = self.task_box.findData(record.task)
+        if index >= 0:
+            self.task_box.setCurrentIndex(index)
+        self.prompt_box.set_text(record.typed)
+        if record.results:
+            self.seed_random.setChecked(False)
+            self.seed_spin.setValue(min(record.results[0].seed, 2**31 - 1))
+
     def _reuse_seed(self) -> None:
         seed = self.controller.history.last_seed()
         if seed is not None:
@@ -477,11 +575,14 @@ class AceBridgeDocker(kdoc.DockWidget):
         """The URL/token box only for a daemon on another machine (or when asked for one)."""
         remote = daemon.is_remote(self.url_edit.text().strip() or daemon.endpoint_url())
         self.remote_toggle.setChecked(self.remote_toggle.isChecked() or remote)
-        self.settings_box.setVisible(self.remote_toggle.isChecked())
+        self.settings_box.setVisible(self.remote_toggle.isChecked() or getattr(self, "_no_daemon", False))
 
     # ------------------------------------------------------------------ controller signals
     def _on_connection(self, state: str, message: str) -> None:
         self.first_run_panel.on_connection(state, message)
+        if state in ("connected", "disconnected"):  # no daemon found: the box to point at one elsewhere
+            self._no_daemon = state == "disconnected"
+            self._show_connection_box()
         text = {
             "connected": "● Connected",
             "connecting": "○ Connecting…",
@@ -504,8 +605,18 @@ class AceBridgeDocker(kdoc.DockWidget):
 
     def _on_task_picked(self, *_: Any) -> None:
         spec = self.controller.tasks.get(self.task_box.currentData() or "")
-        self.template.setText(spec.get("prompt_template", "") if spec else "")
+        self.prompt_box.set_task(spec)
         self.reference_box.setEnabled(bool(spec and spec.get("max_references", 0)))
+        control = bool(spec) and spec.get("reference_kind") == "control"
+        self.reference_label.setText("Control layer" if control else "Reference")
+        self._no_reference_text = "(none: from the image)" if control else "(no reference)"
+        self.reference_box.setItemText(0, self._no_reference_text)
+        self.reference_box.setToolTip(
+            "A sketch, line art or flat colour layer: the structure the edit follows inside the selection, used as "
+            "it is (no preprocessing). Without one, the mode (canny, mosaic, recolor) makes it from the image."
+            if control
+            else "A layer shown to the model beside the edit"
+        )
         fields = docker_fields(spec)  # the daemon's defaults, e.g. "default (40)" after a panel change
         for spin, name in ((self.steps_spin, "steps"), (self.count_spin, "count"), (self.feather_spin, "feather")):
             self._describe_field(spin, fields[name])
@@ -517,7 +628,9 @@ class AceBridgeDocker(kdoc.DockWidget):
             self.options_form.removeRow(0)
         self.option_widgets = {}
         for field in fields:
-            if field.kind == "bool":
+            if field.kind == "float":  # strength: a slider over the table's range
+                widget = FractionSlider(field)
+            elif field.kind == "bool":
                 widget = QtWidgets.QCheckBox()
                 widget.setChecked(bool(field.default))
             else:

@@ -143,11 +143,14 @@ def read_context(
     padding: int | None = None,
     reference_ids: list[str] | tuple[str, ...] = (),
     active=None,
+    control: bool = False,
 ) -> ContextRead:
     """Read the context region around the selection as BGRA (converting a copy if the document is not RGBA/U8),
     the selection over that region as an 8-bit soft mask, and the reference layers' pixels.
 
-    `active` overrides the document's active layer (without a view, as under kritarunner, Krita has none)."""
+    `active` overrides the document's active layer (without a view, as under kritarunner, Krita has none).
+    `control`: the layers are a structure guide (a sketch, line art, a colour block-in) for the edit, read over the
+    same region as the image so they line up with it (the daemon would stretch any other size onto the region)."""
     key = document_key(doc)
     canvas = Extent(doc.width(), doc.height())
     sel_bounds, sel = selection_bounds(doc)
@@ -183,7 +186,7 @@ def read_context(
                 ref = node_at(work, path) if path is not None else None
                 if ref is None:
                     continue
-            references.append(read_layer(ref, canvas))
+            references.append(read_layer_region(ref, region) if control else read_layer(ref, canvas))
     finally:
         if converted:
             work.close()
@@ -199,6 +202,12 @@ def pixel_buffer(data):
     except TypeError:
         return bytes(data)
     return view if view.ndim == 1 and view.itemsize == 1 and view.contiguous else bytes(data)
+
+
+def read_layer_region(node, region: Bounds) -> ImagePayload:
+    """A layer's own projection over `region` (transparent where the layer has nothing)."""
+    data = node.projectionPixelData(region.x, region.y, region.width, region.height)
+    return ImagePayload(region.width, region.height, "bgra8", pixel_buffer(data))
 
 
 def read_layer(node, canvas: Extent) -> ImagePayload:

@@ -6,7 +6,7 @@ Plain data, unit-tested outside Krita (tests/unit/test_krita_model.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -30,6 +30,8 @@ DOCUMENT_ID_ANNOTATION = "ace-bridge/document-id"
 EXCHANGE_SPACE = ("RGBA", "U8", "sRGB-elle-V2-srgbtrc.icc")
 #: Task parameters the docker has a box for (seed has its own row: random or fixed).
 DOCKER_PARAMS = ("steps", "count", "feather")
+#: Fractional task parameters the docker shows as a slider among the task's options (the masked tasks' strength).
+SLIDER_PARAMS = ("strength",)
 SETTINGS_VERSION = 2
 
 
@@ -52,7 +54,11 @@ def docker_fields(task: dict[str, Any] | None = None) -> dict[str, forms.Field]:
 
 def option_fields(task: dict[str, Any]) -> list[forms.Field]:
     """The task's own choices and switches (local_edit's mode, reference_edit's face...), from its table entry."""
-    return [f for f in forms.fields_for(task) if f.kind in ("enum", "bool") and f.name not in DOCKER_PARAMS]
+    return [
+        f
+        for f in forms.fields_for(task)
+        if (f.kind in ("enum", "bool") or f.name in SLIDER_PARAMS) and f.name not in DOCKER_PARAMS
+    ]
 
 
 def _unset(name: str) -> int:
@@ -76,6 +82,8 @@ class Settings:
     count: int = _unset("count")
     padding: int = -1  # -1: automatic (grows with the selection)
     feather: int = _unset("feather")
+    advanced_prompt: bool = False  # send the prompt box as typed (a raw ACE++ prompt) instead of painter_prompt's
+    recent_prompts: list = field(default_factory=list)  # RecentPrompts.to_list(), newest first
 
     def to_json(self) -> str:
         return settings.settings_to_json(self)
