@@ -448,7 +448,9 @@ class ModelState(Message):
     `missing`: [{name, bytes, required}] of what is not installed; `download_bytes`: what a pull fetches;
     `licence`: the notice to show before downloading; `can_pull`: this client may start a download; `pull`:
     {state: idle|running|done|failed|cancelled, file, done_bytes, total_bytes, message}; `gpu`: {usable, name,
-    total_gib, message}; `tiny`: the demo model is loaded; `tasks`: the tasks the installed files allow."""
+    total_gib, message}; `tiny`: the demo model is loaded; `tasks`: the tasks the installed files allow;
+    `load`: the weights going into memory, {state: unloaded|loading|warming up|loaded|error, stage, step, steps,
+    elapsed_s, tier} (editors poll while it loads)."""
 
     TYPE: ClassVar[str] = "model_state"
     installed: bool = spec("bool")
@@ -461,6 +463,7 @@ class ModelState(Message):
     gpu: dict[str, Any] = spec("map", factory=dict)
     tasks: list[str] = spec("list[str]", factory=list)
     id: str | None = spec("str?", None)
+    load: dict[str, Any] = spec("map", factory=dict)
 
 
 CLIENT_MESSAGES: dict[str, type[Message]] = {
