@@ -1,7 +1,8 @@
 """Append-only job journal (JSON lines), so a restart knows every job it accepted and what became of it.
 
-Written before `accepted` and at every state change. Replayed at start: jobs with no end are `interrupted`;
-finished jobs whose results were never acknowledged are delivered again on resume. Compacted at start.
+Written before `accepted` and at every state change. Replayed at start: jobs with no end are `interrupted` (unless
+engine replicas still run them, `serve --ray`: then `reattached`); finished jobs whose results were never
+acknowledged are delivered again on resume. Compacted at start.
 """
 
 from __future__ import annotations
@@ -134,13 +135,20 @@ def _apply(records: dict[str, dict[str, Any]], event: dict[str, Any]) -> None:
         record["acked"] = True
     elif kind == "restarted":  # its engine replica died under it (serve --ray); kept through compaction
         record.setdefault("restarts", []).append({k: event.get(k) for k in ("index", "replica", "reason", "restarts")})
+    elif kind == "reattached":  # a restarted daemon took it back from the replicas (serve --ray)
+        record["state"] = "running"
+        record.setdefault("reattached", []).append({k: event.get(k) for k in ("index", "found")})
 
 
 def _events_of(record: dict[str, Any]) -> list[dict[str, Any]]:
     job_id = record["job"]["id"]
     events: list[dict[str, Any]] = [{"ev": "accepted", "job_id": job_id, "job": record["job"]}]
+    if record["state"] == "running":
+        events.append({"ev": "started", "job_id": job_id})
     for restart in record.get("restarts", []):
         events.append({"ev": "restarted", "job_id": job_id, **restart})
+    for reattach in record.get("reattached", []):
+        events.append({"ev": "reattached", "job_id": job_id, **reattach})
     for result in record["results"]:
         events.append({"ev": "result", "job_id": job_id, **result})
     if record["state"] in ("done", "cancelled"):

@@ -1,6 +1,9 @@
 """What the queue needs from engines that run elsewhere (Ray Serve replicas, bridge_server/jobs/replicas.py), without
 importing Ray: the queue runs up to `capacity()` jobs at once, each image through `make_image`, and restarts an
 image whose replica died (`ReplicaLost`) on another one. The local engine thread stays the default and is not a pool.
+
+A pool may also keep images going without the daemon (`InFlightPool`): a restarted daemon then takes back the jobs
+that were running (`in_flight`) instead of reporting them interrupted, and `release`s each job when it ends.
 """
 
 from __future__ import annotations
@@ -56,14 +59,28 @@ class ReplicaPool(Protocol):
         self,
         job: EngineJob,
         *,
+        key: tuple[str, int],
         piece: str,
         wants_previews: bool,
         is_cancelled: Callable[[], bool],
         on_start: OnStart,
         on_step: OnStep,
     ) -> RemoteImage:
-        """Run one image on a free replica (preferring one that holds `piece`); raises JobCancelled at the step after
+        """Run image `key` = (job_id, index) on a free replica (preferring one that holds `piece`), or attach to it
+        when it already runs there from before a daemon restart; raises JobCancelled at the step after
         `is_cancelled()` turns true, ReplicaLost when the replica dies, EngineError for a job failure."""
 
     def replica_lost(self, replica: str, reason: str) -> None:
         """Count a death against `replica` (status shows it; the pool refreshes who is alive)."""
+
+
+@runtime_checkable
+class InFlightPool(Protocol):
+    """A pool whose images outlive the daemon process (Ray: the detached keeper actor)."""
+
+    def in_flight(self) -> dict[str, dict[str, Any]]:
+        """Blocking: job_id -> {index, request: {job: EngineJob fields (the inputs), previews}, ended} for every
+        image held from a daemon before this one."""
+
+    async def release(self, job_id: str) -> None:
+        """The job ended here and its results are stored: stop holding it."""

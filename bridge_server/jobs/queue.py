@@ -27,7 +27,7 @@ from bridge_server.jobs import delivery, retention
 from bridge_server.jobs.fairness import FairScheduler
 from bridge_server.jobs.job import Job, JobState, StoredResult
 from bridge_server.jobs.journal import Journal
-from bridge_server.jobs.pool import MAX_RESTARTS, RESTART_NOTE, ReplicaLost, ReplicaPool
+from bridge_server.jobs.pool import MAX_RESTARTS, RESTART_NOTE, InFlightPool, ReplicaLost, ReplicaPool
 from bridge_server.jobs.runner import StepClock, engine_job_for, make_one_image, store_image
 from bridge_server.store.history import History
 
@@ -81,10 +81,19 @@ class JobQueue:
     # ------------------------------------------------------------------ lifecycle
 
     def restore(self) -> None:
-        """Replay the journal: unfinished jobs become `interrupted`; unacknowledged results wait for resume."""
-        self.jobs.update(
-            retention.restore_jobs(self.journal, self.history, self.config.clock(), self.config.retention_s)
+        """Replay the journal: unfinished jobs become `interrupted`, except those the engine replicas still hold
+        (serve --ray), which `start` attaches to; unacknowledged results wait for resume."""
+        in_flight: dict[str, dict[str, Any]] = self.pool.in_flight() if isinstance(self.pool, InFlightPool) else {}
+        restored = retention.restore_jobs(
+            self.journal, self.history, self.config.clock(), self.config.retention_s, in_flight
         )
+        self.jobs.update(restored)
+        for job in restored.values():
+            if job.state is JobState.RUNNING:
+                held = in_flight[job.id]
+                found = held.get("ended") or "running"
+                self.journal.write({"ev": "reattached", "job_id": job.id, "index": held.get("index"), "found": found})
+                log.info("job %s was running on the replicas when the daemon stopped (%s): reattached", job.id, found)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -92,6 +101,13 @@ class JobQueue:
             # Queued first on the engine thread: compile/kernels warm up before any job, never inside one.
             loop.run_in_executor(self._executor, self._warm_up)
         self._worker = loop.create_task(self._work(), name="ace-queue-worker")
+        for job in self.jobs.values():
+            if job.state is JobState.RUNNING:  # taken back from the replicas after a restart (restore)
+                job.started = time.monotonic()
+                self._running[job.id] = job
+                task = loop.create_task(self._run_job(job, loop), name=f"ace-job-{job.id[:8]}")
+                self._job_tasks.add(task)
+                task.add_done_callback(self._job_tasks.discard)
         watch = getattr(self.pool, "watch", None)
         if watch is not None:
             self._pool_watch = loop.create_task(watch(self._capacity_changed), name="ace-replica-watch")
@@ -287,6 +303,8 @@ class JobQueue:
     async def _run_job(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         try:
             await self._run(job, loop)
+            if isinstance(self.pool, InFlightPool):  # ended and stored: the replicas' keeper may forget it
+                await self.pool.release(job.id)
         finally:
             self._running.pop(job.id, None)
             self._last_activity = time.monotonic()
@@ -296,7 +314,7 @@ class JobQueue:
 
     async def _run(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            for index in range(job.count):
+            for index in range(len(job.results), job.count):  # a reattached job goes on where it was
                 if job.cancel_event.is_set():
                     raise JobCancelled()
                 job.image_index = index
@@ -362,6 +380,7 @@ class JobQueue:
             try:
                 image = await pool.make_image(
                     engine_job_for(job, index),
+                    key=(job.id, index),
                     piece=piece,
                     wants_previews=wants,
                     is_cancelled=job.cancel_event.is_set,

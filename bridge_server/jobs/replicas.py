@@ -30,6 +30,7 @@ from ray import serve  # noqa: E402
 from ray.exceptions import RayActorError, RayError  # noqa: E402
 
 from bridge_server.engine.base import EngineError, EngineJob, JobCancelled  # noqa: E402
+from bridge_server.jobs.keeper import keeper_for  # noqa: E402
 from bridge_server.jobs.pool import OnStart, OnStep, RemoteImage, ReplicaLost  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ NAMESPACE = "ace-bridge"
 FAILURES_TO_TAKE_OUT = 3
 #: How often the daemon asks Serve which replicas are alive.
 REFRESH_S = 2.0
+#: How long one read of the keeper waits for an image's next event.
+POLL_S = 1.0
 #: Failures that are the job's fault (bad input), not the replica's.
 _JOB_FAULTS = {ErrorCode.BAD_REQUEST.value, ErrorCode.MODEL_MISSING.value, ErrorCode.CANCELLED.value}
 
@@ -251,6 +254,7 @@ class RayReplicas:
         self.owns_cluster = False
         self.tasks: list[str] = []
         self.handle: Any = None
+        self.keeper: Any = None  # the detached actor that holds in-flight images (jobs/keeper.py)
         self.board: dict[str, dict[str, Any]] = {}  # replica id -> what status shows
         self.restarts = 0
         self.on_change: Callable[[], None] | None = None
@@ -292,6 +296,7 @@ class RayReplicas:
         self.tasks = list(first.get("tasks") or [])
         self._note(first)
         self._refresh()
+        self._keeper()
         return self
 
     def _existing(self) -> tuple[int, dict[str, Any]] | None:
@@ -400,63 +405,92 @@ class RayReplicas:
         self,
         job: EngineJob,
         *,
+        key: tuple[str, int],
         piece: str,
         wants_previews: bool,
         is_cancelled: Callable[[], bool],
         on_start: OnStart,
         on_step: OnStep,
     ) -> RemoteImage:
-        handle = self.handle.options(stream=True, multiplexed_model_id=piece or "")
-        stream = handle.run.remote(engine_request(job, wants_previews))
+        """Through the keeper (bridge_server/jobs/keeper.py): it sends the image to a replica and holds its events,
+        so the image goes on when this daemon dies; `start` attaches instead when the keeper already runs it."""
+        job_id, index = key
         replica = ""
         try:
+            keeper = self._keeper()
+            await keeper.start.remote(job_id, index, engine_request(job, wants_previews), piece or "")
+            seen = 0
             while True:
-                pending = asyncio.ensure_future(stream.__anext__())
+                pending = asyncio.ensure_future(keeper.events.remote(job_id, index, seen, POLL_S))
                 while not pending.done():
                     await asyncio.wait({pending}, timeout=0.2)
                     if not pending.done() and is_cancelled():  # still waiting for a replica, or inside a step
                         pending.cancel()
-                        stream.cancel()
+                        await keeper.cancel.remote(job_id)
                         raise JobCancelled()
-                try:
-                    event = pending.result()
-                except StopAsyncIteration:
-                    raise ReplicaLost(replica, "the replica ended the job without a result") from None
-                kind = event["kind"]
-                if kind == "started":
-                    replica = event["replica"]
-                    self._note(event, state="ready", busy=True)
-                    on_start(event)
-                elif kind == "step":
-                    on_step(event["step"], event["total"], event.get("preview"))
-                    if is_cancelled():  # the replica's engine stops at its next step
-                        stream.cancel()
+                events = pending.result()
+                if events is None:
+                    raise ReplicaLost(replica, "the job keeper no longer holds this image")
+                seen += len(events)
+                steps = [e for e in events if e["kind"] == "step"]
+                for event in events:
+                    kind = event["kind"]
+                    if kind == "started":
+                        replica = event["replica"]
+                        self._note(event, state="ready", busy=True)
+                        on_start(event)
+                    elif kind == "step" and event is steps[-1]:  # a burst (after a reattach) shows as its last step
+                        on_step(event["step"], event["total"], event.get("preview"))
+                        if is_cancelled():  # the replica's engine stops at its next step
+                            await keeper.cancel.remote(job_id)
+                            raise JobCancelled()
+                    elif kind == "cancelled":
                         raise JobCancelled()
-                elif kind == "cancelled":
-                    raise JobCancelled()
-                elif kind == "error":
-                    entry = self._note(event, busy=False)
-                    if entry and event["code"] not in _JOB_FAULTS:
-                        entry["errors"] = int(entry.get("errors", 0)) + 1
-                    raise EngineError(ErrorCode(event["code"]), event["message"])
-                elif kind == "result":
-                    self._note(event, busy=False)
-                    return RemoteImage(
-                        event["rgb"],
-                        event.get("info") or {},
-                        str(event.get("model") or ""),
-                        {k: event.get(k) for k in ("replica", "pid", "node", "gpu")},
-                    )
-        except RayActorError as exc:
-            raise ReplicaLost(replica, _short(exc)) from exc
-        except RayError as exc:  # node lost, worker crashed, out of memory: the image starts again elsewhere
-            if type(exc).__name__ in ("RayTaskError",):
-                raise EngineError(ErrorCode.INTERNAL, f"the replica failed: {_short(exc)}") from exc
+                    elif kind == "lost":
+                        raise ReplicaLost(str(event.get("replica") or replica), str(event.get("reason") or "lost"))
+                    elif kind == "error":
+                        entry = self._note(event, busy=False)
+                        if entry and event["code"] not in _JOB_FAULTS:
+                            entry["errors"] = int(entry.get("errors", 0)) + 1
+                        raise EngineError(ErrorCode(event["code"]), event["message"])
+                    elif kind == "result":
+                        self._note(event, busy=False)
+                        return RemoteImage(
+                            event["rgb"],
+                            event.get("info") or {},
+                            str(event.get("model") or ""),
+                            {k: event.get(k) for k in ("replica", "pid", "node", "gpu")},
+                        )
+        except RayActorError as exc:  # the keeper itself was lost (its node died): a new one reruns the image
+            self.keeper = None
+            raise ReplicaLost(replica, f"the job keeper was lost: {_short(exc)}") from exc
+        except RayError as exc:
             raise ReplicaLost(replica, _short(exc)) from exc
         finally:
             held = self.board.get(replica)
             if held is not None:
                 held["busy"] = False
+
+    def _keeper(self) -> Any:
+        if self.keeper is None:
+            self.keeper = keeper_for(self.app, DEPLOYMENT, NAMESPACE)
+        return self.keeper
+
+    def in_flight(self) -> dict[str, dict[str, Any]]:
+        """Blocking (the queue's restore runs it off the loop): the images the keeper holds from a daemon before
+        this one, job_id -> {index, request, ended}; empty when there is no keeper to ask."""
+        try:
+            return dict(ray.get(self._keeper().held.remote(), timeout=60))
+        except RayError as exc:
+            log.warning("cannot ask the job keeper what was running: %s", _short(exc))
+            return {}
+
+    async def release(self, job_id: str) -> None:
+        """The job ended and its results are stored: the keeper forgets it."""
+        try:
+            await self._keeper().forget.remote(job_id)
+        except RayError as exc:
+            log.warning("the job keeper did not forget job %s: %s", job_id[:8], _short(exc))
 
     # -------------------------------------------------------------- Engine (for the rest of the daemon)
 

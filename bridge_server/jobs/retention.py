@@ -1,7 +1,9 @@
 """What survives a restart and for how long: rebuilding jobs from the journal, forgetting old unacknowledged ones.
 
-Unfinished jobs found in the journal become `interrupted` (never silently dropped); finished, unacknowledged
-results wait for their client to resume until `retention_s` has passed, after which they live only in history.
+Unfinished jobs found in the journal become `interrupted` (never silently dropped), except a running job whose
+image the engine replicas still hold (`serve --ray`, `in_flight`): it stays running, its inputs taken back from the
+replicas' keeper, for the queue to attach to. Finished, unacknowledged results wait for their client to resume
+until `retention_s` has passed, after which they live only in history.
 """
 
 from __future__ import annotations
@@ -10,22 +12,30 @@ from typing import Any
 
 from ace_protocol.errors import ErrorCode
 
-from bridge_server.jobs.job import Job, JobState, StoredResult
+from bridge_server.jobs.job import Job, JobInputs, JobState, StoredResult
 from bridge_server.jobs.journal import Journal
 from bridge_server.store.history import History
 
 INTERRUPTED_MESSAGE = "the daemon stopped while this job was queued or running; submit it again"
 
 
-def restore_jobs(journal: Journal, history: History, now: float, retention_s: float) -> dict[str, Job]:
-    """Replay the journal, reopen it with only the records still kept, and return the jobs clients may resume."""
+def restore_jobs(
+    journal: Journal,
+    history: History,
+    now: float,
+    retention_s: float,
+    in_flight: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Job]:
+    """Replay the journal, reopen it with only the records still kept, and return the jobs clients may resume.
+    Jobs left `running` are those in `in_flight` (job_id -> {request: {job: EngineJob fields}}) that were running."""
     jobs: dict[str, Job] = {}
     keep: dict[str, dict[str, Any]] = {}
     for job_id, record in journal.replay().items():
         if record["acked"]:
             continue
-        job = _job_from_record(job_id, record, history, now)
-        if now - (job.finished or now) > retention_s:
+        held = (in_flight or {}).get(job_id) if record["state"] == "running" else None
+        job = _job_from_record(job_id, record, history, now, held)
+        if job.finished is not None and now - job.finished > retention_s:
             continue
         jobs[job_id] = job
         keep[job_id] = record
@@ -33,7 +43,9 @@ def restore_jobs(journal: Journal, history: History, now: float, retention_s: fl
     return jobs
 
 
-def _job_from_record(job_id: str, record: dict[str, Any], history: History, now: float) -> Job:
+def _job_from_record(
+    job_id: str, record: dict[str, Any], history: History, now: float, held: dict[str, Any] | None = None
+) -> Job:
     meta = record["job"]
     job = Job(
         id=job_id,
@@ -55,6 +67,14 @@ def _job_from_record(job_id: str, record: dict[str, Any], history: History, now:
         if isinstance(entry, str):
             prov = (history.meta(entry) or {}).get("provenance", {})
             job.results.append(StoredResult(r["index"], r["seed"], entry, prov, r.get("finished") or now))
+    if held is not None:  # still on the replicas: the queue attaches to it
+        engine_job = held["request"]["job"]
+        job.state = JobState.RUNNING
+        job.inputs = JobInputs(
+            engine_job.get("image"), engine_job.get("mask"), list(engine_job.get("references") or [])
+        )
+        job.finished = None
+        return job
     if record["state"] in ("queued", "running"):
         job.state = JobState.FAILED
         job.error = (ErrorCode.INTERRUPTED.value, INTERRUPTED_MESSAGE)

@@ -1,7 +1,9 @@
 """`ace-bridge serve --ray`: engine replicas on a local two-node Ray cluster (CPU, tiny model), one cluster and one
 daemon for the whole module (a Ray start costs seconds on 2 cores). Jobs from three clients spread over both
-replicas and equal single-engine results; a replica killed mid-job costs a restart, not the job; a revoked named
-token closes its owner's session and cancels their queued job; a restarted daemon reattaches to the running app."""
+replicas and equal single-engine results; fairness is per person (named tokens) across connections and replicas; a
+replica killed mid-job costs a restart, not the job; a revoked named token closes its owner's session and cancels
+their queued job; a daemon killed mid-job delivers that job once after its restart; a restarted daemon reattaches
+to the running app."""
 
 from __future__ import annotations
 
@@ -221,6 +223,96 @@ def test_revoking_a_token_closes_the_session_and_cancels_the_queued_job(ray_daem
     finally:
         alice.close()
         bob.close()
+
+
+def test_fairness_is_per_person_across_connections_and_replicas(ray_daemon, tmp_path, tiny_model_root):
+    """Carol runs three editors and sends six jobs; Dave sends two after her. Dave's jobs take every other turn
+    instead of waiting behind all of Carol's, both replicas work, and every image equals one engine's."""
+    daemon = ray_daemon["daemon"]
+    wait_for_live_replicas(daemon, 2)
+    carol_token = ace(daemon, "token", "add", "carol").stdout.strip()
+    dave_token = ace(daemon, "token", "add", "dave").stdout.strip()
+    filler = connect(daemon, client_id=new_client_id("filler"))
+    carols = [BridgeClient(daemon.url, carol_token, client_id=f"carol-{n}", reconnect_timeout=0) for n in range(3)]
+    dave = BridgeClient(daemon.url, dave_token, client_id="dave-gimp", reconnect_timeout=0)
+    for client in [*carols, dave]:
+        client.connect()
+    try:
+        # Both replicas busy with someone else's long jobs, so everything Carol and Dave send waits in the queue.
+        fillers = [inpaint(filler, 71, **LONG), inpaint(filler, 72, **LONG)]
+        for handle in fillers:
+            next(e for e in handle.events(timeout=120) if e.TYPE in ("progress", "done"))
+        sent = [(seed, "carol", inpaint(client, seed)) for seed, client in zip(range(81, 87), carols * 2)]
+        sent += [(seed, "dave", inpaint(dave, seed)) for seed in (91, 92)]
+        ids = {handle.id for _, _, handle in sent}
+        early = [e for e in journal(daemon) if e.get("ev") == "started" and e["job_id"] in ids]
+        for handle in fillers:  # the replicas come free; from here the queue alone decides who goes next
+            filler.cancel(handle.id)
+        got = {}
+        for seed, _, handle in sent:
+            events = finish(handle)
+            assert events[-1].TYPE == "done", events[-1]
+            [result] = results(events)
+            got[seed] = (result_array(result), result.provenance["replica"]["replica"])
+    finally:
+        for client in [filler, *carols, dave]:
+            client.close()
+    person = {handle.id: who for _, who, handle in sent}
+    starts = [person[e["job_id"]] for e in journal(daemon) if e.get("ev") == "started" and e["job_id"] in person]
+    assert starts == ["carol", "dave", "carol", "dave", "carol", "carol", "carol", "carol"], starts
+    assert len({replica for _, replica in got.values()}) == 2, "the jobs must spread over both replicas"
+    assert not early, "all eight jobs waited behind the long ones (else the order proves nothing)"
+
+    plain = start_process_daemon(tmp_path / "plain-home", tiny_root=tiny_model_root)
+    try:
+        with connect(plain, client_id="reference") as client:
+            for seed, (pixels, _) in got.items():
+                [reference] = results(finish(inpaint(client, seed)))
+                assert np.array_equal(result_array(reference), pixels), f"seed {seed} differs from one engine"
+    finally:
+        plain.stop()
+
+
+def test_a_daemon_killed_mid_job_reattaches_and_delivers_the_result_once(
+    ray_daemon, cluster, daemon_home, tiny_model_root
+):
+    """The daemon process dies while a replica runs Erin's job; the cluster goes on. The restarted daemon takes the
+    job back from the replicas' keeper and Erin's editor, resuming with its client_id and secret, gets one result."""
+    daemon = ray_daemon["daemon"]
+    wait_for_live_replicas(daemon, 2)
+    erin = BridgeClient(daemon.url, daemon.token, client_id="erin-krita", reconnect_timeout=0)
+    erin.connect()
+    secret = erin.client_secret
+    handle = inpaint(erin, 61, **LONG)
+    next(e for e in handle.events(timeout=120) if e.TYPE == "progress")
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL  # mid-job, no chance to clean up
+    erin.close()
+    again = start_process_daemon(
+        daemon_home, "--ray", cluster.address, "--replicas", "2", tiny_root=tiny_model_root, timeout=240
+    )
+    ray_daemon["daemon"] = again
+    back = BridgeClient(again.url, again.token, client_id="erin-krita", client_secret=secret, reconnect_timeout=0)
+    try:
+        back.connect()
+        (resumed,) = back.fetch_unacknowledged(wait=10)
+        assert resumed.id == handle.id
+        events = finish(resumed, timeout=240)
+        assert events[-1].TYPE == "done", [e.TYPE for e in events]
+        assert [e.TYPE for e in events].count("result") == 1
+        (result,) = results(events)
+        assert result.seed == 61 and result.provenance["job_id"] == handle.id
+        back.ack(handle.id)
+    finally:
+        back.close()
+    [reattached] = [e for e in journal(again) if e.get("ev") == "reattached" and e["job_id"] == handle.id]
+    assert reattached["index"] == 0 and reattached["found"] in ("running", "result", "lost"), reattached
+    ends = [e["ev"] for e in journal(again) if e.get("job_id") == handle.id and e["ev"] in ("done", "failed")]
+    assert ends == ["done"]
+    later = BridgeClient(again.url, again.token, client_id="erin-krita", client_secret=secret, reconnect_timeout=0)
+    try:
+        assert later.connect().pending == [], "acknowledged: never delivered a second time"
+    finally:
+        later.close()
 
 
 def test_a_restarted_daemon_reattaches_to_the_running_replicas(ray_daemon, cluster, daemon_home, tiny_model_root):

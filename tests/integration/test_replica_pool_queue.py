@@ -37,7 +37,7 @@ class ThreadPool:
     def capacity(self) -> int:
         return self.slots
 
-    async def make_image(self, job, *, piece, wants_previews, is_cancelled, on_start, on_step):
+    async def make_image(self, job, *, key, piece, wants_previews, is_cancelled, on_start, on_step):
         loop = asyncio.get_running_loop()
         self.running += 1
         self.peak = max(self.peak, self.running)
