@@ -13,11 +13,21 @@ import os
 VENDOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_vendor")
 
 if os.path.isdir(VENDOR_DIR):
-    from _vendor.ace_editor import daemon, forms, history, jobs, naming, provenance, settings
+    from _vendor.ace_editor import daemon, daemon_history, forms, history, jobs, naming, prompting, provenance, settings
     from _vendor.ace_editor.protocol import VERSION
     from _vendor.ace_protocol import client, geometry, images, messages, tasks
 else:  # pragma: no cover - exercised by every unit test; the branch above by the editor tests
-    from ace_editor import daemon, forms, history, jobs, naming, provenance, settings  # type: ignore[no-redef]
+    from ace_editor import (  # type: ignore[no-redef]
+        daemon,
+        daemon_history,
+        forms,
+        history,
+        jobs,
+        naming,
+        prompting,
+        provenance,
+        settings,
+    )
     from ace_editor.protocol import VERSION  # type: ignore[no-redef]
     from ace_protocol import client, geometry, images, messages, tasks  # type: ignore[no-redef]
 
@@ -25,6 +35,7 @@ __all__ = [
     "VERSION",
     "client",
     "daemon",
+    "daemon_history",
     "forms",
     "geometry",
     "history",
@@ -32,6 +43,7 @@ __all__ = [
     "jobs",
     "messages",
     "naming",
+    "prompting",
     "provenance",
     "settings",
     "tasks",

@@ -113,19 +113,48 @@ def _attach_provenance(item: Gimp.Item, data: bytes) -> None:
     item.attach_parasite(Gimp.Parasite.new(logic.PARASITE_NAME, Gimp.PARASITE_PERSISTENT, list(data)))
 
 
-def insert_results(image: Gimp.Image, results: list[Any], meta: dict[str, Any], active: Any) -> list[Gimp.Layer]:
-    """Insert results as layers (a group when several) inside one undo group. Returns the new layers."""
+def _placement(image: Gimp.Image, meta: dict[str, Any], active: Any) -> tuple[Any, int]:
+    """Parent and position of new result layers: on top, or directly above the active layer."""
+    if meta.get("placement", "top") == "above-active" and active is not None and active.get_image() == image:
+        return active.get_parent(), image.get_item_position(active)
+    return None, 0
+
+
+def _result_layer(image: Gimp.Image, result: Any, meta: dict[str, Any], name: str, parent: Any, position: int):
+    """One result as a layer inserted at (parent, position), placed at its region."""
+    region = meta.get("region") or [0, 0, 0, 0]
+    rx, ry = (result.region[0], result.region[1]) if getattr(result, "region", None) else region[:2]
+    layer = _layer_from_payload(image, result.image, name)
+    image.insert_layer(layer, parent, position)
+    want_w, want_h = int(region[2]), int(region[3])
+    if (
+        meta.get("fit_to_region")
+        and want_w > 0
+        and want_h > 0
+        and (layer.get_width(), layer.get_height()) != (want_w, want_h)
+    ):
+        # Tasks without an input image generate at >= 64 px: fit the output to the selection's box.
+        layer.scale(want_w, want_h, True)
+    layer.set_offsets(int(rx), int(ry))
+    if meta.get("clip_to_selection") and not Gimp.Selection.is_empty(image):
+        layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
+    layer.update(0, 0, layer.get_width(), layer.get_height())
+    return layer
+
+
+def insert_results(
+    image: Gimp.Image, results: list[Any], meta: dict[str, Any], active: Any, before: Any = None
+) -> list[Gimp.Layer]:
+    """Insert results as layers (a group when several) inside one undo group. Returns the new layers.
+    `before` (a callable) runs first inside the same undo group (Expand Canvas grows the canvas there)."""
     if not results:
         return []
-    region = meta.get("region") or [0, 0, 0, 0]
-    placement = meta.get("placement", "top")
-    parent, position = None, 0
-    if placement == "above-active" and active is not None and active.get_image() == image:
-        parent = active.get_parent()
-        position = image.get_item_position(active)
+    parent, position = _placement(image, meta, active)
     layers = []
     image.undo_group_start()
     try:
+        if before is not None:
+            before()
         target_parent, target_pos = parent, position
         if len(results) > 1:
             group = Gimp.GroupLayer.new(
@@ -134,31 +163,170 @@ def insert_results(image: Gimp.Image, results: list[Any], meta: dict[str, Any], 
             image.insert_layer(group, parent, position)
             _attach_provenance(group, logic.provenance_bytes(results[0], meta))
             target_parent, target_pos = group, 0
-        for position, result in enumerate(results):
-            rx, ry = (result.region[0], result.region[1]) if getattr(result, "region", None) else region[:2]
-            name = logic.layer_name(meta["task"], meta.get("prompt", ""), result.seed, position, len(results))
-            layer = _layer_from_payload(image, result.image, name)
-            image.insert_layer(layer, target_parent, target_pos)
+        for index, result in enumerate(results):
+            name = logic.layer_name(meta["task"], meta.get("prompt", ""), result.seed, index, len(results))
+            layer = _result_layer(image, result, meta, name, target_parent, target_pos)
             target_pos += 1 if len(results) > 1 else 0
-            want_w, want_h = int(region[2]), int(region[3])
-            if (
-                meta.get("fit_to_region")
-                and want_w > 0
-                and want_h > 0
-                and (layer.get_width(), layer.get_height()) != (want_w, want_h)
-            ):
-                # Tasks without an input image generate at >= 64 px: fit the output to the selection's box.
-                layer.scale(want_w, want_h, True)
-            layer.set_offsets(int(rx), int(ry))
-            if meta.get("clip_to_selection") and not Gimp.Selection.is_empty(image):
-                layer.add_mask(layer.create_mask(Gimp.AddMaskType.SELECTION))
             _attach_provenance(layer, logic.provenance_bytes(result, meta))
-            layer.update(0, 0, layer.get_width(), layer.get_height())
             layers.append(layer)
     finally:
         image.undo_group_end()
     Gimp.displays_flush()
     return layers
+
+
+class PreviewSession:
+    """Preview, then apply: one result at a time as a temporary layer, Apply keeps the chosen one as the result
+    layer (one undo group), Discard leaves the image as it was.
+
+    While a preview is up the image's undo is frozen, so previews leave no undo steps; an expand's grown canvas is
+    part of the preview (the new area is where the result goes) and is taken back before Apply redoes it inside
+    the result's undo group."""
+
+    def __init__(
+        self,
+        image: Gimp.Image,
+        results: list[Any],
+        meta: dict[str, Any],
+        active: Any = None,
+        expand: logic.ExpandPlan | None = None,
+    ) -> None:
+        self.image, self.results, self.meta, self.active, self.expand = image, results, meta, active, expand
+        self.picker = logic.ResultPicker(len(results))
+        self.layer: Gimp.Layer | None = None
+        self._frozen = False
+
+    def show(self, index: int) -> None:
+        old, new = self.picker.show(index)
+        if new is None:
+            return
+        if not self._frozen:
+            self.image.undo_freeze()
+            self._frozen = True
+            if self.expand is not None:
+                self.grow()
+        if old is not None and self.layer is not None:
+            self.image.remove_layer(self.layer)
+            self.layer = None
+        result = self.results[new]
+        name = logic.preview_layer_name(
+            self.meta["task"], self.meta.get("prompt", ""), result.seed, new, len(self.results)
+        )
+        parent, position = _placement(self.image, self.meta, self.active)
+        self.layer = _result_layer(self.image, result, self.meta, name, parent, position)
+        Gimp.displays_flush()
+
+    def grow(self) -> None:
+        """Grow the canvas by the expand's margins (the layers move with the old canvas)."""
+        grown, margins = self.expand.grown, self.expand.margins
+        self.image.resize(grown.width, grown.height, margins.left, margins.top)
+
+    def _take_back(self) -> None:
+        if self.layer is not None:
+            self.image.remove_layer(self.layer)
+            self.layer = None
+        if self._frozen:
+            if self.expand is not None:
+                canvas, margins = self.expand.canvas, self.expand.margins
+                self.image.resize(canvas.width, canvas.height, -margins.left, -margins.top)
+            self.image.undo_thaw()
+            self._frozen = False
+
+    def apply(self) -> list[Gimp.Layer]:
+        index = self.picker.apply()
+        self._take_back()
+        if index is None:
+            return []
+        return insert_results(
+            self.image,
+            [self.results[index]],
+            self.meta,
+            self.active,
+            before=self.grow if self.expand is not None else None,
+        )
+
+    def discard(self) -> None:
+        self.picker.discard()
+        self._take_back()
+        Gimp.displays_flush()
+
+
+def _pixbuf(payload: ImagePayload, box: int = 160):
+    """A thumbnail of a result for the results window."""
+    gi.require_version("GdkPixbuf", "2.0")
+    from gi.repository import GdkPixbuf
+
+    if payload.format in ("rgba8", "bgra8", "gray8"):
+        rgba = payload.to_rgba8()
+        full = GdkPixbuf.Pixbuf.new_from_bytes(
+            GLib.Bytes.new(bytes(rgba.data)), GdkPixbuf.Colorspace.RGB, True, 8, rgba.width, rgba.height, rgba.width * 4
+        )
+    else:
+        loader = GdkPixbuf.PixbufLoader()
+        loader.write(bytes(payload.data))
+        loader.close()
+        full = loader.get_pixbuf()
+    width, height = logic.thumbnail_size(full.get_width(), full.get_height(), box)
+    return full.scale_simple(width, height, GdkPixbuf.InterpType.BILINEAR)
+
+
+RESULTS_TITLE = "ACE++ Results"
+
+
+def pick_result(session: PreviewSession, title: str = RESULTS_TITLE) -> list[Gimp.Layer]:
+    """The results window: thumbnails of every result, the selected one previewed on the canvas; Apply (or a
+    double click / Return on a thumbnail) keeps it, Discard (or Escape) drops them all."""
+    gi.require_version("Gtk", "3.0")
+    gi.require_version("GdkPixbuf", "2.0")
+    from gi.repository import GdkPixbuf, Gtk
+
+    dialog = Gtk.Dialog(title=title)
+    dialog.add_button("_Discard", Gtk.ResponseType.CANCEL)
+    dialog.add_button("_Apply", Gtk.ResponseType.OK)
+    dialog.set_default_response(Gtk.ResponseType.OK)
+    count = len(session.results)
+    hint = Gtk.Label(
+        label=(
+            f"{count} results: pick one to preview it on the canvas."
+            if count > 1
+            else "The result is shown on the canvas."
+        )
+        + " Apply keeps it as a layer, Discard drops it."
+    )
+    hint.set_line_wrap(True)
+    store = Gtk.ListStore(GdkPixbuf.Pixbuf, str)
+    for index, result in enumerate(session.results):
+        store.append([_pixbuf(result.image), f"#{index + 1}  seed {result.seed}"])
+    view = Gtk.IconView.new_with_model(store)
+    view.set_pixbuf_column(0)
+    view.set_text_column(1)
+    view.set_selection_mode(Gtk.SelectionMode.BROWSE)
+    view.set_columns(min(4, max(1, count)))
+    view.set_item_width(170)
+
+    def selected(*_args) -> None:
+        paths = view.get_selected_items()
+        if paths:
+            session.show(paths[0].get_indices()[0])
+
+    view.connect("selection-changed", selected)
+    view.connect("item-activated", lambda *_: dialog.response(Gtk.ResponseType.OK))
+    area = dialog.get_content_area()
+    area.pack_start(hint, False, False, 8)
+    area.pack_start(view, True, True, 4)
+    first = Gtk.TreePath.new_first()
+    view.select_path(first)
+    view.set_cursor(first, None, False)
+    dialog.show_all()
+    view.grab_focus()
+    try:
+        response = dialog.run()
+    finally:
+        dialog.destroy()
+    if response == Gtk.ResponseType.OK:
+        return session.apply()
+    session.discard()
+    return []
 
 
 # ------------------------------------------------------------------ UI
@@ -288,6 +456,9 @@ def _settings_from_config(config: Gimp.ProcedureConfig, action: logic.Action | N
         "source",
         "mode",
         "face",
+        "strength",
+        "advanced",
+        "reuse",
         "width",
         "height",
         "url",
@@ -323,6 +494,16 @@ def _add_common_args(proc: Gimp.Procedure, action: logic.Action) -> None:
             )
         else:
             raise ValueError(f"unknown argument kind {arg.kind!r}")
+
+
+def _add_expand_args(proc: Gimp.Procedure) -> None:
+    for arg in logic.expand_arguments():
+        if arg.kind == "string":
+            proc.add_string_argument(arg.name, arg.label, arg.help, arg.default, RW)
+        else:
+            proc.add_int_argument(
+                arg.name, arg.label, arg.help, int(arg.minimum), int(arg.maximum), int(arg.default), RW
+            )
 
 
 def _add_connection_args(proc: Gimp.Procedure) -> None:
@@ -371,10 +552,59 @@ def _run_dialog(
             dialog.get_widget(arg.name, Gtk.ComboBox.__gtype__)
     # The URL and token fields only for a daemon on another computer (acegimp_setup decides).
     dialog.fill([arg.name for arg in arguments] + (["url", "token"] if connection_fields else []))
+    _add_recent_prompts(dialog, config, Gtk)
     try:
         return bool(dialog.run())
     finally:
         dialog.destroy()
+
+
+def _prompts() -> logic.RecentPromptFile:
+    return logic.RecentPromptFile(Path(Gimp.directory()) / logic.PROMPTS_FILE)
+
+
+def _add_recent_prompts(dialog: Any, config: Gimp.ProcedureConfig, Gtk: Any) -> None:
+    """Recent prompts one click away: a list above the arguments that puts the chosen one into the Prompt field."""
+    if config.find_property("prompt") is None:
+        return
+    recent = _prompts().prompts
+    if not recent:
+        return
+    combo = Gtk.ComboBoxText()
+    combo.append_text("Recent prompts…")
+    for prompt in recent:
+        combo.append_text(prompt)
+    combo.set_active(0)
+
+    def chosen(box) -> None:
+        if box.get_active() > 0:
+            config.set_property("prompt", box.get_active_text())
+
+    combo.connect("changed", chosen)
+    area = dialog.get_content_area()
+    area.pack_start(combo, False, False, 6)
+    area.reorder_child(combo, 0)
+    combo.show()
+
+
+def document_name(image: Gimp.Image) -> str:
+    """The image's identity in the daemon's history: its file name, or "Untitled-<id>" before it is saved."""
+    file = image.get_file()
+    if file is not None and file.get_basename():
+        return str(file.get_basename())
+    return f"Untitled-{image.get_id()}"
+
+
+def _active_record(active: Any) -> dict[str, Any] | None:
+    if active is None:
+        return None
+    parasite = active.get_parasite(logic.PARASITE_NAME)
+    if parasite is None:
+        return None
+    try:
+        return logic.parse_provenance(bytes(parasite.get_data()))
+    except ValueError:
+        return None
 
 
 def run_action(procedure, run_mode, image, drawables, config, data):
@@ -400,6 +630,8 @@ def run_action(procedure, run_mode, image, drawables, config, data):
         canvas = Extent(image.get_width(), image.get_height())
         plan = logic.plan_job(action, settings, canvas, selection_bounds(image))
         active = drawables[0] if drawables else (image.get_selected_drawables() or [None])[0]
+        if settings.reuse:
+            settings = logic.reuse_from_record(settings, _active_record(active))
         if action.needs_image and settings.source == "layer" and active is None:
             raise logic.UserError("Select a layer to read, or set Read to 'Visible image'.")
         references = []
@@ -430,13 +662,14 @@ def run_action(procedure, run_mode, image, drawables, config, data):
         ui.progress(None, "ACE++: sending…")
         job = client.submit(
             action.task,
-            settings.prompt,
+            logic.job_prompt(action, settings, params),
             image=image_payload,
             mask=mask,
             references=references,
             params=params,
-            label=f"GIMP: {image.get_name() or 'image'}",
+            label=logic.job_label(document_name(image), plan.region),
         )
+        _prompts().add(settings.prompt)
         ui.progress(None, logic.queued_text(job.position))  # until `started` or a new position arrives
         meta = {
             "task": action.task,
@@ -452,7 +685,12 @@ def run_action(procedure, run_mode, image, drawables, config, data):
         }
         state.add_pending(job.id, meta)
         outcome = logic.wait_for_job(job, ui)
-        layers = insert_results(image, outcome.results, meta, active)
+        if interactive and outcome.results:
+            ui.close()
+            ui = None
+            layers = pick_result(PreviewSession(image, outcome.results, meta, active))
+        else:
+            layers = insert_results(image, outcome.results, meta, active)
         client.ack(job.id)
         state.remove_pending(job.id)
         return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=len(layers))
@@ -525,9 +763,192 @@ def run_fetch(procedure, run_mode, image, drawables, config, data):
             client.close()
 
 
+def _interactive_dialog(procedure, config, title: str, names: list[str]) -> bool:
+    """GIMP's dialog of a procedure's own arguments (Expand Canvas, Recent Results)."""
+    gi.require_version("GimpUi", "3.0")
+    from gi.repository import GimpUi
+
+    GimpUi.init("ace-bridge")
+    dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
+    dialog.fill(names)
+    try:
+        return bool(dialog.run())
+    finally:
+        dialog.destroy()
+
+
+def run_expand(procedure, run_mode, image, drawables, config, data):
+    """Expand Canvas: the canvas grows by the four margins and the new area is generated to fit (one undo group)."""
+    interactive = run_mode == Gimp.RunMode.INTERACTIVE
+    if interactive and not _interactive_dialog(
+        procedure,
+        config,
+        f"ACE++ {logic.EXPAND_LABEL.rstrip('…')}",
+        ["prompt", *(side[0] for side in logic.EXPAND_SIDES), "seed", "steps", "count"],
+    ):
+        return _return(procedure, Gimp.PDBStatusType.CANCEL)
+    settings = _settings_from_config(config, None)
+    ui = client = job = state = None
+    try:
+        state = _state()
+        canvas = Extent(image.get_width(), image.get_height())
+        margins = tuple(int(config.get_property(side[0])) for side in logic.EXPAND_SIDES)
+        plan = logic.plan_expand(canvas, margins, read_visible(image, Bounds(0, 0, canvas.width, canvas.height)).data)
+        ui = GimpProgressUi(f"ACE++ {logic.EXPAND_LABEL.rstrip('…')}", interactive)
+        ui.progress(None, "ACE++: connecting…")
+        client = _client(settings, state, resume=False, previews=interactive)
+        welcome = client.connect()
+        state.session = welcome.session
+        task = logic.expand_task(welcome.tasks)
+        spec = logic.TASKS[task]
+        params = forms.params_from(spec, {"seed": settings.seed, "steps": settings.steps, "count": settings.count})
+        region = [0, 0, plan.grown.width, plan.grown.height]
+        job = client.submit(
+            task,
+            logic.prompting.painter_prompt(task, settings.prompt),
+            image=plan.image,
+            mask=plan.mask,
+            params=params,
+            label=logic.job_label(document_name(image), region),
+        )
+        _prompts().add(settings.prompt)
+        ui.progress(None, logic.queued_text(job.position))
+        meta = {
+            "task": task,
+            "prompt": settings.prompt,
+            "params": {**params, "expand": list(plan.margins)},
+            "placement": "top",
+            "source": "visible",
+            "region": region,
+            "image_id": image.get_id(),
+        }
+        outcome = logic.wait_for_job(job, ui)
+        session = PreviewSession(image, outcome.results, meta, None, expand=plan)
+        if interactive and outcome.results:
+            ui.close()
+            ui = None
+            layers = pick_result(session)
+        else:
+            layers = insert_results(image, outcome.results, meta, None, before=session.grow)
+        client.ack(job.id)
+        return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=len(layers))
+    except logic.JobCancelled:
+        if job is not None:
+            _forget_cancelled(client, state, job.id)
+        return _return(procedure, Gimp.PDBStatusType.CANCEL)
+    except Exception as exc:
+        _log_unexpected(exc)
+        return _return(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, logic.describe_error(exc))
+    finally:
+        if ui is not None:
+            ui.close()
+        if client is not None:
+            client.close()
+
+
+def _history_layer(image: Gimp.Image, png: bytes, entry: dict[str, Any], record: dict[str, Any]) -> Gimp.Layer:
+    """A result from the daemon's history as a new top layer at the place it was made for (one undo group)."""
+    payload = ImagePayload(0, 0, "png", png)
+    region = record.get("region") or [0, 0, 0, 0]
+    name = logic.layer_name(record.get("task", "result"), record.get("prompt", ""), record.get("seed"), 0, 1)
+    image.undo_group_start()
+    try:
+        layer = _layer_from_payload(image, payload, name)
+        image.insert_layer(layer, None, 0)
+        layer.set_offsets(int(region[0]), int(region[1]))
+        _attach_provenance(layer, logic.provenance.record_bytes(record))
+    finally:
+        image.undo_group_end()
+    Gimp.displays_flush()
+    return layer
+
+
+def _choose_entry(entries: list[dict[str, Any]], reader: Any) -> dict[str, Any] | None:
+    """The Recent Results window: this image's results, newest first, with thumbnails; Add brings one back."""
+    gi.require_version("Gtk", "3.0")
+    gi.require_version("GdkPixbuf", "2.0")
+    from gi.repository import GdkPixbuf, Gtk
+
+    _gimpui_init()
+    dialog = Gtk.Dialog(title=f"ACE++ {logic.RECENT_LABEL.rstrip('…')}")
+    dialog.add_button("_Cancel", Gtk.ResponseType.CANCEL)
+    dialog.add_button("_Add as layer", Gtk.ResponseType.OK)
+    store = Gtk.ListStore(GdkPixbuf.Pixbuf, str)
+    for entry in entries:
+        try:
+            thumb = _pixbuf(ImagePayload(0, 0, "png", reader.image(entry["entry"])), 96)
+        except Exception:  # a result whose file is gone still gets its line
+            thumb = None
+        store.append([thumb, logic.entry_title(entry)])
+    view = Gtk.IconView.new_with_model(store)
+    view.set_pixbuf_column(0)
+    view.set_text_column(1)
+    view.set_selection_mode(Gtk.SelectionMode.BROWSE)
+    view.set_item_width(140)
+    view.connect("item-activated", lambda *_: dialog.response(Gtk.ResponseType.OK))
+    scroller = Gtk.ScrolledWindow()
+    scroller.set_min_content_height(260)
+    scroller.set_min_content_width(480)
+    scroller.add(view)
+    dialog.get_content_area().pack_start(scroller, True, True, 4)
+    view.select_path(Gtk.TreePath.new_first())
+    dialog.show_all()
+    try:
+        response = dialog.run()
+        paths = view.get_selected_items()
+    finally:
+        dialog.destroy()
+    if response != Gtk.ResponseType.OK or not paths:
+        return None
+    return entries[paths[0].get_indices()[0]]
+
+
+def _gimpui_init() -> None:
+    gi.require_version("GimpUi", "3.0")
+    from gi.repository import GimpUi
+
+    GimpUi.init("ace-bridge")
+
+
+def run_recent(procedure, run_mode, image, drawables, config, data):
+    """Recent Results: the daemon's history for this image (by the label its jobs carry); re-add one as a layer."""
+    settings = _settings_from_config(config, None)
+    try:
+        url, token = logic.daemon_history.resolve_endpoint(settings.url, settings.token)
+        reader = logic.DaemonHistory(url, token)
+        document = document_name(image)
+        entries = logic.results_for_document(reader.entries(), document)
+        if not entries:
+            raise logic.UserError(
+                f"The daemon's history has no ACE++ results for '{document}' yet (results are matched by the "
+                "image's file name)."
+            )
+        wanted = str(config.get_property("entry") or "")
+        if run_mode == Gimp.RunMode.INTERACTIVE and not wanted:
+            entry = _choose_entry(entries, reader)
+            if entry is None:
+                return _return(procedure, Gimp.PDBStatusType.CANCEL)
+        elif wanted:
+            entry = next((e for e in entries if e["entry"] == wanted), None)
+            if entry is None:
+                raise logic.UserError(f"'{wanted}' is not one of this image's results in the daemon's history.")
+        else:
+            entry = entries[0]
+        record = logic.record_from_entry(entry, reader.meta(entry["entry"]))
+        _history_layer(image, reader.image(entry["entry"]), entry, record)
+        return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=1)
+    except Exception as exc:
+        _log_unexpected(exc)
+        return _return(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, logic.describe_error(exc))
+
+
 class AceBridgePlugIn(Gimp.PlugIn):
     def do_query_procedures(self):
-        return [a.procedure for a in logic.ACTIONS] + [logic.FETCH_PROCEDURE]
+        return [a.procedure for a in logic.ACTIONS] + [
+            logic.FETCH_PROCEDURE,
+            logic.EXPAND_PROCEDURE,
+            logic.RECENT_PROCEDURE,
+        ]
 
     def do_set_i18n(self, name):
         return False
@@ -540,6 +961,26 @@ class AceBridgePlugIn(Gimp.PlugIn):
                 "Bring back finished ACE++ results",
                 "Inserts results of this GIMP profile that finished after the plug-in ended.",
                 name,
+            )
+        elif name == logic.EXPAND_PROCEDURE:
+            proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_expand, None)
+            proc.set_menu_label(logic.EXPAND_LABEL)
+            proc.set_documentation(
+                "ACE++ Expand Canvas",
+                "Grows the canvas by the given pixels on each side and generates the new area to fit the image.",
+                name,
+            )
+            _add_expand_args(proc)
+        elif name == logic.RECENT_PROCEDURE:
+            proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_recent, None)
+            proc.set_menu_label(logic.RECENT_LABEL)
+            proc.set_documentation(
+                "ACE++ Recent Results",
+                "Lists the daemon's results for this image and adds a chosen one again as a layer.",
+                name,
+            )
+            proc.add_string_argument(
+                "entry", "_Entry", "History entry to add (empty: choose in a window, or the newest)", "", RW
             )
         else:
             action = logic.ACTIONS_BY_PROCEDURE[name]

@@ -7,11 +7,25 @@ pixels into `ImagePayload`s, calls `plan_job`/`build_params`, and writes the res
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from acegimp_bundled import VERSION, forms, geometry, images, jobs, naming, provenance, tasks
+from acegimp_bundled import (
+    VERSION,
+    daemon_history,
+    forms,
+    geometry,
+    history,
+    images,
+    jobs,
+    naming,
+    prompting,
+    provenance,
+    tasks,
+)
 from acegimp_bundled import settings as stored
 
 Bounds, Extent, context_region = geometry.Bounds, geometry.Extent, geometry.context_region
@@ -34,11 +48,11 @@ SEED_ARG_MAX = 2**31 - 1
 #: Status lines in GIMP's progress bar start with this.
 STATUS_PREFIX = "ACE++: "
 #: Task parameters that are procedure arguments (max_tokens and crop_offset stay the daemon's).
-ARGUMENT_PARAMS = ("mode", "face", "seed", "steps", "count", "guidance", "feather")
+ARGUMENT_PARAMS = ("mode", "face", "strength", "seed", "steps", "count", "guidance", "feather")
 #: GIMP's mnemonics where the label's first letter is taken. GIMP 3.2's procedure dialog warns about every
 #: mnemonic used twice, by two arguments or by an argument and one of its buttons: _Reset, _Cancel, _OK,
 #: _Load Saved Settings, _Save Settings (`DIALOG_BUTTON_MNEMONICS`). tests/unit/test_gimp_logic.py checks them.
-_MNEMONIC = {"seed": "See_d", "steps": "S_teps", "face": "Face refere_nce"}
+_MNEMONIC = {"seed": "See_d", "steps": "S_teps", "face": "Face refere_nce", "strength": "Strengt_h"}
 DIALOG_BUTTON_MNEMONICS = "rcols"
 #: The connection arguments every procedure has (acegimp_gimp.py adds them).
 CONNECTION_LABELS = {"url": "Daemon _URL", "token": "To_ken"}
@@ -101,8 +115,15 @@ class Argument:
     choices: tuple[tuple[str, str, str], ...] = ()  # (id, label, help)
 
 
+#: Parameters whose argument is a plain slider over the table's range starting at the table's default (no
+#: "unset" value below it): strength 1.0 is today's behaviour, so a job left there is unchanged.
+_PLAIN_SLIDERS = ("strength",)
+
+
 def _param_argument(field: forms.Field) -> Argument:
     label = _MNEMONIC.get(field.name, "_" + field.label)
+    if field.name in _PLAIN_SLIDERS:
+        return Argument("double", field.name, label, field.help, field.default, field.minimum, field.maximum)
     if field.kind == "enum":
         return Argument(
             "choice",
@@ -138,7 +159,23 @@ def procedure_arguments(action: Action) -> list[Argument]:
     """The arguments of an action's procedure (and so its dialog), from the task table. Number arguments start
     at their `unset` value: left there, the parameter is left out of the job and the daemon's default applies."""
     fields = {f.name: f for f in forms.fields_for(action.spec, ARGUMENT_PARAMS)}
-    args = [Argument("string", "prompt", "_Prompt", "What to do ({image} marks the input in the template)", "")]
+    args = [
+        Argument("string", "prompt", "_Prompt", "What to change, in your words (e.g. 'make the hat red')", ""),
+        Argument(
+            "boolean",
+            "advanced",
+            "Send the prompt as typed (ad_vanced)",
+            "Off: the plug-in adds ACE++'s {image} token and the task's wording. On: the prompt goes as typed",
+            False,
+        ),
+        Argument(
+            "boolean",
+            "reuse",
+            "_Bring back the active layer's prompt and seed",
+            "Take the prompt and seed from the ACE++ provenance of the active layer (an earlier result)",
+            False,
+        ),
+    ]
     if action.takes_reference:
         if action.reference_is_control:
             args.append(
@@ -204,6 +241,9 @@ class Settings:
     source: str = "visible"  # visible | layer
     mode: str = "repaint"
     face: bool = False
+    strength: float = _unset("strength")
+    advanced: bool = False  # the prompt goes to ACE++ as typed (else prompting.painter_prompt words it)
+    reuse: bool = False  # prompt and seed from the active layer's provenance record
     width: int = 0  # 0: from the selection, else the canvas
     height: int = 0
     url: str = ""
@@ -253,7 +293,232 @@ def build_params(action: Action, settings: Settings, plan: JobPlan) -> dict[str,
     values: dict[str, Any] = {name: getattr(settings, name) for name in ARGUMENT_PARAMS}
     values["width"] = int(settings.width) or plan.region.width
     values["height"] = int(settings.height) or plan.region.height
-    return forms.params_from(action.spec, values)
+    params = forms.params_from(action.spec, values)
+    strength = action.spec.param("strength")
+    if strength is not None and params.get("strength", strength.default) >= strength.default:
+        params.pop("strength", None)  # the slider left at 1: today's job, the daemon's default
+    return params
+
+
+def job_prompt(action: Action, settings: Settings, params: dict[str, Any]) -> str:
+    """What ACE++ gets: the painter's words with the task's wording and `{image}` (ace_editor.prompting), or the
+    prompt as typed with `advanced`."""
+    mode = params.get("mode", settings.mode if "mode" in action.param_names else None)
+    return prompting.painter_prompt(action.task, settings.prompt, advanced=settings.advanced, mode=mode)
+
+
+def reuse_from_record(settings: Settings, record: dict[str, Any] | None) -> Settings:
+    """`settings` with the prompt and seed of a result layer's provenance record (the `reuse` argument)."""
+    if not record:
+        raise UserError(
+            "The active layer has no ACE++ provenance to reuse: select a layer the plug-in made (its name starts "
+            "with [ACE++]), or untick “Bring back the active layer's prompt and seed”."
+        )
+    prompt = record.get("prompt")
+    seed = record.get("seed")
+    changed = replace(settings)
+    if isinstance(prompt, str) and prompt:
+        changed.prompt = prompt
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0:
+        changed.seed = seed
+    return changed
+
+
+# ------------------------------------------------------------------ recent prompts
+
+PROMPTS_FILE = "ace-bridge-gimp-prompts.json"
+
+
+class RecentPromptFile:
+    """The painter's recent prompts (ace_editor's RecentPrompts) kept in a JSON list in the GIMP profile."""
+
+    def __init__(self, path: Path, limit: int = 15) -> None:
+        self.path = Path(path)
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stored = []
+        self.recent = history.RecentPrompts.from_list(stored, limit)
+
+    @property
+    def prompts(self) -> list[str]:
+        return self.recent.to_list()
+
+    def add(self, prompt: str) -> None:
+        before = self.recent.to_list()
+        self.recent.add(prompt)
+        if self.recent.to_list() != before:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(self.recent.to_list(), indent=1), encoding="utf-8")
+            os.replace(tmp, self.path)
+
+
+# ------------------------------------------------------------------ preview, then apply
+
+
+@dataclass
+class ResultPicker:
+    """The results of one job shown as thumbnails: at most one is previewed on the canvas at a time; Apply keeps
+    the previewed one (or the first), Discard keeps none. The editor side follows the steps it returns."""
+
+    count: int
+    shown: int | None = None
+    finished: bool = False
+
+    def show(self, index: int) -> tuple[int | None, int | None]:
+        """Preview result `index`: (the preview to remove or None, the one to add or None when already shown)."""
+        if self.finished:
+            raise RuntimeError("the results were applied or discarded already")
+        if not 0 <= index < self.count:
+            raise IndexError(f"result {index} of {self.count}")
+        if index == self.shown:
+            return None, None
+        old, self.shown = self.shown, index
+        return old, index
+
+    def apply(self) -> int | None:
+        """The result to keep (the previewed one, else the first), None when there is none."""
+        self.finished = True
+        if self.count == 0:
+            return None
+        return self.shown if self.shown is not None else 0
+
+    def discard(self) -> None:
+        self.finished = True
+
+
+PREVIEW_PREFIX = "[ACE++ preview] "
+
+
+def preview_layer_name(task: str, prompt: str, seed: int | None, index: int, count: int) -> str:
+    """The temporary layer's name: a result layer's name marked as a preview."""
+    return PREVIEW_PREFIX + layer_name(task, prompt, seed, index, count).removeprefix("[ACE++] ")
+
+
+def thumbnail_size(width: int, height: int, box: int = 160) -> tuple[int, int]:
+    """A thumbnail's size inside a `box`-pixel square, keeping the aspect ratio (never 0)."""
+    scale = min(1.0, box / max(1, width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+# ------------------------------------------------------------------ expand canvas
+
+EXPAND_PROCEDURE = "python-fu-ace-bridge-expand-canvas"
+EXPAND_LABEL = "Expand Canvas…"
+#: Outpainting tasks in the order the action prefers them (plain Fill first: it fits new area best).
+EXPAND_TASKS = tuple(t.name for t in sorted(TASKS.values(), key=lambda t: t.name != "inpaint") if t.can_expand)
+#: The sides' arguments: name, label with its mnemonic, help.
+EXPAND_SIDES = (
+    ("left", "L_eft", "Pixels added on the left"),
+    ("top", "_Above", "Pixels added above"),
+    ("right", "Ri_ght", "Pixels added on the right"),
+    ("bottom", "_Below", "Pixels added below"),
+)
+
+
+def expand_arguments() -> list[Argument]:
+    """The Expand Canvas procedure's arguments: the prompt, the four sides, and seed/steps/count from the table."""
+    fields = {f.name: f for f in forms.fields_for(TASKS[EXPAND_TASKS[0]], ("seed", "steps", "count"))}
+    args = [Argument("string", "prompt", "_Prompt", "What the new area shows (empty: continue the picture)", "")]
+    args += [
+        Argument("int", name, label, help_text, 0, 0, geometry.EXPAND_MAX) for name, label, help_text in EXPAND_SIDES
+    ]
+    return args + [_param_argument(fields[name]) for name in ("seed", "steps", "count")]
+
+
+def expand_task(offered_tasks: list[Any]) -> str:
+    """The outpainting task to run: the first of EXPAND_TASKS the daemon offers."""
+    names = {t.get("name") if isinstance(t, dict) else str(t) for t in offered_tasks}
+    for name in EXPAND_TASKS:
+        if name in names:
+            return name
+    raise UserError(
+        "The daemon's model offers no task that can expand a canvas ("
+        + ", ".join(EXPAND_TASKS)
+        + "): load the ACE++ model in the control panel."
+    )
+
+
+@dataclass(frozen=True)
+class ExpandPlan:
+    """A canvas grown by `margins`: the grown size, where the old canvas lands, and the pixels to send."""
+
+    margins: geometry.Margins
+    canvas: Extent
+    grown: Extent
+    image: ImagePayload
+    mask: ImagePayload
+
+
+def plan_expand(canvas: Extent, margins: tuple[int, int, int, int], visible_rgba: bytes) -> ExpandPlan:
+    """The outpainting job of an "Expand canvas" (ace_protocol.geometry: edge pixels repeated outward as the start,
+    the new area plus a feathered seam as the mask). Raises UserError for margins a person must change."""
+    try:
+        grow = geometry.Margins.parse(",".join(str(int(v)) for v in margins))
+    except ValueError as exc:
+        raise UserError(f"Expand Canvas: {exc}") from None
+    grown = geometry.expanded_extent(canvas, grow)
+    pixels = geometry.expand_pixels(visible_rgba, canvas, grow, 4)
+    mask = geometry.expand_mask(canvas, grow)
+    return ExpandPlan(
+        grow,
+        canvas,
+        grown,
+        ImagePayload(grown.width, grown.height, "rgba8", pixels),
+        ImagePayload(grown.width, grown.height, "gray8", mask),
+    )
+
+
+# ------------------------------------------------------------------ recent results (the daemon's history)
+
+RECENT_PROCEDURE = "python-fu-ace-bridge-recent-results"
+RECENT_LABEL = "Recent Results…"
+EDITOR_LABEL = "GIMP"
+DaemonHistory, HistoryError = daemon_history.DaemonHistory, daemon_history.HistoryError
+
+
+def job_label(document: str, region: Bounds | tuple[int, int, int, int]) -> str:
+    """The submit label: the panel shows it, and Recent Results finds this document's results (and their place)
+    by it."""
+    return daemon_history.job_label(EDITOR_LABEL, document, tuple(region))
+
+
+def results_for_document(entries: list[dict[str, Any]], document: str) -> list[dict[str, Any]]:
+    return daemon_history.entries_for(entries, EDITOR_LABEL, document)
+
+
+def result_place(entry: dict[str, Any]) -> tuple[int, int, int, int] | None:
+    """Where a history entry's result was made for in its document (None: unknown, e.g. a CLI job)."""
+    place = daemon_history.parse_label(str(entry.get("label", "")))
+    return place.region if place is not None else None
+
+
+def entry_title(entry: dict[str, Any]) -> str:
+    """One line for a history entry in the Recent Results list."""
+    prompt = naming.short_prompt(str(entry.get("prompt", "")), 40)
+    seed = entry.get("seed")
+    return f"{jobs.task_title(str(entry.get('task', '?')))}: {prompt or '(no prompt)'}" + (
+        f" (seed {seed})" if seed is not None else ""
+    )
+
+
+def record_from_entry(entry: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The provenance record of a result brought back from the history, as a parasite of its new layer."""
+    prov = dict(meta.get("provenance") or {})
+    region = result_place(entry) or (0, 0, int(meta.get("width") or 0), int(meta.get("height") or 0))
+    return provenance.provenance_record(
+        str(prov.get("task", entry.get("task", "result"))),
+        str(prov.get("prompt", entry.get("prompt", ""))),
+        prov.get("seed", entry.get("seed")),
+        dict(prov.get("params") or {}),
+        region,
+        "history",
+        str(prov.get("job_id", "")),
+        prov,
+        int(prov.get("index", 0) or 0),
+        int(prov.get("count", 1) or 1),
+    )
 
 
 def check_offered(action: Action, offered_tasks: list[Any], engine: dict[str, Any] | None = None) -> None:
