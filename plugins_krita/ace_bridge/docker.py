@@ -13,8 +13,10 @@ from typing import Any
 from . import document as kdoc
 from . import history_store, layers
 from .bundled import daemon, forms, geometry, history, jobs, messages, prompting, provenance
+from .expand import fit_canvas, read_grown, wanted_margins
 from .firstrun import FirstRun, FirstRunPanel
 from .model import JobRecord, Settings, Source, docker_fields, option_fields
+from .previews import PreviewFlow, PreviewStrip, expected_count
 from .prompt_box import PromptBox
 from .qt_compat import (
     ALIGN_CENTER,
@@ -32,6 +34,7 @@ from .qt_compat import (
     preview_pixmap,
     qimage_from_bytes,
 )
+from .sliders import FractionSlider
 from .worker import BridgeWorker
 
 THUMB = 64
@@ -70,6 +73,12 @@ class Controller(QObject):
         self.worker.welcome_received.connect(self._on_welcome)
         self.worker.job_event.connect(self._on_job_event)
         self.worker.redelivered.connect(self._on_redelivered)
+        # Preview, then apply (previews.py): a job's variations wait in the docker's strip, the shown one as a
+        # preview layer; with preview_first off they are inserted at once, as before.
+        self.preview_first = True
+        self.previews = PreviewFlow()
+        self.worker.job_event.connect(self.previews.on_event)
+        self.expand_text = ""  # the docker's "Expand canvas" margins, L,T,R,B (empty: only a selection past the edge)
 
     def start(self) -> None:
         self.worker.start()
@@ -109,6 +118,14 @@ class Controller(QObject):
         padding = None if s.padding < 0 else s.padding
         control = spec_table.get("reference_kind") == "control"
         read = kdoc.read_context(doc, source, padding, list(reference_ids), control=control)
+        # Expand: a selection past the canvas (or margins typed in the docker) grows it; the new area is the mask.
+        try:
+            grow = wanted_margins(doc, spec_table, self.expand_text)
+        except ValueError as exc:
+            self.status_changed.emit(f"Expand canvas: {exc}")
+            return None
+        if grow is not None:
+            read = read_grown(doc, grow, read)
         if spec_table.get("needs_selection") and read.mask is None:
             self.status_changed.emit("This task needs a selection: select the area to change first.")
             return None
@@ -136,6 +153,8 @@ class Controller(QObject):
             params,
             label=doc.name() or "krita",
         )
+        if self.preview_first and grow is None:  # an expansion is inserted at once, with the grown canvas
+            self.previews.expect(local_id, record, doc, expected_count(spec_table, params))
         self.pending[local_id] = Pending(record, spec, doc)
         self.history.add(record)
         self.status_changed.emit("Sending…")
@@ -176,7 +195,7 @@ class Controller(QObject):
         ids = layers.insert_results(
             target,
             record.results,
-            geometry.Bounds(*record.region),
+            fit_canvas(target, geometry.Bounds(*record.region)),  # an expansion grows the canvas first
             Source(record.source),
             record.anchor_node,
             record.task,
@@ -224,9 +243,11 @@ class Controller(QObject):
         del self.pending[local_id]
         if ended.state == "done":
             record.results = list(ended.results)
+            in_strip = self.previews.takes(local_id)  # then Apply in the strip inserts the chosen one
             target = kdoc.find_document(record.doc_key, fallback=pending.doc)
             try:
-                self.apply(record, target)
+                if not in_strip:
+                    self.apply(record, target)
                 self.store_history(target)
             except Exception as exc:  # keep the result in history even if the document went away
                 record.message = f"could not insert: {exc}"
@@ -238,6 +259,7 @@ class Controller(QObject):
             if ended.state == "cancelled":
                 self.worker.ack(record.job_id)
             self.progress_changed.emit(0, 1)
+        self.previews.ended(local_id, ended.state, list(record.results))
         self.preview_changed.emit(b"")
         self.history_changed.emit()
         self.job_finished.emit(local_id, ended.state)
@@ -294,6 +316,7 @@ class AceBridgeDocker(kdoc.DockWidget):
         self.current: str | None = None
         self._build()
         self.controller.status_changed.connect(self.status.setText)
+        self.controller.previews.status.connect(self.status.setText)
         self.controller.progress_changed.connect(self._on_progress)
         self.controller.preview_changed.connect(self._on_preview)
         self.controller.connection_changed.connect(self._on_connection)
@@ -402,6 +425,22 @@ class AceBridgeDocker(kdoc.DockWidget):
         self.preview.setAlignment(ALIGN_CENTER)
         self.preview.hide()
         form.addWidget(self.preview)
+        # The last job's variations: click one to preview it on the canvas, then Apply or Discard (previews.py).
+        self.strip = PreviewStrip(self.controller.previews)
+        form.addWidget(self.strip)
+        self.preview_first_box = W.QCheckBox("Preview results before applying")
+        self.preview_first_box.setChecked(self.controller.preview_first)
+        self.preview_first_box.toggled.connect(lambda on: setattr(self.controller, "preview_first", bool(on)))
+        form.addWidget(self.preview_first_box)
+        self.expand_edit = W.QLineEdit()
+        self.expand_edit.setPlaceholderText("Expand canvas: L,T,R,B px (or select past the edge)")
+        self.expand_edit.setToolTip(
+            "Grow the canvas by these pixels on the left, top, right and bottom; the new "
+            "area is generated to fit (Local Edit, Inpaint). Empty: a selection that reaches "
+            "past the canvas grows it that far."
+        )
+        self.expand_edit.textChanged.connect(lambda text: setattr(self.controller, "expand_text", str(text)))
+        form.addWidget(self.expand_edit)
         self.progress = W.QProgressBar()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -589,7 +628,9 @@ class AceBridgeDocker(kdoc.DockWidget):
             self.options_form.removeRow(0)
         self.option_widgets = {}
         for field in fields:
-            if field.kind == "bool":
+            if field.kind == "float":  # strength: a slider over the table's range
+                widget = FractionSlider(field)
+            elif field.kind == "bool":
                 widget = QtWidgets.QCheckBox()
                 widget.setChecked(bool(field.default))
             else:

@@ -17,16 +17,38 @@ swap_red_blue = images.swap_red_blue
 
 
 def _paint_layer(doc, name: str, result: ResultImage, region: Bounds):
+    layer = doc.createNode(name, "paintlayer")
+    write_pixels(doc, layer, result, region)
+    return layer
+
+
+#: A layer made off-stack for a result (the preview strip adds it itself, then rewrites it per variation).
+new_result_layer = _paint_layer
+
+
+def write_pixels(doc, layer, result: ResultImage, region: Bounds) -> None:
+    """Write a result over `region` of `layer` (replacing what was there), in the document's colour space."""
     if (result.width, result.height) != (region.width, region.height):
         raise ValueError(f"result is {result.width}x{result.height} but the region is {region.width}x{region.height}")
-    layer = doc.createNode(name, "paintlayer")
     convert = not is_exchange_space(doc)
     if convert:
         layer.setColorSpace(*EXCHANGE_SPACE)
     layer.setPixelData(swap_red_blue(result.rgba), region.x, region.y, region.width, region.height)
     if convert:  # back into the document's own model, depth and profile
         layer.setColorSpace(doc.colorModel(), doc.colorDepth(), doc.colorProfile())
-    return layer
+
+
+def add_above_source(doc, top, source: Source, anchor_id: str | None) -> None:
+    """Add a finished layer (or group) with one `addChildNode`: visible-image jobs on top of the stack,
+    active-layer jobs directly above that layer (top of the stack if it is gone)."""
+    parent, above = doc.rootNode(), None
+    anchor = find_node(doc, anchor_id) if source == Source.LAYER else None
+    if anchor is not None and anchor.parentNode() is not None:
+        parent, above = anchor.parentNode(), anchor
+    if above is None:
+        siblings = parent.childNodes()
+        above = siblings[-1] if siblings else None
+    parent.addChildNode(top, above)
 
 
 def insert_results(
@@ -61,14 +83,7 @@ def insert_results(
             top.addChildNode(child, below)
             below = child
             children.insert(0, child)
-    parent, above = doc.rootNode(), None
-    anchor = find_node(doc, anchor_id) if source == Source.LAYER else None
-    if anchor is not None and anchor.parentNode() is not None:
-        parent, above = anchor.parentNode(), anchor
-    if above is None:
-        siblings = parent.childNodes()
-        above = siblings[-1] if siblings else None
-    parent.addChildNode(top, above)
+    add_above_source(doc, top, source, anchor_id)
 
     ids = [node_id(top)] + ([node_id(c) for c in children] if len(results) > 1 else [])
     store = ProvenanceStore.from_bytes(doc.annotation(PROVENANCE_ANNOTATION))

@@ -75,6 +75,8 @@ def _run():
         docker.show()
         docker.setVisible(True)
         ctl = docker.controller
+        # This story is about results inserted at once; the preview strip has its own (test_krita_preview.py).
+        docker.preview_first_box.setChecked(False)
         ctl.job_finished.connect(lambda lid, st: state["finished"].__setitem__(lid, st))
         docker.url_edit.setText(cfg["url"])
         docker.token_edit.setText(cfg["token"])

@@ -1,0 +1,378 @@
+"""Test-only Krita plugin: when env ACE_GUI_TEST names a config file, play the painter's stories of issue 17 in the
+real ACE++ docker -- preview then apply (N variations in the strip), discard, strength, expand.
+
+Like ace_gui_runner: a step machine on a QTimer (the UI thread stays responsive, so the worker's signals arrive),
+name -> [ok, detail] checks written to the config's result file, then os._exit.
+"""
+
+import json
+import os
+import sys
+import traceback
+
+CONFIG = os.environ.get("ACE_GUI_TEST")
+W, H = 96, 64
+ORANGE = (40, 120, 200, 255)  # BGRA: an orange canvas
+RED = (30, 30, 220, 255)  # BGRA: the painted patch the strength story keeps
+
+
+def ellipse_mask(cx, cy, rx, ry):
+    """gray8 rows over the whole canvas: 255 inside the ellipse."""
+    rows = bytearray(W * H)
+    for y in range(H):
+        for x in range(W):
+            if ((x + 0.5 - cx) / rx) ** 2 + ((y + 0.5 - cy) / ry) ** 2 <= 1.0:
+                rows[y * W + x] = 255
+    return bytes(rows)
+
+
+def mean_rgb_difference(a, b, inside):
+    """Mean absolute colour difference of two BGRA buffers over the pixel indices `inside`."""
+    total = 0
+    for i in inside:
+        total += abs(a[4 * i] - b[4 * i]) + abs(a[4 * i + 1] - b[4 * i + 1]) + abs(a[4 * i + 2] - b[4 * i + 2])
+    return total / (3 * max(1, len(inside)))
+
+
+def _run():
+    from ace_bridge.docker import AceBridgeDocker
+    from ace_bridge.document import node_id
+    from ace_bridge.previews import PREVIEW_PREFIX
+    from ace_bridge.qt_compat import QTimer
+    from krita import Krita, Selection
+
+    cfg = json.load(open(CONFIG))
+    app = Krita.instance()
+    checks = {}
+    state = {"finished": {}}
+    deadline_s = cfg.get("step_timeout_s", 90)
+
+    def check(name, ok, detail=""):
+        checks[name] = [bool(ok), str(detail)[:2000]]
+        print(f"ACE-GUI-CHECK {name} {'ok' if ok else 'FAILED'} {str(detail)[:2000]}", file=sys.stderr, flush=True)
+
+    def finish():
+        for d in app.documents():
+            d.setModified(False)
+        with open(cfg["result"], "w") as fh:
+            json.dump({"checks": checks, "failed": [k for k, v in checks.items() if not v[0]]}, fh, indent=1)
+        os._exit(0)
+
+    def new_doc(name, paint=None):
+        doc = app.createDocument(W, H, name, "RGBA", "U8", "", 72.0)
+        app.activeWindow().addView(doc)
+        bg = doc.rootNode().childNodes()[0]
+        pixels = bytearray(bytes(ORANGE) * (W * H))
+        for x0, y0, w, h, colour in paint or ():
+            for y in range(y0, y0 + h):
+                for x in range(x0, x0 + w):
+                    pixels[4 * (y * W + x) : 4 * (y * W + x) + 4] = bytes(colour)
+        bg.setPixelData(bytes(pixels), 0, 0, W, H)
+        doc.refreshProjection()
+        return doc
+
+    def select(doc, x=None, y=None, w=None, h=None, mask=None):
+        sel = Selection()
+        if mask is not None:
+            sel.setPixelData(mask, 0, 0, W, H)
+        else:
+            sel.select(x, y, w, h, 255)
+        doc.setSelection(sel)
+
+    def ids(doc):
+        return [node_id(n) for n in doc.rootNode().childNodes()]
+
+    def names(doc):
+        return [n.name() for n in doc.rootNode().childNodes()]
+
+    def wait(condition, seconds=None):
+        for _ in range(int((seconds or deadline_s) * 20)):
+            if condition():
+                return
+            yield
+
+    def activate(doc):
+        for _ in range(100):
+            active = app.activeDocument()
+            if active is not None and active.name() == doc.name():
+                return
+            yield
+
+    def undo_once(doc, patience_ticks=100):
+        before = (ids(doc), doc.width(), doc.height())
+        app.action("edit_undo").trigger()
+        doc.waitForDone()
+        for _ in range(patience_ticks):
+            yield
+            if (ids(doc), doc.width(), doc.height()) != before:
+                break
+        for _ in range(2):
+            yield
+
+    def generate(docker):
+        lid = docker.on_generate()
+        yield from wait(lambda: lid in state["finished"])
+        state["last"] = lid
+        return lid
+
+    def steps():
+        docker = AceBridgeDocker.instances[-1] if AceBridgeDocker.instances else None
+        check("docker_exists", docker is not None, len(AceBridgeDocker.instances))
+        if docker is None:
+            return
+        docker.show()
+        ctl = docker.controller
+        ctl.job_finished.connect(lambda lid, st: state["finished"].__setitem__(lid, st))
+        docker.url_edit.setText(cfg["url"])
+        docker.token_edit.setText(cfg["token"])
+        docker._reconnect()
+        yield from wait(lambda: bool(ctl.tasks))
+        check("connected", "local_edit" in ctl.tasks, docker.connection.text())
+        docker.task_box.setCurrentIndex(docker.task_box.findData("local_edit"))
+        docker.prompt.setPlainText("make it green")
+        docker.seed_random.setChecked(False)
+        docker.seed_spin.setValue(5)
+        docker.steps_spin.setValue(8)
+        check("preview_first_is_the_default", docker.preview_first_box.isChecked() and ctl.preview_first, "")
+
+        # ---- Story 1: an ellipse, 3 variations, preview the second, apply it.
+        doc = new_doc("preview")
+        select(doc, mask=ellipse_mask(48, 32, 22, 16))
+        yield from activate(doc)
+        source = doc.rootNode().childNodes()[0]
+        source_before = bytes(source.pixelData(0, 0, W, H))
+        before = ids(doc)
+        docker.count_spin.setValue(3)
+        lid = docker.on_generate()
+        check("preview_job_sent", lid is not None, docker.status.text())
+        yield from wait(lambda: docker.strip.count() >= 1 or lid in state["finished"])
+        first_seen = (docker.strip.count(), state["finished"].get(lid), names(doc))
+        check(
+            "first_preview_on_canvas_before_the_last_variation",
+            lid not in state["finished"] and docker.strip.count() < 3 and names(doc)[-1].startswith(PREVIEW_PREFIX),
+            first_seen,
+        )
+        yield from wait(lambda: lid in state["finished"])
+        check("preview_job_done", state["finished"].get(lid) == "done", (state["finished"], docker.status.text()))
+        yield from wait(lambda: docker.strip.count() == 3, 5)
+        added = [n for n in doc.rootNode().childNodes() if node_id(n) not in before]
+        check(
+            "three_thumbnails_and_one_preview_layer_on_top",
+            docker.strip.count() == 3
+            and docker.strip.isVisible()
+            and len(added) == 1
+            and added[0].name().startswith(PREVIEW_PREFIX)
+            and ids(doc)[-1] == node_id(added[0]),
+            (docker.strip.count(), names(doc)),
+        )
+        choice = ctl.previews.board.current
+        docker.strip.thumbs.setCurrentRow(1)  # the painter clicks the second thumbnail
+        for _ in range(4):
+            yield
+        region = ctl.history[0].region if ctl.history else (0, 0, W, H)
+        x, y, w, h = region
+        preview = [n for n in doc.rootNode().childNodes() if n.name().startswith(PREVIEW_PREFIX)]
+        second = choice.results[1] if choice is not None and len(choice.results) == 3 else None
+        shown = bytes(preview[0].pixelData(x, y, w, h)) if preview else b""
+        want = b""
+        if second is not None:
+            rgba = second.rgba
+            want = bytes(b for i in range(0, len(rgba), 4) for b in (rgba[i + 2], rgba[i + 1], rgba[i], rgba[i + 3]))
+        first = choice.results[0] if choice is not None and choice.results else None
+        check(
+            "second_variation_previewed",
+            len(preview) == 1
+            and second is not None
+            and shown == want
+            and "seed 6" in preview[0].name()
+            and first is not None
+            and first.rgba != second.rgba,
+            (len(preview), [n.name() for n in preview], len(shown), len(want)),
+        )
+        shot = cfg.get("screenshot")
+        if shot:
+            check("screenshot_saved", docker.grab().save(shot, "PNG"), shot)
+            app.activeWindow().qwindow().grab().save(shot.replace(".png", "-window.png"), "PNG")
+        docker.strip.apply_button.click()
+        for _ in range(4):
+            yield
+        added = [n for n in doc.rootNode().childNodes() if node_id(n) not in before]
+        b = added[0].bounds() if added else None
+        inside = (
+            b is not None and x <= b.x() and y <= b.y() and b.x() + b.width() <= x + w and b.y() + b.height() <= y + h
+        )
+        centre = bytes(added[0].pixelData(48, 32, 1, 1)) if added else b""
+        check(
+            "applied_one_result_layer_at_the_selection",
+            len(added) == 1
+            and added[0].name().startswith("[ACE++] local_edit")
+            and "seed 6" in added[0].name()
+            and inside
+            and centre[3:4] not in (b"", b"\x00"),
+            (names(doc), (b.x(), b.y(), b.width(), b.height()) if b else None, region, list(centre)),
+        )
+        check(
+            "no_preview_layer_left_and_strip_empty",
+            not any(n.startswith(PREVIEW_PREFIX) for n in names(doc)) and docker.strip.count() == 0,
+            names(doc),
+        )
+        check("original_layer_unchanged", bytes(source.pixelData(0, 0, W, H)) == source_before, "")
+        yield from undo_once(doc)
+        check("apply_is_one_undo_step", ids(doc) == before, names(doc))
+
+        # ---- Story 1b: discard leaves the stack (and the picture) as it was.
+        docker.count_spin.setValue(2)
+        before = ids(doc)
+        doc.refreshProjection()
+        picture_before = bytes(doc.pixelData(0, 0, W, H))
+        lid = yield from generate(docker)
+        yield from wait(lambda: docker.strip.count() == 2, 5)
+        had_preview = any(n.startswith(PREVIEW_PREFIX) for n in names(doc))
+        docker.strip.discard_button.click()
+        for _ in range(4):
+            yield
+        doc.refreshProjection()
+        check(
+            "discard_leaves_the_stack_as_before",
+            state["finished"].get(lid) == "done"
+            and had_preview
+            and ids(doc) == before
+            and bytes(doc.pixelData(0, 0, W, H)) == picture_before
+            and docker.strip.count() == 0,
+            (had_preview, names(doc), docker.strip.count()),
+        )
+
+        # ---- Story 2: strength. A painted red patch, redrawn at 1.0 and at 0.05 with the same seed.
+        docker.count_spin.setValue(1)
+        docker.preview_first_box.setChecked(False)  # results straight into layers for this story
+        slider = docker.option_widgets.get("strength")
+        check(
+            "strength_slider_for_local_edit",
+            slider is not None and slider.slider.minimum() == 5 and slider.slider.maximum() == 100,
+            sorted(docker.option_widgets),
+        )
+        unmasked = [
+            n for n, t in ctl.tasks.items() if not any(p.get("name") == "strength" for p in t.get("params", []))
+        ]
+        if unmasked:
+            docker.task_box.setCurrentIndex(docker.task_box.findData(unmasked[0]))
+            check("no_strength_slider_for_unmasked_task", "strength" not in docker.option_widgets, unmasked[0])
+            docker.task_box.setCurrentIndex(docker.task_box.findData("local_edit"))
+            slider = docker.option_widgets.get("strength")
+        sdoc = new_doc("strength", paint=[(32, 20, 32, 24, RED)])
+        select(sdoc, 24, 14, 48, 36)
+        yield from activate(sdoc)
+        painted = bytes(sdoc.rootNode().childNodes()[0].pixelData(0, 0, W, H))
+        inside = [yy * W + xx for yy in range(22, 42) for xx in range(34, 62)]  # the patch, off its edges
+        layers_by_strength = {}
+        for strength in (1.0, 0.05):
+            if slider is not None:
+                slider.setValue(strength)
+            top_before = ids(sdoc)
+            lid = yield from generate(docker)
+            new = [n for n in sdoc.rootNode().childNodes() if node_id(n) not in top_before]
+            ok = state["finished"].get(lid) == "done" and len(new) == 1
+            layers_by_strength[strength] = bytes(new[0].pixelData(0, 0, W, H)) if ok else None
+            check(f"strength_{strength}_job_done", ok, (state["finished"].get(lid), docker.status.text()))
+        full, low = layers_by_strength[1.0], layers_by_strength[0.05]
+        if full and low:
+            d_full = mean_rgb_difference(full, painted, inside)
+            d_low = mean_rgb_difference(low, painted, inside)
+            check("low_strength_keeps_the_painted_colours", d_low < d_full, f"low {d_low:.1f} vs full {d_full:.1f}")
+            check("strength_sent", ctl.history[0].params.get("strength") == 0.05, ctl.history[0].params)
+        if slider is not None:
+            slider.setValue(1.0)
+
+        # ---- Story 3: expand. A selection 32 px past the right edge grows the canvas and fills the new area.
+        edoc = new_doc("expand")
+        select(edoc, 64, 0, 64, 64)
+        yield from activate(edoc)
+        source = edoc.rootNode().childNodes()[0]
+        source_before = bytes(source.pixelData(0, 0, W, H))
+        before = ids(edoc)
+        lid = yield from generate(docker)
+        added = [n for n in edoc.rootNode().childNodes() if node_id(n) not in before]
+        new_area = bytes(added[0].pixelData(112, 32, 1, 1)) if added else b""
+        check(
+            "expand_grows_the_canvas_and_fills_the_new_area",
+            state["finished"].get(lid) == "done"
+            and (edoc.width(), edoc.height()) == (128, 64)
+            and len(added) == 1
+            and new_area[3:4] == b"\xff",
+            (
+                state["finished"].get(lid),
+                docker.status.text(),
+                edoc.width(),
+                edoc.height(),
+                names(edoc),
+                list(new_area),
+            ),
+        )
+        check("expand_keeps_the_old_pixels_in_place", bytes(source.pixelData(0, 0, W, H)) == source_before, "")
+        undo_steps = 0
+        for _ in range(4):
+            yield from undo_once(edoc)
+            undo_steps += 1
+            if ids(edoc) == before and edoc.width() == W:
+                break
+        check(
+            "expand_undone",
+            ids(edoc) == before and (edoc.width(), edoc.height()) == (W, H),
+            (undo_steps, edoc.width(), names(edoc)),
+        )
+        checks["expand_undo_steps"] = [True, str(undo_steps)]
+
+        # The explicit control: "Expand canvas" margins, here 16 px on top.
+        docker.expand_edit.setText("0,16,0,0")
+        select(edoc, 10, 10, 20, 20)
+        before = ids(edoc)
+        lid = yield from generate(docker)
+        docker.expand_edit.setText("")
+        check(
+            "expand_canvas_field_grows_the_top",
+            state["finished"].get(lid) == "done" and (edoc.width(), edoc.height()) == (W, H + 16),
+            (state["finished"].get(lid), docker.status.text(), edoc.width(), edoc.height()),
+        )
+        ctl.stop()
+
+    gen = steps()
+    timer = QTimer()
+    state["timer"] = timer
+
+    def tick():
+        try:
+            next(gen)
+        except StopIteration:
+            timer.stop()
+            finish()
+        except Exception:
+            check("exception", False, traceback.format_exc())
+            timer.stop()
+            finish()
+
+    timer.timeout.connect(tick)
+    timer.start(50)
+
+
+def _on_window():
+    from ace_bridge.qt_compat import QTimer
+
+    QTimer.singleShot(1500, _safe_run)
+
+
+def _safe_run():
+    try:
+        _run()
+    except Exception:
+        cfg = json.load(open(CONFIG))
+        with open(cfg["result"], "w") as fh:
+            json.dump({"checks": {"exception": [False, traceback.format_exc()]}, "failed": ["exception"]}, fh)
+        os._exit(0)
+
+
+if CONFIG:
+    from krita import Krita
+
+    _notifier = Krita.instance().notifier()
+    _notifier.setActive(True)
+    _notifier.windowCreated.connect(_on_window)
