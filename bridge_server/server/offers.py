@@ -114,7 +114,7 @@ def target_view(session: Any) -> dict[str, Any]:
 
 def editor_title(session: Any) -> str:
     name = (session.editor or session.client_name or "the editor").strip()
-    return name[:1].upper() + name[1:]
+    return "GIMP" if name.lower() == "gimp" else name[:1].upper() + name[1:]
 
 
 def check_target(session: Any) -> None:

@@ -172,7 +172,7 @@ def test_gimp_takes_a_kept_result_at_its_next_run(thread_daemon_factory):
         "GIMP listed while not running",
     )
     status, reply = panel.send(entry, "gimp-send")
-    assert status == 200 and "Kept for Gimp" in reply["message"], reply
+    assert status == 200 and "Kept for GIMP" in reply["message"], reply
     assert reply["offer"]["state"] == "kept"
 
     # The next run (a new process, the same client id) finds it waiting and inserts it into the image it came from.

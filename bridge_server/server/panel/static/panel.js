@@ -3,7 +3,8 @@
 "use strict";
 
 const PAGE = 60;
-const view = { offset: 0, total: 0, version: -1, paused: false, first: true, engine: {}, socketTries: 0 };
+const view = { offset: 0, total: 0, version: -1, paused: false, first: true, engine: {}, socketTries: 0,
+  targets: [], offers: [] };
 window.panelTimings = { start: performance.now() };
 
 const $ = (id) => document.getElementById(id);
@@ -255,14 +256,128 @@ function historyItem(entry) {
     try { await api("/panel/api/history/delete", { entry: entry.entry }); await loadHistory(); }
     catch (err) { toast(err.message); }
   });
-  return el("div", { class: "item", dataset: { entry: entry.entry } },
+  const item = el("div", { class: "item", dataset: { entry: entry.entry } },
     thumb,
     el("div", { class: "meta" },
       el("div", {}, el("strong", {}, entry.task), " ", el("span", { class: "dim" }, `seed ${entry.seed}`)),
       el("div", { class: "p", title: entry.prompt }, entry.prompt || el("span", { class: "dim" }, "(no prompt)")),
       el("div", { class: "dim" }, `${fmtTime(entry.finished)} · ${fmtDuration(entry.duration_s)} · ` +
         `${entry.width}×${entry.height}`)),
-    el("div", { class: "actions" }, open, copy, del));
+    el("div", { class: "actions" }, open, copy, del),
+    sendRow(entry));
+  const offer = view.offers.find((o) => o.entry === entry.entry);
+  if (offer) showOffer(item, offer);
+  return item;
+}
+
+// ------------------------------------------------------------------------------------------------ send to editor
+
+function editorTitle(target) {
+  const name = target.editor || target.client_name || "editor";
+  return name.toLowerCase() === "gimp" ? "GIMP" : name.charAt(0).toUpperCase() + name.slice(1);
+}
+
+// One choice per open document an editor reported (or one per editor when it reported none).
+function targetChoices() {
+  const choices = [];
+  for (const t of view.targets) {
+    const title = editorTitle(t);
+    const docs = t.connected ? (t.documents || []) : [];
+    if (docs.length) {
+      for (const d of docs) {
+        choices.push({ client_id: t.client_id, document: d.key, title,
+          label: `${title} · ${d.name}${d.active ? " (active)" : ""}` });
+      }
+    } else {
+      const why = t.connected ? "" : (t.mode === "later" ? " (takes it at its next run)" : " (not connected)");
+      choices.push({ client_id: t.client_id, document: "", title, label: `${title}${why}` });
+    }
+  }
+  return choices;
+}
+
+function fillTargets(select, button) {
+  const previous = select.value;
+  const choices = targetChoices();
+  select.replaceChildren(...choices.map((c, i) => {
+    const option = new Option(c.label, JSON.stringify({ client_id: c.client_id, document: c.document }));
+    option.dataset.title = c.title;
+    option.dataset.client = c.client_id;
+    if (i === 0) option.defaultSelected = true;
+    return option;
+  }));
+  if (choices.some((c) => JSON.stringify({ client_id: c.client_id, document: c.document }) === previous)) {
+    select.value = previous;
+  }
+  select.hidden = choices.length === 0;
+  button.disabled = choices.length === 0;
+  const chosen = select.selectedOptions[0];
+  button.textContent = chosen ? `Send to ${chosen.dataset.title}` : "Send to editor";
+  button.title = choices.length ? "insert this result as a new layer in the chosen editor"
+    : "no editor is connected: open Krita or GIMP with the ACE Bridge plug-in";
+}
+
+function sendRow(entry) {
+  const select = el("select", { class: "send-to", "aria-label": "send to which editor and document" });
+  const button = el("button", { type: "button", class: "btn small send" }, "Send to editor");
+  const message = el("div", { class: "send-msg", role: "status" });
+  select.addEventListener("change", () => fillTargets(select, button));
+  button.addEventListener("click", async () => {
+    if (!select.value) return;
+    const target = JSON.parse(select.value);
+    button.disabled = true;
+    message.className = "send-msg";
+    try {
+      const reply = await api("/panel/api/send", { entry: entry.entry, ...target });
+      message.textContent = reply.message;
+      message.closest(".item").dataset.offer = reply.offer.state;
+      message.dataset.offerId = reply.offer.offer_id;
+    } catch (err) {
+      message.textContent = err.message;
+      message.className = "send-msg bad";
+      message.closest(".item").dataset.offer = "refused";
+    } finally {
+      button.disabled = false;
+    }
+  });
+  fillTargets(select, button);
+  return el("div", { class: "send-row" }, select, button, message);
+}
+
+function showOffer(item, offer) {
+  const message = item.querySelector(".send-msg");
+  if (!message || (message.dataset.offerId && message.dataset.offerId !== offer.offer_id && offer.state === "sent")) {
+    return;
+  }
+  const title = editorTitle(offer);
+  const texts = {
+    sent: `Sent to ${title}…`,
+    kept: `Kept for ${title}: it inserts it at its next run.`,
+    inserted: `Inserted into ${offer.inserted_into || title} (${title}) as a new layer.`,
+    failed: `${title} could not insert it: ${offer.message}`,
+  };
+  message.textContent = texts[offer.state] || offer.state;
+  message.className = offer.state === "failed" ? "send-msg bad" : "send-msg";
+  message.dataset.offerId = offer.offer_id;
+  item.dataset.offer = offer.state;
+}
+
+function renderTargets(targets) {
+  view.targets = targets;
+  for (const row of document.querySelectorAll("#gallery .send-row")) {
+    fillTargets(row.querySelector("select"), row.querySelector("button"));
+  }
+}
+
+function renderOffers(offers) {
+  view.offers = offers;  // newest first: the newest offer of each result is the one shown
+  const seen = new Set();
+  for (const offer of offers) {
+    if (seen.has(offer.entry)) continue;
+    seen.add(offer.entry);
+    const item = document.querySelector(`#gallery .item[data-entry='${offer.entry}']`);
+    if (item) showOffer(item, offer);
+  }
 }
 
 function openViewer(entry) {
@@ -324,6 +439,8 @@ async function copyParameters(entry) {
 function apply(message) {
   if (message.engine) renderEngine(message.engine);
   if (message.clients) renderClients(message.clients);
+  if (message.targets) renderTargets(message.targets);
+  if (message.offers) renderOffers(message.offers);
   if (message.queue) renderQueue(message.queue);
   if (message.failures) renderFailures(message.failures);
   if (message.history && message.history.version !== view.version) {
@@ -393,6 +510,8 @@ async function start() {
   const state = await api("/panel/api/state");
   renderEngine(state.engine);
   renderClients(state.clients);
+  view.targets = state.targets || [];
+  view.offers = state.offers || [];
   renderQueue(state.queue);
   renderHistory(state.history);
   renderFailures(state.failures || []);
