@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .daemon_history import parse_label
 from .jobs import Decode, decode_raw
 from .naming import LAYER_PREFIX, short_prompt
 from .protocol import client as protocol_client
@@ -51,8 +52,19 @@ class Delivery:
     height: int
     rgba: bytes
     document: str  # the document the user picked (key or name); "" = the one it came from, else the active one
-    label: str  # the job's label: the document it was made in ("GIMP: name" for GIMP's jobs)
+    label: str  # the job's label: "<editor>: <document> at x,y wxh" (daemon_history.job_label), or a document name
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def home(self) -> str:
+        """The document the job was made in, as its label says ("" when it says nothing usable)."""
+        place = parse_label(self.label)
+        return place.document if place is not None else self.label
+
+    @property
+    def home_region(self) -> tuple[int, int, int, int] | None:
+        place = parse_label(self.label)
+        return place.region if place is not None else None
 
     @property
     def job_id(self) -> str:
@@ -106,8 +118,8 @@ def choose_document(item: Delivery, documents: Sequence[OpenDocument]) -> OpenDo
         for doc in documents:
             if _plain(doc.name) == wanted:
                 return doc
-    if item.label:
-        home = _plain(item.label)
+    if item.home:
+        home = _plain(item.home)
         for doc in documents:
             if _plain(doc.name) == home:
                 return doc
@@ -117,11 +129,14 @@ def choose_document(item: Delivery, documents: Sequence[OpenDocument]) -> OpenDo
 def placement(
     item: Delivery, doc: OpenDocument, known_regions: dict[str, Sequence[int]] | None = None
 ) -> tuple[int, int, int, int]:
-    """(x, y, w, h) of the new layer: where the document's own provenance says this job's region was (when the
-    size matches), else the top-left corner for a result the size of the canvas, else centred on the canvas."""
-    region = (known_regions or {}).get(item.job_id)
-    if region is not None and len(region) == 4 and (int(region[2]), int(region[3])) == (item.width, item.height):
-        return int(region[0]), int(region[1]), item.width, item.height
+    """(x, y, w, h) of the new layer: where the job's region was (the document's own provenance record of it, else
+    the job's label, when the size matches and the document is the job's own), else the top-left corner for a
+    result the size of the canvas, else centred on the canvas."""
+    at_home = bool(item.home) and _plain(item.home) == _plain(doc.name)
+    candidates = [(known_regions or {}).get(item.job_id), item.home_region if at_home else None]
+    for region in candidates:
+        if region is not None and len(region) == 4 and (int(region[2]), int(region[3])) == (item.width, item.height):
+            return int(region[0]), int(region[1]), item.width, item.height
     if (item.width, item.height) == (doc.width, doc.height) or not (doc.width and doc.height):
         return 0, 0, item.width, item.height
     return (doc.width - item.width) // 2, (doc.height - item.height) // 2, item.width, item.height

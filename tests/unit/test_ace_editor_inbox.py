@@ -111,3 +111,12 @@ def test_documents_go_on_the_wire_as_key_name_and_active():
         {"key": "k-cat", "name": "cat.kra", "active": False},
         {"key": "k-dog", "name": "/home/me/art/dog.kra", "active": True},
     ]
+
+
+def test_a_label_that_names_document_and_region_sends_the_result_home_to_its_place():
+    labelled = item(label="GIMP: cat.kra at 12,30 40x20")
+    assert labelled.home == "cat.kra" and labelled.home_region == (12, 30, 40, 20)
+    assert inbox.choose_document(labelled, DOCS) is CAT
+    assert inbox.placement(labelled, CAT) == (12, 30, 40, 20)
+    # Into another document (the user's pick), the home region means nothing there: centred.
+    assert inbox.placement(item(document="k-dog", label="GIMP: cat.kra at 12,30 40x20"), DOG) == (130, 90, 40, 20)
