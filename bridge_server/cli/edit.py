@@ -193,8 +193,10 @@ def _expand(spec, text: str, image: np.ndarray | None, mask: np.ndarray | None) 
 def _dry_run(args: argparse.Namespace, task: str, image, mask, refs, params: dict[str, Any]) -> int:
     from ace_protocol.errors import ProtocolError
 
+    from bridge_server.engine.annotators.runner import AnnotatorRunner
     from bridge_server.engine.base import EngineJob
     from bridge_server.engine.recipes import plan_for_job, write_dry_run
+    from bridge_server.models.layout import default_model_root
 
     spec = TASKS[task]
     try:
@@ -215,7 +217,8 @@ def _dry_run(args: argparse.Namespace, task: str, image, mask, refs, params: dic
         height=full.get("height", 1024),
     )
     try:
-        plan = plan_for_job(job)
+        # The contour/depth modes run their annotator network here too (from the model folder `serve` would use).
+        plan = plan_for_job(job, annotate=AnnotatorRunner(default_model_root()))
     except ProtocolError as exc:
         print(f"ace-bridge edit: {exc.message}", file=sys.stderr)
         return EXIT_USAGE

@@ -22,6 +22,7 @@ from ace_protocol.errors import ErrorCode
 from ace_protocol.tasks import STEPS, TASKS
 
 from bridge_server.engine import pipeline, recipes
+from bridge_server.engine.annotators.runner import AnnotatorRunner
 from bridge_server.engine.base import EngineError, EngineJob, EngineResult, JobCancelled, PreviewCallback, StepCallback
 from bridge_server.engine.manager import MEMORY_MODES, ModelManager, is_oom, vram
 from bridge_server.models.layout import ModelLayout
@@ -76,6 +77,8 @@ class AcePlusEngine:
         )
         self.idle_unload_s = idle_unload_s
         self.max_tokens_limit = max_tokens_limit
+        # The contour/depth structure modes' networks, on the device the engine picks (loaded on first use).
+        self.annotators = AnnotatorRunner(self.layout.root, device=self.manager.resolve_device)
         self.t5_max_length = t5_max_length
         self._lock = threading.RLock()
         self._timer: threading.Timer | None = None
@@ -215,7 +218,7 @@ class AcePlusEngine:
     ) -> EngineResult:
         if job.task in TASK_NEEDS and (not self.layout.has_base() or not self._installed(TASK_NEEDS[job.task])):
             raise EngineError(ErrorCode.MODEL_MISSING, self._missing_message(job.task))
-        plan = recipes.plan_for_job(job, max_tokens_limit=self.max_tokens_limit)
+        plan = recipes.plan_for_job(job, max_tokens_limit=self.max_tokens_limit, annotate=self.annotators)
         if is_cancelled():
             raise JobCancelled()
         self.manager.ensure_loaded(PULL_HINT)

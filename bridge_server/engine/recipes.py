@@ -7,7 +7,8 @@ One function per task, each following a rule of the authors' preprocessing (ali-
 `inference/utils.py::ACEPlusImageProcessor`), in the authors' order:
 
 1. flatten transparent pixels over white (the authors' inputs are RGB files, white where nothing was painted);
-2. run the local-edit annotator (canny/mosaic/recolor, OpenCV as scepter calls it) on the whole image and
+2. run the local-edit annotator (canny/mosaic/recolor, OpenCV as scepter calls it; contour/depth, the authors'
+   networks, through the `annotate` callable the engine passes in, see engine/annotators/) on the whole image and
    composite it inside the SOFT mask (`Image.composite(structure, image, mask)`, as the authors' `edit_preprocess`);
    `no_preprocess` (the authors' edit type for a user's own depth/contour/sketch image) composites the job's control
    image there instead, or keeps the image itself as the guide when no control image is sent;
@@ -66,11 +67,16 @@ MOSAIC_RATIO = 64  # scepter ColorAnnotator ratio
 KEEP_PIXELS_RATE = 0.8  # the FFT path's keep_pixels_rate (infer_fft.py, demo_fft.py, the ComfyUI FFT processor)
 FFT_REPAINT_SCALE, FFT_KEEP_SCALE = 1.0, 0.0  # config/ace_plus_fft.yaml: repainting 1.0, every other edit type 0.0
 MAX_REFERENCES = 4  # as the protocol (messages.MAX_REFERENCES); the model was trained with one
-LOCAL_EDIT_MODES = ("repaint", "canny", "mosaic", "recolor", "no_preprocess")
-FFT_ANNOTATORS = ("none", "mosaic")  # fft_control; the authors' contour and depth annotators are not in ACE Bridge
+LOCAL_EDIT_MODES = ("repaint", "canny", "mosaic", "recolor", "contour", "depth", "no_preprocess")
+FFT_ANNOTATORS = ("none", "mosaic", "contour", "depth")  # fft_control
+#: Modes whose annotator is a network with downloaded weights (engine/annotators), not an OpenCV call.
+NETWORK_ANNOTATORS = ("contour", "depth")
+ANNOTATOR_PULL_HINT = "run `ace-bridge models pull --annotators`"
 CANNY_LOW, CANNY_HIGH = 100, 200  # authors' canny_repainting thresholds
 
 Box = tuple[int, int, int, int]  # x, y, width, height
+#: (annotator name, uint8 HxWx3 RGB) -> uint8 HxWx3 structure image; the engine's runner of the network annotators.
+Annotate = Callable[[str, np.ndarray], np.ndarray]
 
 
 @dataclass
@@ -326,9 +332,10 @@ class _Inputs:
     mask: np.ndarray | None
     references: list[np.ndarray]  # in the order given; placed left to right, the edit last
     size: tuple[int, int]  # output size when there is no image
-    mode: str = "repaint"  # repaint | canny | mosaic | recolor | no_preprocess
+    mode: str = "repaint"  # repaint | canny | mosaic | recolor | contour | depth | no_preprocess
     control: np.ndarray | None = None  # no_preprocess: the user's own structure image (uint8 RGBA/RGB)
     keep_pixels_rate: float | None = None  # FFT keep_pixels; None: references aligned to the edit height
+    annotate: Annotate | None = None  # runs the contour/depth networks; None: they are not installed here
 
 
 def place_reference(reference: np.ndarray, edit_height: int, keep_pixels_rate: float | None = None) -> np.ndarray:
@@ -359,6 +366,16 @@ def _control_rgb(control: np.ndarray, width: int, height: int) -> np.ndarray:
     return rgb
 
 
+def _network_structure(mode: str, rgb: np.ndarray, annotate: Annotate | None) -> np.ndarray:
+    """The contour/depth network's structure image of the whole region (uint8 HxWx3, the region's size)."""
+    if annotate is None:
+        raise EngineError(ErrorCode.MODEL_MISSING, f"mode '{mode}' needs the {mode} annotator; {ANNOTATOR_PULL_HINT}")
+    out = annotate(mode, rgb)
+    if out.dtype != np.uint8 or out.shape != rgb.shape:
+        raise EngineError(ErrorCode.INTERNAL, f"the {mode} annotator returned {out.dtype} {out.shape}, not {rgb.shape}")
+    return out
+
+
 def _build(inp: _Inputs) -> Plan:
     region_rgb = None
     region_box = None
@@ -377,6 +394,8 @@ def _build(inp: _Inputs) -> Plan:
         if inp.mode in ANNOTATORS:
             # The authors' order: annotate the whole (uncropped) image, composite with the soft mask, then check 4:1.
             structure = ANNOTATORS[inp.mode](rgb_full)
+        elif inp.mode in NETWORK_ANNOTATORS:
+            structure = _network_structure(inp.mode, rgb_full, inp.annotate)
         elif inp.mode == "no_preprocess" and inp.control is not None:
             structure = _control_rgb(inp.control, fw, fh)
         if structure is not None:
@@ -565,8 +584,8 @@ def local_edit(
     control: np.ndarray | None = None,
     **common: Any,
 ) -> Plan:
-    """Masked region + instruction. Local-editing LoRA; repaint at scale 1, or canny/mosaic/recolor (annotator
-    output composited inside the mask) at scale 0.5 so the structure survives at half contrast; no_preprocess
+    """Masked region + instruction. Local-editing LoRA; repaint at scale 1, or canny/mosaic/recolor/contour/depth
+    (annotator output composited inside the mask) at scale 0.5 so the structure survives at half contrast; no_preprocess
     composites the user's own control image there instead (or keeps the image itself as the guide), also at 0.5.
     `repainting_scale` overrides the mode's scale (the authors' demo slider)."""
     if mode not in LOCAL_EDIT_MODES:
@@ -725,8 +744,8 @@ def fft_control(
     **common: Any,
 ) -> Plan:
     """Controllable generation: the user's control image (depth, contour, sketch; their no_preprocess) composited
-    inside the soft mask, or the image itself when none is sent; or their mosaic_repainting (annotator mosaic).
-    Scale 0: the structure goes to the "change" channels."""
+    inside the soft mask, or the image itself when none is sent; or their mosaic/contour/depth_repainting (the
+    annotator named, run on the image). Scale 0: the structure goes to the "change" channels."""
     if annotator not in FFT_ANNOTATORS:
         raise _bad(f"fft_control annotator must be one of {', '.join(FFT_ANNOTATORS)}, got {annotator!r:.40}")
     if control is not None and annotator != "none":
@@ -792,13 +811,17 @@ def fft_reference_edit(
 
 
 def _common(common: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(common) - {"max_tokens", "crop_offset"}
+    unknown = set(common) - {"max_tokens", "crop_offset", "annotate"}
     if unknown:
         raise TypeError(f"unknown recipe options {sorted(unknown)}")
     max_tokens = int(common.get("max_tokens", DEFAULT_MAX_TOKENS))
     if max_tokens < TOKEN_PATCH:
         raise _bad(f"max_tokens must be at least {TOKEN_PATCH}, got {max_tokens}")
-    return {"max_tokens": max_tokens, "crop_offset": int(common.get("crop_offset", 0))}
+    return {
+        "max_tokens": max_tokens,
+        "crop_offset": int(common.get("crop_offset", 0)),
+        "annotate": common.get("annotate"),
+    }
 
 
 RECIPES: dict[str, Callable[..., Plan]] = {
@@ -822,9 +845,10 @@ CONTROL_TASKS = ("local_edit", "fft_control")
 REFERENCE_TASKS = ("subject", "portrait", "reference_edit", "fft_reference", "fft_reference_edit")
 
 
-def plan_for_job(job: EngineJob, *, max_tokens_limit: int = 16384) -> Plan:
-    """The single entry used by the engine and by `--dry-run`: EngineJob -> Plan (raises bad_request/unknown_task)."""
-    plan = _plan_for_job(job, max_tokens_limit=max_tokens_limit)
+def plan_for_job(job: EngineJob, *, max_tokens_limit: int = 16384, annotate: Annotate | None = None) -> Plan:
+    """The single entry used by the engine and by `--dry-run`: EngineJob -> Plan (raises bad_request/unknown_task;
+    model_missing for the contour/depth modes without `annotate`, the runner of those networks)."""
+    plan = _plan_for_job(job, max_tokens_limit=max_tokens_limit, annotate=annotate)
     strength = float((job.params or {}).get("strength", 1.0))
     if not 0.0 < strength <= 1.0:
         raise _bad(f"strength must be above 0 and at most 1, got {strength}")
@@ -835,12 +859,16 @@ def plan_for_job(job: EngineJob, *, max_tokens_limit: int = 16384) -> Plan:
     return plan
 
 
-def _plan_for_job(job: EngineJob, *, max_tokens_limit: int) -> Plan:
+def _plan_for_job(job: EngineJob, *, max_tokens_limit: int, annotate: Annotate | None) -> Plan:
     params = job.params or {}
     max_tokens = int(params.get("max_tokens", DEFAULT_MAX_TOKENS))
     if max_tokens > max_tokens_limit:
         raise _bad(f"max_tokens {max_tokens} is above this server's limit of {max_tokens_limit}")
-    common: dict[str, Any] = {"max_tokens": max_tokens, "crop_offset": int(params.get("crop_offset", 0))}
+    common: dict[str, Any] = {
+        "max_tokens": max_tokens,
+        "crop_offset": int(params.get("crop_offset", 0)),
+        "annotate": annotate,
+    }
     task = job.task
     if task not in RECIPES:
         raise ProtocolError(ErrorCode.UNKNOWN_TASK, f"unknown task {task!r:.40}; known: {', '.join(RECIPES)}")

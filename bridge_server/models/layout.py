@@ -7,6 +7,14 @@ The layout mirrors the two Hugging Face repositories, so a folder copied from an
     <root>/ACE_Plus/subject/comfyui_subject_lora16.safetensors
     <root>/ACE_Plus/local_editing/comfyui_local_lora16.safetensors
     <root>/ACE_Plus/ace_plus_fft.safetensors                          optional, 23.8 GB, only for `instruct`
+    <root>/annotators/contour.safetensors   optional: the `contour` structure mode (converted, see below)
+    <root>/annotators/depth.safetensors     optional: the `depth` structure mode
+
+The two annotators are the authors' own (ModelScope `iic/scepter_annotator`, `ANNOTATOR_SOURCES`), published
+there only as pickled torch checkpoints. `python -m bridge_server.engine.annotators.convert` turns them into
+safetensors once, offline, and writes `annotators.json` (size and SHA-256 of each converted file, the source
+file's SHA-256). `models pull --annotators` downloads the converted files and that manifest from
+`ANNOTATOR_REPO` (ACE_BRIDGE_ANNOTATOR_REPO overrides it) and checks each file against it.
 
 The engine and the tiny test-model builder both use `ModelLayout`, so the paths are written down once. The CLI
 (`ace-bridge models list|pull|verify|path`) wires the functions below; they print nothing themselves except
@@ -30,6 +38,17 @@ LORA_FILES: dict[str, str] = {
     "local": "local_editing/comfyui_local_lora16.safetensors",
 }
 FFT_FILE = "ace_plus_fft.safetensors"
+ANNOTATOR_DIR = "annotators"
+ANNOTATOR_FILES: dict[str, str] = {"contour": "contour.safetensors", "depth": "depth.safetensors"}
+ANNOTATOR_MANIFEST = "annotators.json"
+#: Where the authors' pickled originals are (ModelScope), as their model_zoo.yaml names them.
+ANNOTATOR_SOURCE_REPO = "iic/scepter_annotator"
+ANNOTATOR_SOURCES: dict[str, str] = {
+    "contour": "annotator/ckpts/informative_drawing_contour_style.pth",
+    "depth": "annotator/ckpts/dpt_hybrid-midas-501f0c75.pt",
+}
+#: The Hugging Face repository that holds the converter's output (contour/depth.safetensors + annotators.json).
+ANNOTATOR_REPO = "ace-bridge/scepter-annotators-safetensors"
 # The diffusers folder without the single-file duplicate `flux1-fill-dev.safetensors` (23.8 GB we do not need).
 BASE_PATTERNS = [
     "model_index.json",
@@ -77,6 +96,16 @@ class ModelLayout:
     @property
     def fft(self) -> Path:
         return self.ace / FFT_FILE
+
+    @property
+    def annotators(self) -> Path:
+        return self.root / ANNOTATOR_DIR
+
+    def annotator(self, name: str) -> Path:
+        return self.annotators / ANNOTATOR_FILES[name]
+
+    def has_annotator(self, name: str) -> bool:
+        return self.annotator(name).is_file()
 
     def has_base(self) -> bool:
         return (self.base / "model_index.json").is_file() and all((self.base / c).is_dir() for c in BASE_COMPONENTS)
@@ -157,4 +186,16 @@ def list_models(root: Path) -> list[dict[str, Any]]:
             "used_for": "instruct, fft_* tasks",
         }
     )
+    for name in ANNOTATOR_FILES:
+        path = layout.annotator(name)
+        rows.append(
+            {
+                "name": f"{name} annotator",
+                "path": str(path),
+                "installed": path.is_file(),
+                "bytes": _size(path),
+                "required": False,
+                "used_for": f"local_edit / fft_control mode {name}",
+            }
+        )
     return rows

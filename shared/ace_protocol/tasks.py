@@ -109,9 +109,9 @@ MODE = ParamSpec(
     "mode",
     "enum",
     "repaint",
-    choices=("repaint", "canny", "mosaic", "recolor", "no_preprocess"),
-    description="repaint, or keep structure inside the mask (no_preprocess: the control image, or the image itself, "
-    "as the guide)",
+    choices=("repaint", "canny", "mosaic", "recolor", "contour", "depth", "no_preprocess"),
+    description="repaint, or keep structure inside the mask (contour, depth: the authors' annotator networks, "
+    "`models pull --annotators`; no_preprocess: the control image, or the image itself, as the guide)",
 )
 FACE = ParamSpec("face", "bool", False, description="the reference is a face: use the portrait LoRA")
 CROP_OFFSET = ParamSpec(
@@ -136,8 +136,9 @@ ANNOTATOR = ParamSpec(
     "annotator",
     "enum",
     "none",
-    choices=("none", "mosaic"),
-    description="none: the control image (or the image itself) as given; mosaic: a 64 px mosaic of the image",
+    choices=("none", "mosaic", "contour", "depth"),
+    description="none: the control image (or the image itself) as given; mosaic: a 64 px mosaic of the image; "
+    "contour, depth: the authors' annotator networks run on the image",
 )
 KEEP_PIXELS = ParamSpec(
     "keep_pixels",

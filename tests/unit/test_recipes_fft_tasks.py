@@ -327,7 +327,7 @@ def test_local_edit_no_preprocess_with_a_control_image():
         ("local_edit", {"repainting_scale": 1.5}, 0, "between 0 and 1"),
         ("fft_repaint", {}, 1, "no reference"),
         ("fft_reference", {"keep_pixels_rate": 0.0}, 1, "keep_pixels_rate"),
-        ("fft_control", {"annotator": "depth"}, 0, "annotator"),
+        ("fft_control", {"annotator": "hed"}, 0, "annotator"),  # not an ACE++ edit type
     ],
 )
 def test_bad_combinations_are_bad_request(task, params, refs, words):
