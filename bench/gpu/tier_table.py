@@ -19,7 +19,8 @@ reference edit (1440x720 canvas at full size) and a generate (1024x1024), same s
 
 On a GPU `--caps 6,8,12,16,24` adds one row per cap: `torch.cuda.set_per_process_memory_fraction` holds the worker to
 that many GB and the engine's tier choice sees only that much free VRAM (tier `auto`). Cold start (process start to
-first result) is measured twice at the end; `--compile` makes the second start use a warm inductor cache.
+first result) is measured at the end as `serve` starts: without compiling, then with `--compile` and an empty compile
+cache, then with the cache the previous start left (`--cold-starts N`: N-1 warm starts; 0: none).
 Random weights make step times right and PSNR a proxy only (no picture to judge).
 """
 
@@ -191,10 +192,18 @@ def worker(args: argparse.Namespace) -> int:
         tier=args.tier,
         t5_max_length=args.t5_len,
         idle_unload_s=None,
-        optimizations={"attention": "auto"} if cuda else None,
+        optimizations=({"attention": "auto"} if cuda else {"attention": "off"}) | {"compile": True}
+        if args.compile_cache
+        else ({"attention": "auto"} if cuda else None),
+        compile_cache=Path(args.compile_cache) if args.compile_cache else None,
     )
     out: dict = {"tier_requested": args.tier, "cap_gb": args.cap, "jobs": {}}
     try:
+        if args.compile_cache:
+            # as `serve --compile` does: warm up (compile) at the first job's size, then the job
+            w, h = next(iter(WORKLOADS[args.size].values()))
+            out["warm_up_s"] = sum(engine.warm_up(sizes=((w, h),)).values())
+            out["compiled"] = engine.state().get("optimizations", {}).get("compile", "")
         for name, (w, h) in WORKLOADS[args.size].items():
             edit = name.startswith("edit")
             image = np.full((h, w // 2 if edit else h, 4), 128, np.uint8) if edit else None
@@ -229,6 +238,10 @@ def worker(args: argparse.Namespace) -> int:
                 "s_per_job": round(per_job, 3),
                 "vram_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if cuda else None,
             }
+        if args.compile_cache:
+            from torch._dynamo.utils import counters
+
+            out["fx_graph_cache"] = {k: counters["inductor"][f"fxgraph_cache_{k}"] for k in ("hit", "miss")}
         state = engine.state()
         out.update(
             tier=state.get("tier"),
@@ -245,7 +258,7 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_worker(args: argparse.Namespace, tier: str, cap: float | None) -> dict:
+def run_worker(args: argparse.Namespace, tier: str, cap: float | None, compile_cache: Path | None = None) -> dict:
     cmd = [
         sys.executable,
         __file__,
@@ -265,6 +278,8 @@ def run_worker(args: argparse.Namespace, tier: str, cap: float | None) -> dict:
     ]
     if cap:
         cmd += ["--cap", str(cap)]
+    if compile_cache:
+        cmd += ["--compile-cache", str(compile_cache)]
     started = time.monotonic()
     proc = subprocess.run(
         cmd,
@@ -279,6 +294,37 @@ def run_worker(args: argparse.Namespace, tier: str, cap: float | None) -> dict:
     out = json.loads(line[len("RESULT ") :])
     out["process_s"] = round(time.monotonic() - started, 2)
     return out
+
+
+def cold_starts(args: argparse.Namespace) -> list[dict]:
+    """Process start to first result, tier auto, as `serve --compile` starts: without compiling, then compiling
+    with an empty compile cache, then again with the cache that start left (compile_cache.py)."""
+    import shutil
+
+    if args.cold_starts <= 0:
+        return []
+    cache = Path(args.work) / "compile-cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    runs = [("no compile", run_worker(args, "auto", None))]
+    runs.append(("compile, empty cache", run_worker(args, "auto", None, cache)))
+    runs += [("compile, warm cache", run_worker(args, "auto", None, cache)) for _ in range(args.cold_starts - 1)]
+    return [{"case": case, **row} for case, row in runs]
+
+
+def cold_table(cold: list[dict]) -> str:
+    lines = [
+        "Cold start, process start to first result (tier auto):",
+        "",
+        "| start | process start -> first result s | of it warm-up/compile s | FX graph cache hit/miss | error |",
+        "|---|---|---|---|---|",
+    ]
+    for c in cold:
+        lines.append(
+            f"| {c['case']} | {c.get('process_s', '-')} | {c.get('warm_up_s', '-')} | "
+            + ("{hit}/{miss}".format(**c["fx_graph_cache"]) if "fx_graph_cache" in c else "-")
+            + f" | {c.get('error', '')[:80]} |"
+        )
+    return "\n".join(lines)
 
 
 def psnr(a, b) -> float:
@@ -341,6 +387,7 @@ def main() -> int:
     parser.add_argument("--cap", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--import-s", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--compile-cache", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.steps = args.steps or (4 if args.size == "toy" else 3)
     args.t5_len = args.t5_len or (16 if args.size == "toy" else 512)
@@ -360,7 +407,7 @@ def main() -> int:
     rows = [run_worker(args, tier, None) for tier in args.tiers.split(",") if tier]
     for cap in [float(c) for c in args.caps.split(",") if c] if torch.cuda.is_available() else []:
         rows.append(run_worker(args, "auto", cap))
-    cold = [run_worker(args, "auto", None) for _ in range(args.cold_starts)]
+    cold = cold_starts(args)
     text = [
         f"# Tier table ({args.size}, {device})",
         "",
@@ -369,10 +416,7 @@ def main() -> int:
         "",
         table(rows, args.work, args.size),
         "",
-        "Cold start, process start to first result (tier auto): "
-        + ", ".join(
-            f"{c.get('process_s', '-')} s (first result {c.get('first_result_s', '-')} s in process)" for c in cold
-        ),
+        cold_table(cold),
     ]
     (out / "tier_table.md").write_text("\n".join(text) + "\n", encoding="utf-8")
     (out / "tier_table.json").write_text(json.dumps({"device": device, "rows": rows, "cold": cold}, indent=1))

@@ -58,6 +58,7 @@ def engine_factory_for(args: argparse.Namespace, data: Path):
             optimizations=speed_options(args),
             quantize=getattr(args, "quantize", None),
             tier=getattr(args, "tier", "auto"),
+            compile_cache=data / "compile-cache",  # torch.compile's work kept between starts
         )
 
     return factory, root

@@ -11,6 +11,7 @@ and `ace-bridge status` show, the idle-unload timer and warm-up.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -62,6 +63,7 @@ class AcePlusEngine:
         quantize: str | None = None,
         preview_every: int = 4,
         tier: str = "auto",
+        compile_cache: Path | None = None,
     ) -> None:
         self.layout = ModelLayout(Path(model_root))
         self.manager = ModelManager(
@@ -74,6 +76,7 @@ class AcePlusEngine:
             quantize=quantize,
             preview_every=preview_every,
             tier=tier,
+            compile_cache=compile_cache,
         )
         self.idle_unload_s = idle_unload_s
         self.max_tokens_limit = max_tokens_limit
@@ -172,6 +175,7 @@ class AcePlusEngine:
             "memory_mode_requested": m.memory_request,
             "vram": vram(),
             "tasks": self.available_tasks(),
+            "load": m.progress.as_state(state),
         }
         out |= m.tier_state()
         problems = m.preflight()  # e.g. a full-size model and no GPU: say so before the first job fails
@@ -293,14 +297,13 @@ class AcePlusEngine:
         Two sizes are enough: with `compile_dynamic` None, the second size makes torch.compile switch to dynamic
         shapes, which then serve every other size without recompiling. The daemon calls this on the engine thread,
         so a job that arrives meanwhile waits its turn; the engine state says "warming up" until it is done."""
-        import logging
-
         timings: dict[str, float] = {}
         with self._lock:
             self.manager.ensure_loaded(PULL_HINT)
             self.manager.state = "warming up"
             try:
-                for width, height in sizes:
+                for i, (width, height) in enumerate(sizes):
+                    self.manager.progress.warming(f"compiling for {width}x{height}", i + 1, len(sizes))
                     started = time.monotonic()
                     job = EngineJob(
                         task="generate", prompt="warm-up", seed=0, params={"steps": 1, "width": width, "height": height}
@@ -308,10 +311,26 @@ class AcePlusEngine:
                     self._run(job, lambda *_: None, lambda: False, None)
                     timings[f"{width}x{height}"] = round(time.monotonic() - started, 3)
             finally:
+                self.manager.progress.finish()
                 if self.manager.pipe is not None:
                     self.manager.state = "loaded"
+            self._save_compile_cache()
         logging.getLogger(__name__).info("warm-up done: %s", timings)
         return timings
+
+    def _save_compile_cache(self) -> None:
+        """After a warm-up compiled: keep the artifacts for the next start (compile_cache.py)."""
+        folder = self.manager.compile_cache
+        if folder is None or not (self.manager.optimizations or {}).get("compile"):
+            return
+        from bridge_server.engine import compile_cache
+
+        try:
+            size = compile_cache.save(folder)
+        except Exception as exc:  # noqa: BLE001 - a cache that cannot be written only costs the next start time
+            logging.getLogger(__name__).warning("compile cache not saved: %s", exc)
+            return
+        logging.getLogger(__name__).info("compile cache: %d bytes saved in %s", size, folder)
 
     def unload(self) -> None:
         with self._lock:

@@ -24,8 +24,9 @@ import importlib.util
 import json
 import logging
 import os
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ class ModelManager:
         quantize: str | None = None,
         preview_every: int = 4,
         tier: str = "auto",
+        compile_cache: Path | None = None,
     ) -> None:
         if tier != "auto":
             tiers.tier(tier)  # ValueError now, at start, for an unknown name
@@ -109,6 +111,7 @@ class ModelManager:
         self.dtype: Any = None
         self.optimized: dict[str, str] = {}
         self.tier_request = tier
+        self.compile_cache = compile_cache  # torch.compile's caches between starts (compile_cache.py)
         self.choice: tiers.Choice | None = None
         self.text_device: str | None = None  # where the text encoders run (None: with the pipeline)
         self.prompt_cache: collections.OrderedDict[tuple[str, bool, int], tuple[Any, Any, Any]] = (
@@ -116,6 +119,7 @@ class ModelManager:
         )
         self.prompt_cache_hits = 0
         self.prompt_cache_misses = 0
+        self.progress = LoadProgress()  # what loading is doing now, for the editors (model_state.load)
 
     # ------------------------------------------------------------------------------------------------------------
     # Where and how
@@ -205,10 +209,12 @@ class ModelManager:
             raise
         self.state = "loading"
         self.error = self.error_kind = None
+        self.progress.start()
         dx.check_version()
         try:
             self.load(device)
             self.state = "loaded"
+            self.progress.finish()
         except EngineError as exc:
             self.release()
             self.state, self.error = "error", exc.message
@@ -288,13 +294,22 @@ class ModelManager:
         dtype = self.resolve_dtype(device)
         self.choice = choice = self.choose(device)
         tier = choice.tier
+        loras = [(name, path) for name, path in self.layout.loras.items() if path.is_file()]
+        # the stages a user waits through, in order; the big ones (transformer, text encoders) dominate
+        step = self.progress.stages(
+            ["transformer", "text encoders and VAE", *(f"{name} LoRA" for name, _ in loras), f"placing ({tier.name})"]
+            + (["optimizing"] if self.optimizations is not None else []),
+            tier=tier.name,
+        )
         extra: dict[str, Any] = {}
+        step()
         if self.quantize == "nf4":
             extra["transformer"] = self._load_nf4_transformer(device, dtype)
         else:
             transformer = self.load_transformer("fill", choice.weights, dtype)
             if transformer is not None:
                 extra["transformer"] = transformer
+        step()
         pipe = FluxFillPipeline.from_pretrained(
             str(self.layout.base), dtype=dtype, local_files_only=True, use_safetensors=True, **extra
         )
@@ -303,9 +318,8 @@ class ModelManager:
         add_image_token(pipe)
         transformer = pipe.transformer
         self.adapters = []
-        for name, path in self.layout.loras.items():
-            if not path.is_file():
-                continue
+        for name, path in loras:
+            step()
             converted = kohya_to_diffusers(
                 load_safetensors(path, what=f"ACE++ {name} LoRA"),
                 name=path.name,
@@ -323,8 +337,11 @@ class ModelManager:
             from bridge_server.engine.weights import cast_fp8
 
             cast_fp8(transformer, dtype)  # fp8 weight-only from the bf16 weights (LoRA layers stay unfused)
+        step()
         mode = self.place(pipe, device, tier)
         self.pipe, self.device, self.memory_mode, self.dtype = pipe, device, mode, dtype
+        if self.optimizations is not None:
+            step()
         self.apply_optimizations()
         log.info(
             "ACE++ loaded from %s on %s (tier %s: %s; %s, %s), adapters %s",
@@ -453,8 +470,13 @@ class ModelManager:
         if dx.is_gguf_model(self.pipe.transformer) or self.memory_mode == "group-offload":
             # quantized or streamed weights: LoRAs stay unfused, no QKV concat, no second quantisation
             options.update(fuse_lora=False, fuse_qkv=False, fp8=False)
+        if options.get("compile") and self.compile_cache is not None:
+            from bridge_server.engine import compile_cache
+
+            cache = compile_cache.activate(self.compile_cache)  # before anything compiles
+            self.optimized["compile_cache"] = ", ".join(f"{k}: {v}" for k, v in cache.items())
         if apply is not None:
-            self.optimized = dict(apply(self.pipe, options) or {})
+            self.optimized |= dict(apply(self.pipe, options) or {})
 
     def fused_adapters(self) -> bool:
         return str(self.optimized.get("fuse_lora", "")).startswith("applied")
@@ -614,6 +636,7 @@ class ModelManager:
     # Unloading
 
     def release(self) -> None:
+        self.progress = LoadProgress()
         self.prompt_cache.clear()
         self.pipe = None
         self.fft = None
@@ -634,6 +657,48 @@ class ModelManager:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Helpers
+
+
+class LoadProgress:
+    """Where a load (or warm-up) is: stage i of n, since when. Written by the engine thread, read by status calls
+    on other threads (plain attribute writes; a reader sees one stage or the next, never a torn one)."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.step = 0
+        self.began: float | None = None
+        self.ended: float | None = None
+        self.tier: str | None = None
+        self.phase = ""  # "" | "loading" | "warming up"
+
+    def start(self) -> None:
+        self.names, self.step, self.tier = [], 0, None
+        self.began, self.ended, self.phase = time.monotonic(), None, "loading"
+
+    def stages(self, names: list[str], *, tier: str | None = None) -> Callable[[], None]:
+        """Declare the stages; the returned function moves to the next one."""
+        self.names, self.step, self.tier = list(names), 0, tier
+
+        def advance() -> None:
+            self.step = min(self.step + 1, len(self.names))
+
+        return advance
+
+    def warming(self, stage: str, step: int, steps: int) -> None:
+        self.phase, self.names, self.step = "warming up", [stage] * steps, step
+
+    def finish(self) -> None:
+        self.phase, self.ended = "", time.monotonic()
+
+    def as_state(self, state: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": state}
+        if self.tier:
+            out["tier"] = self.tier
+        if self.began is not None:
+            out["elapsed_s"] = round((self.ended or time.monotonic()) - self.began, 1)
+        if self.phase and self.names:
+            out |= {"stage": self.names[max(0, self.step - 1)], "step": self.step, "steps": len(self.names)}
+        return out
 
 
 @contextlib.contextmanager

@@ -93,6 +93,7 @@ class ModelService:
             pull=pull,
             gpu=self.gpu(engine),
             tasks=tasks,
+            load=dict(engine.get("load") or {}),  # loading into memory: the editors show it as progress
         )
 
     def gpu(self, engine: dict[str, Any]) -> dict[str, Any]:

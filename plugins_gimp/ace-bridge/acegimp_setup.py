@@ -226,14 +226,14 @@ class SetupWindow:
             if advice.can_download and "download" not in self.requests:
                 self.download_button.set_sensitive(True)
             self.cancel_download.set_visible(advice.can_cancel)
-            self.bar.set_visible(advice.state == "downloading")
+            self.bar.set_visible(advice.busy)  # a download, or the model going into memory
             if advice.fraction is None:
                 self.bar.pulse()
                 self.bar.set_text(advice.detail)
             else:
                 self.bar.set_fraction(advice.fraction)
                 self.bar.set_text(f"{advice.fraction * 100:.0f} %  {advice.detail}")
-            self.continue_button.set_sensitive(advice.state in ("ready", "no_gpu"))
+            self.continue_button.set_sensitive(advice.state in ("ready", "no_gpu", "loading"))
         if self.remote.get_active():
             self.continue_button.set_sensitive(True)
         title = f"ACE Bridge — {TITLES.get(key, key)}"

@@ -79,8 +79,8 @@ class FirstRun(QObject):
         threading.Thread(target=run, name="ace-bridge-model", daemon=True).start()
 
     def follow(self, state: dict[str, Any]) -> None:
-        """Poll while a download runs; stop when it ends."""
-        running = (state.get("pull") or {}).get("state") == "running"
+        """Poll while a download runs or the model loads; stop when it ends."""
+        running = daemon.keep_polling(state)  # a download, or the model loading
         if running and not self._timer.isActive():
             self._timer.start()
         elif not running and self._timer.isActive():
@@ -201,7 +201,7 @@ class FirstRunPanel(QtWidgets.QGroupBox):
         self.download_button.setVisible(advice.can_download)
         self.download_button.setEnabled(advice.can_download)
         self.cancel_button.setVisible(advice.can_cancel)
-        self.progress.setVisible(advice.state == "downloading")
+        self.progress.setVisible(advice.busy)
         if advice.fraction is None:
             self.progress.setRange(0, 0)
         else:

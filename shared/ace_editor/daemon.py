@@ -312,13 +312,18 @@ NOT_FOUND_TEXT = (
 class Advice:
     """What the editor shows about the model: a headline, details, and which buttons make sense."""
 
-    state: str  # ready | missing | downloading | failed | no_gpu
+    state: str  # ready | missing | downloading | loading | failed | no_gpu
     title: str
     detail: str = ""
     can_download: bool = False
     can_cancel: bool = False
     fraction: float | None = None  # download progress 0..1, None = unknown
     warning: str = ""  # e.g. no usable GPU
+
+    @property
+    def busy(self) -> bool:
+        """Something is under way (a download, the model going into memory): show a progress bar, keep polling."""
+        return self.state in ("downloading", "loading")
 
 
 NO_GPU_TEXT = (
@@ -355,7 +360,8 @@ def advice(model_state: Mapping[str, Any]) -> Advice:
     if model_state.get("installed"):
         if warning:
             return Advice("no_gpu", "No usable GPU", warning, warning=warning)
-        return Advice("ready", "The model is installed.")
+        loading = load_advice(model_state.get("load") or {})
+        return loading or Advice("ready", "The model is installed.")
     missing = [m for m in model_state.get("missing") or [] if isinstance(m, dict)]
     needed = [m for m in missing if m.get("required", True)]
     lines = [f"• {m.get('name', '?')}" + (f" ({_gb(float(m['bytes']))})" if m.get("bytes") else "") for m in needed]
@@ -375,6 +381,31 @@ def advice(model_state: Mapping[str, Any]) -> Advice:
         can_download=bool(model_state.get("can_pull", True)),
         warning=warning,
     )
+
+
+def load_advice(load: Mapping[str, Any]) -> Advice | None:
+    """The status text while the daemon puts the weights into memory (model_state.load), else None. Jobs sent
+    meanwhile wait in the queue and start when it is done."""
+    state = str(load.get("state") or "")
+    if state not in ("loading", "warming up"):
+        return None
+    step, steps = int(load.get("step") or 0), int(load.get("steps") or 0)
+    stage = str(load.get("stage") or "")
+    elapsed = load.get("elapsed_s")
+    parts = [f"{stage} ({step} of {steps})" if stage and steps else stage or "starting"]
+    if load.get("tier"):
+        parts.append(f"tier {load['tier']}")
+    if isinstance(elapsed, (int, float)):
+        parts.append(f"{elapsed:.0f} s so far")
+    title = "Loading the model…" if state == "loading" else "Preparing the model (first start compiles)…"
+    # a stage is done when the next begins: step-1 of steps done; a warm-up's steps are whole compiles
+    fraction = max(0.0, (step - 1) / steps) if steps else None
+    return Advice("loading", title, ", ".join(parts), fraction=fraction)
+
+
+def keep_polling(model_state: Mapping[str, Any]) -> bool:
+    """Whether the editor should ask again soon: a download runs or the model is loading."""
+    return advice(model_state).busy or (model_state.get("pull") or {}).get("state") == "running"
 
 
 # ------------------------------------------------------------------ where, for the editors

@@ -25,9 +25,9 @@ def test_tier_table_runs_at_toy_size(tmp_path):
             "--out",
             str(out),
             "--tiers",
-            "full,bf16,gguf-q8",
+            "full,gguf-q8",
             "--cold-starts",
-            "1",
+            "2",
             "--steps",
             "2",
         ],
@@ -43,3 +43,12 @@ def test_tier_table_runs_at_toy_size(tmp_path):
     assert set(rows["full"]["jobs"]) == {"edit_1440x720", "gen_1024"}
     text = (out / "tier_table.md").read_text()
     assert "| gguf-q8 |" in text and "Cold start" in text and "PSNR dB" in text
+    # cold start as `serve --compile` starts: the second start reuses what the first compiled (compile_cache.py)
+    cold = {c["case"]: c for c in data["cold"]}
+    assert set(cold) == {"no compile", "compile, empty cache", "compile, warm cache"}
+    assert all(not c.get("error") for c in cold.values()), cold
+    empty, warm = cold["compile, empty cache"], cold["compile, warm cache"]
+    assert empty["compiled"].startswith("applied") and empty["fx_graph_cache"]["miss"] > 0
+    assert warm["fx_graph_cache"]["hit"] > 0 and warm["fx_graph_cache"]["miss"] == 0
+    assert (out / "work" / "compile-cache" / "artifacts.bin").stat().st_size > 0
+    assert "| compile, warm cache |" in text
