@@ -31,7 +31,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     elif args.models_cmd == "pull":
         source = args.source or os.environ.get("ACE_BRIDGE_PULL_FROM")
         try:
-            if source:
+            if args.annotators:
+                pull.pull_annotators(root, source=Path(source) if source else None, token=os.environ.get("HF_TOKEN"))
+            elif source:
                 if not args.yes:
                     raise pull.ConfirmationRequired(pull.pull_notice(args.fft) + "\nRun again with --yes.")
                 rate = args.limit_rate or float(os.environ.get("ACE_BRIDGE_PULL_RATE") or 0)
@@ -142,6 +144,12 @@ def register(sub: Subparsers) -> None:
     pull.add_argument("--root")
     pull.add_argument("--fft", action="store_true", help="also the 23.8 GB FFT model (for the instruct task)")
     pull.add_argument("--yes", action="store_true", help="confirm the download size and licence")
+    pull.add_argument(
+        "--annotators",
+        action="store_true",
+        help="only the contour/depth annotators (about 510 MB, converted to safetensors; checked against their "
+        "manifest)",
+    )
     pull.add_argument(
         "--from",
         dest="source",

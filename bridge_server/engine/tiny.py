@@ -243,7 +243,8 @@ def ace_lora_state_dict(
 
 
 def build_tiny_model(out_dir: Path, *, full: bool = True) -> Path:
-    """Write the tiny model root (`ModelLayout(out_dir)`): base folder, and with `full` the 3 LoRAs + the FFT file."""
+    """Write the tiny model root (`ModelLayout(out_dir)`): base folder, and with `full` the 3 LoRAs, the FFT file
+    and the two annotators."""
     from diffusers import FluxTransformer2DModel
 
     layout = ModelLayout(Path(out_dir))
@@ -266,4 +267,7 @@ def build_tiny_model(out_dir: Path, *, full: bool = True) -> Path:
     bfl = {k: v.contiguous().to(torch.bfloat16) for k, v in diffusers_to_bfl(fft.state_dict()).items()}
     layout.fft.parent.mkdir(parents=True, exist_ok=True)
     save_file(bfl, str(layout.fft))
+    from bridge_server.engine.annotators.weights import save_tiny_annotators
+
+    save_tiny_annotators(layout.annotators)  # the contour/depth structure modes, at a few channels
     return layout.root

@@ -12,6 +12,9 @@ from typing import Any
 
 from bridge_server.models.layout import (
     ACE_REPO,
+    ANNOTATOR_FILES,
+    ANNOTATOR_MANIFEST,
+    ANNOTATOR_REPO,
     BASE_COMPONENTS,
     BASE_PATTERNS,
     BASE_REPO,
@@ -163,6 +166,86 @@ def pull_from_folder(
     for name in ("TINY_MODEL.json",):  # the demo model's marker travels with it
         if (src.root / name).is_file():
             (layout.root / name).write_bytes((src.root / name).read_bytes())
+    return layout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The contour/depth annotators (converted by bridge_server/engine/annotators/convert.py; see models/layout.py)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_annotators(root: Path) -> dict[str, Any]:
+    """Check every annotator file against `annotators.json` (size, then SHA-256); a file that does not match is
+    deleted and RuntimeError says which. Returns the manifest."""
+    layout = ModelLayout(Path(root))
+    manifest_path = layout.annotators / ANNOTATOR_MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RuntimeError(f"{manifest_path}: no readable annotator manifest ({exc})") from exc
+    for kind, name in ANNOTATOR_FILES.items():
+        entry = manifest.get(kind) if isinstance(manifest, dict) else None
+        if not isinstance(entry, dict) or entry.get("file") != name:
+            raise RuntimeError(f"{manifest_path}: no entry for the {kind} annotator ({name})")
+        path = layout.annotator(kind)
+        size = path.stat().st_size if path.is_file() else -1
+        problem = None
+        if size != entry.get("bytes"):
+            problem = f"is {size} bytes, the manifest says {entry.get('bytes')}"
+        elif _sha256(path) != entry.get("sha256"):
+            problem = "has another SHA-256 than the manifest"
+        if problem:
+            path.unlink(missing_ok=True)
+            raise RuntimeError(f"{path} {problem}; removed it, run `ace-bridge models pull --annotators` again")
+    return manifest
+
+
+def _hub_download(repo: str, filename: str, folder: Path, token: str | None) -> None:
+    from huggingface_hub import hf_hub_download
+
+    hf_hub_download(repo, filename, local_dir=folder, token=token, tqdm_class=progress_bar_class(folder.parent))
+
+
+def pull_annotators(
+    root: Path,
+    *,
+    repo: str | None = None,
+    source: Path | None = None,
+    token: str | None = None,
+    echo: Callable[[str], None] = print,
+    download: Callable[[str, str, Path, str | None], None] = _hub_download,
+) -> ModelLayout:
+    """`models pull --annotators`: the converted contour/depth files and their manifest, from the hub repository
+    (`repo`, else ACE_BRIDGE_ANNOTATOR_REPO, else layout.ANNOTATOR_REPO) or from another model folder (`source`),
+    each checked against the manifest's size and SHA-256."""
+    layout = ModelLayout(Path(root))
+    layout.annotators.mkdir(parents=True, exist_ok=True)
+    names = [ANNOTATOR_MANIFEST, *ANNOTATOR_FILES.values()]
+    if source is not None:
+        src = ModelLayout(Path(source)).annotators
+        absent = [n for n in names if not (src / n).is_file()]
+        if absent:
+            raise RuntimeError(f"{src} lacks {', '.join(absent)}")
+        for name in names:
+            echo(f"Copying {src / name} -> {layout.annotators / name}")
+            partial = layout.annotators / (name + ".partial")
+            partial.write_bytes((src / name).read_bytes())
+            os.replace(partial, layout.annotators / name)
+    else:
+        repo = repo or os.environ.get("ACE_BRIDGE_ANNOTATOR_REPO") or ANNOTATOR_REPO
+        for name in names:
+            echo(f"Downloading {repo}/{name} -> {layout.annotators / name}")
+            download(repo, name, layout.annotators, token)
+    check_annotators(layout.root)
     return layout
 
 

@@ -43,7 +43,7 @@ def test_tiny_model_is_complete(tiny):
 
 def test_list_and_verify(tiny, tmp_path):
     rows = models.list_models(tiny)
-    assert [r["installed"] for r in rows] == [True] * 5
+    assert [r["installed"] for r in rows] == [True] * 7  # base, 3 LoRAs, FFT, contour and depth annotators
     results = verify.verify(tiny)
     assert all(r["ok"] for r in results), results
     empty = verify.verify(tmp_path)

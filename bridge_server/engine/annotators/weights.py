@@ -202,3 +202,34 @@ def run_depth(net: torch.nn.Module, rgb: np.ndarray, device: torch.device | str 
     with torch.autocast(device_type=torch.device(device).type, enabled=False):
         depth = net(x)[0]
     return rules.depth_output(depth.float().cpu().numpy(), height, width)
+
+
+def save_annotator(kind: str, net: ContourNet | DepthNet, path: Path, **extra: str) -> Path:
+    """Write `net` as a converted annotator file (float32 tensors, our names, sizes in the metadata)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in net.state_dict().items()}
+    save_file(tensors, str(path), metadata=annotator_metadata(kind, net, **extra))
+    return path
+
+
+#: The demo/test model's annotators: the authors' structure at a few channels, random weights.
+TINY_CONFIGS: dict[str, ContourConfig | DepthConfig] = {
+    "contour": ContourConfig(width=8, blocks=3),
+    "depth": DepthConfig(stem=16, stages=(32, 32, 64), depths=(1, 1, 1), dim=64, heads=1, grid=4, features=16),
+}
+
+
+def save_tiny_annotators(folder: Path, seed: int = 0) -> list[Path]:
+    """Random-weight contour and depth files of TINY_CONFIGS into `folder` (the tiny model's annotators/)."""
+    written = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for kind, config in TINY_CONFIGS.items():
+            net = build(kind, config)
+            if isinstance(net, DepthNet) and net.head3.bias is not None:
+                net.head3.bias.data.fill_(0.5)  # a positive output bias: the tiny depth map is not all zero
+            written.append(save_annotator(kind, net, Path(folder) / ANNOTATOR_FILES[kind], tiny="true"))
+    return written
