@@ -37,10 +37,11 @@ sys.path[:0] = [str(REPO), str(REPO / "shared")]
 
 import aiohttp  # noqa: E402
 import numpy as np  # noqa: E402
-from ace_protocol import PROTOCOL_VERSION  # noqa: E402
+from ace_protocol.auth import AUTH_VERSION, new_nonce, proof_matches, token_id  # noqa: E402
+from ace_protocol.auth import proof as auth_proof  # noqa: E402
 from ace_protocol.codec import decode_server_message, encode  # noqa: E402
 from ace_protocol.images import ImagePayload  # noqa: E402
-from ace_protocol.messages import Ack, Cancel, Hello, Submit  # noqa: E402
+from ace_protocol.messages import Ack, Cancel, Challenge, Hello, Prove, Submit  # noqa: E402
 
 TERMINAL = ("done", "cancelled", "failed")
 
@@ -90,6 +91,27 @@ def _payloads(rng: random.Random) -> tuple[str, dict[str, Any]]:
     }
 
 
+async def prove_handshake(ws: aiohttp.ClientWebSocketResponse, token: str, client_id: str, **extra: Any) -> Any:
+    """Protocol 2 (docs/protocol.md §4): hello, check the daemon's proof, send ours; returns the daemon's answer."""
+    hello = Hello(
+        client_id=client_id,
+        client_name="bench-load",
+        client_version="0",
+        protocol_versions=[AUTH_VERSION],
+        nonce=new_nonce(),
+        token_id=token_id(token),
+        **extra,
+    )
+    await ws.send_bytes(encode(hello))
+    reply = decode_server_message(await ws.receive_bytes(timeout=60))
+    if not isinstance(reply, Challenge):
+        return reply
+    if not proof_matches(reply.proof, token, "server", str(hello.nonce), reply.nonce):
+        raise RuntimeError(f"{client_id}: the daemon did not prove it holds the token")
+    await ws.send_bytes(encode(Prove(proof=auth_proof(token, "client", str(hello.nonce), reply.nonce))))
+    return decode_server_message(await ws.receive_bytes(timeout=60))
+
+
 class LoadClient:
     def __init__(
         self,
@@ -116,17 +138,9 @@ class LoadClient:
 
     async def _connect(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         ws = await http.ws_connect(self.url, max_msg_size=0, compress=0, autoping=True)
-        hello = Hello(
-            client_id=self.client_id,
-            client_name="bench-load",
-            client_version="0",
-            protocol_versions=[PROTOCOL_VERSION],
-            token=self.token,
-            session=self.session_id,
-            client_secret=self.client_secret,
+        welcome = await prove_handshake(
+            ws, self.token, self.client_id, session=self.session_id, client_secret=self.client_secret
         )
-        await ws.send_bytes(encode(hello))
-        welcome = decode_server_message(await ws.receive_bytes(timeout=60))
         if welcome.TYPE != "welcome":
             raise RuntimeError(f"client {self.index}: handshake refused: {welcome}")
         if self.session_id is not None and welcome.session != self.session_id:

@@ -41,9 +41,6 @@ class ServerConfig:
     #: One budget for the whole daemon: inputs of waiting jobs plus shared memory of all connections. A submit or
     #: alloc that would pass it is refused (queue_full / too_large) with a message naming it.
     memory_budget_bytes: int = 4 * 1024 * 1024 * 1024
-    #: Protocol 1 clients send the token itself in hello. Accepted while plugins move to protocol 2 (mutual proof,
-    #: ace_protocol.auth); False answers them `unsupported_version` with "update the plugin".
-    token_in_hello: bool = True
     send_stall_s: float = 30.0  # a connection whose frames cannot be sent for this long is closed (results stay)
     clock: Callable[[], float] = time.time  # injectable so tests can jump an hour ahead
     extra: dict[str, Any] = field(default_factory=dict)

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 import msgpack
-from ace_protocol import PROTOCOL_VERSION, __version__
+from ace_protocol import __version__
 from ace_protocol.auth import AUTH_VERSION, new_nonce, proof_matches
 from ace_protocol.auth import proof as auth_proof
 from ace_protocol.codec import decode_client_message, decode_map
@@ -54,7 +54,6 @@ from bridge_server.server.model_service import MODEL_MESSAGES
 from bridge_server.server.offers import OFFER_MODES, offer_message
 from bridge_server.server.shared_memory import ConnectionSegments
 from bridge_server.server.state import STATE, AppState
-from bridge_server.server.tokens import bearer_token
 
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 15.0
@@ -142,17 +141,19 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
             connection, ErrorCode.BAD_REQUEST, f"send 'hello' first, not '{hello.TYPE}'", WSCloseCode.POLICY_VIOLATION
         )
         return None
-    mutual = AUTH_VERSION in hello.protocol_versions and hello.nonce is not None
-    if not mutual and not state.config.token_in_hello:
+    if AUTH_VERSION not in hello.protocol_versions or hello.nonce is None:
+        # Protocol 1 sent the token itself (in hello or an Authorization header): a plugin that still does would
+        # hand it to whatever program took the port while the daemon was down. It is never looked at here, and
+        # the plugin gets one answer it can show (never a hang).
         await _refuse(
             connection,
             ErrorCode.UNSUPPORTED_VERSION,
-            f"update the plugin: this daemon needs protocol {AUTH_VERSION}, where the token is proved, "
-            f"never sent (the client offered {hello.protocol_versions})",
+            f"update the plugin: this daemon needs protocol {AUTH_VERSION}, where the token is proved, never sent "
+            f"(the client offered protocol {hello.protocol_versions}). The token it sent was not used; install "
+            "the plugin from this ACE Bridge version",
             WSCloseCode.POLICY_VIOLATION,
         )
         return None
-    token = None if mutual else (hello.token or bearer_token(request.headers.get("Authorization")))
     transport = request.transport
     key = state.throttle.key_for(
         connection.peer,
@@ -172,18 +173,18 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
             WSCloseCode.POLICY_VIOLATION,
         )
         return None
-    if mutual:
-        proved = await _mutual_proof(state, connection, hello)
-        if proved is False or proved is True:  # hung up or sent no proof: it did not accept ours, or has no token
-            state.throttle.failed(key)
-            return None
-        person = proved
-    else:
-        person = state.person_for(token)
+    # The challenge itself tells whoever holds a candidate token whether it is right (its proof checks out or not),
+    # so it is counted as a wrong token when it is issued, with no await between admission and the count (many
+    # parallel connections cannot all be admitted first), and forgiven once the client's proof is right.
+    answer_at = time.monotonic() + state.throttle.failed(key)
+    proved = await _mutual_proof(state, connection, hello)
+    if proved is False or proved is True:  # hung up or sent no proof: it did not accept ours, or has no token
+        return None
+    person = proved
     if person is None:
-        delay = state.throttle.failed(key)
-        if delay:
-            await asyncio.sleep(delay)  # answered at this key's next slot: guesses queue up per principal
+        wait = answer_at - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)  # answered at this key's reserved slot: guesses queue up per principal
         await _refuse(
             connection,
             ErrorCode.UNAUTHORIZED,
@@ -195,15 +196,6 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
     state.guard.settled(request.protocol)
     if isinstance(ws, BridgeWebSocket):
         ws.raise_frame_limit(request, state.config.max_frame_bytes)
-    if PROTOCOL_VERSION not in hello.protocol_versions and not mutual:
-        await _refuse(
-            connection,
-            ErrorCode.UNSUPPORTED_VERSION,
-            f"this daemon speaks protocol {PROTOCOL_VERSION}; the client offered {hello.protocol_versions}. "
-            "Update the plugin or the daemon so both match.",
-            WSCloseCode.POLICY_VIOLATION,
-        )
-        return None
     claimed, new_secret = _claim_client_id(state, hello)
     if not claimed:
         await _refuse(
@@ -246,7 +238,7 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
     pending = [j.id for j in jobs if j.state.finished]
     welcome = Welcome(
         server_version=__version__,
-        protocol_version=AUTH_VERSION if mutual else PROTOCOL_VERSION,
+        protocol_version=AUTH_VERSION,
         session=session.session_id,
         limits=state.limits(),
         engine=state.engine_state(),

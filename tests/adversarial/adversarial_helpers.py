@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 from ace_protocol import PROTOCOL_VERSION
+from ace_protocol.auth import AUTH_VERSION, new_nonce, proof_matches, token_id
+from ace_protocol.auth import proof as auth_proof
 from ace_protocol.client import BridgeClient
 from ace_protocol.codec import decode_server_message, encode
-from ace_protocol.messages import Hello, Message
+from ace_protocol.messages import Challenge, Hello, Message, Prove
 from pictures import gradient_image, gray_payload, rgba_payload, square_mask
 
 __all__ = ["gray_payload", "rgba_payload", "square_mask"]  # re-exported for the adversarial tests
@@ -72,21 +74,60 @@ def raw_ws(daemon, max_size: int | None = 2**30):
     return ws_connect(daemon.url, max_size=max_size, compression=None, open_timeout=15, **legacy)
 
 
-def hello(token: str, client_id: str = "adversary", **extra: Any) -> Hello:
+def hello(token: str | None, client_id: str = "adversary", **extra: Any) -> Hello:
+    """A protocol 2 hello: a fresh nonce and which token (its id), never the token itself."""
     return Hello(
         client_id=client_id,
         client_name="adversary",
         client_version="0",
+        protocol_versions=[AUTH_VERSION],
+        nonce=new_nonce(),
+        token_id=token_id(token) if token else None,
+        **extra,
+    )
+
+
+def protocol_1_hello(token: str | None, client_id: str = "old-plugin", **extra: Any) -> Hello:
+    """What a plugin from before protocol 2 sends: the token itself, in the hello."""
+    return Hello(
+        client_id=client_id,
+        client_name="old-plugin",
+        client_version="0.0.9",
         protocol_versions=[PROTOCOL_VERSION],
         token=token,
         **extra,
     )
 
 
+def handshake(
+    send: Callable[[bytes], Any],
+    recv: Callable[[], bytes],
+    token: str | None,
+    client_id: str = "adversary",
+    check_server: bool = True,
+    **extra: Any,
+) -> Message:
+    """Protocol 2 over any transport: hello, the daemon's challenge (its proof checked unless `check_server` is
+    off, as a guesser would), our proof of `token`; returns the daemon's last answer (welcome or error)."""
+    first = hello(token, client_id, **extra)
+    send(encode(first))
+    reply = decode_server_message(recv())
+    if not isinstance(reply, Challenge):
+        return reply
+    if check_server:
+        assert token and proof_matches(reply.proof, token, "server", str(first.nonce), reply.nonce), "not our daemon"
+    send(encode(Prove(proof=auth_proof(token or "", "client", str(first.nonce), reply.nonce))))
+    return decode_server_message(recv())
+
+
+def ws_handshake(ws, token: str | None, client_id: str = "adversary", **extra: Any) -> Message:
+    """`handshake` on a websockets client connection."""
+    return handshake(ws.send, lambda: ws.recv(timeout=60), token, client_id, **extra)
+
+
 def welcomed_ws(daemon, client_id: str = "adversary"):
     ws = raw_ws(daemon)
-    ws.send(encode(hello(daemon.token, client_id)))
-    reply = decode_server_message(ws.recv(timeout=30))
+    reply = ws_handshake(ws, daemon.token, client_id)
     assert reply.TYPE == "welcome", reply
     return ws
 

@@ -6,8 +6,9 @@ Run as a script with one JSON argument; prints one JSON line of counts. Every lo
      "abort_after": 0.3}
 
 `guess`: each thread opens WebSocket connections (from a random 127.x.y.z source when `rotate`), sends the given
-hello frame (a wrong token) and reads one reply frame for at most `abort_after` seconds, then hangs up, as a
-guesser would that gives up early instead of waiting out the throttle.
+hello frame, answers the daemon's challenge with the `prove_hex` frame (a wrong proof: a guessed token) and reads
+the verdict, each reply for at most `abort_after` seconds, then hangs up, as a guesser would that gives up early
+instead of waiting out the throttle.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def read_frame(sock: socket.socket) -> tuple[int, bytes]:
 
 def guess(args: dict) -> dict:
     port, frame = args["port"], ws_frame(bytes.fromhex(args["hello_hex"]))
+    prove = ws_frame(bytes.fromhex(args["prove_hex"])) if args.get("prove_hex") else None
     deadline = time.monotonic() + args["seconds"]
     counts = {"unauthorized": 0, "rate_limited": 0, "welcome": 0, "no_answer": 0, "errors": 0, "attempts": 0}
     lock = threading.Lock()
@@ -109,6 +111,9 @@ def guess(args: dict) -> dict:
                     sock.settimeout(args.get("abort_after", 5.0))
                     try:
                         _, payload = read_frame(sock)
+                        if prove is not None and b"challenge" in payload:
+                            sock.sendall(prove)
+                            _, payload = read_frame(sock)
                         outcome = next(
                             (k for k in ("unauthorized", "rate_limited", "welcome") if k.encode() in payload), "errors"
                         )

@@ -19,17 +19,16 @@ import msgpack
 import numpy as np
 import pytest
 from ace_protocol.client import JobError
-from ace_protocol.codec import decode_server_message, encode
 from ace_protocol.images import ImagePayload
 from adversarial_helpers import (
     client_for,
     gradient,
-    hello,
     inpaint_kwargs,
     next_reply,
     raw_ws,
     rss_bytes,
     square_mask,
+    ws_handshake,
 )
 from daemon_fixture import ProcessDaemon, start_process_daemon
 from PIL import Image
@@ -49,8 +48,7 @@ def process_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model_root: Pa
 @pytest.fixture
 def ws(process_daemon):
     socket = raw_ws(process_daemon)
-    socket.send(encode(hello(process_daemon.token, f"payload-attacker-{uuid.uuid4().hex[:8]}")))
-    assert decode_server_message(socket.recv(timeout=30)).TYPE == "welcome"
+    assert ws_handshake(socket, process_daemon.token, f"payload-attacker-{uuid.uuid4().hex[:8]}").TYPE == "welcome"
     yield socket
     socket.close()
 
@@ -130,8 +128,7 @@ def test_an_oversized_frame_closes_only_that_connection_with_1009(thread_daemon_
     bystander = client_for(daemon, "bystander")
     try:
         with raw_ws(daemon) as attacker:
-            attacker.send(encode(hello(daemon.token, "big-sender")))
-            assert decode_server_message(attacker.recv(timeout=30)).TYPE == "welcome"
+            assert ws_handshake(attacker, daemon.token, "big-sender").TYPE == "welcome"
             attacker.send(b"\x81" + b"\0" * (80 * 1024))
             with pytest.raises(ConnectionClosed) as closed:
                 while True:

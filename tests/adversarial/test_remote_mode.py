@@ -11,8 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from ace_protocol.codec import decode_server_message, encode
-from adversarial_helpers import hello, raw_upgrade
+from adversarial_helpers import raw_upgrade, ws_handshake
 from daemon_fixture import REPO, isolated_env, start_process_daemon
 
 
@@ -73,8 +72,7 @@ def test_self_signed_remote_mode_prints_the_fingerprint_it_serves(tmp_path, tiny
         # A client that trusts exactly this certificate gets through TLS and the usual handshake.
         context = ssl.create_default_context(cafile=str(daemon.config_dir / "tls" / "cert.pem"))
         with ws_connect(daemon.url, ssl=context, open_timeout=15) as ws:
-            ws.send(encode(hello(daemon.token, "remote-editor")))
-            assert decode_server_message(ws.recv(timeout=30)).TYPE == "welcome"
+            assert ws_handshake(ws, daemon.token, "remote-editor").TYPE == "welcome"
         # Plain ws:// to the TLS port gets nowhere.
         with pytest.raises(Exception):  # noqa: B017 - any failure to talk plaintext is right
             with ws_connect(daemon.url.replace("wss://", "ws://"), open_timeout=5) as ws:

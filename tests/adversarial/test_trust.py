@@ -17,20 +17,25 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from ace_protocol.codec import decode_server_message, encode
+from ace_protocol.messages import Prove, Submit
 from adversarial_helpers import (
     client_for,
+    handshake,
     hello,
     inpaint_kwargs,
     need_root_for_mounts,
     next_reply,
+    protocol_1_hello,
     raw_ws,
     read_only_bind,
     rss_bytes,
     welcomed_ws,
+    ws_handshake,
 )
 from daemon_fixture import REPO, isolated_env, start_process_daemon
 
@@ -189,6 +194,10 @@ def _wrong_hello_hex() -> str:
     return encode(hello("ace_" + "x" * 43, client_id="guesser")).hex()
 
 
+def _wrong_prove_hex() -> str:
+    return encode(Prove(proof="0" * 64)).hex()  # a guess: no token behind it
+
+
 def test_rotating_loopback_addresses_and_parallel_connections_stay_under_the_documented_cap(thread_daemon_factory):
     """Another user guesses from 100 connections at once, each from a random 127.x.y.z, giving up on a guess
     after 0.3 s: the daemon checks at most a burst of 15 and then one guess per 2 s (docs/security.md)."""
@@ -199,6 +208,7 @@ def test_rotating_loopback_addresses_and_parallel_connections_stay_under_the_doc
             "mode": "guess",
             "port": daemon.port,
             "hello_hex": _wrong_hello_hex(),
+            "prove_hex": _wrong_prove_hex(),
             "seconds": 6,
             "threads": 100,
             "rotate": True,
@@ -226,8 +236,7 @@ def _right_hellos(daemon, count: int = 5) -> list[float]:
     for i in range(count):
         started = time.monotonic()
         with raw_ws(daemon) as ws:
-            ws.send(encode(hello(daemon.token, client_id=f"editor-{time.monotonic_ns()}-{i}")))
-            assert decode_server_message(ws.recv(timeout=30)).TYPE == "welcome"
+            assert ws_handshake(ws, daemon.token, client_id=f"editor-{time.monotonic_ns()}-{i}").TYPE == "welcome"
         waits.append(time.monotonic() - started)
     return waits
 
@@ -241,6 +250,7 @@ def test_a_flood_of_wrong_tokens_does_not_delay_the_right_one(thread_daemon_fact
             "mode": "guess",
             "port": daemon.port,
             "hello_hex": _wrong_hello_hex(),
+            "prove_hex": _wrong_prove_hex(),
             "seconds": 8,
             "threads": 60,
             "rotate": False,
@@ -418,8 +428,7 @@ def test_a_token_holder_cannot_take_over_another_editors_client_id(thread_daemon
     editor.close()  # away, result not yet acknowledged
     for secret in (None, "guessed-secret"):
         with raw_ws(daemon) as ws:
-            ws.send(encode(hello(daemon.token, client_id="krita-victim", client_secret=secret)))
-            reply = decode_server_message(ws.recv(timeout=30))
+            reply = ws_handshake(ws, daemon.token, client_id="krita-victim", client_secret=secret)
         assert reply.TYPE == "error" and reply.code == "unauthorized" and "client_secret" in reply.message
     # The thief's own connection does not show the victim's ids, jobs or prompt in `status`.
     thief = client_for(daemon, "thief")
@@ -597,11 +606,8 @@ def test_a_client_that_never_reads_is_disconnected_and_its_results_wait_for_it(t
 
     daemon = thread_daemon_factory(send_stall_s=2.0)
     sock = open_ws(daemon.port, rcvbuf=4096)
-    sock.sendall(ws_frame(encode(hello(daemon.token, client_id="never-reads"))))
-    welcome = decode_server_message(read_frame(sock)[1])
+    welcome = handshake(lambda b: sock.sendall(ws_frame(b)), lambda: read_frame(sock)[1], daemon.token, "never-reads")
     assert welcome.TYPE == "welcome" and welcome.client_secret
-    from ace_protocol.messages import Submit
-
     for i in range(3):  # 1024x1024 results: 4 MiB frames that a 4 KiB receive buffer cannot take
         sock.sendall(ws_frame(encode(Submit(id=f"r{i}", task="inpaint", prompt="x", **inpaint_kwargs(size=1024)))))
     deadline = time.monotonic() + 120
@@ -773,11 +779,35 @@ def _unmask_client_frames(data: bytes) -> bytes:
 
 
 def test_a_protocol_1_client_gets_one_clear_update_the_plugin_answer(thread_daemon_factory):
-    daemon = thread_daemon_factory(token_in_hello=False)
-    with raw_ws(daemon) as ws:
-        ws.send(encode(hello(daemon.token, client_id="old-plugin")))  # protocol 1: the token in the hello
-        reply = decode_server_message(ws.recv(timeout=30))
-    assert (reply.TYPE, reply.code) == ("error", "unsupported_version") and "update the plugin" in reply.message
+    """A plugin from before protocol 2 sends the right token itself, in `hello` or in an Authorization header. By
+    default (there is no opt-in any more) it gets one `unsupported_version` answer that says to update the plugin,
+    at once and then the close, and the token it sent gets it nothing: no session, no job, no welcome."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect as ws_connect
+
+    daemon = thread_daemon_factory()
+    attempts = [
+        (raw_ws(daemon), protocol_1_hello(daemon.token)),  # the token in the hello
+        (  # the token in the header, a hello without it
+            ws_connect(daemon.url, additional_headers={"Authorization": f"Bearer {daemon.token}"}, open_timeout=15),
+            protocol_1_hello(None),
+        ),
+        (raw_ws(daemon), replace(protocol_1_hello(daemon.token), protocol_versions=[1, 2])),  # no nonce
+    ]
+    for ws, old_hello in attempts:
+        with ws:
+            started = time.monotonic()
+            ws.send(encode(old_hello))
+            reply = decode_server_message(ws.recv(timeout=30))
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.send(encode(Submit(id="s1", task="inpaint", prompt="x", **inpaint_kwargs())))
+                ws.recv(timeout=30)
+            answered = time.monotonic() - started
+        assert (reply.TYPE, reply.code) == ("error", "unsupported_version"), reply
+        assert "update the plugin" in reply.message and "protocol 2" in reply.message
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert answered < 10  # an answer and a close, never a hang
+    assert daemon.call(lambda: (len(daemon.state.hub.sessions), len(daemon.state.queue.jobs))) == (0, 0)
 
 
 def test_the_client_never_writes_into_an_ordinary_file_a_fake_daemon_names(tmp_path):

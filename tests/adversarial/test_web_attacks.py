@@ -10,8 +10,7 @@ import time
 
 import pytest
 from ace_protocol.client import BridgeClient, Unauthorized
-from ace_protocol.codec import decode_server_message, encode
-from adversarial_helpers import hello, raw_upgrade, raw_ws
+from adversarial_helpers import raw_upgrade, raw_ws, ws_handshake
 
 from bridge_server.server.security import FailureThrottle
 from bridge_server.server.tokens import rotate_token
@@ -129,19 +128,19 @@ def test_token_in_the_url_query_is_refused_even_when_right(daemon):
 
 def test_missing_token_gets_unauthorized_and_the_socket_closes(daemon):
     with raw_ws(daemon) as ws:
-        ws.send(encode(hello(None)))  # type: ignore[arg-type]
-        reply = decode_server_message(ws.recv(timeout=30))
+        reply = ws_handshake(ws, None, check_server=False)  # no token id, no proof it could make
         assert reply.TYPE == "error" and reply.code == "unauthorized"
         assert "ace-bridge token" in reply.message
     assert daemon.call(lambda: len(daemon.state.hub.sessions)) == 0
 
 
-def test_token_in_the_authorization_header_is_accepted(daemon):
+def test_the_token_in_the_authorization_header_counts_for_nothing(daemon):
+    """Protocol 2 never reads the header: the right token sent there does not stand in for the proof."""
     from websockets.sync.client import connect as ws_connect
 
     with ws_connect(daemon.url, additional_headers={"Authorization": f"Bearer {daemon.token}"}) as ws:
-        ws.send(encode(hello(None)))  # type: ignore[arg-type]
-        assert decode_server_message(ws.recv(timeout=30)).TYPE == "welcome"
+        assert ws_handshake(ws, None, check_server=False).code == "unauthorized"
+    assert daemon.call(lambda: len(daemon.state.hub.sessions)) == 0
 
 
 def test_a_rotated_token_is_refused_and_the_new_one_works(daemon):
@@ -157,15 +156,13 @@ def test_a_rotated_token_is_refused_and_the_new_one_works(daemon):
 def test_the_token_comparison_does_not_accept_prefixes_or_case_changes(daemon):
     for guess in (daemon.token[:-1], daemon.token + "x", daemon.token.upper(), "", " " + daemon.token):
         with raw_ws(daemon) as ws:
-            ws.send(encode(hello(guess)))
-            assert decode_server_message(ws.recv(timeout=30)).code == "unauthorized"
+            assert ws_handshake(ws, guess, check_server=False).code == "unauthorized"
 
 
 def _wrong_attempt(daemon) -> float:
     started = time.monotonic()
     with raw_ws(daemon) as ws:
-        ws.send(encode(hello("wrong-token-guess")))
-        assert decode_server_message(ws.recv(timeout=60)).code == "unauthorized"
+        assert ws_handshake(ws, "wrong-token-guess", check_server=False).code == "unauthorized"
     return time.monotonic() - started
 
 

@@ -84,7 +84,7 @@ def test_wrong_protocol_version_is_refused_with_a_clear_message(thread_daemon_fa
         )
         reply = decode_server_message(ws.recv(timeout=10))
     assert isinstance(reply, Error) and reply.code == "unsupported_version"
-    assert "protocol 1" in reply.message
+    assert "update the plugin" in reply.message and "protocol 2" in reply.message
 
 
 def test_version_mismatch_raises_in_the_client(thread_daemon_factory, monkeypatch):

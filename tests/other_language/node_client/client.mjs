@@ -1,11 +1,11 @@
-// A minimal ACE Bridge protocol v1 client, written from docs/protocol.md alone (no look at the Python sources):
+// A minimal ACE Bridge client (protocol 2 handshake, §4), written from docs/protocol.md alone (no look at the Python sources):
 // it proves the document is enough for a client in another language.
 //
 //   node client.mjs URL TOKEN                       hello, welcome, one `inpaint` job, ack, close; exit 0 on success
 //   node client.mjs URL TOKEN --expect-unauthorized  hello with this (wrong) token must get error{unauthorized} and
 //                                                    close 1008 "unauthorized"; exit 0 when it does
 // Any deviation from the document prints "FAIL: ..." and exits 1.
-import { randomBytes } from "node:crypto";
+import { createHash, createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import process from "node:process";
 
 import { decode, encode } from "@msgpack/msgpack";
@@ -98,12 +98,11 @@ class Connection {
   }
 }
 
-async function connect(token) {
-  // §1: no compression; §12: the reference client sends the token both as a header and in hello.
+async function connect() {
+  // §1: no compression; §4: the token is never sent (no Authorization header, no token in hello).
   const ws = new WebSocket(url, {
     perMessageDeflate: false,
     handshakeTimeout: 5000,
-    headers: { Authorization: `Bearer ${token}` },
   });
   const opened = new Promise((resolve, reject) => {
     ws.once("open", resolve);
@@ -114,18 +113,37 @@ async function connect(token) {
   return new Connection(ws);
 }
 
-function hello(conn, clientId, token, extra = {}) {
+// §4 protocol 2: proof(role) = hex HMAC-SHA256(token, "ace-bridge/2 " + role + " " + Nc + " " + Ns).
+const proof = (role, nc, ns) => createHmac("sha256", token).update(`ace-bridge/2 ${role} ${nc} ${ns}`).digest("hex");
+const tokenId = () => createHash("sha256").update(`ace-bridge/2 token-id ${token}`).digest("hex").slice(0, 16);
+
+// hello, the daemon's challenge (its proof checked before anything else is sent), our proof; returns the answer
+// after it (welcome or error). `proveAnyway` sends our proof even when the daemon's does not match (to see the
+// daemon's refusal of a wrong token, as the document describes it).
+async function handshake(conn, clientId, extra = {}, proveAnyway = false) {
+  const nc = randomBytes(16).toString("hex");
   conn.send({
     type: "hello",
     client_id: clientId,
     client_name: "ace-bridge-node-test",
     client_version: "0.1.0",
-    protocol_versions: [1],
+    protocol_versions: [2],
     editor: "node",
-    token,
+    nonce: nc,
+    token_id: tokenId(),
     id: "h1",
     ...extra,
   });
+  const challenge = await conn.next(30000, "challenge");
+  if (challenge.type !== "challenge") return challenge;
+  check(typeof challenge.nonce === "string" && typeof challenge.proof === "string", "challenge without nonce/proof");
+  const expected = Buffer.from(proof("server", nc, challenge.nonce));
+  const given = Buffer.from(challenge.proof);
+  if (!(given.length === expected.length && timingSafeEqual(given, expected)) && !proveAnyway) {
+    fail("handshake refused: unauthorized (the daemon's proof does not match this token; nothing more was sent)");
+  }
+  conn.send({ type: "prove", proof: proof("client", nc, challenge.nonce) });
+  return conn.next(30000, "welcome");
 }
 
 // --- images (§6): raw rgba8 region, gray8 elliptical mask ---------------------------------------------------------
@@ -164,13 +182,11 @@ function ellipseMask() {
 // --- the job run ---------------------------------------------------------------------------------------------------
 async function runJob() {
   const clientId = `node-${randomBytes(6).toString("hex")}`;
-  const conn = await connect(token);
-  hello(conn, clientId, token);
-
-  const welcome = await conn.next(30000, "welcome");
+  const conn = await connect();
+  const welcome = await handshake(conn, clientId);
   if (welcome.type === "error") fail(`handshake refused: ${welcome.code}: ${welcome.message}`);
   check(welcome.type === "welcome", `expected welcome, got ${welcome.type}`);
-  check(welcome.protocol_version === 1, `welcome.protocol_version ${welcome.protocol_version}`);
+  check(welcome.protocol_version === 2, `welcome.protocol_version ${welcome.protocol_version}`);
   check(typeof welcome.session === "string" && welcome.session.length > 0, "welcome.session missing");
   check(welcome.id === "h1", `welcome.id ${welcome.id} (expected hello.id echoed)`);
   check(Array.isArray(welcome.tasks), "welcome.tasks is not a list");
@@ -282,10 +298,9 @@ async function runJob() {
   console.log(`closed ${conn.closed.code}`);
 
   // Reconnect with the same client_id and session: resumed, and the acked job is not redelivered (§4, §7).
-  const again = await connect(token);
+  const again = await connect();
   // §4 step 6: the first holder of a client_id got a client_secret; resuming that id needs it.
-  hello(again, clientId, token, { session: welcome.session, client_secret: welcome.client_secret });
-  const welcome2 = await again.next(30000, "second welcome");
+  const welcome2 = await handshake(again, clientId, { session: welcome.session, client_secret: welcome.client_secret });
   check(welcome2.type === "welcome", `expected welcome, got ${JSON.stringify(welcome2)}`);
   check(welcome2.session === welcome.session, "session changed across connections");
   check(welcome2.resumed === true, "welcome.resumed is not true for the same session");
@@ -297,9 +312,8 @@ async function runJob() {
 
 // --- the wrong-token run ---------------------------------------------------------------------------------------------
 async function runUnauthorized() {
-  const conn = await connect(token);
-  hello(conn, `node-${randomBytes(6).toString("hex")}`, token);
-  const first = await conn.next(30000, "the unauthorized error");
+  const conn = await connect();
+  const first = await handshake(conn, `node-${randomBytes(6).toString("hex")}`, {}, true);
   check(first.type === "error", `expected error, got ${JSON.stringify(first)}`);
   check(first.code === "unauthorized", `error.code ${first.code}`);
   console.log(`error ${first.code}: ${first.message}`);
