@@ -14,8 +14,9 @@ from .protocol import tasks
 
 IMAGE_TOKEN = "{image}"
 
-#: local_edit modes that keep the structure inside the mask: the authors' doodle/restore wording.
-_STRUCTURE_MODES = ("canny", "mosaic", "no_preprocess")
+#: local_edit modes that keep the structure inside the mask: the authors' doodle/restore wording (their own
+#: local-editing example uses it with contour_repainting).
+_STRUCTURE_MODES = ("canny", "mosaic", "contour", "depth", "no_preprocess")
 
 
 def _sentence(text: str) -> str:

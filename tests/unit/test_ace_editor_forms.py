@@ -14,7 +14,8 @@ def test_fields_follow_the_table_in_order_with_its_ranges_and_help():
     assert (steps.kind, steps.default, steps.minimum, steps.maximum) == ("int", STEPS.default, 1, 100)
     assert "denoising steps" in steps.help and "default 28" in steps.help
     mode = next(f for f in fields if f.name == "mode")
-    assert mode.choices == ("repaint", "canny", "mosaic", "recolor", "no_preprocess") and mode.unset == "repaint"
+    assert mode.choices == ("repaint", "canny", "mosaic", "recolor", "contour", "depth", "no_preprocess")
+    assert mode.unset == "repaint"
 
 
 def test_fields_from_a_welcome_entry_carry_the_daemons_defaults():

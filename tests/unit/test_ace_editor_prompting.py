@@ -20,6 +20,12 @@ from ace_protocol.tasks import TASKS
             "By referencing the mask, restore a partial image from the doodle {image} that "
             'aligns with the textual explanation: "make the hat red".',
         ),
+        (
+            "local_edit",
+            "contour",  # the authors' owl example: contour_repainting with this wording
+            "By referencing the mask, restore a partial image from the doodle {image} that "
+            'aligns with the textual explanation: "make the hat red".',
+        ),
         ("reference_edit", None, "Make the hat red in {image}."),
         ("inpaint", None, "Make the hat red."),
         ("generate", None, "Make the hat red."),
