@@ -4,10 +4,10 @@ into a temporary profile, against a real `ace-bridge serve --demo`.
 Stories: a Krita user selects an ellipse, asks for 3 variations, sees the first on the canvas before the last one is
 done, sees 3 thumbnails, previews the second and applies it: one new layer at the selection, the original layer
 unchanged, no preview layer left, one undo removes it; Discard leaves the stack and the picture as they were.
-Strength: the slider is there for a masked task, and the same seed at 0.05 keeps the painted colours closer than at
-1.0. Expand: a selection past the right edge grows the canvas and the new area is filled; the "Expand canvas" field
-does the same for typed margins. The docker with its strip goes to artifacts/ (docs/krita-preview-strip.png with
-ACE_BRIDGE_DOC_SHOTS=1).
+Strength: the slider is there for a masked task; with one seed, 1.0 redraws the selection whatever was painted in it
+and 0.05 starts from the painting (a red and a blue patch give different results). Expand: a selection past the
+right edge grows the canvas and the new area is filled; the "Expand canvas" field does the same for typed margins.
+The docker with its strip goes to artifacts/ (docs/krita-preview-strip.png with ACE_BRIDGE_DOC_SHOTS=1).
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ def test_preview_strip_strength_and_expand_in_the_krita_gui(install, tmp_path, d
         "apply_is_one_undo_step",
         "discard_leaves_the_stack_as_before",
         "strength_slider_for_local_edit",
-        "low_strength_keeps_the_painted_colours",
+        "strength_1_redraws_whatever_was_painted",
+        "low_strength_starts_from_the_painting",
         "expand_grows_the_canvas_and_fills_the_new_area",
         "expand_keeps_the_old_pixels_in_place",
         "expand_undone",

@@ -53,9 +53,19 @@ def test_task_options_are_the_tasks_choices_and_switches():
     names = {
         t: [f.name for f in option_fields(TASKS[t].to_wire())] for t in ("local_edit", "reference_edit", "inpaint")
     }
-    assert "mode" in names["local_edit"] and "face" in names["reference_edit"] and names["inpaint"] == []
+    assert "mode" in names["local_edit"] and "face" in names["reference_edit"] and names["inpaint"] == ["strength"]
     mode = next(f for f in option_fields(TASKS["local_edit"].to_wire()) if f.name == "mode")
     assert mode.choices[0] == "repaint" and forms.params_from(TASKS["local_edit"], {"mode": "repaint"}) == {}
+
+
+def test_the_masked_tasks_offer_a_strength_slider_over_the_tables_range_and_the_others_none():
+    for name, task in TASKS.items():
+        strength = [f for f in option_fields(task.to_wire()) if f.name == "strength"]
+        assert bool(strength) == (task.param("strength") is not None), name
+        if strength:
+            assert (strength[0].kind, strength[0].minimum, strength[0].maximum) == ("float", 0.05, 1.0)
+    assert not any(f.name == "strength" for f in option_fields(TASKS["instruct"].to_wire()))
+    assert forms.params_from(TASKS["inpaint"], {"strength": 0.3}) == {"strength": 0.3}
 
 
 def test_mask_is_full():
