@@ -51,8 +51,9 @@ class DepthConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DepthConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
+        """From `to_dict()` after a JSON round trip (lists back to tuples); unknown keys are ignored."""
+        known = set(cls.__dataclass_fields__)
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in known}
         return cls(**values)
 
 
