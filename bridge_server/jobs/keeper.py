@@ -126,11 +126,15 @@ class JobKeeper:
             image.task.cancel()
 
     async def held(self) -> dict[str, dict[str, Any]]:
-        """What a restarted daemon reattaches to: job_id -> {index, request (the inputs), ended}."""
-        return {
-            job_id: {"index": image.index, "request": image.request, "ended": image.ended}
-            for job_id, image in self.images.items()
-        }
+        """What a restarted daemon reattaches to: job_id -> {index, request (the inputs), ended, and for a lost
+        image its replica and reason}."""
+        held = {}
+        for job_id, image in self.images.items():
+            held[job_id] = {"index": image.index, "request": image.request, "ended": image.ended}
+            if image.ended == "lost":
+                last = image.events[-1]
+                held[job_id].update(replica=last.get("replica", ""), reason=last.get("reason", "lost"))
+        return held
 
 
 def keeper_for(app: str, deployment: str, namespace: str) -> Any:

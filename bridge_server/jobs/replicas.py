@@ -255,6 +255,9 @@ class RayReplicas:
         self.tasks: list[str] = []
         self.handle: Any = None
         self.keeper: Any = None  # the detached actor that holds in-flight images (jobs/keeper.py)
+        # Images found lost in the keeper after a restart (their replica died while no daemon watched): the first
+        # `make_image` for one reports the loss, so it is journalled and counted as any restart is.
+        self._lost_before: dict[tuple[str, int], tuple[str, str]] = {}
         self.board: dict[str, dict[str, Any]] = {}  # replica id -> what status shows
         self.restarts = 0
         self.on_change: Callable[[], None] | None = None
@@ -416,6 +419,9 @@ class RayReplicas:
         so the image goes on when this daemon dies; `start` attaches instead when the keeper already runs it."""
         job_id, index = key
         replica = ""
+        lost = self._lost_before.pop(key, None)
+        if lost is not None:
+            raise ReplicaLost(*lost)
         try:
             keeper = self._keeper()
             await keeper.start.remote(job_id, index, engine_request(job, wants_previews), piece or "")
@@ -480,10 +486,14 @@ class RayReplicas:
         """Blocking (the queue's restore runs it off the loop): the images the keeper holds from a daemon before
         this one, job_id -> {index, request, ended}; empty when there is no keeper to ask."""
         try:
-            return dict(ray.get(self._keeper().held.remote(), timeout=60))
+            held: dict[str, dict[str, Any]] = ray.get(self._keeper().held.remote(), timeout=60)
         except RayError as exc:
             log.warning("cannot ask the job keeper what was running: %s", _short(exc))
             return {}
+        for job_id, image in held.items():
+            if image.get("ended") == "lost":
+                self._lost_before[(job_id, int(image["index"]))] = (str(image.get("replica") or ""), image["reason"])
+        return held
 
     async def release(self, job_id: str) -> None:
         """The job ended and its results are stored: the keeper forgets it."""

@@ -277,13 +277,14 @@ def test_a_daemon_killed_mid_job_reattaches_and_delivers_the_result_once(
     ray_daemon, cluster, daemon_home, tiny_model_root
 ):
     """The daemon process dies while a replica runs Erin's job; the cluster goes on. The restarted daemon takes the
-    job back from the replicas' keeper and Erin's editor, resuming with its client_id and secret, gets one result."""
+        job back from the replicas' keeper and Erin's editor, resuming with its client_id and secret, gets each of its two
+    images once: the one the keeper finished while no daemon watched, and the next, started by the new daemon."""
     daemon = ray_daemon["daemon"]
     wait_for_live_replicas(daemon, 2)
     erin = BridgeClient(daemon.url, daemon.token, client_id="erin-krita", reconnect_timeout=0)
     erin.connect()
     secret = erin.client_secret
-    handle = inpaint(erin, 61, **LONG)
+    handle = inpaint(erin, 61, steps=100, size=(768, 768), count=2)  # image 0 likely outlasts the restart
     next(e for e in handle.events(timeout=120) if e.TYPE == "progress")
     assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL  # mid-job, no chance to clean up
     erin.close()
@@ -298,9 +299,8 @@ def test_a_daemon_killed_mid_job_reattaches_and_delivers_the_result_once(
         assert resumed.id == handle.id
         events = finish(resumed, timeout=240)
         assert events[-1].TYPE == "done", [e.TYPE for e in events]
-        assert [e.TYPE for e in events].count("result") == 1
-        (result,) = results(events)
-        assert result.seed == 61 and result.provenance["job_id"] == handle.id
+        assert [(r.index, r.seed) for r in results(events)] == [(0, 61), (1, 62)], "each image exactly once"
+        assert {r.provenance["job_id"] for r in results(events)} == {handle.id}
         back.ack(handle.id)
     finally:
         back.close()
@@ -313,6 +313,47 @@ def test_a_daemon_killed_mid_job_reattaches_and_delivers_the_result_once(
         assert later.connect().pending == [], "acknowledged: never delivered a second time"
     finally:
         later.close()
+
+
+def test_a_job_whose_replica_dies_while_the_daemon_is_down_is_rerun_and_delivered_once(
+    ray_daemon, cluster, daemon_home, tiny_model_root
+):
+    """The daemon dies mid-job, then the replica running that job dies too, before any daemon is back. The keeper
+    still holds the inputs: the restarted daemon journals the loss and the restart, reruns the image on the other
+    replica and Finn's editor gets one result."""
+    daemon = ray_daemon["daemon"]
+    wait_for_live_replicas(daemon, 2)
+    finn = BridgeClient(daemon.url, daemon.token, client_id="finn-gimp", reconnect_timeout=0)
+    finn.connect()
+    secret = finn.client_secret
+    handle = inpaint(finn, 62, steps=100, size=(768, 768))  # seconds: still running when its replica is killed
+    next(e for e in handle.events(timeout=120) if e.TYPE == "progress")
+    [running] = [j for j in status(daemon, finn)["queue"] if j["job_id"] == handle.id]
+    [entry] = [r for r in status(daemon)["engine"]["replicas"] if r["replica"] == running["replica"]]
+    assert daemon.stop(signal.SIGKILL) == -signal.SIGKILL
+    finn.close()
+    assert cluster.replica_pids().get(entry["pid"], "").startswith("ray::ServeReplica:ace-bridge:AceEngine")
+    os.kill(entry["pid"], signal.SIGKILL)
+    again = start_process_daemon(
+        daemon_home, "--ray", cluster.address, "--replicas", "2", tiny_root=tiny_model_root, timeout=240
+    )
+    ray_daemon["daemon"] = again
+    back = BridgeClient(again.url, again.token, client_id="finn-gimp", client_secret=secret, reconnect_timeout=0)
+    try:
+        back.connect()
+        (resumed,) = back.fetch_unacknowledged(wait=10)
+        events = finish(resumed, timeout=300)
+        assert events[-1].TYPE == "done", [e.TYPE for e in events]
+        (result,) = results(events)
+        assert result.seed == 62 and result.provenance["replica"]["replica"] != running["replica"]
+        back.ack(handle.id)
+    finally:
+        back.close()
+    mine = [e for e in journal(again) if e.get("job_id") == handle.id]
+    assert [(e["ev"], e.get("found")) for e in mine if e["ev"] == "reattached"] == [("reattached", "lost")]
+    assert [e["replica"] for e in mine if e["ev"] == "restarted"] == [running["replica"]]
+    assert [e["ev"] for e in mine if e["ev"] in ("done", "failed")] == ["done"]
+    wait_for_live_replicas(again, 2)  # Serve has replaced the killed replica before the next test
 
 
 def test_a_restarted_daemon_reattaches_to_the_running_replicas(ray_daemon, cluster, daemon_home, tiny_model_root):
