@@ -158,3 +158,39 @@ def test_installed_plugin_imports_its_packages_privately(tmp_path, monkeypatch):
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_recent_prompts_and_the_advanced_switch_are_kept_in_the_settings():
+    s = Settings(advanced_prompt=True, recent_prompts=["make the hat red", "add a scarf"])
+    back = Settings.from_json(s.to_json())
+    assert back.advanced_prompt is True and back.recent_prompts == ["make the hat red", "add a scarf"]
+    bad = Settings.from_json('{"advanced_prompt": "yes", "recent_prompts": "make the hat red"}')
+    assert bad.advanced_prompt is False and bad.recent_prompts == []
+    assert Settings().recent_prompts is not Settings().recent_prompts  # no list shared between instances
+
+
+def test_the_history_annotation_round_trips_through_a_document():
+    """history_store on an object with Krita's annotation calls: what it writes, it reads back."""
+    from ace_bridge import history_store
+    from ace_editor.history import JobRecord
+    from ace_editor.jobs import ResultImage
+
+    class Doc:
+        def __init__(self):
+            self.annotations = {}
+
+        def setAnnotation(self, key, description, data):  # noqa: N802 - Krita's name
+            self.annotations[key] = bytes(data)
+
+        def annotation(self, key):
+            return self.annotations.get(key, b"")
+
+    doc = Doc()
+    assert history_store.load(doc) == []
+    record = JobRecord("j1", "d", "local_edit", "Make the hat red in {image} mask.", {}, (0, 0, 1, 1), "image", None)
+    record.results, record.state, record.instruction = [ResultImage(0, 1, 5, 1, 1, b"\1\2\3\4")], "done", "make it red"
+    history_store.save(doc, [record])
+    assert history_store.load(doc) == [record]
+    doc.annotations[history_store.HISTORY_ANNOTATION] = b"{}"
+    with pytest.raises(history_store.HistoryFormatError):
+        history_store.load(doc)
