@@ -57,7 +57,7 @@ def create_app(config: ServerConfig) -> web.Application:
     """A new daemon app. The engine is created by `config.engine_factory` when the app starts."""
     guard = ConnectionGuard()
     app = web.Application(
-        middlewares=[security_middleware(config.allowed_hosts, guard)],
+        middlewares=[security_middleware(config.allowed_hosts, guard, remote=not config.is_loopback)],
         client_max_size=1024 * 1024,  # HTTP bodies are small JSON; pixels travel on the WebSocket
     )
     app[GUARD] = guard

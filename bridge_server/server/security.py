@@ -81,7 +81,19 @@ def origin_allowed(request: web.Request) -> bool:
     return parts.scheme in ("http", "https") and parts.netloc.lower() == host.lower() and bool(host)
 
 
-def security_middleware(allowed_hosts: tuple[str, ...], guard: ConnectionGuard | None = None) -> Middleware:
+TLS_REQUIRED = (
+    "this daemon listens beyond this machine without TLS (serve --insecure), so a token sent in an Authorization "
+    "header could be read by anyone on the network: it is refused unread. Use a client that proves the token "
+    "instead of sending it (protocol 2: the plugins, the CLI and `ace-bridge panel` of this version), or serve with "
+    "TLS (--tls-self-signed or --tls-cert/--tls-key) and connect with wss:// or https://"
+)
+
+
+def security_middleware(
+    allowed_hosts: tuple[str, ...], guard: ConnectionGuard | None = None, remote: bool = False
+) -> Middleware:
+    """`remote`: the daemon listens beyond loopback; a bearer token is then taken only over TLS."""
+
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if guard is not None:
@@ -92,7 +104,9 @@ def security_middleware(allowed_hosts: tuple[str, ...], guard: ConnectionGuard |
             return web.Response(status=403, text="forbidden: cross-origin request\n")
         if "token" in request.query:
             # Tokens in URLs end up in logs and browser history; refuse so no client learns to do it.
-            return web.Response(status=400, text="bad request: send the token in hello or the Authorization header\n")
+            return web.Response(status=400, text="bad request: tokens never go in URLs\n")
+        if remote and not request.secure and "Authorization" in request.headers:
+            return web.json_response({"error": "tls_required", "message": TLS_REQUIRED}, status=403)
         if request.method == "POST" and request.content_type in (
             "application/x-www-form-urlencoded",
             "multipart/form-data",

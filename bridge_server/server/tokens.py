@@ -5,8 +5,10 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import time
 from pathlib import Path
 
+from ace_protocol.auth import new_nonce, proof, proof_matches
 from ace_protocol.discovery import TOKEN_FILE
 
 from bridge_server.store.private import private_dir
@@ -64,3 +66,37 @@ def bearer_token(header: str | None) -> str | None:
 
 def tokens_equal(given: str | None, expected: str) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+
+
+class HttpChallenges:
+    """Protocol 2 over two HTTP requests (the panel's one-time code, `ace-bridge panel`): the daemon proves it
+    holds the token before the client proves it, so the token never travels and a program that took the port
+    learns nothing. Roles are `panel-server` / `panel-client`, so a proof from the WebSocket handshake does not
+    pass here. Pending challenges are few (at most `max_pending`, the oldest dropped) and short-lived."""
+
+    def __init__(self, ttl_s: float = 30.0, max_pending: int = 256) -> None:
+        self.ttl_s, self.max_pending = ttl_s, max_pending
+        self._pending: dict[str, tuple[str | None, str, str, float]] = {}  # id -> (token, Nc, Ns, expiry)
+
+    def issue(self, token: str | None, client_nonce: str) -> dict[str, str]:
+        """The challenge for a client that named `token` (None: a token id we do not hold; the proof is then made
+        with a random key and looks the same)."""
+        now = time.monotonic()
+        self._pending = {k: v for k, v in self._pending.items() if v[3] > now}
+        while len(self._pending) >= self.max_pending:
+            self._pending.pop(next(iter(self._pending)))
+        challenge, server_nonce = secrets.token_urlsafe(18), new_nonce()
+        self._pending[challenge] = (token, client_nonce, server_nonce, now + self.ttl_s)
+        key = token if token is not None else secrets.token_urlsafe(32)
+        return {
+            "challenge": challenge,
+            "nonce": server_nonce,
+            "proof": proof(key, "panel-server", client_nonce, server_nonce),
+        }
+
+    def redeem(self, challenge: str, given: str) -> bool:
+        """Whether `given` is the client's proof for this challenge (single use, whatever the outcome)."""
+        token, client_nonce, server_nonce, expiry = self._pending.pop(challenge, (None, "", "", 0.0))
+        if token is None or expiry < time.monotonic():
+            return False
+        return proof_matches(given, token, "panel-client", client_nonce, server_nonce)

@@ -207,6 +207,58 @@ def squat(args: dict) -> dict:
     return {"received": received, "uid": os.getuid()}
 
 
+def http_squat(args: dict) -> dict:
+    """Listen on the daemon's port while it is down and answer every HTTP request (up to `max_requests`) with
+    `status` and the JSON `body`, recording each request whole (head and body)."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", args["port"]))
+    server.listen(8)
+    server.settimeout(args.get("seconds", 30))
+    print(json.dumps({"listening": True}), flush=True)
+    received = []
+    body = json.dumps(args["body"]).encode()
+    for _ in range(args.get("max_requests", 4)):
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            break
+        conn.settimeout(5)
+        with conn:
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                head, _, rest = data.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line.split(b":", 1)[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                while len(rest) < length:
+                    chunk = conn.recv(length - len(rest))
+                    if not chunk:
+                        break
+                    rest += chunk
+                received.append((head + b"\r\n\r\n" + rest).hex())
+                conn.sendall(
+                    f"HTTP/1.1 {args.get('status', 200)} X\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+                    + body
+                )
+            except OSError:
+                pass
+        server.settimeout(args.get("linger", 3))  # later requests come at once or not at all
+    return {"received": received, "uid": os.getuid()}
+
+
 if __name__ == "__main__":
     request = json.loads(sys.argv[1])
-    print(json.dumps({"guess": guess, "squat": squat}[request["mode"]](request)), flush=True)
+    modes = {"guess": guess, "squat": squat, "http_squat": http_squat}
+    print(json.dumps(modes[request["mode"]](request)), flush=True)

@@ -9,6 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from adversarial_helpers import raw_upgrade, ws_handshake
@@ -73,6 +74,15 @@ def test_self_signed_remote_mode_prints_the_fingerprint_it_serves(tmp_path, tiny
         context = ssl.create_default_context(cafile=str(daemon.config_dir / "tls" / "cert.pem"))
         with ws_connect(daemon.url, ssl=context, open_timeout=15) as ws:
             assert ws_handshake(ws, daemon.token, "remote-editor").TYPE == "welcome"
+        # Over TLS a bearer token is still taken (the panel's code endpoint, for older `ace-bridge panel`).
+        bearer = urllib.request.Request(
+            f"https://127.0.0.1:{daemon.port}/panel/api/code",
+            b"{}",
+            {"Authorization": f"Bearer {daemon.token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(bearer, timeout=15, context=context) as reply:
+            assert reply.status == 200
         # Plain ws:// to the TLS port gets nowhere.
         with pytest.raises(Exception):  # noqa: B017 - any failure to talk plaintext is right
             with ws_connect(daemon.url.replace("wss://", "ws://"), open_timeout=5) as ws:
@@ -85,3 +95,38 @@ def test_self_signed_remote_mode_prints_the_fingerprint_it_serves(tmp_path, tiny
         assert _served_fingerprint(again.port) == printed.group(1)
     finally:
         again.stop()
+
+
+def test_insecure_remote_mode_refuses_a_bearer_token_over_plain_http(tmp_path, tiny_model_root):
+    """`serve --host 0.0.0.0 --insecure`: a token in an Authorization header over plain HTTP (the panel's code
+    endpoint, a WebSocket upgrade) is refused with 403 `tls_required` and a message saying what to do, and gets
+    nothing; clients that prove the token instead (plugins, CLI, `ace-bridge panel`) still get in."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from ace_protocol.client import BridgeClient
+
+    from bridge_server.server.panel.window import request_code
+
+    daemon = start_process_daemon(tmp_path / "home", "--host", "0.0.0.0", "--insecure", tiny_root=tiny_model_root)
+    try:
+        base = f"http://127.0.0.1:{daemon.port}"
+        bearer = {"Authorization": f"Bearer {daemon.token}", "Content-Type": "application/json"}
+        request = urllib.request.Request(base + "/panel/api/code", b"{}", bearer, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=15)
+        answer = json.loads(refused.value.read())
+        assert refused.value.code == 403 and answer["error"] == "tls_required", answer
+        assert "TLS" in answer["message"] and "--tls-self-signed" in answer["message"]
+        status, head = raw_upgrade(
+            daemon.port, f"127.0.0.1:{daemon.port}", headers={"Authorization": bearer["Authorization"]}
+        )
+        assert status == 403 and b"tls_required" in head
+        # Proving instead of sending works over the same plain connection.
+        assert request_code(base, daemon.token).startswith(base + "/panel/?code=")
+        client = BridgeClient(daemon.url, daemon.token, client_id="remote-prover", reconnect_timeout=0)
+        assert client.connect().protocol_version == 2
+        client.close()
+    finally:
+        daemon.stop()

@@ -708,6 +708,90 @@ def test_a_squatter_on_the_daemons_port_never_receives_the_token(answer, tmp_pat
     assert "daemon" in str(refused.value)
 
 
+@pytest.mark.parametrize("answer", ["fake-challenge", "old-daemon-401", "bare-code"])
+def test_ace_bridge_panel_never_sends_the_token_to_a_squatter(answer):
+    """`ace-bridge panel` asks the daemon for a one-time code. Another user listening on the port while the daemon
+    is down answers like a daemon would (a made-up challenge, an older daemon's 401 asking for the token, or a
+    code straight away): it receives one request with a nonce and a token id, never the token, never a proof,
+    never a second request; the command says the program did not prove it holds the token."""
+    from daemon_fixture import free_port
+
+    from bridge_server.server.panel.window import PanelError, request_code
+
+    port = free_port()
+    token = "ace_" + "p4nel" * 9
+    status, body = {
+        "fake-challenge": (200, {"challenge": "c1", "nonce": "00" * 16, "proof": "ab" * 32}),
+        "old-daemon-401": (401, {"error": "unauthorized", "message": "wrong or missing token"}),
+        "bare-code": (200, {"code": "x", "path": "/panel/?code=x", "expires_s": 60}),
+    }[answer]
+    squatter = subprocess.Popen(
+        [
+            nobody_python(),
+            "-c",
+            HOSTILE,
+            json.dumps({"mode": "http_squat", "port": port, "status": status, "body": body, "seconds": 60}),
+        ],
+        user="nobody",
+        group="nogroup",
+        cwd="/",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert json.loads(squatter.stdout.readline())["listening"]
+    with pytest.raises(PanelError) as refused:
+        request_code(f"http://127.0.0.1:{port}", token, timeout=5)
+    out, err = squatter.communicate(timeout=60)
+    captured = json.loads(out)
+    assert captured["uid"] == 65534, err
+    assert len(captured["received"]) == 1  # the first step only: no proof, no retry with the token
+    wire = bytes.fromhex(captured["received"][0])
+    assert token.encode() not in wire and b"authorization" not in wire.lower()
+    assert b"token_id" in wire and b"proof" not in wire
+    assert "did not prove it holds your token" in str(refused.value) or "refused the token" in str(refused.value)
+
+
+def test_the_panel_code_is_had_by_proof_and_a_wrong_proof_gets_nothing(thread_daemon_factory):
+    """Against the real daemon the two-step proof gets a working one-time link; a replayed or made-up proof, a
+    WebSocket-handshake proof (another role) or an unknown challenge gets 401 and no code."""
+    import urllib.error
+    import urllib.request
+
+    from ace_protocol.auth import new_nonce, token_id
+    from ace_protocol.auth import proof as auth_proof
+
+    from bridge_server.server.panel.window import request_code
+
+    daemon = thread_daemon_factory()
+    base = f"http://127.0.0.1:{daemon.port}"
+    assert request_code(base, daemon.token).startswith(base + "/panel/?code=")
+
+    def post(body: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(
+            base + "/panel/api/code", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    nonce = new_nonce()
+    status, challenge = post({"token_id": token_id(daemon.token), "nonce": nonce})
+    assert status == 200 and set(challenge) == {"challenge", "nonce", "proof"}
+    wrong_role = auth_proof(daemon.token, "client", nonce, challenge["nonce"])  # the WebSocket handshake's proof
+    assert post({"challenge": challenge["challenge"], "proof": wrong_role})[0] == 401
+    right = auth_proof(daemon.token, "panel-client", nonce, challenge["nonce"])
+    assert post({"challenge": challenge["challenge"], "proof": right})[0] == 401  # single use, even after a miss
+    assert post({"challenge": "made-up", "proof": right})[0] == 401
+    status, fresh = post({"token_id": token_id(daemon.token), "nonce": nonce})
+    status, code = post(
+        {"challenge": fresh["challenge"], "proof": auth_proof(daemon.token, "panel-client", nonce, fresh["nonce"])}
+    )
+    assert status == 200 and code["path"].startswith("/panel/?code=")
+
+
 def test_the_token_never_travels_to_the_real_daemon_either(thread_daemon_factory):
     """A recording proxy between the shared client and the daemon: the handshake succeeds and the token is not
     among the bytes the client sent."""

@@ -338,7 +338,7 @@ def test_the_one_time_code_works_once_and_the_cookie_is_httponly_and_strict(thre
     with pytest.raises(urllib.error.HTTPError) as again:
         opener.open(url, timeout=10)
     assert again.value.code == 403, "a code is single use"
-    with pytest.raises(PanelError, match="refused the token"):
+    with pytest.raises(PanelError, match="did not prove it holds your token"):
         request_code(base_url(daemon), "not-the-token")
     session = cookie.split(";")[0]
     for path, status in (("/panel/api/state", 200), ("/panel/static/panel.js", 200)):
@@ -369,7 +369,7 @@ def test_the_one_time_code_works_once_and_the_cookie_is_httponly_and_strict(thre
         assert json.loads(reply.read())["ok"] is True
     new_token = (daemon.config.config_dir / "token").read_text().strip()
     assert new_token != daemon.token
-    with pytest.raises(PanelError, match="refused the token"):
+    with pytest.raises(PanelError, match="did not prove it holds your token"):
         request_code(base_url(daemon), daemon.token)
     assert "/panel/?code=" in request_code(base_url(daemon), new_token)
 

@@ -1,7 +1,9 @@
 """The control panel: a static page, a small JSON API and one WebSocket of live updates, all under `/panel/`.
 
-Access: a process that can read the token file asks `POST /panel/api/code` (Authorization: Bearer <token>) for a
-one-time code and opens `/panel/?code=...`. The daemon trades the code (single use, short expiry) for an HttpOnly,
+Access: a process that can read the token file asks `POST /panel/api/code` for a one-time code, proving the token
+in two requests (`{token_id, nonce}`, then `{challenge, proof}`: the daemon proves it first, server/tokens.py
+`HttpChallenges`; an `Authorization: Bearer` header is still taken on loopback or over TLS), and opens
+`/panel/?code=...`. The daemon trades the code (single use, short expiry) for an HttpOnly,
 SameSite=Strict session cookie and redirects to the clean URL. Every other panel endpoint needs that cookie;
 state-changing ones take only `application/json` bodies. The app's security middleware has already refused
 foreign Hosts, foreign Origins, `Sec-Fetch-Site: cross-site/same-site` and form content types before we get here.
@@ -33,7 +35,7 @@ from bridge_server.server.offers import OfferRefused, check_target, editor_title
 from bridge_server.server.people import usage
 from bridge_server.server.sessions import send_offers
 from bridge_server.server.state import STATE, AppState
-from bridge_server.server.tokens import bearer_token, rotate_token, tokens_equal
+from bridge_server.server.tokens import HttpChallenges, bearer_token, rotate_token, tokens_equal
 from bridge_server.store.history import BEFORE_SUFFIX, ENTRY_RE, HistoryUnavailable
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,7 @@ class PanelState:
     last_engine: str = ""
     panels: list[dict[str, Any]] = field(default_factory=list)  # what connected panel pages said in `hello`
     agents_seen: list[str] = field(default_factory=list)  # every page that said hello (bounded; for tests)
+    challenges: HttpChallenges = field(default_factory=HttpChallenges)  # `ace-bridge panel` proving the token
 
     def mark(self, *parts: str) -> None:
         self.dirty.update(parts)
@@ -272,6 +275,8 @@ async def get_code(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": "rate_limited", "message": "too many wrong tokens; wait a minute"}, status=429
         )
+    if given is None:
+        return await _code_by_proof(request, state, key)
     if not tokens_equal(given, state.current_token()):
         await asyncio.sleep(state.throttle.failed(key))
         return web.json_response({"error": "unauthorized", "message": "wrong or missing token"}, status=401)
@@ -279,6 +284,40 @@ async def get_code(request: web.Request) -> web.Response:
         return web.json_response({"error": "unsupported_media_type", "message": "JSON bodies only"}, status=415)
     code = request.config_dict[PANEL].new_code()
     return web.json_response({"code": code, "path": f"/panel/?code={code}", "expires_s": CODE_TTL_S})
+
+
+async def _code_by_proof(request: web.Request, state: AppState, key: str) -> web.Response:
+    """The code without the token travelling: `{token_id, nonce}` gets the daemon's challenge and proof;
+    `{challenge, proof}` gets the code when the client's proof is right (the daemon's own token only)."""
+    from ace_protocol.auth import token_id
+
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return web.json_response({"error": "bad_request", "message": "the body must be a JSON object"}, status=400)
+    challenges = request.config_dict[PANEL].challenges
+    if isinstance(body.get("token_id"), str) and isinstance(body.get("nonce"), str) and len(body["nonce"]) <= 64:
+        own = state.current_token()
+        # Counted as a wrong token when issued (the challenge tells a holder of a candidate whether it is right),
+        # forgiven when the proof is right: the same rule as the WebSocket handshake.
+        state.throttle.failed(key)
+        named = own if tokens_equal(body["token_id"], token_id(own)) else None
+        return web.json_response(challenges.issue(named, body["nonce"]))
+    if isinstance(body.get("challenge"), str) and isinstance(body.get("proof"), str):
+        if not challenges.redeem(body["challenge"], body["proof"]):
+            return web.json_response({"error": "unauthorized", "message": "wrong or missing token"}, status=401)
+        state.throttle.succeeded(key)
+        code = request.config_dict[PANEL].new_code()
+        return web.json_response({"code": code, "path": f"/panel/?code={code}", "expires_s": CODE_TTL_S})
+    return web.json_response(
+        {
+            "error": "unauthorized",
+            "message": "prove the token: send {token_id, nonce}, then {challenge, proof} (docs/protocol.md §4)",
+        },
+        status=401,
+    )
 
 
 async def index(request: web.Request) -> web.StreamResponse:

@@ -47,12 +47,36 @@ def daemon_alive(base: str, timeout: float = 5.0) -> bool:
 
 
 def request_code(base: str, token: str, timeout: float = 10.0) -> str:
-    """Trade the token (which only this user can read) for a one-time panel link; returns the full URL."""
+    """Trade proof of the token (which only this user can read) for a one-time panel link; returns the full URL.
+
+    The token never travels: the daemon first proves it holds the token (HMAC over both nonces), and only then does
+    this side send its own proof (server/tokens.py `HttpChallenges`). A program that took the daemon's port while
+    it was down gets a nonce and a token id, nothing more, and no second request."""
+    from ace_protocol.auth import new_nonce, proof, proof_matches, token_id
+
+    nonce = new_nonce()
+    challenge = _post_code(base, {"token_id": token_id(token), "nonce": nonce}, timeout)
+    server_nonce = challenge.get("nonce")
+    if not isinstance(server_nonce, str) or not proof_matches(
+        challenge.get("proof"), token, "panel-server", nonce, server_nonce
+    ):
+        raise PanelError(
+            f"the program answering at {base} did not prove it holds your token: the token is wrong (check "
+            "`ace-bridge token` or --token), or another program took the daemon's port. Nothing else was sent to it"
+        )
+    answer = {"challenge": challenge.get("challenge"), "proof": proof(token, "panel-client", nonce, server_nonce)}
+    data = _post_code(base, answer, timeout)
+    if not isinstance(data.get("path"), str) or not data["path"].startswith("/panel/"):
+        raise PanelError(f"the daemon at {base} sent no panel link")
+    return base + data["path"]
+
+
+def _post_code(base: str, body: dict, timeout: float) -> dict:
     request = urllib.request.Request(
         f"{base}/panel/api/code",
-        data=b"{}",
+        data=json.dumps(body).encode(),
         method="POST",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        headers={"Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as reply:
@@ -65,7 +89,9 @@ def request_code(base: str, token: str, timeout: float = 10.0) -> str:
         raise PanelError(f"the daemon answered {exc.code} {exc.reason}") from exc
     except (OSError, ValueError) as exc:
         raise PanelError(f"cannot reach the daemon at {base}: {exc}") from exc
-    return base + data["path"]
+    if not isinstance(data, dict):
+        raise PanelError(f"the daemon at {base} sent a malformed answer")
+    return data
 
 
 def start_daemon(timeout: float = START_TIMEOUT_S) -> str:
