@@ -15,6 +15,7 @@ from . import history_store, layers
 from .bundled import daemon, forms, geometry, history, jobs, messages, prompting, provenance
 from .expand import fit_canvas, read_grown, wanted_margins
 from .firstrun import FirstRun, FirstRunPanel
+from .inbox import KritaInbox
 from .model import JobRecord, Settings, Source, docker_fields, option_fields
 from .previews import PreviewFlow, PreviewStrip, expected_count
 from .prompt_box import PromptBox
@@ -73,6 +74,8 @@ class Controller(QObject):
         self.worker.welcome_received.connect(self._on_welcome)
         self.worker.job_event.connect(self._on_job_event)
         self.worker.redelivered.connect(self._on_redelivered)
+        self.inbox = KritaInbox(self.worker)  # results sent from the panel land as new layers (inbox.py)
+        self.inbox.status.connect(self.status_changed.emit)
         # Preview, then apply (previews.py): a job's variations wait in the docker's strip, the shown one as a
         # preview layer; with preview_first off they are inserted at once, as before.
         self.preview_first = True

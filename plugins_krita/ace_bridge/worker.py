@@ -9,6 +9,7 @@ worker keeps trying to connect in the background.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +75,10 @@ class BridgeWorker(QObject):
         self._stop = threading.Event()
         self._connect_thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: Results sent from the panel (inbox.py sets both): `hello.offers`, and on_offer(client, offer) on the
+        #: client's reader thread.
+        self.offers_mode = ""
+        self.on_offer: Callable[[Any, Any], None] | None = None
 
     # ---------------------------------------------------------------- connection
     def start(self) -> None:
@@ -106,8 +111,11 @@ class BridgeWorker(QObject):
                     client_version=PLUGIN_VERSION,
                     editor=self.editor,
                     previews=True,
+                    **({"offers": self.offers_mode} if self.offers_mode else {}),
                 )
                 client.on_connection_change = self._on_client_state
+                if self.on_offer is not None:
+                    client.on_offer = functools.partial(self.on_offer, client)
                 welcome = client.connect()
             except (protocol_client.Unauthorized, protocol_client.VersionMismatch) as exc:
                 self._set_state("error", str(exc))
