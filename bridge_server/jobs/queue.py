@@ -170,11 +170,12 @@ class JobQueue:
         return job.position
 
     def admit(self, job: Job) -> str | None:
-        """Why `job` cannot be queued now, or None. Shares are by principal (the connection that sends, or the
-        person behind a named token), not by the `client_id` a client picks: once `max_queued_total` jobs wait, a
-        principal may still queue while it holds fewer than its fair share (the total over the principals that
-        have jobs waiting, itself included; at least one), so a client with no jobs is never refused because
-        another filled the queue. Nothing at all is queued past twice the total."""
+        """Why `job` cannot be queued now, or None. Shares are by principal (the person behind a named token;
+        another user's or a remote machine's connections together; else the connection that sends), not by the
+        `client_id` a client picks. Nothing at all is queued past `max_queued_total`, however many connections
+        send. Below three quarters of it anyone queues; above, a principal queues only while it holds fewer than
+        total // (principals with jobs waiting, itself included, + 1): the principals already there can never
+        hold it all, so one with no jobs still finds room."""
         waiting = self.queued_jobs()
         total, cap = len(waiting), self.config.max_queued_total
         mine = sum(1 for j in waiting if j.client_id == job.client_id)
@@ -183,17 +184,17 @@ class JobQueue:
                 f"the queue is full for you ({mine} jobs waiting, at most {self.config.max_queued_per_client} "
                 "per client); wait for some to finish or cancel them"
             )
-        if total < cap:
+        if total < cap - cap // 4:
             return None
         held: dict[str, int] = {}
         for j in waiting:
             held[j.principal] = held.get(j.principal, 0) + 1
-        share = max(1, cap // len(held.keys() | {job.principal}))
-        if total < 2 * cap and held.get(job.principal, 0) < share:
+        share = max(1, cap // (len(held.keys() | {job.principal}) + 1))
+        if total < cap and held.get(job.principal, 0) < share:
             return None
         return (
-            f"the queue is full ({total} jobs waiting; the queue holds {cap}, and {share} per sender once it "
-            f"is full; you have {held.get(job.principal, 0)}); wait for some to finish or cancel them"
+            f"the queue is full ({total} jobs waiting; the queue holds {cap}, and {share} per sender once it is "
+            f"three quarters full; you have {held.get(job.principal, 0)}); wait for some to finish or cancel them"
         )
 
     def cancel(self, job_id: str, client_id: str | None = None) -> bool:

@@ -193,6 +193,10 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
         )
         return None
     state.throttle.succeeded(key)
+    if (key.startswith("uid:") and not state.throttle.exempt(key)) or not _is_loopback(connection.peer):
+        # Another user's (or a remote machine's) connections share one queue share, however many it opens; the
+        # daemon's own user's editors keep one each (that user can read the token file anyway).
+        connection.principal = f"peer:{key}"
     state.guard.settled(request.protocol)
     if isinstance(ws, BridgeWebSocket):
         ws.raise_frame_limit(request, state.config.max_frame_bytes)

@@ -400,22 +400,50 @@ def test_a_client_with_no_jobs_is_never_refused_because_another_filled_the_queue
     greedy = [client_for(daemon, f"greedy-{i}") for i in range(4)]  # one plugin, four connections and client_ids
     for client in greedy:
         for _ in range(4):
-            client.submit("inpaint", "mine", **inpaint_kwargs())
-    assert daemon.call(lambda: len(daemon.state.queue.queued_jobs())) == 16  # the queue is full
+            try:
+                client.submit("inpaint", "mine", **inpaint_kwargs())
+            except JobError as exc:
+                assert exc.code == "queue_full" and "per sender" in str(exc)
+    assert daemon.call(lambda: len(daemon.state.queue.queued_jobs())) == 15  # 12 freely, then 3 (16 // 5) more
     with pytest.raises(JobError) as refused:
         greedy[0].submit("inpaint", "one more", **inpaint_kwargs())
     assert refused.value.code == "queue_full"
     editor = client_for(daemon, "editor-with-no-jobs")
     accepted = editor.submit("inpaint", "my first job", **inpaint_kwargs())  # never queue_full
     assert accepted.id
-    # A fifth greedy connection gets its share too, but nothing ever passes twice the total.
-    for i in range(40):
-        try:
-            client_for(daemon, f"late-{i}").submit("inpaint", "x", **inpaint_kwargs())
-        except JobError:
-            break
-    assert daemon.call(lambda: len(daemon.state.queue.queued_jobs())) <= 32
+    assert daemon.call(lambda: len(daemon.state.queue.queued_jobs())) == 16
     for client in [*greedy, editor]:
+        client.close()
+
+
+def test_many_connections_never_push_the_queue_past_its_cap(thread_daemon_factory):
+    """A token holder opens 40 real connections (a client_id each) and floods submits on all of them at once:
+    the queue never holds more than `max_queued_total` (before: each connection was a new principal with its own
+    share, and the queue reached about twice its cap)."""
+    import concurrent.futures
+
+    from ace_protocol.client import JobError
+
+    from bridge_server.jobs.gate import Gate
+
+    daemon = thread_daemon_factory(gate=Gate(paused=True), max_queued_total=32, max_queued_per_client=8)
+    flood = [client_for(daemon, f"flood-{i}") for i in range(40)]
+    refusals: list[str] = []
+
+    def submit_all(client) -> None:
+        for _ in range(8):
+            try:
+                client.submit("inpaint", "flood", **inpaint_kwargs(size=8))
+            except JobError as exc:
+                refusals.append(exc.code)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(submit_all, flood))
+    waiting = daemon.call(lambda: len(daemon.state.queue.queued_jobs()))
+    print(f"40 connections x 8 submits: {waiting} queued (cap 32), {len(refusals)} refused")
+    assert waiting <= 32 and set(refusals) == {"queue_full"}
+    assert waiting >= 24  # the queue was used, not shut
+    for client in flood:
         client.close()
 
 
