@@ -195,10 +195,14 @@ class Controller(QObject):
             )
             for r in sorted(record.results, key=lambda r: r.index)
         ]
+        # An expansion grows the canvas first; its region is then kept in the grown canvas's coordinates, so
+        # applying it again does not grow the canvas twice.
+        region = fit_canvas(target, geometry.Bounds(*record.region))
+        record.region = tuple(region)
         ids = layers.insert_results(
             target,
             record.results,
-            fit_canvas(target, geometry.Bounds(*record.region)),  # an expansion grows the canvas first
+            region,
             Source(record.source),
             record.anchor_node,
             record.task,
