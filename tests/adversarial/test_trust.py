@@ -447,6 +447,46 @@ def test_many_connections_never_push_the_queue_past_its_cap(thread_daemon_factor
         client.close()
 
 
+def test_a_plugin_that_does_not_keep_its_client_secret_gets_a_clear_answer_and_nobody_gets_its_results(
+    thread_daemon_factory,
+):
+    """A plugin from before `client_secret` ignores `welcome.client_secret`, queues a job and goes away. When it comes
+    back with its client_id and no secret it gets one `unauthorized` answer at once, saying what to do; the same
+    happens to anyone else trying that id (no secret, a guessed one), an old protocol 1 plugin is told to update,
+    and the reference client raises once instead of retrying. The finished result stays kept for the id."""
+    from ace_protocol.client import BridgeClient, Unauthorized
+    from websockets.exceptions import ConnectionClosed
+
+    daemon = thread_daemon_factory()
+    with raw_ws(daemon) as ws:
+        welcome = ws_handshake(ws, daemon.token, "pre-secret-plugin")
+        assert welcome.TYPE == "welcome" and welcome.client_secret  # offered, and ignored by this plugin
+        ws.send(encode(Submit(id="s1", task="inpaint", prompt="mine", **inpaint_kwargs())))
+        job_id = next_reply(ws).job_id
+        while next_reply(ws, skip=("queued", "started", "progress", "result")).TYPE != "done":
+            pass
+    for secret in (None, "guessed-secret"):  # the plugin itself, then someone else with the token
+        with raw_ws(daemon) as ws:
+            started = time.monotonic()
+            reply = ws_handshake(ws, daemon.token, "pre-secret-plugin", client_secret=secret)
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=30)
+            assert time.monotonic() - started < 10
+        assert (reply.TYPE, reply.code) == ("error", "unauthorized"), reply
+        assert "client_secret" in reply.message and "update the plugin" in reply.message
+    with raw_ws(daemon) as ws:
+        ws.send(encode(protocol_1_hello(daemon.token, "pre-secret-plugin")))
+        assert decode_server_message(ws.recv(timeout=30)).code == "unsupported_version"
+    client = BridgeClient(daemon.url, daemon.token, client_id="pre-secret-plugin", reconnect_timeout=0)
+    with pytest.raises(Unauthorized, match="client_secret"):
+        client.connect()
+    kept = daemon.call(lambda: [(j.id, bool(j.results)) for j in daemon.state.queue.deliverable("pre-secret-plugin")])
+    assert kept == [(job_id, True)]  # nobody received or acknowledged it
+    back = client_for(daemon, "pre-secret-plugin", client_secret=welcome.client_secret)  # the secret it was given
+    assert [h.id for h in back.fetch_unacknowledged(wait=60)] == [job_id]
+    back.close()
+
+
 def test_a_token_holder_cannot_take_over_another_editors_client_id(thread_daemon_factory):
     daemon = thread_daemon_factory()
     editor = client_for(daemon, "krita-victim")
