@@ -47,7 +47,8 @@ ANNOTATOR_SOURCES: dict[str, str] = {
     "contour": "annotator/ckpts/informative_drawing_contour_style.pth",
     "depth": "annotator/ckpts/dpt_hybrid-midas-501f0c75.pt",
 }
-#: The Hugging Face repository that holds the converter's output (contour/depth.safetensors + annotators.json).
+#: The Hugging Face repository for the converter's output (contour/depth.safetensors + annotators.json), to be
+#: filled by the maintainers running convert.py on the authors' files; until then convert locally or pull --from.
 ANNOTATOR_REPO = "ace-bridge/scepter-annotators-safetensors"
 # The diffusers folder without the single-file duplicate `flux1-fill-dev.safetensors` (23.8 GB we do not need).
 BASE_PATTERNS = [
