@@ -68,6 +68,20 @@ def status(daemon, client: BridgeClient | None = None) -> dict:
     return {"engine": reply.engine, "queue": reply.queue}
 
 
+def panel_state(daemon) -> dict:
+    """What the control panel shows (`/panel/api/state`), through its own login: a one-time code for a cookie."""
+    import http.cookiejar
+    import urllib.request
+
+    from bridge_server.server.panel.window import request_code
+
+    base = f"http://127.0.0.1:{daemon.port}"
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    opener.open(request_code(base, daemon.token), timeout=30).read()
+    with opener.open(base + "/panel/api/state", timeout=30) as reply:
+        return json.loads(reply.read())
+
+
 def journal(daemon) -> list[dict]:
     path = daemon.data_dir / "journal.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -246,6 +260,11 @@ def test_fairness_is_per_person_across_connections_and_replicas(ray_daemon, tmp_
         sent += [(seed, "dave", inpaint(dave, seed)) for seed in (91, 92)]
         ids = {handle.id for _, _, handle in sent}
         early = [e for e in journal(daemon) if e.get("ev") == "started" and e["job_id"] in ids]
+        panel = panel_state(daemon)["engine"]
+        people = {row["person"]: row for row in panel["people"]}
+        assert (people["carol"]["queued"], people["dave"]["queued"]) == (6, 2), panel["people"]
+        replicas = [r for r in panel["replicas"] if r["state"] == "ready"]
+        assert len(replicas) == 2 and all(r["busy"] for r in replicas), panel["replicas"]
         for handle in fillers:  # the replicas come free; from here the queue alone decides who goes next
             filler.cancel(handle.id)
         got = {}
