@@ -13,11 +13,22 @@ import os
 VENDOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_vendor")
 
 if os.path.isdir(VENDOR_DIR):
-    from ._vendor.ace_editor import daemon, forms, history, jobs, naming, previews, prompting, provenance, settings
+    from ._vendor.ace_editor import (
+        daemon,
+        forms,
+        history,
+        jobs,
+        naming,
+        panel_link,
+        previews,
+        prompting,
+        provenance,
+        settings,
+    )
     from ._vendor.ace_editor.protocol import VERSION
     from ._vendor.ace_protocol import client, geometry, images, messages, tasks
 else:  # pragma: no cover - exercised by every unit test; the branch above by the editor tests
-    from ace_editor import daemon, forms, history, jobs, naming, previews, prompting, provenance, settings  # type: ignore[no-redef]
+    from ace_editor import daemon, forms, history, jobs, naming, panel_link, previews, prompting, provenance, settings  # type: ignore[no-redef]
     from ace_editor.protocol import VERSION  # type: ignore[no-redef]
     from ace_protocol import client, geometry, images, messages, tasks  # type: ignore[no-redef]
 
@@ -32,6 +43,7 @@ __all__ = [
     "jobs",
     "messages",
     "naming",
+    "panel_link",
     "previews",
     "prompting",
     "provenance",

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import document as kdoc
 from . import history_store, layers
-from .bundled import daemon, forms, geometry, history, jobs, messages, prompting, provenance
+from .bundled import daemon, forms, geometry, history, jobs, messages, panel_link, prompting, provenance
 from .expand import fit_canvas, read_grown, wanted_margins
 from .firstrun import FirstRun, FirstRunPanel
 from .inbox import KritaInbox
@@ -30,6 +30,8 @@ from .qt_compat import (
     QIcon,
     QObject,
     QPixmap,
+    QtCore,
+    QtGui,
     QtWidgets,
     Signal,
     preview_pixmap,
@@ -468,7 +470,10 @@ class AceBridgeDocker(kdoc.DockWidget):
         reuse_job = W.QPushButton("Reuse prompt && seed")
         reuse_job.setToolTip("Put the selected result's prompt and seed back in the form")
         reuse_job.clicked.connect(self.on_reuse)
-        for button in (reapply, reuse_job):
+        open_panel = W.QPushButton("Open in panel")
+        open_panel.setToolTip("Show the selected result in the ACE Bridge control panel, in the web browser")
+        open_panel.clicked.connect(self.on_open_in_panel)
+        for button in (reapply, reuse_job, open_panel):
             history_row.addWidget(button)
         form.addLayout(history_row)
         form.addStretch(1)
@@ -567,6 +572,21 @@ class AceBridgeDocker(kdoc.DockWidget):
         if record.results:
             self.seed_random.setChecked(False)
             self.seed_spin.setValue(min(record.results[0].seed, 2**31 - 1))
+
+    def on_open_in_panel(self) -> str | None:
+        """The selected result in the daemon's control panel (a one-time link, opened in the browser)."""
+        record = self.selected_record()
+        if record is None or not record.results:
+            return None
+        s = self.collect_settings()
+        try:
+            link = panel_link.panel_link(s.url, s.token, record.job_id, record.results[0].index)
+        except panel_link.PanelLinkError as exc:
+            self.status.setText(str(exc))
+            return None
+        QtGui.QDesktopServices.openUrl(QtCore.QUrl(link))
+        self.status.setText("Opened the result in the control panel.")
+        return link
 
     def _reuse_seed(self) -> None:
         seed = self.controller.history.last_seed()

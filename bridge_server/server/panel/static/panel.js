@@ -400,6 +400,26 @@ function openViewer(entry) {
   $("viewer").hidden = false;
 }
 
+// "Open in panel" from an editor: /panel/#entry=<job id>-<index> (the fragment survives the code's redirect)
+// opens that result's viewer once the panel has loaded.
+async function openLinked(entries) {
+  const match = /^#entry=([0-9a-f]{32}-\d{1,3})$/.exec(location.hash);
+  if (!match) return;
+  let entry = entries.find((e) => e.entry === match[1]);
+  if (!entry) {
+    try {
+      const meta = await api(`/panel/api/meta/${match[1]}`);
+      const prov = (meta && meta.provenance) || {};
+      entry = { entry: match[1], task: prov.task || "", seed: prov.seed, prompt: prov.prompt || "",
+        before: Boolean(meta && meta.before) };
+    } catch (err) {
+      toast(`That result is not in the history any more (${err.message}).`);
+      return;
+    }
+  }
+  openViewer(entry);
+}
+
 function setCompare(percent) {
   $("compare-after").style.clipPath = `inset(0 0 0 ${percent}%)`;  // CSSOM: the CSP allows no inline styles
   $("compare-line").style.left = `${percent}%`;
@@ -516,6 +536,7 @@ async function start() {
   renderHistory(state.history);
   renderFailures(state.failures || []);
   connect();
+  await openLinked(state.history.entries || []);
 }
 
 start().catch((err) => {
