@@ -277,7 +277,8 @@ class Controller(QObject):
     def store_history(self, doc) -> None:
         """Write this document's finished jobs into it (an annotation saved in the .kra)."""
         if doc is not None:
-            history_store.save(doc, self.history.of_document(kdoc.document_key(doc)))
+            key = kdoc.document_key(doc)
+            history_store.save(doc, self.history.of_document(key), key)
 
     def load_history(self, doc) -> int:
         """List the jobs stored in `doc` (reopened after a restart) that are not listed yet; returns how many."""

@@ -17,9 +17,15 @@ HISTORY_ANNOTATION = "ace-bridge/history"
 HistoryFormatError = history.HistoryFormatError
 
 
-def save(doc, records: Iterable[JobRecord]) -> None:
+#: Compressed result pixels per document key, so writing the history after a job compresses only its results.
+_pixel_caches: dict[str, dict] = {}
+
+
+def save(doc, records: Iterable[JobRecord], doc_key: str = "") -> None:
     """Store the document's finished jobs in it (the newest whose pixels fit, see history_to_bytes)."""
-    doc.setAnnotation(HISTORY_ANNOTATION, "ACE Bridge history (JSON)", history.history_to_bytes(records))
+    cache = _pixel_caches.setdefault(doc_key, {}) if doc_key else None
+    data = history.history_to_bytes(records, cache=cache)
+    doc.setAnnotation(HISTORY_ANNOTATION, "ACE Bridge history (JSON)", data)
 
 
 def load(doc) -> list[JobRecord]:

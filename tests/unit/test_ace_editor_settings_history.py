@@ -150,3 +150,16 @@ def test_damaged_or_short_pixels_are_refused():
     with pytest.raises(history.HistoryFormatError, match="5 bytes of pixels for 2x2"):
         history.history_from_bytes(json.dumps(stored).encode())
     assert history.history_from_bytes(b"") == [] and history.history_from_bytes(None) == []
+
+
+def test_a_pixel_cache_compresses_each_result_once_and_keeps_only_the_stored_ones(monkeypatch):
+    compressed = []
+    real = history._encoded_pixels
+    monkeypatch.setattr(history, "_encoded_pixels", lambda r: compressed.append(r.seed) or real(r))
+    cache: history.PixelCache = {}
+    first = history.history_to_bytes([_done("j1", 1)], cache=cache)
+    again = history.history_to_bytes([_done("j2", 2), _done("j1", 1)], cache=cache)
+    assert compressed == [1, 2]  # j1's pixels were not compressed a second time
+    assert history.history_from_bytes(again)[1] == history.history_from_bytes(first)[0]
+    history.history_to_bytes([_done("j2", 2)], cache=cache)
+    assert set(cache) == {("j2", 0)}  # j1 left the stored history, and the cache
