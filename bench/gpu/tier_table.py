@@ -241,7 +241,7 @@ def worker(args: argparse.Namespace) -> int:
         if args.compile_cache:
             from torch._dynamo.utils import counters
 
-            out["fx_graph_cache"] = {k: counters["inductor"][f"fxgraph_cache_{k}"] for k in ("hit", "miss")}
+            out["fx_graph_cache"] = {k: counters["inductor"][f"fxgraph_cache_{k}"] for k in ("hit", "miss", "bypass")}
         state = engine.state()
         out.update(
             tier=state.get("tier"),

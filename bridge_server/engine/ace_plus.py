@@ -291,32 +291,69 @@ class AcePlusEngine:
             self._lock.release()
 
     def warm_up(self, sizes: tuple[tuple[int, int], ...] = ((1440, 720), (1024, 1024))) -> dict[str, float]:
-        """Load the model now and run one step at each canvas size, so torch.compile (and the first CUDA kernels)
-        do their one-time work at start-up instead of inside the first artist's job. Returns seconds per size.
+        """Load the model now and do the one-time work (torch.compile, the first CUDA kernels) at each canvas size
+        at start-up instead of inside the first artist's job. Returns seconds per size.
 
         Two sizes are enough: with `compile_dynamic` None, the second size makes torch.compile switch to dynamic
-        shapes, which then serve every other size without recompiling. The daemon calls this on the engine thread,
-        so a job that arrives meanwhile waits its turn; the engine state says "warming up" until it is done."""
+        shapes, which then serve every other size without recompiling. With a compiled transformer resident on
+        one device, the compiling runs in the background (background_compile.py): call this from its own thread
+        and jobs run uncompiled meanwhile; otherwise one step per size runs under the engine lock and jobs wait.
+        The engine state says "warming up" until it is done."""
         timings: dict[str, float] = {}
         with self._lock:
             self.manager.ensure_loaded(PULL_HINT)
             self.manager.state = "warming up"
-            try:
-                for i, (width, height) in enumerate(sizes):
-                    self.manager.progress.warming(f"compiling for {width}x{height}", i + 1, len(sizes))
-                    started = time.monotonic()
-                    job = EngineJob(
-                        task="generate", prompt="warm-up", seed=0, params={"steps": 1, "width": width, "height": height}
-                    )
-                    self._run(job, lambda *_: None, lambda: False, None)
-                    timings[f"{width}x{height}"] = round(time.monotonic() - started, 3)
-            finally:
-                self.manager.progress.finish()
-                if self.manager.pipe is not None:
-                    self.manager.state = "loaded"
-            self._save_compile_cache()
+            gate = self.manager.compile_gate()
+            if gate is None:
+                try:
+                    for i, (width, height) in enumerate(sizes):
+                        self.manager.progress.warming(f"warming up at {width}x{height}", i + 1, len(sizes))
+                        started = time.monotonic()
+                        job = EngineJob(
+                            task="generate",
+                            prompt="warm-up",
+                            seed=0,
+                            params={"steps": 1, "width": width, "height": height},
+                        )
+                        self._run(job, lambda *_: None, lambda: False, None)
+                        timings[f"{width}x{height}"] = round(time.monotonic() - started, 3)
+                finally:
+                    self._warm_up_done()
+        if gate is not None:
+            timings = self._compile_in_background(gate, sizes)
+        self._save_compile_cache()
         logging.getLogger(__name__).info("warm-up done: %s", timings)
         return timings
+
+    def _compile_in_background(self, gate: Any, sizes: tuple[tuple[int, int], ...]) -> dict[str, float]:
+        """Outside the engine lock: compile each size through the gate while jobs take the eager path."""
+        import torch
+
+        from bridge_server.engine.background_compile import transformer_inputs
+
+        m = self.manager
+        transformer, device, dtype = m.pipe.transformer, m.execution_device(), m.dtype
+        timings: dict[str, float] = {}
+        try:
+            for i, (width, height) in enumerate(sizes):
+                m.progress.warming(f"compiling for {width}x{height}", i + 1, len(sizes))
+                started = time.monotonic()
+                inputs = transformer_inputs(transformer, width, height, self.t5_max_length, device, dtype)
+                with gate.compiling(), torch.no_grad():
+                    transformer(**inputs)
+                timings[f"{width}x{height}"] = round(time.monotonic() - started, 3)
+        except Exception as exc:  # noqa: BLE001 - jobs still run; they compile as they come, as without warm-up
+            logging.getLogger(__name__).warning("background compile stopped: %s: %s", type(exc).__name__, exc)
+        finally:
+            gate.open()
+            with self._lock:
+                self._warm_up_done()
+        return timings
+
+    def _warm_up_done(self) -> None:
+        self.manager.progress.finish()
+        if self.manager.pipe is not None and self.manager.state == "warming up":
+            self.manager.state = "loaded"
 
     def _save_compile_cache(self) -> None:
         """After a warm-up compiled: keep the artifacts for the next start (compile_cache.py)."""

@@ -27,13 +27,15 @@ def activate(folder: Path) -> dict[str, str]:
     folder = Path(folder)
     inductor = folder / INDUCTOR_DIR
     inductor.mkdir(parents=True, exist_ok=True)
+    import torch
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current is None or current in _ours:
+    # torch writes its default (the temp dir) into the environment at its first cache use: that is no user's choice
+    if current is None or current in _ours or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = current = str(inductor)
         _ours.add(current)
     out = {"dir": current}
-    import torch
-
     # On by default in torch 2.13; set here so an older default or a stray env var cannot turn reuse off silently.
     torch._inductor.config.fx_graph_cache = True
     torch._functorch.config.enable_autograd_cache = True

@@ -478,6 +478,22 @@ class ModelManager:
         if apply is not None:
             self.optimized |= dict(apply(self.pipe, options) or {})
 
+    def compile_gate(self) -> Any:
+        """A CompileGate (background_compile.py) when the transformer was compiled and may be compiled in the
+        background while jobs run eagerly: resident on one device (offload hooks move weights per call and would
+        race), no first-block cache (its hooks keep per-step state), and on a GPU room for a second set of
+        activations. None otherwise: the warm-up then runs before jobs, as one step per size."""
+        if not str(self.optimized.get("compile", "")).startswith("applied") or self.pipe is None:
+            return None
+        if self.memory_mode not in ("gpu", "cpu") or str(self.optimized.get("cache", "")).startswith("applied"):
+            return None
+        if str(self.device).startswith("cuda") and (vram() or {}).get("free_gib", 0.0) < 2 * tiers.ACTIVATIONS_GB:
+            return None
+        from bridge_server.engine.background_compile import CompileGate
+
+        gate = CompileGate(self.pipe.transformer)
+        return gate if gate.modules else None
+
     def fused_adapters(self) -> bool:
         return str(self.optimized.get("fuse_lora", "")).startswith("applied")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -98,8 +99,9 @@ class JobQueue:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.config.extra.get("warm_up") and hasattr(self.engine, "warm_up"):
-            # Queued first on the engine thread: compile/kernels warm up before any job, never inside one.
-            loop.run_in_executor(self._executor, self._warm_up)
+            # Its own thread: the engine loads under its lock (a job waits for the weights), then compiles in the
+            # background while jobs run uncompiled (engine/background_compile.py), never inside a job.
+            threading.Thread(target=self._warm_up, name="ace-warm-up", daemon=True).start()
         self._worker = loop.create_task(self._work(), name="ace-queue-worker")
         for job in self.jobs.values():
             if job.state is JobState.RUNNING:  # taken back from the replicas after a restart (restore)
