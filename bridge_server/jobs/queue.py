@@ -66,6 +66,7 @@ class JobQueue:
         self._running: dict[str, Job] = {}
         self.pool: ReplicaPool | None = engine if isinstance(engine, ReplicaPool) else None
         self._job_tasks: set[asyncio.Task[None]] = set()
+        self._stale: list[str] = []  # job ids the replicas' keeper holds that no restored job needs (restore)
         self._pool_watch: asyncio.Task[None] | None = None
         self.listeners: list[Listener] = []
         # client_id -> does its current connection want progress previews (the app wires the hub in); read on
@@ -89,6 +90,8 @@ class JobQueue:
             self.journal, self.history, self.config.clock(), self.config.retention_s, in_flight
         )
         self.jobs.update(restored)
+        # Held by the replicas but over here (finished before the daemon died, or no longer journalled): let go.
+        self._stale = [job_id for job_id in in_flight if job_id not in restored or restored[job_id].state.finished]
         for job in restored.values():
             if job.state is JobState.RUNNING:
                 held = in_flight[job.id]
@@ -109,6 +112,11 @@ class JobQueue:
                 self._running[job.id] = job
                 task = loop.create_task(self._run_job(job, loop), name=f"ace-job-{job.id[:8]}")
                 self._job_tasks.add(task)
+                task.add_done_callback(self._job_tasks.discard)
+        if isinstance(self.pool, InFlightPool):
+            for job_id in self._stale:
+                task = loop.create_task(self.pool.release(job_id), name=f"ace-release-{job_id[:8]}")
+                self._job_tasks.add(task)  # held, so it is not collected before it ran
                 task.add_done_callback(self._job_tasks.discard)
         watch = getattr(self.pool, "watch", None)
         if watch is not None:
