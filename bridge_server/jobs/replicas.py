@@ -6,7 +6,9 @@ GPUs), takes one request at a time (`max_ongoing_requests=1`), streams its steps
 Serve streaming response, and tells Serve's router which model piece it holds through `serve.multiplexed`, so the
 next job for that piece goes to a replica that has it warm. Serve's HTTP proxy stays off: only handles reach it.
 
-Daemon side, `RayReplicas` is both the queue's `ReplicaPool` and the app's `Engine` (tasks, state, close).
+Daemon side, `RayReplicas` is both the queue's `ReplicaPool` and the app's `Engine` (tasks, state, close). It does not
+call the replicas itself: the keeper (bridge_server/jobs/keeper.py), a detached actor, makes each call and holds the
+image until the daemon has it, so a daemon killed mid-job takes its running jobs back after a restart (`in_flight`).
 """
 
 from __future__ import annotations

@@ -260,11 +260,15 @@ def test_fairness_is_per_person_across_connections_and_replicas(ray_daemon, tmp_
         sent += [(seed, "dave", inpaint(dave, seed)) for seed in (91, 92)]
         ids = {handle.id for _, _, handle in sent}
         early = [e for e in journal(daemon) if e.get("ev") == "started" and e["job_id"] in ids]
-        panel = panel_state(daemon)["engine"]
+        snapshot = panel_state(daemon)
+        panel = snapshot["engine"]
         people = {row["person"]: row for row in panel["people"]}
         assert (people["carol"]["queued"], people["dave"]["queued"]) == (6, 2), panel["people"]
         replicas = [r for r in panel["replicas"] if r["state"] == "ready"]
         assert len(replicas) == 2 and all(r["busy"] for r in replicas), panel["replicas"]
+        # Positions count rounds of both replicas: two jobs start in the next round, two in the one after, ...
+        queued = [(row["person"], row["position"]) for row in snapshot["queue"] if row["state"] == "queued"]
+        assert queued == [(p, n // 2 + 1) for n, p in enumerate(["carol", "dave", "carol", "dave"] + ["carol"] * 4)]
         for handle in fillers:  # the replicas come free; from here the queue alone decides who goes next
             filler.cancel(handle.id)
         got = {}
