@@ -287,22 +287,22 @@ def pick_result(session: PreviewSession, title: str = RESULTS_TITLE) -> list[Gim
     count = len(session.results)
     hint = Gtk.Label(
         label=(
-            f"{count} results: pick one to preview it on the canvas."
-            if count > 1
-            else "The result is shown on the canvas."
+            f"{count} results: pick one to preview it on the canvas." if count > 1 else "The result is on the canvas."
         )
-        + " Apply keeps it as a layer, Discard drops it."
+        + "\nApply keeps it as a layer, Discard drops it."
     )
-    hint.set_line_wrap(True)
     store = Gtk.ListStore(GdkPixbuf.Pixbuf, str)
     for index, result in enumerate(session.results):
-        store.append([_pixbuf(result.image), f"#{index + 1}  seed {result.seed}"])
+        store.append([_pixbuf(result.image, 96), f"#{index + 1}  seed {result.seed}"])
     view = Gtk.IconView.new_with_model(store)
     view.set_pixbuf_column(0)
     view.set_text_column(1)
     view.set_selection_mode(Gtk.SelectionMode.BROWSE)
-    view.set_columns(min(4, max(1, count)))
-    view.set_item_width(170)
+    view.set_columns(min(3, max(1, count)))
+    view.set_item_width(96)
+    view.set_item_padding(2)
+    view.set_column_spacing(4)
+    view.set_margin(4)
 
     def selected(*_args) -> None:
         paths = view.get_selected_items()
@@ -801,7 +801,10 @@ def run_expand(procedure, run_mode, image, drawables, config, data):
         state.session = welcome.session
         task = logic.expand_task(welcome.tasks)
         spec = logic.TASKS[task]
-        params = forms.params_from(spec, {"seed": settings.seed, "steps": settings.steps, "count": settings.count})
+        # No inward feather: the mask's own seam (geometry.expand_mask) blends the old edge, and the grown canvas's
+        # outer border must stay opaque.
+        values = {"seed": settings.seed, "steps": settings.steps, "count": settings.count, "feather": 0}
+        params = forms.params_from(spec, values)
         region = [0, 0, plan.grown.width, plan.grown.height]
         job = client.submit(
             task,

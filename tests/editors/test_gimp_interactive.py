@@ -3,7 +3,7 @@ chroots on bookworm) against a real `ace-bridge serve --demo`.
 
 The plug-in is installed by `install_gimp` into a throw-away GIMP3_DIRECTORY; the daemon's URL and token reach it
 through ACE_BRIDGE_URL / ACE_BRIDGE_TOKEN. gimp_scripts/gimp_ui_batch.py runs Inpaint in Gimp.RunMode.INTERACTIVE
-four times on displayed images with a selection; gimp_scripts/gimp_ui_driver.py answers the windows with real key
+six times on displayed images with a selection; gimp_scripts/gimp_ui_driver.py answers the windows with real key
 events (xdotool, XTEST). Story covered:
 1. the procedure dialog appears; Return (OK) runs the job with progress; one new layer on top at the context region,
    with the dialog's values in its provenance; a screenshot of the dialog goes to artifacts/gimp/;
@@ -11,11 +11,15 @@ events (xdotool, XTEST). Story covered:
    prompt, seed and steps), and GIMP saved them in the profile's `.last` settings file;
 3. both 9-step jobs show the daemon's previews (after steps 4 and 8) in their progress windows, as the plug-in
    logs with ACE_BRIDGE_DEBUG;
-4. Escape on the dialog cancels: status cancel, no layer;
-5. Escape on the progress window (queue paused, so the job is still waiting) cancels the job: status cancel,
+4. preview, then apply (issue 17): after each finished job the results window shows the results as thumbnails, the
+   selected one previewed on the canvas; with three variations, Right picks the second and Return applies it as
+   the one result layer; Escape on the results window discards (no layer); a screenshot of the window goes to
+   artifacts/gimp/gimp-results.png (and docs/ with ACE_BRIDGE_DOC_SHOTS=1);
+5. Escape on the dialog cancels: status cancel, no layer;
+6. Escape on the progress window (queue paused, so the job is still waiting) cancels the job: status cancel,
    no layer, and the daemon reports the job cancelled; the cancelled job is acknowledged, so it leaves the
    profile's pending jobs and the daemon's queue;
-6. GIMP's log holds no deprecation or duplicate-mnemonic warnings (PYTHONWARNINGS=default).
+7. GIMP's log holds no deprecation or duplicate-mnemonic warnings (PYTHONWARNINGS=default).
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ PROCEDURE = "python-fu-ace-bridge-inpaint"
 SELECTION = [20, 12, 40, 30]
 # 9 steps: the daemon sends previews after steps 4 and 8 (every 4th, never the last).
 FIRST = {"prompt": "a red apple, interactive", "seed": 7, "steps": 9, "count": 1, "padding": 4, "feather": 3}
-RUN_TIMEOUT_S = 100
+RUN_TIMEOUT_S = 160
+RESULTS_TITLE = "ACE++ Results"
 
 
 def require_gui_tools(install: gimp_runner.GimpInstall) -> None:
@@ -78,6 +83,17 @@ def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, d
     runs = [
         {"name": "first", "props": FIRST, "dialog": "ok", "shot": "dialog-first.png"},
         {"name": "remembered", "props": {}, "dialog": "ok", "shot": "dialog-remembered.png"},
+        # Three variations: Right picks the second thumbnail (previewed on the canvas), Return applies it.
+        {
+            "name": "variations",
+            "props": {},
+            "dialog": "ok",
+            # In the dialog, as a user would: Images (Alt+I) 3, Steps (Alt+T) 2, OK (Alt+O); later runs remember them.
+            "dialog_keys": ["alt+i", "ctrl+a", "type:3", "alt+t", "ctrl+a", "type:2"],
+            "results_keys": ["Right", "Return"],
+            "results_shot": "gimp-results.png",
+        },
+        {"name": "discard", "props": {}, "dialog": "ok", "results_keys": ["Escape"]},
         {"name": "dialog_cancel", "props": {}, "dialog": "cancel"},
         {"name": "progress_cancel", "props": {}, "dialog": "ok", "progress": "cancel", "progress_shot": "progress.png"},
     ]
@@ -90,6 +106,7 @@ def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, d
         "selection": SELECTION,
         "runs": runs,
         "dialog_title": f"ACE++ {action.label.rstrip('…')}",
+        "results_title": RESULTS_TITLE,
         "token": demo_daemon.token,
         "panel_base": f"http://127.0.0.1:{demo_daemon.port}",
         "startup_s": 40,
@@ -123,8 +140,8 @@ def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, d
     elapsed = time.monotonic() - start
 
     # artifacts/gimp/ for the oldest GIMP (as before), artifacts/gimp-3.2/ etc. for the others.
-    first = gimp_runner.gimp_installs()[:1] == [install]
-    artifacts = ARTIFACTS_ROOT / ("gimp" if first else f"gimp-{install.series}")
+    first_install = gimp_runner.gimp_installs()[:1] == [install]
+    artifacts = ARTIFACTS_ROOT / ("gimp" if first_install else f"gimp-{install.series}")
     artifacts.mkdir(parents=True, exist_ok=True)
     for png in sorted(work.glob("*.png")):
         shutil.copyfile(png, artifacts / png.name)
@@ -170,11 +187,26 @@ def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, d
     shown = [line for line in gimp_log.splitlines() if "ace-bridge: preview shown" in line]
     assert len(shown) == 4, f"two previews in each of the two finished jobs, got {shown}" + context
 
-    # 4. Escape on the dialog: cancelled, nothing added.
+    # 4. Preview, then apply: three variations in the results window; the second one picked and applied is the one
+    #    result layer (not a group), with its own seed; Escape on the results window discards: nothing added.
+    varied = out["variations"]
+    assert varied["status"] == "success" and len(varied["new"]) == 1, varied
+    picked = varied["new"][0]
+    assert picked["on_top"] and not picked["is_group"] and picked["name"].startswith("[ACE++]"), picked
+    assert picked["provenance"]["seed"] == FIRST["seed"] + 1 and picked["provenance"]["index"] == 1, picked
+    assert picked["offsets"] == layer["offsets"], picked
+    assert [s.get("results_closed") for s in report["steps"] if s["name"] == "variations"] == [True], report
+    assert (artifacts / "gimp-results.png").is_file()
+    if os.environ.get("ACE_BRIDGE_DOC_SHOTS") == "1" and first_install:
+        shutil.copyfile(artifacts / "screen-gimp-results.png", REPO / "docs" / "gimp-results.png")
+    dropped = out["discard"]
+    assert dropped["status"] == "success" and dropped["new"] == [] and dropped["layers"] == ["bg"], dropped
+
+    # 5. Escape on the dialog: cancelled, nothing added.
     cancelled = out["dialog_cancel"]
     assert cancelled["status"] == "cancel" and cancelled["new"] == [] and cancelled["layers"] == ["bg"], cancelled
 
-    # 5. Escape on the progress window while the job waits: cancelled, nothing added, the job cancelled.
+    # 6. Escape on the progress window while the job waits: cancelled, nothing added, the job cancelled.
     stopped = out["progress_cancel"]
     assert [s.get("progress_closed") for s in report["steps"] if s["name"] == "progress_cancel"] == [True], report
     assert stopped["status"] == "cancel" and stopped["new"] == [] and stopped["layers"] == ["bg"], stopped
@@ -190,6 +222,6 @@ def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, d
     pending = json.loads((profile / STATE_FILE).read_text())["pending"]
     assert pending == {}, pending
 
-    # 6. No deprecation or duplicate-mnemonic warnings from the plug-in (GIMP 3.2: Python 3.14, PyGObject 3.58).
+    # 7. No deprecation or duplicate-mnemonic warnings from the plug-in (GIMP 3.2: Python 3.14, PyGObject 3.58).
     warned = gimp_runner.warning_lines(gimp_log)
     assert not warned, f"GIMP {install.version}:\n" + "\n".join(warned[:20])

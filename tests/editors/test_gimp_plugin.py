@@ -93,6 +93,10 @@ def gimp_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRe
                 mp.setenv("ACE_BRIDGE_CONFIG_DIR", str(profile / "xdg-config" / "ace-bridge"))
                 fetch_job = _leave_unacknowledged_result(daemon.url, daemon.token, client_id)
             steps.append("fetch_results")
+            # The painter's workflow (issue 17): strength, preview then apply, expand, control layer, history.
+            steps += ["strength", "preview_then_apply", "expand", "recent_results_and_reuse"]
+        if "local_edit" in offered:
+            steps.append("control_layer")
         geometry = (
             "python-fu-ace-bridge-inpaint"
             if "inpaint" in offered
@@ -206,3 +210,47 @@ def test_no_deprecation_or_mnemonic_warnings(gimp_run):
     PyGIDeprecationWarning) and GTK no duplicate-mnemonic warning."""
     lines = gimp_runner.warning_lines(gimp_run["output"])
     assert not lines, f"GIMP {gimp_run['install'].version}:\n" + "\n".join(lines[:20])
+
+
+# ------------------------------------------------------------------ the painter's workflow (issue 17)
+
+
+def _needs_inpaint(run: dict) -> None:
+    if "inpaint" not in {t["name"] for t in run["tasks"]}:
+        pytest.skip("the demo model does not offer inpaint")
+
+
+def test_strength_low_keeps_the_painted_colours(gimp_run):
+    """Story 2: at strength 0.05 what was painted carries into the result (a red and a blue painting differ), at 1.0
+    it is redrawn from noise (they do not); the job sends the strength and the daemon runs it."""
+    _needs_inpaint(gimp_run)
+    _assert_prefixed(gimp_run, "strength", minimum=9)
+
+
+def test_preview_then_apply_on_the_canvas(gimp_run):
+    """Story 1: one temporary preview layer at a time; Apply keeps the chosen one; Discard leaves the image as it
+    was; an expand's preview grows the canvas and Discard takes it back."""
+    _needs_inpaint(gimp_run)
+    _assert_prefixed(gimp_run, "preview", minimum=6)
+
+
+def test_expand_canvas_generates_the_new_area(gimp_run):
+    """Story 3: Expand Canvas grows the canvas by L,T,R,B; one result layer covers it, the new area is opaque and the
+    old picture is unchanged inside the seam."""
+    _needs_inpaint(gimp_run)
+    _assert_prefixed(gimp_run, "expand", minimum=5)
+
+
+def test_control_layer_runs_as_no_preprocess(gimp_run):
+    """Story 4: Local Edit with a control layer and the mode left at default sends mode no_preprocess."""
+    if "local_edit" not in {t["name"] for t in gimp_run["tasks"]}:
+        pytest.skip("the demo model does not offer local_edit")
+    _assert_prefixed(gimp_run, "control")
+
+
+def test_painter_prompt_recent_results_and_reuse(gimp_run):
+    """Stories 5 and 6: the painter's words reach ACE++ with the task's wording and are kept as a recent prompt;
+    Recent Results brings this image's result back from the daemon's history at its place with its provenance;
+    its prompt and seed are reused; another image has none."""
+    _needs_inpaint(gimp_run)
+    _assert_prefixed(gimp_run, "recent", "prompts", "reuse", minimum=7)

@@ -481,6 +481,299 @@ def fetch_results():
     img.delete()
 
 
+def mean_distance(data, colour, mask=None):
+    """Mean per-channel distance of RGBA pixels to an RGB colour (where `mask` is set, else everywhere)."""
+    total = n = 0
+    for i in range(len(data) // 4):
+        if mask is not None and not mask[i]:
+            continue
+        total += sum(abs(data[4 * i + c] - colour[c]) for c in range(3))
+        n += 3
+    return total / max(1, n)
+
+
+def painted_image(colour):
+    img = Gimp.Image.new(W, H, Gimp.ImageBaseType.RGB)
+    bg = Gimp.Layer.new(img, "painted", W, H, Gimp.ImageType.RGBA_IMAGE, 100.0, Gimp.LayerMode.NORMAL)
+    img.insert_layer(bg, None, 0)
+    buf = bg.get_buffer()
+    buf.set(rect(0, 0, W, H), RGBA, bytes((*colour, 255)) * (W * H))
+    buf.flush()
+    return img, bg
+
+
+def strength():
+    """Story 2: the strength slider. At strength 1 the selection is redrawn from noise, so what was painted there does
+    not matter (a red and a blue painting give the same result); at 0.05 the painting carries into the result (the
+    two differ), the job says so, and the daemon ran it as image-to-image."""
+    results = {}
+    for value in (0.05, 1.0):
+        for name, colour in (("red", (220, 30, 30)), ("blue", (30, 30, 220))):
+            img, bg = painted_image(colour)
+            img.select_rectangle(Gimp.ChannelOps.REPLACE, 16, 8, 48, 40)
+            status, count = run_proc(
+                "python-fu-ace-bridge-inpaint", img, [bg], prompt="clean up", seed=5, steps=12, strength=value
+            )
+            layers = img.get_layers()
+            check(f"strength:{value}:{name}:status", status == "success" and count == 1, f"{status}: {count}")
+            if len(layers) != 2:
+                img.delete()
+                return
+            prov = provenance(layers[0])[0]
+            sent = prov.get("params", {}).get("strength")
+            ran = prov.get("server", {}).get("params", {}).get("strength")
+            check(
+                f"strength:{value}:{name}:recorded",
+                sent == (None if value == 1.0 else value) and ran == value,
+                f"sent {prov.get('params')} ran {ran}",
+            )
+            results[(value, name)] = read(layers[0])
+            img.delete()
+
+    def difference(value):
+        a, b = results[(value, "red")], results[(value, "blue")]
+        return sum(abs(x - y) for x, y in zip(a, b)) / len(a)
+
+    low, full = difference(0.05), difference(1.0)
+    check(
+        "strength:low_keeps_what_was_painted",
+        low > 2.0 and low > 4 * full,
+        f"mean difference between the red and the blue painting's results: strength 0.05 {low:.2f}, 1.0 {full:.2f}",
+    )
+
+
+def stand_in_results(plug, region, colours):
+    from ace_protocol.images import ImagePayload
+
+    return [
+        SimpleNamespace(
+            image=ImagePayload(region.width, region.height, "rgba8", bytes((*c, 255)) * (region.width * region.height)),
+            seed=10 + i,
+            index=i,
+            count=len(colours),
+            job_id="stand-in",
+            provenance={},
+            region=None,
+        )
+        for i, c in enumerate(colours)
+    ]
+
+
+def preview_then_apply():
+    """Story 1 (the canvas side of the results window): one temporary preview layer at a time, Apply keeps the
+    chosen result as the result layer, Discard leaves the image as it was."""
+    sys.path.insert(0, CONFIG["plugin_dir"])
+    import acegimp_gimp as plug
+    import acegimp_logic as logic
+
+    region = Bounds(10, 8, 30, 20)
+    colours = [(250, 0, 0), (0, 250, 0), (0, 0, 250)]
+    meta = {"task": "inpaint", "prompt": "three", "region": list(region), "placement": "top", "params": {}}
+    img, bg = new_image()
+    before = visible(img)
+    session = plug.PreviewSession(img, stand_in_results(plug, region, colours), meta, None)
+    session.show(0)
+    names = [x.get_name() for x in img.get_layers()]
+    check("preview:first_shown", len(names) == 2 and names[0].startswith(logic.PREVIEW_PREFIX), names)
+    session.show(2)
+    layers = img.get_layers()
+    top = read(layers[0])
+    check(
+        "preview:one_preview_at_a_time",
+        len(layers) == 2
+        and layers[0].get_name().startswith(logic.PREVIEW_PREFIX)
+        and top[:4] == bytes((0, 0, 250, 255))
+        and offs(layers[0]) == (10, 8),
+        [x.get_name() for x in layers],
+    )
+    applied = session.apply()
+    layers = img.get_layers()
+    prov = provenance(layers[0])
+    check(
+        "preview:apply_keeps_the_chosen_one",
+        len(applied) == 1
+        and len(layers) == 2
+        and layers[0].get_name().startswith("[ACE++]")
+        and read(layers[0])[:4] == bytes((0, 0, 250, 255))
+        and prov is not None
+        and prov[0]["seed"] == 12,
+        f"{[x.get_name() for x in layers]} {prov}",
+    )
+    check("preview:undo_thawed", img.undo_is_enabled(), "undo stays frozen after Apply")
+    img.delete()
+
+    img, bg = new_image()
+    before = visible(img)
+    session = plug.PreviewSession(img, stand_in_results(plug, region, colours[:2]), meta, None)
+    session.show(1)
+    shown = len(img.get_layers())
+    session.discard()
+    check(
+        "preview:discard_leaves_the_image",
+        shown == 2 and [x.get_name() for x in img.get_layers()] == ["bg"] and visible(img) == before,
+        [x.get_name() for x in img.get_layers()],
+    )
+    img.delete()
+
+    # An expand's preview grows the canvas; Discard takes it back.
+    img, bg = new_image()
+    plan = logic.plan_expand(Extent(W, H), (8, 0, 8, 0), visible(img))
+    grown = Bounds(0, 0, plan.grown.width, plan.grown.height)
+    meta = {"task": "inpaint", "prompt": "wider", "region": list(grown), "placement": "top", "params": {}}
+    session = plug.PreviewSession(img, stand_in_results(plug, grown, colours[:1]), meta, None, expand=plan)
+    session.show(0)
+    during = (img.get_width(), img.get_height(), offs(bg))
+    session.discard()
+    check(
+        "preview:expand_discard_restores_canvas",
+        during == (W + 16, H, (8, 0))
+        and (img.get_width(), img.get_height(), offs(bg)) == (W, H, (0, 0))
+        and len(img.get_layers()) == 1,
+        f"during {during} after {(img.get_width(), img.get_height(), offs(bg))}",
+    )
+    img.delete()
+
+
+def expand():
+    """Story 3: Expand Canvas grows the canvas, the new area is generated, the old picture stays (beyond the seam)."""
+    img, bg = new_image()
+    before = visible(img)
+    margins = (16, 0, 8, 12)
+    status, count = run_proc(
+        "python-fu-ace-bridge-expand-canvas",
+        img,
+        [bg],
+        prompt="more meadow",
+        left=margins[0],
+        top=margins[1],
+        right=margins[2],
+        bottom=margins[3],
+        seed=5,
+        steps=2,
+    )
+    check("expand:status", status == "success" and count == 1, f"{status}: {count}")
+    gw, gh = W + margins[0] + margins[2], H + margins[1] + margins[3]
+    layers = img.get_layers()
+    check(
+        "expand:canvas_grown_and_layers_moved",
+        (img.get_width(), img.get_height()) == (gw, gh) and offs(bg) == (margins[0], margins[1]),
+        f"{img.get_width()}x{img.get_height()} bg at {offs(bg)}",
+    )
+    if len(layers) != 2:
+        check("expand:one_result_layer", False, [x.get_name() for x in layers])
+        img.delete()
+        return
+    result = layers[0]
+    prov = provenance(result)
+    check(
+        "expand:one_result_layer",
+        (*offs(result), result.get_width(), result.get_height()) == (0, 0, gw, gh)
+        and prov is not None
+        and prov[0].get("params", {}).get("expand") == list(margins),
+        f"{[x.get_name() for x in layers]} {(*offs(result), result.get_width(), result.get_height())} {prov}",
+    )
+    after = visible(img)
+    alpha = after[3::4]
+    check("expand:new_area_filled", min(alpha) == 255, f"lowest alpha {min(alpha)}")
+    seam = 16
+    changed = 0
+    for y in range(seam, H - seam):
+        for x in range(seam, W - seam):
+            old = before[(y * W + x) * 4 : (y * W + x) * 4 + 4]
+            gx, gy = x + margins[0], y + margins[1]
+            if after[(gy * gw + gx) * 4 : (gy * gw + gx) * 4 + 4] != old:
+                changed += 1
+    check("expand:old_picture_kept_inside_the_seam", changed == 0, f"{changed} pixels changed")
+    img.delete()
+
+
+def control_layer():
+    """Story 4: a control layer picked for Local Edit runs as no_preprocess (the layer is the guide as it is)."""
+    img, bg = new_image()
+    sketch = add_layer(img, "sketch", 40, 30, pos=0, seed=200)
+    sketch.set_visible(False)
+    img.select_rectangle(Gimp.ChannelOps.REPLACE, 20, 12, 40, 30)
+    status, count = run_proc(
+        "python-fu-ace-bridge-local-edit", img, [bg], prompt="a cat", reference=sketch, seed=5, steps=2
+    )
+    prov = provenance(img.get_layers()[0])
+    check(
+        "control:no_preprocess",
+        status == "success" and prov is not None and prov[0]["params"].get("mode") == "no_preprocess",
+        f"{status}: {count} {prov}",
+    )
+    img.delete()
+
+
+def recent_results_and_reuse():
+    """Stories 5 and 6: the painter's words and recent prompts; Recent Results brings back this image's result from
+    the daemon's history; reusing a result layer's prompt and seed."""
+    img, bg = new_image()
+    xcf = os.path.join(CONFIG["work_dir"], "painting.xcf")
+    Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(xcf), None)
+    img.select_rectangle(Gimp.ChannelOps.REPLACE, 20, 12, 40, 30)
+    status, count = run_proc(
+        "python-fu-ace-bridge-inpaint", img, [bg], prompt="a straw hat", seed=21, steps=2, padding=4
+    )
+    made = img.get_layers()[0]
+    check("recent:job", status == "success" and count == 1, f"{status}: {count}")
+    prompts_file = os.path.join(os.environ["GIMP3_DIRECTORY"], "ace-bridge-gimp-prompts.json")
+    recent = []
+    if os.path.exists(prompts_file):
+        with open(prompts_file) as fh:
+            recent = json.load(fh)
+    check("prompts:recent_kept", recent[:1] == ["a straw hat"], recent)
+    img.remove_layer(made)
+    Gimp.Selection.none(img)
+    status, count = run_proc("python-fu-ace-bridge-recent-results", img, [bg])
+    layers = img.get_layers()
+    prov = provenance(layers[0]) if len(layers) == 2 else None
+    region = context_region(Bounds(20, 12, 40, 30), Extent(W, H), 4)
+    check(
+        "recent:re_added",
+        status == "success"
+        and count == 1
+        and prov is not None
+        and prov[0]["seed"] == 21
+        and prov[0]["task"] == "inpaint"
+        and (*offs(layers[0]), layers[0].get_width(), layers[0].get_height()) == tuple(region),
+        f"{status}: {count} {[x.get_name() for x in layers]} {prov}",
+    )
+    check(
+        "prompts:painter_wording_sent",
+        prov is not None and prov[0]["prompt"] == "A straw hat.",
+        prov and prov[0]["prompt"],
+    )
+    if prov is None:
+        img.delete()
+        return
+    img.select_rectangle(Gimp.ChannelOps.REPLACE, 20, 12, 40, 30)
+    status, count = run_proc(
+        "python-fu-ace-bridge-inpaint", img, [layers[0]], prompt="", seed=-1, steps=2, padding=4, reuse=True
+    )
+    again = provenance(img.get_layers()[0])
+    check(
+        "reuse:prompt_and_seed",
+        status == "success" and again is not None and again[0]["seed"] == 21 and "straw hat" in again[0]["prompt"],
+        f"{status}: {count} {again}",
+    )
+    status, message = run_proc("python-fu-ace-bridge-inpaint", img, [bg], prompt="", steps=2, reuse=True)
+    check(
+        "reuse:plain_layer_refused",
+        status == "execution-error" and "no ACE++ provenance" in (message or ""),
+        f"{status}: {message}",
+    )
+    other, other_bg = new_image()
+    status, message = run_proc("python-fu-ace-bridge-recent-results", other, [other_bg])
+    check(
+        "recent:other_image_has_none",
+        status == "execution-error" and "no ACE++ results" in (message or ""),
+        f"{status}: {message}",
+    )
+    other.delete()
+    img.delete()
+
+
 for step in CONFIG["steps"]:
     try:
         if step == "tasks":

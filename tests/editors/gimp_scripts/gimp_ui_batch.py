@@ -79,6 +79,7 @@ def run_interactive(name, props):
                     "size": [layer.get_width(), layer.get_height()],
                     "on_top": layers[0].get_id() == layer.get_id(),
                     "provenance": provenance(layer),
+                    "is_group": layer.is_group(),
                 }
             )
         RESULTS["runs"][name] = info

@@ -169,7 +169,17 @@ def drive():
         record["dialog"] = True
         if step.get("shot"):
             screenshot(dialog, step["shot"])
-        press(dialog, "Return" if step["dialog"] == "ok" else "Escape")
+        for key in step.get("dialog_keys", []):  # e.g. alt+i (the Images field's mnemonic), ctrl+a, type:3, Tab
+            if key.startswith("type:"):
+                rc, _, err = xdotool("type", "--delay", "30", key[5:])
+                if rc != 0:
+                    raise RuntimeError(f"xdotool type: rc {rc} {err}")
+                note(f"typed {key[5:]!r}")
+            else:
+                press(dialog, key)
+        # After typing into a field Return would go to whatever has the focus; the OK button's mnemonic does not.
+        accept = "alt+o" if step.get("dialog_keys") else "Return"
+        press(dialog, accept if step["dialog"] == "ok" else "Escape")
         gone(title, dialog, f"the dialog of run '{name}' to close", 10)
         record["dialog_closed"] = True
         if step.get("progress") == "cancel":
@@ -182,6 +192,25 @@ def drive():
             gone(title, window, f"the progress window of run '{name}' to close", 15)
             record["progress_closed"] = True
             set_queue_paused(False)
+        elif step["dialog"] == "ok":
+            answer_results(step, record)
+
+
+def answer_results(step, record):
+    """The results window after a finished job: thumbnails, the selected one previewed on the canvas. The run's
+    `results_keys` (e.g. Right to pick the next, Return to apply, Escape to discard) are pressed one by one."""
+    title = CONFIG["results_title"]
+    window = new_window(title, set(), f"the results window of run '{step['name']}'", 60)
+    note(f"results window {window} mapped")
+    record["results_window"] = True
+    keys = step.get("results_keys", ["Return"])
+    for i, key in enumerate(keys):
+        if i == len(keys) - 1 and step.get("results_shot"):
+            time.sleep(0.5)  # the canvas redraws the preview layer after the selection changed (not an event we see)
+            screenshot(window, step["results_shot"])
+        press(window, key)
+    gone(title, window, f"the results window of run '{step['name']}' to close", 15)
+    record["results_closed"] = True
 
 
 def main():
