@@ -158,6 +158,35 @@ def _check_writable(path: str, what: str, *, folder: bool = False) -> None:
         raise UsageError(f"cannot write {what} '{path}': '{existing}' is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK) or (target.is_file() and not os.access(target, os.W_OK)):
         raise UsageError(f"cannot write {what} '{path}': permission denied")
+    if not folder:
+        _check_image_type(path, what)
+    _try_writing(target if folder else target.parent, path, what)
+
+
+def _check_image_type(path: str, what: str) -> None:
+    """The result is saved in the format its file name says: one the imaging library cannot write is refused now,
+    not after the job ran."""
+    suffix = Path(path).suffix.lower()
+    known = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+    if suffix not in known:
+        raise UsageError(
+            f"cannot write {what} '{path}': "
+            + (f"'{suffix}' is not an image type it can write" if suffix else "the name has no image type")
+            + "; end it in .png (or .webp, .jpg, .tif)"
+        )
+
+
+def _try_writing(folder: Path, path: str, what: str) -> None:
+    """Create the folder (the write would) and a scratch file in it: the only test that also holds for a read-only
+    file system, a full disk, or root on a folder that refuses files (os.access says yes to root)."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ace-bridge-write-test-"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write {what} '{path}': {exc.strerror or exc}") from None
 
 
 def _expand(spec, text: str, image: np.ndarray | None, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -356,7 +385,11 @@ def _write_result(args: argparse.Namespace, event, image, composite_over) -> str
     else:
         picture = composite_over(image, patch)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(picture).save(out)
+    picture_image = Image.fromarray(picture)
+    try:
+        picture_image.save(out)
+    except OSError:  # a format without alpha (JPEG): the picture flattened, as an editor exports it
+        picture_image.convert("RGB").save(out)
     return str(out)
 
 
