@@ -37,6 +37,7 @@ from bridge_server.engine import diffusers_adapter as dx
 from bridge_server.engine import recipes, tiers
 from bridge_server.engine.base import EngineError, EngineSetupError
 from bridge_server.engine.pipeline import Components
+from bridge_server.models.assemble import has_transformer_weights
 from bridge_server.models.layout import ModelLayout
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,8 @@ class ModelManager:
         fill = self.transformer_files()["fill"]
         gguf = frozenset(k for k in fill if k[:1] in ("Q", "B", "F") and k.upper() == k)
         return tiers.Available(
-            bf16=self.layout.has_base() or any(k in fill for k in ("bf16", "fp16", "fp32")),
+            bf16=(self.layout.has_base() and has_transformer_weights(self.layout.base))
+            or any(k in fill for k in ("bf16", "fp16", "fp32")),
             fp8="fp8" in fill,
             gguf=gguf,
             tiny=(self.layout.root / "TINY_MODEL.json").is_file(),
@@ -389,12 +391,19 @@ class ModelManager:
             if weights == "fp8":
                 files.cast_fp8(model, dtype)
             return model
-        if not self.layout.has_base():
-            single = next((found[k] for k in ("bf16", "fp16", "fp32") if k in found), None)
-            if single:
-                return files.load_single_file_transformer(
-                    Path(single), self.layout.base, dtype=dtype, in_channels=384, what=what
+        if not has_transformer_weights(self.layout.base):
+            # an assembled base folder (models/assemble.py) holds only the config: the weights are a recorded file
+            single = next((found[k] for k in ("bf16", "fp16", "fp32", "fp8") if k in found), None)
+            if single is None:
+                raise EngineSetupError(
+                    "model_missing",
+                    ErrorCode.MODEL_MISSING,
+                    f"no {weights} FLUX.1-Fill transformer file is recorded for {self.layout.root}; run "
+                    "`ace-bridge models find DIR` on the folder that has it, or pick another tier",
                 )
+            return files.load_single_file_transformer(
+                Path(single), self.layout.base, dtype=dtype, in_channels=384, what=what
+            )
         return None
 
     def place(self, pipe: Any, device: str, tier: tiers.Tier) -> str:

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge_server.models import assemble
 from bridge_server.models.layout import ACE_DIR, BASE_DIR, FFT_FILE, LORA_FILES, ModelLayout
 
 SELECTION_FILE = "selection.json"
@@ -290,18 +291,22 @@ class Scan:
     found: list[Found] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     searched: list[str] = field(default_factory=list)
+    tokenizers: dict[str, str] = field(default_factory=dict)  # ComfyUI's CLIP/T5 tokenizer folders (assemble.py)
 
 
 def scan(dirs: list[Path], *, hf_cache: bool = True) -> Scan:
     """Identify every weight file under the HF cache (optional) and `dirs` (ComfyUI installs recognised)."""
     roots: list[Path] = []
+    tokenizers: dict[str, str] = {}
     for d in dirs:
         d = Path(d).expanduser()
         comfy = comfy_model_dirs(d)
         roots += comfy if comfy else [d]
+        for name, folder in assemble.comfy_tokenizers(d).items():
+            tokenizers.setdefault(name, folder)
     if hf_cache:
         roots += hf_cache_dirs()
-    result = Scan(searched=[str(r) for r in roots])
+    result = Scan(searched=[str(r) for r in roots], tokenizers=tokenizers)
     seen: set[Path] = set()
     for root in roots:
         for path in _candidates(root):
@@ -328,9 +333,10 @@ TASK_PIECES = {
 }
 
 
-def best(found: list[Found]) -> dict[str, Any]:
-    """The files to use: base (a diffusers folder, or single files), each LoRA, the FFT, GGUF/fp8 alternatives."""
-    pick: dict[str, Any] = {"transformers": {"fill": {}, "fft": {}}, "loras": {}}
+def best(found: list[Found], tokenizers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The files to use: base (a diffusers folder, or single files + ComfyUI's tokenizers), each LoRA, the FFT,
+    GGUF/fp8 alternatives."""
+    pick: dict[str, Any] = {"transformers": {"fill": {}, "fft": {}}, "loras": {}, **(tokenizers or {})}
     for f in found:
         if f.kind == "diffusers" and f.model == "fill":
             pick.setdefault("base_folder", f.path)
@@ -353,7 +359,11 @@ def missing_for_tasks(pick: dict[str, Any]) -> dict[str, list[str]]:
         for piece, label in (("t5", "T5-XXL text encoder"), ("clip", "CLIP-L text encoder"), ("vae", "FLUX VAE")):
             if not pick.get(piece):
                 base.append(label)
-        base.append("tokenizers and configs (a FLUX.1-Fill-dev diffusers folder; `models pull` fetches it)")
+        if not (pick.get("tokenizer") and pick.get("tokenizer_2")):
+            base.append(
+                "tokenizers (give the ComfyUI installation folder, which ships them, or a FLUX.1-Fill-dev "
+                "diffusers folder; `models pull` fetches it)"
+            )
     out = {}
     for task, pieces in TASK_PIECES.items():
         need = list(base)
@@ -374,7 +384,7 @@ def table(result: Scan) -> str:
             lines.append(f"{'':34} note: {f.note}")
     for problem in result.problems:
         lines.append(f"unreadable: {problem}")
-    pick = best(result.found)
+    pick = best(result.found, result.tokenizers)
     lines.append("")
     lines.append("tasks:")
     for task, need in missing_for_tasks(pick).items():
@@ -388,7 +398,7 @@ def record(result: Scan, root: Path) -> list[str]:
     (existing real files are kept), and write selection.json. Returns what was done, one line each."""
     layout = ModelLayout(Path(root))
     layout.root.mkdir(parents=True, exist_ok=True)
-    pick = best(result.found)
+    pick = best(result.found, result.tokenizers)
     done = []
 
     def link(target: str, where: Path) -> None:
@@ -412,6 +422,12 @@ def record(result: Scan, root: Path) -> list[str]:
     fft_full = next((fft[d] for d in ("bf16", "fp16", "fp32", "fp8") if d in fft), None)
     if fft_full:
         link(fft_full, layout.root / ACE_DIR / FFT_FILE)
+    if assemble.can_assemble(pick):
+        # no diffusers folder, but every piece as single files: build one from them (configs shipped, offline)
+        try:
+            done += assemble.assemble(pick, layout.root / BASE_DIR)
+        except (assemble.AssembleError, OSError, ValueError, KeyError) as exc:
+            done.append(f"could not assemble {layout.root / BASE_DIR} from the single files ({exc})")
     selection = {"found": [asdict(f) for f in result.found], "pick": pick}
     (layout.root / SELECTION_FILE).write_text(json.dumps(selection, indent=1), encoding="utf-8")
     done.append(f"wrote {layout.root / SELECTION_FILE}")
