@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import random
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -54,6 +55,7 @@ class JobRecord:
     task: str
     submitted: float
     job_id: str | None = None
+    accepted: float | None = None  # when `accepted` arrived (submit -> accepted latency)
     first_progress: float | None = None
     results: int = 0
     outcomes: list[str] = field(default_factory=list)
@@ -71,6 +73,14 @@ class LoadReport:
 
     def outcome_counts(self) -> Counter:
         return Counter(r.outcomes[0] if len(r.outcomes) == 1 else "bad" for r in self.records if r.job_id)
+
+    def accepted_p99_by_client(self) -> dict[int, float]:
+        """Each client's p99 of submit -> accepted, in seconds."""
+        waits: dict[int, list[float]] = {}
+        for r in self.records:
+            if r.accepted is not None:
+                waits.setdefault(r.client, []).append(r.accepted - r.submitted)
+        return {client: percentile(values, 99) for client, values in sorted(waits.items())}
 
     def first_progress_latencies(self) -> list[float]:
         return sorted(r.first_progress - r.submitted for r in self.records if r.first_progress is not None)
@@ -123,9 +133,10 @@ class LoadClient:
         cancel_p: float,
         disconnect_p: float,
         window: int,
+        run_tag: str = "",
     ) -> None:
         self.url, self.token, self.index = url, token, index
-        self.client_id = f"load-client-{index:02d}"
+        self.client_id = f"load-client-{index:02d}-{run_tag}"  # a client_id is its first holder's (client_secret)
         self.jobs, self.rng, self.cancel_p, self.disconnect_p, self.window = jobs, rng, cancel_p, disconnect_p, window
         self.records: list[JobRecord] = []
         self.by_job: dict[str, JobRecord] = {}
@@ -181,7 +192,7 @@ class LoadClient:
         now = time.monotonic()
         if kind == "accepted":
             record = self.by_request[message.id]
-            record.job_id = message.job_id
+            record.job_id, record.accepted = message.job_id, now
             self.by_job[message.job_id] = record
             if self.rng.random() < self.cancel_p:
                 record.cancel_sent = True
@@ -237,8 +248,9 @@ async def run_load(
     window: int = 4,
 ) -> LoadReport:
     master = random.Random(seed)
+    run_tag = secrets.token_hex(3)  # each run its own client_ids: the warm-up's are not resumable without their secret
     workers = [
-        LoadClient(url, token, i, jobs, random.Random(master.randrange(2**62)), cancel_p, disconnect_p, window)
+        LoadClient(url, token, i, jobs, random.Random(master.randrange(2**62)), cancel_p, disconnect_p, window, run_tag)
         for i in range(clients)
     ]
     started = time.monotonic()

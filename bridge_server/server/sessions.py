@@ -533,7 +533,10 @@ async def build_job(state: AppState, session: ClientSession, message: Submit) ->
             check_encoded(payload, max_pixels=max_pixels, what=what)
         return JobInputs(None, None, [], pending=decode) if encoded else decode()
 
-    inputs = await asyncio.to_thread(check)
+    # Only encoded files need a worker thread (their headers and CRCs are read); raw pixels are views, and a job
+    # without images has nothing to look at: both are answered at once, so a flood of submits that queue up for the
+    # shared worker threads never delays an editor's `accepted`.
+    inputs = await asyncio.to_thread(check) if any(not p.is_raw for _, p in named) else check()
     inputs.held_bytes = held
     if message.image is not None:
         width, height = message.image.width, message.image.height
