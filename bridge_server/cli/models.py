@@ -86,6 +86,14 @@ def cmd_quantize(args: argparse.Namespace, root: Path) -> int:
 
     layout = ModelLayout(root)
     source = Path(args.source) if args.source else (layout.fft if args.fft else layout.base)
+    if not args.source and not args.fft:
+        from bridge_server.models.assemble import has_transformer_weights
+
+        if not has_transformer_weights(layout.base):
+            # a base folder assembled from ComfyUI files: the Fill weights are the recorded single file
+            fill = find.transformer_files(root)["fill"]
+            single = next((fill[k] for k in ("bf16", "fp16", "fp32", "fp8") if k in fill), None)
+            source = Path(single) if single else source
     qtype = args.type.upper()
     if args.out:
         out = Path(args.out)

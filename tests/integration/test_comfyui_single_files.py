@@ -6,8 +6,11 @@ ComfyUI ships in comfy/. `models find` recognises them, `record` assembles the b
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import engine_fixtures as fx
@@ -127,3 +130,29 @@ def test_without_comfyuis_tokenizers_the_table_says_what_to_give(comfyui, tmp_pa
     done = find.record(result, root)
     assert not any(line.startswith("assembled") for line in done)
     assert not (root / "FLUX.1-Fill-dev").exists()
+
+
+def test_the_readme_commands_for_an_8_gb_card_and_a_comfyui_folder(comfyui, tmp_path):
+    """`models find ~/ComfyUI`, `models quantize --type q8_0`, then the daemon's engine on the GGUF tier."""
+    root = tmp_path / "model"
+    root.mkdir()
+    (root / "TINY_MODEL.json").write_text("{}")  # tiny random weights: allowed on the CPU
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "bridge_server.cli", "models"]
+    for step in (["find", "--root", str(root), "--no-hf-cache", str(comfyui)], ["quantize", "--root", str(root)]):
+        done = subprocess.run(
+            [*cmd, *step, *(["--type", "q8_0"] if "quantize" in step else [])],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert (root / "gguf" / "flux1-fill-dev-Q8_0.gguf").is_file()  # quantized from ComfyUI's single file
+    engine = AcePlusEngine(root, tier="gguf-q8", t5_max_length=16, idle_unload_s=None)
+    try:
+        assert engine.run(inpaint("local_edit"), lambda *_: None, lambda: False).rgb.shape == (48, 64, 3)
+        state = engine.state()
+        assert (state["tier"], state["weights"]) == ("gguf-q8", "Q8_0")
+    finally:
+        engine.close()
