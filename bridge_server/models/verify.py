@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bridge_server.models.layout import BASE_COMPONENTS, ModelLayout
+from bridge_server.models.layout import ANNOTATOR_FILES, ANNOTATOR_MANIFEST, BASE_COMPONENTS, ModelLayout
 
 
 class VerifyError(Exception):
@@ -69,6 +69,25 @@ def _verify_fft(path: Path) -> str:
     return f"{len(shapes)} tensors, width {img_in[0]}"
 
 
+def _verify_annotator(kind: str) -> Callable[[Path], str]:
+    def check(path: Path) -> str:
+        header = read_safetensors_header(path)
+        meta = header.get("__metadata__") or {}
+        if meta.get("ace_bridge_annotator") != kind:
+            raise VerifyError(f"{path}: not a converted {kind} annotator (no ace_bridge_annotator={kind} metadata)")
+        config = json.loads(meta.get("config", "{}"))
+        manifest_path = path.parent / ANNOTATOR_MANIFEST
+        if manifest_path.is_file():
+            entry = json.loads(manifest_path.read_text(encoding="utf-8")).get(kind) or {}
+            if entry.get("bytes") != path.stat().st_size:
+                raise VerifyError(
+                    f"{path}: {path.stat().st_size} bytes, {ANNOTATOR_MANIFEST} says {entry.get('bytes')}"
+                )
+        return f"{len(_shapes(header))} tensors, {', '.join(f'{k} {v}' for k, v in config.items())}"
+
+    return check
+
+
 def _verify_base(folder: Path) -> str:
     if not (folder / "model_index.json").is_file():
         raise VerifyError(f"{folder}: no model_index.json; not a diffusers folder")
@@ -94,6 +113,9 @@ def verify(root: Path) -> list[dict[str, Any]]:
     checks: list[tuple[str, Path, Callable[[Path], str], bool]] = [("base", layout.base, _verify_base, True)]
     checks += [(f"{n} LoRA", p, _verify_lora, True) for n, p in layout.loras.items()]
     checks.append(("FFT", layout.fft, _verify_fft, False))
+    checks += [
+        (f"{kind} annotator", layout.annotator(kind), _verify_annotator(kind), False) for kind in ANNOTATOR_FILES
+    ]
     results = []
     for name, path, check, required in checks:
         if not path.exists():

@@ -26,7 +26,7 @@ from bridge_server.engine.annotators import convert, weights
 from bridge_server.engine.annotators.dpt import StdConv, _pad_same
 from bridge_server.engine.annotators.runner import AnnotatorRunner
 from bridge_server.engine.base import EngineError, EngineJob
-from bridge_server.models import pull
+from bridge_server.models import pull, verify
 
 tiny_root = fx.tiny_root
 rgba = fx.rgba
@@ -240,6 +240,9 @@ def test_pull_annotators_checks_each_file_against_the_manifest(converted, tmp_pa
     lines: list[str] = []
     pull.pull_annotators(tmp_path / "a", source=converted, echo=lines.append)
     assert weights.load_annotator("depth", tmp_path / "a" / "annotators" / "depth.safetensors") is not None
+    rows = {r["name"]: r for r in verify.verify(tmp_path / "a")}
+    assert rows["contour annotator"]["ok"] and "width 8" in rows["contour annotator"]["detail"]
+    assert rows["depth annotator"]["ok"] and rows["FFT"]["ok"] is None
 
     def hub(repo: str, name: str, folder: Path, token: str | None) -> None:  # the hub, served from a folder
         data = bytearray((converted / "annotators" / name).read_bytes())
