@@ -298,10 +298,9 @@ def pick_result(session: PreviewSession, title: str = RESULTS_TITLE) -> list[Gim
     view.set_pixbuf_column(0)
     view.set_text_column(1)
     view.set_selection_mode(Gtk.SelectionMode.BROWSE)
-    view.set_columns(min(3, max(1, count)))
-    view.set_item_width(96)
-    view.set_item_padding(2)
-    view.set_column_spacing(4)
+    # One column of thumbnails with their labels beside them: a narrow window next to the canvas (Up/Down pick).
+    view.set_columns(1)
+    view.set_item_orientation(Gtk.Orientation.HORIZONTAL)
     view.set_margin(4)
 
     def selected(*_args) -> None:

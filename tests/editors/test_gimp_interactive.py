@@ -12,7 +12,7 @@ events (xdotool, XTEST). Story covered:
 3. both 9-step jobs show the daemon's previews (after steps 4 and 8) in their progress windows, as the plug-in
    logs with ACE_BRIDGE_DEBUG;
 4. preview, then apply (issue 17): after each finished job the results window shows the results as thumbnails, the
-   selected one previewed on the canvas; with three variations, Right picks the second and Return applies it as
+   selected one previewed on the canvas; with three variations, Down picks the second and Return applies it as
    the one result layer; Escape on the results window discards (no layer); a screenshot of the window goes to
    artifacts/gimp/gimp-results.png (and docs/ with ACE_BRIDGE_DOC_SHOTS=1);
 5. Escape on the dialog cancels: status cancel, no layer;
@@ -83,14 +83,14 @@ def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, d
     runs = [
         {"name": "first", "props": FIRST, "dialog": "ok", "shot": "dialog-first.png"},
         {"name": "remembered", "props": {}, "dialog": "ok", "shot": "dialog-remembered.png"},
-        # Three variations: Right picks the second thumbnail (previewed on the canvas), Return applies it.
+        # Three variations: Down picks the second thumbnail (previewed on the canvas), Return applies it.
         {
             "name": "variations",
             "props": {},
             "dialog": "ok",
             # In the dialog, as a user would: Images (Alt+I) 3, Steps (Alt+T) 2, OK (Alt+O); later runs remember them.
             "dialog_keys": ["alt+i", "ctrl+a", "type:3", "alt+t", "ctrl+a", "type:2"],
-            "results_keys": ["Right", "Return"],
+            "results_keys": ["Down", "Return"],
             "results_shot": "gimp-results.png",
         },
         {"name": "discard", "props": {}, "dialog": "ok", "results_keys": ["Escape"]},

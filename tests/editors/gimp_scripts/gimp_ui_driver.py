@@ -198,7 +198,7 @@ def drive():
 
 def answer_results(step, record):
     """The results window after a finished job: thumbnails, the selected one previewed on the canvas. The run's
-    `results_keys` (e.g. Right to pick the next, Return to apply, Escape to discard) are pressed one by one."""
+    `results_keys` (e.g. Down to pick the next, Return to apply, Escape to discard) are pressed one by one."""
     title = CONFIG["results_title"]
     window = new_window(title, set(), f"the results window of run '{step['name']}'", 60)
     note(f"results window {window} mapped")
