@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .bundled import history, prompting
+from .bundled import history
 from .model import Settings
 from .qt_compat import QtWidgets
 
@@ -81,11 +81,6 @@ class PromptBox(QtWidgets.QWidget):
     def set_task(self, spec: dict[str, Any] | None) -> None:
         self.task_spec = spec
         self._show_template()
-
-    def sent_prompt(self, task: str, mode: str | None = None) -> str:
-        """What Generate would send for the box's text (shown as the box's tooltip)."""
-        template = (self.task_spec or {}).get("prompt_template")
-        return prompting.painter_prompt(task, self.text(), advanced=self.is_advanced(), mode=mode, template=template)
 
     def remember(self, text: str) -> None:
         """After a job was sent: its text goes first in Recent, stored with the settings."""
