@@ -381,6 +381,7 @@ class AceBridgeDocker(kdoc.DockWidget):
         self.source_box.setCurrentIndex(0 if self.settings.source == Source.IMAGE.value else 1)
         grid.addRow("Read", self.source_box)
         self.reference_box = W.QComboBox()
+        self.reference_box.activated.connect(self._on_reference_picked)
         self.reference_box.addItem("(no reference)", "")
         refresh = W.QPushButton("↻")
         refresh.setMaximumWidth(30)
@@ -588,6 +589,14 @@ class AceBridgeDocker(kdoc.DockWidget):
         QtGui.QDesktopServices.openUrl(QtCore.QUrl(link))
         self.status.setText("Opened the result in the control panel.")
         return link
+
+    def _on_reference_picked(self, *_: Any) -> None:
+        """Say what a picked control layer does, since the Mode box still shows its default."""
+        if self.reference_label.text() == "Control layer" and self.reference_box.currentData():
+            self.status.setText(
+                f"“{self.reference_box.currentText()}” guides the edit as it is (mode no preprocess, unless you pick "
+                "another mode)."
+            )
 
     def _reuse_seed(self) -> None:
         seed = self.controller.history.last_seed()
