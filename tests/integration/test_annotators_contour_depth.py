@@ -254,3 +254,20 @@ def test_pull_annotators_checks_each_file_against_the_manifest(converted, tmp_pa
         pull.pull_annotators(tmp_path / "b", repo="someone/annotators", download=hub, echo=lines.append)
     assert not (tmp_path / "b" / "annotators" / "depth.safetensors").exists()  # the bad copy is removed
     assert any("someone/annotators/depth.safetensors" in line for line in lines)
+
+
+def test_an_annotator_that_runs_out_of_gpu_memory_finishes_on_the_cpu(converted, monkeypatch):
+    image = rgba(80, 48, 6)[..., :3]
+    expected = AnnotatorRunner(converted, device="cpu")("contour", image)
+    real, devices = weights.run_contour, []
+
+    def out_of_memory_once(net, rgb, device):
+        devices.append(str(device))
+        if len(devices) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (a 4096 px region beside FLUX)")
+        return real(net, rgb, device)
+
+    monkeypatch.setattr(weights, "run_contour", out_of_memory_once)
+    runner = AnnotatorRunner(converted, device=lambda: "cpu")  # the engine passes its device choice as a callable
+    np.testing.assert_array_equal(runner("contour", image), expected)
+    assert devices == ["cpu", "cpu"]

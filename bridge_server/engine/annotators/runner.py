@@ -39,6 +39,8 @@ class AnnotatorRunner:
     def __call__(self, kind: str, rgb: np.ndarray) -> np.ndarray:
         if kind not in ANNOTATOR_FILES:
             raise ValueError(f"no annotator network {kind!r}")
+        import torch
+
         from bridge_server.engine.annotators import weights
 
         with self._lock:
@@ -49,5 +51,11 @@ class AnnotatorRunner:
             run = weights.run_contour if kind == "contour" else weights.run_depth
             try:
                 return run(net.to(device), rgb, device)
+            except torch.OutOfMemoryError:
+                # The contour network runs at the region's full size (as the authors run it); a large region next
+                # to a loaded FLUX may not fit the GPU. The CPU gives the same float32 result, only slower.
+                net.to("cpu")
+                torch.cuda.empty_cache()
+                return run(net, rgb, "cpu")
             finally:
                 net.to("cpu")
