@@ -373,6 +373,7 @@ class AcePlusEngine:
         with self._lock:
             self._cancel_timer()
             self.manager.release()
+            self.annotators.release()
             self.manager.state = "unloaded"
 
     def close(self) -> None:

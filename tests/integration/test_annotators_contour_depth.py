@@ -191,6 +191,12 @@ def test_local_edit_with_contour_or_depth_runs_through_the_engine(engine, mode):
     assert result.info["mode"] == mode and result.info["repainting_scale"] == 0.5
 
 
+def test_unloading_the_engine_lets_go_of_the_annotators(engine):
+    assert engine.annotators.loaded == ["contour", "depth"]  # after the two local edits above
+    engine.unload()
+    assert engine.annotators.loaded == []
+
+
 def test_fft_control_with_the_depth_annotator_runs_through_the_engine(engine):
     job = EngineJob(
         "fft_control",

@@ -24,6 +24,16 @@ class AnnotatorRunner:
         self._nets: dict[str, Any] = {}
         self._lock = threading.Lock()
 
+    @property
+    def loaded(self) -> list[str]:
+        """The annotators held in memory now."""
+        return sorted(self._nets)
+
+    def release(self) -> None:
+        """Drop the loaded networks (the engine's unload): the next use reads the files again."""
+        with self._lock:
+            self._nets.clear()
+
     def available(self, kind: str) -> bool:
         return self.layout.has_annotator(kind)
 
