@@ -76,6 +76,7 @@ def test_preview_strip_strength_and_expand_in_the_krita_gui(install, tmp_path, d
         "first_preview_on_canvas_before_the_last_variation",
         "three_thumbnails_and_one_preview_layer_on_top",
         "second_variation_previewed",
+        "step_previews_still_shown",
         "applied_one_result_layer_at_the_selection",
         "no_preview_layer_left_and_strip_empty",
         "original_layer_unchanged",
@@ -91,3 +92,5 @@ def test_preview_strip_strength_and_expand_in_the_krita_gui(install, tmp_path, d
         "screenshot_saved",
     ):
         assert name in data["checks"], name
+    # Finding pinned: libkis has no undo macro, so an expansion is two undo steps (the canvas growth, then the layer).
+    assert data["checks"]["expand_undo_steps"][1] == "2", data["checks"]["expand_undo_steps"]

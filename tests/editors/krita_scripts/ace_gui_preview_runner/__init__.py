@@ -153,6 +153,8 @@ def _run():
                 seen.append((docker.strip.count(), state["finished"].get(state.get("lid")), names(doc)))
 
         ctl.previews.changed.connect(on_strip_change)
+        step_previews = []  # the docker's live step preview, which keeps working beside the strip
+        ctl.preview_changed.connect(lambda data: step_previews.append(len(data)) if data else None)
         lid = state["lid"] = docker.on_generate()
         check("preview_job_sent", lid is not None, docker.status.text())
         yield from wait(lambda: lid in state["finished"])
@@ -164,6 +166,7 @@ def _run():
             seen,
         )
         check("preview_job_done", state["finished"].get(lid) == "done", (state["finished"], docker.status.text()))
+        check("step_previews_still_shown", len(step_previews) >= 1, step_previews[:5])
         yield from wait(lambda: docker.strip.count() == 3, 5)
         added = [n for n in doc.rootNode().childNodes() if node_id(n) not in before]
         check(
