@@ -138,10 +138,15 @@ def test_the_converter_refuses_what_it_cannot_place(tmp_path, authors):
     torch.save(state, tmp_path / "dpt_hybrid-midas-501f0c75.pt")
     with pytest.raises(weights.ConversionError, match="SHA-256"):
         convert.convert("depth", tmp_path / "dpt_hybrid-midas-501f0c75.pt", tmp_path / "out")
+    assert not (tmp_path / "out" / "depth.safetensors").exists()
+    assert convert.main(["--depth", str(tmp_path / "dpt_hybrid-midas-501f0c75.pt"), "--out", str(tmp_path / "ok")]) == 1
+    code = convert.main(
+        ["--depth", str(tmp_path / "dpt_hybrid-midas-501f0c75.pt"), "--out", str(tmp_path / "ok"), "--skip-name-hash"]
+    )
+    assert code == 0 and (tmp_path / "ok" / "depth.safetensors").is_file()
     (tmp_path / "code.pt").write_bytes(b"\x80\x04cos\nsystem\n.")  # a pickle that would call a function
     with pytest.raises(weights.ConversionError, match="not a plain torch checkpoint"):
         convert.convert("contour", tmp_path / "code.pt", tmp_path / "out")
-    assert not (tmp_path / "out" / "depth.safetensors").exists()
 
 
 def test_the_daemon_loads_only_converted_safetensors(tmp_path, authors):

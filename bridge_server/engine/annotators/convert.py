@@ -52,8 +52,11 @@ def _authors_state(source: Path) -> dict[str, torch.Tensor]:
     return data
 
 
-def convert(kind: str, source: Path, out_dir: Path) -> dict[str, Any]:
-    """Convert one checkpoint; returns its manifest entry. Raises ConversionError with the reason."""
+def convert(kind: str, source: Path, out_dir: Path, *, check_name_hash: bool = True) -> dict[str, Any]:
+    """Convert one checkpoint; returns its manifest entry. Raises ConversionError with the reason.
+
+    `check_name_hash`: a name carrying a hash (`-501f0c75.`, torch.hub's rule, which MiDaS' hub loader checks)
+    must match the start of the file's SHA-256."""
     if kind not in weights.KINDS:
         raise weights.ConversionError(f"unknown annotator {kind!r}; one of {', '.join(weights.KINDS)}")
     from safetensors.torch import save_file
@@ -61,9 +64,10 @@ def convert(kind: str, source: Path, out_dir: Path) -> dict[str, Any]:
     source = Path(source)
     source_hash = sha256(source)
     pinned = _HUB_HASH.search(source.name)
-    if pinned and not source_hash.startswith(pinned.group(1)):
+    if check_name_hash and pinned and not source_hash.startswith(pinned.group(1)):
         raise weights.ConversionError(
-            f"{source.name}: its SHA-256 starts {source_hash[:8]}, its name says {pinned.group(1)} (a damaged copy?)"
+            f"{source.name}: its SHA-256 starts {source_hash[:8]}, its name says {pinned.group(1)} (a damaged copy?"
+            " --skip-name-hash converts it anyway; the result is still checked key by key)"
         )
     mapped = weights.map_authors_keys(kind, _authors_state(source))
     net = weights.build(kind, weights.infer_config(kind, mapped))
@@ -103,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--contour", type=Path, help="informative_drawing_contour_style.pth")
     parser.add_argument("--depth", type=Path, help="dpt_hybrid-midas-501f0c75.pt")
     parser.add_argument("--out", type=Path, help="output folder (default: the model folder's annotators/)")
+    parser.add_argument(
+        "--skip-name-hash", action="store_true", help="convert even when the file's SHA-256 differs from its name's"
+    )
     args = parser.parse_args(argv)
     jobs = [(kind, path) for kind, path in (("contour", args.contour), ("depth", args.depth)) if path is not None]
     if not jobs:
@@ -110,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or ModelLayout(default_model_root()).annotators
     for kind, path in jobs:
         try:
-            entry = convert(kind, path, out)
+            entry = convert(kind, path, out, check_name_hash=not args.skip_name_hash)
         except (weights.ConversionError, OSError) as exc:
             print(f"convert: {exc}", file=sys.stderr)
             return 1
