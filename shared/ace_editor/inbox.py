@@ -8,6 +8,7 @@ GIMP's short-lived plug-in takes the ones waiting at its next run (`take_waiting
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +36,19 @@ class OpenDocument:
     height: int = 0
 
     def to_wire(self) -> dict[str, Any]:
-        return {"key": self.key, "name": self.name, "active": self.active}
+        return {"key": wire_key(self.key), "name": self.name[:NAME_MAX], "active": self.active}
+
+
+#: The protocol's limits for a `documents` entry (ace_protocol.messages.Documents).
+KEY_MAX = 128
+NAME_MAX = 256
+
+
+def wire_key(key: str) -> str:
+    """A key as sent: itself when short enough, else a digest of it (a long file path, say), so it still matches."""
+    if len(key) <= KEY_MAX:
+        return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:48]
 
 
 def documents_wire(documents: Sequence[OpenDocument]) -> list[dict[str, Any]]:
@@ -112,7 +125,7 @@ def choose_document(item: Delivery, documents: Sequence[OpenDocument]) -> OpenDo
         return None
     if item.document:
         for doc in documents:
-            if doc.key == item.document:
+            if item.document in (doc.key, wire_key(doc.key)):
                 return doc
         wanted = _plain(item.document)
         for doc in documents:

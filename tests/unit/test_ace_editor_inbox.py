@@ -7,7 +7,7 @@ import pytest
 from ace_editor import inbox
 from ace_protocol.client import DaemonNotRunning
 from ace_protocol.images import ImagePayload
-from ace_protocol.messages import Offer
+from ace_protocol.messages import Documents, Offer
 
 CAT = inbox.OpenDocument("k-cat", "cat.kra", width=100, height=80)
 DOG = inbox.OpenDocument("k-dog", "/home/me/art/dog.kra", active=True, width=300, height=200)
@@ -120,3 +120,11 @@ def test_a_label_that_names_document_and_region_sends_the_result_home_to_its_pla
     assert inbox.placement(labelled, CAT) == (12, 30, 40, 20)
     # Into another document (the user's pick), the home region means nothing there: centred.
     assert inbox.placement(item(document="k-dog", label="GIMP: cat.kra at 12,30 40x20"), DOG) == (130, 90, 40, 20)
+
+
+def test_a_long_key_travels_as_a_digest_that_still_finds_its_document():
+    deep = inbox.OpenDocument("/very/" * 40 + "deep.kra", "deep.kra", width=10, height=10)
+    wire = inbox.documents_wire([deep])[0]
+    assert len(wire["key"]) <= inbox.KEY_MAX and wire["key"].startswith("sha256:")
+    Documents(documents=[wire])  # within the protocol's limits
+    assert inbox.choose_document(item(document=wire["key"]), [CAT, deep]) is deep
