@@ -650,7 +650,8 @@ class AceBridgeDocker(kdoc.DockWidget):
         self.reference_box.setItemText(0, self._no_reference_text)
         self.reference_box.setToolTip(
             "A sketch, line art or flat colour layer: the structure the edit follows inside the selection, used as "
-            "it is (no preprocessing). Without one, the mode (canny, mosaic, recolor) makes it from the image."
+            "it is (no preprocessing). Without one, the mode (canny, mosaic, recolor, contour, depth) makes it from "
+            "the image."
             if control
             else "A layer shown to the model beside the edit"
         )
