@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp  # noqa: E402
 from ace_protocol.codec import decode_server_message, encode  # noqa: E402
-from ace_protocol.messages import Cancel, Submit  # noqa: E402
+from ace_protocol.messages import Cancel, StatusRequest, Submit  # noqa: E402
 from load import check_fairness, percentile, prove_handshake, rss_mb, run_load, start_daemon, warm_up  # noqa: E402
 
 P99_GOAL_S = 0.250
@@ -86,8 +86,9 @@ async def flood(http: aiohttp.ClientSession, url: str, token: str, index: int, s
 
 
 async def never_read(http: aiohttp.ClientSession, url: str, token: str, stop: asyncio.Event, seen: Hostile) -> None:
-    """Says hello, queues 8 jobs with 512x512 results (1 MiB frames), then never takes another frame off the wire
-    (a 4 KiB receive buffer, and aiohttp stops reading the socket once its own small buffer is full)."""
+    """Says hello, queues 4 small jobs, then keeps asking for `status` (100 a second, each answer a few KiB that
+    lists the queue) and never takes another frame off the wire: a 4 KiB receive buffer, and aiohttp stops reading
+    the socket once its own small buffer is full. The daemon must drop it, not buffer for it."""
     ws = await http.ws_connect(url, max_msg_size=0, compress=0, autoping=False, heartbeat=None)
     sock = ws.get_extra_info("socket")
     if sock is not None:
@@ -95,11 +96,19 @@ async def never_read(http: aiohttp.ClientSession, url: str, token: str, stop: as
     welcome = await prove_handshake(ws, token, "never-reads")
     if welcome.TYPE != "welcome":
         raise RuntimeError(f"never-reader: {welcome}")
-    for i in range(8):
-        params = {"steps": 1, "width": 512, "height": 512, "seed": i}
+    for i in range(4):
+        params = {"steps": 1, "width": 64, "height": 64, "seed": i}
         await ws.send_bytes(encode(Submit(id=f"n{i}", task="generate", prompt="never read", params=params)))
         seen.never_reader_submitted += 1
-    await stop.wait()
+    sent = 0
+    while not stop.is_set():
+        try:
+            for _ in range(10):
+                await ws.send_bytes(encode(StatusRequest(id=f"s{sent}")))
+                sent += 1
+        except (ConnectionError, RuntimeError):
+            break  # the daemon closed it
+        await asyncio.sleep(0.1)
     await ws.close()
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from ace_protocol.codec import encode
 from ace_protocol.errors import ErrorCode
-from ace_protocol.messages import Message, Progress, Result
+from ace_protocol.messages import Message, Progress, Result, StatusReply
 from aiohttp import WSCloseCode, web
 
 from bridge_server.jobs.job import Job
@@ -59,11 +59,22 @@ class Connection:
     max_waiting: int = 10_000
     stalled: bool = False
     replay: asyncio.Task[None] | None = None  # the streamed replay of stored results (server/sessions.py)
+    #: `status` answers made but not yet sent. Each lists the whole queue, so a client that asks without reading
+    #: would otherwise pile up thousands of them (measured: +154 MiB for 10,000 with 60 jobs queued).
+    status_waiting: int = 0
+    max_status_waiting: int = 4
 
     def send(self, message: Message) -> None:
         if self.outbox.qsize() >= self.max_waiting and not self.stalled:
             self._drop(f"{self.max_waiting} messages wait for it")
+        if isinstance(message, StatusReply):
+            self.status_waiting += 1
         self.outbox.put_nowait(message)
+
+    def status_backlog(self) -> bool:
+        """Whether this client has asked for more `status` answers than it has read (the next gets a short refusal
+        instead of another copy of the queue)."""
+        return self.status_waiting >= self.max_status_waiting
 
     def _drop(self, why: str) -> None:
         self.stalled = True
@@ -76,6 +87,8 @@ class Connection:
     async def run_sender(self) -> None:
         while True:
             message = await self.outbox.get()
+            if isinstance(message, StatusReply):
+                self.status_waiting -= 1
             try:
                 if message is None or self.ws.closed or self.stalled:
                     return

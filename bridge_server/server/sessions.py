@@ -453,6 +453,12 @@ async def _dispatch(state: AppState, session: ClientSession, connection: Connect
         connection.segments.confirm(message.nonce)
         state.hub.changed()
     elif isinstance(message, StatusRequest):
+        if connection.status_backlog():
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"{connection.max_status_waiting} status answers already wait to be sent to this client: read them "
+                "before asking again",
+            )
         queue = [_visible_to(entry, session.client_id) for entry in state.queue_summary()]
         connection.send(
             StatusReply(engine=state.engine_state(), queue=queue, paused=state.config.gate.paused, id=message.id)

@@ -699,6 +699,47 @@ def test_a_client_that_never_reads_is_disconnected_and_its_results_wait_for_it(t
     assert Connection.stall_s == 30.0  # the default for real daemons
 
 
+def test_a_client_that_asks_for_status_without_reading_cannot_grow_the_daemon(thread_daemon_factory):
+    """Found by bench/hostile_load.py: a token holder that sends `status` 1,000 times a second and reads nothing
+    made the daemon keep every answer (each lists the whole queue) until 10,000 waited: +154 MiB with 60 jobs
+    queued, over 1 GiB with a full queue. Now at most 4 answers wait per connection; the rest get a short
+    `rate_limited` refusal."""
+    from ace_protocol.messages import StatusReply, StatusRequest
+    from hostile_peer import open_ws, read_frame, ws_frame
+
+    from bridge_server.jobs.gate import Gate
+
+    daemon = thread_daemon_factory(gate=Gate(paused=True))
+    filler = client_for(daemon, "filler")
+    for _ in range(60):
+        filler.submit("inpaint", "x" * 200, **inpaint_kwargs(size=8))
+    sock = open_ws(daemon.port, rcvbuf=4096)
+    welcome = handshake(lambda b: sock.sendall(ws_frame(b)), lambda: read_frame(sock)[1], daemon.token, "asker")
+    assert welcome.TYPE == "welcome"
+    before = rss_bytes(os.getpid())  # the daemon runs in this process
+    sock.setblocking(False)
+    sent = 0
+    for _ in range(200):
+        for _ in range(50):
+            try:
+                sock.send(ws_frame(encode(StatusRequest(id=f"s{sent}"))))
+                sent += 1
+            except OSError:
+                break
+        time.sleep(0.05)
+    grown = rss_bytes(os.getpid()) - before
+    session = daemon.state.hub.sessions["asker"]
+    waiting = daemon.call(
+        lambda: [type(m).__name__ for m in list(session.connection.outbox._queue)] if session.connection else []
+    )
+    print(f"{sent} status requests unread: RSS +{grown / 2**20:.0f} MiB, {len(waiting)} messages waiting")
+    assert sent >= 5000
+    assert waiting.count(StatusReply.__name__) <= 4
+    assert grown < 50 * 2**20  # before: +154 MiB
+    sock.close()
+    filler.close()
+
+
 def test_stored_results_are_replayed_off_the_event_loop(thread_daemon_factory):
     daemon = thread_daemon_factory()
     client = client_for(daemon, "many-results")
