@@ -350,9 +350,10 @@ class RayReplicas:
     def replica_lost(self, replica: str, reason: str) -> None:
         self.restarts += 1
         entry = self.board.get(replica)
-        if entry is not None:
-            entry.update(state="died", busy=False, note=reason)
-            entry["lost"] = int(entry.get("lost", 0)) + 1
+        if entry is None or entry["state"] in ("died", "gone"):
+            return  # already counted out (or died before this daemon started: the keeper reported it)
+        entry.update(state="died", busy=False, note=reason)
+        entry["lost"] = int(entry.get("lost", 0)) + 1
         self.live = max(0, self.live - 1)
 
     def _read_status(self) -> tuple[int, set[str]] | None:
