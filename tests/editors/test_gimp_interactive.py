@@ -49,7 +49,9 @@ PROCEDURE = "python-fu-ace-bridge-inpaint"
 SELECTION = [20, 12, 40, 30]
 # 9 steps: the daemon sends previews after steps 4 and 8 (every 4th, never the last).
 FIRST = {"prompt": "a red apple, interactive", "seed": 7, "steps": 9, "count": 1, "padding": 4, "feather": 3}
-RUN_TIMEOUT_S = 160
+RUN_TIMEOUT_S = 200
+EXPAND = (16, 0, 8, 0)  # left, top, right, bottom
+HISTORY_JOB = {"prompt": "a straw hat", "seed": 21, "steps": 2, "count": 1, "padding": 4}
 RESULTS_TITLE = "ACE++ Results"
 
 
@@ -94,6 +96,32 @@ def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, d
             "results_shot": "gimp-results.png",
         },
         {"name": "discard", "props": {}, "dialog": "ok", "results_keys": ["Escape"]},
+        # Expand Canvas: 16 px on the left, 8 on the right (L_eft, Ri_ght), 2 steps; its result previewed, applied.
+        {
+            "name": "expand",
+            "procedure": "python-fu-ace-bridge-expand-canvas",
+            "title": "ACE++ Expand Canvas",
+            "props": {},
+            "dialog": "ok",
+            "dialog_keys": [
+                *("alt+e", "ctrl+a", f"type:{EXPAND[0]}"),
+                *("alt+g", "ctrl+a", f"type:{EXPAND[2]}"),
+                *("alt+t", "ctrl+a", "type:2"),
+            ],
+            "results_keys": ["Return"],
+            "results_shot": "gimp-expand-results.png",
+        },
+        # Recent Results on a saved image with one earlier result in the daemon's history: its window lists it,
+        # Return adds it again.
+        {
+            "name": "recent",
+            "procedure": "python-fu-ace-bridge-recent-results",
+            "setup": "history",
+            "dialog": "none",
+            "results_title": "ACE++ Recent Results",
+            "results_keys": ["Return"],
+            "results_shot": "gimp-recent-results.png",
+        },
         {"name": "dialog_cancel", "props": {}, "dialog": "cancel"},
         {"name": "progress_cancel", "props": {}, "dialog": "ok", "progress": "cancel", "progress_shot": "progress.png"},
     ]
@@ -107,6 +135,7 @@ def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, d
         "runs": runs,
         "dialog_title": f"ACE++ {action.label.rstrip('…')}",
         "results_title": RESULTS_TITLE,
+        "history_job": HISTORY_JOB,
         "token": demo_daemon.token,
         "panel_base": f"http://127.0.0.1:{demo_daemon.port}",
         "startup_s": 40,
@@ -201,6 +230,22 @@ def test_dialog_progress_remembered_values_and_cancel(install, tmp_path: Path, d
         shutil.copyfile(artifacts / "screen-gimp-results.png", REPO / "docs" / "gimp-results.png")
     dropped = out["discard"]
     assert dropped["status"] == "success" and dropped["new"] == [] and dropped["layers"] == ["bg"], dropped
+
+    # 4b. Expand Canvas: the canvas grew by 16 + 8 px, the old picture moved with it, one result layer covers it all.
+    grown = out["expand"]
+    width = 96 + EXPAND[0] + EXPAND[2]
+    assert grown["status"] == "success" and grown["canvas"] == [width, 64], grown
+    assert grown["offsets"]["bg"] == [EXPAND[0], EXPAND[1]] and len(grown["new"]) == 1, grown
+    made = grown["new"][0]
+    assert made["offsets"] == [0, 0] and made["size"] == [width, 64] and made["on_top"], made
+    assert made["provenance"]["params"]["expand"] == list(EXPAND), made["provenance"]
+
+    # 4c. Recent Results: the saved image's earlier result comes back from the daemon's history at its place.
+    back = out["recent"]
+    assert back["status"] == "success" and len(back["new"]) == 1, back
+    again = back["new"][0]
+    assert again["provenance"]["seed"] == HISTORY_JOB["seed"] and again["provenance"]["task"] == "inpaint", again
+    assert again["offsets"] == [x - HISTORY_JOB["padding"], y - HISTORY_JOB["padding"]], again
 
     # 5. Escape on the dialog: cancelled, nothing added.
     cancelled = out["dialog_cancel"]

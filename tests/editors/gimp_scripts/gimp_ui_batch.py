@@ -51,11 +51,32 @@ def provenance(item):
     return json.loads(bytes(parasite.get_data()).decode("utf-8"))
 
 
-def run_interactive(name, props):
+def with_history(img, bg):
+    """This image saved under a name, with one result of it in the daemon's history (an earlier non-interactive job
+    whose layer was since deleted): what Recent Results brings back."""
+    from gi.repository import Gio
+
+    Gimp.file_save(Gimp.RunMode.NONINTERACTIVE, img, Gio.File.new_for_path(os.path.join(WORK, "painting.xcf")), None)
+    proc = Gimp.get_pdb().lookup_procedure(CONFIG["procedure"])
+    cfg = proc.create_config()
+    cfg.set_property("image", img)
+    cfg.set_core_object_array("drawables", [bg])
+    for key, value in CONFIG["history_job"].items():
+        cfg.set_property(key, value)
+    status = proc.run(cfg).index(0).value_nick
+    if status != "success":
+        raise RuntimeError(f"the job for the history failed: {status}")
+    img.remove_layer(img.get_layers()[0])
+    Gimp.displays_flush()
+
+
+def run_interactive(name, props, procedure=None, setup=None):
     img, bg, display = new_image()
     try:
+        if setup == "history":
+            with_history(img, bg)
         before = {layer.get_id() for layer in img.get_layers()}
-        proc = Gimp.get_pdb().lookup_procedure(CONFIG["procedure"])
+        proc = Gimp.get_pdb().lookup_procedure(procedure or CONFIG["procedure"])
         cfg = proc.create_config()
         cfg.set_property("run-mode", Gimp.RunMode.INTERACTIVE)
         cfg.set_property("image", img)
@@ -67,7 +88,13 @@ def run_interactive(name, props):
         status = res.index(0).value_nick
         layers = img.get_layers()
         new = [layer for layer in layers if layer.get_id() not in before]
-        info = {"status": status, "layers": [layer.get_name() for layer in layers], "new": []}
+        info = {
+            "status": status,
+            "layers": [layer.get_name() for layer in layers],
+            "new": [],
+            "canvas": [img.get_width(), img.get_height()],
+            "offsets": {layer.get_name(): [int(v) for v in layer.get_offsets()[-2:]] for layer in layers},
+        }
         if res.length() > 1 and status == "success":
             info["value"] = res.index(1)
         for layer in new:
@@ -89,7 +116,7 @@ def run_interactive(name, props):
 
 for run in CONFIG["runs"]:
     try:
-        run_interactive(run["name"], run.get("props", {}))
+        run_interactive(run["name"], run.get("props", {}), run.get("procedure"), run.get("setup"))
     except Exception:
         RESULTS["errors"].append(f"{run['name']}: {traceback.format_exc()}")
 write_atomic("phase.txt", "done")

@@ -155,13 +155,16 @@ def read_phase():
 
 
 def drive():
-    title = CONFIG["dialog_title"]
     for step in CONFIG["runs"]:
         name = step["name"]
+        title = step.get("title", CONFIG["dialog_title"])
         record = {"name": name}
         REPORT["steps"].append(record)
         poll(f"the batch to start run '{name}'", lambda name=name: read_phase() == name, CONFIG["startup_s"])
         note(f"run {name} started")
+        if step["dialog"] == "none":  # no arguments to ask for: its window comes at once
+            answer_results(step, record)
+            continue
         if step.get("progress") == "cancel":
             set_queue_paused(True)
         dialog = new_window(title, set(), f"the dialog '{title}' of run '{name}'", 20)
@@ -199,7 +202,7 @@ def drive():
 def answer_results(step, record):
     """The results window after a finished job: thumbnails, the selected one previewed on the canvas. The run's
     `results_keys` (e.g. Down to pick the next, Return to apply, Escape to discard) are pressed one by one."""
-    title = CONFIG["results_title"]
+    title = step.get("results_title", CONFIG["results_title"])
     window = new_window(title, set(), f"the results window of run '{step['name']}'", 60)
     note(f"results window {window} mapped")
     record["results_window"] = True
