@@ -848,7 +848,7 @@ def run_expand(procedure, run_mode, image, drawables, config, data):
             client.close()
 
 
-def _history_layer(image: Gimp.Image, png: bytes, entry: dict[str, Any], record: dict[str, Any]) -> Gimp.Layer:
+def _history_layer(image: Gimp.Image, png: bytes, record: dict[str, Any]) -> Gimp.Layer:
     """A result from the daemon's history as a new top layer at the place it was made for (one undo group)."""
     payload = ImagePayload(0, 0, "png", png)
     region = record.get("region") or [0, 0, 0, 0]
@@ -941,7 +941,7 @@ def run_recent(procedure, run_mode, image, drawables, config, data):
         else:
             entry = entries[0]
         record = logic.record_from_entry(entry, reader.meta(entry["entry"]))
-        _history_layer(image, reader.image(entry["entry"]), entry, record)
+        _history_layer(image, reader.image(entry["entry"]), record)
         return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=1)
     except Exception as exc:
         _log_unexpected(exc)
