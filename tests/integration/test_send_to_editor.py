@@ -207,8 +207,11 @@ def test_an_editor_that_is_not_connected_or_too_old_gets_a_clear_message(thread_
     entry = one_result(krita)
     krita.close()
     old = editor(daemon, "krita-old", "krita", "")  # a plug-in from before offers
+    cli = editor(daemon, "cli-run", "cli", "")  # `ace-bridge edit` is no editor to send to
     panel = Panel(daemon)
     try:
+        listed = {t["client_id"] for t in panel.call("/panel/api/state")[1]["targets"]}
+        assert "krita-old" in listed and "cli-run" not in listed
         wait_for(
             lambda: any(
                 t["client_id"] == "krita-gone" and not t["connected"]
@@ -228,6 +231,7 @@ def test_an_editor_that_is_not_connected_or_too_old_gets_a_clear_message(thread_
         assert all(o["entry"] != entry for o in panel.call("/panel/api/state")[1]["offers"])  # nothing was queued
     finally:
         old.close()
+        cli.close()
 
 
 def test_only_a_panel_session_can_send(thread_daemon_factory):

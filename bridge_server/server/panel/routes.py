@@ -204,7 +204,7 @@ def targets_view(state: Any) -> list[dict[str, Any]]:
     one like GIMP's takes it at its next run; for a disconnected Krita the panel says so), and connected older
     plug-ins (listed so the panel can say why they cannot)."""
     views = [target_view(s) for s in state.hub.sessions.values()]
-    return [v for v in views if v["connected"] or v["mode"]]
+    return [v for v in views if v["mode"] or (v["connected"] and v["editor"] not in ("", "cli"))]
 
 
 def queue_view(state: Any) -> list[dict[str, Any]]:
