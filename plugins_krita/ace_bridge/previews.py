@@ -58,15 +58,18 @@ class PreviewFlow(QObject):
         super().__init__()
         self.board = choices.PreviewBoard()
         self._jobs: dict[str, _Job] = {}
+        self._taken: set[str] = set()  # every job sent in preview mode, also after its Apply or Discard
 
     # ------------------------------------------------------------------ from the controller
     def expect(self, local_id: str, record: JobRecord, doc: Any, count: int) -> None:
         self.board.expect(local_id, count)
         self._jobs[local_id] = _Job(record, doc)
+        self._taken.add(local_id)
 
     def takes(self, local_id: str) -> bool:
-        """The job's results go through the strip (not inserted at once)."""
-        return local_id in self._jobs
+        """The job's results go through the strip (not inserted at once), even when the painter applied or
+        discarded its first variation before the job ended."""
+        return local_id in self._taken
 
     def on_event(self, local_id: str, event: Any) -> None:
         """Every job event (connected to the worker): a `Result` is one more variation."""

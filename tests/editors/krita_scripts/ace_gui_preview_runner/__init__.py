@@ -8,6 +8,7 @@ name -> [ok, detail] checks written to the config's result file, then os._exit.
 import json
 import os
 import sys
+import time
 import traceback
 
 CONFIG = os.environ.get("ACE_GUI_TEST")
@@ -47,10 +48,16 @@ def _run():
     checks = {}
     state = {"finished": {}}
     deadline_s = cfg.get("step_timeout_s", 90)
+    started = time.monotonic()
 
     def check(name, ok, detail=""):
         checks[name] = [bool(ok), str(detail)[:2000]]
-        print(f"ACE-GUI-CHECK {name} {'ok' if ok else 'FAILED'} {str(detail)[:2000]}", file=sys.stderr, flush=True)
+        took = time.monotonic() - started
+        print(
+            f"ACE-GUI-CHECK {took:.0f}s {name} {'ok' if ok else 'FAILED'} {str(detail)[:2000]}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def finish():
         for d in app.documents():
@@ -133,7 +140,7 @@ def _run():
         docker.prompt.setPlainText("make it green")
         docker.seed_random.setChecked(False)
         docker.seed_spin.setValue(5)
-        docker.steps_spin.setValue(8)
+        docker.steps_spin.setValue(4)
         check("preview_first_is_the_default", docker.preview_first_box.isChecked() and ctl.preview_first, "")
 
         # ---- Story 1: an ellipse, 3 variations, preview the second, apply it.
@@ -166,7 +173,6 @@ def _run():
             seen,
         )
         check("preview_job_done", state["finished"].get(lid) == "done", (state["finished"], docker.status.text()))
-        check("step_previews_still_shown", len(step_previews) >= 1, step_previews[:5])
         yield from wait(lambda: docker.strip.count() == 3, 5)
         added = [n for n in doc.rootNode().childNodes() if node_id(n) not in before]
         check(
@@ -254,6 +260,31 @@ def _run():
             and docker.strip.count() == 0,
             (had_preview, names(doc), docker.strip.count()),
         )
+
+        # ---- Story 1c: the painter applies the first variation while the others are still coming: one layer only.
+        docker.count_spin.setValue(3)
+        docker.steps_spin.setValue(12)
+        before = ids(doc)
+        lid = docker.on_generate()
+        yield from wait(lambda: docker.strip.count() >= 1 or lid in state["finished"])
+        running_at_apply = lid not in state["finished"]
+        docker.strip.apply_button.click()
+        yield from wait(lambda: lid in state["finished"])
+        for _ in range(4):
+            yield
+        added = [n for n in doc.rootNode().childNodes() if node_id(n) not in before]
+        check(
+            "early_apply_gives_one_layer_and_later_variations_are_dropped",
+            running_at_apply
+            and state["finished"].get(lid) == "done"
+            and len(added) == 1
+            and added[0].type() == "paintlayer"
+            and not any(n.startswith(PREVIEW_PREFIX) for n in names(doc))
+            and docker.strip.count() == 0,
+            (running_at_apply, state["finished"].get(lid), names(doc), docker.strip.count()),
+        )
+        docker.steps_spin.setValue(4)
+        check("step_previews_still_shown", len(step_previews) >= 1, step_previews[:5])
 
         # ---- Story 2: strength. A painted red patch, redrawn at 1.0 and at 0.05 with the same seed.
         docker.count_spin.setValue(1)
