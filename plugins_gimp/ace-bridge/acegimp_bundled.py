@@ -13,7 +13,18 @@ import os
 VENDOR_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_vendor")
 
 if os.path.isdir(VENDOR_DIR):
-    from _vendor.ace_editor import daemon, daemon_history, forms, history, jobs, naming, prompting, provenance, settings
+    from _vendor.ace_editor import (
+        daemon,
+        daemon_history,
+        forms,
+        history,
+        inbox,
+        jobs,
+        naming,
+        prompting,
+        provenance,
+        settings,
+    )
     from _vendor.ace_editor.protocol import VERSION
     from _vendor.ace_protocol import client, geometry, images, messages, tasks
 else:  # pragma: no cover - exercised by every unit test; the branch above by the editor tests
@@ -22,6 +33,7 @@ else:  # pragma: no cover - exercised by every unit test; the branch above by th
         daemon_history,
         forms,
         history,
+        inbox,
         jobs,
         naming,
         prompting,
@@ -39,6 +51,7 @@ __all__ = [
     "forms",
     "geometry",
     "history",
+    "inbox",
     "images",
     "jobs",
     "messages",

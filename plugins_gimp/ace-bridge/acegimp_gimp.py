@@ -20,7 +20,7 @@ gi.require_version("Gimp", "3.0")
 gi.require_version("Gegl", "0.4")
 import acegimp_logic as logic  # noqa: E402
 from acegimp_bundled import client as protocol_client  # noqa: E402
-from acegimp_bundled import forms  # noqa: E402
+from acegimp_bundled import forms, inbox  # noqa: E402
 from gi.repository import Gegl, Gimp, Gio, GLib, GObject  # noqa: E402
 
 Bounds, Extent, ImagePayload = logic.Bounds, logic.Extent, logic.ImagePayload
@@ -430,6 +430,7 @@ def _state() -> logic.ProfileState:
 
 
 def _client(settings: logic.Settings, state: logic.ProfileState, *, resume: bool, previews: bool = False):
+    # offers="later": results a panel user sends to GIMP wait in the daemon for Fetch Finished Results (ace_editor.inbox)
     return protocol_client.BridgeClient(
         url=settings.url or None,
         token=settings.token or None,
@@ -439,6 +440,7 @@ def _client(settings: logic.Settings, state: logic.ProfileState, *, resume: bool
         editor=f"gimp {Gimp.version()}",
         session=state.session if resume else None,
         previews=previews,
+        offers=inbox.LATER,
     )
 
 
@@ -751,6 +753,7 @@ def run_fetch(procedure, run_mode, image, drawables, config, data):
             inserted += len(insert_results(image, outcome.results, meta, active))
             client.ack(handle.id)
             state.remove_pending(handle.id)
+        inserted += _take_offers(client, image)
         if inserted == 0 and run_mode == Gimp.RunMode.INTERACTIVE:
             Gimp.message("ACE++: no finished results are waiting for this GIMP profile.")
         return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=inserted)
@@ -760,6 +763,51 @@ def run_fetch(procedure, run_mode, image, drawables, config, data):
     finally:
         if client is not None:
             client.close()
+
+
+def _take_offers(client: Any, current: Gimp.Image) -> int:
+    """Results a panel user sent to GIMP ("send to editor"), each as a new top layer in one undo group: into the
+    image the user picked, else the one the result was made for, else `current`. Returns how many went in."""
+    images = {str(img.get_id()): img for img in Gimp.get_images()}
+    docs = [
+        inbox.OpenDocument(key, document_name(img), img == current, img.get_width(), img.get_height())
+        for key, img in images.items()
+    ]
+
+    def insert(item: Any) -> str:
+        chosen = inbox.choose_document(item, docs)
+        if chosen is None:
+            raise inbox.NoDocument("GIMP")
+        image = images[chosen.key]
+        x, y, w, h = inbox.placement(item, chosen)
+        params = item.provenance.get("params")
+        record = logic.provenance.provenance_record(
+            str(item.provenance.get("task", "")),
+            str(item.provenance.get("prompt", "")),
+            item.seed,
+            params if isinstance(params, dict) else {},
+            (x, y, w, h),
+            "panel",
+            item.job_id,
+            item.provenance,
+        )
+        image.undo_group_start()
+        try:
+            layer = _layer_from_payload(image, ImagePayload(w, h, "rgba8", item.rgba), item.layer_name())
+            image.insert_layer(layer, None, 0)
+            layer.set_offsets(x, y)
+            _attach_provenance(layer, logic.provenance.record_bytes(record))
+        finally:
+            image.undo_group_end()
+        return chosen.name
+
+    outcomes = inbox.take_waiting(client, insert, wait=3.0)
+    for ok, message in outcomes:
+        if not ok:
+            print(f"ace-bridge: a result sent from the panel: {message}", file=sys.stderr)
+    if outcomes:
+        Gimp.displays_flush()
+    return sum(1 for ok, _ in outcomes if ok)
 
 
 def _interactive_dialog(procedure, config, title: str, names: list[str]) -> bool:
