@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,6 +42,7 @@ class Hostile:
     connections: int = 0
     never_reader_closed: bool = False
     never_reader_submitted: int = 0
+    problems: list[str] = field(default_factory=list)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -86,7 +91,7 @@ async def flood(http: aiohttp.ClientSession, url: str, token: str, index: int, s
 
 
 async def never_read(http: aiohttp.ClientSession, url: str, token: str, stop: asyncio.Event, seen: Hostile) -> None:
-    """Says hello, queues 4 small jobs, then keeps asking for `status` (100 a second, each answer a few KiB that
+    """Says hello, queues 3 jobs with 768x768 results, then keeps asking for `status` (100 a second, each answer a few KiB that
     lists the queue) and never takes another frame off the wire: a 4 KiB receive buffer, and aiohttp stops reading
     the socket once its own small buffer is full. The daemon must drop it, not buffer for it."""
     ws = await http.ws_connect(url, max_msg_size=0, compress=0, autoping=False, heartbeat=None)
@@ -96,8 +101,8 @@ async def never_read(http: aiohttp.ClientSession, url: str, token: str, stop: as
     welcome = await prove_handshake(ws, token, "never-reads")
     if welcome.TYPE != "welcome":
         raise RuntimeError(f"never-reader: {welcome}")
-    for i in range(4):
-        params = {"steps": 1, "width": 64, "height": 64, "seed": i}
+    for i in range(3):  # 2.25 MiB results: more than the socket buffers hold
+        params = {"steps": 1, "width": 768, "height": 768, "seed": i}
         await ws.send_bytes(encode(Submit(id=f"n{i}", task="generate", prompt="never read", params=params)))
         seen.never_reader_submitted += 1
     sent = 0
@@ -112,25 +117,54 @@ async def never_read(http: aiohttp.ClientSession, url: str, token: str, stop: as
     await ws.close()
 
 
-async def run(url: str, token: str, args: argparse.Namespace, seen: Hostile):
+async def run_hostiles(url: str, token: str, flood_connections: int, never_readers: int) -> Hostile:
+    """The hostile side, in its own process (`--hostile-only`): until stdin closes."""
+    seen = Hostile()
     stop = asyncio.Event()
-    hostiles: list[asyncio.Task] = []
     async with aiohttp.ClientSession() as http:
-        if not args.no_hostile:
-            hostiles = [
-                asyncio.create_task(flood(http, url, token, i, stop, seen)) for i in range(args.flood_connections)
-            ]
-            hostiles += [
-                asyncio.create_task(never_read(http, url, token, stop, seen)) for _ in range(args.never_readers)
-            ]
-            await asyncio.sleep(2.0)  # the flood is on before the editors start
-        report = await run_load(
-            url, token, clients=args.clients, jobs=args.jobs, seed=args.seed, cancel_p=0.1, disconnect_p=0.1, window=4
-        )
+        tasks = [asyncio.create_task(flood(http, url, token, i, stop, seen)) for i in range(flood_connections)]
+        tasks += [asyncio.create_task(never_read(http, url, token, stop, seen)) for _ in range(never_readers)]
+        print("hostile: on", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # the parent closes it when done
         stop.set()
-        outcomes = await asyncio.gather(*hostiles, return_exceptions=True)
-    problems = [f"hostile client: {type(o).__name__}: {o}" for o in outcomes if isinstance(o, BaseException)]
-    return report, problems
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+    seen.problems = [f"hostile client: {type(o).__name__}: {o}" for o in outcomes if isinstance(o, BaseException)]
+    return seen
+
+
+async def run(url: str, token: str, args: argparse.Namespace) -> tuple[Any, Hostile, list[str]]:
+    """The editors in this process, the hostile clients in another: they share the daemon, not an event loop (a
+    flood handled in the editors' own loop would measure the bench, not the daemon)."""
+    hostile: subprocess.Popen | None = None
+    if not args.no_hostile:
+        hostile = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--hostile-only",
+                url,
+                "--flood-connections",
+                str(args.flood_connections),
+                "--never-readers",
+                str(args.never_readers),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "ACE_BRIDGE_TOKEN": token},  # not on a command line, where `ps` shows it
+        )
+        assert hostile.stdout is not None and hostile.stdin is not None
+        if hostile.stdout.readline().strip() != "hostile: on":
+            raise RuntimeError("the hostile clients did not start")
+        await asyncio.sleep(2.0)  # the flood is on before the editors start
+    report = await run_load(
+        url, token, clients=args.clients, jobs=args.jobs, seed=args.seed, cancel_p=0.1, disconnect_p=0.1, window=4
+    )
+    seen = Hostile()
+    if hostile is not None:
+        out, _ = hostile.communicate("", timeout=120)
+        seen = Hostile(**json.loads(out.strip().splitlines()[-1]))
+    return report, seen, seen.problems
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,15 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-connections", type=int, default=32)
     parser.add_argument("--never-readers", type=int, default=1)
     parser.add_argument("--no-hostile", action="store_true", help="the editors alone, for comparison")
+    parser.add_argument("--hostile-only", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    seen = Hostile()
+    if args.hostile_only:
+        url, token = args.hostile_only, os.environ["ACE_BRIDGE_TOKEN"]
+        seen = asyncio.run(run_hostiles(url, token, args.flood_connections, args.never_readers))
+        print(json.dumps(asdict(seen)), flush=True)
+        return 0
     with tempfile.TemporaryDirectory(prefix="ace-hostile-load-") as tmp:
         process, url, token, journal = start_daemon(Path(tmp))
         try:
             asyncio.run(warm_up(url, token))
             rss_before = rss_mb(process.pid)
             started = time.monotonic()
-            report, problems = asyncio.run(run(url, token, args, seen))
+            report, seen, problems = asyncio.run(run(url, token, args))
             elapsed = time.monotonic() - started
             rss_after, rss_peak = rss_mb(process.pid), peak_rss_mb(process.pid)
             problems += report.problems + check_fairness(journal)
