@@ -113,7 +113,9 @@ def target_view(session: Any) -> dict[str, Any]:
 
 
 def editor_title(session: Any) -> str:
-    name = (session.editor or session.client_name or "the editor").strip()
+    """ "Krita", "GIMP": the editor's name without its version ("krita 5.2.9")."""
+    words = (session.editor or session.client_name or "the editor").split()
+    name = words[0] if words else "the editor"
     return "GIMP" if name.lower() == "gimp" else name[:1].upper() + name[1:]
 
 

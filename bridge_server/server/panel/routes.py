@@ -547,7 +547,7 @@ async def api_send(request: web.Request, body: dict[str, Any]) -> web.Response:
         message = f"Sent to {editor_title(session)}: it inserts it as a new layer."
     else:
         message = (
-            f"Kept for {editor_title(session)}: it inserts it at its next run (or from its Recent results action)."
+            f"Kept for {editor_title(session)}: it inserts it at its next Fetch Finished Results (Filters ▸ ACE++)."
         )
     request.config_dict[PANEL].mark("clients")
     return web.json_response({"ok": True, "offer": record.view(), "message": message})

@@ -273,7 +273,7 @@ function historyItem(entry) {
 // ------------------------------------------------------------------------------------------------ send to editor
 
 function editorTitle(target) {
-  const name = target.editor || target.client_name || "editor";
+  const name = (target.editor || target.client_name || "editor").split(" ")[0];  // "krita 5.2.9" -> Krita
   return name.toLowerCase() === "gimp" ? "GIMP" : name.charAt(0).toUpperCase() + name.slice(1);
 }
 
@@ -289,7 +289,7 @@ function targetChoices() {
           label: `${title} · ${d.name}${d.active ? " (active)" : ""}` });
       }
     } else {
-      const why = t.connected ? "" : (t.mode === "later" ? " (takes it at its next run)" : " (not connected)");
+      const why = t.connected ? "" : (t.mode === "later" ? " (at its next Fetch Finished Results)" : " (not connected)");
       choices.push({ client_id: t.client_id, document: "", title, label: `${title}${why}` });
     }
   }
@@ -352,7 +352,7 @@ function showOffer(item, offer) {
   const title = editorTitle(offer);
   const texts = {
     sent: `Sent to ${title}…`,
-    kept: `Kept for ${title}: it inserts it at its next run.`,
+    kept: `Kept for ${title}: it inserts it at its next Fetch Finished Results.`,
     inserted: `Inserted into ${offer.inserted_into || title} (${title}) as a new layer.`,
     failed: `${title} could not insert it: ${offer.message}`,
   };
