@@ -242,6 +242,11 @@ class Documents(Message):
                 raise bad_request(f"documents[{i}] must be a map with string 'key' and 'name'")
             if len(doc.get("key", "")) > MAX_ID_CHARS or len(doc.get("name", "")) > 256:
                 raise bad_request(f"documents[{i}]: key is at most {MAX_ID_CHARS} characters, name at most 256")
+        # Only these three fields are kept (and shown in the panel): nothing else a client adds is carried along.
+        self.documents = [
+            {"key": d.get("key", ""), "name": d.get("name", ""), "active": d.get("active") is True}
+            for d in self.documents
+        ]
 
 
 @dataclass

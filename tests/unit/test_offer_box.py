@@ -52,3 +52,14 @@ def test_who_can_take_a_result_now():
     assert old.value.code == "not_supported"
     assert target_view(session("later", False, "gimp"))["documents"] == []  # a closed editor's list is stale
     assert target_view(session("bogus", True))["mode"] == ""
+
+
+def test_a_documents_frame_keeps_only_key_name_and_active():
+    from ace_protocol.errors import ProtocolError
+    from ace_protocol.messages import MAX_DOCUMENTS, Documents
+
+    wire = {"type": "documents", "documents": [{"key": "k", "name": "cat.kra", "active": 1, "blob": "x" * 4000}]}
+    assert Documents.from_wire(wire).documents == [{"key": "k", "name": "cat.kra", "active": False}]
+    for bad in ([{"key": 5}], ["cat.kra"], [{"name": "n" * 257}], [{}] * (MAX_DOCUMENTS + 1)):
+        with pytest.raises(ProtocolError):
+            Documents.from_wire({"type": "documents", "documents": bad})
