@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"editors {args.clients} x {args.jobs}, seed {args.seed}, {elapsed:.1f} s; hostile: {hostile}")
     print(f"editor outcomes: {dict(counts)}; lost {lost}; refused {refused}; reconnects {report.reconnects}")
+    print(f"messages the editors were sent: {dict(report.received.most_common())}")
     print(
         f"submit -> accepted: p50 {percentile(accepted_all, 50) * 1000:.0f} ms, p99 {percentile(accepted_all, 99) * 1000:.0f} ms "
         f"overall; worst editor's p99 {worst * 1000:.0f} ms (goal < {P99_GOAL_S * 1000:.0f} ms)"

@@ -70,6 +70,7 @@ class LoadReport:
     reconnects: int
     cancels_sent: int
     elapsed_s: float
+    received: Counter = field(default_factory=Counter)
 
     def outcome_counts(self) -> Counter:
         return Counter(r.outcomes[0] if len(r.outcomes) == 1 else "bad" for r in self.records if r.job_id)
@@ -146,6 +147,7 @@ class LoadClient:
         self.client_secret: str | None = None  # welcome.client_secret of this client_id: needed to resume it
         self.reconnects = 0
         self.cancels = 0
+        self.received: Counter = Counter()  # message types this client was sent
 
     async def _connect(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         ws = await http.ws_connect(self.url, max_msg_size=0, compress=0, autoping=True)
@@ -190,6 +192,7 @@ class LoadClient:
         """Returns True after an `accepted` when no other submit awaits its answer (a safe moment to drop)."""
         kind = message.TYPE
         now = time.monotonic()
+        self.received[kind] += 1
         if kind == "accepted":
             record = self.by_request[message.id]
             record.job_id, record.accepted = message.job_id, now
@@ -264,7 +267,10 @@ async def run_load(
     for r in records:
         if r.refused is None and len(r.outcomes) != 1:
             problems.append(f"client {r.client} job {r.index} ({r.job_id}): outcomes {r.outcomes or 'none (lost)'}")
-    return LoadReport(records, problems, sum(w.reconnects for w in workers), sum(w.cancels for w in workers), elapsed)
+    received: Counter = sum((w.received for w in workers), Counter())
+    return LoadReport(
+        records, problems, sum(w.reconnects for w in workers), sum(w.cancels for w in workers), elapsed, received
+    )
 
 
 def check_fairness(journal: Path) -> list[str]:
