@@ -88,6 +88,7 @@ def test_start_download_and_first_job_from_gimp(install, tmp_path: Path, tiny_mo
         "startup_s": 60,
         "start_s": 240,
         "dialog_title": f"ACE++ {action.label.rstrip('…')}",
+        "results_title": "ACE++ Results",
         "deadline_s": RUN_TIMEOUT_S - 20,
     }
     (work / "config.json").write_text(json.dumps(config))

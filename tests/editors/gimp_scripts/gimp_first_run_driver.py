@@ -106,6 +106,10 @@ def drive():
     time.sleep(1.0)
     screenshot(dialog, "gimp-dialog.png")
     press(dialog, "Return")
+    # The finished job waits in the results window, previewed on the canvas: Return applies it.
+    results = poll("the results window", lambda: window(CONFIG["results_title"]), 120)
+    note("results window")
+    press(results, "Return")
     poll("the batch to finish", lambda: phase() == "done", 120)
 
 
