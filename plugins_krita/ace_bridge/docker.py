@@ -555,6 +555,9 @@ class AceBridgeDocker(kdoc.DockWidget):
         if item is None:
             return
         record = item.data(USER_ROLE)
+        if record is not None and self.controller.previews.shows(record):
+            self.strip.on_apply()  # its preview layer becomes the result, not a second layer left under it
+            return
         if record is not None and record.results:
             self.controller.apply(record, kdoc.active_document())
 

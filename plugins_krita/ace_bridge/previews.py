@@ -105,6 +105,12 @@ class PreviewFlow(QObject):
             self._remove_layer(local_id)
         self.changed.emit()
 
+    def shows(self, record: JobRecord) -> bool:
+        """The strip still waits for the painter's pick among this job's variations."""
+        current = self.board.current
+        job = self._jobs.get(current.key) if current is not None and current.is_open else None
+        return job is not None and job.record is record
+
     # ------------------------------------------------------------------ the painter's picks
     def select(self, position: int) -> ResultImage:
         result = self.board.select(position)

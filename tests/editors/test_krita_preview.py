@@ -84,6 +84,7 @@ def test_preview_strip_strength_and_expand_in_the_krita_gui(install, tmp_path, d
         "apply_is_one_undo_step",
         "discard_leaves_the_stack_as_before",
         "early_apply_gives_one_layer_and_later_variations_are_dropped",
+        "history_apply_of_a_previewed_job_keeps_one_layer",
         "strength_slider_for_local_edit",
         "strength_1_redraws_whatever_was_painted",
         "low_strength_starts_from_the_painting",

@@ -40,6 +40,7 @@ def _run():
     from ace_bridge.docker import AceBridgeDocker
     from ace_bridge.document import node_id
     from ace_bridge.previews import PREVIEW_PREFIX
+    from ace_bridge.qt_compat import USER_ROLE
     from ace_bridge.qt_compat import QTimer
     from krita import Krita, Selection
 
@@ -285,6 +286,29 @@ def _run():
         )
         docker.steps_spin.setValue(4)
         check("step_previews_still_shown", len(step_previews) >= 1, step_previews[:5])
+
+        # ---- Story 1d: the job ended with its preview up and the painter presses the history's "Apply again":
+        # the preview becomes the result, no preview layer is left under it.
+        docker.count_spin.setValue(1)
+        before = ids(doc)
+        lid = yield from generate(docker)
+        yield from wait(lambda: docker.strip.count() == 1, 5)
+        shown = ctl.previews._jobs[lid].record if lid in ctl.previews._jobs else None
+        rows = [i for i in range(docker.history.count()) if docker.history.item(i).data(USER_ROLE) is shown]
+        if rows:
+            docker.history.setCurrentRow(rows[0])
+        docker.on_reapply()
+        for _ in range(4):
+            yield
+        added = [n for n in doc.rootNode().childNodes() if node_id(n) not in before]
+        check(
+            "history_apply_of_a_previewed_job_keeps_one_layer",
+            bool(rows)
+            and len(added) == 1
+            and not any(n.startswith(PREVIEW_PREFIX) for n in names(doc))
+            and docker.strip.count() == 0,
+            (rows, names(doc), docker.strip.count()),
+        )
 
         # ---- Story 2: strength. A painted red patch, redrawn at 1.0 and at 0.05 with the same seed.
         docker.count_spin.setValue(1)
