@@ -1,4 +1,5 @@
-"""One parser reads the token of an Authorization header, for the WebSocket handshake and the panel alike."""
+"""One parser reads the token of an Authorization header (the panel's code endpoint); the WebSocket handshake never
+reads that header (protocol 2 proves the token, docs/protocol.md §4)."""
 
 from __future__ import annotations
 
@@ -25,12 +26,13 @@ def test_bearer_token(header, token):
     assert bearer_token(header) == token
 
 
-def test_the_handshake_and_the_panel_use_it():
+def test_the_panel_uses_it_and_the_handshake_never_reads_the_header():
     import inspect
 
     from bridge_server.server import sessions
     from bridge_server.server.panel import routes
 
-    for module in (sessions, routes):
-        source = inspect.getsource(module)
-        assert "bearer_token(" in source and 'startswith("bearer' not in source.lower(), module.__name__
+    source = inspect.getsource(routes)
+    assert "bearer_token(" in source and 'startswith("bearer' not in source.lower()
+    handshake = inspect.getsource(sessions)
+    assert "bearer_token(" not in handshake and "headers" not in handshake
