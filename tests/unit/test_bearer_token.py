@@ -35,4 +35,4 @@ def test_the_panel_uses_it_and_the_handshake_never_reads_the_header():
     source = inspect.getsource(routes)
     assert "bearer_token(" in source and 'startswith("bearer' not in source.lower()
     handshake = inspect.getsource(sessions)
-    assert "bearer_token(" not in handshake and "headers" not in handshake
+    assert "bearer_token(" not in handshake and "request.headers" not in handshake
