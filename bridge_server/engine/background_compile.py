@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .diffusers_adapter import compiled_call, eager_call, set_compiled_call
+
 
 class CompileGate:
     """Eager for everyone but the warm-up thread until `open()`."""
@@ -28,10 +30,10 @@ class CompileGate:
         self._compiled: dict[Any, Callable[..., Any]] = {}
         self.opened = False
         for module in model.modules():
-            compiled = getattr(module, "_compiled_call_impl", None)
+            compiled = compiled_call(module)
             if compiled is not None:
                 self._compiled[module] = compiled
-                module._compiled_call_impl = self._dispatcher(module, compiled)
+                set_compiled_call(module, self._dispatcher(module, compiled))
 
     @property
     def modules(self) -> int:
@@ -43,7 +45,7 @@ class CompileGate:
         def call(*args: Any, **kwargs: Any) -> Any:
             if getattr(local, "compiling", False):
                 return compiled(*args, **kwargs)
-            return module._call_impl(*args, **kwargs)  # eager: the job does not wait for the compiler
+            return eager_call(module, *args, **kwargs)  # eager: the job does not wait for the compiler
 
         return call
 
@@ -59,7 +61,7 @@ class CompileGate:
     def open(self) -> None:
         """Every call compiled from now on: the real compiled callables go back in place."""
         for module, compiled in self._compiled.items():
-            module._compiled_call_impl = compiled
+            set_compiled_call(module, compiled)
         self.opened = True
 
 

@@ -158,6 +158,22 @@ def repeated_blocks(transformer: Any) -> list[str]:
     return list(getattr(transformer, "_repeated_blocks", None) or [])
 
 
+def compiled_call(module: Any) -> Any:
+    """The callable `Module.compile` stored on `module` (None when it is not compiled); torch 2.x keeps it in
+    `_compiled_call_impl` and `Module.__call__` runs it instead of `forward` when set."""
+    return getattr(module, "_compiled_call_impl", None)
+
+
+def set_compiled_call(module: Any, call: Any) -> None:
+    """Put `call` where `Module.__call__` looks for the compiled callable (None: eager again)."""
+    module._compiled_call_impl = call
+
+
+def eager_call(module: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run `module` uncompiled, with its hooks, whatever is set as its compiled callable."""
+    return module._call_impl(*args, **kwargs)
+
+
 def reset_compiled(module: Any) -> None:
     """Undo `Module.compile` on every submodule (they run eagerly again)."""
     import torch
