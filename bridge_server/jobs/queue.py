@@ -186,7 +186,7 @@ class JobQueue:
         send. Below three quarters of it anyone queues; above, a principal queues only while it holds fewer than
         total // (principals with jobs waiting, itself included, + 1): the principals already there can never
         hold it all, so one with no jobs still finds room."""
-        waiting = self.queued_jobs()
+        waiting = self._waiting.jobs()  # counts only: the run order is not needed (and costs far more)
         total, cap = len(waiting), self.config.max_queued_total
         mine = sum(1 for j in waiting if j.client_id == job.client_id)
         if mine >= self.config.max_queued_per_client:

@@ -6,12 +6,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ace_protocol.codec import encode
 from ace_protocol.errors import ErrorCode
-from ace_protocol.messages import Message, Progress, Result, StatusReply
+from ace_protocol.messages import (
+    Accepted,
+    Cancelled,
+    Done,
+    Failed,
+    Message,
+    Progress,
+    Queued,
+    Result,
+    Started,
+    StatusReply,
+)
 from aiohttp import WSCloseCode, web
 
 from bridge_server.jobs.job import Job
@@ -63,8 +75,63 @@ class Connection:
     #: would otherwise pile up thousands of them (measured: +154 MiB for 10,000 with 60 jobs queued).
     status_waiting: int = 0
     max_status_waiting: int = 4
+    #: `queued` position updates are coalesced: per job only the latest position, and only when it differs from
+    #: what the client was last told, at most once per this many seconds for the whole connection. Under a flood
+    #: of submits and cancels every one moved the editors' positions (measured: 130,343 updates sent to 16
+    #: editors in one benchmark run), and each waited in the outbox ahead of the editor's own `accepted`.
+    position_every_s: float = 0.25
+    _positions: dict[str, Queued] = field(default_factory=dict)  # job_id -> latest position not yet sent
+    _told: dict[str, int] = field(default_factory=dict)  # job_id -> position the client was last told
+    _position_timer: asyncio.TimerHandle | None = None
+    _positions_sent_at: float = float("-inf")
 
     def send(self, message: Message) -> None:
+        if isinstance(message, Queued) and message.note is None:
+            self._coalesce(message)
+            return
+        self._track(message)
+        self._put(message)
+
+    def _track(self, message: Message) -> None:
+        """Keep the coalesced positions consistent with what else the client is told about a job."""
+        job_id = getattr(message, "job_id", None)
+        if not isinstance(job_id, str):
+            return
+        if isinstance(message, (Accepted, Queued)):
+            self._positions.pop(job_id, None)
+            self._told[job_id] = message.position
+        elif isinstance(message, (Started, Done, Failed, Cancelled)):
+            # The job left the queue: a position still waiting would arrive after it and contradict it.
+            self._positions.pop(job_id, None)
+            self._told.pop(job_id, None)
+
+    def _coalesce(self, message: Queued) -> None:
+        if self._told.get(message.job_id) == message.position:
+            self._positions.pop(message.job_id, None)  # back where the client already thinks it is
+            return
+        self._positions[message.job_id] = message
+        if self._position_timer is None:
+            delay = max(0.0, self._positions_sent_at + self.position_every_s - time.monotonic())
+            self._position_timer = asyncio.get_running_loop().call_later(delay, self._send_positions)
+
+    def _send_positions(self) -> None:
+        self._position_timer = None
+        self._positions_sent_at = time.monotonic()
+        pending, self._positions = self._positions, {}
+        if self.stalled or self.ws.closed:
+            return
+        for message in pending.values():
+            self._told[message.job_id] = message.position
+            self._put(message)
+
+    def close_positions(self) -> None:
+        """Stop the pending position timer (the connection is gone)."""
+        if self._position_timer is not None:
+            self._position_timer.cancel()
+            self._position_timer = None
+        self._positions.clear()
+
+    def _put(self, message: Message) -> None:
         if self.outbox.qsize() >= self.max_waiting and not self.stalled:
             self._drop(f"{self.max_waiting} messages wait for it")
         if isinstance(message, StatusReply):

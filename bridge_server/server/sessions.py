@@ -88,6 +88,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     finally:
         if connection.replay is not None:
             connection.replay.cancel()
+        connection.close_positions()
         connection.outbox.put_nowait(None)
         if connection.sender is not None:
             try:
