@@ -2,7 +2,8 @@
 
 The history lives in the daemon (every result is stored with its provenance, newest first) and is served by the
 control panel's HTTP API. A plug-in holds the daemon token, so it signs in as the `ace-bridge panel` command does:
-POST /panel/api/code with the token gives a one-time code, /panel/?code=… turns it into a session cookie, then
+the two-step proof at POST /panel/api/code (ace_protocol.auth `panel_code`; the token never travels, so a program
+squatting on the port learns nothing) gives a one-time code, /panel/?code=… turns it into a session cookie, then
 GET /panel/api/history, /panel/api/meta/<entry> and /panel/api/image/<entry> (a PNG). Standard library only
 (urllib), so the editors' Pythons need nothing more.
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .jobs import UserError
+from .protocol import auth
 
 #: Submit labels are at most 256 characters (ace_protocol.messages.Submit.label).
 LABEL_MAX = 256
@@ -121,16 +123,16 @@ class DaemonHistory:
     def _sign_in(self) -> None:
         if self._signed_in:
             return
-        request = urllib.request.Request(
-            self.base + "/panel/api/code",
-            data=b"{}",
-            method="POST",
-            headers={"Authorization": "Bearer " + self.token, "Content-Type": "application/json"},
-        )
-        code = _json(self._open(request)).get("code")
-        if not isinstance(code, str) or not code:
-            raise HistoryError("the daemon gave no panel code for this token")
-        self._open(self.base + "/panel/?code=" + urllib.parse.quote(code))
+        try:
+            path = auth.panel_code(self.base, self.token, self.timeout)
+        except auth.PanelUnauthorized:
+            raise HistoryError(
+                f"the daemon at {self.base} refused the token, or another program took its port (it did not prove "
+                "it holds the token, so nothing secret was sent to it): check the Token field or ACE_BRIDGE_TOKEN"
+            ) from None
+        except auth.PanelCodeError as exc:
+            raise HistoryError(f"cannot read the daemon's history: {exc}") from None
+        self._open(self.base + path)  # the one-time code becomes this reader's session cookie
         self._signed_in = True
 
     def entries(self, limit: int = 200) -> list[dict[str, Any]]:

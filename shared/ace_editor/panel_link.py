@@ -1,20 +1,18 @@
 """A link that opens one result in the daemon's control panel, for an editor's "Open in panel" button.
 
-The panel needs a session: whoever can read the token trades it for a one-time code (`POST /panel/api/code`, the
-same step `ace-bridge panel` takes) and opens `/panel/?code=...`. The result to show rides in the fragment
-(`#entry=<job id>-<index>`, the daemon's history entry name): the daemon's redirect to the clean `/panel/` has no
-fragment of its own, so the browser keeps this one, and the panel opens that entry's viewer when it loads.
+The panel needs a session: whoever holds the token proves it for a one-time code (`POST /panel/api/code`, the
+same two-step proof `ace-bridge panel` makes, ace_protocol.auth `panel_code`: the token never travels) and opens
+`/panel/?code=...`. The result to show rides in the fragment (`#entry=<job id>-<index>`, the daemon's history
+entry name): the daemon's redirect to the clean `/panel/` has no fragment of its own, so the browser keeps this
+one, and the panel opens that entry's viewer when it loads.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 
-from .protocol import discovery
+from .protocol import auth, discovery
 
 #: The daemon's history entry names: the job id (32 hex digits) and the image's index.
 ENTRY_RE = re.compile(r"^[0-9a-f]{32}-\d{1,3}$")
@@ -48,25 +46,13 @@ def panel_link(url: str, token: str, job_id: str, index: int = 0, timeout: float
     if not endpoint.token:
         raise PanelLinkError("No token for the daemon: fill in the Token field, or run the daemon on this computer.")
     base = http_base(endpoint.url)
-    request = urllib.request.Request(
-        f"{base}/panel/api/code",
-        data=b"{}",
-        method="POST",
-        headers={"Authorization": f"Bearer {endpoint.token}", "Content-Type": "application/json"},
-    )
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # our own daemon: no proxy
     try:
-        with opener.open(request, timeout=timeout) as reply:
-            data = json.loads(reply.read(65536).decode("utf-8"))
-    except urllib.error.HTTPError as exc:
-        if exc.code == 401:
-            raise PanelLinkError("The daemon refused the token: check the Token field (`ace-bridge token`).") from exc
-        if exc.code == 404:
-            raise PanelLinkError("This daemon has no control panel (update ACE Bridge).") from exc
-        raise PanelLinkError(f"The daemon answered {exc.code} {exc.reason} when asked for a panel link.") from exc
-    except (OSError, ValueError) as exc:
-        raise PanelLinkError(f"Cannot reach the daemon at {base}: {exc}") from exc
-    path = data.get("path") if isinstance(data, dict) else None
-    if not isinstance(path, str) or not path.startswith("/panel/"):
-        raise PanelLinkError("The daemon's answer had no panel link.")
+        path = auth.panel_code(base, endpoint.token, timeout)
+    except auth.PanelUnauthorized:
+        raise PanelLinkError(
+            f"The daemon at {base} refused the token, or another program took its port (it did not prove it holds "
+            "the token, so nothing secret was sent to it). Check the Token field (`ace-bridge token`)."
+        ) from None
+    except auth.PanelCodeError as exc:
+        raise PanelLinkError(f"No panel link: {exc}.") from None
     return f"{base}{path}#entry={entry}"

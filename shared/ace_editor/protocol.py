@@ -9,12 +9,23 @@ from typing import TYPE_CHECKING
 # `<plugin>._vendor.ace_editor.protocol` next to `<plugin>._vendor.ace_protocol`.
 if TYPE_CHECKING or "." not in (__package__ or ""):
     import ace_protocol
-    from ace_protocol import client, discovery, errors, geometry, images, messages, tasks
+    from ace_protocol import auth, client, discovery, errors, geometry, images, messages, tasks
 else:
     from .. import ace_protocol
-    from ..ace_protocol import client, discovery, errors, geometry, images, messages, tasks
+    from ..ace_protocol import auth, client, discovery, errors, geometry, images, messages, tasks
 
 #: The plug-ins carry the version of the protocol package they were built with: one version for the project.
 VERSION: str = ace_protocol.__version__
 
-__all__ = ["VERSION", "ace_protocol", "client", "discovery", "errors", "geometry", "images", "messages", "tasks"]
+__all__ = [
+    "VERSION",
+    "ace_protocol",
+    "auth",
+    "client",
+    "discovery",
+    "errors",
+    "geometry",
+    "images",
+    "messages",
+    "tasks",
+]

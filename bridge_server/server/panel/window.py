@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 import webbrowser
 from pathlib import Path
@@ -49,49 +48,17 @@ def daemon_alive(base: str, timeout: float = 5.0) -> bool:
 def request_code(base: str, token: str, timeout: float = 10.0) -> str:
     """Trade proof of the token (which only this user can read) for a one-time panel link; returns the full URL.
 
-    The token never travels: the daemon first proves it holds the token (HMAC over both nonces), and only then does
-    this side send its own proof (server/tokens.py `HttpChallenges`). A program that took the daemon's port while
-    it was down gets a nonce and a token id, nothing more, and no second request."""
-    from ace_protocol.auth import new_nonce, proof, proof_matches, token_id
+    The token never travels: the daemon first proves it holds the token, and only then does this side send its own
+    proof (ace_protocol.auth `panel_code`, the same step the editors' "Open in panel" takes). A program that took
+    the daemon's port while it was down gets a nonce and a token id, nothing more, and no second request."""
+    from ace_protocol.auth import PanelCodeError, PanelUnauthorized, panel_code
 
-    nonce = new_nonce()
-    challenge = _post_code(base, {"token_id": token_id(token), "nonce": nonce}, timeout)
-    server_nonce = challenge.get("nonce")
-    if not isinstance(server_nonce, str) or not proof_matches(
-        challenge.get("proof"), token, "panel-server", nonce, server_nonce
-    ):
-        raise PanelError(
-            f"the program answering at {base} did not prove it holds your token: the token is wrong (check "
-            "`ace-bridge token` or --token), or another program took the daemon's port. Nothing else was sent to it"
-        )
-    answer = {"challenge": challenge.get("challenge"), "proof": proof(token, "panel-client", nonce, server_nonce)}
-    data = _post_code(base, answer, timeout)
-    if not isinstance(data.get("path"), str) or not data["path"].startswith("/panel/"):
-        raise PanelError(f"the daemon at {base} sent no panel link")
-    return base + data["path"]
-
-
-def _post_code(base: str, body: dict, timeout: float) -> dict:
-    request = urllib.request.Request(
-        f"{base}/panel/api/code",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json"},
-    )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as reply:
-            data = json.loads(reply.read())
-    except urllib.error.HTTPError as exc:
-        if exc.code == 401:
-            raise PanelError("the daemon refused the token; check `ace-bridge token` or --token") from exc
-        if exc.code == 404:
-            raise PanelError("this daemon has no control panel (is it an older version?)") from exc
-        raise PanelError(f"the daemon answered {exc.code} {exc.reason}") from exc
-    except (OSError, ValueError) as exc:
-        raise PanelError(f"cannot reach the daemon at {base}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise PanelError(f"the daemon at {base} sent a malformed answer")
-    return data
+        return base + panel_code(base, token, timeout)
+    except PanelUnauthorized as exc:
+        raise PanelError(f"{exc}; check `ace-bridge token` or --token") from None
+    except PanelCodeError as exc:
+        raise PanelError(str(exc)) from None
 
 
 def start_daemon(timeout: float = START_TIMEOUT_S) -> str:
