@@ -1,12 +1,17 @@
 """Append-only job journal (JSON lines), so a restart knows every job it accepted and what became of it.
 
-Written before `accepted` and at every state change. Replayed at start: jobs with no end are `interrupted` (unless
+Written before `accepted` and at every state change. Each event is written to the file at once (a killed daemon
+keeps it); the fsync that makes it survive a power cut runs off the event loop and is shared by every event
+written meanwhile (group commit): one fsync per event on the loop took ~3.5 ms each (measured), twice per submit and
+cancel, and under a flood of both that stalled every editor's `accepted`. `accepted` is only sent once `durable()`
+says the submit's event is on disk. Replayed at start: jobs with no end are `interrupted` (unless
 engine replicas still run them, `serve --ray`: then `reattached`); finished jobs whose results were never
 acknowledged are delivered again on resume. Compacted at start.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -26,6 +31,9 @@ class Journal:
         self._file: TextIO | None = None
         self._pending = b""  # events the disk refused, oldest first
         self._pending_lock = threading.Lock()  # the retry runs on a worker thread
+        self._written = 0  # events handed to the file so far
+        self._synced = 0  # of those, how many an fsync has covered
+        self._sync_task: asyncio.Task[None] | None = None
 
     def replay(self) -> dict[str, dict[str, Any]]:
         """job_id -> record {job: {...}, state, results: [{index, seed, entry}], error, acked}."""
@@ -71,9 +79,50 @@ class Journal:
         missing bytes, written straight to the descriptor, so no line is torn or doubled."""
         if self._file is None:
             return
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None  # a worker thread (or no loop): fsync right here, as before
         with self._pending_lock:
             self._pending += (json.dumps(event) + "\n").encode()
-        self.flush_pending()
+            self._written += 1
+            self._flush_locked(sync=loop is None)
+        if loop is not None:
+            self._start_sync(loop)
+
+    async def durable(self) -> None:
+        """Wait until every event written so far is on disk (or the disk refused: then it waits in memory, as the
+        journal's warning says). Callers waiting together share one fsync."""
+        target = self._written
+        loop = asyncio.get_running_loop()
+        if self._synced < target and self._file is not None:
+            # One round: the sync task goes on until it covered every event written, or the disk refused.
+            await asyncio.shield(self._start_sync(loop))
+
+    def _start_sync(self, loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
+        if self._sync_task is None or self._sync_task.done():
+            self._sync_task = loop.create_task(self._sync_once(), name="ace-journal-fsync")
+        return self._sync_task
+
+    async def _sync_once(self) -> None:
+        while self._synced < self._written and self._file is not None:
+            target = self._written
+            if not await asyncio.to_thread(self._fsync):
+                return
+            self._synced = max(self._synced, target)
+
+    def _fsync(self) -> bool:
+        """Worker thread: the fsync runs outside the lock, so the event loop's next `write` never waits for it."""
+        with self._pending_lock:
+            if not self._flush_locked(sync=False) or self._file is None:
+                return False
+            fd = self._file.fileno()
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            log.warning("job journal %s cannot be synced (%s)", self.path, exc.strerror)
+            return False
+        return True
 
     def holds_pending(self) -> bool:
         return bool(self._pending)
@@ -81,17 +130,20 @@ class Journal:
     def flush_pending(self) -> bool:
         """Write what the disk refused before; True when nothing is left waiting."""
         with self._pending_lock:
-            return self._flush_locked()
+            return self._flush_locked(sync=bool(self._pending))
 
-    def _flush_locked(self) -> bool:
-        if self._file is None or not self._pending:
+    def _flush_locked(self, sync: bool = True) -> bool:
+        if self._file is None:
             return not self._pending
+        if not self._pending and not sync:
+            return True
         fd = self._file.fileno()
         try:
             while self._pending:
                 written = os.write(fd, self._pending)
                 self._pending = self._pending[written:]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         except OSError as exc:
             text = (
                 f"job journal {self.path} cannot be written ({exc.strerror}); {len(self._pending)} bytes wait in memory"
@@ -106,7 +158,10 @@ class Journal:
         return True
 
     def close(self) -> None:
-        self.flush_pending()  # at shutdown, whatever the disk now allows
+        with self._pending_lock:
+            self._flush_locked(sync=True)  # at shutdown, whatever the disk now allows, on disk
+        if self._sync_task is not None:
+            self._sync_task.cancel()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -62,6 +62,7 @@ class JobQueue:
         self.journal = journal
         self.jobs: dict[str, Job] = {}
         self._waiting = FairScheduler()
+        self._accepting: dict[str, Job] = {}  # journalled, waiting for the fsync before they are queued
         # Running jobs: at most one on the local engine thread; with engine replicas (serve --ray) one per replica.
         self._running: dict[str, Job] = {}
         self.pool: ReplicaPool | None = engine if isinstance(engine, ReplicaPool) else None
@@ -169,10 +170,21 @@ class JobQueue:
         return self._waiting.order()
 
     def submit(self, job: Job) -> int:
+        """Journal and queue `job` at once (the journal's fsync follows; see `accept` for the client path)."""
+        self.accept(job)
+        return self.enqueue(job)
+
+    def accept(self, job: Job) -> None:
+        """Admit `job` and write it to the journal; `enqueue` queues it once the journal says it is durable (the
+        client's `accepted` waits for that fsync, which runs off the event loop, shared by concurrent submits)."""
         refusal = self.admit(job)
         if refusal:
             raise ProtocolError(ErrorCode.QUEUE_FULL, refusal)
         self.journal.write({"ev": "accepted", "job_id": job.id, "job": job.journal_record()})
+        self._accepting[job.id] = job  # counted by `admit` until queued
+
+    def enqueue(self, job: Job) -> int:
+        self._accepting.pop(job.id, None)
         self.jobs[job.id] = job
         self._waiting.add(job)
         self._renumber(exclude=job)
@@ -186,7 +198,8 @@ class JobQueue:
         send. Below three quarters of it anyone queues; above, a principal queues only while it holds fewer than
         total // (principals with jobs waiting, itself included, + 1): the principals already there can never
         hold it all, so one with no jobs still finds room."""
-        waiting = self._waiting.jobs()  # counts only: the run order is not needed (and costs far more)
+        # Counts only (the run order is not needed, and costs far more); jobs between `accept` and `enqueue` count.
+        waiting = [*self._waiting.jobs(), *self._accepting.values()]
         total, cap = len(waiting), self.config.max_queued_total
         mine = sum(1 for j in waiting if j.client_id == job.client_id)
         if mine >= self.config.max_queued_per_client:

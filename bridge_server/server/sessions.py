@@ -436,7 +436,11 @@ def _peek_id_and_type(data: bytes) -> dict[str, Any]:
 async def _dispatch(state: AppState, session: ClientSession, connection: Connection, message: Message) -> None:
     if isinstance(message, Submit):
         job = await build_job(state, session, connection.segments.resolve(message))
-        position = state.queue.submit(job)
+        state.queue.accept(job)
+        try:
+            await state.queue.journal.durable()  # nothing is promised before it is on disk
+        finally:
+            position = state.queue.enqueue(job)  # journalled: queued even if this connection went away meanwhile
         connection.send(Accepted(id=message.id, job_id=job.id, position=position, seed=job.seed))
         state.hub.changed()
     elif isinstance(message, Cancel):
