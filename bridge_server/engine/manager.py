@@ -398,8 +398,11 @@ class ModelManager:
                 raise EngineSetupError(
                     "model_missing",
                     ErrorCode.MODEL_MISSING,
-                    f"no {weights} FLUX.1-Fill transformer file is recorded for {self.layout.root}; run "
-                    "`ace-bridge models find DIR` on the folder that has it, or pick another tier",
+                    f"no {weights} FLUX.1-Fill transformer weights: "
+                    f"{Path(self.layout.base) / 'transformer' / 'diffusion_pytorch_model.safetensors'} is missing "
+                    "(pickled .bin/.pt files are never loaded) and no transformer file is recorded; run "
+                    "`ace-bridge models pull`, or `ace-bridge models find DIR` on the folder that has it, or pick "
+                    "another tier",
                 )
             return files.load_single_file_transformer(
                 Path(single), self.layout.base, dtype=dtype, in_channels=384, what=what
