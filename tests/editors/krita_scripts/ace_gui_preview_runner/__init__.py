@@ -40,8 +40,7 @@ def _run():
     from ace_bridge.docker import AceBridgeDocker
     from ace_bridge.document import node_id
     from ace_bridge.previews import PREVIEW_PREFIX
-    from ace_bridge.qt_compat import USER_ROLE
-    from ace_bridge.qt_compat import QTimer
+    from ace_bridge.qt_compat import USER_ROLE, QTimer
     from krita import Krita, Selection
 
     cfg = json.load(open(CONFIG))
