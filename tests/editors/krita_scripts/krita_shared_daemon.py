@@ -60,6 +60,7 @@ def main(args):
             feather=0,
         )  # steps left at "default": the panel's setting applies
         controller = Controller(settings)
+        controller.preview_first = False  # results straight in as layers: this story is about sharing the daemon
         finished = {}
         controller.job_finished.connect(lambda lid, state: finished.__setitem__(lid, state))
         deadline = time.monotonic() + config["deadline_s"]
