@@ -216,9 +216,9 @@ def test_revoking_a_token_closes_the_session_and_cancels_the_queued_job(ray_daem
     bob.connect()
     alice.connect()
     try:
-        # Bob fills both replicas with one long image each (the work of 4 LONG images, but no image boundary
+        # Bob fills both replicas with one large image each (the pixels of 4 LONG images, but no image boundary
         # where Alice's turn could come before the revoke lands); Alice's job waits behind them.
-        bobs = [inpaint(bob, 31, steps=400, size=(384, 384)), inpaint(bob, 32, steps=400, size=(384, 384))]
+        bobs = [inpaint(bob, 31, steps=100, size=(768, 768)), inpaint(bob, 32, steps=100, size=(768, 768))]
         for handle in bobs:
             next(e for e in handle.events(timeout=120) if e.TYPE in ("progress", "done"))
         queued = inpaint(alice, 33)
