@@ -27,6 +27,8 @@ from prerequisites import in_ci  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = Path(__file__).resolve().parent / "krita_scripts"
+#: Shared by the GUI test runner plugins (krita_scripts/ace_*_runner); travels inside each runner's package.
+RUNNER_HARNESS = SCRIPTS / "runner_harness.py"
 KILL_AFTER_S = 10
 EXPECTED_VERSIONS = tuple((os.environ.get("ACE_EXPECT_KRITA") or "5.1 5.2 5.3 6.0").split())
 #: The CI step that provides each Krita version (for the message when one is missing).
@@ -139,6 +141,15 @@ def install_plugin(home: Path) -> Path:
     env = profile_env(home)
     pkg = install_krita(Path(env["XDG_DATA_HOME"]) / "krita", Path(env["XDG_CONFIG_HOME"]) / "kritarc")
     return pkg.parent
+
+
+def install_runner(pykrita: Path, name: str) -> None:
+    """Copy the test runner plugin `name` (krita_scripts/<name>/ and <name>.desktop) into the profile's `pykrita`
+    folder, with the shared runner_harness.py inside its package: Krita loads each plugin as its own top-level
+    package, and a module inside it is found the same way on every Krita version."""
+    shutil.copytree(SCRIPTS / name, pykrita / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(RUNNER_HARNESS, pykrita / name / RUNNER_HARNESS.name)
+    shutil.copyfile(SCRIPTS / f"{name}.desktop", pykrita / f"{name}.desktop")
 
 
 def run_script(install: KritaInstall, home: Path, module: str, config: dict, timeout: float = 120) -> dict:

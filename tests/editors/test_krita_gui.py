@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from krita_runner import REPO, SCRIPTS, install_params, install_plugin, profile_env, require
+from krita_runner import REPO, install_params, install_plugin, install_runner, profile_env, require
 
 from bridge_server.install.krita import set_enabled
 
@@ -27,8 +27,7 @@ def test_docker_generate_undo_route_cancel(install, tmp_path, demo_daemon):
     install = require(install)
     home = tmp_path / "kh"
     pykrita = install_plugin(home)
-    shutil.copytree(SCRIPTS / "ace_gui_runner", pykrita / "ace_gui_runner")
-    shutil.copyfile(SCRIPTS / "ace_gui_runner.desktop", pykrita / "ace_gui_runner.desktop")
+    install_runner(pykrita, "ace_gui_runner")
     env = profile_env(home)
     set_enabled(Path(env["XDG_CONFIG_HOME"]) / "kritarc", True)  # ace_bridge
     rc_text = (

@@ -1,39 +1,22 @@
 """Test-only Krita plugin: when env ACE_GUI_TEST names a config file, drive the ACE++ docker in the real GUI.
 
-Runs on `windowCreated` as a small step machine on a QTimer (the UI thread stays responsive, so the worker's
-signals arrive), writes name -> [ok, detail] checks to the config's result file, then leaves with os._exit.
+A step machine on the shared harness (runner_harness, copied in by krita_runner.install_runner): name -> [ok, detail]
+checks written to the config's result file, then os._exit.
 """
 
-import json
-import os
-import sys
 import traceback
 
-CONFIG = os.environ.get("ACE_GUI_TEST")
+from .runner_harness import start_on_window
 
 
-def _run():
+def _run(harness):
     from ace_bridge.docker import AceBridgeDocker
     from ace_bridge.document import node_id
     from ace_bridge.qt_compat import QTimer
-    from krita import Krita, Selection
+    from krita import Selection
 
-    cfg = json.load(open(CONFIG))
-    app = Krita.instance()
-    checks = {}
+    cfg, app, check, wait = harness.cfg, harness.app, harness.check, harness.wait
     state = {"finished": {}}
-
-    def check(name, ok, detail=""):
-        checks[name] = [bool(ok), str(detail)[:2000]]
-        # Also on stderr as it happens: a run that times out still shows how far it got.
-        print(f"ACE-GUI-CHECK {name} {'ok' if ok else 'FAILED'} {str(detail)[:2000]}", file=sys.stderr, flush=True)
-
-    def finish():
-        for d in app.documents():
-            d.setModified(False)
-        with open(cfg["result"], "w") as fh:
-            json.dump({"checks": checks, "failed": [k for k, v in checks.items() if not v[0]]}, fh, indent=1)
-        os._exit(0)
 
     def new_doc(name):
         doc = app.createDocument(96, 64, name, "RGBA", "U8", "", 72.0)
@@ -47,21 +30,7 @@ def _run():
         doc.refreshProjection()
         return doc
 
-    def undo_once(app, doc, patience_ticks=100):
-        """One Edit > Undo, then wait (up to 5 s of 50 ms ticks) until the layer stack has changed: on a busy
-        machine Krita applies an undo later than a few event-loop turns."""
-        before = [node_id(n) for n in doc.rootNode().childNodes()]
-        app.action("edit_undo").trigger()
-        doc.waitForDone()
-        for _ in range(patience_ticks):
-            yield
-            if [node_id(n) for n in doc.rootNode().childNodes()] != before:
-                break
-        for _ in range(2):  # and let the views settle
-            yield
-
     def steps():
-        deadline_s = cfg.get("step_timeout_s", 90)
         docker = AceBridgeDocker.instances[-1] if AceBridgeDocker.instances else None
         check("docker_exists", docker is not None, len(AceBridgeDocker.instances))
         if docker is None:
@@ -81,10 +50,7 @@ def _run():
         docker.url_edit.setText(cfg["url"])
         docker.token_edit.setText(cfg["token"])
         docker._reconnect()
-        for _ in range(int(deadline_s * 20)):
-            if ctl.tasks:
-                break
-            yield
+        yield from wait(lambda: ctl.tasks)
         check(
             "connected_tasks_listed",
             docker.task_box.count() >= 1 and "local_edit" in ctl.tasks,
@@ -99,11 +65,14 @@ def _run():
         yield
         # Until the new view is the active one and the action is enabled (up to 5 s): Krita 6 under load took
         # longer than one turn, and a disabled action's trigger() does nothing.
-        for _ in range(100):
-            active = app.activeDocument()
-            if active is not None and active.name() == "gui-a" and app.action("ace_bridge_generate").isEnabled():
-                break
-            yield
+        yield from wait(
+            lambda: (
+                app.activeDocument() is not None
+                and app.activeDocument().name() == "gui-a"
+                and app.action("ace_bridge_generate").isEnabled()
+            ),
+            5,
+        )
         before = [node_id(n) for n in doc.rootNode().childNodes()]
         app.action("ace_bridge_generate").trigger()  # the action behind Ctrl+Enter
         lid = docker.current
@@ -119,10 +88,7 @@ def _run():
             except Exception:
                 why = "action did nothing; on_generate() raised " + traceback.format_exc()[-1500:]
         check("generate_started", lid is not None, why)
-        for _ in range(int(deadline_s * 20)):
-            if lid in state["finished"]:
-                break
-            yield
+        yield from wait(lambda: lid in state["finished"])
         check("generate_done", state["finished"].get(lid) == "done", (state["finished"], docker.status.text()))
         kids = doc.rootNode().childNodes()
         new = [n for n in kids if node_id(n) not in before]
@@ -146,7 +112,7 @@ def _run():
         n_before_undo = len(doc.rootNode().childNodes())
         undo_steps = 0
         for _ in range(4):
-            yield from undo_once(app, doc)
+            yield from harness.undo_once(doc)
             undo_steps += 1
             ids_now = [node_id(n) for n in doc.rootNode().childNodes()]
             if new and node_id(new[0]) not in ids_now:
@@ -157,19 +123,15 @@ def _run():
             gone,
             f"undo steps {undo_steps}, layers {n_before_undo} -> {len(doc.rootNode().childNodes())}",
         )
-        checks["undo_steps"] = [True, str(undo_steps if gone else -1)]
-        for _ in range(5):
-            yield
+        harness.checks["undo_steps"] = [True, str(undo_steps if gone else -1)]
+        yield from harness.ticks(5)
 
         # A result lands in its own document even when the user switched documents meanwhile.
         before_a = [node_id(n) for n in doc.rootNode().childNodes()]
         lid2 = docker.on_generate()
         other = new_doc("gui-b")
         before_b = [node_id(n) for n in other.rootNode().childNodes()]
-        for _ in range(int(deadline_s * 20)):
-            if lid2 in state["finished"]:
-                break
-            yield
+        yield from wait(lambda: lid2 in state["finished"])
         added_a = [n for n in doc.rootNode().childNodes() if node_id(n) not in before_a]
         added_b = [n for n in other.rootNode().childNodes() if node_id(n) not in before_b]
         check(
@@ -185,10 +147,7 @@ def _run():
         docker.count_spin.setValue(2)
         before_g = [node_id(n) for n in other.rootNode().childNodes()]
         lid4 = docker.on_generate()
-        for _ in range(int(deadline_s * 20)):
-            if lid4 in state["finished"]:
-                break
-            yield
+        yield from wait(lambda: lid4 in state["finished"])
         docker.count_spin.setValue(1)
         top = other.rootNode().childNodes()[-1]
         kids = list(reversed(top.childNodes()))  # top child first
@@ -201,7 +160,7 @@ def _run():
             and not kids[1].visible(),
             (state["finished"].get(lid4), top.type(), [(k.name(), k.visible()) for k in kids]),
         )
-        yield from undo_once(app, other)
+        yield from harness.undo_once(other)
         check(
             "count2_group_one_undo",
             [node_id(n) for n in other.rootNode().childNodes()] == before_g,
@@ -212,15 +171,11 @@ def _run():
         docker.steps_spin.setValue(100)
         before_c = [node_id(n) for n in other.rootNode().childNodes()]
         lid3 = docker.on_generate()
-        for _ in range(int(deadline_s * 20)):
-            if ctl.history and ctl.history[0].state in ("queued", "running") or lid3 in state["finished"]:
-                break
-            yield
+        yield from wait(
+            lambda: ctl.history and ctl.history[0].state in ("queued", "running") or lid3 in state["finished"]
+        )
         docker.on_cancel()
-        for _ in range(int(deadline_s * 20)):
-            if lid3 in state["finished"]:
-                break
-            yield
+        yield from wait(lambda: lid3 in state["finished"])
         after_c = [node_id(n) for n in other.rootNode().childNodes()]
         check(
             "cancel_leaves_no_layer",
@@ -230,44 +185,7 @@ def _run():
         check("history_has_thumbnails", docker.history.count() >= 2, docker.history.count())
         ctl.stop()
 
-    gen = steps()
-    timer = QTimer()
-    state["timer"] = timer
-
-    def tick():
-        try:
-            next(gen)
-        except StopIteration:
-            timer.stop()
-            finish()
-        except Exception:
-            check("exception", False, traceback.format_exc())
-            timer.stop()
-            finish()
-
-    timer.timeout.connect(tick)
-    timer.start(50)
+    harness.play(steps())
 
 
-def _on_window():
-    from ace_bridge.qt_compat import QTimer
-
-    QTimer.singleShot(1500, _safe_run)
-
-
-def _safe_run():
-    try:
-        _run()
-    except Exception:
-        cfg = json.load(open(CONFIG))
-        with open(cfg["result"], "w") as fh:
-            json.dump({"checks": {"exception": [False, traceback.format_exc()]}, "failed": ["exception"]}, fh)
-        os._exit(0)
-
-
-if CONFIG:
-    from krita import Krita
-
-    _notifier = Krita.instance().notifier()
-    _notifier.setActive(True)
-    _notifier.windowCreated.connect(_on_window)
+start_on_window("ACE_GUI_TEST", _run)
