@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,22 @@ def _layer_from_payload(image: Gimp.Image, payload: ImagePayload, name: str) -> 
 
 def _attach_provenance(item: Gimp.Item, data: bytes) -> None:
     item.attach_parasite(Gimp.Parasite.new(logic.PARASITE_NAME, Gimp.PARASITE_PERSISTENT, list(data)))
+
+
+def _top_layer(
+    image: Gimp.Image, payload: ImagePayload, name: str, offsets: tuple[int, int], record: dict[str, Any]
+) -> Gimp.Layer:
+    """A result that did not come from this run's job (sent from the panel, brought back from the history) as a new
+    top layer at `offsets` with its provenance record, in one undo group."""
+    image.undo_group_start()
+    try:
+        layer = _layer_from_payload(image, payload, name)
+        image.insert_layer(layer, None, 0)
+        layer.set_offsets(*offsets)
+        _attach_provenance(layer, logic.provenance.record_bytes(record))
+    finally:
+        image.undo_group_end()
+    return layer
 
 
 def _placement(image: Gimp.Image, meta: dict[str, Any], active: Any) -> tuple[Any, int]:
@@ -270,6 +287,28 @@ def _pixbuf(payload: ImagePayload, box: int = 160):
     return full.scale_simple(width, height, GdkPixbuf.InterpType.BILINEAR)
 
 
+def _thumbnail_list(Gtk: Any, dialog: Any, store: Any) -> Any:
+    """A (pixbuf, label) store as one column of thumbnails with their labels beside them: a narrow window next to
+    the canvas, Up/Down pick; a double click or Return on one answers the dialog with OK."""
+    view = Gtk.IconView.new_with_model(store)
+    view.set_pixbuf_column(0)
+    view.set_text_column(1)
+    view.set_selection_mode(Gtk.SelectionMode.BROWSE)
+    view.set_columns(1)
+    view.set_item_orientation(Gtk.Orientation.HORIZONTAL)
+    view.connect("item-activated", lambda *_: dialog.response(Gtk.ResponseType.OK))
+    return view
+
+
+def _show_first_selected(Gtk: Any, dialog: Any, view: Any) -> None:
+    """Show the window with the first thumbnail selected (its selection-changed handler runs) and the keys on it."""
+    first = Gtk.TreePath.new_first()
+    view.select_path(first)
+    view.set_cursor(first, None, False)
+    dialog.show_all()
+    view.grab_focus()
+
+
 RESULTS_TITLE = "ACE++ Results"
 
 
@@ -294,13 +333,7 @@ def pick_result(session: PreviewSession, title: str = RESULTS_TITLE) -> list[Gim
     store = Gtk.ListStore(GdkPixbuf.Pixbuf, str)
     for index, result in enumerate(session.results):
         store.append([_pixbuf(result.image, 96), f"#{index + 1}  seed {result.seed}"])
-    view = Gtk.IconView.new_with_model(store)
-    view.set_pixbuf_column(0)
-    view.set_text_column(1)
-    view.set_selection_mode(Gtk.SelectionMode.BROWSE)
-    # One column of thumbnails with their labels beside them: a narrow window next to the canvas (Up/Down pick).
-    view.set_columns(1)
-    view.set_item_orientation(Gtk.Orientation.HORIZONTAL)
+    view = _thumbnail_list(Gtk, dialog, store)
     view.set_margin(4)
 
     def selected(*_args) -> None:
@@ -309,15 +342,10 @@ def pick_result(session: PreviewSession, title: str = RESULTS_TITLE) -> list[Gim
             session.show(paths[0].get_indices()[0])
 
     view.connect("selection-changed", selected)
-    view.connect("item-activated", lambda *_: dialog.response(Gtk.ResponseType.OK))
     area = dialog.get_content_area()
     area.pack_start(hint, False, False, 8)
     area.pack_start(view, True, True, 4)
-    first = Gtk.TreePath.new_first()
-    view.select_path(first)
-    view.set_cursor(first, None, False)
-    dialog.show_all()
-    view.grab_focus()
+    _show_first_selected(Gtk, dialog, view)
     try:
         response = dialog.run()
     finally:
@@ -471,9 +499,9 @@ def _settings_from_config(config: Gimp.ProcedureConfig, action: logic.Action | N
     return s
 
 
-def _add_common_args(proc: Gimp.Procedure, action: logic.Action) -> None:
-    """The action's arguments, as logic.procedure_arguments declares them from the task table."""
-    for arg in logic.procedure_arguments(action):
+def _add_arguments(proc: Gimp.Procedure, arguments: list[logic.Argument]) -> None:
+    """Procedure arguments as acegimp_logic declares them (an action's from the task table, Expand Canvas's)."""
+    for arg in arguments:
         if arg.kind == "string":
             proc.add_string_argument(arg.name, arg.label, arg.help, arg.default, RW)
         elif arg.kind == "layer":
@@ -495,16 +523,6 @@ def _add_common_args(proc: Gimp.Procedure, action: logic.Action) -> None:
             )
         else:
             raise ValueError(f"unknown argument kind {arg.kind!r}")
-
-
-def _add_expand_args(proc: Gimp.Procedure) -> None:
-    for arg in logic.expand_arguments():
-        if arg.kind == "string":
-            proc.add_string_argument(arg.name, arg.label, arg.help, arg.default, RW)
-        else:
-            proc.add_int_argument(
-                arg.name, arg.label, arg.help, int(arg.minimum), int(arg.maximum), int(arg.default), RW
-            )
 
 
 def _add_connection_args(proc: Gimp.Procedure) -> None:
@@ -534,30 +552,37 @@ def _log_unexpected(exc: BaseException) -> None:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
-def _run_dialog(
-    procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, title: str, connection_fields: bool = True
+def _interactive_dialog(
+    procedure, config, title: str, names: list[str], *, combos: tuple[str, ...] = (), recent_prompts: bool = False
 ) -> bool:
-    gi.require_version("GimpUi", "3.0")
-    from gi.repository import GimpUi
+    """GIMP's dialog of a procedure's own arguments `names` (an action's, Expand Canvas's). True: OK."""
+    _gimpui_init()
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import GimpUi, Gtk
 
-    GimpUi.init("ace-bridge")
     dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
     # A choice of up to 3 items is a radio frame by default, whose title carries no mnemonic (GIMP 3.2 warns
-    # "no mnemonic for property"); a combo box has a label with one.
-    gi.require_version("Gtk", "3.0")
-    from gi.repository import Gtk
-
-    arguments = logic.procedure_arguments(logic.ACTIONS_BY_PROCEDURE[procedure.get_name()])
-    for arg in arguments:
-        if arg.kind == "choice":
-            dialog.get_widget(arg.name, Gtk.ComboBox.__gtype__)
-    # The URL and token fields only for a daemon on another computer (acegimp_setup decides).
-    dialog.fill([arg.name for arg in arguments] + (["url", "token"] if connection_fields else []))
-    _add_recent_prompts(dialog, config, Gtk)
+    # "no mnemonic for property"); a combo box has a label with one. Its widget must exist before fill().
+    for name in combos:
+        dialog.get_widget(name, Gtk.ComboBox.__gtype__)
+    dialog.fill(names)
+    if recent_prompts:
+        _add_recent_prompts(dialog, config, Gtk)
     try:
         return bool(dialog.run())
     finally:
         dialog.destroy()
+
+
+def _run_dialog(
+    procedure: Gimp.Procedure, config: Gimp.ProcedureConfig, title: str, connection_fields: bool = True
+) -> bool:
+    """An action's dialog: its arguments, with the recent prompts above them."""
+    arguments = logic.procedure_arguments(logic.ACTIONS_BY_PROCEDURE[procedure.get_name()])
+    # The URL and token fields only for a daemon on another computer (acegimp_setup decides).
+    names = [arg.name for arg in arguments] + (["url", "token"] if connection_fields else [])
+    combos = tuple(arg.name for arg in arguments if arg.kind == "choice")
+    return _interactive_dialog(procedure, config, title, names, combos=combos, recent_prompts=True)
 
 
 def _prompts() -> logic.RecentPromptFile:
@@ -608,6 +633,66 @@ def _active_record(active: Any) -> dict[str, Any] | None:
         return None
 
 
+class _Run:
+    """What one procedure run opens (the progress UI, the client) and what a cancelled job needs (the profile state,
+    the job): `_enveloped` closes the UI, then the client, however the run ends."""
+
+    def __init__(self) -> None:
+        self.ui: GimpProgressUi | None = None
+        self.client: Any = None
+        self.welcome: Any = None
+        self.state: logic.ProfileState | None = None
+        self.job: Any = None
+
+    def connect(self, title: str, settings: logic.Settings, interactive: bool) -> Any:
+        """The progress UI (with its Cancel window when interactive), then a fresh session with the daemon; job
+        previews only when interactive (they need the window). Returns the connected client."""
+        self.ui = GimpProgressUi(title, interactive)
+        self.ui.progress(None, "ACE++: connecting…")
+        self.client = _client(settings, self.state, resume=False, previews=interactive)
+        self.welcome = self.client.connect()
+        self.state.session = self.welcome.session
+        return self.client
+
+    def close_ui(self) -> None:
+        if self.ui is not None:
+            self.ui.close()
+            self.ui = None
+
+    def close(self) -> None:
+        self.close_ui()
+        if self.client is not None:
+            self.client.close()
+
+
+def _enveloped(procedure: Gimp.Procedure, body: Callable[[_Run], int | None]):
+    """Run a procedure's own `body` and turn how it ended into the PDB's return values: the number of layers it
+    inserted is SUCCESS, None (the user closed a window) is CANCEL; a cancelled job is acknowledged (the daemon
+    keeps nothing for Fetch) and is CANCEL too; any other error is EXECUTION_ERROR with its message (and a
+    traceback on stderr when unexpected). The UI and the client are closed whatever happens."""
+    run = _Run()
+    try:
+        layers = body(run)
+        if layers is None:
+            return _return(procedure, Gimp.PDBStatusType.CANCEL)
+        return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=layers)
+    except logic.JobCancelled:
+        if run.job is not None:
+            _forget_cancelled(run.client, run.state, run.job.id)
+        return _return(procedure, Gimp.PDBStatusType.CANCEL)
+    except Exception as exc:
+        _log_unexpected(exc)
+        return _return(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, logic.describe_error(exc))
+    finally:
+        run.close()
+
+
+def _acknowledge(client: Any, state: logic.ProfileState, job_id: str) -> None:
+    """A job whose results are in (or reported): the daemon may drop them, and the profile no longer waits."""
+    client.ack(job_id)
+    state.remove_pending(job_id)
+
+
 def run_action(procedure, run_mode, image, drawables, config, data):
     action = logic.ACTIONS_BY_PROCEDURE[procedure.get_name()]
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
@@ -623,90 +708,81 @@ def run_action(procedure, run_mode, image, drawables, config, data):
         if not go_on or not _run_dialog(procedure, config, f"ACE++ {action.label.rstrip('…')}", remote):
             return _return(procedure, Gimp.PDBStatusType.CANCEL)
     settings = _settings_from_config(config, action)
-    ui = None
-    client = None
-    job = state = None
-    try:
-        state = _state()
-        canvas = Extent(image.get_width(), image.get_height())
-        plan = logic.plan_job(action, settings, canvas, selection_bounds(image))
-        active = drawables[0] if drawables else (image.get_selected_drawables() or [None])[0]
-        if settings.reuse:
-            settings = logic.reuse_from_record(settings, _active_record(active))
-        if action.needs_image and settings.source == "layer" and active is None:
-            raise logic.UserError("Select a layer to read, or set Read to 'Visible image'.")
-        references = []
-        if action.takes_reference:
-            ref = config.get_property("reference")
-            if ref is None and action.reference_required:
-                raise logic.UserError(
-                    f"{action.label.rstrip('…')} needs a reference layer: choose one in the "
-                    "dialog (or pass the 'reference' argument)."
-                )
-            if ref is not None:
-                references.append(read_reference(ref))
-        image_payload = mask = None
-        if plan.read_image:
-            if plan.placement == "above-active":
-                image_payload = read_drawable(active, plan.region)
-            else:
-                image_payload = read_visible(image, plan.region)
-            mask = read_selection_mask(image, plan.region) if plan.selection else logic.full_mask(plan.region)
-        params = forms.with_control_mode(action.spec, logic.build_params(action, settings, plan), bool(references))
+    return _enveloped(procedure, lambda run: _action_job(run, action, settings, image, drawables, config, interactive))
 
-        ui = GimpProgressUi(f"ACE++ {action.label.rstrip('…')}", interactive)
-        ui.progress(None, "ACE++: connecting…")
-        client = _client(settings, state, resume=False, previews=interactive)  # previews need the window
-        welcome = client.connect()
-        state.session = welcome.session
-        logic.check_offered(action, welcome.tasks, welcome.engine)
-        ui.progress(None, "ACE++: sending…")
-        job = client.submit(
-            action.task,
-            logic.job_prompt(action, settings, params),
-            image=image_payload,
-            mask=mask,
-            references=references,
-            params=params,
-            label=logic.job_label(document_name(image), plan.region),
-        )
-        _prompts().add(settings.prompt)
-        ui.progress(None, logic.queued_text(job.position))  # until `started` or a new position arrives
-        meta = {
-            "task": action.task,
-            "prompt": settings.prompt,
-            "params": params,
-            "placement": plan.placement,
-            "source": settings.source,
-            "region": list(plan.region),
-            "image_id": image.get_id(),
-            # Results of image tasks carry the feathered selection as alpha; generated ones get a mask.
-            "fit_to_region": not plan.read_image,
-            "clip_to_selection": not plan.read_image and bool(plan.selection),
-        }
-        state.add_pending(job.id, meta)
-        outcome = logic.wait_for_job(job, ui)
-        if interactive and outcome.results:
-            ui.close()
-            ui = None
-            layers = pick_result(PreviewSession(image, outcome.results, meta, active))
+
+def _action_job(
+    run: _Run,
+    action: logic.Action,
+    settings: logic.Settings,
+    image: Gimp.Image,
+    drawables: list[Gimp.Drawable],
+    config: Gimp.ProcedureConfig,
+    interactive: bool,
+) -> int:
+    """One action's job: read the pixels, submit, follow it, insert the chosen results. Returns the layer count."""
+    run.state = state = _state()
+    canvas = Extent(image.get_width(), image.get_height())
+    plan = logic.plan_job(action, settings, canvas, selection_bounds(image))
+    active = drawables[0] if drawables else (image.get_selected_drawables() or [None])[0]
+    if settings.reuse:
+        settings = logic.reuse_from_record(settings, _active_record(active))
+    if action.needs_image and settings.source == "layer" and active is None:
+        raise logic.UserError("Select a layer to read, or set Read to 'Visible image'.")
+    references = []
+    if action.takes_reference:
+        ref = config.get_property("reference")
+        if ref is None and action.reference_required:
+            raise logic.UserError(
+                f"{action.label.rstrip('…')} needs a reference layer: choose one in the "
+                "dialog (or pass the 'reference' argument)."
+            )
+        if ref is not None:
+            references.append(read_reference(ref))
+    image_payload = mask = None
+    if plan.read_image:
+        if plan.placement == "above-active":
+            image_payload = read_drawable(active, plan.region)
         else:
-            layers = insert_results(image, outcome.results, meta, active)
-        client.ack(job.id)
-        state.remove_pending(job.id)
-        return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=len(layers))
-    except logic.JobCancelled:
-        if job is not None:
-            _forget_cancelled(client, state, job.id)
-        return _return(procedure, Gimp.PDBStatusType.CANCEL)
-    except Exception as exc:
-        _log_unexpected(exc)
-        return _return(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, logic.describe_error(exc))
-    finally:
-        if ui is not None:
-            ui.close()
-        if client is not None:
-            client.close()
+            image_payload = read_visible(image, plan.region)
+        mask = read_selection_mask(image, plan.region) if plan.selection else logic.full_mask(plan.region)
+    params = forms.with_control_mode(action.spec, logic.build_params(action, settings, plan), bool(references))
+
+    client = run.connect(f"ACE++ {action.label.rstrip('…')}", settings, interactive)
+    logic.check_offered(action, run.welcome.tasks, run.welcome.engine)
+    run.ui.progress(None, "ACE++: sending…")
+    run.job = job = client.submit(
+        action.task,
+        logic.job_prompt(action, settings, params),
+        image=image_payload,
+        mask=mask,
+        references=references,
+        params=params,
+        label=logic.job_label(document_name(image), plan.region),
+    )
+    _prompts().add(settings.prompt)
+    run.ui.progress(None, logic.queued_text(job.position))  # until `started` or a new position arrives
+    meta = {
+        "task": action.task,
+        "prompt": settings.prompt,
+        "params": params,
+        "placement": plan.placement,
+        "source": settings.source,
+        "region": list(plan.region),
+        "image_id": image.get_id(),
+        # Results of image tasks carry the feathered selection as alpha; generated ones get a mask.
+        "fit_to_region": not plan.read_image,
+        "clip_to_selection": not plan.read_image and bool(plan.selection),
+    }
+    state.add_pending(job.id, meta)
+    outcome = logic.wait_for_job(job, run.ui)
+    if interactive and outcome.results:
+        run.close_ui()
+        layers = pick_result(PreviewSession(image, outcome.results, meta, active))
+    else:
+        layers = insert_results(image, outcome.results, meta, active)
+    _acknowledge(client, state, job.id)
+    return len(layers)
 
 
 def _forget_cancelled(client, state: logic.ProfileState, job_id: str) -> None:
@@ -723,46 +799,41 @@ def _forget_cancelled(client, state: logic.ProfileState, job_id: str) -> None:
 
 def run_fetch(procedure, run_mode, image, drawables, config, data):
     settings = _settings_from_config(config, None)
-    client = None
+    return _enveloped(procedure, lambda run: _fetch(run, settings, run_mode, image, drawables))
+
+
+def _fetch(run: _Run, settings: logic.Settings, run_mode: Any, image: Gimp.Image, drawables: list[Any]) -> int:
+    """Results of this profile's jobs that finished after the plug-in ended, then results sent from the panel."""
+    run.state = state = _state()
+    run.client = client = _client(settings, state, resume=True)
     try:
-        state = _state()
-        client = _client(settings, state, resume=True)
-        try:
-            welcome = client.connect()
-        except Exception as exc:
-            if type(exc).__name__ in ("DaemonNotRunning", "Unauthorized", "VersionMismatch"):
-                raise
-            client = _client(settings, state, resume=False)  # the old session is gone: start fresh
-            welcome = client.connect()
-        state.session = welcome.session
-        inserted = 0
-        active = drawables[0] if drawables else None
-        for handle in client.fetch_unacknowledged(wait=3.0):
-            try:
-                outcome = logic.wait_for_job(handle, logic.HeadlessUi(), event_timeout_s=30)
-            except (logic.UserError, logic.JobCancelled) as exc:
-                print(f"ace-bridge: job {handle.id}: {logic.describe_error(exc)}", file=sys.stderr)
-                client.ack(handle.id)
-                state.remove_pending(handle.id)
-                continue
-            meta = state.pending(handle.id) or {}
-            if not meta and outcome.results:
-                first = outcome.results[0]
-                meta = {"task": first.provenance.get("task", "result"), "prompt": first.provenance.get("prompt", "")}
-            meta.setdefault("task", "result")
-            inserted += len(insert_results(image, outcome.results, meta, active))
-            client.ack(handle.id)
-            state.remove_pending(handle.id)
-        inserted += _take_offers(client, image)
-        if inserted == 0 and run_mode == Gimp.RunMode.INTERACTIVE:
-            Gimp.message("ACE++: no finished results are waiting for this GIMP profile.")
-        return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=inserted)
+        welcome = client.connect()
     except Exception as exc:
-        _log_unexpected(exc)
-        return _return(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, logic.describe_error(exc))
-    finally:
-        if client is not None:
-            client.close()
+        if type(exc).__name__ in ("DaemonNotRunning", "Unauthorized", "VersionMismatch"):
+            raise
+        run.client = client = _client(settings, state, resume=False)  # the old session is gone: start fresh
+        welcome = client.connect()
+    state.session = welcome.session
+    inserted = 0
+    active = drawables[0] if drawables else None
+    for handle in client.fetch_unacknowledged(wait=3.0):
+        try:
+            outcome = logic.wait_for_job(handle, logic.HeadlessUi(), event_timeout_s=30)
+        except (logic.UserError, logic.JobCancelled) as exc:
+            print(f"ace-bridge: job {handle.id}: {logic.describe_error(exc)}", file=sys.stderr)
+            _acknowledge(client, state, handle.id)
+            continue
+        meta = state.pending(handle.id) or {}
+        if not meta and outcome.results:
+            first = outcome.results[0]
+            meta = {"task": first.provenance.get("task", "result"), "prompt": first.provenance.get("prompt", "")}
+        meta.setdefault("task", "result")
+        inserted += len(insert_results(image, outcome.results, meta, active))
+        _acknowledge(client, state, handle.id)
+    inserted += _take_offers(client, image)
+    if inserted == 0 and run_mode == Gimp.RunMode.INTERACTIVE:
+        Gimp.message("ACE++: no finished results are waiting for this GIMP profile.")
+    return inserted
 
 
 def _take_offers(client: Any, current: Gimp.Image) -> int:
@@ -791,14 +862,7 @@ def _take_offers(client: Any, current: Gimp.Image) -> int:
             item.job_id,
             item.provenance,
         )
-        image.undo_group_start()
-        try:
-            layer = _layer_from_payload(image, ImagePayload(w, h, "rgba8", item.rgba), item.layer_name())
-            image.insert_layer(layer, None, 0)
-            layer.set_offsets(x, y)
-            _attach_provenance(layer, logic.provenance.record_bytes(record))
-        finally:
-            image.undo_group_end()
+        _top_layer(image, ImagePayload(w, h, "rgba8", item.rgba), item.layer_name(), (x, y), record)
         return chosen.name
 
     outcomes = inbox.take_waiting(client, insert, wait=3.0)
@@ -808,20 +872,6 @@ def _take_offers(client: Any, current: Gimp.Image) -> int:
     if outcomes:
         Gimp.displays_flush()
     return sum(1 for ok, _ in outcomes if ok)
-
-
-def _interactive_dialog(procedure, config, title: str, names: list[str]) -> bool:
-    """GIMP's dialog of a procedure's own arguments (Expand Canvas, Recent Results)."""
-    gi.require_version("GimpUi", "3.0")
-    from gi.repository import GimpUi
-
-    GimpUi.init("ace-bridge")
-    dialog = GimpUi.ProcedureDialog.new(procedure, config, title)
-    dialog.fill(names)
-    try:
-        return bool(dialog.run())
-    finally:
-        dialog.destroy()
 
 
 def run_expand(procedure, run_mode, image, drawables, config, data):
@@ -835,65 +885,53 @@ def run_expand(procedure, run_mode, image, drawables, config, data):
     ):
         return _return(procedure, Gimp.PDBStatusType.CANCEL)
     settings = _settings_from_config(config, None)
-    ui = client = job = state = None
-    try:
-        state = _state()
-        canvas = Extent(image.get_width(), image.get_height())
-        margins = tuple(int(config.get_property(side[0])) for side in logic.EXPAND_SIDES)
-        plan = logic.plan_expand(canvas, margins, read_visible(image, Bounds(0, 0, canvas.width, canvas.height)).data)
-        ui = GimpProgressUi(f"ACE++ {logic.EXPAND_LABEL.rstrip('…')}", interactive)
-        ui.progress(None, "ACE++: connecting…")
-        client = _client(settings, state, resume=False, previews=interactive)
-        welcome = client.connect()
-        state.session = welcome.session
-        task = logic.expand_task(welcome.tasks)
-        spec = logic.TASKS[task]
-        # No inward feather: the mask's own seam (geometry.expand_mask) blends the old edge, and the grown canvas's
-        # outer border must stay opaque.
-        values = {"seed": settings.seed, "steps": settings.steps, "count": settings.count, "feather": 0}
-        params = forms.params_from(spec, values)
-        region = [0, 0, plan.grown.width, plan.grown.height]
-        job = client.submit(
-            task,
-            logic.prompting.painter_prompt(task, settings.prompt),
-            image=plan.image,
-            mask=plan.mask,
-            params=params,
-            label=logic.job_label(document_name(image), region),
-        )
-        _prompts().add(settings.prompt)
-        ui.progress(None, logic.queued_text(job.position))
-        meta = {
-            "task": task,
-            "prompt": settings.prompt,
-            "params": {**params, "expand": list(plan.margins)},
-            "placement": "top",
-            "source": "visible",
-            "region": region,
-            "image_id": image.get_id(),
-        }
-        outcome = logic.wait_for_job(job, ui)
-        session = PreviewSession(image, outcome.results, meta, None, expand=plan)
-        if interactive and outcome.results:
-            ui.close()
-            ui = None
-            layers = pick_result(session)
-        else:
-            layers = insert_results(image, outcome.results, meta, None, before=session.grow)
-        client.ack(job.id)
-        return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=len(layers))
-    except logic.JobCancelled:
-        if job is not None:
-            _forget_cancelled(client, state, job.id)
-        return _return(procedure, Gimp.PDBStatusType.CANCEL)
-    except Exception as exc:
-        _log_unexpected(exc)
-        return _return(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, logic.describe_error(exc))
-    finally:
-        if ui is not None:
-            ui.close()
-        if client is not None:
-            client.close()
+    return _enveloped(procedure, lambda run: _expand_job(run, settings, image, config, interactive))
+
+
+def _expand_job(
+    run: _Run, settings: logic.Settings, image: Gimp.Image, config: Gimp.ProcedureConfig, interactive: bool
+) -> int:
+    """Expand Canvas's job: plan the grown canvas, submit the outpainting, grow and insert in one undo group."""
+    run.state = _state()
+    canvas = Extent(image.get_width(), image.get_height())
+    margins = tuple(int(config.get_property(side[0])) for side in logic.EXPAND_SIDES)
+    plan = logic.plan_expand(canvas, margins, read_visible(image, Bounds(0, 0, canvas.width, canvas.height)).data)
+    client = run.connect(f"ACE++ {logic.EXPAND_LABEL.rstrip('…')}", settings, interactive)
+    task = logic.expand_task(run.welcome.tasks)
+    spec = logic.TASKS[task]
+    # No inward feather: the mask's own seam (geometry.expand_mask) blends the old edge, and the grown canvas's
+    # outer border must stay opaque.
+    values = {"seed": settings.seed, "steps": settings.steps, "count": settings.count, "feather": 0}
+    params = forms.params_from(spec, values)
+    region = [0, 0, plan.grown.width, plan.grown.height]
+    run.job = job = client.submit(
+        task,
+        logic.prompting.painter_prompt(task, settings.prompt),
+        image=plan.image,
+        mask=plan.mask,
+        params=params,
+        label=logic.job_label(document_name(image), region),
+    )
+    _prompts().add(settings.prompt)
+    run.ui.progress(None, logic.queued_text(job.position))
+    meta = {
+        "task": task,
+        "prompt": settings.prompt,
+        "params": {**params, "expand": list(plan.margins)},
+        "placement": "top",
+        "source": "visible",
+        "region": region,
+        "image_id": image.get_id(),
+    }
+    outcome = logic.wait_for_job(job, run.ui)
+    session = PreviewSession(image, outcome.results, meta, None, expand=plan)
+    if interactive and outcome.results:
+        run.close_ui()
+        layers = pick_result(session)
+    else:
+        layers = insert_results(image, outcome.results, meta, None, before=session.grow)
+    client.ack(job.id)  # an expand is not a pending job of the profile: nothing to drop there
+    return len(layers)
 
 
 def _history_layer(image: Gimp.Image, png: bytes, record: dict[str, Any]) -> Gimp.Layer:
@@ -901,14 +939,7 @@ def _history_layer(image: Gimp.Image, png: bytes, record: dict[str, Any]) -> Gim
     payload = ImagePayload(0, 0, "png", png)
     region = record.get("region") or [0, 0, 0, 0]
     name = logic.layer_name(record.get("task", "result"), record.get("prompt", ""), record.get("seed"), 0, 1)
-    image.undo_group_start()
-    try:
-        layer = _layer_from_payload(image, payload, name)
-        image.insert_layer(layer, None, 0)
-        layer.set_offsets(int(region[0]), int(region[1]))
-        _attach_provenance(layer, logic.provenance.record_bytes(record))
-    finally:
-        image.undo_group_end()
+    layer = _top_layer(image, payload, name, (int(region[0]), int(region[1])), record)
     Gimp.displays_flush()
     return layer
 
@@ -930,23 +961,13 @@ def _choose_entry(entries: list[dict[str, Any]], reader: Any) -> dict[str, Any] 
         except Exception:  # a result whose file is gone still gets its line
             thumb = None
         store.append([thumb, logic.entry_title(entry)])
-    view = Gtk.IconView.new_with_model(store)
-    view.set_pixbuf_column(0)
-    view.set_text_column(1)
-    view.set_selection_mode(Gtk.SelectionMode.BROWSE)
-    view.set_columns(1)
-    view.set_item_orientation(Gtk.Orientation.HORIZONTAL)
-    view.connect("item-activated", lambda *_: dialog.response(Gtk.ResponseType.OK))
+    view = _thumbnail_list(Gtk, dialog, store)
     scroller = Gtk.ScrolledWindow()
     scroller.set_min_content_height(min(400, 110 * len(entries)))
     scroller.set_min_content_width(380)
     scroller.add(view)
     dialog.get_content_area().pack_start(scroller, True, True, 4)
-    first = Gtk.TreePath.new_first()
-    view.select_path(first)
-    view.set_cursor(first, None, False)
-    dialog.show_all()
-    view.grab_focus()
+    _show_first_selected(Gtk, dialog, view)
     try:
         response = dialog.run()
         paths = view.get_selected_items()
@@ -967,33 +988,34 @@ def _gimpui_init() -> None:
 def run_recent(procedure, run_mode, image, drawables, config, data):
     """Recent Results: the daemon's history for this image (by the label its jobs carry); re-add one as a layer."""
     settings = _settings_from_config(config, None)
-    try:
-        url, token = logic.daemon_history.resolve_endpoint(settings.url, settings.token)
-        reader = logic.DaemonHistory(url, token)
-        document = document_name(image)
-        entries = logic.results_for_document(reader.entries(), document)
-        if not entries:
-            raise logic.UserError(
-                f"The daemon's history has no ACE++ results for '{document}' yet (results are matched by the "
-                "image's file name)."
-            )
-        wanted = str(config.get_property("entry") or "")
-        if run_mode == Gimp.RunMode.INTERACTIVE and not wanted:
-            entry = _choose_entry(entries, reader)
-            if entry is None:
-                return _return(procedure, Gimp.PDBStatusType.CANCEL)
-        elif wanted:
-            entry = next((e for e in entries if e["entry"] == wanted), None)
-            if entry is None:
-                raise logic.UserError(f"'{wanted}' is not one of this image's results in the daemon's history.")
-        else:
-            entry = entries[0]
-        record = logic.record_from_entry(entry, reader.meta(entry["entry"]))
-        _history_layer(image, reader.image(entry["entry"]), record)
-        return _return(procedure, Gimp.PDBStatusType.SUCCESS, layers=1)
-    except Exception as exc:
-        _log_unexpected(exc)
-        return _return(procedure, Gimp.PDBStatusType.EXECUTION_ERROR, logic.describe_error(exc))
+    return _enveloped(procedure, lambda _run: _recent(settings, run_mode, image, config))
+
+
+def _recent(settings: logic.Settings, run_mode: Any, image: Gimp.Image, config: Gimp.ProcedureConfig) -> int | None:
+    """The chosen history entry as a new layer (1), or None when the user closed the window."""
+    url, token = logic.daemon_history.resolve_endpoint(settings.url, settings.token)
+    reader = logic.DaemonHistory(url, token)
+    document = document_name(image)
+    entries = logic.results_for_document(reader.entries(), document)
+    if not entries:
+        raise logic.UserError(
+            f"The daemon's history has no ACE++ results for '{document}' yet (results are matched by the "
+            "image's file name)."
+        )
+    wanted = str(config.get_property("entry") or "")
+    if run_mode == Gimp.RunMode.INTERACTIVE and not wanted:
+        entry = _choose_entry(entries, reader)
+        if entry is None:
+            return None
+    elif wanted:
+        entry = next((e for e in entries if e["entry"] == wanted), None)
+        if entry is None:
+            raise logic.UserError(f"'{wanted}' is not one of this image's results in the daemon's history.")
+    else:
+        entry = entries[0]
+    record = logic.record_from_entry(entry, reader.meta(entry["entry"]))
+    _history_layer(image, reader.image(entry["entry"]), record)
+    return 1
 
 
 class AceBridgePlugIn(Gimp.PlugIn):
@@ -1024,7 +1046,7 @@ class AceBridgePlugIn(Gimp.PlugIn):
                 "Grows the canvas by the given pixels on each side and generates the new area to fit the image.",
                 name,
             )
-            _add_expand_args(proc)
+            _add_arguments(proc, logic.expand_arguments())
         elif name == logic.RECENT_PROCEDURE:
             proc = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run_recent, None)
             proc.set_menu_label(logic.RECENT_LABEL)
@@ -1045,7 +1067,7 @@ class AceBridgePlugIn(Gimp.PlugIn):
                 f"Runs the ACE++ task '{action.task}' in the ACE Bridge daemon and adds the result as a new layer.",
                 name,
             )
-            _add_common_args(proc, action)
+            _add_arguments(proc, logic.procedure_arguments(action))
         proc.set_image_types("*")
         proc.set_sensitivity_mask(
             Gimp.ProcedureSensitivityMask.DRAWABLE
