@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.cookiejar
 import io
 import json
-import shutil
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from ace_protocol.client import BridgeClient
 from ace_protocol.images import ImagePayload
-from krita_runner import REPO, SCRIPTS, install_params, install_plugin, profile_env, require
+from krita_runner import REPO, install_params, install_plugin, install_runner, profile_env, require
 from PIL import Image
 
 from bridge_server.install.krita import set_enabled
@@ -66,8 +65,7 @@ def test_a_result_sent_from_the_panel_lands_in_the_picked_krita_document(install
     entry, pixels = a_history_result(demo_daemon)
     home = tmp_path / "kh"
     pykrita = install_plugin(home)
-    shutil.copytree(SCRIPTS / RUNNER, pykrita / RUNNER)
-    shutil.copyfile(SCRIPTS / f"{RUNNER}.desktop", pykrita / f"{RUNNER}.desktop")
+    install_runner(pykrita, RUNNER)
     env = profile_env(home)
     rc = Path(env["XDG_CONFIG_HOME"]) / "kritarc"
     set_enabled(rc, True)

@@ -4,17 +4,15 @@ does: token -> one-time code -> session cookie) sends a history result to this K
 while another one is active; the result must land there as one new layer on top, with the stored pixels, and go
 with one undo; the panel must hear where it went.
 
-Like the other runners: a step machine on a QTimer, name -> [ok, detail] checks written to the result file.
+Like the other runners: a step machine on the shared runner_harness, name -> [ok, detail] checks written to the
+result file.
 """
 
 import http.cookiejar
 import json
-import os
-import sys
-import traceback
 import urllib.request
 
-CONFIG = os.environ.get("ACE_GUI_TEST")
+from .runner_harness import start_on_window
 
 
 class Panel:
@@ -43,46 +41,27 @@ class Panel:
         return json.load(self.opener.open(req, timeout=30))
 
 
-def _run():
+def _run(harness):
     from ace_bridge.docker import AceBridgeDocker
     from ace_bridge.document import document_key
-    from ace_bridge.qt_compat import QTimer
-    from krita import Krita
 
-    cfg = json.load(open(CONFIG))
-    app = Krita.instance()
-    checks = {}
+    cfg, app, check, wait = harness.cfg, harness.app, harness.check, harness.wait
     state = {"inserted": []}
-    deadline_s = cfg.get("step_timeout_s", 90)
+    deadline_s = harness.deadline_s
     entry, (rw, rh) = cfg["entry"], cfg["size"]
-    expected = open(cfg["expected_rgba"], "rb").read()
+    with open(cfg["expected_rgba"], "rb") as fh:
+        expected = fh.read()
 
-    def check(name, ok, detail=""):
-        checks[name] = [bool(ok), str(detail)[:2000]]
-        print(f"ACE-GUI-CHECK {name} {'ok' if ok else 'FAILED'} {str(detail)[:2000]}", file=sys.stderr, flush=True)
-
-    def finish():
-        for d in app.documents():
-            d.setModified(False)
-        with open(cfg["result"], "w") as fh:
-            json.dump({"checks": checks, "failed": [k for k, v in checks.items() if not v[0]]}, fh, indent=1)
-        os._exit(0)
-
-    def new_doc(name, w, h):
-        doc = app.createDocument(w, h, name, "RGBA", "U8", "", 72.0)
+    def new_doc(name, width, height):
+        doc = app.createDocument(width, height, name, "RGBA", "U8", "", 72.0)
         app.activeWindow().addView(doc)
-        doc.rootNode().childNodes()[0].setPixelData(bytes((40, 120, 200, 255)) * (w * h), 0, 0, w, h)
+        blue = bytes((40, 120, 200, 255)) * (width * height)
+        doc.rootNode().childNodes()[0].setPixelData(blue, 0, 0, width, height)
         doc.refreshProjection()
         return doc
 
     def names(doc):
         return [n.name() for n in doc.rootNode().childNodes()]
-
-    def wait(condition, seconds=None):
-        for _ in range(int((seconds or deadline_s) * 20)):
-            if condition():
-                return
-            yield
 
     def steps():
         docker = AceBridgeDocker.instances[-1] if AceBridgeDocker.instances else None
@@ -117,8 +96,7 @@ def _run():
         for _ in range(deadline_s * 2):  # the plugin reports its documents within 2 s; ask twice a second
             if krita_listed():
                 break
-            for _ in range(10):
-                yield
+            yield from harness.ticks(10)
         check("panel_lists_kritas_documents", "poster" in listed.get("docs", ()), listed)
         check("panel_knows_the_active_one", listed.get("active") == ["other"], listed)
 
@@ -150,8 +128,7 @@ def _run():
         for _ in range(40):
             if answered():
                 break
-            for _ in range(5):
-                yield
+            yield from harness.ticks(5)
         check(
             "panel_hears_where_it_went",
             outcome.get("state") == "inserted" and outcome.get("inserted_into") == "poster",
@@ -161,55 +138,11 @@ def _run():
         other.setModified(False)
         other.close()
         yield from wait(lambda: app.activeDocument() is not None and app.activeDocument().name() == "poster", 10)
-        for _ in range(10):
-            yield
-        before = names(poster)
-        app.action("edit_undo").trigger()
-        poster.waitForDone()
-        for _ in range(100):
-            yield
-            if names(poster) != before:
-                break
+        yield from harness.ticks(10)
+        yield from harness.undo_once(poster)
         check("one_undo_removes_it", len(poster.rootNode().childNodes()) == 1, names(poster))
 
-    gen = steps()
-    timer = QTimer()
-    state["timer"] = timer
-
-    def tick():
-        try:
-            next(gen)
-        except StopIteration:
-            timer.stop()
-            finish()
-        except Exception:
-            check("exception", False, traceback.format_exc())
-            timer.stop()
-            finish()
-
-    timer.timeout.connect(tick)
-    timer.start(50)
+    harness.play(steps())
 
 
-def _on_window():
-    from ace_bridge.qt_compat import QTimer
-
-    QTimer.singleShot(1500, _safe_run)
-
-
-def _safe_run():
-    try:
-        _run()
-    except Exception:
-        cfg = json.load(open(CONFIG))
-        with open(cfg["result"], "w") as fh:
-            json.dump({"checks": {"exception": [False, traceback.format_exc()]}, "failed": ["exception"]}, fh)
-        os._exit(0)
-
-
-if CONFIG:
-    from krita import Krita
-
-    _notifier = Krita.instance().notifier()
-    _notifier.setActive(True)
-    _notifier.windowCreated.connect(_on_window)
+start_on_window("ACE_GUI_TEST", _run)
