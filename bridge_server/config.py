@@ -32,6 +32,9 @@ class ServerConfig:
     max_tokens_limit: int = 16384
     max_queued_per_client: int = 64
     max_queued_total: int = 512
+    #: Unacknowledged jobs that ended with no result (cancelled, failed early) kept per client for resume; older
+    #: ones are forgotten as if acknowledged (jobs/retention.py `ResultlessEndings`).
+    max_unacked_resultless_per_client: int = 256
     retention_s: float = 7 * 24 * 3600.0  # unacknowledged results are redelivered this long
     idle_unload_s: float | None = 600.0
     allowed_hosts: tuple[str, ...] = ()  # extra Host names for remote mode
@@ -41,6 +44,9 @@ class ServerConfig:
     #: One budget for the whole daemon: inputs of waiting jobs plus shared memory of all connections. A submit or
     #: alloc that would pass it is refused (queue_full / too_large) with a message naming it.
     memory_budget_bytes: int = 4 * 1024 * 1024 * 1024
+    #: Requests a second the daemon hands out among the senders asking at the time, each an equal share
+    #: (server/pacing.py); a sender past its share waits, it is not refused.
+    request_budget_per_s: float = 150.0
     send_stall_s: float = 30.0  # a connection whose frames cannot be sent for this long is closed (results stay)
     clock: Callable[[], float] = time.time  # injectable so tests can jump an hour ahead
     extra: dict[str, Any] = field(default_factory=dict)

@@ -80,6 +80,7 @@ class JobQueue:
         self._last_activity = time.monotonic()
         self._idle_handle: asyncio.TimerHandle | None = None
         self.stats = {"done": 0, "failed": 0, "cancelled": 0}
+        self._resultless = retention.ResultlessEndings(config.max_unacked_resultless_per_client)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -288,6 +289,11 @@ class JobQueue:
             self.journal.write({"ev": "failed", "job_id": job.id, "code": error[0], "message": error[1]})
         else:
             self.journal.write({"ev": state.value, "job_id": job.id})
+        for old_id in self._resultless.ended(job):
+            old = self.jobs.get(old_id)
+            if old is not None and old.state.finished and not old.results:
+                del self.jobs[old_id]
+                self.journal.write({"ev": "acked", "job_id": old_id})
 
     # ------------------------------------------------------------------ the worker
 

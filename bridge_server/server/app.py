@@ -14,6 +14,7 @@ from bridge_server.config import ServerConfig
 from bridge_server.jobs import durability
 from bridge_server.jobs.journal import Journal
 from bridge_server.jobs.queue import JobQueue
+from bridge_server.server.pacing import RequestPacer
 from bridge_server.server.panel.routes import setup_panel
 from bridge_server.server.people import enforce_revocations
 from bridge_server.server.security import GUARD, ConnectionGuard, security_middleware
@@ -73,7 +74,9 @@ def create_app(config: ServerConfig) -> web.Application:
         journal = Journal(config.journal_path)
         queue = JobQueue(config, engine, history, journal)
         await asyncio.to_thread(queue.restore)
-        state = AppState(config, engine, history, journal, queue, guard=guard)
+        state = AppState(
+            config, engine, history, journal, queue, guard=guard, pacer=RequestPacer(config.request_budget_per_s)
+        )
         guard.early_refusal = state.throttle.refusing  # a throttled principal's flood is closed at accept
         queue.listeners.append(state.hub.deliver)
         queue.wants_previews = state.hub.wants_previews

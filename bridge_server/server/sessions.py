@@ -374,6 +374,13 @@ async def _receive_loop(state: AppState, session: ClientSession, connection: Con
         except ProtocolError as exc:
             connection.send(_decode_failure_reply(frame.data, exc, state.config.max_frame_bytes))
             continue
+        wait = state.pacer.delay(principal_of(session), message)
+        if wait > 0:
+            # Past its share of the request budget: this connection is not read until the share has come round
+            # again, so its frames wait in the socket while every other sender's are handled.
+            await asyncio.sleep(wait)
+            if ws.closed:
+                break  # nothing was promised for this frame; the client sees the connection end
         try:
             await _dispatch(state, session, connection, message)
         except ProtocolError as exc:
@@ -391,6 +398,14 @@ async def _receive_loop(state: AppState, session: ClientSession, connection: Con
                     id=getattr(message, "id", None),
                 )
             )
+
+
+def principal_of(session: ClientSession) -> str:
+    """Whom a session's requests and jobs count against: the person behind a named token, else its connection's
+    principal (this connection, or another user / a remote machine as a whole: see `_handshake`)."""
+    if getattr(session, "person", ""):
+        return f"person:{session.person}"
+    return session.connection.principal if session.connection is not None else session.client_id
 
 
 def _decode_failure_reply(data: bytes, exc: ProtocolError, max_frame_bytes: int) -> Message:
@@ -568,13 +583,7 @@ async def build_job(state: AppState, session: ClientSession, message: Submit) ->
         editor=session.editor or session.client_name,
         label=message.label,
         person=session.person,
-        principal=(
-            f"person:{session.person}"
-            if getattr(session, "person", "")
-            else session.connection.principal
-            if session.connection is not None
-            else session.client_id
-        ),
+        principal=principal_of(session),
         owner=state.hub.owners.get(session.client_id, ""),
         inputs=inputs,
     )

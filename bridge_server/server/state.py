@@ -18,6 +18,7 @@ from bridge_server.jobs.journal import Journal
 from bridge_server.jobs.queue import JobQueue
 from bridge_server.server.hub import Hub
 from bridge_server.server.model_service import ModelService
+from bridge_server.server.pacing import RequestPacer
 from bridge_server.server.people import PeopleBook
 from bridge_server.server.security import ConnectionGuard, FailureThrottle
 from bridge_server.server.tokens import load_or_create_token, tokens_equal
@@ -36,6 +37,8 @@ class AppState:
     hub: Hub = field(default_factory=Hub)
     throttle: FailureThrottle = field(default_factory=FailureThrottle)
     guard: ConnectionGuard = field(default_factory=ConnectionGuard)
+    #: Each sender's share of the daemon's request budget (pacing.py): a flood waits, editors do not.
+    pacer: RequestPacer = field(default_factory=RequestPacer)
     #: Every connection's shared-memory table, for the daemon-wide memory budget.
     segment_tables: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
     #: The editors' first-run box: model status and the `models pull` child process (model_service.py).

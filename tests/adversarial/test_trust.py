@@ -1020,3 +1020,90 @@ def test_the_client_never_writes_into_an_ordinary_file_a_fake_daemon_names(tmp_p
     finally:
         os.close(fd)
     assert victim.read_bytes() == b"precious contents" * 64
+
+
+# ------------------------------------------------------------------ a sender's share of the event loop
+
+
+def test_a_flooding_sender_waits_for_its_share_while_an_editors_request_is_answered_at_once(thread_daemon_factory):
+    """Found by bench/hostile_load.py: a token holder sending requests as fast as the daemon answered them took
+    most of the event loop, and editors' `accepted` came up to a second late. Now each sender has a share of the
+    request budget: the flood's 80 `status` requests, sent in one go, are answered at its share (all of them, none
+    refused), and an editor that asks in the middle of it is answered at once, not behind the flood's waiting ones."""
+    from ace_protocol.messages import StatusRequest
+
+    daemon = thread_daemon_factory(request_budget_per_s=40.0)
+    daemon.state.pacer.burst = 4  # no more than 4 status answers may wait to be sent (the backlog cap)
+    flood, editor = welcomed_ws(daemon, "flood"), welcomed_ws(daemon, "editor")
+    started = time.monotonic()
+    for i in range(80):
+        flood.send(encode(StatusRequest(id=f"f{i}")))
+    answered_to_flood: list[float] = []
+    editor_answered = threading.Event()
+    flood_answers_when_editor_answered: list[int] = []
+
+    def read_flood() -> None:
+        while len(answered_to_flood) < 80:
+            message = next_reply(flood, timeout=30)
+            if message.TYPE == "status_reply":
+                answered_to_flood.append(time.monotonic() - started)
+
+    reader = threading.Thread(target=read_flood, daemon=True)
+    reader.start()
+    time.sleep(0.5)  # the flood is past its burst and waiting for its share
+    when_asked = len(answered_to_flood)
+    editor.send(encode(StatusRequest(id="mine")))
+    reply = next_reply(editor, timeout=10)
+    flood_answers_when_editor_answered.append(len(answered_to_flood))
+    editor_answered.set()
+    reader.join(30)
+    print(
+        f"editor answered after the flood's {flood_answers_when_editor_answered[0]} of 80 answers; the flood's last "
+        f"answer at {answered_to_flood[-1]:.2f} s"
+    )
+    assert reply.TYPE == "status_reply" and reply.id == "mine"
+    assert len(answered_to_flood) == 80  # slowed, never refused
+    # Not behind the flood's 50-odd waiting requests: at most the one or two the flood's share allows meanwhile.
+    assert flood_answers_when_editor_answered[0] - when_asked <= 5 and when_asked < 40
+    # 4 at once, then the 76 others at 20 a second (two senders asking: half of 40 each) once the editor asked:
+    # without the budget all 80 are answered in a few milliseconds.
+    assert answered_to_flood[-1] > 2.0
+    flood.close()
+    editor.close()
+
+
+def test_a_sender_that_cancels_without_acknowledging_cannot_grow_the_job_table(thread_daemon_factory):
+    """The flood in bench/hostile_load.py cancels every job it gets and never acknowledges: each cancelled job
+    stayed in memory (~3 KB) until retention ran out, 246,156 of them +712 MB. Now a client keeps only its last
+    256 result-less endings for resume; each of the others got its one `cancelled` already."""
+    from ace_protocol.messages import Cancel
+    from ace_protocol.messages import Submit as SubmitMessage
+
+    from bridge_server.jobs.gate import Gate
+
+    daemon = thread_daemon_factory(gate=Gate(paused=True), max_unacked_resultless_per_client=16)
+    daemon.state.pacer.budget_per_s = 10_000.0  # this test is about the job table, not the pace
+    secret = "canceller-secret-0123456789abcdef"
+    ws = raw_ws(daemon)
+    assert ws_handshake(ws, daemon.token, "canceller", client_secret=secret).TYPE == "welcome"
+    cancelled: list[str] = []
+    for i in range(60):
+        ws.send(encode(SubmitMessage(id=f"s{i}", task="generate", prompt="x", params={"steps": 1, "width": 64})))
+        accepted = next_reply(ws)
+        assert accepted.TYPE == "accepted", accepted
+        ws.send(encode(Cancel(job_id=accepted.job_id)))
+        assert next_reply(ws).TYPE == "cancelled"
+        cancelled.append(accepted.job_id)
+    kept = daemon.call(lambda: sorted(j.id for j in daemon.state.queue.jobs.values() if j.client_id == "canceller"))
+    assert kept == sorted(cancelled[-16:])  # the newest 16, for a resume
+    ws.close()
+    # On resume exactly the kept ones are told again, once each; the forgotten ones are not told a second time.
+    again = raw_ws(daemon)
+    assert ws_handshake(again, daemon.token, "canceller", client_secret=secret).TYPE == "welcome"
+    told = []
+    while len(told) < 16:
+        message = next_reply(again, timeout=10)
+        if message.TYPE == "cancelled":
+            told.append(message.job_id)
+    assert sorted(told) == sorted(cancelled[-16:])
+    again.close()
