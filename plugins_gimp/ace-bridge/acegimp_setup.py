@@ -55,6 +55,15 @@ def needs_setup(url: str, client_factory: Any) -> bool:
     return daemon.advice(state).state != "ready"
 
 
+def _text_line(box: Any) -> Any:
+    """A left-aligned label that wraps at 70 characters, packed into `box` (the window's texts)."""
+    label = Gtk.Label(label="", xalign=0.0)
+    label.set_line_wrap(True)
+    label.set_max_width_chars(70)
+    box.pack_start(label, False, False, 0)
+    return label
+
+
 class SetupWindow:
     def __init__(self, url: str, client_factory: Any) -> None:
         self.url = url
@@ -76,10 +85,7 @@ class SetupWindow:
         box = win.get_content_area()
         box.set_spacing(6)
         box.set_border_width(10)
-        self.message = Gtk.Label(label="", xalign=0.0)
-        self.message.set_line_wrap(True)
-        self.message.set_max_width_chars(70)
-        box.pack_start(self.message, False, False, 0)
+        self.message = _text_line(box)
         self.start_button = Gtk.Button.new_with_mnemonic("_Start ACE Bridge")
         self.start_button.connect("clicked", lambda *_: self._request("start"))
         box.pack_start(self.start_button, False, False, 0)
@@ -88,14 +94,8 @@ class SetupWindow:
         self.log_scroll.set_min_content_height(120)
         self.log_scroll.add(self.log_view)
         box.pack_start(self.log_scroll, True, True, 0)
-        self.model = Gtk.Label(label="", xalign=0.0)
-        self.model.set_line_wrap(True)
-        self.model.set_max_width_chars(70)
-        box.pack_start(self.model, False, False, 0)
-        self.warning = Gtk.Label(label="", xalign=0.0)
-        self.warning.set_line_wrap(True)
-        self.warning.set_max_width_chars(70)
-        box.pack_start(self.warning, False, False, 0)
+        self.model = _text_line(box)
+        self.warning = _text_line(box)
         self.bar = Gtk.ProgressBar(show_text=True)
         box.pack_start(self.bar, False, False, 0)
         row = Gtk.Box(spacing=6)
