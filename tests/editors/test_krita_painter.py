@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from krita_runner import REPO, SCRIPTS, install_params, install_plugin, profile_env, require
+from krita_runner import REPO, install_params, install_plugin, install_runner, profile_env, require
 
 from bridge_server.install.krita import set_enabled
 
@@ -61,8 +61,7 @@ def test_painter_prompts_control_layer_and_history_after_restart(install, tmp_pa
     install = require(install)
     home = tmp_path / "kh"
     pykrita = install_plugin(home)
-    shutil.copytree(SCRIPTS / RUNNER, pykrita / RUNNER)
-    shutil.copyfile(SCRIPTS / f"{RUNNER}.desktop", pykrita / f"{RUNNER}.desktop")
+    install_runner(pykrita, RUNNER)
     env = profile_env(home)
     kritarc = Path(env["XDG_CONFIG_HOME"]) / "kritarc"
     set_enabled(kritarc, True)

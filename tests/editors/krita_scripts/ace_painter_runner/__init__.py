@@ -4,49 +4,28 @@ Phase "paint": no daemon yet (the connection box shows), then the local one (it 
 plain words; the same as a raw prompt behind Advanced; a Recent prompt put back with one click; a sketch layer picked
 as the control layer of a local edit; the .kra saved and closed. Phase "reopen" (a new Krita process): the .kra
 opened again, its history listed, one entry applied again, another's prompt and seed reused.
-Writes name -> [ok, detail] checks (and what phase "reopen" needs) to the config's result file, then os._exit.
+Writes name -> [ok, detail] checks (and what phase "reopen" needs) to the config's result file, then os._exit
+(the shared runner_harness).
 """
 
 import hashlib
 import json
-import os
-import sys
-import traceback
 import urllib.request
 
-CONFIG = os.environ.get("ACE_PAINTER_TEST")
+from .runner_harness import start_on_window
+
 HISTORY_ANNOTATION = "ace-bridge/history"
 
 
-def _run():
+def _run(harness):
     from ace_bridge.docker import AceBridgeDocker
     from ace_bridge.document import node_id
-    from ace_bridge.qt_compat import USER_ROLE, QObject, QtCore, QtGui, QTimer
-    from krita import Krita, Selection
+    from ace_bridge.qt_compat import USER_ROLE, QObject, QtCore, QtGui
+    from krita import Selection
 
     QDesktopServices, QUrl, pyqtSlot = QtGui.QDesktopServices, QtCore.QUrl, QtCore.pyqtSlot
-    cfg = json.load(open(CONFIG))
-    app = Krita.instance()
-    checks = {}
-    out = {}
+    cfg, app, check, wait, out = harness.cfg, harness.app, harness.check, harness.wait, harness.out
     state = {"finished": {}}
-
-    def check(name, ok, detail=""):
-        checks[name] = [bool(ok), str(detail)[:2000]]
-        print(f"ACE-PAINTER-CHECK {name} {'ok' if ok else 'FAILED'} {str(detail)[:2000]}", file=sys.stderr, flush=True)
-
-    def finish():
-        for d in app.documents():
-            d.setModified(False)
-        with open(cfg["result"], "w") as fh:
-            json.dump({"checks": checks, "out": out, "failed": [k for k, v in checks.items() if not v[0]]}, fh)
-        os._exit(0)
-
-    def wait(condition, seconds):
-        for _ in range(int(seconds * 20)):
-            if condition():
-                return
-            yield
 
     def layer_digest(doc, node, region):
         x, y, w, h = region
@@ -60,7 +39,7 @@ def _run():
         lid = docker.on_generate()
         record = ctl.pending[lid].record if lid in ctl.pending else None
         spec = ctl.pending[lid].spec if lid in ctl.pending else None
-        yield from wait(lambda: lid in state["finished"], cfg.get("step_timeout_s", 90))
+        yield from wait(lambda: lid in state["finished"])
         state["last"] = (lid, record, spec)
 
     def history_rows(docker):
@@ -81,7 +60,7 @@ def _run():
         docker.url_edit.setText(cfg["url"])
         docker.token_edit.setText(cfg["token"])
         docker._reconnect()
-        yield from wait(lambda: bool(ctl.tasks), cfg.get("step_timeout_s", 90))
+        yield from wait(lambda: bool(ctl.tasks))
         check(
             "connection_box_hidden_with_local_daemon",
             "local_edit" in ctl.tasks and docker.settings_box.isHidden() and not docker.remote_toggle.isChecked(),
@@ -306,44 +285,7 @@ def _run():
             docker.grab().save(shot, "PNG")
         ctl.stop()
 
-    gen = steps()
-    timer = QTimer()
-    state["timer"] = timer
-
-    def tick():
-        try:
-            next(gen)
-        except StopIteration:
-            timer.stop()
-            finish()
-        except Exception:
-            check("exception", False, traceback.format_exc())
-            timer.stop()
-            finish()
-
-    timer.timeout.connect(tick)
-    timer.start(50)
+    harness.play(steps())
 
 
-def _on_window():
-    from ace_bridge.qt_compat import QTimer
-
-    QTimer.singleShot(1500, _safe_run)
-
-
-def _safe_run():
-    try:
-        _run()
-    except Exception:
-        cfg = json.load(open(CONFIG))
-        with open(cfg["result"], "w") as fh:
-            json.dump({"checks": {"exception": [False, traceback.format_exc()]}, "failed": ["exception"]}, fh)
-        os._exit(0)
-
-
-if CONFIG:
-    from krita import Krita
-
-    _notifier = Krita.instance().notifier()
-    _notifier.setActive(True)
-    _notifier.windowCreated.connect(_on_window)
+start_on_window("ACE_PAINTER_TEST", _run)
