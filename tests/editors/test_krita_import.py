@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import pytest
-from krita_runner import REPO, SCRIPTS, install_params, profile_env, require
+from krita_runner import REPO, install_params, install_runner, profile_env, require
 
 pytestmark = pytest.mark.editors
 ARTIFACTS = REPO / "artifacts"
@@ -147,8 +147,7 @@ def test_zip_import_from_web_and_file_then_first_run(install, tmp_path, tiny_mod
     # The profile has only Krita's own importer and the test runner enabled; no ace_bridge yet.
     pykrita = Path(env["XDG_DATA_HOME"]) / "krita" / "pykrita"
     pykrita.mkdir(parents=True)
-    shutil.copytree(SCRIPTS / "ace_import_runner", pykrita / "ace_import_runner")
-    shutil.copyfile(SCRIPTS / "ace_import_runner.desktop", pykrita / "ace_import_runner.desktop")
+    install_runner(pykrita, "ace_import_runner")
     kritarc = Path(env["XDG_CONFIG_HOME"]) / "kritarc"
     kritarc.write_text("[python]\nenable_ace_import_runner=true\nenable_plugin_importer=true\n")
 

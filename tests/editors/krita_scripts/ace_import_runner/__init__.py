@@ -7,21 +7,17 @@
 - phase "first_run": after that restart, the ACE++ docker (loaded from the imported files) with no daemon
   running: "Start ACE Bridge", the model box, "Download" with its progress bar, then the task list.
 
-Writes name -> [ok, detail] checks to the config's result file, then leaves.
+Writes name -> [ok, detail] checks to the config's result file, then leaves (the shared runner_harness).
 """
 
-import json
 import os
 import sys
-import traceback
 
-CONFIG = os.environ.get("ACE_IMPORT_TEST")
+from .runner_harness import start_on_window
 
 
-def _import_phase(cfg, check, finish):
-    from krita import Krita
-
-    app = Krita.instance()
+def _import_phase(harness):
+    cfg, app, check = harness.cfg, harness.app, harness.check
     ext_mod = sys.modules.get("plugin_importer.plugin_importer_extension")
     check("krita_importer_loaded", ext_mod is not None, sorted(m for m in sys.modules if "plugin_importer" in m))
     if ext_mod is None:
@@ -83,16 +79,22 @@ def _import_phase(cfg, check, finish):
         all(os.path.isfile(f) for f in files) and os.path.isfile(files[0].replace("__init__.py", "model.py")),
         files[0],
     )
-    finish(quit_action=True)
+    harness.finish(quit_action=True)
 
 
-def _first_run_phase(cfg, check, finish, shoot):
+def _first_run_phase(harness):
     import ace_bridge
     from ace_bridge.docker import AceBridgeDocker
-    from krita import Krita
 
-    app = Krita.instance()
-    deadline = cfg.get("timeout_s", 240)
+    app, check, wait = harness.app, harness.check, harness.wait
+    deadline = harness.cfg.get("timeout_s", 240)
+
+    def shoot(name):
+        folder = harness.cfg.get("screenshots")
+        if folder:
+            win = app.activeWindow().qwindow()
+            check(f"screenshot_{name}", win.grab().save(os.path.join(folder, f"{name}.png"), "PNG"), name)
+
     pykrita = os.path.join(app.getAppDataLocation(), "pykrita")
     check(
         "plugin_loaded_from_import",
@@ -106,10 +108,7 @@ def _first_run_phase(cfg, check, finish, shoot):
     docker.show()
     docker.setVisible(True)
     panel, worker = docker.first_run_panel, docker.controller.worker
-    for _ in range(int(deadline * 20)):
-        if panel.start_button.isVisible():
-            break
-        yield
+    yield from wait(lambda: panel.start_button.isVisible(), deadline)
     check(
         "offers_start",
         panel.start_button.isVisible() and worker.state != "connected",
@@ -119,10 +118,7 @@ def _first_run_phase(cfg, check, finish, shoot):
     check("connection_box_shown_while_no_daemon", docker.settings_box.isVisible(), docker.settings_box.isVisible())
     shoot("not-running")
     panel.start_button.click()
-    for _ in range(int(deadline * 20)):
-        if worker.state == "connected" and panel.advice is not None:
-            break
-        yield
+    yield from wait(lambda: worker.state == "connected" and panel.advice is not None, deadline)
     check(
         "started_and_connected",
         worker.state == "connected",
@@ -147,8 +143,7 @@ def _first_run_phase(cfg, check, finish, shoot):
         panel.warning.text(),
     )
     check("no_tasks_before_download", docker.task_box.count() == 0, docker.task_box.count())
-    for _ in range(40):
-        yield
+    yield from harness.ticks(40)
     shoot("first-run")
     panel.download_button.click()
     saw_progress = False
@@ -157,8 +152,7 @@ def _first_run_phase(cfg, check, finish, shoot):
         if a is not None and a.state == "downloading" and panel.progress.isVisible() and (a.fraction or 0) > 0.1:
             if not saw_progress:
                 saw_progress = True
-                for _ in range(6):
-                    yield
+                yield from harness.ticks(6)
                 shoot("downloading")
         if docker.task_box.count() > 0:
             break
@@ -169,100 +163,18 @@ def _first_run_phase(cfg, check, finish, shoot):
         docker.task_box.count() > 0 and "local_edit" in docker.controller.tasks,
         (docker.task_box.count(), panel.model_text.text()[:200]),
     )
-    for _ in range(20):
-        yield
+    yield from harness.ticks(20)
     check("box_hidden_when_ready", not panel.isVisible(), panel.model_text.text()[:200])
     shoot("ready")
     docker.controller.stop()
     docker.first_run.stop()
 
 
-def _timer_class():
-    """QTimer of the PyQt this Krita runs (the plugin under test may not be installed yet)."""
-    try:
-        import pykrita
-
-        major = int(pykrita.qt_major_version())
-    except Exception:
-        major = 5
-    return __import__(f"PyQt{major}.QtCore", fromlist=["QTimer"]).QTimer
+def _run(harness):
+    if harness.cfg["phase"] == "import":
+        _import_phase(harness)
+    else:
+        harness.play(_first_run_phase(harness))
 
 
-def _run():
-    from krita import Krita
-
-    Timer = _timer_class()
-
-    cfg = json.load(open(CONFIG))
-    app = Krita.instance()
-    checks = {}
-
-    def check(name, ok, detail=""):
-        checks[name] = [bool(ok), str(detail)[:600]]
-
-    def write():
-        with open(cfg["result"], "w") as fh:
-            json.dump({"checks": checks, "failed": [k for k, v in checks.items() if not v[0]]}, fh, indent=1)
-
-    def finish(quit_action=False):
-        write()
-        for d in app.documents():
-            d.setModified(False)
-        if quit_action:
-            Timer.singleShot(30000, lambda: os._exit(0))  # File > Quit did not leave: do not hang the test
-            app.action("file_quit").trigger()
-        else:
-            os._exit(0)
-
-    def shoot(name):
-        folder = cfg.get("screenshots")
-        if folder:
-            win = app.activeWindow().qwindow()
-            check(f"screenshot_{name}", win.grab().save(os.path.join(folder, f"{name}.png"), "PNG"), name)
-
-    if cfg["phase"] == "import":
-        try:
-            _import_phase(cfg, check, finish)
-        except Exception:
-            check("exception", False, traceback.format_exc())
-            finish()
-        return
-    gen = _first_run_phase(cfg, check, finish, shoot)
-    timer = Timer()
-
-    def tick():
-        try:
-            next(gen)
-        except StopIteration:
-            timer.stop()
-            finish()
-        except Exception:
-            check("exception", False, traceback.format_exc())
-            timer.stop()
-            finish()
-
-    timer.timeout.connect(tick)
-    timer.start(50)
-    _run.timer = timer
-
-
-def _safe_run():
-    try:
-        _run()
-    except Exception:
-        cfg = json.load(open(CONFIG))
-        with open(cfg["result"], "w") as fh:
-            json.dump({"checks": {"exception": [False, traceback.format_exc()]}, "failed": ["exception"]}, fh)
-        os._exit(0)
-
-
-def _on_window():
-    _timer_class().singleShot(1500, _safe_run)
-
-
-if CONFIG:
-    from krita import Krita
-
-    _notifier = Krita.instance().notifier()
-    _notifier.setActive(True)
-    _notifier.windowCreated.connect(_on_window)
+start_on_window("ACE_IMPORT_TEST", _run)
