@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flood-connections", type=int, default=32)
     parser.add_argument("--never-readers", type=int, default=1)
     parser.add_argument("--no-hostile", action="store_true", help="the editors alone, for comparison")
+    parser.add_argument("--daemon-log", type=Path, help="keep a copy of the daemon's log here")
     parser.add_argument("--hostile-only", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.hostile_only:
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             process.terminate()
             process.wait(60)
+            if args.daemon_log:
+                args.daemon_log.write_bytes((Path(tmp) / "daemon.log").read_bytes())
     counts = report.outcome_counts()
     p99s = report.accepted_p99_by_client()
     worst = max(p99s.values()) if p99s else float("nan")

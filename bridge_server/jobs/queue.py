@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 Listener = Callable[[Job, Message], None]
 
 
+#: How long positions wait to be numbered after a cancel, start or end (see `JobQueue._renumber_soon`).
+RENUMBER_AFTER_S = 0.05
+
+
 def new_job_id() -> str:
     return secrets.token_hex(16)
 
@@ -81,6 +85,7 @@ class JobQueue:
         self._idle_handle: asyncio.TimerHandle | None = None
         self.stats = {"done": 0, "failed": 0, "cancelled": 0}
         self._resultless = retention.ResultlessEndings(config.max_unacked_resultless_per_client)
+        self._renumber_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,6 +171,11 @@ class JobQueue:
         self._renumber()
         self._wakeup.set()
 
+    def waiting_input_bytes(self) -> int:
+        """Bytes held by the inputs of jobs not yet running (counted for the memory budget; no order needed)."""
+        waiting = [*self._waiting.jobs(), *self._accepting.values()]
+        return sum(job.inputs.held_bytes for job in waiting if job.inputs is not None)
+
     def queued_jobs(self) -> list[Job]:
         """Queued jobs in the order they will run."""
         return self._waiting.order()
@@ -229,7 +239,7 @@ class JobQueue:
             self._waiting.remove(job)
             self._finish(job, JobState.CANCELLED)
             self._emit(job, Cancelled(job_id=job.id))
-            self._renumber()
+            self._renumber_soon()
             return True
         job.cancel_event.set()  # the engine stops at its next step
         return True
@@ -267,7 +277,24 @@ class JobQueue:
             except Exception:  # one broken listener must not stop the queue
                 log.exception("queue listener failed")
 
+    def _renumber_soon(self) -> None:
+        """Number positions after a cancel, a start or an end once for everything that happens in the next
+        `RENUMBER_AFTER_S`: playing the order costs O(n log lanes), and a flood of cancels asked for it hundreds of
+        times a second (a third of the event loop in `bench/hostile_load.py`, measured with py-spy), while clients
+        are told positions at most every 250 ms anyway. A submit still numbers at once (its `accepted` needs it)."""
+        if self._renumber_handle is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._renumber()
+            return
+        self._renumber_handle = loop.call_later(RENUMBER_AFTER_S, self._renumber)
+
     def _renumber(self, exclude: Job | None = None) -> None:
+        if self._renumber_handle is not None:  # this pass covers what it was waiting to number
+            self._renumber_handle.cancel()
+            self._renumber_handle = None
         # Position = rounds of work ahead: with one engine the jobs ahead (running one included); with N replicas
         # the first N waiting jobs start in the next round, the next N after that, and so on.
         busy, slots = len(self._running), max(1, self.slots())
@@ -322,7 +349,7 @@ class JobQueue:
             job.position = 0
             self.journal.write({"ev": "started", "job_id": job.id})
             self._emit(job, Started(job_id=job.id))
-            self._renumber()
+            self._renumber_soon()
             if self.pool is None:
                 await self._run_job(job, loop)
             else:  # several at once, one per replica; the loop goes on to fill the next free one
@@ -339,7 +366,7 @@ class JobQueue:
             self._running.pop(job.id, None)
             self._last_activity = time.monotonic()
             self._schedule_idle_unload(loop)
-            self._renumber()
+            self._renumber_soon()
             self._wakeup.set()
 
     async def _run(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:

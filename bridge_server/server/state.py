@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,7 @@ from bridge_server.server.tokens import load_or_create_token, tokens_equal
 from bridge_server.store.history import History
 
 log = logging.getLogger(__name__)
+TASKS_CACHE_S = 1.0
 
 
 @dataclass
@@ -48,6 +50,7 @@ class AppState:
     #: `steps` gets.
     settings: dict[str, Any] = field(default_factory=lambda: {"default_steps": STEPS.default})
     _token: str = ""
+    _tasks_cache: tuple[float, Any, list[str]] | None = None
     _people: PeopleBook | None = None
 
     @property
@@ -87,11 +90,20 @@ class AppState:
         return self._token
 
     def available_tasks(self) -> list[str]:
+        """The tasks whose model files are installed. Asked on every submit, and the engine answers by looking at
+        files (a few stat calls each): the answer is kept for a second or until a download through the daemon ends (a flood of submits spent a tenth of the
+        event loop on those stat calls, measured with py-spy); a model just pulled shows within that second."""
+        now, pull = time.monotonic(), self.models.last  # a new `last` each time a download starts or ends
+        cached = self._tasks_cache
+        if cached is not None and now - cached[0] < TASKS_CACHE_S and cached[1] is pull:
+            return list(cached[2])
         try:
-            return list(self.engine.available_tasks())
+            tasks = list(self.engine.available_tasks())
         except Exception:
             log.exception("engine.available_tasks failed")
             return []
+        self._tasks_cache = (now, pull, tasks)
+        return list(tasks)
 
     def missing_message(self, task: str) -> str:
         state = self.engine_state()
@@ -128,8 +140,7 @@ class AppState:
 
     def memory_in_use(self) -> int:
         """Bytes the budget counts: inputs of waiting jobs (kept encoded) and shared memory of every connection."""
-        queued = sum(job.inputs.held_bytes for job in self.queue.queued_jobs() if job.inputs is not None)
-        return queued + sum(table.held_bytes for table in list(self.segment_tables))
+        return self.queue.waiting_input_bytes() + sum(table.held_bytes for table in list(self.segment_tables))
 
     def memory_refusal(self, more: int, what: str = "this job's inputs") -> str | None:
         """None when `more` bytes fit the daemon's memory budget, else a message that names the budget."""
