@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from krita_runner import REPO, SCRIPTS, install_params, install_plugin, profile_env, require
+from krita_runner import REPO, install_params, install_plugin, install_runner, profile_env, require
 
 from bridge_server.install.krita import set_enabled
 
@@ -31,8 +31,7 @@ RUNNER = "ace_gui_preview_runner"
 def run_gui_story(install, home: Path, daemon, shot: Path) -> tuple[dict, str]:
     """Start Krita under Xvfb with the story runner enabled beside ace_bridge; returns its checks and output."""
     pykrita = install_plugin(home)
-    shutil.copytree(SCRIPTS / RUNNER, pykrita / RUNNER)
-    shutil.copyfile(SCRIPTS / f"{RUNNER}.desktop", pykrita / f"{RUNNER}.desktop")
+    install_runner(pykrita, RUNNER)
     env = profile_env(home)
     rc = Path(env["XDG_CONFIG_HOME"]) / "kritarc"
     set_enabled(rc, True)

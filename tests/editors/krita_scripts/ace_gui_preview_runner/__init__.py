@@ -1,17 +1,12 @@
 """Test-only Krita plugin: when env ACE_GUI_TEST names a config file, play the painter's stories of issue 17 in the
 real ACE++ docker -- preview then apply (N variations in the strip), discard, strength, expand.
 
-Like ace_gui_runner: a step machine on a QTimer (the UI thread stays responsive, so the worker's signals arrive),
-name -> [ok, detail] checks written to the config's result file, then os._exit.
+Like ace_gui_runner: a step machine on the shared runner_harness, name -> [ok, detail] checks written to the
+config's result file, then os._exit.
 """
 
-import json
-import os
-import sys
-import time
-import traceback
+from .runner_harness import start_on_window
 
-CONFIG = os.environ.get("ACE_GUI_TEST")
 W, H = 96, 64
 ORANGE = (40, 120, 200, 255)  # BGRA: an orange canvas
 RED = (30, 30, 220, 255)  # BGRA: the painted patches of the strength story
@@ -36,35 +31,15 @@ def mean_rgb_difference(a, b, inside):
     return total / (3 * max(1, len(inside)))
 
 
-def _run():
+def _run(harness):
     from ace_bridge.docker import AceBridgeDocker
     from ace_bridge.document import node_id
     from ace_bridge.previews import PREVIEW_PREFIX
-    from ace_bridge.qt_compat import USER_ROLE, QTimer
-    from krita import Krita, Selection
+    from ace_bridge.qt_compat import USER_ROLE
+    from krita import Selection
 
-    cfg = json.load(open(CONFIG))
-    app = Krita.instance()
-    checks = {}
+    cfg, app, check, wait, undo_once = harness.cfg, harness.app, harness.check, harness.wait, harness.undo_once
     state = {"finished": {}}
-    deadline_s = cfg.get("step_timeout_s", 90)
-    started = time.monotonic()
-
-    def check(name, ok, detail=""):
-        checks[name] = [bool(ok), str(detail)[:2000]]
-        took = time.monotonic() - started
-        print(
-            f"ACE-GUI-CHECK {took:.0f}s {name} {'ok' if ok else 'FAILED'} {str(detail)[:2000]}",
-            file=sys.stderr,
-            flush=True,
-        )
-
-    def finish():
-        for d in app.documents():
-            d.setModified(False)
-        with open(cfg["result"], "w") as fh:
-            json.dump({"checks": checks, "failed": [k for k, v in checks.items() if not v[0]]}, fh, indent=1)
-        os._exit(0)
 
     def new_doc(name, paint=None):
         doc = app.createDocument(W, H, name, "RGBA", "U8", "", 72.0)
@@ -93,29 +68,8 @@ def _run():
     def names(doc):
         return [n.name() for n in doc.rootNode().childNodes()]
 
-    def wait(condition, seconds=None):
-        for _ in range(int((seconds or deadline_s) * 20)):
-            if condition():
-                return
-            yield
-
     def activate(doc):
-        for _ in range(100):
-            active = app.activeDocument()
-            if active is not None and active.name() == doc.name():
-                return
-            yield
-
-    def undo_once(doc, patience_ticks=100):
-        before = (ids(doc), doc.width(), doc.height())
-        app.action("edit_undo").trigger()
-        doc.waitForDone()
-        for _ in range(patience_ticks):
-            yield
-            if (ids(doc), doc.width(), doc.height()) != before:
-                break
-        for _ in range(2):
-            yield
+        yield from wait(lambda: app.activeDocument() is not None and app.activeDocument().name() == doc.name(), 5)
 
     def generate(docker):
         lid = docker.on_generate()
@@ -186,8 +140,7 @@ def _run():
         )
         choice = ctl.previews.board.current
         docker.strip.thumbs.setCurrentRow(1)  # the painter clicks the second thumbnail
-        for _ in range(4):
-            yield
+        yield from harness.ticks(4)
         region = ctl.history[0].region if ctl.history else (0, 0, W, H)
         x, y, w, h = region
         preview = [n for n in doc.rootNode().childNodes() if n.name().startswith(PREVIEW_PREFIX)]
@@ -213,8 +166,7 @@ def _run():
             check("screenshot_saved", docker.grab().save(shot, "PNG"), shot)
             app.activeWindow().qwindow().grab().save(shot.replace(".png", "-window.png"), "PNG")
         docker.strip.apply_button.click()
-        for _ in range(4):
-            yield
+        yield from harness.ticks(4)
         added = [n for n in doc.rootNode().childNodes() if node_id(n) not in before]
         b = added[0].bounds() if added else None
         inside = (
@@ -248,8 +200,7 @@ def _run():
         yield from wait(lambda: docker.strip.count() == 2, 5)
         had_preview = any(n.startswith(PREVIEW_PREFIX) for n in names(doc))
         docker.strip.discard_button.click()
-        for _ in range(4):
-            yield
+        yield from harness.ticks(4)
         doc.refreshProjection()
         check(
             "discard_leaves_the_stack_as_before",
@@ -270,8 +221,7 @@ def _run():
         running_at_apply = lid not in state["finished"]
         docker.strip.apply_button.click()
         yield from wait(lambda: lid in state["finished"])
-        for _ in range(4):
-            yield
+        yield from harness.ticks(4)
         added = [n for n in doc.rootNode().childNodes() if node_id(n) not in before]
         check(
             "early_apply_gives_one_layer_and_later_variations_are_dropped",
@@ -297,8 +247,7 @@ def _run():
         if rows:
             docker.history.setCurrentRow(rows[0])
         docker.on_reapply()
-        for _ in range(4):
-            yield
+        yield from harness.ticks(4)
         added = [n for n in doc.rootNode().childNodes() if node_id(n) not in before]
         check(
             "history_apply_of_a_previewed_job_keeps_one_layer",
@@ -402,7 +351,7 @@ def _run():
             ids(edoc) == before and (edoc.width(), edoc.height()) == (W, H),
             (undo_steps, edoc.width(), names(edoc)),
         )
-        checks["expand_undo_steps"] = [True, str(undo_steps)]
+        harness.checks["expand_undo_steps"] = [True, str(undo_steps)]
 
         # The explicit control: "Expand canvas" margins, here 16 px on top.
         docker.expand_edit.setText("0,16,0,0")
@@ -417,44 +366,7 @@ def _run():
         )
         ctl.stop()
 
-    gen = steps()
-    timer = QTimer()
-    state["timer"] = timer
-
-    def tick():
-        try:
-            next(gen)
-        except StopIteration:
-            timer.stop()
-            finish()
-        except Exception:
-            check("exception", False, traceback.format_exc())
-            timer.stop()
-            finish()
-
-    timer.timeout.connect(tick)
-    timer.start(50)
+    harness.play(steps())
 
 
-def _on_window():
-    from ace_bridge.qt_compat import QTimer
-
-    QTimer.singleShot(1500, _safe_run)
-
-
-def _safe_run():
-    try:
-        _run()
-    except Exception:
-        cfg = json.load(open(CONFIG))
-        with open(cfg["result"], "w") as fh:
-            json.dump({"checks": {"exception": [False, traceback.format_exc()]}, "failed": ["exception"]}, fh)
-        os._exit(0)
-
-
-if CONFIG:
-    from krita import Krita
-
-    _notifier = Krita.instance().notifier()
-    _notifier.setActive(True)
-    _notifier.windowCreated.connect(_on_window)
+start_on_window("ACE_GUI_TEST", _run)
