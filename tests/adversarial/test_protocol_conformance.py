@@ -69,12 +69,12 @@ def table_under(heading: str, nth: int = 0, doc: Path = DOC) -> list[list[str]]:
 
 
 def _row_id(row: list[str]) -> str:
-    return re.sub(r"\W+", "-", re.sub(r"[`*]", "", row[0]))[:48].strip("-")
+    return re.sub(r"\W+", "-", re.sub(r"`|\*\*", "", row[0]))[:48].strip("-")
 
 
 def _probe_for(table: str, cell: str, probes: dict[str, Any]) -> Any:
     """The probe whose key starts this row's first cell, else the SKIPPED_ROWS reason; else the row is new."""
-    plain = re.sub(r"[`*]", "", cell)
+    plain = re.sub(r"`|\*\*", "", cell)
     for key, probe in probes.items():
         if plain.startswith(key):
             return probe
@@ -491,3 +491,69 @@ def test_the_error_codes_of_handshake_failures_are_the_ones_section_9_names():
                 assert any(w in when[code] for w in ("connection closed", "handshake", "before `welcome`")), (
                     f"§4 closes the handshake with {code} ({condition!r}); §9 says it is sent: {when[code]!r}"
                 )
+
+
+# ------------------------------------------------------------------ §6 image checks
+
+
+def _png(width: int, height: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGBA", (width, height), (200, 30, 30, 255)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _raw(w: Any, h: Any, fmt: str = "rgba8", data: Any = None) -> dict[str, Any]:
+    if data is None:
+        data = b"\x80" * (int(w) * int(h) * (1 if fmt == "gray8" else 4))
+    return {"w": w, "h": h, "format": fmt, "data": data}
+
+
+SMALL_MAX_PIXELS = 64 * 64  # the daemon below announces this `limits.max_pixels`, so oversized images stay small
+
+# One image per condition the row lists, in the row's order.
+IMAGE_PROBES: dict[str, list[dict[str, Any]]] = {
+    "w/h not integers, unknown format, data not bin, raw byte count wrong, encoded data empty, w or h < 1": [
+        _raw("8", 8, data=b"\x80" * 256),
+        _raw(8, 8, "tiff", data=b"\x80" * 256),
+        _raw(8, 8, data="not bin"),
+        _raw(8, 8, data=b"\x80" * 255),
+        _raw(8, 8, "png", data=b""),
+        _raw(0, 8, data=b""),
+    ],
+    "w or h > 16384, or w*h > limits.max_pixels": [
+        _raw(16385, 1, "gray8"),
+        _raw(65, 65, "gray8"),
+    ],
+    "encoded file decodes larger than max_pixels, or is a decompression bomb": [
+        _raw(16, 16, "png", data=_png(65, 65)),
+    ],
+    "encoded file header size ≠ w×h, or file unreadable/corrupt": [
+        _raw(16, 16, "png", data=_png(17, 16)),
+        _raw(16, 16, "png", data=b"\x89PNG\r\n\x1a\n not a png"),
+    ],
+}
+IMAGE_ROWS = table_under("6. Images", nth=1)
+
+
+@pytest.mark.parametrize("row", IMAGE_ROWS, ids=[_row_id(r) for r in IMAGE_ROWS])
+def test_each_image_check_refuses_the_submit_with_the_documented_code(thread_daemon_factory, row):
+    check, code_cell = row
+    images = _probe_for("images", check, IMAGE_PROBES)
+    (code,) = _backticked(code_cell)
+    daemon = thread_daemon_factory(max_pixels=SMALL_MAX_PIXELS)
+    with welcomed_ws(daemon, "images") as ws:
+        for i, image in enumerate(images):
+            ws.send(msgpack.packb({"type": "submit", "id": f"img{i}", "task": "inpaint", "image": image}))
+            reply = _reply(ws)
+            assert (reply.TYPE, reply.to_wire().get("code"), reply.to_wire().get("id")) == (
+                "failed",
+                code,
+                f"img{i}",
+            ), (
+                f"{check!r}, image {i} ({ {k: v for k, v in image.items() if k != 'data'} }): documented {code}, "
+                f"daemon answered {reply.to_wire()}"
+            )
