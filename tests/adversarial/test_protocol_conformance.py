@@ -557,3 +557,77 @@ def test_each_image_check_refuses_the_submit_with_the_documented_code(thread_dae
                 f"{check!r}, image {i} ({ {k: v for k, v in image.items() if k != 'data'} }): documented {code}, "
                 f"daemon answered {reply.to_wire()}"
             )
+
+
+# ------------------------------------------------------------------ §7 submit validation
+
+
+def _submit(task: str = "inpaint", **fields: Any) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "submit", "id": "v", "task": task}
+    if task in ("inpaint", "instruct", "local_edit", "reference_edit"):
+        frame["image"] = _raw(32, 32)
+    return {**frame, **fields}
+
+
+# Each submit breaks its row's check and passes every check before it (the table's order: first failure wins).
+SUBMIT_PROBES: dict[str, list[dict[str, Any]]] = {
+    "frame decodes": [
+        _submit(task=7),
+        _submit(prompt="x" * (MAX_TEXT_CHARS + 1)),
+        _submit(references=[_raw(8, 8)] * 5),
+    ],
+    "task is a known task name": [_submit("no_such_task")],
+    "the task's model files are installed": [_submit("generate")],  # on a daemon without model files (below)
+    "every params key is a parameter of the task": [
+        _submit(params={"no_such_param": 1}),
+        _submit(params={"steps": 0}),
+        _submit(params={"steps": 1.5}),
+        _submit("generate", params={"repainting_scale": 0.5}),
+    ],
+    "max_tokens ≤ limits.max_tokens": [_submit(params={"max_tokens": 8192})],  # the daemon below allows 4096
+    "needs_image tasks have an image": [{"type": "submit", "id": "v", "task": "inpaint"}],
+    "subject, portrait, generate have no image": [
+        _submit("generate", image=_raw(32, 32)),
+        _submit("subject", image=_raw(32, 32), references=[_raw(32, 32)]),
+    ],
+    "min_references ≤ len(references) ≤ max_references": [
+        _submit("reference_edit"),
+        _submit("local_edit", references=[_raw(32, 32)] * 2),
+    ],
+    "a mask needs an image; mask w×h = image w×h": [
+        _submit("generate", mask=_raw(32, 32, "gray8")),
+        _submit(mask=_raw(16, 16, "gray8")),
+    ],
+    "encoded images decode": [_submit(image=_raw(32, 32, "png", data=b"\x89PNG\r\n\x1a\n broken"))],
+    "queue room": [_submit(id=f"q{i}", params={"steps": 1}) for i in range(3)],  # the daemon below queues 2 each
+}
+SUBMIT_ROWS = table_under("Submit validation")
+
+
+@pytest.mark.parametrize("row", SUBMIT_ROWS, ids=[_row_id(r[1:]) for r in SUBMIT_ROWS])
+def test_each_submit_check_refuses_with_the_documented_code(thread_daemon_factory, tmp_path, row):
+    from daemon_fixture import tiny_engine_factory
+
+    from bridge_server.jobs.gate import Gate
+
+    _number, check, code_cell = row
+    frames = _probe_for("submit validation", check, SUBMIT_PROBES)
+    codes = _backticked(code_cell)
+    overrides: dict[str, Any] = {"max_tokens_limit": 4096, "max_queued_per_client": 2, "gate": Gate(paused=True)}
+    if "model files" in check:
+        overrides["engine_factory"] = tiny_engine_factory(tmp_path / "no-model-files")
+    daemon = thread_daemon_factory(**overrides)
+    with welcomed_ws(daemon, "validation") as ws:
+        if check.startswith("queue room"):
+            *fill, frames = frames[:-1], frames[-1:]
+            for frame in fill[0]:
+                ws.send(msgpack.packb(frame))
+                assert _reply(ws).TYPE == "accepted"
+        for frame in frames:
+            ws.send(msgpack.packb(frame))
+            wire = _reply(ws).to_wire()
+            shown = {k: v for k, v in frame.items() if k != "image"}
+            assert wire["type"] == "failed" and wire["code"] in codes and wire["id"] == frame["id"], (
+                f"{check!r}: {shown} documented {codes}, daemon answered {wire}"
+            )
+            assert "job_id" not in wire, f"a refused submit has no job: {wire}"
