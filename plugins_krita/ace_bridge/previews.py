@@ -46,6 +46,10 @@ class _Job:
     record: JobRecord
     doc: Any  # the document wrapper at submit time (fallback when the document id is not found)
     layer_id: str | None = None  # the preview layer on the canvas
+    # The preview layer while Krita adds it: addChildNode waits for the image and turns the event loop meanwhile
+    # (Krita's busy wait), so the job's end, the painter's Apply or Discard, or a newer job can come in between,
+    # before the layer is found in the document.
+    adding: Any = None
 
 
 class PreviewFlow(QObject):
@@ -125,7 +129,7 @@ class PreviewFlow(QObject):
         choice, result = self.board.apply()
         job = self._jobs.pop(choice.key)
         doc = self._document(job)
-        node = kdoc.find_node(doc, job.layer_id) if doc is not None else None
+        node = self._node(job, doc) if doc is not None else None
         if doc is None:
             self.status.emit("The document of this preview is closed.")
             self.changed.emit()
@@ -172,7 +176,7 @@ class PreviewFlow(QObject):
         doc = self._document(job)
         if doc is None:
             return
-        node = kdoc.find_node(doc, job.layer_id)
+        node = self._node(job, doc)
         if node is None:
             self._add_layer(job, doc, result)
             return
@@ -184,17 +188,27 @@ class PreviewFlow(QObject):
     def _add_layer(self, job: _Job, doc: Any, result: ResultImage) -> Any:
         region = geometry.Bounds(*job.record.region)
         node = layers.new_result_layer(doc, preview_name(job.record, result), result, region)
-        layers.add_above_source(doc, node, Source(job.record.source), job.record.anchor_node)
-        job.layer_id = kdoc.node_id(node)
+        job.layer_id, job.adding = kdoc.node_id(node), node  # known before Krita's add turns the event loop
+        try:
+            layers.add_above_source(doc, node, Source(job.record.source), job.record.anchor_node)
+        finally:
+            job.adding = None
+        if job.layer_id != kdoc.node_id(node):  # discarded or retired while it was being added
+            node.remove()
         doc.refreshProjection()
         return node
+
+    def _node(self, job: _Job, doc: Any) -> Any:
+        """The job's preview layer: in the document, or the one Krita is still adding."""
+        node = kdoc.find_node(doc, job.layer_id)
+        return job.adding if node is None else node
 
     def _remove_layer(self, local_id: str) -> None:
         job = self._jobs.get(local_id)
         if job is None or job.layer_id is None:
             return
         doc = self._document(job)
-        node = kdoc.find_node(doc, job.layer_id) if doc is not None else None
+        node = self._node(job, doc) if doc is not None else None
         if node is not None:
             node.remove()
             doc.refreshProjection()
