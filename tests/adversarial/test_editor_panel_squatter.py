@@ -14,7 +14,7 @@ import pytest
 from ace_editor.daemon_history import DaemonHistory, HistoryError
 from ace_editor.panel_link import PanelLinkError, panel_link
 from daemon_fixture import free_port
-from test_trust import HOSTILE, nobody_python
+from test_trust import hostile_peer_as_nobody
 
 TOKEN = "ace_" + "squ4t" * 9
 JOB_ID = "0123456789abcdef" * 2
@@ -44,19 +44,8 @@ EDITOR_CALLS: dict[str, tuple[Callable[[int], object], type[Exception]]] = {
 def squatter(request: pytest.FixtureRequest) -> Iterator[tuple[int, subprocess.Popen[str]]]:
     status, body = SQUATTER_ANSWERS[request.param]
     port = free_port()
-    process = subprocess.Popen(
-        [
-            nobody_python(),
-            "-c",
-            HOSTILE,
-            json.dumps({"mode": "http_squat", "port": port, "status": status, "body": body, "seconds": 15}),
-        ],
-        user="nobody",
-        group="nogroup",
-        cwd="/",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = hostile_peer_as_nobody(
+        {"mode": "http_squat", "port": port, "status": status, "body": body, "seconds": 15}
     )
     try:
         assert process.stdout is not None and json.loads(process.stdout.readline())["listening"]

@@ -82,7 +82,8 @@ def as_nobody(source: str, *args: str, timeout: float = 120) -> subprocess.Compl
     )
 
 
-def nobody_guesser(request: dict) -> subprocess.Popen:
+def hostile_peer_as_nobody(request: dict) -> subprocess.Popen:
+    """tests/adversarial/hostile_peer.py run as `nobody` with `request` (its mode: guess, squat, http_squat, ...)."""
     return subprocess.Popen(
         [nobody_python(), "-c", HOSTILE, json.dumps(request)],
         user="nobody",
@@ -203,7 +204,7 @@ def test_rotating_loopback_addresses_and_parallel_connections_stay_under_the_doc
     after 0.3 s: the daemon checks at most a burst of 15 and then one guess per 2 s (docs/security.md)."""
     daemon = thread_daemon_factory()
     started = time.monotonic()
-    attack = nobody_guesser(
+    attack = hostile_peer_as_nobody(
         {
             "mode": "guess",
             "port": daemon.port,
@@ -245,7 +246,7 @@ def test_a_flood_of_wrong_tokens_does_not_delay_the_right_one(thread_daemon_fact
     """Before: the wait ran before the check, so a flood held the right token 20 s. Now it is checked first."""
     daemon = thread_daemon_factory()
     quiet = _right_hellos(daemon)  # the same machine, same load, no flood
-    attack = nobody_guesser(
+    attack = hostile_peer_as_nobody(
         {
             "mode": "guess",
             "port": daemon.port,
@@ -787,20 +788,7 @@ def test_a_squatter_on_the_daemons_port_never_receives_the_token(answer, tmp_pat
         ),
         "old-daemon-error": Error(code="unauthorized", message="wrong or missing token"),
     }[answer]
-    squatter = subprocess.Popen(
-        [
-            nobody_python(),
-            "-c",
-            HOSTILE,
-            json.dumps({"mode": "squat", "port": port, "reply_hex": encode(reply).hex(), "seconds": 60}),
-        ],
-        user="nobody",
-        group="nogroup",
-        cwd="/",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    squatter = hostile_peer_as_nobody({"mode": "squat", "port": port, "reply_hex": encode(reply).hex(), "seconds": 60})
     assert json.loads(squatter.stdout.readline())["listening"]
     client = BridgeClient(
         f"ws://127.0.0.1:{port}/v1/ws", token, client_id="victim", reconnect_timeout=0, connect_timeout=5
@@ -834,19 +822,8 @@ def test_ace_bridge_panel_never_sends_the_token_to_a_squatter(answer):
         "old-daemon-401": (401, {"error": "unauthorized", "message": "wrong or missing token"}),
         "bare-code": (200, {"code": "x", "path": "/panel/?code=x", "expires_s": 60}),
     }[answer]
-    squatter = subprocess.Popen(
-        [
-            nobody_python(),
-            "-c",
-            HOSTILE,
-            json.dumps({"mode": "http_squat", "port": port, "status": status, "body": body, "seconds": 60}),
-        ],
-        user="nobody",
-        group="nogroup",
-        cwd="/",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    squatter = hostile_peer_as_nobody(
+        {"mode": "http_squat", "port": port, "status": status, "body": body, "seconds": 60}
     )
     assert json.loads(squatter.stdout.readline())["listening"]
     with pytest.raises(PanelError) as refused:
