@@ -317,9 +317,7 @@ class JobQueue:
         else:
             self.journal.write({"ev": state.value, "job_id": job.id})
         for old_id in self._resultless.ended(job):
-            old = self.jobs.get(old_id)
-            if old is not None and old.state.finished and not old.results:
-                del self.jobs[old_id]
+            if self.jobs.pop(old_id, None) is not None:  # not acknowledged meanwhile
                 self.journal.write({"ev": "acked", "job_id": old_id})
 
     # ------------------------------------------------------------------ the worker

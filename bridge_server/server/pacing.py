@@ -61,7 +61,7 @@ class RequestPacer:
 
         A request past the budget runs into debt and waits until the refill has paid it back, so a principal's
         requests are spaced at its share however many connections it sends them on."""
-        if message is not None and isinstance(message, UNPACED):
+        if isinstance(message, UNPACED):
             return 0.0
         now = self._clock()
         bucket = self._buckets.get(principal)
