@@ -79,26 +79,38 @@ def revoke_person(config_dir: Path, name: str) -> bool:
 
 
 class PeopleBook:
-    """The named tokens as the daemon sees them, re-read when people.json changes (mtime and size)."""
+    """The named tokens as the daemon sees them, re-read when people.json changes (mtime, size, inode)."""
 
     def __init__(self, config_dir: Path) -> None:
         self.config_dir = config_dir
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, ...] | None = None
         self.people: dict[str, dict[str, Any]] = {}
+        self._revoked: set[str] = set()
         self.refresh()
 
     def refresh(self) -> bool:
         """Re-read if the file changed; True when it did."""
         try:
             st = _path(self.config_dir).stat()
-            stamp: tuple[int, int] | None = (st.st_mtime_ns, st.st_size)
+            # The inode too: every save is a new file (written aside, then renamed), and two saves within one
+            # clock tick of the file system (a revoke and a new token at once) keep mtime and size alike.
+            stamp: tuple[int, ...] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
         except OSError:
             stamp = None
         if stamp == self._stamp:
             return False
         self._stamp = stamp
+        before = self.tokens()
         self.people = load_people(self.config_dir) if stamp is not None else {}
+        now = self.tokens()
+        # Noted here, whoever re-reads (a handshake does too), so the daemon's watcher never misses a revoke.
+        self._revoked |= {name for name, token in before.items() if now.get(name) != token}
         return True
+
+    def take_revoked(self) -> set[str]:
+        """The people whose token was revoked or replaced since the last call."""
+        revoked, self._revoked = self._revoked, set()
+        return revoked
 
     def person_for(self, token: str) -> str | None:
         """The name a named token belongs to, else None (every entry compared, in constant time each)."""
@@ -109,17 +121,18 @@ class PeopleBook:
                 found = name
         return found
 
-    def names(self) -> set[str]:
-        return set(self.people)
+    def tokens(self) -> dict[str, str]:
+        """name → token, as last read."""
+        return {name: entry["token"] for name, entry in self.people.items()}
 
 
-def revoke_sessions(state: AppState, names: set[str]) -> int:
-    """Close the sessions of every person not in `names` (owner sessions, person "", are never touched) and cancel
+def revoke_sessions(state: AppState, revoked: set[str]) -> int:
+    """Close the sessions of the people in `revoked` (owner sessions, person "", are never touched) and cancel
     their queued and running jobs; the number of sessions closed."""
     closed = 0
     for client_id, session in list(state.hub.sessions.items()):
         person = getattr(session, "person", "")
-        if not person or person in names:
+        if not person or person not in revoked:
             continue
         for job in list(state.queue.jobs.values()):
             if job.person == person and not job.state.finished:
@@ -141,7 +154,7 @@ def revoke_sessions(state: AppState, names: set[str]) -> int:
         log.info("token of %s revoked: closed session %s", person, client_id[:12])
     # Jobs of that person from sessions already gone (queued, then disconnected) are cancelled too.
     for job in list(state.queue.jobs.values()):
-        if job.person and job.person not in names and not job.state.finished:
+        if job.person in revoked and not job.state.finished:
             state.queue.cancel(job.id)
     if closed:
         state.hub.changed()
@@ -149,12 +162,14 @@ def revoke_sessions(state: AppState, names: set[str]) -> int:
 
 
 async def enforce_revocations(state: AppState, every_s: float = WATCH_S) -> None:
-    """For the daemon's lifetime: when people.json changes, act on every token that is gone."""
+    """For the daemon's lifetime: act on every token that is gone or was replaced, whoever re-read the file."""
     book = state.people
     while True:
         await asyncio.sleep(every_s)
-        if book.refresh():
-            revoke_sessions(state, book.names())
+        book.refresh()
+        revoked = book.take_revoked()
+        if revoked:
+            revoke_sessions(state, revoked)
 
 
 def usage(state: AppState) -> list[dict[str, Any]]:

@@ -68,8 +68,8 @@ def status(daemon, client: BridgeClient | None = None) -> dict:
     return {"engine": reply.engine, "queue": reply.queue}
 
 
-def panel_state(daemon) -> dict:
-    """What the control panel shows (`/panel/api/state`), through its own login: a one-time code for a cookie."""
+def _panel(daemon):
+    """The control panel's own login: a one-time code for a cookie; (base url, opener holding the cookie)."""
     import http.cookiejar
     import urllib.request
 
@@ -78,13 +78,39 @@ def panel_state(daemon) -> dict:
     base = f"http://127.0.0.1:{daemon.port}"
     opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
     opener.open(request_code(base, daemon.token), timeout=30).read()
+    return base, opener
+
+
+def panel_state(daemon) -> dict:
+    """What the control panel shows (`/panel/api/state`)."""
+    base, opener = _panel(daemon)
     with opener.open(base + "/panel/api/state", timeout=30) as reply:
         return json.loads(reply.read())
+
+
+def pause_queue(daemon, paused: bool) -> None:
+    """The panel's Pause switch: running jobs go on, no queued job starts until it is switched back."""
+    import urllib.request
+
+    base, opener = _panel(daemon)
+    request = urllib.request.Request(
+        base + "/panel/api/pause",
+        data=json.dumps({"paused": paused}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with opener.open(request, timeout=30) as reply:
+        assert json.loads(reply.read())["paused"] is paused
 
 
 def journal(daemon) -> list[dict]:
     path = daemon.data_dir / "journal.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def job_ends(daemon) -> dict[str, str]:
+    """job id → how it ended (done, cancelled, failed), from the daemon's journal."""
+    return {e["job_id"]: e["ev"] for e in journal(daemon) if e.get("ev") in ("done", "cancelled", "failed")}
 
 
 def ace(daemon, *args: str) -> subprocess.CompletedProcess:
@@ -216,11 +242,12 @@ def test_revoking_a_token_closes_the_session_and_cancels_the_queued_job(ray_daem
     bob.connect()
     alice.connect()
     try:
-        # Bob fills both replicas with one large image each (the pixels of 4 LONG images, but no image boundary
-        # where Alice's turn could come before the revoke lands); Alice's job waits behind them.
-        bobs = [inpaint(bob, 31, steps=100, size=(768, 768)), inpaint(bob, 32, steps=100, size=(768, 768))]
+        # Bob keeps both replicas busy and the queue is paused, so Alice's job waits however fast Bob's jobs run and
+        # however long the revoke takes to land (a test that raced Bob's jobs against the revoke failed in CI).
+        bobs = [inpaint(bob, 31, **LONG), inpaint(bob, 32, **LONG)]
         for handle in bobs:
             next(e for e in handle.events(timeout=120) if e.TYPE in ("progress", "done"))
+        pause_queue(daemon, True)
         queued = inpaint(alice, 33)
         assert [j["state"] for j in status(daemon, alice)["queue"] if j["job_id"] == queued.id] == ["queued"], (
             json.dumps(status(daemon, bob))
@@ -229,10 +256,14 @@ def test_revoking_a_token_closes_the_session_and_cancels_the_queued_job(ray_daem
         alice.on_connection_change = lambda state: closed.set() if state != "connected" else None
         assert ace(daemon, "token", "revoke", "alice").returncode == 0
         assert closed.wait(30), "alice's session must be closed at once"
-        for handle in bobs:
+        deadline = time.monotonic() + 30
+        while (ends := job_ends(daemon)).get(queued.id) is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ends.get(queued.id) == "cancelled", "the revoked person's queued job is cancelled, not left to run"
+        pause_queue(daemon, False)
+        for handle in bobs:  # Bob, a different person, is untouched
             assert finish(handle, timeout=180)[-1].TYPE == "done"
-        ends = {e["job_id"]: e["ev"] for e in journal(daemon) if e.get("ev") in ("done", "cancelled", "failed")}
-        assert ends[queued.id] == "cancelled"
+        assert job_ends(daemon)[queued.id] == "cancelled"
         with pytest.raises(ClientError):
             BridgeClient(daemon.url, alice_token, client_id="alice-again", reconnect_timeout=0).connect()
     finally:
