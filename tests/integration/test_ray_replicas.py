@@ -7,6 +7,7 @@ to the running app."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -35,8 +37,9 @@ if importlib.util.find_spec("ray") is None:
 
 IMAGE = gradient_image(64, 48)
 MASK = ellipse_mask(64, 48)
-#: A job that takes seconds on the tiny model (100 steps at 384x384), so it is surely still running when acted on.
-LONG = {"steps": 100, "size": (384, 384)}
+#: A job that takes seconds on the tiny model (100 steps at 768x768, about 4 s here and longer on a loaded CI
+#: machine), so it is surely still running when acted on (384x384 took about a second: too close).
+LONG = {"steps": 100, "size": (768, 768)}
 
 
 def inpaint(client: BridgeClient, seed: int, steps: int = 4, prompt: str = "a red hat", size=None, count: int = 1):
@@ -88,8 +91,7 @@ def panel_state(daemon) -> dict:
         return json.loads(reply.read())
 
 
-def pause_queue(daemon, paused: bool) -> None:
-    """The panel's Pause switch: running jobs go on, no queued job starts until it is switched back."""
+def _set_paused(daemon, paused: bool) -> None:
     import urllib.request
 
     base, opener = _panel(daemon)
@@ -101,6 +103,17 @@ def pause_queue(daemon, paused: bool) -> None:
     )
     with opener.open(request, timeout=30) as reply:
         assert json.loads(reply.read())["paused"] is paused
+
+
+@contextlib.contextmanager
+def paused_queue(daemon) -> Iterator[None]:
+    """The panel's Pause switch for the block: running jobs go on, no queued job starts until the block ends
+    (also when it fails, so the module's other tests get a working queue)."""
+    _set_paused(daemon, True)
+    try:
+        yield
+    finally:
+        _set_paused(daemon, False)
 
 
 def journal(daemon) -> list[dict]:
@@ -247,20 +260,19 @@ def test_revoking_a_token_closes_the_session_and_cancels_the_queued_job(ray_daem
         bobs = [inpaint(bob, 31, **LONG), inpaint(bob, 32, **LONG)]
         for handle in bobs:
             next(e for e in handle.events(timeout=120) if e.TYPE in ("progress", "done"))
-        pause_queue(daemon, True)
-        queued = inpaint(alice, 33)
-        assert [j["state"] for j in status(daemon, alice)["queue"] if j["job_id"] == queued.id] == ["queued"], (
-            json.dumps(status(daemon, bob))
-        )
-        closed = threading.Event()
-        alice.on_connection_change = lambda state: closed.set() if state != "connected" else None
-        assert ace(daemon, "token", "revoke", "alice").returncode == 0
-        assert closed.wait(30), "alice's session must be closed at once"
-        deadline = time.monotonic() + 30
-        while (ends := job_ends(daemon)).get(queued.id) is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert ends.get(queued.id) == "cancelled", "the revoked person's queued job is cancelled, not left to run"
-        pause_queue(daemon, False)
+        with paused_queue(daemon):
+            queued = inpaint(alice, 33)
+            assert [j["state"] for j in status(daemon, alice)["queue"] if j["job_id"] == queued.id] == ["queued"], (
+                json.dumps(status(daemon, bob))
+            )
+            closed = threading.Event()
+            alice.on_connection_change = lambda state: closed.set() if state != "connected" else None
+            assert ace(daemon, "token", "revoke", "alice").returncode == 0
+            assert closed.wait(30), "alice's session must be closed at once"
+            deadline = time.monotonic() + 30
+            while (ends := job_ends(daemon)).get(queued.id) is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert ends.get(queued.id) == "cancelled", "the revoked person's queued job is cancelled, not left to run"
         for handle in bobs:  # Bob, a different person, is untouched
             assert finish(handle, timeout=180)[-1].TYPE == "done"
         assert job_ends(daemon)[queued.id] == "cancelled"
@@ -288,21 +300,23 @@ def test_fairness_is_per_person_across_connections_and_replicas(ray_daemon, tmp_
         fillers = [inpaint(filler, 71, **LONG), inpaint(filler, 72, **LONG)]
         for handle in fillers:
             next(e for e in handle.events(timeout=120) if e.TYPE in ("progress", "done"))
-        sent = [(seed, "carol", inpaint(client, seed)) for seed, client in zip(range(81, 87), carols * 2)]
-        sent += [(seed, "dave", inpaint(dave, seed)) for seed in (91, 92)]
-        ids = {handle.id for _, _, handle in sent}
-        early = [e for e in journal(daemon) if e.get("ev") == "started" and e["job_id"] in ids]
-        snapshot = panel_state(daemon)
-        panel = snapshot["engine"]
-        people = {row["person"]: row for row in panel["people"]}
-        assert (people["carol"]["queued"], people["dave"]["queued"]) == (6, 2), panel["people"]
-        replicas = [r for r in panel["replicas"] if r["state"] == "ready"]
-        assert len(replicas) == 2 and all(r["busy"] for r in replicas), panel["replicas"]
-        # Positions count rounds of both replicas: two jobs start in the next round, two in the one after, ...
-        queued = [(row["person"], row["position"]) for row in snapshot["queue"] if row["state"] == "queued"]
-        assert queued == [(p, n // 2 + 1) for n, p in enumerate(["carol", "dave", "carol", "dave"] + ["carol"] * 4)]
-        for handle in fillers:  # the replicas come free; from here the queue alone decides who goes next
-            filler.cancel(handle.id)
+        with paused_queue(daemon):  # nothing Carol or Dave sends starts early, however loaded the machine is
+            sent = [(seed, "carol", inpaint(client, seed)) for seed, client in zip(range(81, 87), carols * 2)]
+            sent += [(seed, "dave", inpaint(dave, seed)) for seed in (91, 92)]
+            ids = {handle.id for _, _, handle in sent}
+            early = [e for e in journal(daemon) if e.get("ev") == "started" and e["job_id"] in ids]
+            snapshot = panel_state(daemon)
+            panel = snapshot["engine"]
+            people = {row["person"]: row for row in panel["people"]}
+            assert (people["carol"]["queued"], people["dave"]["queued"]) == (6, 2), panel["people"]
+            replicas = [r for r in panel["replicas"] if r["state"] == "ready"]
+            assert len(replicas) == 2 and all(r["busy"] for r in replicas), panel["replicas"]
+            # Positions count rounds of both replicas: two jobs start in the next round, two in the one after, ...
+            queued = [(row["person"], row["position"]) for row in snapshot["queue"] if row["state"] == "queued"]
+            assert queued == [(p, n // 2 + 1) for n, p in enumerate(["carol", "dave", "carol", "dave"] + ["carol"] * 4)]
+            for handle in fillers:  # the replicas come free; from here the queue alone decides who goes next
+                filler.cancel(handle.id)
+                assert finish(handle)[-1].TYPE == "cancelled"
         got = {}
         for seed, _, handle in sent:
             events = finish(handle)
