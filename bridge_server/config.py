@@ -32,9 +32,10 @@ class ServerConfig:
     max_tokens_limit: int = 16384
     max_queued_per_client: int = 64
     max_queued_total: int = 512
-    #: Unacknowledged jobs that ended with no result (cancelled, failed early) kept per client for resume; older
-    #: ones are forgotten as if acknowledged (jobs/retention.py `ResultlessEndings`).
+    #: Unacknowledged jobs that ended with no result (cancelled, failed early) kept per client and in all for
+    #: resume; older ones are forgotten as if acknowledged (jobs/retention.py `ResultlessEndings`).
     max_unacked_resultless_per_client: int = 256
+    max_unacked_resultless_total: int = 4096
     retention_s: float = 7 * 24 * 3600.0  # unacknowledged results are redelivered this long
     idle_unload_s: float | None = 600.0
     allowed_hosts: tuple[str, ...] = ()  # extra Host names for remote mode

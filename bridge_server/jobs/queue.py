@@ -84,7 +84,9 @@ class JobQueue:
         self._last_activity = time.monotonic()
         self._idle_handle: asyncio.TimerHandle | None = None
         self.stats = {"done": 0, "failed": 0, "cancelled": 0}
-        self._resultless = retention.ResultlessEndings(config.max_unacked_resultless_per_client)
+        self._resultless = retention.ResultlessEndings(
+            config.max_unacked_resultless_per_client, config.max_unacked_resultless_total
+        )
         self._renumber_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -97,6 +99,9 @@ class JobQueue:
             self.journal, self.history, self.config.clock(), self.config.retention_s, in_flight
         )
         self.jobs.update(restored)
+        for job in sorted(restored.values(), key=lambda j: j.finished or 0.0):  # the caps hold across restarts
+            if job.state.finished:
+                self._note_ending(job)
         # Held by the replicas but over here (finished before the daemon died, or no longer journalled): let go.
         self._stale = [job_id for job_id in in_flight if job_id not in restored or restored[job_id].state.finished]
         for job in restored.values():
@@ -316,6 +321,10 @@ class JobQueue:
             self.journal.write({"ev": "failed", "job_id": job.id, "code": error[0], "message": error[1]})
         else:
             self.journal.write({"ev": state.value, "job_id": job.id})
+        self._note_ending(job)
+
+    def _note_ending(self, job: Job) -> None:
+        """Forget the older result-less endings this one pushes past the caps (retention.ResultlessEndings)."""
         for old_id in self._resultless.ended(job):
             if self.jobs.pop(old_id, None) is not None:  # not acknowledged meanwhile
                 self.journal.write({"ev": "acked", "job_id": old_id})

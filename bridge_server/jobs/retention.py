@@ -8,7 +8,7 @@ until `retention_s` has passed, after which they live only in history.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from ace_protocol.errors import ErrorCode
@@ -97,23 +97,36 @@ def purge_expired(jobs: dict[str, Job], now: float, retention_s: float) -> None:
 
 
 class ResultlessEndings:
-    """Per client, the last `keep` jobs that ended with no result (cancelled or failed before any image): an older
-    one still unacknowledged is forgotten as if acknowledged. Its one terminal event went out when it ended and it
-    holds no picture, so nothing is lost; without this, a client that submits and cancels without acknowledging
-    kept ~3 KB per job until retention ran out (246,156 jobs, +712 MB, in `bench/hostile_load.py`)."""
+    """The unacknowledged jobs that ended with no result (cancelled or failed before any image): at most `keep` per
+    client and `keep_total` in all; an older one still unacknowledged is forgotten as if acknowledged. Its one
+    terminal event went out when it ended and it holds no picture, so nothing is lost; without this, a client that
+    submits and cancels without acknowledging kept ~3 KB per job until retention ran out (246,156 jobs, +712 MB, in
+    `bench/hostile_load.py`), and one that takes a new client_id every 256 jobs would still do so without the total."""
 
-    def __init__(self, keep: int) -> None:
+    def __init__(self, keep: int, keep_total: int) -> None:
         self.keep = keep
-        self._ended: dict[str, deque[str]] = {}
+        self.keep_total = keep_total
+        self._ended: dict[str, deque[str]] = {}  # per client, oldest first
+        self._all: OrderedDict[str, str] = OrderedDict()  # job id -> client id, oldest first
 
     def ended(self, job: Job) -> list[str]:
-        """Note that `job` has finished; the ids of this client's older result-less jobs to forget now (some may be
-        acknowledged already: the caller skips those)."""
+        """Note that `job` has finished; the ids of older result-less jobs to forget now (some may be acknowledged
+        already: the caller skips those)."""
         if job.results:
             return []
         ended = self._ended.setdefault(job.client_id, deque())
         ended.append(job.id)
+        self._all[job.id] = job.client_id
         forget: list[str] = []
         while len(ended) > self.keep:
             forget.append(ended.popleft())
+            del self._all[forget[-1]]
+        while len(self._all) > self.keep_total:
+            # The oldest overall is also the oldest of its client: both lists are in the order jobs ended.
+            job_id, client_id = self._all.popitem(last=False)
+            oldest = self._ended[client_id]
+            oldest.popleft()
+            if not oldest:
+                del self._ended[client_id]
+            forget.append(job_id)
         return forget

@@ -1081,3 +1081,40 @@ def test_a_sender_that_cancels_without_acknowledging_cannot_grow_the_job_table(t
             told.append(message.job_id)
     assert sorted(told) == sorted(cancelled[-16:])
     again.close()
+
+
+def test_a_sender_that_takes_a_new_client_id_every_few_jobs_cannot_grow_the_job_table_either(thread_daemon_factory):
+    """The per-client cap alone left a way round it: a token holder that moves to a fresh client_id every 256
+    cancelled jobs kept ~3 KB per job for the whole retention week. A total cap holds across client ids, and across
+    a restart of the daemon (the journal brings the endings back, the caps trim them)."""
+    from ace_protocol.messages import Cancel
+    from ace_protocol.messages import Submit as SubmitMessage
+
+    from bridge_server.jobs.gate import Gate
+
+    def submit_and_cancel(daemon, client_id: str, count: int) -> list[str]:
+        ws = raw_ws(daemon)
+        assert ws_handshake(ws, daemon.token, client_id).TYPE == "welcome"
+        ids = []
+        for i in range(count):
+            ws.send(encode(SubmitMessage(id=f"s{i}", task="generate", prompt="x", params={"steps": 1, "width": 64})))
+            accepted = next_reply(ws)
+            assert accepted.TYPE == "accepted", accepted
+            ws.send(encode(Cancel(job_id=accepted.job_id)))
+            assert next_reply(ws).TYPE == "cancelled"
+            ids.append(accepted.job_id)
+        ws.close()
+        return ids
+
+    def kept(daemon) -> list[str]:
+        return daemon.call(lambda: sorted(j.id for j in daemon.state.queue.jobs.values() if j.state.finished))
+
+    caps = {"gate": Gate(paused=True), "max_unacked_resultless_per_client": 8, "max_unacked_resultless_total": 20}
+    daemon = thread_daemon_factory(**caps)
+    daemon.state.pacer.budget_per_s = 10_000.0  # this test is about the job table, not the pace
+    cancelled = [job_id for n in range(6) for job_id in submit_and_cancel(daemon, f"rotating-{n}", 8)]
+    assert kept(daemon) == sorted(cancelled[-20:])  # the newest 20 of all 48, not 8 for each of 6 client ids
+    daemon.stop()
+
+    smaller = thread_daemon_factory(**{**caps, "gate": Gate(paused=True), "max_unacked_resultless_total": 12})
+    assert kept(smaller) == sorted(cancelled[-12:])
