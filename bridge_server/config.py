@@ -36,6 +36,8 @@ class ServerConfig:
     #: resume; older ones are forgotten as if acknowledged (jobs/retention.py `ResultlessEndings`).
     max_unacked_resultless_per_client: int = 256
     max_unacked_resultless_total: int = 4096
+    #: Sessions kept for clients that are away; past this the oldest with nothing waiting are forgotten (hub.py).
+    max_idle_sessions: int = 1024
     retention_s: float = 7 * 24 * 3600.0  # unacknowledged results are redelivered this long
     idle_unload_s: float | None = 600.0
     allowed_hosts: tuple[str, ...] = ()  # extra Host names for remote mode

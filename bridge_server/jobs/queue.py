@@ -258,6 +258,10 @@ class JobQueue:
             self.journal.write({"ev": "acked", "job_id": job_id})
             del self.jobs[job_id]
 
+    def client_ids(self) -> set[str]:
+        """The clients with a job here: waiting, running, or finished and not yet acknowledged."""
+        return {job.client_id for job in self.jobs.values()}
+
     def deliverable(self, client_id: str) -> list[Job]:
         """This client's jobs to tell about on resume: unfinished ones and finished, unacknowledged ones."""
         self.purge()

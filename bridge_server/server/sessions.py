@@ -97,6 +97,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 connection.sender.cancel()
         if session is not None and session.connection is connection:
             session.connection = None
+            state.hub.forget_idle(state.config.max_idle_sessions, state.queue.client_ids)
             state.hub.changed()
         if not ws.closed:
             await ws.close()
@@ -212,11 +213,11 @@ async def _handshake(state: AppState, request: web.Request, connection: Connecti
             WSCloseCode.POLICY_VIOLATION,
         )
         return None
-    session = state.hub.sessions.get(hello.client_id)
+    session = state.hub.sessions.pop(hello.client_id, None)
     resumed = session is not None and hello.session == session.session_id
     if session is None:
         session = ClientSession(hello.client_id, secrets.token_hex(8))
-        state.hub.sessions[hello.client_id] = session
+    state.hub.sessions[hello.client_id] = session  # last in the order: the most recently connected
     previous = session.connection
     if previous is not None:
         previous.send(

@@ -1118,3 +1118,47 @@ def test_a_sender_that_takes_a_new_client_id_every_few_jobs_cannot_grow_the_job_
 
     smaller = thread_daemon_factory(**{**caps, "gate": Gate(paused=True), "max_unacked_resultless_total": 12})
     assert kept(smaller) == sorted(cancelled[-12:])
+
+
+def test_a_sender_that_connects_under_fresh_client_ids_cannot_grow_the_session_table(thread_daemon_factory):
+    """Every client_id that ever connected kept its session and resume secret for the daemon's lifetime: a token
+    holder reconnecting under fresh ids grew the daemon without end. Past `max_idle_sessions` the oldest sessions
+    that have nothing waiting are forgotten; an editor with an unacknowledged result keeps its session and secret,
+    and a quiet editor that was forgotten simply comes back."""
+    from ace_protocol.messages import Submit as SubmitMessage
+
+    daemon = thread_daemon_factory(max_idle_sessions=20)
+    daemon.state.pacer.budget_per_s = 10_000.0  # this test is about the session table, not the pace
+
+    def connect_as(client_id: str, secret: str):
+        ws = raw_ws(daemon)
+        return ws, ws_handshake(ws, daemon.token, client_id, client_secret=secret)
+
+    ws, welcome = connect_as("editor-with-result", "result-secret-0123456789abcdef")
+    ws.send(encode(SubmitMessage(id="s", task="generate", prompt="x", params={"steps": 1, "width": 64, "height": 64})))
+    job_id = next_reply(ws).job_id
+    while (ending := next_reply(ws, skip=("queued", "started", "progress", "result"))).TYPE != "done":
+        assert ending.TYPE not in ("failed", "cancelled"), ending
+    ws.close()  # gone before acknowledging its result
+    quiet, _ = connect_as("quiet-editor", "quiet-secret-0123456789abcdef")
+    quiet.close()
+    for n in range(200):
+        ws, welcome = connect_as(f"fresh-{n}", f"fresh-secret-{n:04d}-0123456789abcdef")
+        assert welcome.TYPE == "welcome"
+        ws.close()
+    deadline = time.monotonic() + 10
+    while daemon.call(lambda: len(daemon.state.hub.sessions)) > 20 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the last connections' ends are handled on the daemon's loop
+    sessions = daemon.call(lambda: dict(daemon.state.hub.sessions))
+    assert len(sessions) <= 20 and len(daemon.call(lambda: dict(daemon.state.hub.owners))) <= 20
+    assert "editor-with-result" in sessions and "quiet-editor" not in sessions
+
+    thief, refused = connect_as("editor-with-result", "a-guessed-secret-0123456789abcd")
+    assert refused.TYPE == "error" and refused.code == "unauthorized"
+    thief.close()
+    back, welcome = connect_as("editor-with-result", "result-secret-0123456789abcdef")
+    assert welcome.TYPE == "welcome" and welcome.pending == [job_id]
+    back.close()
+    again, welcome = connect_as("quiet-editor", "quiet-secret-0123456789abcdef")
+    assert welcome.TYPE == "welcome"
+    again.close()
