@@ -32,10 +32,13 @@ class ServerConfig:
     max_tokens_limit: int = 16384
     max_queued_per_client: int = 64
     max_queued_total: int = 512
-    #: Unacknowledged jobs that ended with no result (cancelled, failed early) kept per client and in all for
-    #: resume; older ones are forgotten as if acknowledged (jobs/retention.py `ResultlessEndings`).
+    #: Unacknowledged jobs kept per client and in all for resume, those that ended with no result (cancelled,
+    #: failed early) and those with results; older ones are forgotten as if acknowledged, results staying in
+    #: history (jobs/retention.py `KeptEndings`).
     max_unacked_resultless_per_client: int = 256
     max_unacked_resultless_total: int = 4096
+    max_unacked_results_per_client: int = 1024
+    max_unacked_results_total: int = 16384
     #: Sessions kept for clients that are away; past this the oldest with nothing waiting are forgotten (hub.py).
     max_idle_sessions: int = 1024
     retention_s: float = 7 * 24 * 3600.0  # unacknowledged results are redelivered this long

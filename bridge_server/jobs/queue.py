@@ -84,8 +84,11 @@ class JobQueue:
         self._last_activity = time.monotonic()
         self._idle_handle: asyncio.TimerHandle | None = None
         self.stats = {"done": 0, "failed": 0, "cancelled": 0}
-        self._resultless = retention.ResultlessEndings(
+        self._resultless = retention.KeptEndings(
             config.max_unacked_resultless_per_client, config.max_unacked_resultless_total
+        )
+        self._with_results = retention.KeptEndings(
+            config.max_unacked_results_per_client, config.max_unacked_results_total
         )
         self._renumber_handle: asyncio.TimerHandle | None = None
 
@@ -328,10 +331,15 @@ class JobQueue:
         self._note_ending(job)
 
     def _note_ending(self, job: Job) -> None:
-        """Forget the older result-less endings this one pushes past the caps (retention.ResultlessEndings)."""
-        for old_id in self._resultless.ended(job):
-            if self.jobs.pop(old_id, None) is not None:  # not acknowledged meanwhile
-                self.journal.write({"ev": "acked", "job_id": old_id})
+        """Forget the older unacknowledged endings this one pushes past the caps (retention.KeptEndings)."""
+        for old_id in (self._with_results if job.results else self._resultless).ended(job):
+            old = self.jobs.get(old_id)
+            if old is None:  # acknowledged meanwhile
+                continue
+            if any(stored.rgba is not None for stored in old.results):
+                continue  # its picture is only in memory (the disk refused it): kept until written and delivered
+            del self.jobs[old_id]
+            self.journal.write({"ev": "acked", "job_id": old_id})
 
     # ------------------------------------------------------------------ the worker
 

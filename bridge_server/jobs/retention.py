@@ -96,12 +96,13 @@ def purge_expired(jobs: dict[str, Job], now: float, retention_s: float) -> None:
             del jobs[job_id]
 
 
-class ResultlessEndings:
-    """The unacknowledged jobs that ended with no result (cancelled or failed before any image): at most `keep` per
-    client and `keep_total` in all; an older one still unacknowledged is forgotten as if acknowledged. Its one
-    terminal event went out when it ended and it holds no picture, so nothing is lost; without this, a client that
-    submits and cancels without acknowledging kept ~3 KB per job until retention ran out (246,156 jobs, +712 MB, in
-    `bench/hostile_load.py`), and one that takes a new client_id every 256 jobs would still do so without the total."""
+class KeptEndings:
+    """Finished, unacknowledged jobs of one kind, kept for resume: at most `keep` per client and `keep_total` in
+    all. `ended` names the older ones to forget as if acknowledged. The queue keeps two: jobs that ended with no
+    result (their one terminal event went out when they ended, no picture to lose; a client that submits and
+    cancels without acknowledging kept ~3 KB per job until retention ran out, 246,156 jobs, +712 MB, in
+    `bench/hostile_load.py`) and jobs with results (those stay in history, as after retention). The total matters
+    as much as the per-client cap: a token holder can take a fresh client_id whenever it likes."""
 
     def __init__(self, keep: int, keep_total: int) -> None:
         self.keep = keep
@@ -110,10 +111,8 @@ class ResultlessEndings:
         self._all: OrderedDict[str, str] = OrderedDict()  # job id -> client id, oldest first
 
     def ended(self, job: Job) -> list[str]:
-        """Note that `job` has finished; the ids of older result-less jobs to forget now (some may be acknowledged
-        already: the caller skips those)."""
-        if job.results:
-            return []
+        """Note that `job` has finished; the ids of older jobs to forget now (some may be acknowledged already: the
+        caller skips those)."""
         ended = self._ended.setdefault(job.client_id, deque())
         ended.append(job.id)
         self._all[job.id] = job.client_id

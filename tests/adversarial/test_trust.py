@@ -1162,3 +1162,36 @@ def test_a_sender_that_connects_under_fresh_client_ids_cannot_grow_the_session_t
     again, welcome = connect_as("quiet-editor", "quiet-secret-0123456789abcdef")
     assert welcome.TYPE == "welcome"
     again.close()
+
+
+def test_a_sender_that_never_acknowledges_results_cannot_grow_the_job_table_and_nothing_leaves_history(
+    thread_daemon_factory,
+):
+    """Finished jobs with results waited for their client for the whole retention week (~3 KB each in memory):
+    a token holder that never acknowledges, under ever new client ids, grew the daemon by every job it ran. Past the
+    caps the oldest are forgotten as after retention: their pictures stay in history."""
+    from ace_protocol.messages import Submit as SubmitMessage
+
+    daemon = thread_daemon_factory(max_unacked_results_per_client=3, max_unacked_results_total=5)
+    daemon.state.pacer.budget_per_s = 10_000.0
+
+    def run_without_acknowledging(client_id: str, count: int) -> list[str]:
+        ws = raw_ws(daemon)
+        assert ws_handshake(ws, daemon.token, client_id).TYPE == "welcome"
+        ids = []
+        for i in range(count):
+            params = {"steps": 1, "width": 64, "height": 64, "seed": i}
+            ws.send(encode(SubmitMessage(id=f"s{i}", task="generate", prompt="x", params=params)))
+            ids.append(next_reply(ws).job_id)
+            while (ending := next_reply(ws, skip=("queued", "started", "progress", "result"))).TYPE != "done":
+                assert ending.TYPE not in ("failed", "cancelled"), ending
+        ws.close()
+        return ids
+
+    ran = [job_id for n in range(3) for job_id in run_without_acknowledging(f"never-acks-{n}", 4)]
+    kept = daemon.call(lambda: sorted(j.id for j in daemon.state.queue.jobs.values() if j.state.finished))
+    # Per client the newest 3 of 4; of those 9, the newest 5 in all.
+    newest = [job_id for n in range(3) for job_id in ran[4 * n + 1 : 4 * n + 4]][-5:]
+    assert kept == sorted(newest)
+    history = daemon.state.history
+    assert all(history.meta(f"{job_id}-0") is not None for job_id in ran), "every picture is still in history"
