@@ -21,6 +21,10 @@ def lane_of(job: Job) -> str:
     return f"person:{job.person}" if job.person else job.client_id
 
 
+#: How many lanes' last turns are remembered before the oldest of the empty ones are forgotten.
+SERVED_KEPT = 4096
+
+
 class FairScheduler:
     """The waiting jobs, one lane per client, and the bookkeeping of turns. Holds no running job."""
 
@@ -68,7 +72,16 @@ class FairScheduler:
         self._serve_tick += 1
         self._served_at[key] = self._serve_tick
         self._arrival.pop(job.id, None)
+        if len(self._served_at) > SERVED_KEPT:
+            self._forget_old_turns()
         return job
+
+    def _forget_old_turns(self) -> None:
+        """Keep the turns of lanes with jobs waiting and of the most recently served; a lane forgotten here counts
+        as never served, which is where a long-empty lane stands anyway. Without this every client_id ever served
+        stayed here for the daemon's lifetime (a token holder can take a fresh one for every job)."""
+        recent = sorted(self._served_at.items(), key=lambda item: item[1])[-(SERVED_KEPT // 2) :]
+        self._served_at = {k: v for k, v in self._served_at.items() if k in self._lanes} | dict(recent)
 
     def jobs(self) -> list[Job]:
         """The waiting jobs in no particular order (cheap: for counting, not for positions)."""
