@@ -260,6 +260,7 @@ class JobQueue:
             job.acked = True
             self.journal.write({"ev": "acked", "job_id": job_id})
             del self.jobs[job_id]
+            self._kept(job).gone(job)
 
     def client_ids(self) -> set[str]:
         """The clients with a job here: waiting, running, or finished and not yet acknowledged."""
@@ -272,7 +273,8 @@ class JobQueue:
 
     def purge(self) -> None:
         """Forget unacknowledged results past retention (they stay in history)."""
-        retention.purge_expired(self.jobs, self.config.clock(), self.config.retention_s)
+        for job in retention.purge_expired(self.jobs, self.config.clock(), self.config.retention_s):
+            self._kept(job).gone(job)
 
     def replay_messages(self, job: Job) -> list[Message]:
         return delivery.replay_messages(self.history, job)
@@ -330,9 +332,12 @@ class JobQueue:
             self.journal.write({"ev": state.value, "job_id": job.id})
         self._note_ending(job)
 
+    def _kept(self, job: Job) -> retention.KeptEndings:
+        return self._with_results if job.results else self._resultless
+
     def _note_ending(self, job: Job) -> None:
         """Forget the older unacknowledged endings this one pushes past the caps (retention.KeptEndings)."""
-        for old_id in (self._with_results if job.results else self._resultless).ended(job):
+        for old_id in self._kept(job).ended(job):
             old = self.jobs.get(old_id)
             if old is None:  # acknowledged meanwhile
                 continue

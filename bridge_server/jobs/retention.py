@@ -89,11 +89,14 @@ def _job_from_record(
     return job
 
 
-def purge_expired(jobs: dict[str, Job], now: float, retention_s: float) -> None:
-    """Forget finished, unacknowledged jobs past retention (their results stay in history)."""
-    for job_id, job in list(jobs.items()):
-        if job.state.finished and job.finished is not None and now - job.finished > retention_s:
-            del jobs[job_id]
+def purge_expired(jobs: dict[str, Job], now: float, retention_s: float) -> list[Job]:
+    """Forget finished, unacknowledged jobs past retention (their results stay in history); the jobs forgotten."""
+    expired = [
+        j for j in jobs.values() if j.state.finished and j.finished is not None and now - j.finished > retention_s
+    ]
+    for job in expired:
+        del jobs[job.id]
+    return expired
 
 
 class KeptEndings:
@@ -129,3 +132,12 @@ class KeptEndings:
                 del self._ended[client_id]
             forget.append(job_id)
         return forget
+
+    def gone(self, job: Job) -> None:
+        """`job` was acknowledged or expired: it no longer counts against the caps."""
+        if self._all.pop(job.id, None) is None:
+            return
+        ended = self._ended[job.client_id]
+        ended.remove(job.id)  # at most `keep` long
+        if not ended:
+            del self._ended[job.client_id]
