@@ -6,22 +6,9 @@ from __future__ import annotations
 import random
 import time
 
+from job_records import job_record
+
 from bridge_server.jobs.fairness import FairScheduler
-from bridge_server.jobs.job import Job
-
-
-def job(n: int, client_id: str) -> Job:
-    return Job(
-        id=f"job-{n}",
-        client_id=client_id,
-        task="generate",
-        prompt="p",
-        params={},
-        seed=0,
-        created=float(n),
-        width=64,
-        height=64,
-    )
 
 
 def test_the_announced_order_is_the_order_jobs_are_served_after_any_history():
@@ -31,7 +18,7 @@ def test_the_announced_order_is_the_order_jobs_are_served_after_any_history():
         for _ in range(rng.randrange(1, 60)):
             roll = rng.random()
             if roll < 0.6 or not waiting:
-                waiting.append(job(n, f"client-{rng.randrange(6)}"))
+                waiting.append(job_record(n, f"client-{rng.randrange(6)}"))
                 scheduler.add(waiting[-1])
                 n += 1
             elif roll < 0.8:
@@ -51,7 +38,7 @@ def test_ordering_a_flooded_queue_takes_well_under_a_millisecond():
     n = 0
     for lane in range(48):  # 16 editors and 32 flooding connections, 576 jobs waiting
         for _ in range(16 if lane < 16 else 10):
-            scheduler.add(job(n, f"client-{lane}"))
+            scheduler.add(job_record(n, f"client-{lane}"))
             n += 1
     started = time.perf_counter()
     for _ in range(50):
@@ -66,12 +53,12 @@ def test_a_sender_with_a_fresh_client_id_for_every_job_does_not_grow_the_turn_bo
     from bridge_server.jobs import fairness
 
     scheduler = FairScheduler()
-    editor = [job(n, "editor") for n in range(3 * fairness.SERVED_KEPT)]
+    editor = [job_record(n, "editor") for n in range(3 * fairness.SERVED_KEPT)]
     for queued in editor:
         scheduler.add(queued)
     served = []
     for n in range(3 * fairness.SERVED_KEPT):
-        scheduler.add(job(10**6 + n, f"fresh-{n}"))
+        scheduler.add(job_record(10**6 + n, f"fresh-{n}"))
         served.append(scheduler.take_next().client_id)
         served.append(scheduler.take_next().client_id)
     assert len(scheduler._served_at) <= fairness.SERVED_KEPT + 1

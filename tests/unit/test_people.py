@@ -7,26 +7,11 @@ import os
 import stat
 
 import pytest
+from job_records import job_record
 
 from bridge_server.cli.admin import print_replicas
 from bridge_server.jobs.fairness import FairScheduler
-from bridge_server.jobs.job import Job
 from bridge_server.server.people import PeopleBook, PeopleError, add_person, load_people, revoke_person
-
-
-def job(n: int, client: str, person: str = "") -> Job:
-    return Job(
-        id=f"j{n}",
-        client_id=client,
-        task="inpaint",
-        prompt="",
-        params={},
-        seed=0,
-        created=0.0,
-        width=8,
-        height=8,
-        person=person,
-    )
 
 
 def test_add_list_revoke_and_lookup(tmp_path):
@@ -57,10 +42,10 @@ def test_fairness_is_per_person_not_per_editor():
     """Alice with two editors gets the same turns as Bob with one; unnamed clients keep a turn each."""
     queue = FairScheduler()
     for n in range(3):
-        queue.add(job(10 + n, "alice-krita", "alice"))
-        queue.add(job(20 + n, "alice-gimp", "alice"))
+        queue.add(job_record(10 + n, "alice-krita", "alice"))
+        queue.add(job_record(20 + n, "alice-gimp", "alice"))
     for n in range(3):
-        queue.add(job(30 + n, "bob-krita", "bob"))
+        queue.add(job_record(30 + n, "bob-krita", "bob"))
     order = [j.person for j in queue.order()]
     assert order[:6] == ["alice", "bob"] * 3
     taken = [queue.take_next().person for _ in range(4)]
