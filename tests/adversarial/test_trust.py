@@ -19,10 +19,11 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ace_protocol.codec import decode_server_message, encode
-from ace_protocol.messages import Prove, Submit
+from ace_protocol.messages import Cancel, Prove, Submit
 from adversarial_helpers import (
     client_for,
     handshake,
@@ -1046,13 +1047,34 @@ def test_a_flooding_sender_waits_for_its_share_while_an_editors_request_is_answe
     editor.close()
 
 
+def _submit_small(ws, i: int, **params: Any) -> str:
+    """Submit a one-step 64-pixel generate on a welcomed raw connection; its job id (checked `accepted`)."""
+    ws.send(encode(Submit(id=f"s{i}", task="generate", prompt="x", params={"steps": 1, "width": 64, **params})))
+    accepted = next_reply(ws)
+    assert accepted.TYPE == "accepted", accepted
+    return accepted.job_id
+
+
+def _submit_and_cancel(ws, count: int) -> list[str]:
+    """`count` small jobs, each cancelled at once and never acknowledged; their ids."""
+    ids = []
+    for i in range(count):
+        ids.append(_submit_small(ws, i))
+        ws.send(encode(Cancel(job_id=ids[-1])))
+        assert next_reply(ws).TYPE == "cancelled"
+    return ids
+
+
+def _until_done(ws) -> None:
+    """Read the running job's messages up to its `done` (failing on any other ending)."""
+    while (ending := next_reply(ws, skip=("queued", "started", "progress", "result"))).TYPE != "done":
+        assert ending.TYPE not in ("failed", "cancelled"), ending
+
+
 def test_a_sender_that_cancels_without_acknowledging_cannot_grow_the_job_table(thread_daemon_factory):
     """The flood in bench/hostile_load.py cancels every job it gets and never acknowledges: each cancelled job
     stayed in memory (~3 KB) until retention ran out, 246,156 of them +712 MB. Now a client keeps only its last
     256 result-less endings for resume; each of the others got its one `cancelled` already."""
-    from ace_protocol.messages import Cancel
-    from ace_protocol.messages import Submit as SubmitMessage
-
     from bridge_server.jobs.gate import Gate
 
     daemon = thread_daemon_factory(gate=Gate(paused=True), max_unacked_resultless_per_client=16)
@@ -1060,14 +1082,7 @@ def test_a_sender_that_cancels_without_acknowledging_cannot_grow_the_job_table(t
     secret = "canceller-secret-0123456789abcdef"
     ws = raw_ws(daemon)
     assert ws_handshake(ws, daemon.token, "canceller", client_secret=secret).TYPE == "welcome"
-    cancelled: list[str] = []
-    for i in range(60):
-        ws.send(encode(SubmitMessage(id=f"s{i}", task="generate", prompt="x", params={"steps": 1, "width": 64})))
-        accepted = next_reply(ws)
-        assert accepted.TYPE == "accepted", accepted
-        ws.send(encode(Cancel(job_id=accepted.job_id)))
-        assert next_reply(ws).TYPE == "cancelled"
-        cancelled.append(accepted.job_id)
+    cancelled = _submit_and_cancel(ws, 60)
     kept = daemon.call(lambda: sorted(j.id for j in daemon.state.queue.jobs.values() if j.client_id == "canceller"))
     assert kept == sorted(cancelled[-16:])  # the newest 16, for a resume
     ws.close()
@@ -1087,22 +1102,12 @@ def test_a_sender_that_takes_a_new_client_id_every_few_jobs_cannot_grow_the_job_
     """The per-client cap alone left a way round it: a token holder that moves to a fresh client_id every 256
     cancelled jobs kept ~3 KB per job for the whole retention week. A total cap holds across client ids, and across
     a restart of the daemon (the journal brings the endings back, the caps trim them)."""
-    from ace_protocol.messages import Cancel
-    from ace_protocol.messages import Submit as SubmitMessage
-
     from bridge_server.jobs.gate import Gate
 
     def submit_and_cancel(daemon, client_id: str, count: int) -> list[str]:
         ws = raw_ws(daemon)
         assert ws_handshake(ws, daemon.token, client_id).TYPE == "welcome"
-        ids = []
-        for i in range(count):
-            ws.send(encode(SubmitMessage(id=f"s{i}", task="generate", prompt="x", params={"steps": 1, "width": 64})))
-            accepted = next_reply(ws)
-            assert accepted.TYPE == "accepted", accepted
-            ws.send(encode(Cancel(job_id=accepted.job_id)))
-            assert next_reply(ws).TYPE == "cancelled"
-            ids.append(accepted.job_id)
+        ids = _submit_and_cancel(ws, count)
         ws.close()
         return ids
 
@@ -1125,8 +1130,6 @@ def test_a_sender_that_connects_under_fresh_client_ids_cannot_grow_the_session_t
     holder reconnecting under fresh ids grew the daemon without end. Past `max_idle_sessions` the oldest sessions
     that have nothing waiting are forgotten; an editor with an unacknowledged result keeps its session and secret,
     and a quiet editor that was forgotten simply comes back."""
-    from ace_protocol.messages import Submit as SubmitMessage
-
     daemon = thread_daemon_factory(max_idle_sessions=20)
     daemon.state.pacer.budget_per_s = 10_000.0  # this test is about the session table, not the pace
 
@@ -1135,10 +1138,8 @@ def test_a_sender_that_connects_under_fresh_client_ids_cannot_grow_the_session_t
         return ws, ws_handshake(ws, daemon.token, client_id, client_secret=secret)
 
     ws, welcome = connect_as("editor-with-result", "result-secret-0123456789abcdef")
-    ws.send(encode(SubmitMessage(id="s", task="generate", prompt="x", params={"steps": 1, "width": 64, "height": 64})))
-    job_id = next_reply(ws).job_id
-    while (ending := next_reply(ws, skip=("queued", "started", "progress", "result"))).TYPE != "done":
-        assert ending.TYPE not in ("failed", "cancelled"), ending
+    job_id = _submit_small(ws, 0, height=64)
+    _until_done(ws)
     ws.close()  # gone before acknowledging its result
     quiet, _ = connect_as("quiet-editor", "quiet-secret-0123456789abcdef")
     quiet.close()
@@ -1170,8 +1171,6 @@ def test_a_sender_that_never_acknowledges_results_cannot_grow_the_job_table_and_
     """Finished jobs with results waited for their client for the whole retention week (~3 KB each in memory):
     a token holder that never acknowledges, under ever new client ids, grew the daemon by every job it ran. Past the
     caps the oldest are forgotten as after retention: their pictures stay in history."""
-    from ace_protocol.messages import Submit as SubmitMessage
-
     daemon = thread_daemon_factory(max_unacked_results_per_client=3, max_unacked_results_total=5)
     daemon.state.pacer.budget_per_s = 10_000.0
 
@@ -1180,11 +1179,8 @@ def test_a_sender_that_never_acknowledges_results_cannot_grow_the_job_table_and_
         assert ws_handshake(ws, daemon.token, client_id).TYPE == "welcome"
         ids = []
         for i in range(count):
-            params = {"steps": 1, "width": 64, "height": 64, "seed": i}
-            ws.send(encode(SubmitMessage(id=f"s{i}", task="generate", prompt="x", params=params)))
-            ids.append(next_reply(ws).job_id)
-            while (ending := next_reply(ws, skip=("queued", "started", "progress", "result"))).TYPE != "done":
-                assert ending.TYPE not in ("failed", "cancelled"), ending
+            ids.append(_submit_small(ws, i, height=64, seed=i))
+            _until_done(ws)
         ws.close()
         return ids
 
