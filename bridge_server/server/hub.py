@@ -231,23 +231,21 @@ class Hub:
     def connected(self) -> list[ClientSession]:
         return [s for s in self.sessions.values() if s.connection is not None]
 
-    def forget_idle(self, keep: int, with_jobs: Callable[[], set[str]]) -> int:
+    def forget_idle(self, keep: int, with_jobs: Callable[[], set[str]]) -> None:
         """Once there are more than `keep` sessions, forget the oldest disconnected ones that have nothing waiting
-        (no job, no offer from the panel), with their resume secret; the number forgotten. Without this a token
+        (no job, no offer from the panel), with their resume secret. Without this a token
         holder that connects under a fresh client_id again and again grew the daemon by every session it left
         behind. Nothing is lost: a forgotten editor that comes back gets a new session, and a client_id with jobs
         keeps its owner through the jobs (`Job.owner`)."""
         if len(self.sessions) <= keep:
-            return 0
+            return
         busy = with_jobs() | {client_id for client_id, waiting in self.offers.waiting.items() if waiting}
         # Oldest first: a session moves to the end each time its client connects (sessions.py).
         idle = [c for c, s in self.sessions.items() if s.connection is None and c not in busy]
-        forget = idle[: len(self.sessions) - keep]
-        for client_id in forget:
+        for client_id in idle[: len(self.sessions) - keep]:
             self.sessions.pop(client_id).segment_pool.close()
             self.owners.pop(client_id, None)
             self.offers.waiting.pop(client_id, None)
-        return len(forget)
 
     async def trim_segment_pools(self, every_s: float = 10.0) -> None:
         """Free shared-memory segments no client has used for a while (runs for the daemon's lifetime)."""

@@ -88,8 +88,8 @@ class PeopleBook:
         self._revoked: set[str] = set()
         self.refresh()
 
-    def refresh(self) -> bool:
-        """Re-read if the file changed; True when it did."""
+    def refresh(self) -> None:
+        """Re-read if the file changed."""
         try:
             st = _path(self.config_dir).stat()
             # The inode too: every save is a new file (written aside, then renamed), and two saves within one
@@ -98,14 +98,13 @@ class PeopleBook:
         except OSError:
             stamp = None
         if stamp == self._stamp:
-            return False
+            return
         self._stamp = stamp
         before = self.tokens()
         self.people = load_people(self.config_dir) if stamp is not None else {}
         now = self.tokens()
         # Noted here, whoever re-reads (a handshake does too), so the daemon's watcher never misses a revoke.
         self._revoked |= {name for name, token in before.items() if now.get(name) != token}
-        return True
 
     def take_revoked(self) -> set[str]:
         """The people whose token was revoked or replaced since the last call."""
